@@ -1,0 +1,1 @@
+"""AI model calls and their usage accounting."""

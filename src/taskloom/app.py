@@ -1,0 +1,55 @@
+"""FastAPI factory: middleware, routers, lifespan. Wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from taskloom import __version__
+from taskloom.auth.routes import router as auth_router
+from taskloom.config import Settings, get_settings
+from taskloom.errors import install_error_handlers
+from taskloom.health.routes import router as health_router
+from taskloom.observability.body_limit import BodySizeLimitMiddleware
+from taskloom.observability.logging import configure_logging
+from taskloom.observability.request_id import RequestIdMiddleware
+from taskloom.orgs.routes import router as orgs_router
+from taskloom.runtime import Runtime, open_runtime
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. With `runtime` given (tests, `taskloom up`) the caller owns its resources;
+    otherwise the lifespan opens them from `settings` and closes them on shutdown."""
+    settings = settings or (runtime.settings if runtime else get_settings())
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        opened = await open_runtime(settings)
+        app.state.runtime = opened
+        try:
+            yield
+        finally:
+            await opened.close()
+
+    app = FastAPI(
+        title="Taskloom",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    app.include_router(orgs_router)
+    # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,152 @@
+"""Write audit rows into a per-organization hash chain, and verify a chain.
+
+Each row stores `prev_hash` (the previous row's `hash` in the same chain) and `hash`, a SHA-256
+over its own canonical content and `prev_hash`. Rows of one organization form one chain; events
+that belong to no organization (e.g. a failed sign-in for an unknown email) form the instance
+chain. Appends to one chain are serialized with a transaction-scoped advisory lock, so two
+concurrent requests can never fork it. Editing or deleting any row breaks verification there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.audit.actions import AuditAction
+from taskloom.audit.models import AuditLog
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """Who did it and from where; built once per request."""
+
+    actor_user_id: uuid.UUID | None = None
+    actor_api_key_id: uuid.UUID | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    ok: bool
+    rows_checked: int
+    first_broken_id: uuid.UUID | None = None
+    first_broken_seq: int | None = None
+    reason: str | None = None
+
+
+def _normalize_ip(ip: object) -> str | None:
+    if ip is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(str(ip).split("/")[0]))
+    except ValueError:
+        return None
+
+
+def _row_hash(row: AuditLog) -> str:
+    content = {
+        "id": str(row.id),
+        "org_id": str(row.org_id) if row.org_id else None,
+        "seq": row.seq,
+        "created_at": row.created_at.astimezone(UTC).isoformat(),
+        "actor_user_id": str(row.actor_user_id) if row.actor_user_id else None,
+        "actor_api_key_id": str(row.actor_api_key_id) if row.actor_api_key_id else None,
+        "action": row.action,
+        "resource_type": row.resource_type,
+        "resource_id": row.resource_id,
+        "ip": _normalize_ip(row.ip),
+        "user_agent": row.user_agent,
+        "request_id": row.request_id,
+        "success": row.success,
+        "details": row.details,
+        "prev_hash": row.prev_hash,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _chain_filter(org_id: uuid.UUID | None) -> Any:
+    return AuditLog.org_id == org_id if org_id else AuditLog.org_id.is_(None)
+
+
+async def record(
+    *,
+    session: AsyncSession,
+    context: AuditContext,
+    action: AuditAction,
+    org_id: uuid.UUID | None,
+    resource_type: str | None = None,
+    resource_id: object | None = None,
+    success: bool = True,
+    details: dict[str, Any] | None = None,
+) -> AuditLog:
+    """Append one row to the chain of `org_id` inside the caller's transaction."""
+    chain = f"taskloom.audit:{org_id or 'instance'}"
+    await session.execute(
+        text("select pg_advisory_xact_lock(hashtextextended(:chain, 0))"), {"chain": chain}
+    )
+    last = (
+        await session.execute(
+            select(AuditLog.seq, AuditLog.hash)
+            .where(_chain_filter(org_id))
+            .order_by(AuditLog.seq.desc())
+            .limit(1)
+        )
+    ).first()
+    row = AuditLog(
+        id=uuid.uuid4(),
+        org_id=org_id,
+        seq=(last.seq + 1) if last else 1,
+        created_at=datetime.now(UTC),
+        actor_user_id=context.actor_user_id,
+        actor_api_key_id=context.actor_api_key_id,
+        action=action.value,
+        resource_type=resource_type,
+        resource_id=str(resource_id) if resource_id is not None else None,
+        ip=_normalize_ip(context.ip),
+        user_agent=(context.user_agent or None) and context.user_agent[:512],
+        request_id=context.request_id,
+        success=success,
+        details=details or {},
+        prev_hash=last.hash if last else GENESIS_HASH,
+    )
+    row.hash = _row_hash(row)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> ChainVerification:
+    """Walk one chain in order; report the first row whose link or content does not match."""
+    expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
+    rows = await session.stream_scalars(
+        select(AuditLog)
+        .where(_chain_filter(org_id))
+        .order_by(AuditLog.seq)
+        .execution_options(yield_per=500)
+    )
+    async for row in rows:
+        reason = None
+        if row.seq != expected_seq:
+            reason = f"sequence gap: expected {expected_seq}, found {row.seq} (a row was removed)"
+        elif row.prev_hash != expected_prev:
+            reason = "prev_hash does not match the previous row's hash"
+        elif _row_hash(row) != row.hash:
+            reason = "row content does not match its hash (the row was modified)"
+        if reason:
+            return ChainVerification(False, checked, row.id, row.seq, reason)
+        checked += 1
+        expected_prev, expected_seq = row.hash, row.seq + 1
+    return ChainVerification(True, checked)

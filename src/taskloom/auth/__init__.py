@@ -1,0 +1,1 @@
+"""Authentication: users, sessions, refresh-token rotation, API keys."""

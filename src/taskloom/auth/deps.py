@@ -1,0 +1,100 @@
+"""Route dependencies: authenticate the request, open its tenant-scoped transaction, and
+enforce roles. The tenant always comes from the authenticated principal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.audit.service import AuditContext
+from taskloom.auth import service
+from taskloom.auth.principal import Principal
+from taskloom.auth.tokens import API_KEY_PREFIX, decode_access_token
+from taskloom.db.tenancy import tenant_transaction
+from taskloom.errors import Forbidden, Unauthorized
+from taskloom.observability.request_id import current_request_id
+from taskloom.orgs.models import Role
+from taskloom.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def client_context(request: Request) -> AuditContext:
+    """Where the request comes from (the actor is filled in once known)."""
+    return AuditContext(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        request_id=current_request_id(),
+    )
+
+
+@dataclass
+class RequestContext:
+    runtime: Runtime
+    db: AsyncSession
+    principal: Principal
+    audit: AuditContext
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    return token.strip()
+
+
+async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
+    runtime = get_runtime(request)
+    token = _bearer_token(request)
+    key_principal = None
+    if token.startswith(API_KEY_PREFIX):
+        key_principal = await service.resolve_api_key(runtime=runtime, key=token)
+        org_id, user_id = key_principal.org_id, key_principal.user_id
+    else:
+        claims = decode_access_token(settings=runtime.settings, token=token)
+        org_id, user_id = claims.org_id, claims.user_id
+    async with tenant_transaction(runtime.database, org_id=org_id, user_id=user_id) as db:
+        principal = key_principal or await service.load_session_principal(db=db, claims=claims)
+        client = client_context(request)
+        yield RequestContext(
+            runtime=runtime,
+            db=db,
+            principal=principal,
+            audit=AuditContext(
+                actor_user_id=principal.user_id,
+                actor_api_key_id=principal.api_key_id,
+                ip=client.ip,
+                user_agent=client.user_agent,
+                request_id=client.request_id,
+            ),
+        )
+
+
+# `scope="function"`: the transaction commits before the response is sent, so a client never
+# sees a success for work that was then rolled back.
+Context = Annotated[RequestContext, Depends(_request_context, scope="function")]
+
+
+def require_role(minimum: Role) -> Callable[..., Coroutine[Any, Any, RequestContext]]:
+    """Dependency factory: the caller must have at least `minimum` in the current org."""
+
+    async def _check(ctx: Context) -> RequestContext:
+        if not ctx.principal.has_role(minimum):
+            raise Forbidden(f"this action needs the {minimum.value} role or higher")
+        return ctx
+
+    return _check
+
+
+Viewer = Annotated[RequestContext, Depends(require_role(Role.VIEWER))]
+Member = Annotated[RequestContext, Depends(require_role(Role.MEMBER))]
+Admin = Annotated[RequestContext, Depends(require_role(Role.ADMIN))]
+Owner = Annotated[RequestContext, Depends(require_role(Role.OWNER))]

@@ -1,0 +1,23 @@
+"""Who is making a request, as established from the database (never from token claims alone)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from taskloom.orgs.models import Role
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: uuid.UUID
+    org_id: uuid.UUID | None
+    role: Role | None  # None when the user is not (or no longer) a member of org_id
+    kind: Literal["session", "api_key"]
+    session_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+    is_superuser: bool = False
+
+    def has_role(self, minimum: Role) -> bool:
+        return self.role is not None and self.role.at_least(minimum)

@@ -1,0 +1,165 @@
+"""/auth: register, sign in, refresh, sign out, switch organization, me, API keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+from sqlalchemy import select
+
+from taskloom.audit.service import AuditContext
+from taskloom.auth import api_keys, service
+from taskloom.auth.deps import Context, client_context, get_runtime
+from taskloom.auth.models import ApiKey, User
+from taskloom.auth.schemas import (
+    AccessTokenResponse,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    LoginRequest,
+    MembershipOut,
+    MeResponse,
+    RefreshRequest,
+    RegisterRequest,
+    SwitchOrgRequest,
+    TokenResponse,
+    UserOut,
+)
+from taskloom.orgs import service as orgs
+from taskloom.runtime import Runtime
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+Client = Annotated[AuditContext, Depends(client_context)]
+
+
+def _tokens(pair: service.TokenPair) -> TokenResponse:
+    return TokenResponse(
+        access_token=pair.access_token,
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token,
+        refresh_expires_in=pair.refresh_expires_in,
+        user_id=pair.user_id,
+        org_id=pair.org_id,
+    )
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED)
+async def register(body: RegisterRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
+    pair = await service.register(
+        runtime=runtime,
+        email=body.email,
+        password=body.password,
+        display_name=body.display_name,
+        organization_name=body.organization_name,
+        client=client,
+    )
+    return _tokens(pair)
+
+
+@router.post("/login")
+async def login(body: LoginRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
+    pair = await service.login(
+        runtime=runtime, email=body.email, password=body.password, org_id=body.org_id, client=client
+    )
+    return _tokens(pair)
+
+
+@router.post("/refresh")
+async def refresh(body: RefreshRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
+    pair = await service.refresh(runtime=runtime, refresh_token=body.refresh_token, client=client)
+    return _tokens(pair)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(ctx: Context) -> Response:
+    await service.logout(runtime=ctx.runtime, db=ctx.db, principal=ctx.principal, context=ctx.audit)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(ctx: Context) -> Response:
+    await service.logout_all(
+        runtime=ctx.runtime, db=ctx.db, principal=ctx.principal, context=ctx.audit
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/switch-org")
+async def switch_org(body: SwitchOrgRequest, ctx: Context) -> AccessTokenResponse:
+    token = await service.switch_org(
+        runtime=ctx.runtime,
+        db=ctx.db,
+        principal=ctx.principal,
+        org_id=body.org_id,
+        context=ctx.audit,
+    )
+    return AccessTokenResponse(
+        access_token=token,
+        expires_in=ctx.runtime.settings.access_token_ttl_seconds,
+        org_id=body.org_id,
+    )
+
+
+@router.get("/me")
+async def me(ctx: Context) -> MeResponse:
+    user = (await ctx.db.execute(select(User).where(User.id == ctx.principal.user_id))).scalar_one()
+    memberships = await orgs.list_my_organizations(db=ctx.db, principal=ctx.principal)
+    return MeResponse(
+        user=UserOut(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            is_superuser=user.is_superuser,
+        ),
+        org_id=ctx.principal.org_id,
+        role=ctx.principal.role,
+        auth=ctx.principal.kind,
+        memberships=[
+            MembershipOut(org_id=m.org_id, name=m.name, slug=m.slug, role=m.role)
+            for m in memberships
+        ],
+    )
+
+
+def _key_out(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "role": key.role,
+        "org_id": key.org_id,
+        "created_at": key.created_at,
+        "last_used_at": key.last_used_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+    }
+
+
+@router.get("/api-keys")
+async def list_api_keys(ctx: Context) -> list[ApiKeyOut]:
+    keys = await api_keys.list_api_keys(db=ctx.db, principal=ctx.principal)
+    return [ApiKeyOut.model_validate(_key_out(k)) for k in keys]
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED)
+async def create_api_key(body: ApiKeyCreate, ctx: Context) -> ApiKeyCreated:
+    key, plaintext = await api_keys.create_api_key(
+        db=ctx.db,
+        principal=ctx.principal,
+        context=ctx.audit,
+        name=body.name,
+        role=body.role,
+        expires_in_days=body.expires_in_days,
+    )
+    return ApiKeyCreated.model_validate({**_key_out(key), "key": plaintext})
+
+
+@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_api_key(key_id: uuid.UUID, ctx: Context) -> Response:
+    await api_keys.revoke_api_key(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, key_id=key_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

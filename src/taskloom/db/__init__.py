@@ -1,0 +1,1 @@
+"""Database access: engines, the tenant-scoped transaction, the declarative base."""

@@ -1,0 +1,113 @@
+"""The two engines. `app` is the tenant-isolated role used for all request work; `system` is
+privileged (bypasses row-level security) and is used only where a function says so by name:
+resolving credentials before a tenant is known, migrations and cross-tenant maintenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from taskloom.config import Settings
+from taskloom.db.urls import async_url
+
+
+class UnsafeDatabaseRoles(RuntimeError):
+    """The configured roles would not give tenant isolation."""
+
+
+@dataclass
+class Database:
+    app_engine: AsyncEngine
+    system_engine: AsyncEngine
+    app_sessions: async_sessionmaker[AsyncSession]
+    system_sessions: async_sessionmaker[AsyncSession]
+
+    async def dispose(self) -> None:
+        await self.app_engine.dispose()
+        await self.system_engine.dispose()
+
+
+def _engine(url: str, *, settings: Settings, pool_size: int, application_name: str) -> AsyncEngine:
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "server_settings": {
+                "application_name": application_name,
+                "statement_timeout": str(settings.database_statement_timeout_ms),
+            },
+            "timeout": 10,
+        },
+    )
+
+
+def create_database(settings: Settings) -> Database:
+    """Build both engines from the settings (no connection is made yet)."""
+    if not settings.database_url:
+        raise ValueError("DATABASE_URL is not set")
+    app_engine = _engine(
+        settings.app_database_url(),
+        settings=settings,
+        pool_size=settings.database_pool_size,
+        application_name="taskloom-app",
+    )
+    system_engine = _engine(
+        settings.database_url,
+        settings=settings,
+        pool_size=max(2, settings.database_pool_size // 4),
+        application_name="taskloom-system",
+    )
+    return Database(
+        app_engine=app_engine,
+        system_engine=system_engine,
+        app_sessions=async_sessionmaker(app_engine, expire_on_commit=False),
+        system_sessions=async_sessionmaker(system_engine, expire_on_commit=False),
+    )
+
+
+async def check_roles(database: Database) -> None:
+    """Refuse to run when the app role could bypass RLS or the system role could not."""
+    async with database.app_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "select r.rolname, r.rolsuper, r.rolbypassrls from pg_roles r "
+                    "where r.rolname = current_user"
+                )
+            )
+        ).one()
+        owns = (
+            await conn.execute(
+                text(
+                    "select count(*) from pg_tables where schemaname = 'public' "
+                    "and tableowner = current_user"
+                )
+            )
+        ).scalar_one()
+    if row.rolsuper or row.rolbypassrls or owns:
+        raise UnsafeDatabaseRoles(
+            f"the application role {row.rolname!r} must not be a superuser, must not have "
+            "BYPASSRLS and must not own tables; point DATABASE_APP_URL at the role that "
+            "`taskloom migrate` creates"
+        )
+    async with database.system_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("select rolsuper, rolbypassrls from pg_roles where rolname = current_user")
+            )
+        ).one()
+    if not (row.rolsuper or row.rolbypassrls):
+        raise UnsafeDatabaseRoles(
+            "the role of DATABASE_URL is used for migrations and cross-tenant maintenance and "
+            "needs BYPASSRLS (row-level security is FORCEd, so even table owners see no rows)"
+        )

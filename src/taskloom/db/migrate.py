@@ -1,0 +1,97 @@
+"""Bring a database to the current schema and (re)create the application role with exactly the
+privileges it needs. Idempotent: `taskloom migrate` may run on every deploy."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from taskloom.config import Settings
+from taskloom.db.rls import APPEND_ONLY_TABLES
+from taskloom.db.urls import async_url
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(conn: AsyncConnection) -> str | None:
+    def _read(sync_conn: object) -> str | None:
+        return MigrationContext.configure(sync_conn).get_current_revision()  # type: ignore[arg-type]
+
+    return await conn.run_sync(_read)
+
+
+async def migrate(settings: Settings) -> None:
+    """Upgrade to head, then ensure the application role and its grants."""
+    if not settings.database_url:
+        raise ValueError("DATABASE_URL is not set")
+    url = settings.database_url
+    # Alembic's env.py runs its own event loop, so it needs a thread of its own.
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+    await ensure_app_role(settings)
+
+
+async def ensure_app_role(settings: Settings) -> None:
+    """Create or update the login role the application uses: no BYPASSRLS, owns nothing."""
+    assert settings.database_url
+    role = settings.database_app_role
+    password = (
+        settings.database_app_password.get_secret_value()
+        if settings.database_app_password
+        else None
+    )
+    engine = create_async_engine(async_url(settings.database_url), poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            # Serialize concurrent migrators (several replicas starting at once).
+            await conn.execute(text("select pg_advisory_xact_lock(7265847)"))
+            exists = (
+                await conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": role})
+            ).scalar()
+            attributes = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
+            verb = "ALTER" if exists else "CREATE"
+            await conn.execute(text(f'{verb} ROLE "{role}" WITH {attributes}'))
+            if password is not None:
+                # Parameters are not allowed in utility statements; quote the literal instead.
+                literal = await conn.execute(text("select quote_literal(:p)"), {"p": password})
+                await conn.execute(text(f'ALTER ROLE "{role}" PASSWORD {literal.scalar_one()}'))
+            database = (await conn.execute(text("select current_database()"))).scalar_one()
+            for statement in _grants(role=role, database=database):
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _grants(*, role: str, database: str) -> list[str]:
+    """Everything the application role may do; anything not granted here is denied."""
+    to, everything = f'TO "{role}"', "ALL TABLES IN SCHEMA public"
+    statements = [
+        f'GRANT CONNECT ON DATABASE "{database}" {to}',
+        f"GRANT USAGE ON SCHEMA public {to}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {everything} {to}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public {to}",
+        f'REVOKE TRUNCATE, REFERENCES, TRIGGER ON {everything} FROM "{role}"',
+        f'REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM "{role}"',
+    ]
+    statements += [f'REVOKE UPDATE, DELETE ON "{t}" FROM "{role}"' for t in APPEND_ONLY_TABLES]
+    return statements

@@ -1,0 +1,35 @@
+"""Imports every domain's models so `Base.metadata` knows all tables (Alembic, tests)."""
+
+from taskloom.ai.models import AiUsage
+from taskloom.audit.models import AuditLog
+from taskloom.auth.models import ApiKey, RefreshToken, Session, User
+from taskloom.db.base import Base
+from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
+from taskloom.gdpr.models import GdprRequest
+from taskloom.orgs.models import Membership, Organization
+from taskloom.tools.models import ToolConnection
+from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
+from taskloom.workflows.models import ExecutionStep, Workflow, WorkflowExecution
+
+metadata = Base.metadata
+
+__all__ = [
+    "AiUsage",
+    "ApiKey",
+    "AuditLog",
+    "ExecutionStep",
+    "FeatureFlag",
+    "FeatureFlagOverride",
+    "GdprRequest",
+    "Membership",
+    "Organization",
+    "RefreshToken",
+    "Session",
+    "ToolConnection",
+    "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "Workflow",
+    "WorkflowExecution",
+    "metadata",
+]

@@ -1,0 +1,41 @@
+"""Which tables are tenant-isolated, and how. The migrations create the policies; this registry
+lets tests and `taskloom doctor` check that every table is covered and FORCEd."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    ORG = "org"  # rows belong to one organization: org_id = app.org_id
+    USER = "user"  # rows belong to one user: user_id = app.user_id
+    SPECIAL = "special"  # org/user mix, see the migration that defines the policies
+
+
+ISOLATED_TABLES: dict[str, Scope] = {
+    "organizations": Scope.SPECIAL,
+    "memberships": Scope.SPECIAL,
+    "users": Scope.SPECIAL,
+    "sessions": Scope.USER,
+    "refresh_tokens": Scope.USER,
+    "api_keys": Scope.USER,
+    "gdpr_requests": Scope.USER,
+    "workflows": Scope.ORG,
+    "workflow_executions": Scope.ORG,
+    "execution_steps": Scope.ORG,
+    "ai_usage": Scope.ORG,
+    "tool_connections": Scope.ORG,
+    "webhook_endpoints": Scope.ORG,
+    "webhook_deliveries": Scope.ORG,
+    "feature_flag_overrides": Scope.SPECIAL,
+    "audit_logs": Scope.SPECIAL,
+}
+
+# Tables deliberately without row-level security, and why.
+SHARED_TABLES: dict[str, str] = {
+    "feature_flags": "global flag definitions; only instance administrators may change them",
+    "alembic_version": "migration bookkeeping; the application role may only read it",
+}
+
+# Tables the application role may read and append to but never change.
+APPEND_ONLY_TABLES = ("audit_logs",)

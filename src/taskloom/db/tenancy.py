@@ -1,0 +1,45 @@
+"""Per-transaction tenant context. Row-level security policies read `app.org_id` and
+`app.user_id`; both are set with `set_config(..., true)` so they vanish at commit and can never
+leak to the next user of a pooled connection. No tenant set means no rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.db.engine import Database
+
+_SET_TENANT = text(
+    "select set_config('app.org_id', :org_id, true), set_config('app.user_id', :user_id, true)"
+)
+
+
+async def set_tenant(
+    session: AsyncSession, *, org_id: uuid.UUID | None, user_id: uuid.UUID | None
+) -> None:
+    """Scope the current transaction to one organization and one user."""
+    await session.execute(
+        _SET_TENANT,
+        {"org_id": str(org_id) if org_id else "", "user_id": str(user_id) if user_id else ""},
+    )
+
+
+@asynccontextmanager
+async def tenant_transaction(
+    database: Database, *, org_id: uuid.UUID | None, user_id: uuid.UUID | None
+) -> AsyncIterator[AsyncSession]:
+    """A transaction on the application role, scoped to the tenant; commits on success."""
+    async with database.app_sessions() as session, session.begin():
+        await set_tenant(session, org_id=org_id, user_id=user_id)
+        yield session
+
+
+@asynccontextmanager
+async def system_transaction(database: Database) -> AsyncIterator[AsyncSession]:
+    """A transaction on the privileged role. Callers name why they need it in their docstring."""
+    async with database.system_sessions() as session, session.begin():
+        yield session

@@ -1,0 +1,145 @@
+"""Domain exceptions and their one mapping to `{"error": {"code", "message", "request_id"}}`.
+
+Services raise these; routes never build error responses themselves. Anything unexpected is a
+500 `internal_error` (and a bug): its details are logged, never sent to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from taskloom.observability.request_id import current_request_id
+
+log = structlog.get_logger("taskloom.errors")
+
+
+class DomainError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.details = details
+        self.headers = headers
+
+
+class BadRequest(DomainError):
+    status_code, code = 400, "bad_request"
+
+
+class Unauthorized(DomainError):
+    status_code, code = 401, "unauthorized"
+
+    def __init__(self, message: str = "authentication required", **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(message, **kwargs)
+
+
+class Forbidden(DomainError):
+    status_code, code = 403, "forbidden"
+
+
+class NotFound(DomainError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(DomainError):
+    status_code, code = 409, "conflict"
+
+
+class PayloadTooLarge(DomainError):
+    status_code, code = 413, "payload_too_large"
+
+
+class ValidationFailed(DomainError):
+    status_code, code = 422, "validation_failed"
+
+
+class RateLimited(DomainError):
+    status_code, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
+    details = []
+    malformed = False
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            malformed = True
+        details.append(
+            {
+                "loc": [str(part) for part in err.get("loc", ())],
+                "type": err.get("type", "invalid"),
+                "message": err.get("msg", "invalid value"),
+            }
+        )
+    if malformed:
+        return "malformed_json", "the request body is not valid JSON", details
+    first = details[0] if details else {"loc": [], "message": "invalid request"}
+    where = ".".join(first["loc"]) or "request"
+    return "validation_failed", f"{where}: {first['message']}", details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code, message, details = _validation_details(exc)
+        return error_response(400 if code == "malformed_json" else 422, code, message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+        return error_response(500, "internal_error", "an unexpected error occurred")

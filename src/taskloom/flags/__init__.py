@@ -1,0 +1,1 @@
+"""Feature flags with organization and user overrides."""

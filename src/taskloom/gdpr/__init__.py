@@ -1,0 +1,1 @@
+"""GDPR data export and erasure requests."""

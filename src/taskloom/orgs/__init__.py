@@ -1,0 +1,1 @@
+"""Organizations (tenants), memberships and roles."""

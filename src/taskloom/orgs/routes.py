@@ -1,0 +1,102 @@
+"""/api/orgs (mine), /api/org (the current one), /api/members (of the current one)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from taskloom.auth.deps import Admin, Context, Viewer
+from taskloom.orgs import service
+from taskloom.orgs.schemas import (
+    MemberAdd,
+    MemberOut,
+    MemberUpdate,
+    MyOrgOut,
+    OrgCreate,
+    OrgOut,
+    OrgUpdate,
+)
+
+router = APIRouter(prefix="/api", tags=["organizations"])
+
+
+def _member_out(member: service.Member) -> MemberOut:
+    return MemberOut(
+        user_id=member.user_id,
+        email=member.email,
+        display_name=member.display_name,
+        role=member.role,
+        joined_at=member.joined_at,
+    )
+
+
+@router.get("/orgs")
+async def list_my_orgs(ctx: Context) -> list[MyOrgOut]:
+    orgs = await service.list_my_organizations(db=ctx.db, principal=ctx.principal)
+    return [
+        MyOrgOut(
+            org_id=o.org_id,
+            name=o.name,
+            slug=o.slug,
+            role=o.role,
+            current=o.org_id == ctx.principal.org_id,
+        )
+        for o in orgs
+    ]
+
+
+@router.post("/orgs", status_code=status.HTTP_201_CREATED)
+async def create_org(body: OrgCreate, ctx: Context) -> OrgOut:
+    org = await service.create_organization(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
+    )
+    return OrgOut.model_validate(org)
+
+
+@router.get("/org")
+async def get_current_org(ctx: Viewer) -> OrgOut:
+    org = await service.get_current_organization(db=ctx.db, principal=ctx.principal)
+    return OrgOut.model_validate(org)
+
+
+@router.patch("/org")
+async def update_current_org(body: OrgUpdate, ctx: Admin) -> OrgOut:
+    org = await service.rename_organization(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
+    )
+    return OrgOut.model_validate(org)
+
+
+@router.get("/members")
+async def list_members(ctx: Viewer) -> list[MemberOut]:
+    return [_member_out(m) for m in await service.list_members(db=ctx.db, principal=ctx.principal)]
+
+
+@router.post("/members", status_code=status.HTTP_201_CREATED)
+async def add_member(body: MemberAdd, ctx: Admin) -> MemberOut:
+    member = await service.add_member(
+        db=ctx.db,
+        database=ctx.runtime.database,
+        principal=ctx.principal,
+        context=ctx.audit,
+        email=body.email,
+        role=body.role,
+    )
+    return _member_out(member)
+
+
+@router.patch("/members/{user_id}")
+async def change_member_role(user_id: uuid.UUID, body: MemberUpdate, ctx: Admin) -> MemberOut:
+    member = await service.change_role(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, user_id=user_id, role=body.role
+    )
+    return _member_out(member)
+
+
+@router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_member(user_id: uuid.UUID, ctx: Viewer) -> Response:
+    await service.remove_member(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, user_id=user_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

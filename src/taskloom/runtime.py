@@ -1,0 +1,55 @@
+"""The long-lived resources of one process (engines, Redis client, password hasher), created
+once at start-up and reached by routes through `request.app.state.runtime`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from redis.asyncio import Redis
+
+from taskloom.auth.passwords import Passwords
+from taskloom.config import Settings, redact_url
+from taskloom.db.engine import Database, check_roles, create_database
+from taskloom.redis import Keys, create_redis
+
+log = structlog.get_logger("taskloom.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    redis: Redis
+    keys: Keys
+    passwords: Passwords
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.database.dispose()
+
+
+async def open_runtime(settings: Settings) -> Runtime:
+    """Connect to PostgreSQL and Redis and check the database roles are safe to use."""
+    database = create_database(settings)
+    redis = create_redis(settings)
+    try:
+        await check_roles(database)
+        await redis.ping()
+    except BaseException:
+        await redis.aclose()
+        await database.dispose()
+        raise
+    log.info(
+        "runtime_ready",
+        env=settings.taskloom_env.value,
+        database=redact_url(settings.app_database_url()),
+        key_prefix=settings.key_prefix,
+    )
+    return Runtime(
+        settings=settings,
+        database=database,
+        redis=redis,
+        keys=Keys(settings.key_prefix),
+        passwords=Passwords(settings),
+    )

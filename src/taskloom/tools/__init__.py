@@ -1,0 +1,1 @@
+"""Tool connections (Notion, Linear, GitHub, MCP servers)."""

@@ -1,0 +1,1 @@
+"""Signed outgoing webhooks and their delivery log."""

@@ -1,0 +1,1 @@
+"""Workflows, their executions and execution steps."""

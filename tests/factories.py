@@ -1,0 +1,80 @@
+"""Small helpers that create accounts and organizations through the public API."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Account:
+    email: str
+    password: str
+    user_id: uuid.UUID
+    org_id: uuid.UUID | None
+    access_token: str
+    refresh_token: str
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def unique_email(label: str = "user") -> str:
+    return f"{label}-{secrets.token_hex(5)}@example.test"
+
+
+async def register(
+    client: httpx.AsyncClient, *, label: str = "user", organization_name: str | None = None
+) -> Account:
+    email = unique_email(label)
+    body: dict[str, object] = {"email": email, "password": PASSWORD, "display_name": label.title()}
+    if organization_name:
+        body["organization_name"] = organization_name
+    response = await client.post("/auth/register", json=body)
+    assert response.status_code == 201, response.text
+    data = response.json()
+    return Account(
+        email=email,
+        password=PASSWORD,
+        user_id=uuid.UUID(data["user_id"]),
+        org_id=uuid.UUID(data["org_id"]),
+        access_token=data["access_token"],
+        refresh_token=data["refresh_token"],
+    )
+
+
+async def login(client: httpx.AsyncClient, email: str, *, org_id: uuid.UUID | None = None) -> Account:
+    body: dict[str, object] = {"email": email, "password": PASSWORD}
+    if org_id:
+        body["org_id"] = str(org_id)
+    response = await client.post("/auth/login", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    return Account(
+        email=email,
+        password=PASSWORD,
+        user_id=uuid.UUID(data["user_id"]),
+        org_id=uuid.UUID(data["org_id"]) if data["org_id"] else None,
+        access_token=data["access_token"],
+        refresh_token=data["refresh_token"],
+    )
+
+
+async def add_member(
+    client: httpx.AsyncClient, admin: Account, role: str, *, label: str | None = None
+) -> Account:
+    """Register a new person and add them to `admin`'s current org with `role`; the returned
+    account is signed in to that org."""
+    person = await register(client, label=label or role)
+    response = await client.post(
+        "/api/members", json={"email": person.email, "role": role}, headers=admin.headers
+    )
+    assert response.status_code == 201, response.text
+    return await login(client, person.email, org_id=admin.org_id)
