@@ -50,7 +50,9 @@ async def register(
     )
 
 
-async def login(client: httpx.AsyncClient, email: str, *, org_id: uuid.UUID | None = None) -> Account:
+async def login(
+    client: httpx.AsyncClient, email: str, *, org_id: uuid.UUID | None = None
+) -> Account:
     body: dict[str, object] = {"email": email, "password": PASSWORD}
     if org_id:
         body["org_id"] = str(org_id)

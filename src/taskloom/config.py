@@ -26,8 +26,9 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
-class InsecureConfiguration(ValueError):
-    """Raised when production is asked to start with a configuration that is not safe."""
+class InsecureConfiguration(RuntimeError):
+    """Production was asked to start with an unsafe configuration. Not a ValueError, so pydantic
+    lets it through unwrapped and the operator reads one clear sentence."""
 
 
 class Settings(BaseSettings):

@@ -6,6 +6,7 @@ Services raise these; routes never build error responses themselves. Anything un
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -86,9 +87,15 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(code, message, details), status_code=status, headers=dict(headers or {})
+    )
 
 
 _HTTP_CODES = {

@@ -32,7 +32,9 @@ async def ensure_login_allowed(
     """Raise RateLimited when the account or the IP has used up its failed attempts."""
     account_key, ip_key = _account_key(keys, email), _ip_key(keys, ip)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(account_key).ttl(account_key).get(ip_key).ttl(ip_key)
+        for key in (account_key, ip_key):
+            pipe.get(key)
+            pipe.ttl(key)
         account_count, account_ttl, ip_count, ip_ttl = await pipe.execute()
     if account_count is not None and int(account_count) >= max_per_account:
         raise RateLimited(
@@ -49,9 +51,12 @@ async def ensure_login_allowed(
 async def record_login_failure(
     *, redis: Redis, keys: Keys, email: str, ip: str | None, window_seconds: int
 ) -> None:
+    # SET NX starts the window (and its expiry) once; INCR keeps the TTL. Works on Redis 6.2,
+    # which lacks EXPIRE ... NX.
     async with redis.pipeline(transaction=True) as pipe:
         for key in (_account_key(keys, email), _ip_key(keys, ip)):
-            pipe.incr(key).expire(key, window_seconds, nx=True)
+            pipe.set(key, 0, ex=window_seconds, nx=True)
+            pipe.incr(key)
         await pipe.execute()
 
 

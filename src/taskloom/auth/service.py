@@ -242,6 +242,7 @@ async def login(
         )
         raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
 
+    session_org: uuid.UUID | None = org_id
     async with system_transaction(runtime.database) as db:
         if org_id is not None:
             member = (
@@ -253,7 +254,6 @@ async def login(
             ).scalar()
             if member is None:
                 raise Forbidden("you are not a member of that organization", code="not_a_member")
-            session_org = org_id
         else:
             session_org = await _default_org(db, user.id)
         values: dict[str, object] = {"last_login_at": _now()}
