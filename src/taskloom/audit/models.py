@@ -48,3 +48,19 @@ class AuditLog(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class AuditChainHead(Base):
+    """The last seq and hash of each chain, updated with every append, so that rows cut off
+    the end of a chain are detected too (a walk from the genesis alone cannot see that)."""
+
+    __tablename__ = "audit_chain_heads"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    chain: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    org_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=True
+    )
+    last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    updated_at: Mapped[datetime] = created_at()

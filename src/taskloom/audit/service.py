@@ -4,7 +4,9 @@ Each row stores `prev_hash` (the previous row's `hash` in the same chain) and `h
 over its own canonical content and `prev_hash`. Rows of one organization form one chain; events
 that belong to no organization (e.g. a failed sign-in for an unknown email) form the instance
 chain. Appends to one chain are serialized with a transaction-scoped advisory lock, so two
-concurrent requests can never fork it. Editing or deleting any row breaks verification there.
+concurrent requests can never fork it. The chain's head (last seq and hash) is kept in
+`audit_chain_heads`, updated in the same transaction, so verification also notices rows cut off
+the end. Editing or deleting any row breaks verification there.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit.actions import AuditAction
-from taskloom.audit.models import AuditLog
+from taskloom.audit.models import AuditChainHead, AuditLog
 
 GENESIS_HASH = "0" * 64
 
@@ -77,6 +80,25 @@ def _row_hash(row: AuditLog) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _json_as_stored(value: Any) -> Any:
+    """`value` as PostgreSQL's jsonb will give it back, so the hash survives the round trip.
+    jsonb keeps numbers as `numeric`: a float of magnitude >= 1e16 (always integral) comes back
+    as an integer. NaN and infinities are not JSON and are refused."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("audit details cannot contain NaN or infinity")
+        return int(value) if abs(value) >= 1e16 else value
+    if isinstance(value, dict):
+        return {str(k): _json_as_stored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_as_stored(v) for v in value]
+    return value
+
+
+def _chain_key(org_id: uuid.UUID | None) -> str:
+    return str(org_id) if org_id else "instance"
+
+
 def _chain_filter(org_id: uuid.UUID | None) -> Any:
     return AuditLog.org_id == org_id if org_id else AuditLog.org_id.is_(None)
 
@@ -93,9 +115,9 @@ async def record(
     details: dict[str, Any] | None = None,
 ) -> AuditLog:
     """Append one row to the chain of `org_id` inside the caller's transaction."""
-    chain = f"taskloom.audit:{org_id or 'instance'}"
     await session.execute(
-        text("select pg_advisory_xact_lock(hashtextextended(:chain, 0))"), {"chain": chain}
+        text("select pg_advisory_xact_lock(hashtextextended(:chain, 0))"),
+        {"chain": "taskloom.audit:" + _chain_key(org_id)},
     )
     last = (
         await session.execute(
@@ -119,12 +141,26 @@ async def record(
         user_agent=(context.user_agent or None) and context.user_agent[:512],
         request_id=context.request_id,
         success=success,
-        details=details or {},
+        details=_json_as_stored(details or {}),
         prev_hash=last.hash if last else GENESIS_HASH,
     )
     row.hash = _row_hash(row)
     session.add(row)
     await session.flush()
+    head = {
+        "chain": _chain_key(org_id),
+        "org_id": org_id,
+        "last_seq": row.seq,
+        "last_hash": row.hash,
+    }
+    await session.execute(
+        insert(AuditChainHead)
+        .values(id=uuid.uuid4(), **head)
+        .on_conflict_do_update(
+            index_elements=[AuditChainHead.chain],
+            set_={"last_seq": row.seq, "last_hash": row.hash, "updated_at": row.created_at},
+        )
+    )
     return row
 
 
@@ -149,4 +185,23 @@ async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> Ch
             return ChainVerification(False, checked, row.id, row.seq, reason)
         checked += 1
         expected_prev, expected_seq = row.hash, row.seq + 1
+    head = (
+        await session.execute(
+            select(AuditChainHead).where(AuditChainHead.chain == _chain_key(org_id))
+        )
+    ).scalar_one_or_none()
+    last_seq = expected_seq - 1
+    if head is None and checked:
+        return ChainVerification(
+            False, checked, None, last_seq, "the chain's head record is missing"
+        )
+    if head is not None and (head.last_seq, head.last_hash) != (last_seq, expected_prev):
+        return ChainVerification(
+            False,
+            checked,
+            None,
+            head.last_seq,
+            f"the chain's head is at seq {head.last_seq} but its last row is seq {last_seq} "
+            "(rows were removed from the end)",
+        )
     return ChainVerification(True, checked)

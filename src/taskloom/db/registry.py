@@ -1,7 +1,7 @@
 """Imports every domain's models so `Base.metadata` knows all tables (Alembic, tests)."""
 
 from taskloom.ai.models import AiUsage
-from taskloom.audit.models import AuditLog
+from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
@@ -16,6 +16,7 @@ metadata = Base.metadata
 __all__ = [
     "AiUsage",
     "ApiKey",
+    "AuditChainHead",
     "AuditLog",
     "ExecutionStep",
     "FeatureFlag",

@@ -29,6 +29,7 @@ ISOLATED_TABLES: dict[str, Scope] = {
     "webhook_deliveries": Scope.ORG,
     "feature_flag_overrides": Scope.SPECIAL,
     "audit_logs": Scope.SPECIAL,
+    "audit_chain_heads": Scope.ORG,
 }
 
 # Tables deliberately without row-level security, and why.

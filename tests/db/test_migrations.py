@@ -1,0 +1,199 @@
+"""The migrations build exactly the schema the models describe; `taskloom migrate` can run on every
+deploy without changing anything; and the initial migration can be undone and redone."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pprint import pformat
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from taskloom.config import Settings
+from taskloom.db.engine import check_roles, create_database
+from taskloom.db.migrate import alembic_config, current_revision, head_revision, migrate
+from taskloom.db.registry import metadata
+from taskloom.db.rls import ISOLATED_TABLES, SHARED_TABLES
+from taskloom.db.urls import async_url
+from taskloom.runtime import Runtime
+
+
+def _drift(sync_conn: Connection) -> list[Any]:
+    """What `alembic revision --autogenerate` would put in a new migration (nothing, we hope).
+    Compared the way env.py configures autogenerate: types and server defaults included."""
+    context = MigrationContext.configure(
+        sync_conn, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return compare_metadata(context, metadata)
+
+
+@asynccontextmanager
+async def connected(database_url: str) -> AsyncIterator[AsyncConnection]:
+    """A privileged connection of its own (no pool) to `database_url`."""
+    engine = create_async_engine(async_url(database_url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            yield conn
+    finally:
+        await engine.dispose()
+
+
+async def drift(database_url: str) -> list[Any]:
+    async with connected(database_url) as conn:
+        return await conn.run_sync(_drift)
+
+
+async def revision(database_url: str) -> str | None:
+    async with connected(database_url) as conn:
+        return await current_revision(conn)
+
+
+async def snapshot(database_url: str, role: str) -> dict[str, Any]:
+    """Everything `migrate` is responsible for: the revision, the tables with their row-level
+    security and access lists, the policies, and the application role's attributes."""
+    async with connected(database_url) as conn:
+        tables = await conn.execute(
+            text(
+                "select c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+                "coalesce(c.relacl::text[], '{}') as acl "
+                "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = 'public' and c.relkind in ('r', 'p') order by c.relname"
+            )
+        )
+        policies = await conn.execute(
+            text(
+                "select tablename, policyname, cmd, qual, with_check from pg_policies "
+                "where schemaname = 'public' order by tablename, policyname"
+            )
+        )
+        role_row = (
+            await conn.execute(
+                text(
+                    "select rolsuper, rolbypassrls, rolcanlogin, rolcreatedb, rolcreaterole, "
+                    "rolreplication, rolinherit from pg_roles where rolname = :role"
+                ),
+                {"role": role},
+            )
+        ).one()
+        return {
+            "revision": await current_revision(conn),
+            "tables": [tuple(row) for row in tables],
+            "policies": [tuple(row) for row in policies],
+            "role": dict(role_row._mapping),
+        }
+
+
+async def public_tables(database_url: str) -> dict[str, tuple[bool, bool]]:
+    async with connected(database_url) as conn:
+        rows = await conn.execute(
+            text(
+                "select c.relname, c.relrowsecurity, c.relforcerowsecurity "
+                "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = 'public' and c.relkind in ('r', 'p')"
+            )
+        )
+        return {row.relname: (row.relrowsecurity, row.relforcerowsecurity) for row in rows}
+
+
+async def tenancy_functions(database_url: str) -> set[str]:
+    async with connected(database_url) as conn:
+        rows = await conn.execute(
+            text(
+                "select proname from pg_proc "
+                "where proname in ('app_current_org', 'app_current_user')"
+            )
+        )
+        return set(rows.scalars())
+
+
+# --- the session's database ---------------------------------------------------------------------
+
+
+async def test_models_and_migrated_schema_do_not_drift(settings: Settings) -> None:
+    assert settings.database_url
+    diff = await drift(settings.database_url)
+    assert diff == [], "autogenerate would emit:\n" + pformat(diff)
+
+
+async def test_database_is_at_the_head_revision(settings: Settings) -> None:
+    assert settings.database_url
+    assert await revision(settings.database_url) == head_revision()
+
+
+async def test_migrating_again_changes_nothing(settings: Settings, runtime: Runtime) -> None:
+    assert settings.database_url
+    before = await snapshot(settings.database_url, settings.database_app_role)
+
+    await migrate(settings)
+
+    after = await snapshot(settings.database_url, settings.database_app_role)
+    assert after == before
+    assert after["role"]["rolsuper"] is False
+    assert after["role"]["rolbypassrls"] is False
+    assert after["role"]["rolcanlogin"] is True
+    # and the running application's roles still pass the start-up check
+    await check_roles(runtime.database)
+
+
+# --- a throwaway database: down to nothing and back up -----------------------------------------
+
+
+@pytest.fixture
+async def scratch_settings(settings: Settings, pg_server_url: str) -> AsyncIterator[Settings]:
+    """Settings for an empty database (and an application role) of this test only."""
+    suffix = secrets.token_hex(4)
+    database, role = f"taskloom_scratch_{suffix}", f"taskloom_app_scratch_{suffix}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        url = make_url(pg_server_url).set(database=database)
+        yield settings.model_copy(
+            update={
+                "database_url": url.render_as_string(hide_password=False),
+                "database_app_role": role,
+            }
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+
+async def test_downgrade_to_base_then_upgrade_again(scratch_settings: Settings) -> None:
+    url = scratch_settings.database_url
+    assert url
+    await migrate(scratch_settings)
+    assert set(await public_tables(url)) == set(ISOLATED_TABLES) | set(SHARED_TABLES)
+
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "base")
+
+    assert await revision(url) is None
+    assert set(await public_tables(url)) == {"alembic_version"}
+    assert await tenancy_functions(url) == set()
+
+    await migrate(scratch_settings)
+
+    assert await revision(url) == head_revision()
+    tables = await public_tables(url)
+    assert set(tables) == set(ISOLATED_TABLES) | set(SHARED_TABLES)
+    assert all(tables[t] == (True, True) for t in ISOLATED_TABLES), tables
+    assert await tenancy_functions(url) == {"app_current_org", "app_current_user"}
+    diff = await drift(url)
+    assert diff == [], "autogenerate would emit:\n" + pformat(diff)
+
+    database = create_database(scratch_settings)
+    try:
+        await check_roles(database)
+    finally:
+        await database.dispose()
