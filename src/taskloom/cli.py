@@ -1,0 +1,200 @@
+"""Typer commands. Wiring only: each command builds settings, starts what it needs, calls
+services, and stops everything on exit (Ctrl-C and SIGTERM included)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from taskloom.audit.service import AuditContext
+from taskloom.config import Settings, get_settings
+from taskloom.embedded import start_embedded
+
+app = typer.Typer(help="Taskloom: multi-tenant AI workflow automation.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+console = Console(stderr=True)
+
+DEMO_EMAIL = "admin@taskloom.local"
+CLI_CONTEXT = AuditContext(user_agent="taskloom-cli")
+
+
+@asynccontextmanager
+async def _services(settings: Settings) -> AsyncIterator[Settings]:
+    """Start the embedded PostgreSQL / Redis for whichever URL is unset; stop them on exit."""
+    if settings.database_url and settings.redis_url:
+        yield settings
+        return
+    services = await asyncio.to_thread(start_embedded, settings)
+    try:
+        yield services.settings
+    finally:
+        await asyncio.to_thread(services.stop)
+
+
+async def _serve(settings: Settings, *, host: str, port: int, bootstrap: bool) -> None:
+    from taskloom.app import create_app
+    from taskloom.auth.accounts import create_account, instance_has_users
+    from taskloom.db.migrate import migrate
+    from taskloom.runtime import open_runtime
+
+    async with _services(settings) as live:
+        await migrate(live)
+        runtime = await open_runtime(live)
+        try:
+            if bootstrap and not await instance_has_users(runtime=runtime):
+                password = secrets.token_urlsafe(15)
+                await create_account(
+                    runtime=runtime,
+                    email=DEMO_EMAIL,
+                    password=password,
+                    display_name="Taskloom Admin",
+                    org_name="Demo",
+                    is_superuser=True,
+                    context=CLI_CONTEXT,
+                )
+                console.print(
+                    Panel.fit(
+                        f"Demo organization created.\n  email:    {DEMO_EMAIL}\n"
+                        f"  password: {password}\n(shown once; change it after signing in)",
+                        title="Taskloom",
+                    )
+                )
+            config = uvicorn.Config(
+                create_app(runtime=runtime),
+                host=host,
+                port=port,
+                proxy_headers=True,
+                forwarded_allow_ips=live.forwarded_allow_ips,
+                log_config=None,
+                access_log=False,
+            )
+            console.print(f"Taskloom API on http://{host}:{port}  (Ctrl-C to stop)")
+            server = _Server(config)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, server.handle_exit, sig, None)
+            await server.serve()
+        finally:
+            await runtime.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after serving, which would kill the process before the
+    embedded servers are stopped. The CLI installs its own handlers instead (see `_serve`)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+HostOption = Annotated[str | None, typer.Option(help="Interface to bind (default API_HOST).")]
+PortOption = Annotated[int | None, typer.Option(help="Port to listen on (default API_PORT).")]
+
+
+@app.command()
+def up(host: HostOption = None, port: PortOption = None) -> None:
+    """Everything in one process: embedded PostgreSQL + Redis when no URLs are set, migrations,
+    a demo organization on first start, and the API."""
+    settings = get_settings()
+    asyncio.run(
+        _serve(
+            settings, host=host or settings.api_host, port=port or settings.api_port, bootstrap=True
+        )
+    )
+
+
+@app.command()
+def api(host: HostOption = None, port: PortOption = None) -> None:
+    """Serve the API (run `taskloom migrate` first in production)."""
+    settings = get_settings()
+    asyncio.run(
+        _serve(
+            settings,
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            bootstrap=False,
+        )
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations and (re)create the application role and its grants."""
+    from taskloom.db.migrate import migrate as run_migrations
+
+    async def _run() -> None:
+        async with _services(get_settings()) as live:
+            await run_migrations(live)
+
+    asyncio.run(_run())
+    console.print("database is at the latest revision; application role and grants are in place")
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option(help="Email address (the sign-in name).")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    org: Annotated[str | None, typer.Option(help="Create an organization they own.")] = None,
+    superuser: Annotated[bool, typer.Option(help="Instance administrator.")] = False,
+    password: Annotated[
+        str | None,
+        typer.Option(help="Password (prompted when omitted; avoid putting it in shell history)."),
+    ] = None,
+) -> None:
+    """Create a user account."""
+    from taskloom.auth.accounts import create_account
+    from taskloom.auth.schemas import RegisterRequest
+    from taskloom.runtime import open_runtime
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        valid = RegisterRequest(email=email, password=password, display_name=name)
+    except ValueError as exc:
+        console.print(f"[red]invalid input:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+    async def _run() -> None:
+        async with _services(get_settings()) as live:
+            runtime = await open_runtime(live)
+            try:
+                created = await create_account(
+                    runtime=runtime,
+                    email=valid.email,
+                    password=valid.password,
+                    display_name=valid.display_name,
+                    org_name=org,
+                    is_superuser=superuser,
+                    context=CLI_CONTEXT,
+                )
+            finally:
+                await runtime.close()
+        console.print(f"created user {created.email} ({created.user_id})")
+        if created.org_id:
+            console.print(f"owner of organization {created.org_name} ({created.org_id})")
+
+    from taskloom.errors import DomainError
+
+    try:
+        asyncio.run(_run())
+    except DomainError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from exc
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
