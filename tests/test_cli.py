@@ -85,10 +85,24 @@ def test_up_boots_on_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> N
     assert _processes_mentioning(workdir) == []
 
 
+async def _taskloom(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess without blocking the event loop."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "taskloom", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 async def test_user_create_makes_an_account_that_can_sign_in(
     settings: Settings, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
-    email = unique_email("cli")
+    email, password = unique_email("cli"), "a long enough password"
     env = _clean_env(
         DATABASE_URL=settings.database_url or "",
         DATABASE_APP_ROLE=settings.database_app_role,
@@ -96,75 +110,23 @@ async def test_user_create_makes_an_account_that_can_sign_in(
         REDIS_KEY_PREFIX=settings.key_prefix,
         TASKLOOM_ENV="test",
     )
-    created = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "taskloom",
-            "user",
-            "create",
-            "--email",
-            email,
-            "--name",
-            "Cli User",
-            "--org",
-            "Cli Org",
-            "--password",
-            "a long enough password",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    create = ("user", "create", "--email", email, "--password", password)
+    created = await _taskloom(
+        *create, "--name", "Cli User", "--org", "Cli Org", env=env, cwd=tmp_path
     )
     assert created.returncode == 0, created.stderr
     assert email in created.stderr
     assert "Cli Org" in created.stderr
-    signed_in = await client.post(
-        "/auth/login", json={"email": email, "password": "a long enough password"}
-    )
+    signed_in = await client.post("/auth/login", json={"email": email, "password": password})
     assert signed_in.status_code == 200, signed_in.text
     orgs = await client.get(
         "/api/orgs", headers={"Authorization": f"Bearer {signed_in.json()['access_token']}"}
     )
     assert [(o["name"], o["role"]) for o in orgs.json()] == [("Cli Org", "owner")]
 
-    again = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "taskloom",
-            "user",
-            "create",
-            "--email",
-            email,
-            "--name",
-            "Dup",
-            "--password",
-            "a long enough password",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = await _taskloom(*create, "--name", "Dup", env=env, cwd=tmp_path)
     assert again.returncode == 1
     assert "already exists" in again.stderr
 
-    migrated = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "taskloom", "migrate"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    migrated = await _taskloom("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr

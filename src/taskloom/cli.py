@@ -34,11 +34,13 @@ async def _services(settings: Settings) -> AsyncIterator[Settings]:
     if settings.database_url and settings.redis_url:
         yield settings
         return
-    services = await asyncio.to_thread(start_embedded, settings)
+    # Called on the main thread on purpose: start_embedded turns SIGTERM/SIGHUP into SystemExit
+    # until the API installs its own handlers, so a signal during migrations still stops them.
+    services = start_embedded(settings)
     try:
         yield services.settings
     finally:
-        await asyncio.to_thread(services.stop)
+        services.stop()
 
 
 async def _serve(settings: Settings, *, host: str, port: int, bootstrap: bool) -> None:

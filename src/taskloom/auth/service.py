@@ -195,6 +195,13 @@ async def _default_org(db: AsyncSession, user_id: uuid.UUID) -> uuid.UUID | None
     ).scalar()
 
 
+async def _is_member(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> bool:
+    found = await db.execute(
+        select(Membership.id).where(Membership.user_id == user_id, Membership.org_id == org_id)
+    )
+    return found.scalar() is not None
+
+
 async def login(
     *,
     runtime: Runtime,
@@ -245,14 +252,7 @@ async def login(
     session_org: uuid.UUID | None = org_id
     async with system_transaction(runtime.database) as db:
         if org_id is not None:
-            member = (
-                await db.execute(
-                    select(Membership.id).where(
-                        Membership.user_id == user.id, Membership.org_id == org_id
-                    )
-                )
-            ).scalar()
-            if member is None:
+            if not await _is_member(db, user_id=user.id, org_id=org_id):
                 raise Forbidden("you are not a member of that organization", code="not_a_member")
         else:
             session_org = await _default_org(db, user.id)
@@ -458,14 +458,7 @@ async def switch_org(
     token (older access tokens of this session stop working)."""
     if principal.session_id is None:
         raise BadRequest("an API key is bound to one organization", code="not_a_session")
-    member = (
-        await db.execute(
-            select(Membership.id).where(
-                Membership.user_id == principal.user_id, Membership.org_id == org_id
-            )
-        )
-    ).scalar()
-    if member is None:
+    if not await _is_member(db, user_id=principal.user_id, org_id=org_id):
         raise NotFound("organization not found")
     await db.execute(
         update(Session).where(Session.id == principal.session_id).values(org_id=org_id)
