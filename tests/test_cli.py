@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import signal
 import socket
@@ -16,6 +14,7 @@ import httpx
 import psutil
 
 from taskloom.config import Settings
+from tests.cli_support import clean_env, run_taskloom
 from tests.factories import unique_email
 
 
@@ -23,16 +22,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "REDIS_", "TASKLOOM_", "JWT_", "TEST_"))
-    }
-    env.update(extra)
-    return env
 
 
 def _processes_mentioning(path: Path) -> list[str]:
@@ -50,7 +39,7 @@ def test_up_boots_on_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> N
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskloom", "up", "--port", str(port)],
         cwd=workdir,
-        env=_clean_env(PYTHONUNBUFFERED="1"),
+        env=clean_env(PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -85,25 +74,11 @@ def test_up_boots_on_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> N
     assert _processes_mentioning(workdir) == []
 
 
-async def _taskloom(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess without blocking the event loop."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "taskloom", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 async def test_user_create_makes_an_account_that_can_sign_in(
     settings: Settings, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     email, password = unique_email("cli"), "a long enough password"
-    env = _clean_env(
+    env = clean_env(
         DATABASE_URL=settings.database_url or "",
         DATABASE_APP_ROLE=settings.database_app_role,
         REDIS_URL=settings.redis_url or "",
@@ -111,7 +86,7 @@ async def test_user_create_makes_an_account_that_can_sign_in(
         TASKLOOM_ENV="test",
     )
     create = ("user", "create", "--email", email, "--password", password)
-    created = await _taskloom(
+    created = await run_taskloom(
         *create, "--name", "Cli User", "--org", "Cli Org", env=env, cwd=tmp_path
     )
     assert created.returncode == 0, created.stderr
@@ -124,9 +99,9 @@ async def test_user_create_makes_an_account_that_can_sign_in(
     )
     assert [(o["name"], o["role"]) for o in orgs.json()] == [("Cli Org", "owner")]
 
-    again = await _taskloom(*create, "--name", "Dup", env=env, cwd=tmp_path)
+    again = await run_taskloom(*create, "--name", "Dup", env=env, cwd=tmp_path)
     assert again.returncode == 1
     assert "already exists" in again.stderr
 
-    migrated = await _taskloom("migrate", env=env, cwd=tmp_path)
+    migrated = await run_taskloom("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr

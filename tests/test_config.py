@@ -21,7 +21,7 @@ def _production(**overrides: object) -> Settings:
         "credential_encryption_key": KEY,
         "database_url": "postgresql://owner@db/taskloom",
         "database_app_password": "app-secret",
-        "redis_url": "rediss://cache:6380/0",
+        "redis_url": "rediss://:s3cret@cache:6380/0",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

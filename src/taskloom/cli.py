@@ -31,6 +31,9 @@ CLI_CONTEXT = AuditContext(user_agent="taskloom-cli")
 @asynccontextmanager
 async def _services(settings: Settings) -> AsyncIterator[Settings]:
     """Start the embedded PostgreSQL / Redis for whichever URL is unset; stop them on exit."""
+    from taskloom.observability.logging import configure_logging
+
+    configure_logging(settings)
     if settings.database_url and settings.redis_url:
         yield settings
         return
@@ -194,8 +197,45 @@ def user_create(
         raise typer.Exit(1) from exc
 
 
+@app.command()
+def doctor(
+    strict: Annotated[
+        bool, typer.Option(help="Judge by production rules whatever TASKLOOM_ENV says.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check the live configuration against Taskloom's security requirements (Redis TLS,
+    verification, auth and prefix; secrets; database role and row-level security). Exits 1
+    when a check fails."""
+    from taskloom.config import Settings, production_guard_disabled
+    from taskloom.doctor import failed, render_json, render_text, run_checks
+    from taskloom.observability.logging import configure_logging
+
+    with production_guard_disabled():  # report every problem instead of refusing at the first
+        settings = Settings()
+    configure_logging(settings)  # log lines go to stderr; stdout holds only the report
+    checks = asyncio.run(run_checks(settings, strict=strict))
+    typer.echo(render_json(checks) if json_output else render_text(checks, settings, strict=strict))
+    raise typer.Exit(1 if failed(checks) else 0)
+
+
 def main() -> None:
-    app()
+    """The `taskloom` entry point: configuration and connection problems end the process with
+    one readable sentence and exit status 1 instead of a traceback."""
+    from pydantic import ValidationError
+
+    from taskloom.config import InsecureConfiguration
+    from taskloom.db.engine import UnsafeDatabaseRoles
+    from taskloom.redis import RedisConnectError
+
+    try:
+        app()
+    except (InsecureConfiguration, RedisConnectError, UnsafeDatabaseRoles) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except ValidationError as exc:
+        typer.echo(f"error: invalid configuration: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

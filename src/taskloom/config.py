@@ -7,17 +7,35 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Self
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "taskloom-development-secret-do-not-use-in-production"  # noqa: S105
 MIN_JWT_SECRET_LENGTH = 32
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+# On by default; `taskloom doctor` turns it off to report every problem instead of one refusal.
+_production_guard: ContextVar[bool] = ContextVar("production_guard", default=True)
+
+
+@contextmanager
+def production_guard_disabled() -> Iterator[None]:
+    """Build Settings without the production refusal (for `taskloom doctor` only)."""
+    token = _production_guard.set(False)
+    try:
+        yield
+    finally:
+        _production_guard.reset(token)
 
 
 class Environment(StrEnum):
@@ -52,8 +70,17 @@ class Settings(BaseSettings):
     database_statement_timeout_ms: int = Field(default=30_000, ge=0)
 
     # --- Redis ---------------------------------------------------------------------------------
+    # Every Redis client is built from these by taskloom.redis (see docs/REDIS.md).
     redis_url: str | None = None
-    redis_key_prefix: str | None = None  # default: "{environment}:"
+    redis_password: SecretStr | None = None  # wins over a password in REDIS_URL
+    redis_username: str | None = None  # Redis 6+ ACL user; wins over a user in REDIS_URL
+    redis_tls_ca_file: Path | None = None  # CA bundle that signed the server certificate
+    redis_tls_cert_file: Path | None = None  # client certificate (mutual TLS)
+    redis_tls_key_file: Path | None = None  # its private key
+    redis_tls_verify: bool = True  # false: no certificate / host name check (warns)
+    redis_allow_unverified_tls: bool = False  # lets production run with REDIS_TLS_VERIFY=false
+    redis_allow_insecure: bool = False  # lets production run plaintext / passwordless / unprefixed
+    redis_key_prefix: str | None = Field(default=None, max_length=64)  # default "{environment}:"
     redis_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -95,10 +122,50 @@ class Settings(BaseSettings):
             raise ValueError("CREDENTIAL_ENCRYPTION_KEY must decode to exactly 32 bytes")
         return value
 
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _prefix_is_plain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(c in value for c in "*?[]\\") or any(c.isspace() for c in value):
+            raise ValueError("REDIS_KEY_PREFIX must not contain spaces or * ? [ ] \\")
+        if value.count("{") != value.count("}") or value.count("{") > 1:
+            raise ValueError("REDIS_KEY_PREFIX may hold one Cluster hash tag, e.g. {production}:")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_plain(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        unknown = sorted({k for k, _ in parse_qsl(parts.query)} - {"db"})
+        if unknown:
+            raise ValueError(
+                f"REDIS_URL query parameter(s) {', '.join(unknown)} are not read; set TLS "
+                "options with REDIS_TLS_* and credentials with REDIS_USERNAME / REDIS_PASSWORD"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_in_pairs(self) -> Self:
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE together")
+        return self
+
     @model_validator(mode="after")
     def _production_is_safe(self) -> Self:
-        if self.taskloom_env is not Environment.PRODUCTION:
+        if self.taskloom_env is not Environment.PRODUCTION or not _production_guard.get():
             return self
+        problems = self.production_problems()
+        if problems:
+            raise InsecureConfiguration("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    def production_problems(self) -> list[str]:
+        """What production refuses in this configuration (empty when it may start)."""
         problems = []
         secret = self.jwt_secret.get_secret_value()
         if secret == DEV_JWT_SECRET or len(secret) < MIN_JWT_SECRET_LENGTH:
@@ -116,9 +183,31 @@ class Settings(BaseSettings):
             problems.append(
                 "set DATABASE_APP_URL or DATABASE_APP_PASSWORD for the application role"
             )
-        if problems:
-            raise InsecureConfiguration("refusing to start in production: " + "; ".join(problems))
-        return self
+        problems += self.redis_problems()
+        return problems
+
+    def redis_problems(self) -> list[str]:
+        """The Redis part of the production guard (each one has an explicit opt-out)."""
+        if not self.redis_url:
+            return []
+        problems = []
+        if not self.redis_allow_insecure:
+            if not self.redis_uses_tls and not self.redis_is_local:
+                problems.append(
+                    "REDIS_URL is plaintext to a non-loopback host: use rediss:// "
+                    "(or REDIS_ALLOW_INSECURE=true on a private network you trust)"
+                )
+            if not self.redis_has_password:
+                problems.append("Redis has no password: set REDIS_PASSWORD or put it in REDIS_URL")
+            if not self.key_prefix:
+                problems.append("REDIS_KEY_PREFIX is empty: keys of environments would mix")
+        unverified = self.redis_uses_tls and not self.redis_tls_verify
+        if unverified and not self.redis_allow_unverified_tls:
+            problems.append(
+                "REDIS_TLS_VERIFY=false turns off certificate checks: give the server's CA in "
+                "REDIS_TLS_CA_FILE instead (or REDIS_ALLOW_UNVERIFIED_TLS=true)"
+            )
+        return problems
 
     # --- derived values ------------------------------------------------------------------------
     @property
@@ -131,6 +220,35 @@ class Settings(BaseSettings):
         if self.redis_key_prefix is not None:
             return self.redis_key_prefix
         return f"{self.taskloom_env.value}:"
+
+    @property
+    def bullmq_prefix(self) -> str:
+        """BullMQ's key prefix, under the same environment prefix: e.g. `production:bull`."""
+        return f"{self.key_prefix}bull"
+
+    @property
+    def redis_uses_tls(self) -> bool:
+        return bool(self.redis_url) and urlsplit(self.redis_url or "").scheme == "rediss"
+
+    @property
+    def redis_is_local(self) -> bool:
+        """A unix socket or a loopback address: traffic never leaves the machine."""
+        parts = urlsplit(self.redis_url or "")
+        if parts.scheme == "unix":
+            return True
+        host = parts.hostname or "localhost"
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def redis_has_password(self) -> bool:
+        if self.redis_password is not None and self.redis_password.get_secret_value():
+            return True
+        return bool(urlsplit(self.redis_url or "").password)
 
     @property
     def uses_json_logs(self) -> bool:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings, redact_url
 from taskloom.db.engine import Database, check_roles, create_database
-from taskloom.redis import Keys, create_redis
+from taskloom.redis import Keys, connect_redis
 
 log = structlog.get_logger("taskloom.runtime")
 
@@ -32,12 +32,10 @@ class Runtime:
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect to PostgreSQL and Redis and check the database roles are safe to use."""
     database = create_database(settings)
-    redis = create_redis(settings)
     try:
         await check_roles(database)
-        await redis.ping()
+        redis = await connect_redis(settings)
     except BaseException:
-        await redis.aclose()
         await database.dispose()
         raise
     log.info(

@@ -1,0 +1,273 @@
+"""`taskloom doctor`: a security checklist of the live configuration.
+
+Each check reports pass / warn / fail / skip. A check that production requires fails in
+production (or with `--strict`) and only warns elsewhere; checks that break tenant isolation or
+connectivity fail everywhere. The command exits 1 when anything fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from taskloom.config import DEV_JWT_SECRET, MIN_JWT_SECRET_LENGTH, Settings
+from taskloom.db.engine import Database, create_database
+from taskloom.db.rls import ISOLATED_TABLES
+from taskloom.redis import RedisConnectError, connect_redis, describe_target
+
+
+class Status(StrEnum):
+    PASS = "pass"  # noqa: S105 (a status, not a password)
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Check:
+    area: str
+    name: str
+    status: Status
+    detail: str
+
+
+class _Checklist:
+    def __init__(self, settings: Settings, *, strict: bool) -> None:
+        self.settings = settings
+        self.production_rules = strict or settings.is_production
+        self.checks: list[Check] = []
+
+    def ok(self, area: str, name: str, detail: str) -> None:
+        self.checks.append(Check(area, name, Status.PASS, detail))
+
+    def skip(self, area: str, name: str, detail: str) -> None:
+        self.checks.append(Check(area, name, Status.SKIP, detail))
+
+    def warn(self, area: str, name: str, detail: str) -> None:
+        self.checks.append(Check(area, name, Status.WARN, detail))
+
+    def fail(self, area: str, name: str, detail: str) -> None:
+        self.checks.append(Check(area, name, Status.FAIL, detail))
+
+    def required(self, area: str, name: str, detail: str) -> None:
+        """A production requirement is not met: fail under production rules, warn otherwise."""
+        if self.production_rules:
+            self.fail(area, name, detail)
+        else:
+            self.warn(area, name, detail + " (required in production)")
+
+    def opted_out(self, area: str, name: str, detail: str, flag: str) -> None:
+        self.warn(area, name, f"{detail} (allowed by {flag}=true)")
+
+
+async def run_checks(settings: Settings, *, strict: bool = False) -> list[Check]:
+    """Every check, in display order. Connects to Redis and PostgreSQL when they are set."""
+    checklist = _Checklist(settings, strict=strict)
+    await _redis_checks(checklist)
+    _secret_checks(checklist)
+    await _database_checks(checklist)
+    return checklist.checks
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+async def _redis_checks(c: _Checklist) -> None:
+    s, area = c.settings, "redis"
+    if not s.redis_url:
+        c.required(area, "server", "REDIS_URL is unset: the embedded redis-server is in use")
+        return
+    c.ok(area, "server", describe_target(s))
+
+    if s.redis_uses_tls:
+        c.ok(area, "tls", "rediss:// (TLS 1.2 or newer)")
+    elif s.redis_is_local:
+        c.ok(area, "tls", "plaintext, but to a unix socket or loopback address")
+    elif s.redis_allow_insecure:
+        c.opted_out(area, "tls", "plaintext to a remote host", "REDIS_ALLOW_INSECURE")
+    else:
+        c.required(area, "tls", "plaintext to a remote host: use rediss://")
+
+    if s.redis_uses_tls:
+        ca = f"CA file {s.redis_tls_ca_file}" if s.redis_tls_ca_file else "the system's CAs"
+        if s.redis_tls_verify:
+            c.ok(
+                area, "certificate verification", f"certificate and host name checked against {ca}"
+            )
+        elif s.redis_allow_unverified_tls:
+            c.opted_out(
+                area,
+                "certificate verification",
+                "off (REDIS_TLS_VERIFY=false)",
+                "REDIS_ALLOW_UNVERIFIED_TLS",
+            )
+        else:
+            c.required(
+                area,
+                "certificate verification",
+                "off (REDIS_TLS_VERIFY=false): set REDIS_TLS_CA_FILE instead",
+            )
+        if s.redis_tls_cert_file is not None:
+            c.ok(area, "client certificate", f"mutual TLS with {s.redis_tls_cert_file}")
+        else:
+            c.skip(area, "client certificate", "none (optional: REDIS_TLS_CERT_FILE / _KEY_FILE)")
+
+    user = s.redis_username or "default"
+    if s.redis_has_password:
+        c.ok(area, "authentication", f"password for ACL user {user!r}")
+    elif s.redis_allow_insecure:
+        c.opted_out(area, "authentication", "no password", "REDIS_ALLOW_INSECURE")
+    else:
+        c.required(area, "authentication", "no password: set REDIS_PASSWORD")
+
+    if s.key_prefix:
+        c.ok(area, "key prefix", f"{s.key_prefix!r} (BullMQ: {s.bullmq_prefix!r})")
+    elif s.redis_allow_insecure:
+        c.opted_out(area, "key prefix", "empty", "REDIS_ALLOW_INSECURE")
+    else:
+        c.required(area, "key prefix", "empty: set REDIS_KEY_PREFIX")
+
+    try:
+        client = await connect_redis(s, purpose="doctor")
+    except RedisConnectError as exc:
+        c.fail(area, "connection", str(exc))
+        return
+    try:
+        info = await client.info("server")
+        memory = await client.info("memory")
+    finally:
+        await client.aclose()
+    c.ok(area, "connection", f"PING answered by Redis {info.get('redis_version', '?')}")
+    policy = memory.get("maxmemory_policy")
+    if policy == "noeviction":
+        c.ok(area, "eviction policy", "noeviction (queued jobs are never evicted)")
+    else:
+        c.warn(
+            area,
+            "eviction policy",
+            f"{policy}: Redis may evict queue keys under memory pressure; BullMQ needs noeviction",
+        )
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def _secret_checks(c: _Checklist) -> None:
+    s, area = c.settings, "secrets"
+    secret = s.jwt_secret.get_secret_value()
+    if secret == DEV_JWT_SECRET:
+        c.required(area, "JWT secret", "the built-in development secret")
+    elif len(secret) < MIN_JWT_SECRET_LENGTH:
+        c.required(
+            area, "JWT secret", f"{len(secret)} characters, fewer than {MIN_JWT_SECRET_LENGTH}"
+        )
+    else:
+        c.ok(area, "JWT secret", f"{len(secret)} characters")
+    if s.credential_encryption_key is None:
+        c.required(area, "credential encryption key", "CREDENTIAL_ENCRYPTION_KEY is unset")
+    else:
+        c.ok(area, "credential encryption key", "set (32 bytes, AES-256-GCM)")
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+async def _database_checks(c: _Checklist) -> None:
+    s, area = c.settings, "database"
+    if not s.database_url:
+        c.required(area, "server", "DATABASE_URL is unset: the embedded PostgreSQL is in use")
+        return
+    if s.database_app_url is None and s.database_app_password is None:
+        c.required(area, "application role password", "set DATABASE_APP_URL or _PASSWORD")
+    database = create_database(s)
+    try:
+        await _role_checks(c, database)
+        await _rls_checks(c, database)
+    except (SQLAlchemyError, OSError) as exc:
+        c.fail(area, "connection", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        await database.dispose()
+
+
+async def _role_checks(c: _Checklist, database: Database) -> None:
+    area = "database"
+    async with database.app_engine.connect() as conn:
+        role = (
+            await conn.execute(
+                text(
+                    "select current_user as name, r.rolsuper, r.rolbypassrls, "
+                    "(select count(*) from pg_tables where schemaname = 'public' "
+                    " and tableowner = current_user) as owned "
+                    "from pg_roles r where r.rolname = current_user"
+                )
+            )
+        ).one()
+    problems = [
+        what
+        for what, bad in (
+            ("is a superuser", role.rolsuper),
+            ("has BYPASSRLS", role.rolbypassrls),
+            (f"owns {role.owned} table(s)", role.owned),
+        )
+        if bad
+    ]
+    if problems:
+        c.fail(area, "application role", f"{role.name!r} " + ", ".join(problems))
+    else:
+        c.ok(area, "application role", f"{role.name!r}: not superuser, no BYPASSRLS, owns nothing")
+
+
+async def _rls_checks(c: _Checklist, database: Database) -> None:
+    area = "database"
+    async with database.system_engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "select c.relname, c.relrowsecurity, c.relforcerowsecurity from pg_class c "
+                    "join pg_namespace n on n.oid = c.relnamespace "
+                    "where n.nspname = 'public' and c.relkind = 'r'"
+                )
+            )
+        ).all()
+    tables = {row.relname: row for row in rows}
+    missing = sorted(set(ISOLATED_TABLES) - set(tables))
+    unforced = sorted(
+        name
+        for name in ISOLATED_TABLES
+        if name in tables and not (tables[name].relrowsecurity and tables[name].relforcerowsecurity)
+    )
+    if missing:
+        c.fail(area, "row-level security", f"tables missing (run `taskloom migrate`): {missing}")
+    elif unforced:
+        c.fail(area, "row-level security", f"not enabled and forced on: {unforced}")
+    else:
+        c.ok(area, "row-level security", f"enabled and forced on all {len(ISOLATED_TABLES)} tables")
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def failed(checks: Iterable[Check]) -> bool:
+    return any(check.status is Status.FAIL for check in checks)
+
+
+def render_text(checks: list[Check], settings: Settings, *, strict: bool) -> str:
+    rules = "production" if strict or settings.is_production else "development"
+    lines = [f"Taskloom doctor (TASKLOOM_ENV={settings.taskloom_env.value}, {rules} rules)"]
+    for check in checks:
+        label = f"{check.area}: {check.name}"
+        lines.append(f"  {check.status.value.upper():<4}  {label:<38} {check.detail}")
+    counts = {status: sum(ch.status is status for ch in checks) for status in Status}
+    lines.append("  " + ", ".join(f"{n} {status.value}" for status, n in counts.items() if n))
+    return "\n".join(lines)
+
+
+def render_json(checks: list[Check]) -> str:
+    return json.dumps(
+        {"ok": not failed(checks), "checks": [asdict(check) for check in checks]}, indent=2
+    )

