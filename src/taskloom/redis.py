@@ -8,6 +8,7 @@ another module constructs a client. See docs/REDIS.md for operators.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
@@ -168,8 +169,8 @@ def bullmq_options(settings: Settings, *, purpose: str = "queue", **extra: Any) 
 
 class RedisConnectError(RuntimeError):
     """Redis could not be used. `cause` is one of: refused, unreachable, timeout, tls_verify,
-    tls_handshake, closed, auth, noauth, noperm, error. The message names the target (without
-    its password) and what to check."""
+    tls_client_cert, tls_handshake, closed, auth, noauth, noperm, error. The message names the
+    target (without its password) and what to check."""
 
     def __init__(self, cause: str, message: str) -> None:
         super().__init__(message)
@@ -229,6 +230,18 @@ def explain_error(exc: BaseException, settings: Settings) -> RedisConnectError:
             f"authentication failed for user {user!r}: wrong password, or the ACL user is "
             "unknown or disabled. Check REDIS_PASSWORD / REDIS_USERNAME.",
         )
+    if "CERTIFICATE_REQUIRED" in text:
+        return err(
+            "tls_client_cert",
+            "the server requires a client certificate (mutual TLS). Set REDIS_TLS_CERT_FILE "
+            "and REDIS_TLS_KEY_FILE to a certificate its CA trusts.",
+        )
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return err(
+            "tls_handshake",
+            "the server did not answer in TLS: this port is plaintext. Use redis:// for it, "
+            "or the server's TLS port with rediss://.",
+        )
     if any(isinstance(e, ssl.SSLError) for e in chain) or "SSL" in text:
         return err(
             "tls_handshake",
@@ -247,8 +260,9 @@ def explain_error(exc: BaseException, settings: Settings) -> RedisConnectError:
     ):
         return err(
             "timeout",
-            f"no answer within {settings.redis_connect_timeout_seconds:g} s (firewall, wrong "
-            "host or port, or a TLS port spoken to without TLS: use rediss://).",
+            f"no answer within {settings.redis_connect_timeout_seconds:g} s: a firewall, a "
+            "wrong host or port, or a TLS mismatch (rediss:// to a plaintext port, or redis:// "
+            "to a TLS port).",
         )
     if "closed by server" in text or "reset by peer" in text or "Connection lost" in text:
         return err(
@@ -282,8 +296,9 @@ async def connect_redis(settings: Settings, *, purpose: str = "app") -> Redis:
     line like `redis connected env=production tls=True key_prefix=production:` (no secret)."""
     client = create_redis(settings, purpose=purpose)
     try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
+        # Each retry may wait a full connect timeout; the whole attempt gets one and a half.
+        await asyncio.wait_for(client.ping(), settings.redis_connect_timeout_seconds * 1.5)
+    except (RedisError, OSError, TimeoutError) as exc:
         await client.aclose()
         raise explain_error(exc, settings) from exc
     except BaseException:

@@ -1,9 +1,9 @@
 """Real redis-servers for the Redis security tests, started by the tests themselves.
 
-`secure_redis`: TLS only (no plaintext port), `requirepass`, and two ACL users: `alice` with
-every right and `reader` who may only read. `mtls_redis`: TLS that requires a client
-certificate. Certificates come from a CA generated here with `cryptography`; a second,
-unrelated CA plays the provider's CA we were not given.
+`secure_redis`: a TLS port (and a plaintext one for the wrong-scheme test), `requirepass`, and
+two ACL users: `alice` with every right and `reader` who may only read. `mtls_redis`: TLS that
+requires a client certificate. Certificates come from a CA generated here with `cryptography`;
+a second, unrelated CA plays the provider's CA we were not given.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class Pki:
 
 @dataclass(frozen=True)
 class RedisServer:
-    port: int
+    port: int  # TLS
     pki: Pki
+    plain_port: int | None = None  # plaintext, for "TLS client to a plaintext port"
 
     def url(self, scheme: str = "rediss", auth: str = "", host: str = "127.0.0.1") -> str:
         return f"{scheme}://{auth}{host}:{self.port}/0"
@@ -230,15 +231,16 @@ def _tls_config(directory: Path, pki: Pki, port: int, *, client_certs: bool) -> 
 @pytest.fixture(scope="session")
 def secure_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     directory = tmp_path_factory.mktemp("redis-tls")
-    port = _free_port()
+    port, plain_port = _free_port(), _free_port()
     config = [
         *_tls_config(directory, pki, port, client_certs=False),
+        f"port {plain_port}",
         f"requirepass {DEFAULT_PASSWORD}",
         f"user alice on >{ALICE_PASSWORD} ~* &* +@all",
         f"user reader on >{READER_PASSWORD} ~* resetchannels -@all +@read +@connection +info",
     ]
     process = _start(directory, config, port)
-    yield RedisServer(port=port, pki=pki)
+    yield RedisServer(port=port, pki=pki, plain_port=plain_port)
     process.terminate()
     process.wait(timeout=10)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from bullmq import Queue, Worker
 from redis.crc import key_slot
+from redis.exceptions import NoPermissionError
 
 from taskloom.app import create_app
 from taskloom.config import Settings
@@ -166,3 +168,59 @@ async def test_cluster_hash_tag_prefix_keeps_every_key_in_one_slot(
         await queue.close()
         await client.delete(Keys(settings.key_prefix)("probe"))
         await client.aclose()
+
+
+# The ACL docs/REDIS.md recommends for a Taskloom environment (a test keeps the two in step).
+ACL_RULES = "on >{password} ~staging:* resetchannels +@all -@dangerous +info +client|setname"
+
+
+def test_the_docs_recommend_the_tested_acl() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "REDIS.md").read_text()
+    assert ACL_RULES.replace("{password}", "<password>") in docs
+
+
+async def test_an_acl_user_confined_to_its_prefix_runs_everything_and_nothing_else(
+    secure_redis: RedisServer,
+) -> None:
+    admin = await connect_redis(secure_redis.settings())
+    user, password = f"staging-{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    await admin.execute_command(
+        "ACL", "SETUSER", user, *ACL_RULES.format(password=password).split()
+    )
+    settings = secure_redis.settings(
+        redis_username=user, redis_password=password, redis_key_prefix="staging:"
+    )
+    client = await connect_redis(settings)
+    name = f"acl-{secrets.token_hex(3)}"
+    queue = Queue(name, bullmq_options(settings))
+    try:
+        cache = Cache(client, Keys(settings.key_prefix), "tools")
+        await cache.set("org:1", "search", {"hits": 3}, ttl_seconds=60)
+        assert await cache.get("org:1", "search") == {"hits": 3}
+        assert await cache.purge("org:1") == 1
+
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def process(job: Any, token: str) -> int:
+            return int(job.data["n"]) + 1
+
+        worker = Worker(name, process, bullmq_options(settings, purpose="worker"))
+        worker.on("completed", lambda job, result: done.done() or done.set_result(result))
+        try:
+            await queue.add("inc", {"n": 1}, {"delay": 50, "attempts": 2})
+            assert await asyncio.wait_for(done, 15) == 2
+        finally:
+            await asyncio.wait_for(worker.close(), 15)
+
+        await admin.set("production:secret", "not for staging", ex=60)
+        with pytest.raises(NoPermissionError):
+            await client.get("production:secret")
+        with pytest.raises(NoPermissionError):
+            await client.flushdb()
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+        await client.aclose()
+        await admin.delete("production:secret")
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()

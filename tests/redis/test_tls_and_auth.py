@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from bullmq import Queue, Worker
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 
 from taskloom.redis import (
@@ -148,8 +149,28 @@ async def test_mutual_tls_needs_the_client_certificate(mtls_redis: RedisServer) 
     assert await _process_one_job(with_cert) == {"doubled": 42}
 
     error = await _expect_failure(mtls_redis.settings())
-    assert error.cause in {"closed", "tls_handshake"}
+    assert error.cause == "tls_client_cert"
     assert "REDIS_TLS_CERT_FILE" in str(error)
+
+
+async def test_tls_client_to_a_plaintext_port_fails_clearly(secure_redis: RedisServer) -> None:
+    url = f"rediss://127.0.0.1:{secure_redis.plain_port}/0"
+    error = await _expect_failure(secure_redis.settings(redis_url=url))
+    # The server waits for the rest of a "command" while the client waits for a ServerHello.
+    assert error.cause in {"tls_handshake", "timeout"}
+    assert "rediss:// to a plaintext port" in str(error) or "port is plaintext" in str(error)
+
+
+def test_unknown_host_is_named(secure_redis: RedisServer) -> None:
+    # What redis-py raises when DNS has no such name (this machine's resolver takes ~2 s per
+    # lookup to say so, so the error is built here rather than waited for three times).
+    settings = secure_redis.settings(redis_url="rediss://no-such-host.invalid:6380/0")
+    raised = RedisConnectionError(
+        "Error -2 connecting to no-such-host.invalid:6380. Name or service not known."
+    )
+    error = explain_error(raised, settings)
+    assert error.cause == "unreachable"
+    assert "no-such-host.invalid" in str(error)
 
 
 # --- passwords and ACL users -----------------------------------------------------------------
