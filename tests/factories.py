@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
+from taskloom.config import Settings
+
 PASSWORD = "correct horse battery staple"
+ENCRYPTION_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def production_settings(**overrides: Any) -> Settings:
+    """Settings production accepts (nothing is contacted), with `overrides` applied."""
+    values: dict[str, Any] = {
+        "taskloom_env": "production",
+        "jwt_secret": "x" * 48,
+        "credential_encryption_key": ENCRYPTION_KEY,
+        "database_url": "postgresql://owner@db/taskloom",
+        "database_app_password": "app-secret",
+        "redis_url": "rediss://:s3cret-Pa55@cache.internal:6380/0",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
 
 
 @dataclass

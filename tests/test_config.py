@@ -9,26 +9,13 @@ from pathlib import Path
 import pytest
 
 from taskloom.config import InsecureConfiguration, Settings, redact_url
+from tests.factories import production_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = base64.b64encode(b"k" * 32).decode()
-
-
-def _production(**overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "taskloom_env": "production",
-        "jwt_secret": "x" * 48,
-        "credential_encryption_key": KEY,
-        "database_url": "postgresql://owner@db/taskloom",
-        "database_app_password": "app-secret",
-        "redis_url": "rediss://:s3cret@cache:6380/0",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
 def test_production_accepts_a_complete_configuration() -> None:
-    settings = _production()
+    settings = production_settings()
     assert settings.is_production
     assert settings.key_prefix == "production:"
 
@@ -46,7 +33,7 @@ def test_production_accepts_a_complete_configuration() -> None:
 )
 def test_production_refuses_insecure_settings(override: dict[str, object], complaint: str) -> None:
     with pytest.raises(InsecureConfiguration, match=complaint):
-        _production(**override)
+        production_settings(**override)
 
 
 def test_development_defaults_need_nothing() -> None:

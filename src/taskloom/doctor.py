@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from taskloom.config import DEV_JWT_SECRET, MIN_JWT_SECRET_LENGTH, Settings
-from taskloom.db.engine import Database, create_database
+from taskloom.db.engine import Database, app_role_problems, create_database
 from taskloom.db.rls import ISOLATED_TABLES
 from taskloom.redis import RedisConnectError, connect_redis, describe_target
 
@@ -195,31 +195,11 @@ async def _database_checks(c: _Checklist) -> None:
 
 
 async def _role_checks(c: _Checklist, database: Database) -> None:
-    area = "database"
-    async with database.app_engine.connect() as conn:
-        role = (
-            await conn.execute(
-                text(
-                    "select current_user as name, r.rolsuper, r.rolbypassrls, "
-                    "(select count(*) from pg_tables where schemaname = 'public' "
-                    " and tableowner = current_user) as owned "
-                    "from pg_roles r where r.rolname = current_user"
-                )
-            )
-        ).one()
-    problems = [
-        what
-        for what, bad in (
-            ("is a superuser", role.rolsuper),
-            ("has BYPASSRLS", role.rolbypassrls),
-            (f"owns {role.owned} table(s)", role.owned),
-        )
-        if bad
-    ]
+    name, problems = await app_role_problems(database)
     if problems:
-        c.fail(area, "application role", f"{role.name!r} " + ", ".join(problems))
+        c.fail("database", "application role", f"{name!r} " + ", ".join(problems))
     else:
-        c.ok(area, "application role", f"{role.name!r}: not superuser, no BYPASSRLS, owns nothing")
+        c.ok("database", "application role", f"{name!r}: not superuser, no BYPASSRLS, owns nothing")
 
 
 async def _rls_checks(c: _Checklist, database: Database) -> None:

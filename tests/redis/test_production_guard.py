@@ -3,7 +3,6 @@ with one readable sentence and exit status 1, fast, without printing a secret.""
 
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -13,27 +12,15 @@ from pydantic import ValidationError
 
 from taskloom.config import InsecureConfiguration, Settings
 from tests.cli_support import clean_env, run_taskloom
+from tests.factories import ENCRYPTION_KEY, production_settings
 from tests.redis.conftest import DEFAULT_PASSWORD, RedisServer
 
-KEY = base64.b64encode(b"k" * 32).decode()
-SECURE = "rediss://:s3cret-Pa55@cache.internal:6380/0"
-
-
-def production(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "taskloom_env": "production",
-        "jwt_secret": "x" * 48,
-        "credential_encryption_key": KEY,
-        "database_url": "postgresql://owner@db/taskloom",
-        "database_app_password": "app-secret",
-        "redis_url": SECURE,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+SECRET_IN_URL = "s3cret-Pa55"
+KEY = ENCRYPTION_KEY
 
 
 def test_tls_with_password_and_default_prefix_is_accepted() -> None:
-    settings = production()
+    settings = production_settings()
     assert settings.key_prefix == "production:"
     assert settings.bullmq_prefix == "production:bull"
 
@@ -51,8 +38,8 @@ def test_tls_with_password_and_default_prefix_is_accepted() -> None:
 )
 def test_insecure_redis_is_refused(overrides: dict[str, Any], complaint: str) -> None:
     with pytest.raises(InsecureConfiguration, match=complaint) as caught:
-        production(**overrides)
-    assert "s3cret-Pa55" not in str(caught.value)
+        production_settings(**overrides)
+    assert SECRET_IN_URL not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -64,12 +51,12 @@ def test_insecure_redis_is_refused(overrides: dict[str, Any], complaint: str) ->
 )
 def test_allow_insecure_is_the_explicit_opt_out(overrides: dict[str, Any]) -> None:
     with pytest.raises(InsecureConfiguration):
-        production(**overrides)
-    assert production(**overrides, redis_allow_insecure=True).redis_allow_insecure
+        production_settings(**overrides)
+    assert production_settings(**overrides, redis_allow_insecure=True).redis_allow_insecure
 
 
 def test_unverified_tls_has_its_own_opt_out() -> None:
-    settings = production(redis_tls_verify=False, redis_allow_unverified_tls=True)
+    settings = production_settings(redis_tls_verify=False, redis_allow_unverified_tls=True)
     assert not settings.redis_tls_verify
 
 
@@ -84,13 +71,13 @@ def test_unverified_tls_has_its_own_opt_out() -> None:
 )
 def test_plaintext_to_this_machine_is_accepted_with_a_password(url: str) -> None:
     if url.startswith("unix"):
-        assert production(redis_url=url, redis_password="pw").redis_is_local
+        assert production_settings(redis_url=url, redis_password="pw").redis_is_local
     else:
-        assert production(redis_url=url).redis_is_local
+        assert production_settings(redis_url=url).redis_is_local
 
 
 def test_redis_password_counts_as_a_password() -> None:
-    assert production(redis_url="rediss://cache.internal:6380/0", redis_password="pw")
+    assert production_settings(redis_url="rediss://cache.internal:6380/0", redis_password="pw")
 
 
 @pytest.mark.parametrize(
@@ -111,7 +98,7 @@ def test_invalid_redis_settings_are_rejected_everywhere(
 
 
 def test_hash_tag_prefix_for_cluster() -> None:
-    settings = production(redis_key_prefix="{production}:")
+    settings = production_settings(redis_key_prefix="{production}:")
     assert settings.key_prefix == "{production}:"
     assert settings.bullmq_prefix == "{production}:bull"
 

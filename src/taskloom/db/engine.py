@@ -75,30 +75,36 @@ def create_database(settings: Settings) -> Database:
     )
 
 
-async def check_roles(database: Database) -> None:
-    """Refuse to run when the app role could bypass RLS or the system role could not."""
+async def app_role_problems(database: Database) -> tuple[str, list[str]]:
+    """The application role's name and what makes it unfit for tenant isolation (if anything):
+    superuser, BYPASSRLS, or owning tables (owners could turn RLS off)."""
     async with database.app_engine.connect() as conn:
         row = (
             await conn.execute(
                 text(
-                    "select r.rolname, r.rolsuper, r.rolbypassrls from pg_roles r "
-                    "where r.rolname = current_user"
+                    "select current_user as name, r.rolsuper, r.rolbypassrls, "
+                    "(select count(*) from pg_tables where schemaname = 'public' "
+                    " and tableowner = current_user) as owned "
+                    "from pg_roles r where r.rolname = current_user"
                 )
             )
         ).one()
-        owns = (
-            await conn.execute(
-                text(
-                    "select count(*) from pg_tables where schemaname = 'public' "
-                    "and tableowner = current_user"
-                )
-            )
-        ).scalar_one()
-    if row.rolsuper or row.rolbypassrls or owns:
+    checks = (
+        ("is a superuser", row.rolsuper),
+        ("has BYPASSRLS", row.rolbypassrls),
+        (f"owns {row.owned} table(s)", row.owned),
+    )
+    return row.name, [what for what, bad in checks if bad]
+
+
+async def check_roles(database: Database) -> None:
+    """Refuse to run when the app role could bypass RLS or the system role could not."""
+    name, problems = await app_role_problems(database)
+    if problems:
         raise UnsafeDatabaseRoles(
-            f"the application role {row.rolname!r} must not be a superuser, must not have "
-            "BYPASSRLS and must not own tables; point DATABASE_APP_URL at the role that "
-            "`taskloom migrate` creates"
+            f"the application role {name!r} must not be a superuser, must not have "
+            f"BYPASSRLS and must not own tables (it {', '.join(problems)}); point "
+            "DATABASE_APP_URL at the role that `taskloom migrate` creates"
         )
     async with database.system_engine.connect() as conn:
         row = (
