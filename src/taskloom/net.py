@@ -1,0 +1,204 @@
+"""The outbound-address guard: may an `http` step reach this host? Without it any tenant could
+make the worker fetch cloud metadata (169.254.169.254), Redis on localhost or the office LAN.
+
+The check runs at connect time, inside httpcore's network backend: the host is resolved once,
+every address is checked, and the socket is opened to a checked address. A second DNS lookup
+(which a rebinding DNS server could answer with 127.0.0.1) never happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# NAT64 (RFC 6052) embeds an IPv4 address in the last 32 bits; a NAT64 gateway would reach it.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+class TargetNotAllowed(ValueError):
+    """The host is, or resolves to, an address an `http` step may not reach."""
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        super().__init__(
+            f"refusing to connect to {host}: {address} is {_article(reason)} {reason} address, "
+            "not a public one "
+            "(operators may allow it with HTTP_STEP_ALLOWED_HOSTS)"
+        )
+        self.host = host
+        self.address = address
+        self.reason = reason
+
+
+def refusal_reason(address: IPAddress) -> str | None:
+    """Why `address` is not publicly routable ("loopback", "private", ...), or None if it is.
+    IPv6 forms that embed an IPv4 address (mapped, 6to4, NAT64) are judged by that address too,
+    so ::ffff:127.0.0.1 counts as loopback."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return refusal_reason(address.ipv4_mapped)
+        embedded = address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and (reason := refusal_reason(embedded)) is not None:
+            return reason
+        if address.is_site_local:
+            return "private"
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),  # is_global is True for most multicast
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("reserved", not address.is_global),  # e.g. 100.64.0.0/10, shared address space
+    )
+    return next((reason for reason, hit in checks if hit), None)
+
+
+def _normalise_host(host: str) -> str:
+    return host.strip().removeprefix("[").removesuffix("]").rstrip(".").lower()
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which non-public targets are allowed anyway: exact host names, and networks (an exact
+    IP is a /32 or /128). Everything publicly routable is always allowed."""
+
+    hostnames: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_setting(cls, value: str) -> AddressPolicy:
+        """Parse HTTP_STEP_ALLOWED_HOSTS: comma-separated host names, IP addresses, CIDRs."""
+        hostnames: set[str] = set()
+        networks: list[IPNetwork] = []
+        for raw in value.split(","):
+            entry = _normalise_host(raw)
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hostnames.add(entry)
+        return cls(frozenset(hostnames), tuple(networks))
+
+    def check(self, host: str, addresses: Iterable[IPAddress]) -> None:
+        """Raise TargetNotAllowed unless every address is public or allow-listed (by the host
+        name, or by a network containing the address exactly as resolved)."""
+        if _normalise_host(host) in self.hostnames:
+            return
+        for address in addresses:
+            reason = refusal_reason(address)
+            if reason is not None and not any(address in net for net in self.networks):
+                raise TargetNotAllowed(host, str(address), reason)
+
+    async def resolve_allowed(self, host: str, port: int) -> list[str]:
+        """The addresses of `host` to connect to, in resolver order, after checking them all.
+        Resolution runs in the loop's executor; DNS failures raise OSError (socket.gaierror)."""
+        name = _normalise_host(host)
+        try:
+            addresses: list[IPAddress] = [ipaddress.ip_address(name)]
+        except ValueError:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+            addresses = []
+            for *_, sockaddr in infos:
+                address = ipaddress.ip_address(str(sockaddr[0]))
+                if address not in addresses:
+                    addresses.append(address)
+        if not addresses:
+            raise socket.gaierror(f"{name} has no addresses")
+        self.check(host, addresses)
+        return [str(address) for address in addresses]
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that resolves and checks the host, then connects to the
+    checked IP. TLS still verifies the URL's host name: httpcore passes it to start_tls."""
+
+    def __init__(
+        self, policy: AddressPolicy, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self.policy = policy
+        self.inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                addresses = await self.policy.resolve_allowed(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from exc
+        failure: Exception = httpcore.ConnectError(f"could not connect to {host}")
+        for address in addresses:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise httpcore.ConnectTimeout(f"connecting to {host} timed out")
+            try:
+                return await self.inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not reachable from http steps")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def guarded_transport(
+    policy: AddressPolicy, *, inner: httpcore.AsyncNetworkBackend | None = None
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport whose every connection goes through GuardedBackend, with no proxy.
+
+    httpx 0.28 offers no public way to give AsyncHTTPTransport a network backend, so this builds
+    a normal transport and replaces its private `_pool` with a public httpcore
+    AsyncConnectionPool that uses our backend. It fails closed (RuntimeError) if httpx stops
+    having that attribute; tests/workflows/test_http_step.py checks it still works."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("httpx.AsyncHTTPTransport changed: cannot install the address guard")
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=10,
+        max_keepalive_connections=5,
+        keepalive_expiry=5.0,
+        network_backend=GuardedBackend(policy, inner),
+    )
+    return transport

@@ -1,0 +1,71 @@
+"""What a step type is: validated arguments and an async `run`. Step types register in
+`taskloom.workflows.steps` (this issue: `http`, `transform`; later `ai`, `tool`)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from taskloom.config import Settings
+
+
+class StepArgs(BaseModel):
+    """Base of every step type's arguments: unknown keys are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepError(Exception):
+    """A step failed for a reason retrying will not fix (bad arguments, 4xx, refused target).
+    `message` is shown to the workflow's users, so it never holds a secret."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, code: str = "step_failed", details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class RetryableStepError(StepError):
+    """A failure that may pass on its own (timeout, connection error, 429, 5xx): the job is
+    retried with exponential backoff while attempts remain."""
+
+    retryable: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a running step may know about where it runs."""
+
+    settings: Settings
+    org_id: uuid.UUID
+    execution_id: uuid.UUID
+    step_id: str
+    attempt: int  # 1 for the first run of this step
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and re-runs of the same step of the same execution."""
+        return f"{self.execution_id}:{self.step_id}"
+
+
+class StepType(Protocol):
+    """A kind of step. `Args` validates the rendered arguments; `run` returns JSON-able output
+    or raises StepError / RetryableStepError. It must never block the event loop (a blocked
+    loop stops BullMQ's lock renewal and the job runs twice): run blocking work in a thread."""
+
+    name: ClassVar[str]
+    Args: ClassVar[type[StepArgs]]
+
+    async def run(self, args: Any, ctx: StepContext) -> Any: ...

@@ -1,0 +1,232 @@
+"""`http`: call an outside HTTP API. Every connection, redirects included, goes through the
+address guard in `taskloom.net`, so a workflow cannot reach the worker's own network. Error
+messages name the host, never header values or the URL (both may carry tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import ConfigDict, Field, field_validator
+
+from taskloom import __version__
+from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
+from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
+
+MAX_REDIRECTS = 5
+ERROR_BODY_CHARS = 500
+_ERROR_BODY_BYTES = 4 * ERROR_BODY_CHARS  # enough bytes for 500 characters of UTF-8
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110)
+# User headers that still make sense, and hold no secret, after a redirect to another host.
+_KEPT_ACROSS_HOSTS = frozenset({"accept", "content-type", "idempotency-key", "user-agent"})
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
+
+
+class HttpArgs(StepArgs):
+    # Inputs are hidden in validation errors: header values and URLs may hold tokens.
+    model_config = ConfigDict(
+        extra="forbid", validate_by_name=True, validate_by_alias=True, hide_input_in_errors=True
+    )
+
+    method: Method = "GET"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    json_body: Any = Field(default=None, alias="json")
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    expect_status: list[int] | None = Field(default=None, min_length=1)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            raise ValueError("url is not a valid URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("url must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not _TOKEN.match(name):
+                raise ValueError("header names may only hold letters, digits and !#$%&'*+-.^_`|~")
+            if any(c in header_value for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} contains a line break or NUL")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _statuses(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(not 100 <= status <= 599 for status in value):
+            raise ValueError("expect_status values must be HTTP statuses (100-599)")
+        return value
+
+
+def _is_json(response: httpx.Response) -> bool:
+    media_type: str = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _text(response: httpx.Response, body: bytes) -> str:
+    try:
+        return body.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset name
+        return body.decode("utf-8", errors="replace")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: not storable as JSON
+
+
+def _body(response: httpx.Response, body: bytes) -> Any:
+    """Parsed JSON when the response says it is JSON and it parses, else the text."""
+    if _is_json(response) and body:
+        try:
+            return json.loads(body, parse_constant=_reject_constant)
+        except ValueError:
+            pass
+    return _text(response, body)
+
+
+def _headers(response: httpx.Response) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in response.headers.multi_items():
+        key = name.lower()
+        if key == "set-cookie":  # session secrets of the remote service; never stored
+            continue
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+async def _read(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
+    """Stream the (decoded) body, stopping once more than `limit` bytes arrived: truncated, or
+    a non-retryable `response_too_large` (a retry would get the same answer)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            if truncate:
+                return bytes(body[:limit])
+            raise StepError(
+                f"the response from {response.url.host} is larger than {limit} bytes",
+                code="response_too_large",
+                details={"limit_bytes": limit},
+            )
+    return bytes(body)
+
+
+def _redirect(previous: httpx.Request, next_request: httpx.Request, user: set[str]) -> None:
+    """Vet the redirect httpx built (method and body already adjusted per RFC 9110). To
+    another host, the user's headers are dropped (they may be that API's credentials)."""
+    if next_request.url.scheme not in ("http", "https"):
+        raise StepError(
+            f"{previous.url.host} redirected to a {next_request.url.scheme}: URL; "
+            "only http and https are followed",
+            code="redirect_not_allowed",
+        )
+    if next_request.url.host != previous.url.host:
+        for name in user - _KEPT_ACROSS_HOSTS:
+            next_request.headers.pop(name, None)
+
+
+def _translate(exc: Exception, host: str, timeout: float) -> StepError:
+    """The step error for a failed exchange. Never quotes httpx's text: h11's errors may
+    include a header value."""
+    if isinstance(exc, TargetNotAllowed):
+        details = {"host": exc.host, "address": exc.address, "reason": exc.reason}
+        return StepError(str(exc), code="target_not_allowed", details=details)
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return RetryableStepError(
+            f"{host} did not answer within {timeout:g} s", code="http_timeout"
+        )
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        return RetryableStepError(
+            f"could not talk to {host} ({type(exc).__name__})", code="http_connection_error"
+        )
+    return StepError(
+        f"the request to {host} could not be sent ({type(exc).__name__})",
+        code="http_request_invalid",
+    )
+
+
+class HttpStep:
+    """Sends one request (following up to 5 redirects) and returns status, headers, body."""
+
+    name: ClassVar[str] = "http"
+    Args: ClassVar[type[StepArgs]] = HttpArgs
+
+    async def run(self, args: HttpArgs, ctx: StepContext) -> Any:
+        settings = ctx.settings
+        cap = settings.http_step_timeout_seconds
+        timeout = min(args.timeout_seconds or cap, cap)
+        headers = httpx.Headers({"User-Agent": f"Taskloom/{__version__}"})
+        headers.update(args.headers)
+        if "idempotency-key" not in headers:
+            headers["Idempotency-Key"] = ctx.idempotency_key
+        transport = guarded_transport(AddressPolicy.from_setting(settings.http_step_allowed_hosts))
+        async with httpx.AsyncClient(
+            transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+        ) as client:
+            # `query` adds to (or replaces keys of) the URL's own query; httpx's `params=`
+            # would drop the URL's query entirely.
+            url = httpx.URL(args.url).copy_merge_params(args.query)
+            request = client.build_request(args.method, url, headers=headers, json=args.json_body)
+            hops = [request]
+            try:
+                async with asyncio.timeout(timeout):  # the whole exchange, redirects included
+                    return await self._exchange(
+                        client, hops, args, settings.http_step_max_response_bytes
+                    )
+            except StepError:
+                raise
+            except (TargetNotAllowed, TimeoutError, httpx.HTTPError) as exc:
+                raise _translate(exc, hops[-1].url.host, timeout) from None
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, hops: list[httpx.Request], args: HttpArgs, limit: int
+    ) -> Any:
+        """Send hops[-1], following redirects (each appended to `hops`) up to MAX_REDIRECTS."""
+        user_headers = {name.lower() for name in args.headers}
+        while True:
+            response = await client.send(hops[-1], stream=True)
+            try:
+                follow = response.next_request
+                if follow is None or response.status_code in (args.expect_status or ()):
+                    return await self._result(response, args, limit)
+                if len(hops) > MAX_REDIRECTS:
+                    raise StepError(
+                        f"more than {MAX_REDIRECTS} redirects, starting at {hops[0].url.host}",
+                        code="too_many_redirects",
+                    )
+                _redirect(hops[-1], follow, user_headers)
+                hops.append(follow)
+            finally:
+                await response.aclose()
+
+    async def _result(self, response: httpx.Response, args: HttpArgs, limit: int) -> Any:
+        status = response.status_code
+        if args.expect_status is not None:
+            ok = status in args.expect_status
+        else:
+            ok = 200 <= status <= 299
+        if ok:
+            body = await _read(response, limit, truncate=False)
+            return {"status": status, "headers": _headers(response), "body": _body(response, body)}
+        snippet = _text(response, await _read(response, _ERROR_BODY_BYTES, truncate=True))
+        details = {"status": status, "body": snippet[:ERROR_BODY_CHARS]}
+        message = f"{response.url.host} answered HTTP {status}"
+        if status == 429 or 500 <= status <= 599:
+            raise RetryableStepError(message, code="http_status", details=details)
+        raise StepError(message, code="http_status", details=details)

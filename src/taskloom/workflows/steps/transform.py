@@ -1,0 +1,20 @@
+"""`transform`: its output is its rendered `value` (any JSON: objects, lists, templates that
+yield numbers or objects), e.g. to reshape an earlier step's output."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from taskloom.workflows.steps.base import StepArgs, StepContext
+
+
+class TransformArgs(StepArgs):
+    value: Any
+
+
+class TransformStep:
+    name: ClassVar[str] = "transform"
+    Args: ClassVar[type[StepArgs]] = TransformArgs
+
+    async def run(self, args: TransformArgs, ctx: StepContext) -> Any:
+        return args.value
