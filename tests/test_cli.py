@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,7 @@ import psutil
 from taskloom.config import Settings
 from tests.cli_support import clean_env, run_taskloom
 from tests.factories import unique_email
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.servers import free_port
 
 
 def _processes_mentioning(path: Path) -> list[str]:
@@ -35,7 +29,7 @@ def _processes_mentioning(path: Path) -> list[str]:
 
 def test_up_boots_on_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> None:
     workdir = Path(tmp_path)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskloom", "up", "--port", str(port)],
         cwd=workdir,

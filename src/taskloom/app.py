@@ -17,6 +17,7 @@ from taskloom.observability.logging import configure_logging
 from taskloom.observability.request_id import RequestIdMiddleware
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
+from taskloom.workflows.routes import router as workflows_router
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(orgs_router)
+    app.include_router(workflows_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)

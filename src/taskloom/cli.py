@@ -46,15 +46,19 @@ async def _services(settings: Settings) -> AsyncIterator[Settings]:
         services.stop()
 
 
-async def _serve(settings: Settings, *, host: str, port: int, bootstrap: bool) -> None:
+async def _serve(
+    settings: Settings, *, host: str, port: int, bootstrap: bool, with_worker: bool
+) -> None:
     from taskloom.app import create_app
     from taskloom.auth.accounts import create_account, instance_has_users
     from taskloom.db.migrate import migrate
+    from taskloom.queue.worker import WorkerService
     from taskloom.runtime import open_runtime
 
     async with _services(settings) as live:
         await migrate(live)
         runtime = await open_runtime(live)
+        worker = WorkerService(runtime) if with_worker else None
         try:
             if bootstrap and not await instance_has_users(runtime=runtime):
                 password = secrets.token_urlsafe(15)
@@ -88,8 +92,12 @@ async def _serve(settings: Settings, *, host: str, port: int, bootstrap: bool) -
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, server.handle_exit, sig, None)
+            if worker is not None:
+                await worker.start()
             await server.serve()
         finally:
+            if worker is not None:
+                await worker.shutdown()
             await runtime.close()
 
 
@@ -113,7 +121,11 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     settings = get_settings()
     asyncio.run(
         _serve(
-            settings, host=host or settings.api_host, port=port or settings.api_port, bootstrap=True
+            settings,
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            bootstrap=True,
+            with_worker=True,
         )
     )
 
@@ -128,8 +140,36 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
             host=host or settings.api_host,
             port=port or settings.api_port,
             bootstrap=False,
+            with_worker=False,
         )
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run executions from the queue until SIGTERM/SIGINT; then stop taking jobs, let running
+    ones finish for up to SHUTDOWN_TIMEOUT_SECONDS, hand the rest back, and exit 0."""
+    asyncio.run(_work(get_settings()))
+
+
+async def _work(settings: Settings) -> None:
+    from taskloom.queue.worker import WorkerService
+    from taskloom.runtime import open_runtime
+
+    async with _services(settings) as live:
+        runtime = await open_runtime(live)
+        service = WorkerService(runtime)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await service.start()
+            console.print(f"worker {service.id} running (Ctrl-C to stop)")
+            await stop.wait()
+            await service.shutdown()
+        finally:
+            await runtime.close()
 
 
 @app.command()

@@ -83,6 +83,27 @@ class Settings(BaseSettings):
     redis_key_prefix: str | None = Field(default=None, max_length=64)  # default "{environment}:"
     redis_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
+    # --- queue and workers (docs/QUEUE.md) --------------------------------------------------
+    worker_concurrency: int = Field(default=10, ge=1, le=500)
+    # Orchestration jobs hold their lock this long between renewals (renewed every half).
+    queue_lock_duration_ms: int = Field(default=300_000, ge=1_000)
+    queue_stalled_interval_ms: int = Field(default=30_000, ge=500)
+    queue_max_stalled_count: int = Field(default=1, ge=0, le=100)
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3_600)
+    execution_max_attempts: int = Field(default=3, ge=1, le=25)
+    execution_backoff_ms: int = Field(default=1_000, ge=0)
+    max_running_per_org: int = Field(default=5, ge=1, le=10_000)
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    # Non-terminal executions younger than this are left alone by the reconciler.
+    reconcile_grace_seconds: float = Field(default=60.0, ge=0)
+
+    # --- workflow steps ------------------------------------------------------------------------
+    http_step_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    http_step_max_response_bytes: int = Field(default=1_048_576, ge=1_024)
+    # Hosts, IP addresses or CIDR ranges an `http` step may reach although they are private,
+    # loopback or link-local (comma-separated), e.g. "127.0.0.1,10.1.0.0/16,crm.internal".
+    http_step_allowed_hosts: str = ""
+
     # --- HTTP ------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import structlog
 from redis.asyncio import Redis
 
+import taskloom.db.registry  # noqa: F401  (every model mapped, whichever command runs)
 from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings, redact_url
 from taskloom.db.engine import Database, check_roles, create_database
+from taskloom.queue.jobs import ExecutionQueue
 from taskloom.redis import Keys, connect_redis
 
 log = structlog.get_logger("taskloom.runtime")
@@ -23,8 +25,10 @@ class Runtime:
     redis: Redis
     keys: Keys
     passwords: Passwords
+    queue: ExecutionQueue
 
     async def close(self) -> None:
+        await self.queue.close()
         await self.redis.aclose()
         await self.database.dispose()
 
@@ -50,4 +54,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         redis=redis,
         keys=Keys(settings.key_prefix),
         passwords=Passwords(settings),
+        queue=ExecutionQueue(settings),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import httpx
@@ -19,13 +20,7 @@ async def strict_client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     settings = runtime.settings.model_copy(
         update={"login_max_failures_per_account": 3, "login_max_failures_per_ip": 5}
     )
-    strict = Runtime(
-        settings=settings,
-        database=runtime.database,
-        redis=runtime.redis,
-        keys=runtime.keys,
-        passwords=runtime.passwords,
-    )
+    strict = dataclasses.replace(runtime, settings=settings)
     app: FastAPI = create_app(runtime=strict)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("198.51.100.23", 40000))

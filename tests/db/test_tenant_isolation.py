@@ -202,6 +202,7 @@ def row_for(
                 "org_id": side.org_id,
                 "workflow_id": side.workflow_id,
                 "workflow_version": 1,
+                "definition": {"steps": []},
                 "triggered_by": side.user_id,
                 "status": "queued",
             }

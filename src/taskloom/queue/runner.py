@@ -1,0 +1,223 @@
+"""The BullMQ processor of the `orchestration` queue: runs (or resumes) one execution.
+
+Outcomes, as BullMQ sees them:
+- returns: the execution finished (succeeded, cancelled, or it was already finished/deleted);
+- raises UnrecoverableError: a step failed for good (recorded on the step and the execution);
+- raises the step's error: a retryable failure with attempts left (BullMQ backs off, retries);
+- raises DelayedError after `moveToDelayed`: deferred by the per-org cap, or handed back on
+  shutdown; neither counts as an attempt nor fails the execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from bullmq import DelayedError, Job, UnrecoverableError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
+
+from taskloom.observability.metrics import QUEUE_EVENTS
+from taskloom.runtime import Runtime
+from taskloom.workflows import runs
+from taskloom.workflows.models import ExecutionStatus
+from taskloom.workflows.runs import Claim, Run
+from taskloom.workflows.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
+from taskloom.workflows.templating import TemplateProblem, render
+
+log = structlog.get_logger("taskloom.queue")
+
+MAX_OUTPUT_BYTES = 1_048_576
+DEFER_MS = 1_000  # re-check a capped organization's job after about this long
+
+
+@dataclass
+class _Active:
+    job: Job
+    token: str
+    task: asyncio.Task[Any]
+
+
+@dataclass
+class ExecutionRunner:
+    runtime: Runtime
+    handing_back: bool = False
+    active: dict[str, _Active] = field(default_factory=dict)
+    current_step: dict[uuid.UUID, str] = field(default_factory=dict)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing runs
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    async def process(self, job: Job, token: str) -> Any:
+        """The processor handed to bullmq. The execution runs in its own task so a shutdown can
+        interrupt it and hand the job back without cancelling bullmq's bookkeeping."""
+        execution_id, org_id = uuid.UUID(job.data["execution_id"]), uuid.UUID(job.data["org_id"])
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, execution_id=str(execution_id), org_id=str(org_id)
+        )
+        try:
+            claim, run = await runs.claim(
+                self.runtime.database,
+                execution_id=execution_id,
+                org_id=org_id,
+                max_running=self.runtime.settings.max_running_per_org,
+            )
+            if claim is Claim.DEFER:
+                QUEUE_EVENTS.labels("deferred").inc()
+                await self._delay(job, token, DEFER_MS + random.randint(0, DEFER_MS // 2))
+                raise DelayedError()
+            if run is None:
+                log.info("execution_not_run", reason=claim.value)
+                return {"skipped": claim.value}
+            if self.handing_back:  # fetched just before the shutdown began
+                await self._hand_back(run, job, token)
+                raise DelayedError()
+            task = asyncio.ensure_future(self._run(run, job))
+            self.active[job.id] = _Active(job=job, token=token, task=task)
+            self.idle.clear()
+            try:
+                return await task
+            except asyncio.CancelledError:
+                if not self.handing_back or not task.cancelled():
+                    raise
+                await self._hand_back(run, job, token)
+                raise DelayedError() from None
+            finally:
+                self.active.pop(job.id, None)
+                if not self.active:
+                    self.idle.set()
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
+
+    async def _run(self, run: Run, job: Job) -> Any:
+        database = self.runtime.database
+        scope: dict[str, Any] = {
+            "input": run.input,
+            "steps": {sid: {"output": out} for sid, out in run.done.items()},
+        }
+        output: Any = None
+        steps = run.definition.get("steps", [])
+        for position, step in enumerate(steps):
+            step_id = step["id"]
+            if step_id in run.done:
+                output = run.done[step_id]
+                continue
+            if await runs.cancel_requested(database, run):
+                await runs.finish(database, run, ExecutionStatus.CANCELLED)
+                log.info("execution_cancelled", step_id=step_id)
+                return {"cancelled": True}
+            self.current_step[run.execution_id] = step_id
+            output = await self._run_step(run, job, position, step, scope)
+            scope["steps"][step_id] = {"output": output}
+        await runs.finish(database, run, ExecutionStatus.SUCCEEDED, output=output)
+        self.current_step.pop(run.execution_id, None)
+        return {"succeeded": True}
+
+    async def _run_step(
+        self, run: Run, job: Job, position: int, step: dict[str, Any], scope: dict[str, Any]
+    ) -> Any:
+        database, step_id = self.runtime.database, step["id"]
+        step_type = STEP_TYPES.get(step["type"])
+        attempt = await runs.start_step(
+            database, run, step_id=step_id, position=position, type_=step["type"]
+        )
+        args: Any = None
+        try:
+            if step_type is None:
+                raise StepError(f"unknown step type {step['type']!r}", code="unknown_step_type")
+            try:
+                args = render(step.get("args", {}), scope, path=f"steps.{step_id}.args")
+                parsed = step_type.Args.model_validate(args)
+            except TemplateProblem as problem:
+                raise StepError(str(problem), code="template_error") from problem
+            except ValidationError as invalid:
+                raise StepError(
+                    f"steps.{step_id}.args: {_first_error(invalid)}", code="invalid_args"
+                ) from invalid
+            context = StepContext(
+                settings=self.runtime.settings,
+                org_id=run.org_id,
+                execution_id=run.execution_id,
+                step_id=step_id,
+                attempt=attempt,
+            )
+            output = _checked_output(await step_type.run(parsed, context))
+        except StepError as error:
+            raise await self._step_failed(run, job, step_id, error, args) from error
+        except (OSError, TimeoutError, DBAPIError, RedisError) as error:
+            # Infrastructure blinked (database, Redis, network): worth a retry.
+            log.warning("step_infrastructure_error", step_id=step_id, error=repr(error))
+            retry = RetryableStepError(f"internal error ({type(error).__name__})", code="internal")
+            raise await self._step_failed(run, job, step_id, retry, args) from error
+        except Exception as error:  # a bug: fail the step visibly rather than retry blindly
+            log.exception("step_crashed", step_id=step_id)
+            crash = StepError(f"internal error ({type(error).__name__})", code="internal_error")
+            raise await self._step_failed(run, job, step_id, crash, args) from error
+        await runs.step_succeeded(database, run, step_id=step_id, args=args, output=output)
+        log.info("step_succeeded", step_id=step_id, attempt=attempt)
+        return output
+
+    async def _step_failed(
+        self, run: Run, job: Job, step_id: str, error: StepError, args: Any
+    ) -> Exception:
+        """Record the failed attempt; return what to raise to bullmq (final: Unrecoverable)."""
+        database = self.runtime.database
+        attempts = int(job.opts.get("attempts", 1))
+        final = not error.retryable or job.attemptsMade + 1 >= attempts
+        detail = {**error.as_json(), "step_id": step_id, "attempt": job.attemptsMade + 1}
+        await runs.step_failed(database, run, step_id=step_id, error=detail, final=final, args=args)
+        log.warning("step_failed", step_id=step_id, final=final, code=error.code)
+        if final:
+            await runs.finish(database, run, ExecutionStatus.FAILED, error=detail)
+            failure: Exception = UnrecoverableError(f"{step_id}: {error.message}")
+            return failure
+        await runs.back_to_queue(database, run, error={**detail, "retrying": True})
+        return error
+
+    async def _hand_back(self, run: Run, job: Job, token: str) -> None:
+        """Shutdown timed out mid-execution: leave the finished steps, reset the interrupted one
+        and give the job back to the queue now, so another worker starts at once instead of
+        after the 300 s lock expires."""
+        step_id = self.current_step.pop(run.execution_id, None)
+        if step_id is not None:
+            await runs.step_interrupted(self.runtime.database, run, step_id=step_id)
+        await runs.back_to_queue(self.runtime.database, run)
+        await self._delay(job, token, 0)
+        log.warning("job_handed_back", step_id=step_id)
+
+    @staticmethod
+    async def _delay(job: Job, token: str, delay_ms: int) -> None:
+        await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
+
+    def hand_back_all(self) -> int:
+        """Interrupt every running execution; each processor then hands its job back."""
+        self.handing_back = True
+        for active in self.active.values():
+            active.task.cancel()
+        return len(self.active)
+
+
+def _checked_output(output: Any) -> Any:
+    try:
+        encoded = json.dumps(output)
+    except (TypeError, ValueError) as exc:
+        raise StepError("the step's output is not JSON", code="invalid_output") from exc
+    if len(encoded) > MAX_OUTPUT_BYTES:
+        raise StepError(
+            f"the step's output is larger than {MAX_OUTPUT_BYTES} bytes", code="output_too_large"
+        )
+    return output
+
+
+def _first_error(invalid: ValidationError) -> str:
+    first = invalid.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))

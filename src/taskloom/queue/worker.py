@@ -1,0 +1,193 @@
+"""A worker process's view of the queue: the bullmq Worker with Taskloom's settings, its event
+handlers, a heartbeat for /health/queue, the reconciler, and graceful shutdown.
+
+Shutdown (SIGTERM/SIGINT): stop taking jobs; let running executions finish for up to
+SHUTDOWN_TIMEOUT_SECONDS; hand the rest back to the queue (another worker starts them at once,
+not after the 300 s lock); close. Nothing is marked failed because of a shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import structlog
+from bullmq import Job, Worker
+
+from taskloom.observability.metrics import EXECUTIONS_RUNNING, QUEUE_EVENTS
+from taskloom.queue.jobs import QUEUE_NAME
+from taskloom.queue.reconciler import Reconciler
+from taskloom.queue.runner import ExecutionRunner
+from taskloom.redis import bullmq_options
+from taskloom.runtime import Runtime
+
+log = structlog.get_logger("taskloom.queue")
+
+HEARTBEAT_SECONDS = 5.0
+HAND_BACK_SECONDS = 10.0  # how long handing back may take before we force-close
+CLOSE_SECONDS = 10.0
+
+
+class WorkerService:
+    def __init__(self, runtime: Runtime, *, name: str | None = None) -> None:
+        self.runtime = runtime
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.runner = ExecutionRunner(runtime)
+        self.reconciler = Reconciler(runtime, owner=self.id)
+        self.worker: Worker | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._started = time.time()
+
+    async def start(self) -> None:
+        s = self.runtime.settings
+        worker = Worker(
+            QUEUE_NAME,
+            self.runner.process,
+            bullmq_options(
+                s,
+                purpose="worker",
+                autorun=False,
+                concurrency=s.worker_concurrency,
+                lockDuration=s.queue_lock_duration_ms,
+                stalledInterval=s.queue_stalled_interval_ms,
+                maxStalledCount=s.queue_max_stalled_count,
+                name=self.id,
+            ),
+        )
+        # Without the server version the blocking wait rounds delays up to whole seconds.
+        if worker.blockingRedisConnection is not None:
+            await worker.blockingRedisConnection.getRedisVersion()
+        self._on_events(worker)
+        self.worker = worker
+        self._tasks = [
+            asyncio.create_task(worker.run(), name="bullmq-worker"),
+            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+            asyncio.create_task(self.reconciler.run_forever(), name="reconciler"),
+        ]
+        log.info(
+            "worker_started",
+            worker=self.id,
+            concurrency=s.worker_concurrency,
+            lock_duration_ms=s.queue_lock_duration_ms,
+            stalled_interval_ms=s.queue_stalled_interval_ms,
+            max_stalled_count=s.queue_max_stalled_count,
+            prefix=s.bullmq_prefix,
+        )
+
+    async def shutdown(self) -> None:
+        """Graceful stop; returns when the worker's connections are closed."""
+        worker = self.worker
+        if worker is None:
+            return
+        timeout = self.runtime.settings.shutdown_timeout_seconds
+        running = len(self.runner.active)
+        log.info("worker_stopping", worker=self.id, running=running, timeout_s=timeout)
+        await self._cancel(self._tasks[1:])  # heartbeat and reconciler
+        await worker.pause(do_not_wait_active=True)  # stop taking jobs
+        finished = await self._wait_for_active(timeout)
+        if not finished:
+            handed = self.runner.hand_back_all()
+            QUEUE_EVENTS.labels("handed_back").inc(handed)
+            log.warning("handing_back", jobs=handed)
+            await self._wait_for_active(HAND_BACK_SECONDS)
+        try:
+            await asyncio.wait_for(worker.close(), CLOSE_SECONDS)
+        except TimeoutError:
+            log.error("worker_close_timed_out")
+            await worker.close(force=True)
+        await self._cancel(self._tasks[:1])
+        await self.runtime.redis.delete(self._heartbeat_key)
+        await self.reconciler.release()
+        log.info("worker_stopped", worker=self.id)
+
+    async def _wait_for_active(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.runner.idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- heartbeat -----------------------------------------------------------------------------
+
+    @property
+    def _heartbeat_key(self) -> str:
+        return self.runtime.keys("workers", self.id)
+
+    async def _heartbeat(self) -> None:
+        """A key per live worker for /health/queue (CLIENT LIST would need an ACL right)."""
+        while True:
+            try:
+                body = {
+                    "id": self.id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "concurrency": self.runtime.settings.worker_concurrency,
+                    "running": len(self.runner.active),
+                    "started_at": int(self._started),
+                }
+                EXECUTIONS_RUNNING.set(len(self.runner.active))
+                await self.runtime.redis.set(
+                    self._heartbeat_key, json.dumps(body), ex=int(HEARTBEAT_SECONDS * 3)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat_failed")
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    # --- events --------------------------------------------------------------------------------
+
+    def _on_events(self, worker: Worker) -> None:
+        def completed(job: Job, result: Any) -> None:
+            QUEUE_EVENTS.labels("completed").inc()
+
+        def failed(job: Job, error: BaseException) -> None:
+            QUEUE_EVENTS.labels("failed").inc()
+            log.warning(
+                "job_failed",
+                job_id=job.id,
+                execution_id=job.data.get("execution_id"),
+                org_id=job.data.get("org_id"),
+                attempt=job.attemptsMade,
+                final=job.attemptsMade >= int(job.opts.get("attempts", 1)),
+                error=str(error)[:500],
+            )
+
+        def stalled(job_id: str, *_: Any) -> None:
+            QUEUE_EVENTS.labels("stalled").inc()
+            log.warning("job_stalled", job_id=job_id, execution_id=job_id)
+
+        def lock_renewal_failed(job_ids: list[str], *_: Any) -> None:
+            QUEUE_EVENTS.labels("lock_renewal_failed").inc(len(job_ids))
+            log.error("lock_renewal_failed", job_ids=job_ids)
+
+        def error(err: BaseException, job: Job | None = None, *_: Any) -> None:
+            QUEUE_EVENTS.labels("error").inc()
+            log.error("worker_error", error=repr(err), job_id=job.id if job else None)
+
+        worker.on("completed", completed)
+        worker.on("failed", failed)
+        worker.on("stalled", stalled)
+        worker.on("lockRenewalFailed", lock_renewal_failed)
+        worker.on("error", error)
+
+
+async def live_workers(runtime: Runtime) -> list[dict[str, Any]]:
+    """The heartbeats of workers seen in the last few seconds."""
+    workers = []
+    async for key in runtime.redis.scan_iter(match=runtime.keys.match("workers"), count=200):
+        raw = await runtime.redis.get(key)
+        if raw:
+            workers.append(json.loads(raw))
+    return sorted(workers, key=lambda w: str(w.get("id")))

@@ -1,0 +1,177 @@
+"""/api/workflows, /api/executions and /api/queue/failed. Viewers read; members write and run;
+admins see the queue's failed jobs. Jobs are enqueued or removed only after the commit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from taskloom.auth.deps import Admin, Member, RequestContext, Viewer
+from taskloom.workflows import service
+from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
+from taskloom.workflows.schemas import (
+    ExecuteRequest,
+    ExecutionAccepted,
+    ExecutionDetail,
+    ExecutionOut,
+    ExecutionPage,
+    FailedJobOut,
+    StepOut,
+    WorkflowCreate,
+    WorkflowOut,
+    WorkflowUpdate,
+)
+
+router = APIRouter(prefix="/api", tags=["workflows"])
+
+
+def _enqueue_after_commit(
+    ctx: RequestContext, execution: WorkflowExecution, *, replace: bool
+) -> None:
+    queue, execution_id, org_id = ctx.runtime.queue, execution.id, execution.org_id
+
+    async def enqueue() -> None:
+        if replace:
+            await queue.replace(execution_id=execution_id, org_id=org_id)
+        else:
+            await queue.enqueue(execution_id=execution_id, org_id=org_id)
+
+    ctx.after_commit.append(enqueue)
+
+
+@router.get("/workflows")
+async def list_workflows(ctx: Viewer) -> list[WorkflowOut]:
+    workflows = await service.list_workflows(db=ctx.db, principal=ctx.principal)
+    return [WorkflowOut.model_validate(w) for w in workflows]
+
+
+@router.post("/workflows", status_code=status.HTTP_201_CREATED)
+async def create_workflow(body: WorkflowCreate, ctx: Member) -> WorkflowOut:
+    workflow = await service.create_workflow(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, body=body
+    )
+    return WorkflowOut.model_validate(workflow)
+
+
+@router.get("/workflows/{workflow_id}")
+async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer) -> WorkflowOut:
+    return WorkflowOut.model_validate(
+        await service.get_workflow(db=ctx.db, workflow_id=workflow_id)
+    )
+
+
+@router.put("/workflows/{workflow_id}")
+async def update_workflow(workflow_id: uuid.UUID, body: WorkflowUpdate, ctx: Member) -> WorkflowOut:
+    workflow = await service.update_workflow(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id, body=body
+    )
+    return WorkflowOut.model_validate(workflow)
+
+
+@router.delete("/workflows/{workflow_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_workflow(workflow_id: uuid.UUID, ctx: Member) -> Response:
+    await service.delete_workflow(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/workflows/{workflow_id}/execute", status_code=status.HTTP_202_ACCEPTED)
+async def execute_workflow(
+    workflow_id: uuid.UUID, ctx: Member, body: ExecuteRequest | None = None
+) -> ExecutionAccepted:
+    execution = await service.start_execution(
+        db=ctx.db,
+        principal=ctx.principal,
+        context=ctx.audit,
+        workflow_id=workflow_id,
+        input=(body or ExecuteRequest()).input,
+    )
+    _enqueue_after_commit(ctx, execution, replace=False)
+    return ExecutionAccepted(execution_id=execution.id, status=execution.status)
+
+
+@router.get("/executions")
+async def list_executions(
+    ctx: Viewer,
+    status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
+    workflow_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
+) -> ExecutionPage:
+    items, next_cursor = await service.list_executions(
+        db=ctx.db,
+        principal=ctx.principal,
+        status=status_filter,
+        workflow_id=workflow_id,
+        since=since,
+        until=until,
+        cursor=cursor,
+        limit=limit,
+    )
+    return ExecutionPage(
+        items=[ExecutionOut.model_validate(e) for e in items], next_cursor=next_cursor
+    )
+
+
+@router.get("/executions/{execution_id}")
+async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail:
+    execution, steps = await service.get_execution(db=ctx.db, execution_id=execution_id)
+    return ExecutionDetail(
+        **ExecutionOut.model_validate(execution).model_dump(),
+        steps=[StepOut.model_validate(s) for s in steps],
+    )
+
+
+@router.post("/executions/{execution_id}/cancel")
+async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
+    execution = await service.cancel_execution(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
+    )
+    if execution.status == ExecutionStatus.CANCELLED:
+        queue, job_id = ctx.runtime.queue, execution.id
+
+        async def remove_job() -> None:
+            await queue.remove(job_id)
+
+        ctx.after_commit.append(remove_job)
+    return ExecutionOut.model_validate(execution)
+
+
+@router.post("/executions/{execution_id}/retry", status_code=status.HTTP_202_ACCEPTED)
+async def retry_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
+    execution = await service.retry_execution(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
+    )
+    _enqueue_after_commit(ctx, execution, replace=True)
+    return ExecutionOut.model_validate(execution)
+
+
+@router.get("/queue/failed")
+async def failed_jobs(
+    ctx: Admin, limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50
+) -> list[FailedJobOut]:
+    """Failed executions of this organization with what BullMQ recorded about their jobs.
+    Retry one with POST /api/executions/{id}/retry."""
+    out = []
+    for execution in await service.failed_executions(
+        db=ctx.db, principal=ctx.principal, limit=limit
+    ):
+        job = await ctx.runtime.queue.job(execution.id)
+        out.append(
+            FailedJobOut(
+                execution_id=execution.id,
+                workflow_id=execution.workflow_id,
+                error=execution.error,
+                finished_at=execution.finished_at,
+                job_state=await ctx.runtime.queue.state(execution.id) if job else "unknown",
+                failed_reason=job.failedReason if job else None,
+                attempts_made=job.attemptsMade if job else None,
+            )
+        )
+    return out

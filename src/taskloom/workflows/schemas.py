@@ -1,0 +1,108 @@
+"""Request and response bodies of /api/workflows and /api/executions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskloom.auth.schemas import StrictModel
+
+STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+MAX_STEPS = 100
+
+
+class StepDefinition(StrictModel):
+    id: str = Field(pattern=STEP_ID_PATTERN, description="Unique in the workflow; `steps.<id>`")
+    type: str = Field(min_length=1, max_length=32, description="A registered step type")
+    args: dict[str, Any] = Field(default_factory=dict, description="Jinja2 templates allowed")
+
+
+class WorkflowDefinition(StrictModel):
+    steps: list[StepDefinition] = Field(min_length=1, max_length=MAX_STEPS)
+
+
+class WorkflowCreate(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=5_000)
+    definition: WorkflowDefinition
+
+
+class WorkflowUpdate(WorkflowCreate):
+    pass
+
+
+class WorkflowOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    description: str | None
+    definition: dict[str, Any]
+    version: int
+    created_by: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ExecuteRequest(StrictModel):
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step_id: str
+    position: int
+    type: str
+    status: str
+    input: dict[str, Any] | None
+    output: Any | None
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExecutionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    workflow_version: int
+    status: str
+    input: dict[str, Any]
+    output: Any | None
+    error: dict[str, Any] | None
+    attempts: int
+    triggered_by: uuid.UUID | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class ExecutionDetail(ExecutionOut):
+    steps: list[StepOut]
+
+
+class ExecutionAccepted(BaseModel):
+    execution_id: uuid.UUID
+    status: str
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class FailedJobOut(BaseModel):
+    execution_id: uuid.UUID
+    workflow_id: uuid.UUID
+    error: dict[str, Any] | None
+    finished_at: datetime | None
+    job_state: str = Field(description="The BullMQ job's state: failed, unknown (removed), …")
+    failed_reason: str | None
+    attempts_made: int | None

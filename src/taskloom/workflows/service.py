@@ -1,0 +1,319 @@
+"""Workflows (definitions) and executions (runs), as the API sees them. Every query runs in the
+caller's tenant transaction, so another organization's rows are simply not there (404)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.audit import service as audit
+from taskloom.audit.actions import AuditAction
+from taskloom.audit.service import AuditContext
+from taskloom.auth.principal import Principal
+from taskloom.errors import BadRequest, Conflict, NotFound
+from taskloom.workflows.definition import validate_definition
+from taskloom.workflows.models import (
+    ExecutionStatus,
+    ExecutionStep,
+    StepStatus,
+    Workflow,
+    WorkflowExecution,
+)
+from taskloom.workflows.schemas import WorkflowCreate
+
+MAX_PAGE = 200
+
+
+def _org(principal: Principal) -> uuid.UUID:
+    if principal.org_id is None:
+        raise NotFound("no current organization")
+    return principal.org_id
+
+
+async def _audit(
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    action: AuditAction,
+    resource_type: str,
+    resource_id: uuid.UUID,
+    details: dict[str, Any] | None = None,
+) -> None:
+    await audit.record(
+        session=db,
+        context=context,
+        action=action,
+        org_id=_org(principal),
+        resource_type=resource_type,
+        resource_id=resource_id,
+        details=details,
+    )
+
+
+# --- workflows -----------------------------------------------------------------------------------
+
+
+async def list_workflows(*, db: AsyncSession, principal: Principal) -> list[Workflow]:
+    rows = await db.execute(
+        select(Workflow).where(Workflow.org_id == _org(principal)).order_by(Workflow.name)
+    )
+    return list(rows.scalars())
+
+
+async def get_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow:
+    """The workflow, or NotFound (also when it belongs to another organization)."""
+    workflow = await db.get(Workflow, workflow_id)
+    if workflow is None:
+        raise NotFound("workflow not found")
+    return workflow
+
+
+async def create_workflow(
+    *, db: AsyncSession, principal: Principal, context: AuditContext, body: WorkflowCreate
+) -> Workflow:
+    workflow = Workflow(
+        org_id=_org(principal),
+        name=body.name,
+        description=body.description,
+        definition=validate_definition(body.definition),
+        created_by=principal.user_id,
+        updated_by=principal.user_id,
+    )
+    db.add(workflow)
+    await db.flush()
+    await _audit(db, principal, context, AuditAction.WORKFLOW_CREATE, "workflow", workflow.id)
+    return workflow
+
+
+async def update_workflow(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    workflow_id: uuid.UUID,
+    body: WorkflowCreate,
+) -> Workflow:
+    """Replace name, description and definition; the version goes up by one. Executions
+    already accepted keep running the definition they were accepted with."""
+    workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    workflow.name = body.name
+    workflow.description = body.description
+    workflow.definition = validate_definition(body.definition)
+    workflow.version += 1
+    workflow.updated_by = principal.user_id
+    await db.flush()
+    await db.refresh(workflow)
+    await _audit(
+        db,
+        principal,
+        context,
+        AuditAction.WORKFLOW_UPDATE,
+        "workflow",
+        workflow.id,
+        {"version": workflow.version},
+    )
+    return workflow
+
+
+async def delete_workflow(
+    *, db: AsyncSession, principal: Principal, context: AuditContext, workflow_id: uuid.UUID
+) -> None:
+    """Delete the workflow and its executions; a job still queued finds nothing and ends."""
+    workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    await db.delete(workflow)
+    await db.flush()
+    await _audit(
+        db,
+        principal,
+        context,
+        AuditAction.WORKFLOW_DELETE,
+        "workflow",
+        workflow_id,
+        {"name": workflow.name},
+    )
+
+
+# --- executions ----------------------------------------------------------------------------------
+
+
+async def start_execution(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    workflow_id: uuid.UUID,
+    input: dict[str, Any],
+) -> WorkflowExecution:
+    """A queued execution of the workflow's current definition. The caller enqueues its job
+    after the commit (a job must never run ahead of its row)."""
+    workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    execution = WorkflowExecution(
+        org_id=workflow.org_id,
+        workflow_id=workflow.id,
+        workflow_version=workflow.version,
+        definition=workflow.definition,
+        triggered_by=principal.user_id,
+        status=ExecutionStatus.QUEUED,
+        input=input,
+        request_id=context.request_id,
+    )
+    db.add(execution)
+    await db.flush()
+    await _audit(
+        db,
+        principal,
+        context,
+        AuditAction.EXECUTION_START,
+        "execution",
+        execution.id,
+        {"workflow_id": str(workflow.id), "version": workflow.version},
+    )
+    return execution
+
+
+async def get_execution(
+    *, db: AsyncSession, execution_id: uuid.UUID
+) -> tuple[WorkflowExecution, list[ExecutionStep]]:
+    execution = await db.get(WorkflowExecution, execution_id)
+    if execution is None:
+        raise NotFound("execution not found")
+    steps = await db.execute(
+        select(ExecutionStep)
+        .where(ExecutionStep.execution_id == execution_id)
+        .order_by(ExecutionStep.position)
+    )
+    return execution, list(steps.scalars())
+
+
+async def list_executions(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    status: ExecutionStatus | None = None,
+    workflow_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[WorkflowExecution], str | None]:
+    """Newest first; `cursor` continues after the last item of the previous page."""
+    query = select(WorkflowExecution).where(WorkflowExecution.org_id == _org(principal))
+    if status is not None:
+        query = query.where(WorkflowExecution.status == status)
+    if workflow_id is not None:
+        query = query.where(WorkflowExecution.workflow_id == workflow_id)
+    if since is not None:
+        query = query.where(WorkflowExecution.created_at >= since)
+    if until is not None:
+        query = query.where(WorkflowExecution.created_at < until)
+    if cursor:
+        after_time, after_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                WorkflowExecution.created_at < after_time,
+                and_(WorkflowExecution.created_at == after_time, WorkflowExecution.id < after_id),
+            )
+        )
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await db.execute(
+        query.order_by(WorkflowExecution.created_at.desc(), WorkflowExecution.id.desc()).limit(
+            limit + 1
+        )
+    )
+    items = list(rows.scalars())
+    more = len(items) > limit
+    items = items[:limit]
+    return items, (_encode_cursor(items[-1]) if more else None)
+
+
+async def cancel_execution(
+    *, db: AsyncSession, principal: Principal, context: AuditContext, execution_id: uuid.UUID
+) -> WorkflowExecution:
+    """Queued ⇒ cancelled now; running ⇒ cancelled when its current step ends. The caller
+    removes a queued job after the commit (a worker that takes it first sees it cancelled)."""
+    execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
+    if execution is None:
+        raise NotFound("execution not found")
+    if execution.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
+        raise Conflict(f"the execution already {execution.status}")
+    if execution.status == ExecutionStatus.CANCELLED:
+        return execution  # cancelling twice is not an error
+    if execution.status == ExecutionStatus.QUEUED:
+        execution.status = ExecutionStatus.CANCELLED
+        execution.finished_at = _now()
+    execution.cancel_requested_at = _now()
+    await db.flush()
+    await db.refresh(execution)
+    await _audit(db, principal, context, AuditAction.EXECUTION_CANCEL, "execution", execution.id)
+    return execution
+
+
+async def retry_execution(
+    *, db: AsyncSession, principal: Principal, context: AuditContext, execution_id: uuid.UUID
+) -> WorkflowExecution:
+    """Queue a failed or cancelled execution again. Steps that succeeded keep their output and
+    are not run again; the first unfinished step starts over. The caller replaces the job."""
+    execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
+    if execution is None:
+        raise NotFound("execution not found")
+    if execution.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        raise Conflict(
+            f"only failed or cancelled executions can be retried, not {execution.status}"
+        )
+    execution.status = ExecutionStatus.QUEUED
+    execution.error = None
+    execution.output = None
+    execution.finished_at = None
+    execution.cancel_requested_at = None
+    steps = await db.execute(
+        select(ExecutionStep).where(
+            ExecutionStep.execution_id == execution_id,
+            ExecutionStep.status != StepStatus.SUCCEEDED,
+        )
+    )
+    for step in steps.scalars():
+        step.status = StepStatus.PENDING
+        step.finished_at = None
+    await db.flush()
+    await db.refresh(execution)
+    await _audit(db, principal, context, AuditAction.EXECUTION_RETRY, "execution", execution.id)
+    return execution
+
+
+async def failed_executions(
+    *, db: AsyncSession, principal: Principal, limit: int = 100
+) -> list[WorkflowExecution]:
+    rows = await db.execute(
+        select(WorkflowExecution)
+        .where(
+            WorkflowExecution.org_id == _org(principal),
+            WorkflowExecution.status == ExecutionStatus.FAILED,
+        )
+        .order_by(WorkflowExecution.finished_at.desc().nulls_last())
+        .limit(max(1, min(limit, MAX_PAGE)))
+    )
+    return list(rows.scalars())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _encode_cursor(execution: WorkflowExecution) -> str:
+    raw = f"{execution.created_at.isoformat()}|{execution.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, ident = raw.partition("|")
+        return datetime.fromisoformat(when), uuid.UUID(ident)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor", code="invalid_cursor") from exc

@@ -1,0 +1,276 @@
+"""Executions end to end: API ⇒ queue ⇒ a real worker process ⇒ rows, with a local HTTP server
+counting every call the steps make."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import httpx
+
+from taskloom.config import Settings
+from tests.factories import Account, add_member
+from tests.queue.conftest import (
+    CountingServer,
+    StartWorker,
+    create_workflow,
+    execute,
+    wait_for_status,
+)
+
+
+def _key(label: str) -> str:
+    return f"{label}-{secrets.token_hex(4)}"
+
+
+async def test_execute_runs_every_step_and_passes_outputs_between_them(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    key = _key("templated")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "greet",
+                "type": "transform",
+                "args": {"value": {"msg": "Hello {{ input.name }}", "n": "{{ input.n * 2 }}"}},
+            },
+            {
+                "id": "call",
+                "type": "http",
+                "args": {
+                    "method": "POST",
+                    "url": counting_server.url(key),
+                    "json": {
+                        "greeting": "{{ steps.greet.output.msg }}",
+                        "n": "{{ steps.greet.output.n }}",
+                    },
+                },
+            },
+            {"id": "pick", "type": "transform", "args": {"value": "{{ steps.call.output.body }}"}},
+        ],
+    )
+    start_worker()
+    execution_id = await execute(api, owner, workflow_id, {"name": "Ann", "n": 3})
+    done = await wait_for_status(api, owner, execution_id)
+
+    assert done["status"] == "succeeded", done
+    assert done["output"] == {"key": key, "call": 1, "body": {"greeting": "Hello Ann", "n": 6}}
+    assert [(s["step_id"], s["status"], s["attempts"]) for s in done["steps"]] == [
+        ("greet", "succeeded", 1),
+        ("call", "succeeded", 1),
+        ("pick", "succeeded", 1),
+    ]
+    assert done["steps"][0]["output"] == {"msg": "Hello Ann", "n": 6}
+    assert counting_server.calls(key) == 1
+    # The downstream service can de-duplicate: the key names the execution and the step.
+    assert counting_server.log.idempotency_keys[key] == [f"{execution_id}:call"]
+
+
+async def test_a_503_is_retried_with_backoff_until_it_succeeds(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    key = _key("flaky")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [{"id": "call", "type": "http", "args": {"url": counting_server.url(key, fail=2)}}],
+    )
+    start_worker()
+    execution_id = await execute(api, owner, workflow_id)
+    done = await wait_for_status(api, owner, execution_id)
+
+    assert done["status"] == "succeeded", done
+    assert counting_server.calls(key) == 3  # 503, 503, 200
+    assert done["steps"][0]["attempts"] == 3
+    assert done["steps"][0]["error"] is None
+    assert done["error"] is None
+
+
+async def test_retries_run_out_and_the_execution_fails_with_the_last_error(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    key = _key("down")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [{"id": "call", "type": "http", "args": {"url": counting_server.url(key, fail=99)}}],
+    )
+    start_worker()
+    execution_id = await execute(api, owner, workflow_id)
+    done = await wait_for_status(api, owner, execution_id)
+
+    assert done["status"] == "failed"
+    assert counting_server.calls(key) == 3  # EXECUTION_MAX_ATTEMPTS
+    assert done["error"]["step_id"] == "call"
+    assert done["error"]["attempt"] == 3
+    assert "503" in done["error"]["message"]
+    assert done["steps"][0]["status"] == "failed"
+
+
+async def test_a_4xx_fails_at_once_and_retry_resumes_at_the_failed_step(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    first, second = _key("first"), _key("second")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {"id": "first", "type": "http", "args": {"url": counting_server.url(first)}},
+            {
+                "id": "second",
+                "type": "http",
+                "args": {"url": counting_server.url(second, fail=1, status=404)},
+            },
+        ],
+    )
+    start_worker()
+    execution_id = await execute(api, owner, workflow_id)
+    failed = await wait_for_status(api, owner, execution_id)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "http_status"
+    assert counting_server.calls(second) == 1  # not retried: a 404 will not pass on its own
+
+    listed = await api.get("/api/queue/failed", headers=owner.headers)
+    assert listed.status_code == 200
+    mine = next(j for j in listed.json() if j["execution_id"] == execution_id)
+    assert mine["job_state"] == "failed"
+    assert "404" in mine["failed_reason"]
+
+    retried = await api.post(f"/api/executions/{execution_id}/retry", headers=owner.headers)
+    assert retried.status_code == 202, retried.text
+    done = await wait_for_status(api, owner, execution_id)
+    assert done["status"] == "succeeded", done
+    assert counting_server.calls(first) == 1  # its output was kept, it did not run again
+    assert counting_server.calls(second) == 2
+    again = await api.post(f"/api/executions/{execution_id}/retry", headers=owner.headers)
+    assert again.status_code == 409
+
+
+async def test_cancel_a_queued_execution(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    key = _key("never")
+    workflow_id = await create_workflow(
+        api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
+    )
+    execution_id = await execute(api, owner, workflow_id)  # no worker yet
+    cancelled = await api.post(f"/api/executions/{execution_id}/cancel", headers=owner.headers)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+
+    start_worker()
+    control = await execute(api, owner, workflow_id)  # proves the worker is taking jobs
+    assert (await wait_for_status(api, owner, control))["status"] == "succeeded"
+    assert counting_server.calls(key) == 1  # only the control execution called it
+    assert (await wait_for_status(api, owner, execution_id))["status"] == "cancelled"
+
+
+async def test_cancel_a_running_execution_stops_after_the_current_step(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    slow, after = _key("slow"), _key("after")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {"id": "slow", "type": "http", "args": {"url": counting_server.url(slow, sleep=1.5)}},
+            {"id": "after", "type": "http", "args": {"url": counting_server.url(after)}},
+        ],
+    )
+    start_worker()
+    execution_id = await execute(api, owner, workflow_id)
+    await wait_for_status(api, owner, execution_id, {"running"})
+    requested = await api.post(f"/api/executions/{execution_id}/cancel", headers=owner.headers)
+    assert requested.status_code == 200
+    assert requested.json()["cancel_requested_at"] is not None
+
+    done = await wait_for_status(api, owner, execution_id)
+    assert done["status"] == "cancelled"
+    assert counting_server.calls(slow) == 1
+    assert counting_server.calls(after) == 0
+    assert [s["step_id"] for s in done["steps"]] == ["slow"]
+
+
+async def test_list_executions_filters_and_pages(
+    api: httpx.AsyncClient, owner: Account, counting_server: CountingServer
+) -> None:
+    workflow_id = await create_workflow(
+        api, owner, [{"id": "t", "type": "transform", "args": {"value": 1}}]
+    )
+    other_id = await create_workflow(
+        api, owner, [{"id": "t", "type": "transform", "args": {"value": 2}}], name="other"
+    )
+    ids = [await execute(api, owner, workflow_id) for _ in range(5)]
+    await execute(api, owner, other_id)
+
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"workflow_id": workflow_id, "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = await api.get("/api/executions", params=params, headers=owner.headers)
+        assert page.status_code == 200, page.text
+        seen += [item["id"] for item in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))  # newest first, each exactly once
+
+    queued = await api.get(
+        "/api/executions",
+        params={"status": "queued", "workflow_id": other_id},
+        headers=owner.headers,
+    )
+    assert len(queued.json()["items"]) == 1
+    bad = await api.get("/api/executions", params={"cursor": "nope"}, headers=owner.headers)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_roles_and_tenants(
+    api: httpx.AsyncClient, owner: Account, queue_settings: Settings
+) -> None:
+    steps = [{"id": "t", "type": "transform", "args": {"value": 1}}]
+    workflow_id = await create_workflow(api, owner, steps)
+    viewer = await add_member(api, owner, "viewer")
+    assert (
+        await api.get(f"/api/workflows/{workflow_id}", headers=viewer.headers)
+    ).status_code == 200
+    denied = await api.post(f"/api/workflows/{workflow_id}/execute", headers=viewer.headers)
+    assert denied.status_code == 403
+    member = await add_member(api, owner, "member")
+    assert (await api.get("/api/queue/failed", headers=member.headers)).status_code == 403
+
+    from tests.factories import register
+
+    stranger = await register(api, label="stranger", organization_name="Elsewhere")
+    for method, path in [
+        ("GET", f"/api/workflows/{workflow_id}"),
+        ("PUT", f"/api/workflows/{workflow_id}"),
+        ("DELETE", f"/api/workflows/{workflow_id}"),
+        ("POST", f"/api/workflows/{workflow_id}/execute"),
+    ]:
+        body = {"name": "x", "definition": {"steps": steps}} if method == "PUT" else None
+        response = await api.request(method, path, json=body, headers=stranger.headers)
+        assert response.status_code == 404, (method, path, response.text)
