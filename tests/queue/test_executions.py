@@ -45,6 +45,7 @@ async def test_execute_runs_every_step_and_passes_outputs_between_them(
                 "args": {
                     "method": "POST",
                     "url": counting_server.url(key),
+                    "headers": {"Authorization": "Bearer {{ input.token }}"},
                     "json": {
                         "greeting": "{{ steps.greet.output.msg }}",
                         "n": "{{ steps.greet.output.n }}",
@@ -55,7 +56,9 @@ async def test_execute_runs_every_step_and_passes_outputs_between_them(
         ],
     )
     start_worker()
-    execution_id = await execute(api, owner, workflow_id, {"name": "Ann", "n": 3})
+    execution_id = await execute(
+        api, owner, workflow_id, {"name": "Ann", "n": 3, "token": "tok-SECRET-1"}
+    )
     done = await wait_for_status(api, owner, execution_id)
 
     assert done["status"] == "succeeded", done
@@ -66,6 +69,9 @@ async def test_execute_runs_every_step_and_passes_outputs_between_them(
         ("pick", "succeeded", 1),
     ]
     assert done["steps"][0]["output"] == {"msg": "Hello Ann", "n": 6}
+    # What a step was called with is kept for debugging, minus anything that looks secret.
+    assert done["steps"][1]["input"]["headers"] == {"Authorization": "***"}
+    assert done["steps"][1]["input"]["json"] == {"greeting": "Hello Ann", "n": 6}
     assert counting_server.calls(key) == 1
     # The downstream service can de-duplicate: the key names the execution and the step.
     assert counting_server.log.idempotency_keys[key] == [f"{execution_id}:call"]

@@ -103,26 +103,34 @@ class ExecutionRunner:
             "input": run.input,
             "steps": {sid: {"output": out} for sid, out in run.done.items()},
         }
-        output: Any = None
         steps = run.definition.get("steps", [])
-        for position, step in enumerate(steps):
-            step_id = step["id"]
-            if step_id in run.done:
-                output = run.done[step_id]
-                continue
-            if await runs.cancel_requested(database, run):
+        pending = [(i, step) for i, step in enumerate(steps) if step["id"] not in run.done]
+        if not pending:  # every step had succeeded before an interruption
+            output = run.done.get(steps[-1]["id"]) if steps else None
+            await runs.finish(database, run, ExecutionStatus.SUCCEEDED, output=output)
+            return {"succeeded": True}
+        for number, (position, step) in enumerate(pending):
+            # The claim just checked for a cancel request; later steps check again.
+            if number and await runs.cancel_requested(database, run):
                 await runs.finish(database, run, ExecutionStatus.CANCELLED)
-                log.info("execution_cancelled", step_id=step_id)
+                log.info("execution_cancelled", step_id=step["id"])
                 return {"cancelled": True}
-            self.current_step[run.execution_id] = step_id
-            output = await self._run_step(run, job, position, step, scope)
-            scope["steps"][step_id] = {"output": output}
-        await runs.finish(database, run, ExecutionStatus.SUCCEEDED, output=output)
+            self.current_step[run.execution_id] = step["id"]
+            last = number == len(pending) - 1
+            output = await self._run_step(run, job, position, step, scope, last=last)
+            scope["steps"][step["id"]] = {"output": output}
         self.current_step.pop(run.execution_id, None)
         return {"succeeded": True}
 
     async def _run_step(
-        self, run: Run, job: Job, position: int, step: dict[str, Any], scope: dict[str, Any]
+        self,
+        run: Run,
+        job: Job,
+        position: int,
+        step: dict[str, Any],
+        scope: dict[str, Any],
+        *,
+        last: bool,
     ) -> Any:
         database, step_id = self.runtime.database, step["id"]
         step_type = STEP_TYPES.get(step["type"])
@@ -161,7 +169,9 @@ class ExecutionRunner:
             log.exception("step_crashed", step_id=step_id)
             crash = StepError(f"internal error ({type(error).__name__})", code="internal_error")
             raise await self._step_failed(run, job, step_id, crash, args) from error
-        await runs.step_succeeded(database, run, step_id=step_id, args=args, output=output)
+        await runs.step_succeeded(
+            database, run, step_id=step_id, args=args, output=output, last=last
+        )
         log.info("step_succeeded", step_id=step_id, attempt=attempt)
         return output
 

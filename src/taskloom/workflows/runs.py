@@ -153,17 +153,35 @@ async def start_step(
 
 
 async def step_succeeded(
-    database: Database, run: Run, *, step_id: str, args: Any, output: Any
+    database: Database, run: Run, *, step_id: str, args: Any, output: Any, last: bool = False
 ) -> None:
-    await _update_step(
-        database,
-        run,
-        step_id,
-        status=StepStatus.SUCCEEDED,
-        input=redact(args),
-        output=output,
-        finished_at=func.now(),
-    )
+    """Commit the step's output; for the last step, the execution's success in the same
+    transaction (one round trip fewer per execution)."""
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        await db.execute(
+            update(ExecutionStep)
+            .where(ExecutionStep.execution_id == run.execution_id, ExecutionStep.step_id == step_id)
+            .values(
+                status=StepStatus.SUCCEEDED,
+                input=redact(args),
+                output=output,
+                finished_at=func.now(),
+            )
+        )
+        if last:
+            await db.execute(
+                update(WorkflowExecution)
+                .where(
+                    WorkflowExecution.id == run.execution_id,
+                    WorkflowExecution.status == ExecutionStatus.RUNNING,
+                )
+                .values(
+                    status=ExecutionStatus.SUCCEEDED,
+                    output=output,
+                    error=None,
+                    finished_at=func.now(),
+                )
+            )
 
 
 async def step_failed(
