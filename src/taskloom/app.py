@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from taskloom import __version__
+from taskloom.audit.routes import router as audit_router
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
 from taskloom.errors import install_error_handlers
+from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
 from taskloom.observability.body_limit import BodySizeLimitMiddleware
 from taskloom.observability.logging import configure_logging
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(auth_router)
     app.include_router(orgs_router)
     app.include_router(workflows_router)
+    app.include_router(gdpr_router)
+    app.include_router(audit_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)

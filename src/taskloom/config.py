@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # loopback or link-local (comma-separated), e.g. "127.0.0.1,10.1.0.0/16,crm.internal".
     http_step_allowed_hosts: str = ""
 
+    # --- GDPR (docs/GDPR.md) -------------------------------------------------------------------
+    # Erasure also empties the input/output of executions the person started.
+    gdpr_erase_execution_payloads: bool = True
+    gdpr_export_max_per_hour: int = Field(default=10, ge=1)
+    gdpr_erasure_max_per_hour: int = Field(default=5, ge=1)
+
     # --- HTTP ------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

@@ -25,6 +25,7 @@ from taskloom.audit.service import (
     AuditContext,
     ChainVerification,
     _row_hash,
+    content_digest,
     record,
     verify_chain,
 )
@@ -324,6 +325,7 @@ async def test_a_rewritten_row_with_a_recomputed_hash_is_reported_at_the_next_ro
     async with system_transaction(runtime.database) as session:
         row = await session.get_one(AuditLog, chain[1].id)
         row.details = {"n": -1}
+        row.content_digest = content_digest(row, row.content_salt or "")
         row.hash = _row_hash(row)
 
     verification = await verify_as_system(runtime, org.id)
@@ -374,3 +376,19 @@ async def test_a_changed_prev_hash_is_reported_at_that_row(runtime: Runtime, org
     assert verification.first_broken_seq == 3
     assert verification.reason
     assert "prev_hash" in verification.reason
+
+
+async def test_a_removed_salt_without_an_erasure_is_reported(runtime: Runtime, org: Org) -> None:
+    """Only an erasure may drop a row's salt (and it records when); dropping it to hide an
+    edit is caught."""
+    chain = await append_many(runtime, org, 3)
+    await tamper(
+        runtime,
+        "update audit_logs set content_salt = null, details = '{}'::jsonb where id = :id",
+        id=chain[1].id,
+    )
+    verification = await verify_as_system(runtime, org.id)
+    assert not verification.ok
+    assert verification.first_broken_seq == 2
+    assert verification.reason
+    assert "without a recorded erasure" in verification.reason

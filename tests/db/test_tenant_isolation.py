@@ -272,6 +272,7 @@ def row_for(
                 "actor_user_id": side.user_id,
                 "action": "test.isolation",
                 "success": True,
+                "content_digest": secrets.token_hex(32),
                 "prev_hash": "0" * 64,
                 "hash": secrets.token_hex(32),
             }

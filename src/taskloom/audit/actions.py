@@ -26,3 +26,7 @@ class AuditAction(StrEnum):
     EXECUTION_START = "execution.start"
     EXECUTION_CANCEL = "execution.cancel"
     EXECUTION_RETRY = "execution.retry"
+    USER_ERASED = "user.erased"
+    GDPR_EXPORT = "gdpr.export"
+    AUDIT_READ = "audit.read"
+    AUDIT_VERIFY = "audit.verify"

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, String, text
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -46,6 +46,12 @@ class AuditLog(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     success: Mapped[bool] = mapped_column(Boolean, nullable=False)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    # The hash chain covers the row's content through a salted digest (ADR 0004): erasing a
+    # person destroys the salt and the personal fields, the digest keeps the chain verifiable.
+    content_salt: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    content_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    actor_pseudonym: Mapped[str | None] = mapped_column(String(64), nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
 

@@ -1,12 +1,17 @@
 """Write audit rows into a per-organization hash chain, and verify a chain.
 
 Each row stores `prev_hash` (the previous row's `hash` in the same chain) and `hash`, a SHA-256
-over its own canonical content and `prev_hash`. Rows of one organization form one chain; events
-that belong to no organization (e.g. a failed sign-in for an unknown email) form the instance
-chain. Appends to one chain are serialized with a transaction-scoped advisory lock, so two
-concurrent requests can never fork it. The chain's head (last seq and hash) is kept in
-`audit_chain_heads`, updated in the same transaction, so verification also notices rows cut off
-the end. Editing or deleting any row breaks verification there.
+over its chain fields (id, org, seq, time, action, success), `prev_hash`, and `content_digest`,
+a salted SHA-256 of everything else (actor, ip, user agent, resource, details). Erasing a person
+(GDPR Art. 17) clears those fields and the salt but keeps the digest, so the chain still
+verifies while nothing links the row to the person any more (ADR 0004).
+
+Rows of one organization form one chain; events that belong to no organization (e.g. a failed
+sign-in for an unknown email) form the instance chain. Appends to one chain are serialized with
+a transaction-scoped advisory lock, so two concurrent requests can never fork it. The chain's
+head (last seq and hash) is kept in `audit_chain_heads`, updated in the same transaction, so
+verification also notices rows cut off the end. Editing or deleting any row breaks verification
+there.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +53,7 @@ class ChainVerification:
     first_broken_id: uuid.UUID | None = None
     first_broken_seq: int | None = None
     reason: str | None = None
+    redacted_rows: int = 0  # rows whose personal content was erased (verifiable by digest only)
 
 
 def _normalize_ip(ip: object) -> str | None:
@@ -58,26 +65,44 @@ def _normalize_ip(ip: object) -> str | None:
         return None
 
 
+def _canonical(content: dict[str, Any]) -> bytes:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_digest(row: AuditLog, salt: str) -> str:
+    """The salted digest of the row's personal-capable content."""
+    content = {
+        "actor_user_id": str(row.actor_user_id) if row.actor_user_id else None,
+        "actor_api_key_id": str(row.actor_api_key_id) if row.actor_api_key_id else None,
+        "resource_type": row.resource_type,
+        "resource_id": row.resource_id,
+        "ip": _normalize_ip(row.ip),
+        "user_agent": row.user_agent,
+        "request_id": row.request_id,
+        "details": row.details,
+    }
+    return hashlib.sha256(salt.encode() + b"|" + _canonical(content)).hexdigest()
+
+
 def _row_hash(row: AuditLog) -> str:
     content = {
         "id": str(row.id),
         "org_id": str(row.org_id) if row.org_id else None,
         "seq": row.seq,
         "created_at": row.created_at.astimezone(UTC).isoformat(),
-        "actor_user_id": str(row.actor_user_id) if row.actor_user_id else None,
-        "actor_api_key_id": str(row.actor_api_key_id) if row.actor_api_key_id else None,
         "action": row.action,
-        "resource_type": row.resource_type,
-        "resource_id": row.resource_id,
-        "ip": _normalize_ip(row.ip),
-        "user_agent": row.user_agent,
-        "request_id": row.request_id,
         "success": row.success,
-        "details": row.details,
+        "content_digest": row.content_digest,
         "prev_hash": row.prev_hash,
     }
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_canonical(content)).hexdigest()
+
+
+def seal(row: AuditLog) -> None:
+    """Give a new row its salt, content digest and hash (prev_hash must be set)."""
+    row.content_salt = secrets.token_hex(16)
+    row.content_digest = content_digest(row, row.content_salt)
+    row.hash = _row_hash(row)
 
 
 def _json_as_stored(value: Any) -> Any:
@@ -144,7 +169,7 @@ async def record(
         details=_json_as_stored(details or {}),
         prev_hash=last.hash if last else GENESIS_HASH,
     )
-    row.hash = _row_hash(row)
+    seal(row)
     session.add(row)
     await session.flush()
     head = {
@@ -166,7 +191,7 @@ async def record(
 
 async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> ChainVerification:
     """Walk one chain in order; report the first row whose link or content does not match."""
-    expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
+    expected_prev, expected_seq, checked, redacted = GENESIS_HASH, 1, 0, 0
     rows = await session.stream_scalars(
         select(AuditLog)
         .where(_chain_filter(org_id))
@@ -180,10 +205,17 @@ async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> Ch
         elif row.prev_hash != expected_prev:
             reason = "prev_hash does not match the previous row's hash"
         elif _row_hash(row) != row.hash:
-            reason = "row content does not match its hash (the row was modified)"
+            reason = "row does not match its hash (the row was modified)"
+        elif row.content_salt is None and row.redacted_at is None:
+            reason = "the row's content salt was removed without a recorded erasure"
+        elif row.content_salt is not None and content_digest(row, row.content_salt) != (
+            row.content_digest
+        ):
+            reason = "row content does not match its digest (the row was modified)"
         if reason:
-            return ChainVerification(False, checked, row.id, row.seq, reason)
+            return ChainVerification(False, checked, row.id, row.seq, reason, redacted)
         checked += 1
+        redacted += row.content_salt is None
         expected_prev, expected_seq = row.hash, row.seq + 1
     head = (
         await session.execute(
@@ -193,7 +225,7 @@ async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> Ch
     last_seq = expected_seq - 1
     if head is None and checked:
         return ChainVerification(
-            False, checked, None, last_seq, "the chain's head record is missing"
+            False, checked, None, last_seq, "the chain's head record is missing", redacted
         )
     if head is not None and (head.last_seq, head.last_hash) != (last_seq, expected_prev):
         return ChainVerification(
@@ -203,5 +235,6 @@ async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> Ch
             head.last_seq,
             f"the chain's head is at seq {head.last_seq} but its last row is seq {last_seq} "
             "(rows were removed from the end)",
+            redacted,
         )
-    return ChainVerification(True, checked)
+    return ChainVerification(True, checked, redacted_rows=redacted)

@@ -1,4 +1,5 @@
-"""Failed-login counters in Redis, per account and per client IP (fixed windows)."""
+"""Fixed-window counters in Redis: failed sign-ins per account and per client IP, and a general
+per-subject limit (GDPR export and erasure)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from taskloom.errors import RateLimited
 from taskloom.redis import Keys
 
 
-def _account_key(keys: Keys, email: str) -> str:
+def account_key(keys: Keys, email: str) -> str:
     # The email is personal data: only its hash reaches Redis.
     digest = hashlib.sha256(email.lower().encode()).hexdigest()[:32]
     return keys("ratelimit", "login", "account", digest)
@@ -30,9 +31,9 @@ async def ensure_login_allowed(
     max_per_ip: int,
 ) -> None:
     """Raise RateLimited when the account or the IP has used up its failed attempts."""
-    account_key, ip_key = _account_key(keys, email), _ip_key(keys, ip)
+    by_account, by_ip = account_key(keys, email), _ip_key(keys, ip)
     async with redis.pipeline(transaction=False) as pipe:
-        for key in (account_key, ip_key):
+        for key in (by_account, by_ip):
             pipe.get(key)
             pipe.ttl(key)
         account_count, account_ttl, ip_count, ip_ttl = await pipe.execute()
@@ -54,11 +55,24 @@ async def record_login_failure(
     # SET NX starts the window (and its expiry) once; INCR keeps the TTL. Works on Redis 6.2,
     # which lacks EXPIRE ... NX.
     async with redis.pipeline(transaction=True) as pipe:
-        for key in (_account_key(keys, email), _ip_key(keys, ip)):
+        for key in (account_key(keys, email), _ip_key(keys, ip)):
             pipe.set(key, 0, ex=window_seconds, nx=True)
             pipe.incr(key)
         await pipe.execute()
 
 
 async def clear_account_failures(*, redis: Redis, keys: Keys, email: str) -> None:
-    await redis.delete(_account_key(keys, email))
+    await redis.delete(account_key(keys, email))
+
+
+async def consume(*, redis: Redis, key: str, limit: int, window_seconds: int, what: str) -> None:
+    """Count one use of `key` in its window; RateLimited (429 + Retry-After) past `limit`."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(key, 0, ex=window_seconds, nx=True)
+        pipe.incr(key)
+        pipe.ttl(key)
+        _, used, ttl = await pipe.execute()
+    if int(used) > limit:
+        raise RateLimited(
+            f"too many {what} requests; try again later", retry_after=max(int(ttl), 1)
+        )

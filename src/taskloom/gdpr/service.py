@@ -1,0 +1,89 @@
+"""GDPR requests as the API and the CLI make them: rate limits, the request record, the audit
+event, and what must happen outside the database after an erasure (Redis, queued jobs)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import structlog
+from redis.exceptions import RedisError
+
+from taskloom.audit import service as audit
+from taskloom.audit.actions import AuditAction
+from taskloom.audit.service import AuditContext
+from taskloom.auth import ratelimit
+from taskloom.db.tenancy import system_transaction
+from taskloom.gdpr import export
+from taskloom.gdpr.erasure import Erasure, erase
+from taskloom.gdpr.models import GdprRequest
+from taskloom.redis import purge_matching
+from taskloom.runtime import Runtime
+
+log = structlog.get_logger("taskloom.gdpr")
+HOUR = 3_600
+
+
+async def check_rate(runtime: Runtime, *, kind: str, user_id: uuid.UUID) -> None:
+    limit = (
+        runtime.settings.gdpr_export_max_per_hour
+        if kind == "export"
+        else runtime.settings.gdpr_erasure_max_per_hour
+    )
+    await ratelimit.consume(
+        redis=runtime.redis,
+        key=runtime.keys("ratelimit", "gdpr", kind, str(user_id)),
+        limit=limit,
+        window_seconds=HOUR,
+        what=f"data {kind}",
+    )
+
+
+async def start_export(
+    runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext, fmt: str
+) -> tuple[datetime, AsyncIterator[bytes]]:
+    """Record the request (audited in the instance chain: an export is personal, not an
+    organization's business) and return the stream of the document."""
+    exported_at = datetime.now(UTC)
+    async with system_transaction(runtime.database) as db:
+        db.add(
+            GdprRequest(
+                user_id=user_id,
+                requested_by=context.actor_user_id,
+                kind="export",
+                status="completed",
+                details={"format": fmt},
+                completed_at=exported_at,
+            )
+        )
+        await audit.record(
+            session=db,
+            context=context,
+            action=AuditAction.GDPR_EXPORT,
+            org_id=None,
+            resource_type="user",
+            resource_id=user_id,
+            details={"format": fmt},
+        )
+    if fmt == "zip":
+        return exported_at, export.zip_archive(runtime.database, user_id, exported_at)
+    return exported_at, export.json_document(runtime.database, user_id, exported_at)
+
+
+async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext) -> Erasure:
+    """Erase in one transaction, then clean Redis and the queue. Redis trouble afterwards is
+    logged, not raised: the erasure stands, and the keys expire on their own."""
+    async with system_transaction(runtime.database) as db:
+        result = await erase(db, settings=runtime.settings, user_id=user_id, context=context)
+    try:
+        keys = runtime.keys
+        await runtime.redis.delete(ratelimit.account_key(keys, result.email))
+        removed = await purge_matching(runtime.redis, keys("cache", "*", f"user:{user_id}", "*"))
+        removed += await purge_matching(runtime.redis, keys("ratelimit", "gdpr", "*", str(user_id)))
+        for execution_id in result.cancelled_executions:
+            await runtime.queue.remove(execution_id)
+        log.info("user_erased", pseudonym=result.pseudonym, redis_keys=removed)
+    except (RedisError, OSError):
+        log.exception("erasure_redis_cleanup_failed", pseudonym=result.pseudonym)
+    return result
