@@ -8,6 +8,7 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,6 +23,8 @@ from taskloom.embedded import start_embedded
 app = typer.Typer(help="Taskloom: multi-tenant AI workflow automation.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+gdpr_app = typer.Typer(help="Data-protection requests, handled for a person (docs/GDPR.md).")
+app.add_typer(gdpr_app, name="gdpr")
 console = Console(stderr=True)
 
 DEMO_EMAIL = "admin@taskloom.local"
@@ -257,6 +260,97 @@ def doctor(
     checks = asyncio.run(run_checks(settings, strict=strict))
     typer.echo(render_json(checks) if json_output else render_text(checks, settings, strict=strict))
     raise typer.Exit(1 if failed(checks) else 0)
+
+
+@gdpr_app.command("export")
+def gdpr_export(
+    email: Annotated[str, typer.Option(help="The person's email address.")],
+    out: Annotated[Path, typer.Option(help="File to write: .zip (default) or .json.")],
+) -> None:
+    """Write everything Taskloom holds about a person to a file (GDPR Art. 15/20)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from taskloom.gdpr import export, service
+    from taskloom.runtime import open_runtime
+
+    fmt = "json" if out.suffix.lower() == ".json" else "zip"
+
+    async def _run() -> int:
+        async with _services(get_settings()) as live:
+            runtime = await open_runtime(live)
+            try:
+                user_id = await service.user_id_for(runtime, email)
+                if user_id is None:
+                    console.print(f"no account with the email {email}")
+                    return 1
+                total = await export.count_rows(runtime.database, user_id)
+                with Progress(
+                    "[progress.description]{task.description}",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                ) as progress:
+                    task = progress.add_task("exporting rows", total=total)
+                    _, chunks = await service.start_export(
+                        runtime,
+                        user_id=user_id,
+                        context=CLI_CONTEXT,
+                        fmt=fmt,
+                        on_row=lambda: progress.advance(task),
+                    )
+                    with out.open("wb") as handle:
+                        async for chunk in chunks:
+                            handle.write(chunk)
+                out.chmod(0o600)  # personal data: readable by the operator only
+                console.print(f"wrote {total} rows to {out}")
+                return 0
+            finally:
+                await runtime.close()
+
+    raise typer.Exit(asyncio.run(_run()))
+
+
+@gdpr_app.command("delete")
+def gdpr_delete(
+    email: Annotated[str, typer.Option(help="The person's email address.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a person's account and personal data (GDPR Art. 17); see docs/GDPR.md."""
+    from taskloom.errors import Conflict
+    from taskloom.gdpr import service
+    from taskloom.runtime import open_runtime
+
+    if not yes and not typer.confirm(f"Erase the account {email} and its personal data?"):
+        raise typer.Exit(1)
+
+    async def _run() -> int:
+        async with _services(get_settings()) as live:
+            runtime = await open_runtime(live)
+            try:
+                user_id = await service.user_id_for(runtime, email)
+                if user_id is None:
+                    console.print(f"no account with the email {email}")
+                    return 1
+                try:
+                    result = await service.erase_account(
+                        runtime, user_id=user_id, context=CLI_CONTEXT
+                    )
+                except Conflict as exc:
+                    console.print(f"[red]{exc.message}[/red]")
+                    for org in (exc.details or {}).get("organizations", []):
+                        console.print(
+                            f"  {org['name']} ({org['org_id']}): {org['other_members']} members"
+                        )
+                    return 1
+                console.print(f"erased; the audit trail now says {result.pseudonym}")
+                for table, count in sorted(result.counts.items()):
+                    console.print(f"  {table}: {count}")
+                return 0
+            finally:
+                await runtime.close()
+
+    raise typer.Exit(asyncio.run(_run()))
 
 
 def main() -> None:

@@ -11,12 +11,12 @@ import ipaddress
 import json
 import uuid
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, or_, select
+from sqlalchemy import Table, func, or_, select
 
 from taskloom.db.engine import Database
 from taskloom.gdpr.inventory import REDACTED, child_tables, is_secret, user_tables
@@ -68,8 +68,32 @@ def _row(table: Table, mapping: Any) -> dict[str, Any]:
     }
 
 
+async def count_rows(database: Database, user_id: uuid.UUID) -> int:
+    """How many rows an export of the person will hold (for a progress bar)."""
+    total = 0
+    async with database.system_engine.connect() as conn:
+        for user_table in user_tables():
+            table = user_table.table
+            match = or_(*(table.c[column] == user_id for column in user_table.columns))
+            total += (
+                await conn.execute(select(func.count()).select_from(table).where(match))
+            ).scalar_one()
+            for child, column in child_tables(table.name):
+                parents = select(table.c.id).where(match)
+                query = select(func.count()).select_from(child).where(child.c[column].in_(parents))
+                total += (await conn.execute(query)).scalar_one()
+    return total
+
+
+OnRow = Callable[[], None]
+
+
+def ignore_row() -> None:
+    return None
+
+
 async def sections(
-    database: Database, user_id: uuid.UUID
+    database: Database, user_id: uuid.UUID, on_row: OnRow = ignore_row
 ) -> AsyncIterator[tuple[str, AsyncIterator[dict[str, Any]]]]:
     """(table name, its rows) for every table, empty ones included; consume each section's rows
     before asking for the next. Runs on the privileged role: a person's rows span
@@ -88,6 +112,7 @@ async def sections(
                         select(table).where(match).execution_options(yield_per=FETCH_ROWS)
                     )
                     async for mapping in result.mappings():
+                        on_row()
                         yield _row(table, mapping)
 
                 yield table.name, rows()
@@ -103,6 +128,7 @@ async def sections(
                             .execution_options(yield_per=FETCH_ROWS)
                         )
                         async for mapping in result.mappings():
+                            on_row()
                             yield _row(child, mapping)
 
                     yield child.name, child_rows()
@@ -118,14 +144,14 @@ def _header(user_id: uuid.UUID, exported_at: datetime) -> dict[str, Any]:
 
 
 async def json_document(
-    database: Database, user_id: uuid.UUID, exported_at: datetime
+    database: Database, user_id: uuid.UUID, exported_at: datetime, on_row: OnRow = ignore_row
 ) -> AsyncIterator[bytes]:
     """`{"schema_version", "exported_at", ..., "tables": {name: [rows]}}`, in chunks."""
     header = json.dumps(_header(user_id, exported_at))[:-1]
     buffer = io.BytesIO()
     buffer.write(f'{header},"tables":{{'.encode())
     first_table = True
-    async for name, rows in sections(database, user_id):
+    async for name, rows in sections(database, user_id, on_row):
         buffer.write(("" if first_table else ",").encode() + json.dumps(name).encode() + b":[")
         first_table, first_row = False, True
         async for row in rows:
@@ -159,13 +185,13 @@ class _Sink(io.RawIOBase):
 
 
 async def zip_archive(
-    database: Database, user_id: uuid.UUID, exported_at: datetime
+    database: Database, user_id: uuid.UUID, exported_at: datetime, on_row: OnRow = ignore_row
 ) -> AsyncIterator[bytes]:
     """`manifest.json`, `README.md` and `tables/<name>.json` (a JSON array each)."""
     sink = _Sink()
     counts: dict[str, int] = {}
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        async for name, rows in sections(database, user_id):
+        async for name, rows in sections(database, user_id, on_row):
             counts[name] = 0
             with archive.open(f"tables/{name}.json", "w", force_zip64=True) as entry:
                 entry.write(b"[")

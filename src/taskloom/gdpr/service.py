@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 
 import structlog
 from redis.exceptions import RedisError
+from sqlalchemy import select
 
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth import ratelimit
+from taskloom.auth.models import User
 from taskloom.db.tenancy import system_transaction
 from taskloom.gdpr import export
 from taskloom.gdpr.erasure import Erasure, erase
@@ -41,7 +43,12 @@ async def check_rate(runtime: Runtime, *, kind: str, user_id: uuid.UUID) -> None
 
 
 async def start_export(
-    runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext, fmt: str
+    runtime: Runtime,
+    *,
+    user_id: uuid.UUID,
+    context: AuditContext,
+    fmt: str,
+    on_row: export.OnRow = export.ignore_row,
 ) -> tuple[datetime, AsyncIterator[bytes]]:
     """Record the request (audited in the instance chain: an export is personal, not an
     organization's business) and return the stream of the document."""
@@ -67,8 +74,15 @@ async def start_export(
             details={"format": fmt},
         )
     if fmt == "zip":
-        return exported_at, export.zip_archive(runtime.database, user_id, exported_at)
-    return exported_at, export.json_document(runtime.database, user_id, exported_at)
+        return exported_at, export.zip_archive(runtime.database, user_id, exported_at, on_row)
+    return exported_at, export.json_document(runtime.database, user_id, exported_at, on_row)
+
+
+async def user_id_for(runtime: Runtime, email: str) -> uuid.UUID | None:
+    """The account with this email (operators act by email; emails are stored lowercased)."""
+    async with system_transaction(runtime.database) as db:
+        found = await db.scalar(select(User.id).where(User.email == email.strip().lower()))
+    return found
 
 
 async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext) -> Erasure:
