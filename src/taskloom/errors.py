@@ -64,6 +64,10 @@ class Conflict(DomainError):
     status_code, code = 409, "conflict"
 
 
+class Gone(DomainError):
+    status_code, code = 410, "gone"
+
+
 class PayloadTooLarge(DomainError):
     status_code, code = 413, "payload_too_large"
 

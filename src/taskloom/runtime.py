@@ -12,7 +12,7 @@ import taskloom.db.registry  # noqa: F401  (every model mapped, whichever comman
 from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings, redact_url
 from taskloom.db.engine import Database, check_roles, create_database
-from taskloom.queue.jobs import ExecutionQueue
+from taskloom.queue.jobs import ExecutionQueue, GdprExportQueue
 from taskloom.redis import Keys, connect_redis
 
 log = structlog.get_logger("taskloom.runtime")
@@ -26,9 +26,11 @@ class Runtime:
     keys: Keys
     passwords: Passwords
     queue: ExecutionQueue
+    gdpr_queue: GdprExportQueue
 
     async def close(self) -> None:
         await self.queue.close()
+        await self.gdpr_queue.close()
         await self.redis.aclose()
         await self.database.dispose()
 
@@ -55,4 +57,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         keys=Keys(settings.key_prefix),
         passwords=Passwords(settings),
         queue=ExecutionQueue(settings),
+        gdpr_queue=GdprExportQueue(settings),
     )

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import insert, text
 
 from taskloom.db.registry import metadata
+from taskloom.gdpr import archive
 from taskloom.redis import Cache
 from taskloom.runtime import Runtime
 from tests.db.test_tenant_isolation import Side, row_for
@@ -437,3 +438,31 @@ async def test_exports_are_rate_limited_with_retry_after(
     assert limited.status_code == 429
     assert 0 < int(limited.headers["retry-after"]) <= 3600
     assert limited.json()["error"]["code"] == "rate_limited"
+
+
+async def test_an_expired_export_link_is_gone_and_its_archive_purged(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    person = await register(client, label="late", organization_name="Late Org")
+    queued = (await client.post("/api/user/data-export", headers=person.headers)).json()
+    request_id = uuid.UUID(queued["request_id"])
+    await archive.build(runtime, request_id)  # what the worker's job does
+    async with runtime.database.system_engine.begin() as conn:
+        chunks = "select count(*) from gdpr_export_files where request_id = :r"
+        assert (await conn.execute(text(chunks), {"r": request_id})).scalar_one() >= 1
+        await conn.execute(
+            text("update gdpr_requests set expires_at = now() - interval '1 minute' where id = :r"),
+            {"r": request_id},
+        )
+    expired = await client.get(queued["download_url"])
+    assert expired.status_code == 410
+    assert expired.json()["error"]["code"] == "link_expired"
+    assert await archive.purge_expired(runtime) >= 1
+    async with runtime.database.system_engine.connect() as conn:
+        assert (await conn.execute(text(chunks), {"r": request_id})).scalar_one() == 0
+
+
+async def test_the_application_role_cannot_read_export_archives(runtime: Runtime) -> None:
+    async with runtime.database.app_engine.connect() as conn:
+        with pytest.raises(Exception, match="permission denied"):
+            await conn.execute(text("select count(*) from gdpr_export_files"))

@@ -3,7 +3,11 @@ counting every call the steps make."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import secrets
+import zipfile
 from typing import Any
 
 import httpx
@@ -280,3 +284,37 @@ async def test_roles_and_tenants(
         body = {"name": "x", "definition": {"steps": steps}} if method == "PUT" else None
         response = await api.request(method, path, json=body, headers=stranger.headers)
         assert response.status_code == 404, (method, path, response.text)
+
+
+async def test_a_queued_export_is_built_by_a_worker_and_downloads_once(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    queued = await api.post("/api/user/data-export", headers=owner.headers)
+    assert queued.status_code == 202, queued.text
+    body = queued.json()
+    link = body["download_url"]
+    early = await api.get(link)
+    assert early.status_code in (409, 200)  # not ready yet (unless a worker is very quick)
+    if early.status_code == 409:
+        assert early.json()["error"]["code"] == "not_ready"
+
+    start_worker()
+    status: dict[str, Any] = {}
+    for _ in range(100):
+        status = (
+            await api.get(f"/api/user/data-export/{body['request_id']}", headers=owner.headers)
+        ).json()
+        if status["status"] == "ready":
+            break
+        await asyncio.sleep(0.1)
+    assert status["status"] == "ready", status
+    download = await api.get(link)
+    assert download.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        users = json.loads(archive.read("tables/users.json"))
+    assert [u["email"] for u in users] == [owner.email]
+    again = await api.get(link)
+    assert again.status_code == 410
+    assert again.json()["error"]["code"] == "link_used"
+    forged = await api.get(link.replace("token=", "token=x"))
+    assert forged.status_code == 404

@@ -5,7 +5,7 @@ from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
-from taskloom.gdpr.models import GdprRequest
+from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Membership, Organization
 from taskloom.tools.models import ToolConnection
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -21,6 +21,7 @@ __all__ = [
     "ExecutionStep",
     "FeatureFlag",
     "FeatureFlagOverride",
+    "GdprExportFile",
     "GdprRequest",
     "Membership",
     "Organization",

@@ -36,7 +36,11 @@ ISOLATED_TABLES: dict[str, Scope] = {
 SHARED_TABLES: dict[str, str] = {
     "feature_flags": "global flag definitions; only instance administrators may change them",
     "alembic_version": "migration bookkeeping; the application role may only read it",
+    "gdpr_export_files": "queued export archives; the application role has no privilege on it",
 }
+
+# Tables only the privileged role may touch (REVOKE ALL from the application role).
+SYSTEM_ONLY_TABLES = ("gdpr_export_files",)
 
 # Tables the application role may read and append to but never change.
 APPEND_ONLY_TABLES = ("audit_logs",)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from taskloom.auth.deps import Context
+from taskloom.auth.deps import Context, get_runtime
 from taskloom.auth.models import User
 from taskloom.errors import Unauthorized
-from taskloom.gdpr import service
-from taskloom.gdpr.schemas import ErasureOut, ErasureRequest
+from taskloom.gdpr import archive, service
+from taskloom.gdpr.schemas import ErasureOut, ErasureRequest, ExportStatusOut, QueuedExportOut
 
 router = APIRouter(prefix="/api/user", tags=["gdpr"])
 
@@ -35,6 +36,55 @@ async def data_export(
         headers={
             "Content-Disposition": f'attachment; filename="taskloom-export-{stamp}.{fmt}"',
             "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.post("/data-export", status_code=status.HTTP_202_ACCEPTED)
+async def queue_data_export(ctx: Context) -> QueuedExportOut:
+    """For very large accounts: a worker writes the ZIP; the link in the answer works once,
+    for 24 hours, as soon as `GET /api/user/data-export/{id}` says `ready`."""
+    user_id = ctx.principal.user_id
+    await service.check_rate(ctx.runtime, kind="export", user_id=user_id)
+    queued = await archive.queue_export(ctx.runtime, user_id=user_id, context=ctx.audit)
+    return QueuedExportOut(
+        request_id=queued.request_id,
+        status="queued",
+        download_url=f"/api/user/data-export/{queued.request_id}/download?token={queued.token}",
+        expires_at=queued.expires_at,
+    )
+
+
+@router.get("/data-export/{request_id}")
+async def queued_export_status(request_id: uuid.UUID, ctx: Context) -> ExportStatusOut:
+    request = await archive.status(
+        ctx.runtime, user_id=ctx.principal.user_id, request_id=request_id
+    )
+    return ExportStatusOut(
+        request_id=request.id,
+        status=request.status,
+        expires_at=request.expires_at,
+        downloaded=request.downloaded_at is not None,
+        bytes=(request.details or {}).get("bytes"),
+    )
+
+
+@router.get("/data-export/{request_id}/download", response_class=StreamingResponse)
+async def download_queued_export(
+    request_id: uuid.UUID,
+    token: Annotated[str, Query(min_length=20, max_length=200)],
+    request: Request,
+) -> StreamingResponse:
+    """The one-time link: no sign-in needed (the token is the credential), 410 once used."""
+    runtime = get_runtime(request)
+    chunks = await archive.download(runtime, request_id=request_id, token=token)
+    return StreamingResponse(
+        chunks,
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="taskloom-export-{request_id}.zip"',
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
         },
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -20,3 +21,18 @@ class ErasureOut(BaseModel):
     pseudonym: str = Field(description="How the audit trail refers to the erased account")
     deleted_organizations: list[uuid.UUID]
     rows: dict[str, int]
+
+
+class QueuedExportOut(BaseModel):
+    request_id: uuid.UUID
+    status: str
+    download_url: str = Field(description="Works once, until expires_at, when status is ready")
+    expires_at: datetime
+
+
+class ExportStatusOut(BaseModel):
+    request_id: uuid.UUID
+    status: str = Field(description="queued, running, ready or failed")
+    expires_at: datetime | None
+    downloaded: bool
+    bytes: int | None

@@ -66,3 +66,29 @@ class ExecutionQueue:
 
     async def close(self) -> None:
         await self.queue.close()
+
+
+GDPR_QUEUE_NAME = "gdpr"
+
+
+class GdprExportQueue:
+    """Queued data exports (POST /api/user/data-export); job id = the request's id."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.queue = Queue(GDPR_QUEUE_NAME, bullmq_options(settings, purpose="producer-gdpr"))
+
+    async def enqueue(self, request_id: uuid.UUID) -> None:
+        await self.queue.add(
+            "export",
+            {"request_id": str(request_id)},
+            {
+                "jobId": str(request_id),
+                "attempts": 3,
+                "backoff": {"type": "exponential", "delay": 5_000},
+                "removeOnComplete": KEEP_COMPLETED,
+                "removeOnFail": KEEP_FAILED,
+            },
+        )
+
+    async def close(self) -> None:
+        await self.queue.close()

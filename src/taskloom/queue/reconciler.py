@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import select, update
 
 from taskloom.db.tenancy import system_transaction
+from taskloom.gdpr import archive
 from taskloom.runtime import Runtime
 from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 
@@ -70,11 +71,16 @@ class Reconciler:
                     report = await self.reconcile_once()
                     if report.enqueued or report.replaced or report.failed:
                         log.warning("reconciled", **report.__dict__)
+                    await self._housekeeping()
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis or PostgreSQL down: try again next tick
                 log.exception("reconcile_failed")
             await asyncio.sleep(interval)
+
+    async def _housekeeping(self) -> None:
+        if purged := await archive.purge_expired(self.runtime):
+            log.info("expired_exports_purged", chunks=purged)
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. Runs on the privileged role: it looks across every organization."""

@@ -19,8 +19,9 @@ from typing import Any
 import structlog
 from bullmq import Job, Worker
 
+from taskloom.gdpr import archive
 from taskloom.observability.metrics import EXECUTIONS_RUNNING, QUEUE_EVENTS
-from taskloom.queue.jobs import QUEUE_NAME
+from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME
 from taskloom.queue.reconciler import Reconciler
 from taskloom.queue.runner import ExecutionRunner
 from taskloom.redis import bullmq_options
@@ -40,6 +41,7 @@ class WorkerService:
         self.runner = ExecutionRunner(runtime)
         self.reconciler = Reconciler(runtime, owner=self.id)
         self.worker: Worker | None = None
+        self.gdpr_worker: Worker | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = time.time()
 
@@ -64,8 +66,22 @@ class WorkerService:
             await worker.blockingRedisConnection.getRedisVersion()
         self._on_events(worker)
         self.worker = worker
+        self.gdpr_worker = Worker(
+            GDPR_QUEUE_NAME,
+            self._build_export,
+            bullmq_options(
+                s,
+                purpose="worker-gdpr",
+                autorun=False,
+                concurrency=1,
+                lockDuration=s.queue_lock_duration_ms,
+                stalledInterval=s.queue_stalled_interval_ms,
+                name=f"{self.id}:gdpr",
+            ),
+        )
         self._tasks = [
             asyncio.create_task(worker.run(), name="bullmq-worker"),
+            asyncio.create_task(self.gdpr_worker.run(), name="bullmq-gdpr-worker"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self.reconciler.run_forever(), name="reconciler"),
         ]
@@ -87,7 +103,7 @@ class WorkerService:
         timeout = self.runtime.settings.shutdown_timeout_seconds
         running = len(self.runner.active)
         log.info("worker_stopping", worker=self.id, running=running, timeout_s=timeout)
-        await self._cancel(self._tasks[1:])  # heartbeat and reconciler
+        await self._cancel(self._tasks[2:])  # heartbeat and reconciler
         await worker.pause(do_not_wait_active=True)  # stop taking jobs
         finished = await self._wait_for_active(timeout)
         if not finished:
@@ -95,12 +111,16 @@ class WorkerService:
             QUEUE_EVENTS.labels("handed_back").inc(handed)
             log.warning("handing_back", jobs=handed)
             await self._wait_for_active(HAND_BACK_SECONDS)
-        try:
-            await asyncio.wait_for(worker.close(), CLOSE_SECONDS)
-        except TimeoutError:
-            log.error("worker_close_timed_out")
-            await worker.close(force=True)
-        await self._cancel(self._tasks[:1])
+        for closing in (worker, self.gdpr_worker):
+            if closing is None:
+                continue
+            try:
+                await asyncio.wait_for(closing.close(), CLOSE_SECONDS)
+            except TimeoutError:
+                # An export still being written: it is rebuilt from scratch after its lock.
+                log.error("worker_close_timed_out", queue=closing.name)
+                await closing.close(force=True)
+        await self._cancel(self._tasks[:2])
         await self.runtime.redis.delete(self._heartbeat_key)
         await self.reconciler.release()
         log.info("worker_stopped", worker=self.id)
@@ -117,6 +137,9 @@ class WorkerService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _build_export(self, job: Job, token: str) -> None:
+        await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))
 
     # --- heartbeat -----------------------------------------------------------------------------
 
