@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -19,6 +19,11 @@ from rich.panel import Panel
 from taskloom.audit.service import AuditContext
 from taskloom.config import Settings, get_settings
 from taskloom.embedded import start_embedded
+
+if TYPE_CHECKING:
+    import uuid
+
+    from taskloom.runtime import Runtime
 
 app = typer.Typer(help="Taskloom: multi-tenant AI workflow automation.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
@@ -262,18 +267,13 @@ def doctor(
     raise typer.Exit(1 if failed(checks) else 0)
 
 
-@gdpr_app.command("export")
-def gdpr_export(
-    email: Annotated[str, typer.Option(help="The person's email address.")],
-    out: Annotated[Path, typer.Option(help="File to write: .zip (default) or .json.")],
-) -> None:
-    """Write everything Taskloom holds about a person to a file (GDPR Art. 15/20)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+PersonTask = Callable[["Runtime", "uuid.UUID"], Awaitable[int]]
 
-    from taskloom.gdpr import export, service
+
+def _for_person(email: str, task: PersonTask) -> None:
+    """Open the runtime, find the account by email, run `task`; exit with its status."""
+    from taskloom.gdpr import service
     from taskloom.runtime import open_runtime
-
-    fmt = "json" if out.suffix.lower() == ".json" else "zip"
 
     async def _run() -> int:
         async with _services(get_settings()) as live:
@@ -283,32 +283,50 @@ def gdpr_export(
                 if user_id is None:
                     console.print(f"no account with the email {email}")
                     return 1
-                total = await export.count_rows(runtime.database, user_id)
-                with Progress(
-                    "[progress.description]{task.description}",
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=console,
-                ) as progress:
-                    task = progress.add_task("exporting rows", total=total)
-                    _, chunks = await service.start_export(
-                        runtime,
-                        user_id=user_id,
-                        context=CLI_CONTEXT,
-                        fmt=fmt,
-                        on_row=lambda: progress.advance(task),
-                    )
-                    with out.open("wb") as handle:
-                        async for chunk in chunks:
-                            handle.write(chunk)
-                out.chmod(0o600)  # personal data: readable by the operator only
-                console.print(f"wrote {total} rows to {out}")
-                return 0
+                return await task(runtime, user_id)
             finally:
                 await runtime.close()
 
     raise typer.Exit(asyncio.run(_run()))
+
+
+@gdpr_app.command("export")
+def gdpr_export(
+    email: Annotated[str, typer.Option(help="The person's email address.")],
+    out: Annotated[Path, typer.Option(help="File to write: .zip (default) or .json.")],
+) -> None:
+    """Write everything Taskloom holds about a person to a file (GDPR Art. 15/20)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from taskloom.gdpr import export, service
+
+    fmt = "json" if out.suffix.lower() == ".json" else "zip"
+
+    async def task(runtime: Runtime, user_id: uuid.UUID) -> int:
+        total = await export.count_rows(runtime.database, user_id)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            bar = progress.add_task("exporting rows", total=total)
+            _, chunks = await service.start_export(
+                runtime,
+                user_id=user_id,
+                context=CLI_CONTEXT,
+                fmt=fmt,
+                on_row=lambda: progress.advance(bar),
+            )
+            with out.open("wb") as handle:
+                async for chunk in chunks:
+                    handle.write(chunk)
+        out.chmod(0o600)  # personal data: readable by the operator only
+        console.print(f"wrote {total} rows to {out}")
+        return 0
+
+    _for_person(email, task)
 
 
 @gdpr_app.command("delete")
@@ -319,38 +337,25 @@ def gdpr_delete(
     """Erase a person's account and personal data (GDPR Art. 17); see docs/GDPR.md."""
     from taskloom.errors import Conflict
     from taskloom.gdpr import service
-    from taskloom.runtime import open_runtime
 
     if not yes and not typer.confirm(f"Erase the account {email} and its personal data?"):
         raise typer.Exit(1)
 
-    async def _run() -> int:
-        async with _services(get_settings()) as live:
-            runtime = await open_runtime(live)
-            try:
-                user_id = await service.user_id_for(runtime, email)
-                if user_id is None:
-                    console.print(f"no account with the email {email}")
-                    return 1
-                try:
-                    result = await service.erase_account(
-                        runtime, user_id=user_id, context=CLI_CONTEXT
-                    )
-                except Conflict as exc:
-                    console.print(f"[red]{exc.message}[/red]")
-                    for org in (exc.details or {}).get("organizations", []):
-                        console.print(
-                            f"  {org['name']} ({org['org_id']}): {org['other_members']} members"
-                        )
-                    return 1
-                console.print(f"erased; the audit trail now says {result.pseudonym}")
-                for table, count in sorted(result.counts.items()):
-                    console.print(f"  {table}: {count}")
-                return 0
-            finally:
-                await runtime.close()
+    async def task(runtime: Runtime, user_id: uuid.UUID) -> int:
+        try:
+            result = await service.erase_account(runtime, user_id=user_id, context=CLI_CONTEXT)
+        except Conflict as exc:
+            console.print(f"[red]{exc.message}[/red]")
+            for org in (exc.details or {}).get("organizations", []):
+                members = org["other_members"]
+                console.print(f"  {org['name']} ({org['org_id']}): {members} other members")
+            return 1
+        console.print(f"erased; the audit trail now says {result.pseudonym}")
+        for table, count in sorted(result.counts.items()):
+            console.print(f"  {table}: {count}")
+        return 0
 
-    raise typer.Exit(asyncio.run(_run()))
+    _for_person(email, task)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -252,6 +253,11 @@ def start_worker(queue_settings: Settings, tmp_path: Path) -> Iterator[StartWork
 
 
 # --- API helpers -----------------------------------------------------------------------------
+
+
+def unique_key(label: str) -> str:
+    """A counting-server key no other test uses."""
+    return f"{label}-{secrets.token_hex(4)}"
 
 
 async def create_workflow(

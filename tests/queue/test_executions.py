@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import secrets
 import zipfile
 from typing import Any
 
@@ -19,12 +18,9 @@ from tests.queue.conftest import (
     StartWorker,
     create_workflow,
     execute,
+    unique_key,
     wait_for_status,
 )
-
-
-def _key(label: str) -> str:
-    return f"{label}-{secrets.token_hex(4)}"
 
 
 async def test_execute_runs_every_step_and_passes_outputs_between_them(
@@ -33,7 +29,7 @@ async def test_execute_runs_every_step_and_passes_outputs_between_them(
     counting_server: CountingServer,
     start_worker: StartWorker,
 ) -> None:
-    key = _key("templated")
+    key = unique_key("templated")
     workflow_id = await create_workflow(
         api,
         owner,
@@ -87,7 +83,7 @@ async def test_a_503_is_retried_with_backoff_until_it_succeeds(
     counting_server: CountingServer,
     start_worker: StartWorker,
 ) -> None:
-    key = _key("flaky")
+    key = unique_key("flaky")
     workflow_id = await create_workflow(
         api,
         owner,
@@ -110,7 +106,7 @@ async def test_retries_run_out_and_the_execution_fails_with_the_last_error(
     counting_server: CountingServer,
     start_worker: StartWorker,
 ) -> None:
-    key = _key("down")
+    key = unique_key("down")
     workflow_id = await create_workflow(
         api,
         owner,
@@ -134,7 +130,7 @@ async def test_a_4xx_fails_at_once_and_retry_resumes_at_the_failed_step(
     counting_server: CountingServer,
     start_worker: StartWorker,
 ) -> None:
-    first, second = _key("first"), _key("second")
+    first, second = unique_key("first"), unique_key("second")
     workflow_id = await create_workflow(
         api,
         owner,
@@ -176,7 +172,7 @@ async def test_cancel_a_queued_execution(
     counting_server: CountingServer,
     start_worker: StartWorker,
 ) -> None:
-    key = _key("never")
+    key = unique_key("never")
     workflow_id = await create_workflow(
         api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
     )
@@ -198,7 +194,7 @@ async def test_cancel_a_running_execution_stops_after_the_current_step(
     counting_server: CountingServer,
     start_worker: StartWorker,
 ) -> None:
-    slow, after = _key("slow"), _key("after")
+    slow, after = unique_key("slow"), unique_key("after")
     workflow_id = await create_workflow(
         api,
         owner,

@@ -4,7 +4,6 @@ step runs twice, and one organization cannot take every worker."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import time
 from datetime import datetime
@@ -21,12 +20,9 @@ from tests.queue.conftest import (
     StartWorker,
     create_workflow,
     execute,
+    unique_key,
     wait_for_status,
 )
-
-
-def _key(label: str) -> str:
-    return f"{label}-{secrets.token_hex(4)}"
 
 
 async def _wait_for_calls(server: CountingServer, key: str, calls: int, within: float = 20) -> None:
@@ -39,7 +35,7 @@ async def _wait_for_calls(server: CountingServer, key: str, calls: int, within: 
 def _three_steps(
     server: CountingServer, slow_seconds: float
 ) -> tuple[list[dict[str, object]], tuple[str, str, str]]:
-    first, slow, last = _key("first"), _key("slow"), _key("last")
+    first, slow, last = unique_key("first"), unique_key("slow"), unique_key("last")
     steps: list[dict[str, object]] = [
         {"id": "first", "type": "http", "args": {"url": server.url(first)}},
         {"id": "slow", "type": "http", "args": {"url": server.url(slow, sleep=slow_seconds)}},
@@ -135,7 +131,7 @@ async def test_flushall_while_queued_the_reconciler_enqueues_again(
     start_worker: StartWorker,
     queue_settings: Settings,
 ) -> None:
-    key = _key("flushed")
+    key = unique_key("flushed")
     workflow_id = await create_workflow(
         api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
     )
@@ -158,7 +154,7 @@ async def test_one_organization_cannot_take_every_worker(
 ) -> None:
     busy = await register(api, label="busy", organization_name="Busy Org")
     other = await register(api, label="other", organization_name="Other Org")
-    busy_key, other_key = _key("busy"), _key("other")
+    busy_key, other_key = unique_key("busy"), unique_key("other")
     busy_wf = await create_workflow(
         api,
         busy,

@@ -3,8 +3,6 @@ organization's (`scope=org`) and verify its hash chain. Reading is itself audite
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -19,6 +17,7 @@ from taskloom.audit.models import AuditLog
 from taskloom.auth.deps import Admin, Context, RequestContext
 from taskloom.errors import BadRequest, Forbidden
 from taskloom.orgs.models import Role
+from taskloom.pagination import decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/api/audit-logs", tags=["audit"])
 
@@ -67,20 +66,6 @@ def _action(value: str | None) -> str | None:
     return value
 
 
-def _cursor(value: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        when, _, ident = raw.partition("|")
-        return datetime.fromisoformat(when), uuid.UUID(ident)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("invalid cursor", code="invalid_cursor") from exc
-
-
-def _next_cursor(row: AuditLog) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
 @router.get("")
 async def list_audit_logs(
     ctx: Context,
@@ -115,7 +100,7 @@ async def list_audit_logs(
     if to is not None:
         query = query.where(AuditLog.created_at <= to)
     if cursor:
-        when, ident = _cursor(cursor)
+        when, ident = decode_cursor(cursor)
         query = query.where(
             or_(AuditLog.created_at < when, and_(AuditLog.created_at == when, AuditLog.id < ident))
         )
@@ -131,7 +116,8 @@ async def list_audit_logs(
     page, more = rows[:limit], len(rows) > limit
     await _audited(ctx, AuditAction.AUDIT_READ, {"scope": scope, "returned": len(page)})
     return AuditPage(
-        items=[_out(row) for row in page], next_cursor=_next_cursor(page[-1]) if more else None
+        items=[_out(row) for row in page],
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
     )
 
 

@@ -3,8 +3,6 @@ caller's tenant transaction, so another organization's rows are simply not there
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +14,8 @@ from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
-from taskloom.errors import BadRequest, Conflict, NotFound
+from taskloom.errors import Conflict, NotFound
+from taskloom.pagination import decode_cursor, encode_cursor
 from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import (
     ExecutionStatus,
@@ -213,7 +212,7 @@ async def list_executions(
     if until is not None:
         query = query.where(WorkflowExecution.created_at < until)
     if cursor:
-        after_time, after_id = _decode_cursor(cursor)
+        after_time, after_id = decode_cursor(cursor)
         query = query.where(
             or_(
                 WorkflowExecution.created_at < after_time,
@@ -229,7 +228,7 @@ async def list_executions(
     items = list(rows.scalars())
     more = len(items) > limit
     items = items[:limit]
-    return items, (_encode_cursor(items[-1]) if more else None)
+    return items, (encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
 
 async def cancel_execution(
@@ -303,17 +302,3 @@ async def failed_executions(
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _encode_cursor(execution: WorkflowExecution) -> str:
-    raw = f"{execution.created_at.isoformat()}|{execution.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, _, ident = raw.partition("|")
-        return datetime.fromisoformat(when), uuid.UUID(ident)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("invalid cursor", code="invalid_cursor") from exc
