@@ -23,7 +23,6 @@ class AuditAction(StrEnum):
     WORKFLOW_CREATE = "workflow.create"
     WORKFLOW_UPDATE = "workflow.update"
     WORKFLOW_DELETE = "workflow.delete"
-    EXECUTION_START = "execution.start"
     EXECUTION_CANCEL = "execution.cancel"
     EXECUTION_RETRY = "execution.retry"
     USER_ERASED = "user.erased"

@@ -117,7 +117,9 @@ class ExecutionRunner:
                 return {"cancelled": True}
             self.current_step[run.execution_id] = step["id"]
             last = number == len(pending) - 1
-            output = await self._run_step(run, job, position, step, scope, last=last)
+            output = await self._run_step(
+                run, job, position, step, scope, last=last, first=number == 0
+            )
             scope["steps"][step["id"]] = {"output": output}
         self.current_step.pop(run.execution_id, None)
         return {"succeeded": True}
@@ -131,12 +133,16 @@ class ExecutionRunner:
         scope: dict[str, Any],
         *,
         last: bool,
+        first: bool,
     ) -> Any:
         database, step_id = self.runtime.database, step["id"]
         step_type = STEP_TYPES.get(step["type"])
-        attempt = await runs.start_step(
-            database, run, step_id=step_id, position=position, type_=step["type"]
-        )
+        if first and run.first_attempt is not None:
+            attempt = run.first_attempt  # the claim already marked it running
+        else:
+            attempt = await runs.start_step(
+                database, run, step_id=step_id, position=position, type_=step["type"]
+            )
         args: Any = None
         try:
             if step_type is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import tenant_transaction
@@ -49,6 +50,8 @@ class Run:
     input: dict[str, Any]
     done: dict[str, Any]  # outputs of steps that already succeeded, by step id
     attempts: dict[str, int]  # how often each step has started
+    # The first unfinished step was marked running by the claim itself (one transaction fewer).
+    first_attempt: int | None = None
 
 
 async def claim(
@@ -103,6 +106,18 @@ async def claim(
             attempts[step.step_id] = step.attempts
             if step.status == StepStatus.SUCCEEDED:
                 done[step.step_id] = step.output
+        first_attempt = None
+        for position, step_def in enumerate(execution.definition.get("steps", [])):
+            if step_def["id"] not in done:
+                first_attempt = await _start_step(
+                    db,
+                    org_id,
+                    execution_id,
+                    step_id=step_def["id"],
+                    position=position,
+                    type_=step_def["type"],
+                )
+                break
         return Claim.RUN, Run(
             execution_id=execution.id,
             org_id=org_id,
@@ -110,6 +125,7 @@ async def claim(
             input=execution.input,
             done=done,
             attempts=attempts,
+            first_attempt=first_attempt,
         )
 
 
@@ -128,28 +144,42 @@ async def start_step(
 ) -> int:
     """Record that the step starts; returns its attempt number (1 the first time)."""
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        statement = insert(ExecutionStep).values(
-            org_id=run.org_id,
-            execution_id=run.execution_id,
-            step_id=step_id,
-            position=position,
-            type=type_,
-            status=StepStatus.RUNNING,
-            attempts=1,
-            started_at=func.now(),
+        return await _start_step(
+            db, run.org_id, run.execution_id, step_id=step_id, position=position, type_=type_
         )
-        upsert = statement.on_conflict_do_update(
-            index_elements=["execution_id", "step_id"],
-            set_={
-                "status": StepStatus.RUNNING,
-                "attempts": ExecutionStep.attempts + 1,
-                "started_at": func.now(),
-                "finished_at": None,
-                "error": None,
-            },
-        ).returning(ExecutionStep.attempts)
-        attempt: int = (await db.execute(upsert)).scalar_one()
-        return attempt
+
+
+async def _start_step(
+    db: AsyncSession,
+    org_id: uuid.UUID,
+    execution_id: uuid.UUID,
+    *,
+    step_id: str,
+    position: int,
+    type_: str,
+) -> int:
+    statement = insert(ExecutionStep).values(
+        org_id=org_id,
+        execution_id=execution_id,
+        step_id=step_id,
+        position=position,
+        type=type_,
+        status=StepStatus.RUNNING,
+        attempts=1,
+        started_at=func.now(),
+    )
+    upsert = statement.on_conflict_do_update(
+        index_elements=["execution_id", "step_id"],
+        set_={
+            "status": StepStatus.RUNNING,
+            "attempts": ExecutionStep.attempts + 1,
+            "started_at": func.now(),
+            "finished_at": None,
+            "error": None,
+        },
+    ).returning(ExecutionStep.attempts)
+    attempt: int = (await db.execute(upsert)).scalar_one()
+    return attempt
 
 
 async def step_succeeded(

@@ -164,15 +164,8 @@ async def start_execution(
     )
     db.add(execution)
     await db.flush()
-    await _audit(
-        db,
-        principal,
-        context,
-        AuditAction.EXECUTION_START,
-        "execution",
-        execution.id,
-        {"workflow_id": str(workflow.id), "version": workflow.version},
-    )
+    # Not audited: the execution row is its own record (who, when, request id), and an audit
+    # row per run would serialize every execution of an organization on its chain's lock.
     return execution
 
 

@@ -1,0 +1,346 @@
+"""Queue throughput: raw bullmq no-op jobs/s against Taskloom's end-to-end executions/s.
+
+On one PostgreSQL and one Redis: a bare bullmq Worker drains N no-op jobs (the queue's
+ceiling); then, with 1 and with 2 `taskloom worker` processes, M executions of a one-step
+`transform` workflow go API call ⇒ worker ⇒ `succeeded` row. The gap is Taskloom's own cost.
+
+    python bench/queue_throughput.py [--jobs N] [--executions M] [--quick]
+
+BENCH_DATABASE_URL (may create databases and roles) and BENCH_REDIS_URL name the servers. The
+run uses a database, role and Redis key prefix of its own and removes them at the end. Prints a
+table and one `RESULT {json}` line; exits 1 if any execution did not succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from bullmq import Job, Queue, Worker
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from taskloom.app import create_app
+from taskloom.config import Settings
+from taskloom.db.migrate import migrate
+from taskloom.observability.logging import configure_logging
+from taskloom.queue.worker import live_workers
+from taskloom.redis import Keys, bullmq_options, create_redis, purge_matching
+from taskloom.runtime import Runtime, open_runtime
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+IN_FLIGHT = 32  # execute calls in flight at once, like a busy API process
+RAW_CONCURRENCY = 50
+POLL_SECONDS = 0.05
+STEPS = [{"id": "t", "type": "transform", "args": {"value": "{{ input.n }}"}}]
+# Variables a worker must not inherit from this shell: the bench names its own servers.
+FOREIGN_ENV = ("DATABASE_", "REDIS_", "TASKLOOM_", "JWT_", "TEST_", "CREDENTIAL_", "BENCH_")
+COUNT_BY_STATUS = text(
+    "select status, count(*) from workflow_executions where workflow_id = :wf group by status"
+)
+
+
+@dataclass
+class Run:
+    """One end-to-end measurement with `workers` worker processes."""
+
+    workers: int
+    rate: float  # executions/s, first request to last `succeeded` row
+    api_rate: float  # executions/s, first request to last 202
+    statuses: dict[str, int]
+    cpu: dict[str, float]
+
+
+def cpu_times(pids: list[int]) -> tuple[float, float, float, float] | None:
+    """(machine total, machine busy, `pids`, this process) CPU seconds from /proc: the deltas
+    say whether the machine is saturated and who spends it. None off Linux."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        ticks = 0
+        for pid in pids:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(stat[11]) + int(stat[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+    own = os.times()
+    total, idle = sum(fields), fields[3] + fields[4]  # idle + iowait
+    return total / tick, (total - idle) / tick, ticks / tick, own.user + own.system
+
+
+def cpu_usage(before: Any, after: Any) -> dict[str, float]:
+    """Busy % of the machine; cores used by the workers, this (API) process, everything else."""
+    if before is None or after is None:
+        return {}
+    total, busy, workers, api = (a - b for a, b in zip(after, before, strict=True))
+    wall = total / (os.cpu_count() or 1)
+    return {
+        "machine_busy_pct": round(100 * busy / total, 1),
+        "workers_cores": round(workers / wall, 2),
+        "api_process_cores": round(api / wall, 2),
+        "other_cores": round((busy - workers - api) / wall, 2),  # PostgreSQL, Redis, ...
+    }
+
+
+@asynccontextmanager
+async def environment(pg_url: str, redis_url: str, concurrency: int) -> AsyncIterator[Settings]:
+    """A migrated database, its app role and a Redis key prefix of our own; on exit the
+    database and role are dropped and the prefix's keys UNLINKed (SCAN, never FLUSH)."""
+    suffix = secrets.token_hex(4)
+    database = f"taskloom_bench_{suffix}"
+    settings = Settings(
+        _env_file=None,
+        taskloom_env="test",
+        database_url=make_url(pg_url).set(database=database).render_as_string(False),
+        database_app_role=f"taskloom_bench_app_{suffix}",
+        redis_url=redis_url,
+        redis_key_prefix=f"bench-{suffix}:",
+        password_hash_time_cost=1,
+        password_hash_memory_kib=1024,
+        password_hash_parallelism=1,
+        worker_concurrency=concurrency,
+        max_running_per_org=10_000,  # the per-org cap is not what we measure
+        log_level="warning",
+    )
+    configure_logging(settings)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        await migrate(settings)
+        yield settings
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{settings.database_app_role}"')
+        await admin.close()
+        redis = create_redis(settings, purpose="bench-cleanup")
+        await purge_matching(redis, Keys(settings.key_prefix).pattern)
+        await redis.aclose()
+
+
+async def noop(job: Job, token: str) -> None:
+    return None
+
+
+async def close_worker(worker: Worker) -> None:
+    """`Worker.close()` shields itself from cancellation, so `wait_for` cannot bound it, and it
+    can hang on its fetch loop: give it 10 s, then force."""
+    closing = asyncio.ensure_future(worker.close())
+    if not (await asyncio.wait({closing}, timeout=10))[0]:
+        await worker.close(force=True)
+        await asyncio.wait({closing}, timeout=5)
+
+
+async def raw_bullmq(settings: Settings, jobs: int) -> float:
+    """No-op jobs/s of one in-process bullmq Worker over a pre-filled queue."""
+    name = f"bench-raw-{secrets.token_hex(3)}"
+    queue = Queue(name, bullmq_options(settings, purpose="bench-producer"))
+    extra = {"concurrency": RAW_CONCURRENCY, "autorun": False}
+    worker = Worker(name, noop, bullmq_options(settings, purpose="bench-worker", **extra))
+    finished, completed = asyncio.Event(), 0
+
+    def on_completed(job: Job, result: Any) -> None:
+        nonlocal completed
+        completed += 1
+        if completed >= jobs:
+            finished.set()
+
+    worker.on("completed", on_completed)
+    running: asyncio.Task[Any] | None = None
+    try:
+        job = {"name": "noop", "data": {}, "opts": {"removeOnComplete": True}}
+        for start in range(0, jobs, 1000):
+            await queue.addBulk([job] * min(1000, jobs - start))
+        await worker.blockingRedisConnection.getRedisVersion()
+        began = time.perf_counter()
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(finished.wait(), timeout=60 + jobs / 100)
+        return jobs / (time.perf_counter() - began)
+    finally:
+        await close_worker(worker)
+        if running is not None:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        await queue.obliterate(force=True)
+        await queue.close()
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """`taskloom worker`, configured only by environment variables, as in production."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
+    env |= {
+        "TASKLOOM_ENV": "test",
+        "DATABASE_URL": settings.database_url or "",
+        "DATABASE_APP_ROLE": settings.database_app_role,
+        "REDIS_URL": settings.redis_url or "",
+        "REDIS_KEY_PREFIX": settings.key_prefix,
+        "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        "MAX_RUNNING_PER_ORG": str(settings.max_running_per_org),
+        "LOG_LEVEL": "warning",
+        "PYTHONUNBUFFERED": "1",
+    }
+    with log_path.open("wb") as log:
+        command = [sys.executable, "-m", "taskloom", "worker"]
+        return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=log_path.parent)
+
+
+async def wait_until_started(runtime: Runtime, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Each process has written its heartbeat (it does so as its bullmq Worker starts)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a worker process exited during start-up")
+        alive = {w.get("pid") for w in await live_workers(runtime)}
+        if all(p.pid in alive for p in procs):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("worker processes did not start within 60 s")
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]], workdir: Path) -> None:
+    """SIGTERM (graceful shutdown), then show the logs if anything was logged at warning+."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    for log in sorted(workdir.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        lines = [line for line in lines if not line.endswith("running (Ctrl-C to stop)")]
+        if lines:
+            print(f"--- {log.name} ---", *lines[-40:], sep="\n", file=sys.stderr)
+        log.unlink()
+    workdir.rmdir()
+
+
+async def end_to_end(
+    runtime: Runtime, api: httpx.AsyncClient, headers: dict[str, str], workers: int, m: int
+) -> Run:
+    """From the first of M execute calls (IN_FLIGHT at a time) until all M rows are
+    `succeeded`. A workflow of its own per run, so its rows are easy to count."""
+    body = {"name": f"bench-{workers}", "definition": {"steps": STEPS}}
+    created = await api.post("/api/workflows", json=body, headers=headers)
+    created.raise_for_status()
+    url = f"/api/workflows/{created.json()['id']}/execute"
+    workdir = Path(tempfile.mkdtemp(prefix="taskloom-bench-"))
+    procs = [start_worker(runtime.settings, workdir / f"worker-{i}.log") for i in range(workers)]
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def execute(n: int) -> None:
+        async with gate:
+            response = await api.post(url, json={"input": {"n": n}}, headers=headers)
+        if response.status_code != 202:
+            raise RuntimeError(f"execute answered {response.status_code}: {response.text}")
+
+    async def submit() -> float:
+        await asyncio.gather(*(execute(n) for n in range(m)))
+        return time.perf_counter()
+
+    try:
+        await wait_until_started(runtime, procs)
+        cpu_before = cpu_times([p.pid for p in procs])
+        began = time.perf_counter()
+        submitting = asyncio.create_task(submit())
+        deadline, statuses = began + 120 + m / 10, dict[str, int]()
+        while statuses.get("succeeded", 0) < m and time.perf_counter() < deadline:
+            if submitting.done():
+                submitting.result()  # an API error ends the run here
+            await asyncio.sleep(POLL_SECONDS)
+            async with runtime.database.system_engine.connect() as conn:
+                rows = await conn.execute(COUNT_BY_STATUS, {"wf": created.json()["id"]})
+                statuses = {status: int(count) for status, count in rows}
+        seconds = time.perf_counter() - began
+        cpu = cpu_usage(cpu_before, cpu_times([p.pid for p in procs]))
+        api_seconds = await submitting - began
+        return Run(workers, m / seconds, m / api_seconds, statuses, cpu)
+    finally:
+        stop_workers(procs, workdir)
+
+
+async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    raw = await raw_bullmq(settings, args.jobs)
+    runtime = await open_runtime(settings)
+    app = create_app(runtime=runtime)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://bench") as api,
+        ):
+            email, password = f"bench-{secrets.token_hex(4)}@example.test", secrets.token_hex(16)
+            account = {"display_name": "Bench", "organization_name": "Bench"}
+            registered = await api.post(
+                "/auth/register", json={"email": email, "password": password, **account}
+            )
+            registered.raise_for_status()
+            headers = {"Authorization": f"Bearer {registered.json()['access_token']}"}
+            runs = [await end_to_end(runtime, api, headers, k, args.executions) for k in (1, 2)]
+    finally:
+        await runtime.close()
+    rate = {r.workers: r.rate for r in runs}
+    ok = all(r.statuses == {"succeeded": args.executions} for r in runs)
+    print(f"\n{'measurement':<32}{'count':>7}{'per s':>8}{'API-only/s':>12}  CPU during the run")
+    print(f"{'raw bullmq no-op jobs':<32}{args.jobs:>7}{raw:>8.0f}")
+    for r in runs:
+        label = f"end-to-end, {r.workers} worker process" + ("es" if r.workers > 1 else "")
+        figures = f"{args.executions:>7}{r.rate:>8.0f}{r.api_rate:>12.0f}  "
+        print(f"{label:<32}{figures}" + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
+        if r.statuses != {"succeeded": args.executions}:
+            print(f"  NOT ALL SUCCEEDED: {r.statuses}")
+    print(f"ratio e2e(1)/raw = {rate[1] / raw:.3f}, e2e(2)/e2e(1) = {rate[2] / rate[1]:.2f}")
+    return {
+        "jobs": args.jobs,
+        "executions": args.executions,
+        "worker_concurrency": settings.worker_concurrency,
+        "raw_jobs_per_s": round(raw, 1),
+        **{f"e2e_{r.workers}_per_s": round(r.rate, 1) for r in runs},
+        **{f"api_{r.workers}_per_s": round(r.api_rate, 1) for r in runs},
+        "ratio_e2e1_raw": round(rate[1] / raw, 4),
+        "ratio_e2e2_e2e1": round(rate[2] / rate[1], 3),
+        "cpu": {f"e2e_{r.workers}": r.cpu for r in runs},
+        "statuses": {f"e2e_{r.workers}": r.statuses for r in runs},
+        "ok": ok,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Raw bullmq vs end-to-end executions per second")
+    parser.add_argument("--jobs", type=int, default=20_000, help="raw bullmq no-op jobs")
+    parser.add_argument("--executions", type=int, default=2_000, help="per worker count")
+    parser.add_argument("--concurrency", type=int, default=10, help="WORKER_CONCURRENCY")
+    parser.add_argument("--quick", action="store_true", help="200 jobs, 50 executions")
+    args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.executions = 200, 50
+    pg_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+    redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
+
+    async def run() -> dict[str, Any]:
+        async with environment(pg_url, redis_url, args.concurrency) as settings:
+            return await bench(args, settings)
+
+    result = asyncio.run(run())
+    print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
