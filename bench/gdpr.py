@@ -138,9 +138,9 @@ async def _copy_rate(runtime: Runtime, dsn: str, user_id: uuid.UUID) -> tuple[in
 async def _export_rate(runtime: Runtime, user_id: uuid.UUID) -> tuple[int, float, int]:
     counted = 0
 
-    def on_row() -> None:
+    def on_row(rows: int) -> None:
         nonlocal counted
-        counted += 1
+        counted += rows
 
     size, started = 0, time.perf_counter()
     async for chunk in export.json_document(runtime.database, user_id, datetime.now(UTC), on_row):

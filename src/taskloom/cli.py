@@ -317,7 +317,7 @@ def gdpr_export(
                 user_id=user_id,
                 context=CLI_CONTEXT,
                 fmt=fmt,
-                on_row=lambda: progress.advance(bar),
+                on_row=lambda rows: progress.advance(bar, rows),
             )
             with out.open("wb") as handle:
                 async for chunk in chunks:

@@ -5,18 +5,15 @@ memory stays flat and the tables agree with each other whatever the row count.""
 
 from __future__ import annotations
 
-import base64
 import io
-import ipaddress
 import json
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, or_, select
+from sqlalchemy import Table, Text, case, cast, func, literal, literal_column, or_, select
 
 from taskloom.db.engine import Database
 from taskloom.gdpr.inventory import REDACTED, child_tables, is_secret, user_tables
@@ -45,27 +42,21 @@ TABLE_NOTES = {
 }
 
 
-def _json_value(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str | list | dict):
-        return value
-    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return str(value)
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return str(value.network_address) if value.prefixlen in (32, 128) else str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes | memoryview):
-        return base64.b64encode(bytes(value)).decode()
-    return str(value)
-
-
-def _row(table: Table, mapping: Any) -> dict[str, Any]:
-    return {
-        name: (REDACTED if value is not None and is_secret(name) else _json_value(value))
-        for name, value in mapping.items()
-    }
+def _as_json(table: Table, where: Any) -> Any:
+    """SELECT of each matching row as JSON text, encoded by PostgreSQL (several times faster
+    than building dicts in Python), with secret columns replaced by "[redacted]"."""
+    columns = [
+        case((column.is_(None), None), else_=literal(REDACTED)).label(column.name)
+        if is_secret(column.name)
+        else column
+        for column in table.columns
+    ]
+    rows = select(*columns).where(where).subquery("t")
+    return (
+        select(cast(func.row_to_json(literal_column("t")), Text))
+        .select_from(rows)
+        .execution_options(yield_per=FETCH_ROWS)
+    )
 
 
 async def count_rows(database: Database, user_id: uuid.UUID) -> int:
@@ -85,53 +76,36 @@ async def count_rows(database: Database, user_id: uuid.UUID) -> int:
     return total
 
 
-OnRow = Callable[[], None]
+OnRow = Callable[[int], None]  # called with how many rows were just read
 
 
-def ignore_row() -> None:
+def ignore_row(count: int) -> None:
     return None
 
 
 async def sections(
     database: Database, user_id: uuid.UUID, on_row: OnRow = ignore_row
-) -> AsyncIterator[tuple[str, AsyncIterator[dict[str, Any]]]]:
-    """(table name, its rows) for every table, empty ones included; consume each section's rows
-    before asking for the next. Runs on the privileged role: a person's rows span
-    organizations, and RLS would show only the current one."""
+) -> AsyncIterator[tuple[str, AsyncIterator[list[str]]]]:
+    """(table name, its rows in batches of JSON texts) for every table, empty ones included;
+    consume each section's rows before asking for the next. Runs on the privileged role: a
+    person's rows span organizations, and RLS would show only the current one."""
     async with database.system_engine.connect() as conn:
         await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
+
+            async def rows(query: Any) -> AsyncIterator[list[str]]:
+                result = await conn.stream(query)
+                async for batch in result.scalars().partitions(FETCH_ROWS):
+                    on_row(len(batch))
+                    yield list(batch)
+
             for user_table in user_tables():
                 table = user_table.table
                 match = or_(*(table.c[column] == user_id for column in user_table.columns))
-
-                async def rows(
-                    table: Table = table, match: Any = match
-                ) -> AsyncIterator[dict[str, Any]]:
-                    result = await conn.stream(
-                        select(table).where(match).execution_options(yield_per=FETCH_ROWS)
-                    )
-                    async for mapping in result.mappings():
-                        on_row()
-                        yield _row(table, mapping)
-
-                yield table.name, rows()
+                yield table.name, rows(_as_json(table, match))
                 for child, column in child_tables(table.name):
                     parents = select(table.c.id).where(match)
-
-                    async def child_rows(
-                        child: Table = child, column: str = column, parents: Any = parents
-                    ) -> AsyncIterator[dict[str, Any]]:
-                        result = await conn.stream(
-                            select(child)
-                            .where(child.c[column].in_(parents))
-                            .execution_options(yield_per=FETCH_ROWS)
-                        )
-                        async for mapping in result.mappings():
-                            on_row()
-                            yield _row(child, mapping)
-
-                    yield child.name, child_rows()
+                    yield child.name, rows(_as_json(child, child.c[column].in_(parents)))
 
 
 def _header(user_id: uuid.UUID, exported_at: datetime) -> dict[str, Any]:
@@ -154,8 +128,8 @@ async def json_document(
     async for name, rows in sections(database, user_id, on_row):
         buffer.write(("" if first_table else ",").encode() + json.dumps(name).encode() + b":[")
         first_table, first_row = False, True
-        async for row in rows:
-            buffer.write((b"" if first_row else b",") + json.dumps(row).encode())
+        async for batch in rows:
+            buffer.write((b"" if first_row else b",") + ",".join(batch).encode())
             first_row = False
             if buffer.tell() >= FLUSH_BYTES:
                 yield buffer.getvalue()
@@ -195,11 +169,10 @@ async def zip_archive(
             counts[name] = 0
             with archive.open(f"tables/{name}.json", "w", force_zip64=True) as entry:
                 entry.write(b"[")
-                async for row in rows:
-                    entry.write((b"," if counts[name] else b"") + json.dumps(row).encode())
-                    counts[name] += 1
-                    if counts[name] % 500 == 0:
-                        yield sink.take()
+                async for batch in rows:
+                    entry.write((b"," if counts[name] else b"") + ",".join(batch).encode())
+                    counts[name] += len(batch)
+                    yield sink.take()
                 entry.write(b"]")
             yield sink.take()
         manifest = {**_header(user_id, exported_at), "row_counts": counts}
