@@ -389,6 +389,24 @@ async def test_audit_log_filters_pages_and_scopes(client: httpx.AsyncClient) -> 
     assert len(rest.json()["items"]) == 1
     assert rest.json()["next_cursor"] is None
 
+    by_offset = await client.get(
+        "/api/audit-logs",
+        params={"action": "workflow.create", "limit": 2, "offset": 2},
+        headers=owner.headers,
+    )
+    assert [e["id"] for e in by_offset.json()["items"]] == [e["id"] for e in rest.json()["items"]]
+    newest = page["items"][0]["created_at"]
+    window = await client.get(
+        "/api/audit-logs",
+        params={"action": "workflow.create", "from": newest, "to": newest},
+        headers=owner.headers,
+    )
+    assert [e["id"] for e in window.json()["items"]] == [page["items"][0]["id"]]
+    future = await client.get(
+        "/api/audit-logs", params={"from": "2099-01-01T00:00:00Z"}, headers=owner.headers
+    )
+    assert future.json()["items"] == []
+
     mine = await client.get("/api/audit-logs", headers=member.headers)
     assert {e["actor_user_id"] for e in mine.json()["items"]} == {str(member.user_id)}
     denied = await client.get("/api/audit-logs", params={"scope": "org"}, headers=member.headers)
