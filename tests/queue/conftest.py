@@ -43,6 +43,7 @@ class CallLog:
     inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     max_inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     idempotency_keys: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    request_ids: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -77,6 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.log.max_inflight[group], self.log.inflight[group]
             )
             self.log.idempotency_keys[key].append(self.headers.get("idempotency-key", ""))
+            self.log.request_ids[key].append(self.headers.get("x-request-id", ""))
         try:
             if call <= int(query.get("fail", 0)):
                 self._json(int(query.get("status", 503)), {"error": "planned failure"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import secrets
 import zipfile
 from typing import Any
 
@@ -314,3 +315,29 @@ async def test_a_queued_export_is_built_by_a_worker_and_downloads_once(
     assert again.json()["error"]["code"] == "link_used"
     forged = await api.get(link.replace("token=", "token=x"))
     assert forged.status_code == 404
+
+
+async def test_the_request_id_follows_the_job_into_the_worker(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    key, request_id = unique_key("traced"), f"trace-{secrets.token_hex(8)}"
+    workflow_id = await create_workflow(
+        api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
+    )
+    worker = start_worker()
+    accepted = await api.post(
+        f"/api/workflows/{workflow_id}/execute",
+        json={"input": {}},
+        headers={**owner.headers, "X-Request-ID": request_id},
+    )
+    assert accepted.headers["x-request-id"] == request_id
+    done = await wait_for_status(api, owner, accepted.json()["execution_id"])
+    assert done["status"] == "succeeded"
+    # The outgoing call carries it, and so does every worker log line about the job.
+    assert counting_server.log.request_ids[key] == [request_id]
+    job_lines = [line for line in worker.output().splitlines() if "step_succeeded" in line]
+    assert job_lines
+    assert all(f"request_id={request_id}" in line for line in job_lines), job_lines

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 import structlog
@@ -17,6 +19,22 @@ _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 def current_request_id() -> str | None:
     return _request_id.get()
+
+
+@contextmanager
+def bound_request_id(request_id: str | None) -> Iterator[None]:
+    """Restore a request id outside a request (a worker running the job the request queued):
+    log lines carry it and outgoing HTTP calls send it."""
+    if not request_id or not _VALID.match(request_id):
+        yield
+        return
+    token = _request_id.set(request_id)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        yield
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+        _request_id.reset(token)
 
 
 def accept_or_make(candidate: str | None) -> str:

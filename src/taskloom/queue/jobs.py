@@ -33,18 +33,22 @@ class ExecutionQueue:
             "removeOnFail": KEEP_FAILED,
         }
 
-    async def enqueue(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
-        """Add the execution's job (a no-op while a job with its id exists)."""
-        await self.queue.add(
-            JOB_NAME,
-            {"execution_id": str(execution_id), "org_id": str(org_id)},
-            self.job_options(execution_id),
-        )
+    async def enqueue(
+        self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
+    ) -> None:
+        """Add the execution's job (a no-op while a job with its id exists). `request_id` (the
+        API request's X-Request-ID) follows the job into the worker's logs and HTTP calls."""
+        data = {"execution_id": str(execution_id), "org_id": str(org_id)}
+        if request_id:
+            data["request_id"] = request_id
+        await self.queue.add(JOB_NAME, data, self.job_options(execution_id))
 
-    async def replace(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
+    async def replace(
+        self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
+    ) -> None:
         """Drop a finished job of the execution (if any) and enqueue a fresh one (retries)."""
         await self.remove(execution_id)
-        await self.enqueue(execution_id=execution_id, org_id=org_id)
+        await self.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
 
     async def remove(self, execution_id: uuid.UUID) -> bool:
         """Remove the job unless a worker holds it (then the worker sees the execution's state)."""

@@ -89,7 +89,11 @@ class Reconciler:
         async with system_transaction(self.runtime.database) as db:
             rows = (
                 await db.execute(
-                    select(WorkflowExecution.id, WorkflowExecution.org_id)
+                    select(
+                        WorkflowExecution.id,
+                        WorkflowExecution.org_id,
+                        WorkflowExecution.request_id,
+                    )
                     .where(
                         WorkflowExecution.status.in_(
                             [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
@@ -101,13 +105,13 @@ class Reconciler:
                 )
             ).all()
         report = ReconcileReport()
-        for execution_id, org_id in rows:
+        for execution_id, org_id, request_id in rows:
             state = await queue.state(execution_id)
             if state == "unknown":
-                await queue.enqueue(execution_id=execution_id, org_id=org_id)
+                await queue.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
                 report.enqueued += 1
             elif state == "completed":
-                await queue.replace(execution_id=execution_id, org_id=org_id)
+                await queue.replace(execution_id=execution_id, org_id=org_id, request_id=request_id)
                 report.replaced += 1
             elif state == "failed":
                 job = await queue.job(execution_id)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from taskloom.observability.metrics import QUEUE_EVENTS
+from taskloom.observability.request_id import bound_request_id
 from taskloom.runtime import Runtime
 from taskloom.workflows import runs
 from taskloom.workflows.models import ExecutionStatus
@@ -63,39 +64,45 @@ class ExecutionRunner:
         structlog.contextvars.bind_contextvars(
             job_id=job.id, execution_id=str(execution_id), org_id=str(org_id)
         )
-        try:
-            claim, run = await runs.claim(
-                self.runtime.database,
-                execution_id=execution_id,
-                org_id=org_id,
-                max_running=self.runtime.settings.max_running_per_org,
-            )
-            if claim is Claim.DEFER:
-                QUEUE_EVENTS.labels("deferred").inc()
-                await self._delay(job, token, DEFER_MS + random.randint(0, DEFER_MS // 2))
-                raise DelayedError()
-            if run is None:
-                log.info("execution_not_run", reason=claim.value)
-                return {"skipped": claim.value}
-            if self.handing_back:  # fetched just before the shutdown began
-                await self._hand_back(run, job, token)
-                raise DelayedError()
-            task = asyncio.ensure_future(self._run(run, job))
-            self.active[job.id] = _Active(job=job, token=token, task=task)
-            self.idle.clear()
+        with bound_request_id(job.data.get("request_id")):
             try:
-                return await task
-            except asyncio.CancelledError:
-                if not self.handing_back or not task.cancelled():
-                    raise
-                await self._hand_back(run, job, token)
-                raise DelayedError() from None
+                return await self._process(job, token, execution_id, org_id)
             finally:
-                self.active.pop(job.id, None)
-                if not self.active:
-                    self.idle.set()
+                structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
+
+    async def _process(
+        self, job: Job, token: str, execution_id: uuid.UUID, org_id: uuid.UUID
+    ) -> Any:
+        claim, run = await runs.claim(
+            self.runtime.database,
+            execution_id=execution_id,
+            org_id=org_id,
+            max_running=self.runtime.settings.max_running_per_org,
+        )
+        if claim is Claim.DEFER:
+            QUEUE_EVENTS.labels("deferred").inc()
+            await self._delay(job, token, DEFER_MS + random.randint(0, DEFER_MS // 2))
+            raise DelayedError()
+        if run is None:
+            log.info("execution_not_run", reason=claim.value)
+            return {"skipped": claim.value}
+        if self.handing_back:  # fetched just before the shutdown began
+            await self._hand_back(run, job, token)
+            raise DelayedError()
+        task = asyncio.ensure_future(self._run(run, job))
+        self.active[job.id] = _Active(job=job, token=token, task=task)
+        self.idle.clear()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not self.handing_back or not task.cancelled():
+                raise
+            await self._hand_back(run, job, token)
+            raise DelayedError() from None
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
+            self.active.pop(job.id, None)
+            if not self.active:
+                self.idle.set()
 
     async def _run(self, run: Run, job: Job) -> Any:
         database = self.runtime.database

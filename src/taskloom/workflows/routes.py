@@ -32,12 +32,13 @@ def _enqueue_after_commit(
     ctx: RequestContext, execution: WorkflowExecution, *, replace: bool
 ) -> None:
     queue, execution_id, org_id = ctx.runtime.queue, execution.id, execution.org_id
+    request_id = ctx.audit.request_id  # this request's id (for a retry too: the retry's)
 
     async def enqueue() -> None:
         if replace:
-            await queue.replace(execution_id=execution_id, org_id=org_id)
+            await queue.replace(execution_id=execution_id, org_id=org_id, request_id=request_id)
         else:
-            await queue.enqueue(execution_id=execution_id, org_id=org_id)
+            await queue.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
 
     ctx.after_commit.append(enqueue)
 

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from taskloom import __version__
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
+from taskloom.observability.request_id import current_request_id
 from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
 MAX_REDIRECTS = 5
@@ -21,7 +22,9 @@ ERROR_BODY_CHARS = 500
 _ERROR_BODY_BYTES = 4 * ERROR_BODY_CHARS  # enough bytes for 500 characters of UTF-8
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP header name (RFC 9110)
 # User headers that still make sense, and hold no secret, after a redirect to another host.
-_KEPT_ACROSS_HOSTS = frozenset({"accept", "content-type", "idempotency-key", "user-agent"})
+_KEPT_ACROSS_HOSTS = frozenset(
+    {"accept", "content-type", "idempotency-key", "user-agent", "x-request-id"}
+)
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
 
@@ -175,6 +178,8 @@ class HttpStep:
         headers.update(args.headers)
         if "idempotency-key" not in headers:
             headers["Idempotency-Key"] = ctx.idempotency_key
+        if "x-request-id" not in headers and (request_id := current_request_id()):
+            headers["X-Request-ID"] = request_id  # the API request that started the execution
         transport = guarded_transport(AddressPolicy.from_setting(settings.http_step_allowed_hosts))
         async with httpx.AsyncClient(
             transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
