@@ -1,9 +1,15 @@
-"""Health endpoints. `/health/live` says only that the process answers; it touches nothing.
-`/health/queue` reports the orchestration queue: live workers and job counts by state (no
-tenant data), 503 when Redis cannot be asked."""
+"""Health endpoints, for load balancers and orchestrators; none needs authentication, none
+changes anything, each answers within 2 s even when a dependency hangs.
+
+- `/health/live`: the process answers (touches nothing);
+- `/health/ready`: PostgreSQL reachable and at the latest migration, Redis reachable;
+- `/health/db`, `/health/redis`: one dependency, with its latency;
+- `/health/queue`: live workers and job counts by state (no tenant data).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -11,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from taskloom.health import checks
 from taskloom.queue.worker import live_workers
 from taskloom.runtime import Runtime
 
@@ -23,13 +30,41 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _answer(body: dict[str, Any], ok: bool) -> JSONResponse:
+    return JSONResponse(status_code=200 if ok else 503, content=body)
+
+
+@router.get("/db")
+async def db(request: Request) -> JSONResponse:
+    check = await checks.database(request.app.state.runtime)
+    return _answer(check.as_json(), check.ok)
+
+
+@router.get("/redis")
+async def redis(request: Request) -> JSONResponse:
+    check = await checks.redis(request.app.state.runtime)
+    return _answer(check.as_json(), check.ok)
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    runtime = request.app.state.runtime
+    database, cache = await asyncio.gather(checks.database(runtime), checks.redis(runtime))
+    ok = database.ok and cache.ok
+    body = {
+        "status": "ready" if ok else "not_ready",
+        "checks": {"database": database.as_json(), "redis": cache.as_json()},
+    }
+    return _answer(body, ok)
+
+
 @router.get("/queue", response_model=None)
 async def queue(request: Request) -> dict[str, Any] | JSONResponse:
     runtime: Runtime = request.app.state.runtime
     try:
-        workers = await live_workers(runtime)
-        counts = await runtime.queue.counts()
-    except (RedisError, OSError) as exc:
+        workers = await asyncio.wait_for(live_workers(runtime), checks.CHECK_SECONDS)
+        counts = await asyncio.wait_for(runtime.queue.counts(), checks.CHECK_SECONDS)
+    except (RedisError, OSError, TimeoutError) as exc:
         log.warning("queue_health_failed", error=repr(exc))
         return JSONResponse(
             status_code=503, content={"status": "unavailable", "error": "Redis did not answer"}

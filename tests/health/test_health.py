@@ -1,0 +1,90 @@
+"""Health endpoints answer within 2 s whatever their dependencies do, and say what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from taskloom.app import create_app
+from taskloom.config import Settings
+from taskloom.runtime import open_runtime
+from tests.servers import free_port, plain_redis_config, start_redis
+
+
+async def test_ready_db_and_redis_when_all_is_well(client: httpx.AsyncClient) -> None:
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["database"]["migrations_current"] is True
+    assert body["checks"]["redis"]["status"] == "ok"
+    db = (await client.get("/health/db")).json()
+    assert db["status"] == "ok"
+    assert db["latency_ms"] >= 0
+    redis = (await client.get("/health/redis")).json()
+    assert redis["tls"] is False
+    assert "password" not in str(redis).lower()
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+
+
+@pytest.fixture
+async def own_redis_client(
+    settings: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, int]]:
+    """An app whose Redis is a server of this test's own (so it can be stopped)."""
+    port = free_port()
+    process = start_redis(tmp_path, plain_redis_config(tmp_path, port), port)
+    runtime = await open_runtime(
+        settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    )
+    app = create_app(runtime=runtime)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            yield client, process.pid
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        process.terminate()
+        process.wait(timeout=10)
+        await runtime.close()
+
+
+async def _timed_get(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await client.get(path)
+    return response, time.monotonic() - started
+
+
+async def test_a_hung_redis_makes_ready_503_within_2_s_and_it_recovers(
+    own_redis_client: tuple[httpx.AsyncClient, int],
+) -> None:
+    client, redis_pid = own_redis_client
+    assert (await client.get("/health/ready")).status_code == 200
+
+    os.kill(redis_pid, signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        for path in ("/health/ready", "/health/redis", "/health/queue"):
+            response, took = await _timed_get(client, path)
+            assert response.status_code == 503, (path, response.text)
+            assert took < 2.0, (path, took)
+        body = (await client.get("/health/ready")).json()
+        assert body["status"] == "not_ready"
+        assert "Redis" in body["checks"]["redis"]["error"]
+        assert body["checks"]["database"]["status"] == "ok"
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+
+    deadline = time.monotonic() + 10
+    while (await client.get("/health/ready")).status_code != 200:
+        assert time.monotonic() < deadline, "did not recover after Redis came back"
+        await asyncio.sleep(0.1)
