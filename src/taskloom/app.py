@@ -15,8 +15,11 @@ from taskloom.errors import install_error_handlers
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
 from taskloom.observability.body_limit import BodySizeLimitMiddleware
+from taskloom.observability.http_metrics import HttpMetricsMiddleware
 from taskloom.observability.logging import configure_logging
+from taskloom.observability.metrics import configure_slos
 from taskloom.observability.request_id import RequestIdMiddleware
+from taskloom.observability.routes import router as metrics_router
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.workflows.routes import router as workflows_router
@@ -27,6 +30,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     otherwise the lifespan opens them from `settings` and closes them on shutdown."""
     settings = settings or (runtime.settings if runtime else get_settings())
     configure_logging(settings)
+    configure_slos(
+        window_seconds=settings.sli_window_seconds,
+        availability_target=settings.slo_availability_target,
+        latency_target_seconds=settings.slo_latency_p95_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,7 +63,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(workflows_router)
     app.include_router(gdpr_router)
     app.include_router(audit_router)
+    app.include_router(metrics_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     # --- secrets at rest -------------------------------------------------------------------------
     credential_encryption_key: SecretStr | None = None  # base64 of 32 bytes (AES-256-GCM)
 
+    # --- metrics and SLOs (docs/OBSERVABILITY.md) ----------------------------------------------
+    metrics_token: SecretStr | None = None  # set: GET /metrics needs "Authorization: Bearer …"
+    # prometheus_client's own variable, read again here to serve the shared directory's metrics.
+    prometheus_multiproc_dir: Path | None = None
+    sli_window_seconds: float = Field(default=300.0, ge=10, le=86_400)
+    slo_availability_target: float = Field(default=0.999, gt=0, lt=1)
+    slo_latency_p95_seconds: float = Field(default=0.3, gt=0)
+
     # --- logging ---------------------------------------------------------------------------------
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     log_json: bool | None = None  # default: JSON in production, console otherwise

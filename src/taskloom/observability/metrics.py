@@ -1,17 +1,153 @@
-"""Prometheus metrics of this process. The metrics issue exposes them at /metrics; every
-module records into the objects defined here, so names live in one place."""
+"""Every Prometheus metric of Taskloom, defined once here (docs/OBSERVABILITY.md lists them);
+the code that observes an event records it, once.
+
+HTTP SLIs (`http_error_rate`, `http_latency_p95_seconds`, `http_latency_p99_seconds`,
+`slo_error_budget_remaining`) are computed at scrape time over a sliding window of recent
+requests (SLI_WINDOW_SECONDS), not since the process started.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
 
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+# An API's latencies: 5 ms ... 10 s.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNMATCHED_PATH = "<unmatched>"
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by method, route template and status code.",
+    ["method", "path", "status"],
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request duration by method and route template.",
+    ["method", "path"],
+    buckets=HTTP_BUCKETS,
+)
+
+# --- queue ---------------------------------------------------------------------------------------
+QUEUE_JOB_DURATION = Histogram(
+    "queue_job_duration_seconds",
+    "Time a worker spent on one job, by queue.",
+    ["queue"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0),
+)
+QUEUE_STALLED = Counter("queue_jobs_stalled_total", "Jobs found stalled (their worker died).")
+QUEUE_FAILED = Counter(
+    "queue_jobs_failed_total", "Failed job attempts (each attempt, the last one included)."
+)
+QUEUE_LOCK_RENEWAL_FAILURES = Counter(
+    "queue_lock_renewal_failures_total", "Job locks a worker could not renew."
+)
 QUEUE_EVENTS = Counter(
-    "taskloom_queue_events_total",
-    "Worker events of the orchestration queue: completed, failed (each failed attempt), "
-    "stalled, lock_renewal_failed, error, handed_back, deferred.",
+    "queue_events_total",
+    "Other worker events: completed, error, handed_back (shutdown), deferred (per-org cap).",
     ["event"],
 )
 EXECUTIONS_RUNNING = Gauge(
     "taskloom_worker_executions_running",
     "Executions this worker process is running now.",
+    multiprocess_mode="livesum",
 )
+
+
+class RequestWindow(Collector):
+    """Recent requests (time, duration, 5xx) for the SLI gauges; bounded in time and size."""
+
+    def __init__(
+        self,
+        *,
+        window_seconds: float = 300.0,
+        max_requests: int = 200_000,
+        availability_target: float = 0.999,
+        latency_target_seconds: float = 0.3,
+        latency_target_share: float = 0.95,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self.availability_target = availability_target
+        self.latency_target_seconds = latency_target_seconds
+        self.latency_target_share = latency_target_share
+        self._requests: deque[tuple[float, float, bool]] = deque(maxlen=max_requests)
+        self._lock = threading.Lock()
+
+    def observe(self, duration: float, server_error: bool, now: float | None = None) -> None:
+        with self._lock:
+            self._requests.append(
+                (now if now is not None else time.monotonic(), duration, server_error)
+            )
+
+    def snapshot(self, now: float | None = None) -> tuple[list[float], int]:
+        """Durations (sorted) and the 5xx count of the requests inside the window."""
+        cutoff = (now if now is not None else time.monotonic()) - self.window_seconds
+        with self._lock:
+            while self._requests and self._requests[0][0] < cutoff:
+                self._requests.popleft()
+            items = list(self._requests)
+        return sorted(duration for _, duration, _ in items), sum(1 for *_, bad in items if bad)
+
+    def collect(self, now: float | None = None) -> Iterator[GaugeMetricFamily]:
+        durations, errors = self.snapshot(now)
+        total = len(durations)
+        error_rate = errors / total if total else 0.0
+        slow_share = (
+            sum(1 for d in durations if d > self.latency_target_seconds) / total if total else 0.0
+        )
+        window = f" over the last {self.window_seconds:g} s"
+        yield GaugeMetricFamily(
+            "http_error_rate", "Share of HTTP responses that were 5xx" + window, value=error_rate
+        )
+        yield GaugeMetricFamily(
+            "http_latency_p95_seconds",
+            "95th percentile HTTP latency" + window,
+            value=_quantile(durations, 0.95),
+        )
+        yield GaugeMetricFamily(
+            "http_latency_p99_seconds",
+            "99th percentile HTTP latency" + window,
+            value=_quantile(durations, 0.99),
+        )
+        budget = GaugeMetricFamily(
+            "slo_error_budget_remaining",
+            "Share of the SLO's error budget left" + window + " (negative: overspent)",
+            labels=["slo"],
+        )
+        budget.add_metric(["availability"], _remaining(error_rate, 1 - self.availability_target))
+        budget.add_metric(["latency"], _remaining(slow_share, 1 - self.latency_target_share))
+        yield budget
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank quantile; 0 when the window is empty."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def _remaining(bad_share: float, allowed_share: float) -> float:
+    return 1.0 - bad_share / allowed_share if allowed_share > 0 else 0.0
+
+
+REQUEST_WINDOW = RequestWindow()
+REGISTRY.register(REQUEST_WINDOW)
+
+
+def configure_slos(
+    *,
+    window_seconds: float,
+    availability_target: float,
+    latency_target_seconds: float,
+) -> None:
+    """Apply the settings (SLI_WINDOW_SECONDS, SLO_*) to this process's window."""
+    REQUEST_WINDOW.window_seconds = window_seconds
+    REQUEST_WINDOW.availability_target = availability_target
+    REQUEST_WINDOW.latency_target_seconds = latency_target_seconds

@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from taskloom.observability.metrics import QUEUE_EVENTS
+from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
+from taskloom.queue.jobs import QUEUE_NAME
 from taskloom.runtime import Runtime
 from taskloom.workflows import runs
 from taskloom.workflows.models import ExecutionStatus
@@ -64,10 +65,12 @@ class ExecutionRunner:
         structlog.contextvars.bind_contextvars(
             job_id=job.id, execution_id=str(execution_id), org_id=str(org_id)
         )
+        started = time.perf_counter()
         with bound_request_id(job.data.get("request_id")):
             try:
                 return await self._process(job, token, execution_id, org_id)
             finally:
+                QUEUE_JOB_DURATION.labels(QUEUE_NAME).observe(time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
 
     async def _process(

@@ -20,7 +20,13 @@ import structlog
 from bullmq import Job, Worker
 
 from taskloom.gdpr import archive
-from taskloom.observability.metrics import EXECUTIONS_RUNNING, QUEUE_EVENTS
+from taskloom.observability.metrics import (
+    EXECUTIONS_RUNNING,
+    QUEUE_EVENTS,
+    QUEUE_FAILED,
+    QUEUE_LOCK_RENEWAL_FAILURES,
+    QUEUE_STALLED,
+)
 from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME
 from taskloom.queue.reconciler import Reconciler
 from taskloom.queue.runner import ExecutionRunner
@@ -176,7 +182,7 @@ class WorkerService:
             QUEUE_EVENTS.labels("completed").inc()
 
         def failed(job: Job, error: BaseException) -> None:
-            QUEUE_EVENTS.labels("failed").inc()
+            QUEUE_FAILED.inc()
             log.warning(
                 "job_failed",
                 job_id=job.id,
@@ -188,11 +194,11 @@ class WorkerService:
             )
 
         def stalled(job_id: str, *_: Any) -> None:
-            QUEUE_EVENTS.labels("stalled").inc()
+            QUEUE_STALLED.inc()
             log.warning("job_stalled", job_id=job_id, execution_id=job_id)
 
         def lock_renewal_failed(job_ids: list[str], *_: Any) -> None:
-            QUEUE_EVENTS.labels("lock_renewal_failed").inc(len(job_ids))
+            QUEUE_LOCK_RENEWAL_FAILURES.inc(len(job_ids))
             log.error("lock_renewal_failed", job_ids=job_ids)
 
         def error(err: BaseException, job: Job | None = None, *_: Any) -> None:

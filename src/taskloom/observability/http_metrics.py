@@ -1,0 +1,45 @@
+"""Plain ASGI middleware that counts and times every HTTP request. The `path` label is the
+route template (`/api/workflows/{workflow_id}`) that FastAPI matched, or one shared value for
+unmatched paths, so random URLs cannot grow the number of series; query strings never count."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskloom.observability.metrics import (
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    REQUEST_WINDOW,
+    UNMATCHED_PATH,
+)
+
+
+class HttpMetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app dies before answering, the client sees a 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            duration = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", None) or UNMATCHED_PATH
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, path, str(status)).inc()
+            HTTP_DURATION.labels(method, path).observe(duration)
+            REQUEST_WINDOW.observe(duration, status >= 500)
