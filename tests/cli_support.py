@@ -6,7 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -34,3 +37,23 @@ async def run_taskloom(
         timeout=120,
         check=False,
     )
+
+
+def serve_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`taskloom api` in a subprocess, once /health/live answers (output in `log`)."""
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taskloom", "api", "--port", str(port)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=0.5)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError(log.read_text())

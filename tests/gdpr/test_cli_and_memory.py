@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -18,7 +15,7 @@ from sqlalchemy import text
 
 from taskloom.config import Settings
 from taskloom.runtime import Runtime
-from tests.cli_support import clean_env, run_taskloom
+from tests.cli_support import clean_env, run_taskloom, serve_api
 from tests.factories import register
 from tests.servers import free_port
 
@@ -96,32 +93,12 @@ async def _seed_executions(runtime: Runtime, org_id: uuid.UUID, user_id: uuid.UU
         )
 
 
-def _serve(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**_env(settings), "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "taskloom", "api", "--port", str(port)],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=0.5)
-            return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError(log.read_text())
-
-
 async def test_export_memory_stays_flat_as_the_account_grows(
     settings: Settings, runtime: Runtime, tmp_path: Path
 ) -> None:
     """Peak RSS of a real API process while streaming a 1,000-row and a 100,000-row export."""
     port = free_port()
-    server = _serve(settings, port, tmp_path / "api.log")
+    server = serve_api({**_env(settings), "PYTHONUNBUFFERED": "1"}, port, tmp_path / "api.log")
     base = f"http://127.0.0.1:{port}"
     try:
         peaks = {}

@@ -3,11 +3,16 @@ gauges over a sliding window."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -136,3 +141,25 @@ async def test_metrics_endpoint_exposes_valid_text_and_honours_the_token(
         assert name in families, name
     assert families["http_request_duration_seconds"].type == "histogram"
     assert "s3cret-token" not in scraped.text
+
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def _promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+    return subprocess.run([found, *args], input=stdin, capture_output=True, text=True, check=False)
+
+
+async def test_promtool_accepts_the_exposition_and_the_alert_rules(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.get("/api/workflows")  # some traffic, so every family has samples
+    scraped = await client.get("/metrics")
+    checked = await asyncio.to_thread(_promtool, "check", "metrics", stdin=scraped.text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    checked = await asyncio.to_thread(_promtool, "check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout

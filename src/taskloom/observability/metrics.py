@@ -34,7 +34,43 @@ HTTP_DURATION = Histogram(
     buckets=HTTP_BUCKETS,
 )
 
+# --- AI model calls and tool calls (recorded by the code that makes the call, once per call) ---
+AI_REQUESTS = Counter("ai_requests_total", "AI model calls.", ["model", "category", "success"])
+AI_DURATION = Histogram(
+    "ai_request_duration_seconds",
+    "AI model call duration.",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
+AI_TOKENS = Counter(
+    "ai_tokens_total", "AI tokens by direction (input/output).", ["model", "direction"]
+)
+AI_COST = Counter("ai_cost_usd_total", "Estimated AI cost in US dollars.", ["model"])
+TOOL_CALLS = Counter(
+    "mcp_tool_calls_total",
+    "Tool calls (MCP and built-in providers).",
+    ["provider", "tool", "success"],
+)
+TOOL_DURATION = Histogram(
+    "mcp_tool_call_duration_seconds",
+    "Tool call duration.",
+    ["provider", "tool"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+CIRCUIT_STATE = Gauge(
+    "circuit_breaker_state",
+    "Circuit breakers: 0 closed, 1 half-open, 2 open.",
+    ["name"],
+    multiprocess_mode="max",
+)
+
 # --- queue ---------------------------------------------------------------------------------------
+QUEUE_JOBS = Gauge(
+    "queue_jobs",
+    "Jobs by queue and state, read from Redis when /metrics is scraped (cached a few seconds).",
+    ["queue", "state"],
+    multiprocess_mode="mostrecent",
+)
 QUEUE_JOB_DURATION = Histogram(
     "queue_job_duration_seconds",
     "Time a worker spent on one job, by queue.",

@@ -3,17 +3,24 @@ set, of every process sharing that directory). Optionally behind a bearer token.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import CollectorRegistry
+from redis.exceptions import RedisError
 
 from taskloom.errors import Unauthorized
-from taskloom.observability.metrics import REQUEST_WINDOW
+from taskloom.observability.metrics import QUEUE_JOBS, REQUEST_WINDOW
+from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME
+from taskloom.runtime import Runtime
 
 router = APIRouter(tags=["observability"])
+log = structlog.get_logger("taskloom.metrics")
 
 
 def _registry(request: Request) -> CollectorRegistry:
@@ -26,6 +33,26 @@ def _registry(request: Request) -> CollectorRegistry:
     return registry
 
 
+QUEUE_COUNTS_TTL_SECONDS = 5.0
+_last_refresh = 0.0
+
+
+async def _refresh_queue_gauges(runtime: Runtime) -> None:
+    """`queue_jobs{queue,state}` from Redis, at most every few seconds, never failing a scrape."""
+    global _last_refresh
+    now = time.monotonic()
+    if now - _last_refresh < QUEUE_COUNTS_TTL_SECONDS:
+        return
+    _last_refresh = now
+    try:
+        for name, queue in ((QUEUE_NAME, runtime.queue), (GDPR_QUEUE_NAME, runtime.gdpr_queue)):
+            counts = await asyncio.wait_for(queue.counts(), 1.0)
+            for state, count in counts.items():
+                QUEUE_JOBS.labels(name, state).set(count)
+    except (RedisError, OSError, TimeoutError):
+        log.warning("queue_gauges_unavailable")
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     token = request.app.state.runtime.settings.metrics_token
@@ -34,4 +61,5 @@ async def metrics(request: Request) -> Response:
         expected = f"Bearer {token.get_secret_value()}"
         if not hmac.compare_digest(sent.encode(), expected.encode()):
             raise Unauthorized("a valid metrics token is required", code="invalid_token")
+    await _refresh_queue_gauges(request.app.state.runtime)
     return Response(generate_latest(_registry(request)), media_type=CONTENT_TYPE_LATEST)

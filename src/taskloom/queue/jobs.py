@@ -96,3 +96,7 @@ class GdprExportQueue:
 
     async def close(self) -> None:
         await self.queue.close()
+
+    async def counts(self) -> dict[str, int]:
+        counts = await self.queue.getJobCounts()
+        return {state: int(n) for state, n in counts.items()}
