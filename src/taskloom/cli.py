@@ -171,6 +171,10 @@ async def _work(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if live.worker_metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(live.worker_metrics_port, addr=live.api_host)
         try:
             await service.start()
             console.print(f"worker {service.id} running (Ctrl-C to stop)")

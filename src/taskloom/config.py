@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None  # set: GET /metrics needs "Authorization: Bearer …"
     # prometheus_client's own variable, read again here to serve the shared directory's metrics.
     prometheus_multiproc_dir: Path | None = None
+    # `taskloom worker` serves its own /metrics here (when no PROMETHEUS_MULTIPROC_DIR is shared).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     sli_window_seconds: float = Field(default=300.0, ge=10, le=86_400)
     slo_availability_target: float = Field(default=0.999, gt=0, lt=1)
     slo_latency_p95_seconds: float = Field(default=0.3, gt=0)

@@ -6,13 +6,16 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from taskloom.app import create_app
+from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.config import Settings
 from taskloom.runtime import open_runtime
 from tests.servers import free_port, plain_redis_config, start_redis
@@ -88,3 +91,36 @@ async def test_a_hung_redis_makes_ready_503_within_2_s_and_it_recovers(
     while (await client.get("/health/ready")).status_code != 200:
         assert time.monotonic() < deadline, "did not recover after Redis came back"
         await asyncio.sleep(0.1)
+
+
+async def test_circuits_turn_503_when_a_breaker_opens_and_200_once_it_closes(
+    client: httpx.AsyncClient,
+) -> None:
+    name = f"tool:test-{uuid.uuid4()}"
+    breaker = BREAKERS.get(name, failure_threshold=2, reset_seconds=0.2)
+    try:
+        assert (await client.get("/health/circuits")).status_code == 200
+
+        async def failing() -> None:
+            raise ConnectionError("provider down")
+
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await breaker.call(failing)
+        with pytest.raises(CircuitOpen):  # open: fails at once, the provider is not called
+            await breaker.call(failing)
+        opened = await client.get("/health/circuits")
+        assert opened.status_code == 503
+        assert opened.json()["not_closed"] == [{"name": name, "state": "open", "failures": 2}]
+        assert REGISTRY.get_sample_value("circuit_breaker_state", {"name": name}) == 2
+
+        await asyncio.sleep(0.25)  # after reset_seconds one trial call goes through
+
+        async def working() -> str:
+            return "ok"
+
+        assert await breaker.call(working) == "ok"
+        assert (await client.get("/health/circuits")).status_code == 200
+        assert REGISTRY.get_sample_value("circuit_breaker_state", {"name": name}) == 0
+    finally:
+        BREAKERS.remove(name)

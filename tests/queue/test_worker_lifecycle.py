@@ -23,6 +23,7 @@ from tests.queue.conftest import (
     unique_key,
     wait_for_status,
 )
+from tests.servers import free_port
 
 
 async def _wait_for_calls(server: CountingServer, key: str, calls: int, within: float = 20) -> None:
@@ -210,3 +211,13 @@ async def test_the_worker_uses_the_orchestration_lock_settings(queue_runtime: Ru
         assert opts["prefix"] == "qtest:bull"
     finally:
         await service.shutdown()
+
+
+async def test_a_worker_serves_its_own_metrics(start_worker: StartWorker) -> None:
+    port = free_port()
+    start_worker(worker_metrics_port=port)
+    async with httpx.AsyncClient() as client:
+        scraped = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert scraped.status_code == 200
+    assert "taskloom_worker_executions_running" in scraped.text
+    assert "queue_jobs_stalled_total" in scraped.text

@@ -4,6 +4,7 @@ changes anything, each answers within 2 s even when a dependency hangs.
 - `/health/live`: the process answers (touches nothing);
 - `/health/ready`: PostgreSQL reachable and at the latest migration, Redis reachable;
 - `/health/db`, `/health/redis`: one dependency, with its latency;
+- `/health/circuits`: 503 while any circuit breaker is open or half-open;
 - `/health/queue`: live workers and job counts by state (no tenant data).
 """
 
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from taskloom.breakers import BREAKERS, BreakerState
 from taskloom.health import checks
 from taskloom.queue.worker import live_workers
 from taskloom.runtime import Runtime
@@ -56,6 +58,19 @@ async def ready(request: Request) -> JSONResponse:
         "checks": {"database": database.as_json(), "redis": cache.as_json()},
     }
     return _answer(body, ok)
+
+
+@router.get("/circuits")
+async def circuits() -> JSONResponse:
+    """200 when every circuit breaker of this process is closed, 503 listing the others."""
+    breakers = BREAKERS.all()
+    not_closed = [
+        {"name": b.name, "state": b.state.name.lower(), "failures": b.failures}
+        for b in breakers
+        if b.state is not BreakerState.CLOSED
+    ]
+    body = {"status": "ok" if not not_closed else "degraded", "breakers": len(breakers)}
+    return _answer({**body, "not_closed": not_closed}, not not_closed)
 
 
 @router.get("/queue", response_model=None)
