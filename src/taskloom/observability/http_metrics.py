@@ -5,6 +5,7 @@ unmatched paths, so random URLs cannot grow the number of series; query strings 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +20,8 @@ from taskloom.observability.metrics import (
 class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, cached: `labels()` costs more than the observation itself.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,7 +42,14 @@ class HttpMetricsMiddleware:
             duration = time.perf_counter() - started
             route = scope.get("route")
             path = getattr(route, "path", None) or UNMATCHED_PATH
-            method = scope["method"]
-            HTTP_REQUESTS.labels(method, path, str(status)).inc()
-            HTTP_DURATION.labels(method, path).observe(duration)
+            key = (scope["method"], path, status)
+            children = self._children.get(key)
+            if children is None:
+                children = (
+                    HTTP_REQUESTS.labels(key[0], path, str(status)),
+                    HTTP_DURATION.labels(key[0], path),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(duration)
             REQUEST_WINDOW.observe(duration, status >= 500)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
+from array import array
 from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -112,23 +112,33 @@ class RequestWindow(Collector):
         self.availability_target = availability_target
         self.latency_target_seconds = latency_target_seconds
         self.latency_target_share = latency_target_share
-        self._requests: deque[tuple[float, float, bool]] = deque(maxlen=max_requests)
+        # A preallocated ring (no allocation per request, so no garbage for the collector).
+        self._capacity = max_requests
+        self._times = array("d", bytes(8 * max_requests))
+        self._durations = array("d", bytes(8 * max_requests))
+        self._errors = bytearray(max_requests)
+        self._next = 0
+        self._filled = 0
         self._lock = threading.Lock()
 
     def observe(self, duration: float, server_error: bool, now: float | None = None) -> None:
+        moment = now if now is not None else time.monotonic()
         with self._lock:
-            self._requests.append(
-                (now if now is not None else time.monotonic(), duration, server_error)
-            )
+            i = self._next
+            self._times[i], self._durations[i], self._errors[i] = moment, duration, server_error
+            self._next = (i + 1) % self._capacity
+            self._filled = min(self._filled + 1, self._capacity)
 
     def snapshot(self, now: float | None = None) -> tuple[list[float], int]:
         """Durations (sorted) and the 5xx count of the requests inside the window."""
         cutoff = (now if now is not None else time.monotonic()) - self.window_seconds
         with self._lock:
-            while self._requests and self._requests[0][0] < cutoff:
-                self._requests.popleft()
-            items = list(self._requests)
-        return sorted(duration for _, duration, _ in items), sum(1 for *_, bad in items if bad)
+            start = (self._next - self._filled) % self._capacity
+            indexes = [(start + k) % self._capacity for k in range(self._filled)]
+            recent = [i for i in indexes if self._times[i] >= cutoff]
+            durations = sorted(self._durations[i] for i in recent)
+            errors = sum(self._errors[i] for i in recent)
+        return durations, errors
 
     def collect(self, now: float | None = None) -> Iterator[GaugeMetricFamily]:
         durations, errors = self.snapshot(now)

@@ -1,0 +1,149 @@
+"""What Taskloom's HTTP metrics cost per request, against no metrics and against
+prometheus-fastapi-instrumentator, in one run.
+
+The three apps are identical FastAPI apps (request-id middleware, one JSON route with a path
+parameter) except for the metrics middleware. Each is called directly through ASGI (no server,
+no HTTP client: those would hide the difference), N requests per round, rounds interleaved.
+Prints requests/s, p50/p99 latency, and the loss against no metrics (target: <= 3 %, and faster
+than the instrumentator).
+
+Usage: python bench/http_overhead.py [--requests 20000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from taskloom.observability.http_metrics import HttpMetricsMiddleware
+from taskloom.observability.request_id import RequestIdMiddleware
+
+
+def _base() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/api/items/{item_id}")
+    async def item(item_id: str) -> dict[str, Any]:
+        return {"id": item_id, "ok": True}
+
+    return app
+
+
+def none() -> FastAPI:
+    app = _base()
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def taskloom() -> FastAPI:
+    app = _base()
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def instrumentator() -> FastAPI:
+    app = _base()
+    Instrumentator(registry=CollectorRegistry()).instrument(app)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _one(app: FastAPI, path: str) -> None:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("bench", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    await app(scope, receive, send)
+
+
+async def _round(app: FastAPI, requests: int) -> tuple[float, list[float]]:
+    latencies = []
+    started = time.perf_counter()
+    for i in range(requests):
+        t = time.perf_counter()
+        await _one(app, f"/api/items/{i}")
+        latencies.append(time.perf_counter() - t)
+    return requests / (time.perf_counter() - started), latencies
+
+
+async def run(requests: int, rounds: int) -> dict[str, Any]:
+    variants: dict[str, Callable[[], FastAPI]] = {
+        "no_metrics": none,
+        "taskloom": taskloom,
+        "instrumentator": instrumentator,
+    }
+    apps = {name: build() for name, build in variants.items()}
+    for app in apps.values():  # warm up: routing caches, first-use imports
+        async with app.router.lifespan_context(app):
+            await _round(app, 500)
+    rates: dict[str, list[float]] = {name: [] for name in apps}
+    latencies: dict[str, list[float]] = {name: [] for name in apps}
+    for _ in range(rounds):
+        for name, app in apps.items():
+            rate, lat = await _round(app, requests)
+            rates[name].append(rate)
+            latencies[name] += lat
+    result: dict[str, Any] = {"requests_per_round": requests, "rounds": rounds}
+    for name in apps:
+        ordered = sorted(latencies[name])
+        result[name] = {
+            "req_per_s": round(statistics.median(rates[name])),
+            "p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
+            "p99_us": round(ordered[int(len(ordered) * 0.99)] * 1e6, 1),
+        }
+    base = result["no_metrics"]["req_per_s"]
+    result["taskloom_loss"] = round(1 - result["taskloom"]["req_per_s"] / base, 4)
+    result["instrumentator_loss"] = round(1 - result["instrumentator"]["req_per_s"] / base, 4)
+    result["taskloom_vs_instrumentator"] = round(
+        result["taskloom"]["req_per_s"] / result["instrumentator"]["req_per_s"], 3
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.requests, args.rounds))
+    for name in ("no_metrics", "taskloom", "instrumentator"):
+        row = result[name]
+        print(
+            f"{name:<15} {row['req_per_s']:>8} req/s  p50 {row['p50_us']:>7} µs  p99 {row['p99_us']:>7} µs"
+        )
+    print(
+        f"loss vs no metrics: taskloom {result['taskloom_loss']:.1%}, "
+        f"instrumentator {result['instrumentator_loss']:.1%}; "
+        f"taskloom / instrumentator = {result['taskloom_vs_instrumentator']}"
+    )
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
