@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -137,6 +139,9 @@ async def test_metrics_endpoint_exposes_valid_text_and_honours_the_token(
         "queue_jobs_failed",
         "queue_lock_renewal_failures",
         "queue_job_duration_seconds",
+        "queue_jobs",
+        "db_pool_connections",
+        "process_cpu_seconds",
     ):
         assert name in families, name
     assert families["http_request_duration_seconds"].type == "histogram"
@@ -163,3 +168,28 @@ async def test_promtool_accepts_the_exposition_and_the_alert_rules(
     checked = await asyncio.to_thread(_promtool, "check", "rules", str(RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout
+
+
+def test_the_dashboard_and_alerts_only_use_metrics_taskloom_exposes() -> None:
+    """A renamed metric must not leave a dead panel or a silent alert behind."""
+    exposed = {
+        name.removesuffix(suffix)
+        for family in REGISTRY.collect()
+        for name in [family.name, *(s.name for s in family.samples)]
+        for suffix in ("_bucket", "_count", "_sum", "")
+    }
+    dashboard = json.loads((RULES.parents[1] / "grafana" / "taskloom.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    expressions += re.findall(r"expr: (.+)", RULES.read_text())
+    endings = "_total|_seconds|_bucket|_rate|_state|_jobs|_running|_remaining|_connections"
+    pattern = rf"\b([a-z_]+(?:{endings}))\b"
+    used = {name for expr in expressions for name in re.findall(pattern, expr)}
+    outside = {"probe_success", "up"}
+
+    def known(name: str) -> bool:
+        base = name.removesuffix("_bucket")
+        return base in exposed or base.removesuffix("_total") in exposed
+
+    missing = {name for name in used if not known(name)} - outside
+    assert not missing, f"not exposed by Taskloom: {sorted(missing)}"
+    assert len(dashboard["panels"]) >= 10

@@ -64,6 +64,14 @@ CIRCUIT_STATE = Gauge(
     multiprocess_mode="max",
 )
 
+# --- database pool -------------------------------------------------------------------------------
+DB_POOL = Gauge(
+    "db_pool_connections",
+    "Database pool connections by engine (app, system) and state (in_use, idle, overflow).",
+    ["engine", "state"],
+    multiprocess_mode="livesum",
+)
+
 # --- queue ---------------------------------------------------------------------------------------
 QUEUE_JOBS = Gauge(
     "queue_jobs",

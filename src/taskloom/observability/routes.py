@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request, Response
@@ -15,7 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from redis.exceptions import RedisError
 
 from taskloom.errors import Unauthorized
-from taskloom.observability.metrics import QUEUE_JOBS, REQUEST_WINDOW
+from taskloom.observability.metrics import DB_POOL, QUEUE_JOBS, REQUEST_WINDOW
 from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME
 from taskloom.runtime import Runtime
 
@@ -53,6 +54,17 @@ async def _refresh_queue_gauges(runtime: Runtime) -> None:
         log.warning("queue_gauges_unavailable")
 
 
+def _refresh_pool_gauges(runtime: Runtime) -> None:
+    for name, engine in (
+        ("app", runtime.database.app_engine),
+        ("system", runtime.database.system_engine),
+    ):
+        pool: Any = engine.sync_engine.pool
+        DB_POOL.labels(name, "in_use").set(pool.checkedout())
+        DB_POOL.labels(name, "idle").set(pool.checkedin())
+        DB_POOL.labels(name, "overflow").set(max(pool.overflow(), 0))
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     token = request.app.state.runtime.settings.metrics_token
@@ -62,4 +74,5 @@ async def metrics(request: Request) -> Response:
         if not hmac.compare_digest(sent.encode(), expected.encode()):
             raise Unauthorized("a valid metrics token is required", code="invalid_token")
     await _refresh_queue_gauges(request.app.state.runtime)
+    _refresh_pool_gauges(request.app.state.runtime)
     return Response(generate_latest(_registry(request)), media_type=CONTENT_TYPE_LATEST)
