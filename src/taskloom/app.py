@@ -14,6 +14,7 @@ from taskloom.config import Settings, get_settings
 from taskloom.errors import install_error_handlers
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
+from taskloom.observability import tracing
 from taskloom.observability.body_limit import BodySizeLimitMiddleware
 from taskloom.observability.http_metrics import HttpMetricsMiddleware
 from taskloom.observability.logging import configure_logging
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     otherwise the lifespan opens them from `settings` and closes them on shutdown."""
     settings = settings or (runtime.settings if runtime else get_settings())
     configure_logging(settings)
+    tracing.configure(settings, service="taskloom-api")
     configure_slos(
         window_seconds=settings.sli_window_seconds,
         availability_target=settings.slo_availability_target,
@@ -68,4 +70,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    tracing.instrument_app(app)
     return app

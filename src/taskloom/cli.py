@@ -60,10 +60,12 @@ async def _serve(
     from taskloom.app import create_app
     from taskloom.auth.accounts import create_account, instance_has_users
     from taskloom.db.migrate import migrate
+    from taskloom.observability import tracing
     from taskloom.queue.worker import WorkerService
     from taskloom.runtime import open_runtime
 
     async with _services(settings) as live:
+        tracing.configure(live, service="taskloom" if with_worker else "taskloom-api")
         await migrate(live)
         runtime = await open_runtime(live)
         worker = WorkerService(runtime) if with_worker else None
@@ -107,6 +109,7 @@ async def _serve(
             if worker is not None:
                 await worker.shutdown()
             await runtime.close()
+            tracing.shutdown()
 
 
 class _Server(uvicorn.Server):
@@ -161,10 +164,12 @@ def worker() -> None:
 
 
 async def _work(settings: Settings) -> None:
+    from taskloom.observability import tracing
     from taskloom.queue.worker import WorkerService
     from taskloom.runtime import open_runtime
 
     async with _services(settings) as live:
+        tracing.configure(live, service="taskloom-worker")
         runtime = await open_runtime(live)
         service = WorkerService(runtime)
         stop = asyncio.Event()
@@ -182,6 +187,7 @@ async def _work(settings: Settings) -> None:
             await service.shutdown()
         finally:
             await runtime.close()
+            tracing.shutdown()
 
 
 @app.command()

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     slo_availability_target: float = Field(default=0.999, gt=0, lt=1)
     slo_latency_p95_seconds: float = Field(default=0.3, gt=0)
 
+    # --- tracing (docs/OBSERVABILITY.md) -------------------------------------------------------
+    otel_exporter_otlp_endpoint: str | None = None  # e.g. http://otel-collector:4318
+
     # --- logging ---------------------------------------------------------------------------------
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     log_json: bool | None = None  # default: JSON in production, console otherwise

@@ -12,6 +12,7 @@ import taskloom.db.registry  # noqa: F401  (every model mapped, whichever comman
 from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings, redact_url
 from taskloom.db.engine import Database, check_roles, create_database
+from taskloom.observability import tracing
 from taskloom.queue.jobs import ExecutionQueue, GdprExportQueue
 from taskloom.redis import Keys, connect_redis
 
@@ -38,6 +39,7 @@ class Runtime:
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect to PostgreSQL and Redis and check the database roles are safe to use."""
     database = create_database(settings)
+    tracing.instrument_engines(database.app_engine, database.system_engine)
     try:
         await check_roles(database)
         redis = await connect_redis(settings)

@@ -9,6 +9,7 @@ from typing import Any
 from bullmq import Job, Queue
 
 from taskloom.config import Settings
+from taskloom.observability import tracing
 from taskloom.redis import bullmq_options
 
 QUEUE_NAME = "orchestration"
@@ -38,9 +39,11 @@ class ExecutionQueue:
     ) -> None:
         """Add the execution's job (a no-op while a job with its id exists). `request_id` (the
         API request's X-Request-ID) follows the job into the worker's logs and HTTP calls."""
-        data = {"execution_id": str(execution_id), "org_id": str(org_id)}
+        data: dict[str, Any] = {"execution_id": str(execution_id), "org_id": str(org_id)}
         if request_id:
             data["request_id"] = request_id
+        if trace_context := tracing.current_context_carrier():
+            data["trace"] = trace_context  # the worker's spans join the request's trace
         await self.queue.add(JOB_NAME, data, self.job_options(execution_id))
 
     async def replace(

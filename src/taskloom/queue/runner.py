@@ -20,10 +20,12 @@ from typing import Any
 
 import structlog
 from bullmq import DelayedError, Job, UnrecoverableError
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
+from taskloom.observability import tracing
 from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
 from taskloom.queue.jobs import QUEUE_NAME
@@ -66,7 +68,13 @@ class ExecutionRunner:
             job_id=job.id, execution_id=str(execution_id), org_id=str(org_id)
         )
         started = time.perf_counter()
-        with bound_request_id(job.data.get("request_id")):
+        span = tracing.tracer().start_as_current_span(
+            f"job {QUEUE_NAME}",
+            context=tracing.context_from(job.data.get("trace")),
+            kind=SpanKind.CONSUMER,
+            attributes={"taskloom.execution_id": str(execution_id), "taskloom.org_id": str(org_id)},
+        )
+        with span, bound_request_id(job.data.get("request_id")):
             try:
                 return await self._process(job, token, execution_id, org_id)
             finally:
@@ -153,6 +161,26 @@ class ExecutionRunner:
             attempt = await runs.start_step(
                 database, run, step_id=step_id, position=position, type_=step["type"]
             )
+        step_span = tracing.tracer().start_as_current_span(
+            f"step {step['type']}", attributes={"taskloom.step_id": step_id}
+        )
+        with step_span:
+            return await self._run_step_in_span(
+                run, job, step, step_type, scope, attempt=attempt, last=last
+            )
+
+    async def _run_step_in_span(
+        self,
+        run: Run,
+        job: Job,
+        step: dict[str, Any],
+        step_type: Any,
+        scope: dict[str, Any],
+        *,
+        attempt: int,
+        last: bool,
+    ) -> Any:
+        database, step_id = self.runtime.database, step["id"]
         args: Any = None
         try:
             if step_type is None:

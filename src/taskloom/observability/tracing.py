@@ -1,0 +1,93 @@
+"""OpenTelemetry tracing, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+
+When on: spans for HTTP requests (FastAPI), SQL (SQLAlchemy), Redis and outgoing HTTP (httpx),
+exported over OTLP/HTTP; each job and each step gets a span, and the trace context travels in
+the job's data, so a worker's spans join the trace of the request that queued the job. When off,
+only the OpenTelemetry API is imported: its tracer is a no-op and nothing is exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+
+from taskloom import __version__
+from taskloom.config import Settings
+
+log = structlog.get_logger("taskloom.tracing")
+_provider: Any = None
+
+
+def enabled() -> bool:
+    return _provider is not None
+
+
+def configure(settings: Settings, *, service: str) -> bool:
+    """Install the tracer provider and the library instrumentations, once per process."""
+    global _provider
+    if _provider is not None or not settings.otel_exporter_otlp_endpoint:
+        return _provider is not None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+    resource = Resource.create(
+        {
+            "service.name": service,
+            "service.version": __version__,
+            "deployment.environment": settings.taskloom_env.value,
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    RedisInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument()
+    _provider = provider
+    log.info("tracing_enabled", service=service, endpoint=endpoint)
+    return True
+
+
+def instrument_app(app: Any) -> None:
+    if enabled():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="/health/.*,/metrics")
+
+
+def instrument_engines(*engines: Any) -> None:
+    """SQL spans for these SQLAlchemy async engines."""
+    if enabled():
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().instrument(engines=[e.sync_engine for e in engines])
+
+
+def shutdown() -> None:
+    """Send what is buffered (on exit: a SIGTERM must not lose the last spans)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("taskloom")
+
+
+def current_context_carrier() -> dict[str, str]:
+    """The current trace context as a dict for a job's data (empty when tracing is off)."""
+    carrier: dict[str, str] = {}
+    if enabled():
+        propagate.inject(carrier)
+    return carrier
+
+
+def context_from(carrier: Mapping[str, str] | None) -> Context | None:
+    return propagate.extract(dict(carrier)) if carrier else None
