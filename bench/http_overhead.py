@@ -134,9 +134,8 @@ def main() -> None:
     result = asyncio.run(run(args.requests, args.rounds))
     for name in ("no_metrics", "taskloom", "instrumentator"):
         row = result[name]
-        print(
-            f"{name:<15} {row['req_per_s']:>8} req/s  p50 {row['p50_us']:>7} µs  p99 {row['p99_us']:>7} µs"
-        )
+        latency = f"p50 {row['p50_us']:>7} µs  p99 {row['p99_us']:>7} µs"
+        print(f"{name:<15} {row['req_per_s']:>8} req/s  {latency}")
     print(
         f"loss vs no metrics: taskloom {result['taskloom_loss']:.1%}, "
         f"instrumentator {result['instrumentator_loss']:.1%}; "
