@@ -38,6 +38,9 @@ log = structlog.get_logger("taskloom.queue")
 HEARTBEAT_SECONDS = 5.0
 HAND_BACK_SECONDS = 10.0  # how long handing back may take before we force-close
 CLOSE_SECONDS = 10.0
+# An idle worker blocks this long per poll for new jobs (bullmq's default is 5 s); a shutdown
+# that starts during that wait finishes after it, so shorter is a quicker exit.
+DRAIN_DELAY_SECONDS = 2
 
 
 class WorkerService:
@@ -61,6 +64,7 @@ class WorkerService:
                 purpose="worker",
                 autorun=False,
                 concurrency=s.worker_concurrency,
+                drainDelay=DRAIN_DELAY_SECONDS,
                 lockDuration=s.queue_lock_duration_ms,
                 stalledInterval=s.queue_stalled_interval_ms,
                 maxStalledCount=s.queue_max_stalled_count,
@@ -80,6 +84,7 @@ class WorkerService:
                 purpose="worker-gdpr",
                 autorun=False,
                 concurrency=1,
+                drainDelay=DRAIN_DELAY_SECONDS,
                 lockDuration=s.queue_lock_duration_ms,
                 stalledInterval=s.queue_stalled_interval_ms,
                 name=f"{self.id}:gdpr",
@@ -117,19 +122,23 @@ class WorkerService:
             QUEUE_EVENTS.labels("handed_back").inc(handed)
             log.warning("handing_back", jobs=handed)
             await self._wait_for_active(HAND_BACK_SECONDS)
-        for closing in (worker, self.gdpr_worker):
-            if closing is None:
-                continue
-            try:
-                await asyncio.wait_for(closing.close(), CLOSE_SECONDS)
-            except TimeoutError:
-                # An export still being written: it is rebuilt from scratch after its lock.
-                log.error("worker_close_timed_out", queue=closing.name)
-                await closing.close(force=True)
+        await asyncio.gather(*(self._close(w) for w in (worker, self.gdpr_worker) if w is not None))
         await self._cancel(self._tasks[:2])
         await self.runtime.redis.delete(self._heartbeat_key)
         await self.reconciler.release()
         log.info("worker_stopped", worker=self.id)
+
+    @staticmethod
+    async def _close(worker: Worker) -> None:
+        """`Worker.close()` waits for its fetch and its jobs and shields itself from
+        cancellation, so `wait_for` cannot bound it: wait, then force it."""
+        closing = asyncio.ensure_future(worker.close())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
+        if not done:
+            # e.g. an export still being written: it is rebuilt from scratch after its lock.
+            log.error("worker_close_timed_out", queue=worker.name)
+            worker.cancelProcessing()
+            await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
 
     async def _wait_for_active(self, seconds: float) -> bool:
         try:
