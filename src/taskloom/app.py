@@ -14,7 +14,7 @@ from taskloom.config import Settings, get_settings
 from taskloom.errors import install_error_handlers
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
-from taskloom.observability import tracing
+from taskloom.observability import sentry, tracing
 from taskloom.observability.body_limit import BodySizeLimitMiddleware
 from taskloom.observability.http_metrics import HttpMetricsMiddleware
 from taskloom.observability.logging import configure_logging
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     settings = settings or (runtime.settings if runtime else get_settings())
     configure_logging(settings)
     tracing.configure(settings, service="taskloom-api")
+    sentry.configure(settings, service="taskloom-api")
     configure_slos(
         window_seconds=settings.sli_window_seconds,
         availability_target=settings.slo_availability_target,

@@ -39,9 +39,11 @@ CLI_CONTEXT = AuditContext(user_agent="taskloom-cli")
 @asynccontextmanager
 async def _services(settings: Settings) -> AsyncIterator[Settings]:
     """Start the embedded PostgreSQL / Redis for whichever URL is unset; stop them on exit."""
+    from taskloom.observability import sentry
     from taskloom.observability.logging import configure_logging
 
     configure_logging(settings)
+    sentry.configure(settings, service="taskloom")
     if settings.database_url and settings.redis_url:
         yield settings
         return
@@ -375,16 +377,23 @@ def main() -> None:
 
     from taskloom.config import InsecureConfiguration
     from taskloom.db.engine import UnsafeDatabaseRoles
+    from taskloom.observability import sentry
     from taskloom.redis import RedisConnectError
 
     try:
         app()
-    except (InsecureConfiguration, RedisConnectError, UnsafeDatabaseRoles) as exc:
+    except (RedisConnectError, UnsafeDatabaseRoles) as exc:
+        sentry.capture(exc)  # a start-up that failed (configuration errors are not sent)
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except InsecureConfiguration as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except ValidationError as exc:
         typer.echo(f"error: invalid configuration: {exc}", err=True)
         raise SystemExit(2) from None
+    finally:
+        sentry.flush()
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ class Settings(BaseSettings):
 
     # --- tracing (docs/OBSERVABILITY.md) -------------------------------------------------------
     otel_exporter_otlp_endpoint: str | None = None  # e.g. http://otel-collector:4318
+    sentry_dsn: SecretStr | None = None  # unset: errors are not sent anywhere
 
     # --- logging ---------------------------------------------------------------------------------
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")

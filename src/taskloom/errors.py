@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from taskloom.observability import sentry
 from taskloom.observability.request_id import current_request_id
 
 log = structlog.get_logger("taskloom.errors")
@@ -153,4 +154,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+        route = getattr(request.scope.get("route"), "path", None)
+        sentry.capture(exc, route=route, request_id=current_request_id())
         return error_response(500, "internal_error", "an unexpected error occurred")

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from taskloom.observability import tracing
+from taskloom.observability import sentry, tracing
 from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
 from taskloom.queue.jobs import QUEUE_NAME
@@ -211,6 +211,7 @@ class ExecutionRunner:
             raise await self._step_failed(run, job, step_id, retry, args) from error
         except Exception as error:  # a bug: fail the step visibly rather than retry blindly
             log.exception("step_crashed", step_id=step_id)
+            sentry.capture(error, execution_id=run.execution_id, step_id=step_id)
             crash = StepError(f"internal error ({type(error).__name__})", code="internal_error")
             raise await self._step_failed(run, job, step_id, crash, args) from error
         await runs.step_succeeded(

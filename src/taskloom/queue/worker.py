@@ -20,6 +20,7 @@ import structlog
 from bullmq import Job, Worker
 
 from taskloom.gdpr import archive
+from taskloom.observability import sentry
 from taskloom.observability.metrics import (
     EXECUTIONS_RUNNING,
     QUEUE_EVENTS,
@@ -213,6 +214,7 @@ class WorkerService:
         def error(err: BaseException, job: Job | None = None, *_: Any) -> None:
             QUEUE_EVENTS.labels("error").inc()
             log.error("worker_error", error=repr(err), job_id=job.id if job else None)
+            sentry.capture(err, job_id=job.id if job else None)
 
         worker.on("completed", completed)
         worker.on("failed", failed)
