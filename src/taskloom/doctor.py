@@ -172,6 +172,11 @@ def _secret_checks(c: _Checklist) -> None:
         c.required(area, "credential encryption key", "CREDENTIAL_ENCRYPTION_KEY is unset")
     else:
         c.ok(area, "credential encryption key", "set (32 bytes, AES-256-GCM)")
+    if s.metrics_token is None:
+        # Not a refusal: many deployments keep /metrics on a private network instead.
+        c.warn(area, "metrics token", "unset: GET /metrics answers anyone who can reach it")
+    else:
+        c.ok(area, "metrics token", "GET /metrics needs a bearer token")
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------

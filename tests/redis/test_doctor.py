@@ -57,6 +57,7 @@ async def test_a_secure_production_configuration_passes(production_values: dict[
     ):
         assert checks[name].status is Status.PASS, (name, checks[name])
     assert "'production:'" in checks["redis: key prefix"].detail
+    assert checks["secrets: metrics token"].status is Status.WARN  # advised, not required
     assert "'production:bull'" in checks["redis: key prefix"].detail
 
 
