@@ -484,3 +484,25 @@ async def test_the_application_role_cannot_read_export_archives(runtime: Runtime
     async with runtime.database.app_engine.connect() as conn:
         with pytest.raises(Exception, match="permission denied"):
             await conn.execute(text("select count(*) from gdpr_export_files"))
+
+
+async def test_a_short_display_name_cannot_scrub_other_peoples_audit_rows(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Erasure finds audit rows by the person's id and email, never by a name anyone can pick."""
+    bystander = await register(client, label="bystander", organization_name="Elsewhere e e")
+    await client.patch("/api/org", json={"name": "everyone sees e"}, headers=bystander.headers)
+    eraser = await register(client, label="eraser", organization_name="Eraser Org")
+    async with runtime.database.system_engine.begin() as conn:
+        await conn.execute(
+            text("update users set display_name = 'e' where id = :u"), {"u": eraser.user_id}
+        )
+    erased = await client.request(
+        "DELETE",
+        "/api/user/account",
+        json={"confirm": "DELETE", "password": PASSWORD},
+        headers=eraser.headers,
+    )
+    assert erased.status_code == 200, erased.text
+    chain = await client.get("/api/audit-logs/verify", headers=bystander.headers)
+    assert chain.json() == {**chain.json(), "ok": True, "redacted_rows": 0}

@@ -123,7 +123,7 @@ async def erase(
     # 2. Executions they started: queued/running ones are cancelled; payloads are erased.
     await _executions(db, settings, result)
     # 3. Audit rows about them: pseudonymised in place (before the FK would null the actor).
-    result.counts["audit_logs"] = await _pseudonymise_audit(db, result, user.display_name)
+    result.counts["audit_logs"] = await _pseudonymise_audit(db, result)
     # 4. Their own rows.
     for model in _DELETED:
         own = await db.execute(delete(model).where(model.user_id == user_id))
@@ -186,12 +186,14 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
     result.counts["execution_steps.payload"] = _rowcount(steps)
 
 
-async def _pseudonymise_audit(db: AsyncSession, result: Erasure, display_name: str) -> int:
+async def _pseudonymise_audit(db: AsyncSession, result: Erasure) -> int:
     """Clear the person from every audit row about them (as actor, as the resource, or named in
     the details) and drop those rows' salts; the content digest, and so the chain, is
     untouched. Another actor's fields on such a row stay (but are no longer verifiable)."""
     user = str(result.user_id)
-    mentions = [user, result.email, display_name]
+    # Only identifiers unique to the person: matching a display name ("Ann", "e") would let
+    # anyone erase themselves to scrub other people's audit rows across organizations.
+    mentions = [user, result.email]
     rows = (
         await db.execute(
             select(AuditLog)
