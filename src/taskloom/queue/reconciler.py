@@ -13,6 +13,7 @@ Jobs waiting, delayed or active are left alone: BullMQ's stalled check recovers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,9 +64,12 @@ class Reconciler:
         if await self.runtime.redis.get(self.key) == self.owner:
             await self.runtime.redis.delete(self.key)
 
-    async def run_forever(self) -> None:
+    async def run_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Tick until `stop` is set; a tick in progress finishes (stopping never interrupts a
+        database call half-way, which asyncpg may not survive)."""
         interval = self.runtime.settings.reconcile_interval_seconds
-        while True:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
             try:
                 if await self.is_leader():
                     report = await self.reconcile_once()
@@ -76,7 +80,8 @@ class Reconciler:
                 raise
             except Exception:  # Redis or PostgreSQL down: try again next tick
                 log.exception("reconcile_failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def _housekeeping(self) -> None:
         if purged := await archive.purge_expired(self.runtime):

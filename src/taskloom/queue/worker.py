@@ -9,6 +9,7 @@ not after the 300 s lock); close. Nothing is marked failed because of a shutdown
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -39,6 +40,7 @@ log = structlog.get_logger("taskloom.queue")
 HEARTBEAT_SECONDS = 5.0
 HAND_BACK_SECONDS = 10.0  # how long handing back may take before we force-close
 CLOSE_SECONDS = 10.0
+CANCEL_SECONDS = 5.0
 # An idle worker blocks this long per poll for new jobs (bullmq's default is 5 s); a shutdown
 # that starts during that wait finishes after it, so shorter is a quicker exit.
 DRAIN_DELAY_SECONDS = 2
@@ -53,6 +55,7 @@ class WorkerService:
         self.worker: Worker | None = None
         self.gdpr_worker: Worker | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()  # tells the heartbeat and the reconciler to finish
         self._started = time.time()
 
     async def start(self) -> None:
@@ -95,7 +98,7 @@ class WorkerService:
             asyncio.create_task(worker.run(), name="bullmq-worker"),
             asyncio.create_task(self.gdpr_worker.run(), name="bullmq-gdpr-worker"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
-            asyncio.create_task(self.reconciler.run_forever(), name="reconciler"),
+            asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
         ]
         log.info(
             "worker_started",
@@ -115,8 +118,13 @@ class WorkerService:
         timeout = self.runtime.settings.shutdown_timeout_seconds
         running = len(self.runner.active)
         log.info("worker_stopping", worker=self.id, running=running, timeout_s=timeout)
-        await self._cancel(self._tasks[2:])  # heartbeat and reconciler
+        # Heartbeat and reconciler: let a tick in progress end, then stop (cancel if stuck).
+        self._stopping.set()
+        await self._finish(self._tasks[2:])
         await worker.pause(do_not_wait_active=True)  # stop taking jobs
+        if self.gdpr_worker is not None:
+            await self.gdpr_worker.pause(do_not_wait_active=True)
+        log.info("worker_paused", worker=self.id)
         finished = await self._wait_for_active(timeout)
         if not finished:
             handed = self.runner.hand_back_all()
@@ -124,6 +132,7 @@ class WorkerService:
             log.warning("handing_back", jobs=handed)
             await self._wait_for_active(HAND_BACK_SECONDS)
         await asyncio.gather(*(self._close(w) for w in (worker, self.gdpr_worker) if w is not None))
+        log.info("worker_closed", worker=self.id)
         await self._cancel(self._tasks[:2])
         await self.runtime.redis.delete(self._heartbeat_key)
         await self.reconciler.release()
@@ -150,9 +159,18 @@ class WorkerService:
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel background tasks; one stuck in a call that ignores cancellation does not hold
+        up the shutdown for more than a few seconds."""
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(tasks, timeout=CANCEL_SECONDS) if tasks else (set(), set())
+        if stuck:
+            log.warning("tasks_not_cancelled", tasks=sorted(t.get_name() for t in stuck))
+
+    async def _finish(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Wait for tasks that were told to stop; cancel the ones that do not in time."""
+        _, late = await asyncio.wait(tasks, timeout=CANCEL_SECONDS) if tasks else (set(), set())
+        await self._cancel(list(late))
 
     async def _build_export(self, job: Job, token: str) -> None:
         await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))
@@ -165,7 +183,7 @@ class WorkerService:
 
     async def _heartbeat(self) -> None:
         """A key per live worker for /health/queue (CLIENT LIST would need an ACL right)."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 body = {
                     "id": self.id,
@@ -183,7 +201,8 @@ class WorkerService:
                 raise
             except Exception:
                 log.exception("heartbeat_failed")
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_SECONDS)
 
     # --- events --------------------------------------------------------------------------------
 
