@@ -4,16 +4,24 @@ protocol) with its cause and without secrets; unset, nothing is sent."""
 from __future__ import annotations
 
 import gzip
+import secrets
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 
 from taskloom.config import Settings
-from tests.cli_support import clean_env, run_taskloom
+from taskloom.db.migrate import migrate
+from tests.cli_support import clean_env, run_taskloom, serve_api
+from tests.conftest import with_database
+from tests.factories import register
+from tests.servers import free_port
 
 
 @pytest.fixture
@@ -71,3 +79,62 @@ async def test_without_a_dsn_nothing_is_sent(
     result = await run_taskloom("api", env=_env(settings), cwd=tmp_path)
     assert result.returncode == 1
     assert received == []
+
+
+async def test_an_unexpected_500_is_reported_with_its_route(
+    ingest: tuple[list[bytes], int], pg_server_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A real failure, not a patched one: the application role loses a privilege in a database
+    of this test's own, so listing workflows fails inside PostgreSQL."""
+    received, port = ingest
+    suffix = secrets.token_hex(4)
+    database, role = f"taskloom_sentry_{suffix}", f"taskloom_sentry_{suffix}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        taskloom_env="test",
+        database_url=with_database(pg_server_url, database),
+        database_app_role=role,
+        redis_url=redis_url,
+        redis_key_prefix=f"sentry-{suffix}:",
+        password_hash_time_cost=1,
+        password_hash_memory_kib=1024,
+        password_hash_parallelism=1,
+    )
+    try:
+        await migrate(settings)
+        env = clean_env(
+            TASKLOOM_ENV="test",
+            DATABASE_URL=settings.database_url or "",
+            DATABASE_APP_ROLE=role,
+            REDIS_URL=redis_url,
+            REDIS_KEY_PREFIX=settings.key_prefix,
+            PASSWORD_HASH_TIME_COST="1",
+            PASSWORD_HASH_MEMORY_KIB="1024",
+            PASSWORD_HASH_PARALLELISM="1",
+            SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1",
+        )
+        api_port = free_port()
+        server = serve_api(env, api_port, tmp_path / "api.log")
+        try:
+            # (taskloom api applies the grants when it starts: take one away afterwards)
+            broken = await asyncpg.connect(settings.database_url)
+            await broken.execute(f'REVOKE SELECT ON workflows FROM "{role}"')
+            await broken.close()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as api:
+                person = await register(api, label="sentry", organization_name="Sentry Org")
+                failed = await api.get("/api/workflows", headers=person.headers)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        assert failed.status_code == 500
+        assert failed.json()["error"]["code"] == "internal_error"
+        sent = b"".join(received).decode(errors="replace")
+        assert "InsufficientPrivilege" in sent
+        assert "/api/workflows" in sent  # the route tag
+        assert person.email not in sent
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
