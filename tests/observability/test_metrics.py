@@ -68,13 +68,24 @@ async def test_random_urls_and_ids_create_few_path_values(client: httpx.AsyncCli
             for sample in family.samples
         }
 
+    def methods() -> set[str]:
+        return {
+            sample.labels["method"]
+            for family in REGISTRY.collect()
+            if family.name == "http_requests"
+            for sample in family.samples
+        }
+
     before = paths()
     for _ in range(500):
         await client.get(f"/nothing/here/{secrets.token_hex(8)}?q={secrets.token_hex(4)}")
         await client.get(f"/api/executions/{uuid.uuid4()}")
+    for _ in range(20):  # client-chosen methods must not grow the series either
+        await client.request(f"X{secrets.token_hex(3).upper()}", "/api/workflows")
     added = paths() - before
     assert added <= {UNMATCHED_PATH, "/api/executions/{execution_id}"}
     assert not any("?" in p for p in paths())
+    assert methods() <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
 
 
 def test_sli_gauges_follow_a_controlled_traffic_mix_and_forget_old_traffic() -> None:

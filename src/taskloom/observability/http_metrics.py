@@ -1,6 +1,7 @@
 """Plain ASGI middleware that counts and times every HTTP request. The `path` label is the
 route template (`/api/workflows/{workflow_id}`) that FastAPI matched, or one shared value for
-unmatched paths, so random URLs cannot grow the number of series; query strings never count."""
+unmatched paths, so random URLs cannot grow the number of series; query strings never count.
+Methods are client-chosen too: anything but the standard ones counts as `OTHER`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from taskloom.observability.metrics import (
     REQUEST_WINDOW,
     UNMATCHED_PATH,
 )
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class HttpMetricsMiddleware:
@@ -42,12 +45,13 @@ class HttpMetricsMiddleware:
             duration = time.perf_counter() - started
             route = scope.get("route")
             path = getattr(route, "path", None) or UNMATCHED_PATH
-            key = (scope["method"], path, status)
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            key = (method, path, status)
             children = self._children.get(key)
             if children is None:
                 children = (
-                    HTTP_REQUESTS.labels(key[0], path, str(status)),
-                    HTTP_DURATION.labels(key[0], path),
+                    HTTP_REQUESTS.labels(method, path, str(status)),
+                    HTTP_DURATION.labels(method, path),
                 )
                 self._children[key] = children
             children[0].inc()
