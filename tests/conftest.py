@@ -11,6 +11,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, MutableMapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +67,24 @@ def with_database(url: str, database: str) -> str:
     return make_url(url).set(database=database).render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-async def settings(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings]:
+@asynccontextmanager
+async def fresh_deployment(
+    pg_server_url: str, redis_url: str, *, label: str = "test"
+) -> AsyncIterator[Settings]:
+    """Settings for a database, application role and key prefix of their own, migrated; all
+    three are removed afterwards."""
     suffix = secrets.token_hex(4)
-    database, role = f"taskloom_test_{suffix}", f"taskloom_app_test_{suffix}"
+    database, role = f"taskloom_{label}_{suffix}", f"taskloom_app_{label}_{suffix}"
+    prefix = f"{label}-{suffix}:"
     admin = await asyncpg.connect(_asyncpg_dsn(pg_server_url))
     await admin.execute(f'CREATE DATABASE "{database}"')
-    test_settings = Settings(
+    deployment = Settings(
         _env_file=None,  # type: ignore[call-arg]
         taskloom_env="test",
         database_url=with_database(pg_server_url, database),
         database_app_role=role,
         redis_url=redis_url,
-        redis_key_prefix=f"test-{suffix}:",
+        redis_key_prefix=prefix,
         password_hash_time_cost=1,
         password_hash_memory_kib=1024,
         password_hash_parallelism=1,
@@ -86,16 +92,22 @@ async def settings(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings
         log_level="warning",
     )
     try:
-        await migrate(test_settings)
-        yield test_settings
+        await migrate(deployment)
+        yield deployment
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
         cleanup = Redis.from_url(redis_url)
-        async for key in cleanup.scan_iter(match=f"test-{suffix}:*", count=500):
+        async for key in cleanup.scan_iter(match=f"{prefix}*", count=500):
             await cleanup.delete(key)
         await cleanup.aclose()
+
+
+@pytest.fixture(scope="session")
+async def settings(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings]:
+    async with fresh_deployment(pg_server_url, redis_url) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="session")

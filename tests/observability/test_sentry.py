@@ -4,7 +4,6 @@ protocol) with its cause and without secrets; unset, nothing is sent."""
 from __future__ import annotations
 
 import gzip
-import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -17,9 +16,8 @@ import httpx
 import pytest
 
 from taskloom.config import Settings
-from taskloom.db.migrate import migrate
 from tests.cli_support import clean_env, run_taskloom, serve_api
-from tests.conftest import with_database
+from tests.conftest import fresh_deployment
 from tests.factories import register
 from tests.servers import free_port
 
@@ -87,23 +85,8 @@ async def test_an_unexpected_500_is_reported_with_its_route(
     """A real failure, not a patched one: the application role loses a privilege in a database
     of this test's own, so listing workflows fails inside PostgreSQL."""
     received, port = ingest
-    suffix = secrets.token_hex(4)
-    database, role = f"taskloom_sentry_{suffix}", f"taskloom_sentry_{suffix}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        taskloom_env="test",
-        database_url=with_database(pg_server_url, database),
-        database_app_role=role,
-        redis_url=redis_url,
-        redis_key_prefix=f"sentry-{suffix}:",
-        password_hash_time_cost=1,
-        password_hash_memory_kib=1024,
-        password_hash_parallelism=1,
-    )
-    try:
-        await migrate(settings)
+    async with fresh_deployment(pg_server_url, redis_url, label="sentry") as settings:
+        role = settings.database_app_role
         env = clean_env(
             TASKLOOM_ENV="test",
             DATABASE_URL=settings.database_url or "",
@@ -134,7 +117,3 @@ async def test_an_unexpected_500_is_reported_with_its_route(
         assert "InsufficientPrivilege" in sent
         assert "/api/workflows" in sent  # the route tag
         assert person.email not in sent
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
