@@ -13,7 +13,7 @@ import httpx
 from taskloom.config import Settings
 
 PASSWORD = "correct horse battery staple"
-ENCRYPTION_KEY = base64.b64encode(b"k" * 32).decode()
+ENCRYPTION_KEY = "k1:" + base64.b64encode(b"k" * 32).decode()
 
 
 def production_settings(**overrides: Any) -> Settings:
@@ -21,7 +21,7 @@ def production_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "taskloom_env": "production",
         "jwt_secret": "x" * 48,
-        "credential_encryption_key": ENCRYPTION_KEY,
+        "credential_encryption_keys": ENCRYPTION_KEY,
         "database_url": "postgresql://owner@db/taskloom",
         "database_app_password": "app-secret",
         "redis_url": "rediss://:s3cret-Pa55@cache.internal:6380/0",

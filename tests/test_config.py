@@ -25,7 +25,7 @@ def test_production_accepts_a_complete_configuration() -> None:
     [
         ({"jwt_secret": "taskloom-development-secret-do-not-use-in-production"}, "JWT_SECRET"),
         ({"jwt_secret": "short"}, "JWT_SECRET"),
-        ({"credential_encryption_key": None}, "CREDENTIAL_ENCRYPTION_KEY"),
+        ({"credential_encryption_keys": None}, "CREDENTIAL_ENCRYPTION_KEYS"),
         ({"database_url": None}, "DATABASE_URL"),
         ({"redis_url": None}, "REDIS_URL"),
         ({"database_app_password": None}, "DATABASE_APP_PASSWORD"),
@@ -42,9 +42,25 @@ def test_development_defaults_need_nothing() -> None:
     assert settings.database_url is None  # the embedded default starts
 
 
-def test_encryption_key_must_be_32_bytes_of_base64() -> None:
-    with pytest.raises(ValueError, match="32 bytes"):
-        Settings(_env_file=None, credential_encryption_key=base64.b64encode(b"short").decode())  # type: ignore[call-arg]
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("k1:" + base64.b64encode(b"short").decode(), "'k1' must decode to exactly 32 bytes"),
+        (base64.b64encode(b"k" * 32).decode(), "entry 1 must look like id:base64key"),
+        ("k1:not base64!", "'k1' is not base64"),
+        ("k1:{k},k1:{k}", "names key 'k1' twice"),
+    ],
+)
+def test_encryption_keys_are_named_32_byte_keys(value: str, complaint: str) -> None:
+    value = value.format(k=base64.b64encode(b"k" * 32).decode())
+    with pytest.raises(ValueError, match=complaint):
+        Settings(_env_file=None, credential_encryption_keys=value)  # type: ignore[call-arg]
+
+
+def test_encryption_keys_list_the_current_key_first() -> None:
+    new, old = base64.b64encode(b"n" * 32).decode(), base64.b64encode(b"o" * 32).decode()
+    settings = Settings(_env_file=None, credential_encryption_keys=f"2026-12:{new}, 2026-01:{old}")  # type: ignore[call-arg]
+    assert settings.credential_keys() == [("2026-12", b"n" * 32), ("2026-01", b"o" * 32)]
 
 
 def test_app_url_is_derived_from_the_privileged_url() -> None:

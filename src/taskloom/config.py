@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -100,9 +102,33 @@ class Settings(BaseSettings):
     # --- workflow steps ------------------------------------------------------------------------
     http_step_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     http_step_max_response_bytes: int = Field(default=1_048_576, ge=1_024)
-    # Hosts, IP addresses or CIDR ranges an `http` step may reach although they are private,
-    # loopback or link-local (comma-separated), e.g. "127.0.0.1,10.1.0.0/16,crm.internal".
-    http_step_allowed_hosts: str = ""
+    # Hosts, IP addresses or CIDR ranges that tenant-chosen URLs (`http` steps, tool and AI
+    # connections' base URLs) may reach although they are private, loopback or link-local
+    # (comma-separated), e.g. "127.0.0.1,10.1.0.0/16,crm.internal".
+    outbound_allowed_hosts: str = ""
+
+    # --- AI steps (docs/AI.md) -------------------------------------------------------------------
+    # Instance-wide provider keys and base URLs; an organization's own `anthropic` / `openai`
+    # connection takes precedence. Unset key: the provider is usable only through connections.
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None  # default: the SDK's (https://api.anthropic.com)
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None  # any OpenAI-compatible server, e.g. http://vllm:8000/v1
+    ai_timeout_seconds: float = Field(default=120.0, gt=0, le=900)
+    ai_max_retries: int = Field(default=2, ge=0, le=10)  # SDK retries on 408/409/429/5xx
+    ai_default_max_tokens: int = Field(default=1024, ge=1, le=200_000)
+    ai_model_catalog: Path | None = None  # default: the packaged taskloom/ai/models.json
+    # Under this share of the monthly budget left, steps naming a category use the next
+    # cheaper tier (the usage row records `downgraded_from`).
+    ai_downgrade_below_fraction: float = Field(default=0.2, ge=0, le=1)
+    # A reservation whose call never settled (worker killed) is released after this long.
+    ai_reservation_ttl_seconds: int = Field(default=1800, ge=60)
+
+    # --- tool connections (docs/TOOLS.md) ------------------------------------------------------
+    tool_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    tool_cache_ttl_seconds: int = Field(default=60, ge=0, le=86_400)  # 0: no caching
+    breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     # --- GDPR (docs/GDPR.md) -------------------------------------------------------------------
     # Erasure also empties the input/output of executions the person started.
@@ -130,7 +156,9 @@ class Settings(BaseSettings):
     login_failure_window_seconds: int = Field(default=900, ge=10)
 
     # --- secrets at rest -------------------------------------------------------------------------
-    credential_encryption_key: SecretStr | None = None  # base64 of 32 bytes (AES-256-GCM)
+    # AES-256-GCM keys for stored credentials, "id:base64key[,id:base64key...]": the first
+    # encrypts, all decrypt (rotation: put the new key first, run `taskloom keys rotate`).
+    credential_encryption_keys: SecretStr | None = None
 
     # --- metrics and SLOs (docs/OBSERVABILITY.md) ----------------------------------------------
     metrics_token: SecretStr | None = None  # set: GET /metrics needs "Authorization: Bearer …"
@@ -150,18 +178,23 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     log_json: bool | None = None  # default: JSON in production, console otherwise
 
-    @field_validator("credential_encryption_key")
+    @field_validator("credential_encryption_keys")
     @classmethod
-    def _key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
+    def _keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
             return None
-        try:
-            raw = base64.b64decode(value.get_secret_value(), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError("CREDENTIAL_ENCRYPTION_KEY must be base64") from exc
-        if len(raw) != 32:
-            raise ValueError("CREDENTIAL_ENCRYPTION_KEY must decode to exactly 32 bytes")
+        parse_key_list(value.get_secret_value())  # raises ValueError naming the problem
         return value
+
+    def credential_keys(self) -> list[tuple[str, bytes]]:
+        """The credential keys, current first. Without CREDENTIAL_ENCRYPTION_KEYS (development
+        only; production refuses to start) one key named "dev" is derived from JWT_SECRET."""
+        if self.credential_encryption_keys is not None:
+            return parse_key_list(self.credential_encryption_keys.get_secret_value())
+        derived = hashlib.sha256(
+            b"taskloom credential key:" + self.jwt_secret.get_secret_value().encode()
+        ).digest()
+        return [("dev", derived)]
 
     @field_validator("redis_key_prefix")
     @classmethod
@@ -214,8 +247,8 @@ class Settings(BaseSettings):
                 f"JWT_SECRET must be set to a random value of at least {MIN_JWT_SECRET_LENGTH} "
                 "characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
             )
-        if self.credential_encryption_key is None:
-            problems.append("CREDENTIAL_ENCRYPTION_KEY must be set (base64 of 32 random bytes)")
+        if self.credential_encryption_keys is None:
+            problems.append("CREDENTIAL_ENCRYPTION_KEYS must be set (id:base64 of 32 random bytes)")
         if self.database_url is None:
             problems.append("DATABASE_URL must point at a real PostgreSQL server")
         if self.redis_url is None:
@@ -305,6 +338,33 @@ class Settings(BaseSettings):
             self.database_app_password.get_secret_value() if self.database_app_password else None
         )
         return replace_url_credentials(self.database_url, self.database_app_role, password)
+
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def parse_key_list(value: str) -> list[tuple[str, bytes]]:
+    """Parse "id:base64key,id:base64key" (current key first) into (id, 32-byte key) pairs."""
+    keys: list[tuple[str, bytes]] = []
+    for position, entry in enumerate(value.split(","), start=1):
+        key_id, sep, encoded = entry.strip().partition(":")
+        if not sep or not _KEY_ID.match(key_id):
+            raise ValueError(
+                f"CREDENTIAL_ENCRYPTION_KEYS entry {position} must look like "
+                "id:base64key (id: letters, digits, . _ -)"
+            )
+        try:
+            raw = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"CREDENTIAL_ENCRYPTION_KEYS key {key_id!r} is not base64") from None
+        if len(raw) != 32:
+            raise ValueError(
+                f"CREDENTIAL_ENCRYPTION_KEYS key {key_id!r} must decode to exactly 32 bytes"
+            )
+        if any(existing == key_id for existing, _ in keys):
+            raise ValueError(f"CREDENTIAL_ENCRYPTION_KEYS names key {key_id!r} twice")
+        keys.append((key_id, raw))
+    return keys
 
 
 def replace_url_credentials(url: str, user: str, password: str | None) -> str:

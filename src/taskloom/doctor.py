@@ -168,10 +168,19 @@ def _secret_checks(c: _Checklist) -> None:
         )
     else:
         c.ok(area, "JWT secret", f"{len(secret)} characters")
-    if s.credential_encryption_key is None:
-        c.required(area, "credential encryption key", "CREDENTIAL_ENCRYPTION_KEY is unset")
+    if s.credential_encryption_keys is None:
+        c.required(
+            area,
+            "credential encryption keys",
+            "CREDENTIAL_ENCRYPTION_KEYS is unset (a key derived from JWT_SECRET is used)",
+        )
     else:
-        c.ok(area, "credential encryption key", "set (32 bytes, AES-256-GCM)")
+        keys = s.credential_keys()
+        c.ok(
+            area,
+            "credential encryption keys",
+            f"current key {keys[0][0]!r}, {len(keys)} key(s), AES-256-GCM",
+        )
     if s.metrics_token is None:
         # Not a refusal: many deployments keep /metrics on a private network instead.
         c.warn(area, "metrics token", "unset: GET /metrics answers anyone who can reach it")

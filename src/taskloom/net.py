@@ -13,9 +13,12 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpcore
+import httpcore2
 import httpx
+import httpx2
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -35,7 +38,7 @@ class TargetNotAllowed(ValueError):
         super().__init__(
             f"refusing to connect to {host}: {address} is {_article(reason)} {reason} address, "
             "not a public one "
-            "(operators may allow it with HTTP_STEP_ALLOWED_HOSTS)"
+            "(operators may allow it with OUTBOUND_ALLOWED_HOSTS)"
         )
         self.host = host
         self.address = address
@@ -82,7 +85,7 @@ class AddressPolicy:
 
     @classmethod
     def from_setting(cls, value: str) -> AddressPolicy:
-        """Parse HTTP_STEP_ALLOWED_HOSTS: comma-separated host names, IP addresses, CIDRs."""
+        """Parse OUTBOUND_ALLOWED_HOSTS: comma-separated host names, IP addresses, CIDRs."""
         hostnames: set[str] = set()
         networks: list[IPNetwork] = []
         for raw in value.split(","):
@@ -126,6 +129,45 @@ class AddressPolicy:
         return [str(address) for address in addresses]
 
 
+async def _connect_checked(
+    core: Any,
+    policy: AddressPolicy,
+    inner: Any,
+    host: str,
+    port: int,
+    timeout: float | None,  # noqa: ASYNC109 (httpcore's signature)
+    local_address: str | None,
+    socket_options: Any,
+) -> Any:
+    """Resolve and check `host`, then connect to a checked address with `inner` (an httpcore or
+    httpcore2 backend; `core` is that module, for its exception types)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            addresses = await policy.resolve_allowed(host, port)
+    except TimeoutError:
+        raise core.ConnectTimeout(f"resolving {host} timed out") from None
+    except OSError as exc:
+        raise core.ConnectError(f"could not resolve {host}: {exc}") from exc
+    failure: Exception = core.ConnectError(f"could not connect to {host}")
+    for address in addresses:
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            raise core.ConnectTimeout(f"connecting to {host} timed out")
+        try:
+            return await inner.connect_tcp(
+                address,
+                port,
+                timeout=remaining,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+        except (core.ConnectError, core.ConnectTimeout) as exc:
+            failure = exc
+    raise failure
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """An httpcore network backend that resolves and checks the host, then connects to the
     checked IP. TLS still verifies the URL's host name: httpcore passes it to start_tls."""
@@ -144,31 +186,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                addresses = await self.policy.resolve_allowed(host, port)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from exc
-        failure: Exception = httpcore.ConnectError(f"could not connect to {host}")
-        for address in addresses:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise httpcore.ConnectTimeout(f"connecting to {host} timed out")
-            try:
-                return await self.inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        raise failure
+        stream: httpcore.AsyncNetworkStream = await _connect_checked(
+            httpcore, self.policy, self.inner, host, port, timeout, local_address, socket_options
+        )
+        return stream
 
     async def connect_unix_socket(
         self,
@@ -177,6 +198,39 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("unix sockets are not reachable from http steps")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class GuardedBackend2(httpcore2.AsyncNetworkBackend):
+    """GuardedBackend for httpcore2, the transport of the `anthropic`, `openai` and `mcp`
+    SDKs (which use the httpx2 fork of httpx)."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's signature)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        stream: httpcore2.AsyncNetworkStream = await _connect_checked(
+            httpcore2, self.policy, self.inner, host, port, timeout, local_address, socket_options
+        )
+        return stream
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore2's signature)
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        raise httpcore2.ConnectError("unix sockets are not reachable from tenant URLs")
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
@@ -200,5 +254,21 @@ def guarded_transport(
         max_keepalive_connections=5,
         keepalive_expiry=5.0,
         network_backend=GuardedBackend(policy, inner),
+    )
+    return transport
+
+
+def guarded_transport2(policy: AddressPolicy) -> httpx2.AsyncHTTPTransport:
+    """guarded_transport for httpx2 (the SDKs' client); the same private-attribute swap, the same
+    fail-closed check (tests/tools/test_outbound_guard.py checks it still works)."""
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    if not isinstance(getattr(transport, "_pool", None), httpcore2.AsyncConnectionPool):
+        raise RuntimeError("httpx2.AsyncHTTPTransport changed: cannot install the address guard")
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False),
+        max_connections=10,
+        max_keepalive_connections=5,
+        keepalive_expiry=5.0,
+        network_backend=GuardedBackend2(policy),
     )
     return transport

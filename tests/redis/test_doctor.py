@@ -27,7 +27,7 @@ def production_values(settings: Settings, secure_redis: RedisServer) -> dict[str
     return {
         "taskloom_env": "production",
         "jwt_secret": "x" * 48,
-        "credential_encryption_key": KEY,
+        "credential_encryption_keys": KEY,
         "database_url": settings.database_url,
         "database_app_url": settings.app_database_url(),
         "redis_url": secure_redis.url(),
@@ -51,7 +51,7 @@ async def test_a_secure_production_configuration_passes(production_values: dict[
         "redis: key prefix",
         "redis: connection",
         "secrets: JWT secret",
-        "secrets: credential encryption key",
+        "secrets: credential encryption keys",
         "database: application role",
         "database: row-level security",
     ):
@@ -68,7 +68,7 @@ async def test_a_secure_production_configuration_passes(production_values: dict[
         ({"redis_password": None}, "redis: authentication"),
         ({"redis_key_prefix": ""}, "redis: key prefix"),
         ({"jwt_secret": "short"}, "secrets: JWT secret"),
-        ({"credential_encryption_key": None}, "secrets: credential encryption key"),
+        ({"credential_encryption_keys": None}, "secrets: credential encryption keys"),
     ],
 )
 async def test_each_production_requirement_fails_in_production(

@@ -107,7 +107,7 @@ def _production_env(**extra: str) -> dict[str, str]:
     values = {
         "TASKLOOM_ENV": "production",
         "JWT_SECRET": "x" * 48,
-        "CREDENTIAL_ENCRYPTION_KEY": KEY,
+        "CREDENTIAL_ENCRYPTION_KEYS": KEY,
         "DATABASE_URL": "postgresql://owner@127.0.0.1:1/taskloom",
         "DATABASE_APP_PASSWORD": "app-secret",
     }

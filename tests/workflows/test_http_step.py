@@ -133,7 +133,7 @@ def make_ctx(allowed: str = "127.0.0.1", **settings: Any) -> StepContext:
         settings=Settings(
             _env_file=None,
             taskloom_env="test",
-            http_step_allowed_hosts=allowed,
+            outbound_allowed_hosts=allowed,
             **settings,
         ),
         org_id=uuid4(),

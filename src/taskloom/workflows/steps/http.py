@@ -180,7 +180,7 @@ class HttpStep:
             headers["Idempotency-Key"] = ctx.idempotency_key
         if "x-request-id" not in headers and (request_id := current_request_id()):
             headers["X-Request-ID"] = request_id  # the API request that started the execution
-        transport = guarded_transport(AddressPolicy.from_setting(settings.http_step_allowed_hosts))
+        transport = guarded_transport(AddressPolicy.from_setting(settings.outbound_allowed_hosts))
         async with httpx.AsyncClient(
             transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
         ) as client:
