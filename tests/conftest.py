@@ -28,6 +28,9 @@ from taskloom.config import Settings
 from taskloom.db.migrate import migrate
 from taskloom.runtime import Runtime, open_runtime
 
+# Fake provider APIs and a real MCP server, for the AI and tool tests.
+pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.mcp_fixtures", "tests.fakes.ai_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from taskloom import __version__
+from taskloom.ai.routes import router as ai_router
 from taskloom.audit.routes import router as audit_router
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
@@ -23,6 +24,7 @@ from taskloom.observability.request_id import RequestIdMiddleware
 from taskloom.observability.routes import router as metrics_router
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
+from taskloom.tools.routes import router as connections_router
 from taskloom.workflows.routes import router as workflows_router
 
 
@@ -66,6 +68,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(workflows_router)
     app.include_router(gdpr_router)
     app.include_router(audit_router)
+    app.include_router(connections_router)
+    app.include_router(ai_router)
     app.include_router(metrics_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

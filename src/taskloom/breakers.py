@@ -77,6 +77,11 @@ class CircuitBreaker:
                 self.opened_at = time.monotonic()
                 self._set(BreakerState.OPEN)
 
+    def abandon_trial(self) -> None:
+        """The call was cancelled before it had an outcome: let the next call be the trial."""
+        with self._lock:
+            self._trial_running = False
+
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         self.before_call()
         try:

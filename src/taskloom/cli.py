@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Taskloom: multi-tenant AI workflow automation.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
+keys_app = typer.Typer(help="Credential encryption keys (CREDENTIAL_ENCRYPTION_KEYS).")
+app.add_typer(keys_app, name="keys")
 gdpr_app = typer.Typer(help="Data-protection requests, handled for a person (docs/GDPR.md).")
 app.add_typer(gdpr_app, name="gdpr")
 console = Console(stderr=True)
@@ -368,6 +370,33 @@ def gdpr_delete(
         return 0
 
     _for_person(email, task)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored credential under the first key of CREDENTIAL_ENCRYPTION_KEYS."""
+    from taskloom.crypto import CredentialCipher
+    from taskloom.db.engine import create_database
+    from taskloom.tools.keys import rotate_keys
+
+    async def _run() -> int:
+        async with _services(get_settings()) as live:
+            database = create_database(live)
+            try:
+                report = await rotate_keys(
+                    database, CredentialCipher.from_settings(live), context=CLI_CONTEXT
+                )
+            finally:
+                await database.dispose()
+        console.print(
+            f"current key {report.current_key_id!r}: {report.rotated} re-encrypted, "
+            f"{report.already_current} already current"
+        )
+        for connection_id, reason in report.failed:
+            console.print(f"[red]connection {connection_id}: {reason}[/red]")
+        return 1 if report.failed else 0
+
+    raise typer.Exit(asyncio.run(_run()))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 import taskloom.db.registry  # noqa: F401  (every model mapped, whichever command runs)
 from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings, redact_url
+from taskloom.crypto import CredentialCipher
 from taskloom.db.engine import Database, check_roles, create_database
 from taskloom.observability import tracing
 from taskloom.queue.jobs import ExecutionQueue, GdprExportQueue
@@ -28,6 +29,7 @@ class Runtime:
     passwords: Passwords
     queue: ExecutionQueue
     gdpr_queue: GdprExportQueue
+    cipher: CredentialCipher
 
     async def close(self) -> None:
         await self.queue.close()
@@ -60,4 +62,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         passwords=Passwords(settings),
         queue=ExecutionQueue(settings),
         gdpr_queue=GdprExportQueue(settings),
+        cipher=CredentialCipher.from_settings(settings),
     )

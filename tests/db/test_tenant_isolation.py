@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -54,6 +54,7 @@ SEED_ORDER = (
     "workflow_executions",
     "execution_steps",
     "ai_usage",
+    "ai_budget_months",
     "tool_connections",
     "webhook_endpoints",
     "webhook_deliveries",
@@ -77,6 +78,7 @@ OWNER_COLUMN = {
     "workflow_executions": "org_id",
     "execution_steps": "org_id",
     "ai_usage": "org_id",
+    "ai_budget_months": "org_id",
     "tool_connections": "org_id",
     "webhook_endpoints": "org_id",
     "webhook_deliveries": "org_id",
@@ -228,6 +230,10 @@ def row_for(
                 "output_tokens": 5,
                 "outcome": "ok",
             }
+        case "ai_budget_months":
+            # One row per organization and month: a fresh row takes a month of its own.
+            month = date(2000 + secrets.randbelow(900), 1 + secrets.randbelow(12), 1)
+            return {"id": uuid.uuid4(), "org_id": side.org_id, "month": month}
         case "tool_connections":
             return {
                 "id": uuid.uuid4(),

@@ -139,7 +139,7 @@ def queue_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 QUEUE_TEST_SETTINGS: dict[str, Any] = {
     "redis_key_prefix": "qtest:",
-    "http_step_allowed_hosts": "127.0.0.1",
+    "outbound_allowed_hosts": "127.0.0.1",
     "execution_backoff_ms": 200,
     "reconcile_interval_seconds": 0.5,
     "reconcile_grace_seconds": 2.0,
@@ -227,6 +227,13 @@ def worker_env(settings: Settings, **overrides: object) -> dict[str, str]:
         "DATABASE_APP_ROLE": settings.database_app_role,
         "REDIS_URL": settings.redis_url,
         "PYTHONUNBUFFERED": "1",
+        # The API process's secrets, so the worker decrypts the connections it stored.
+        "JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        "CREDENTIAL_ENCRYPTION_KEYS": (
+            settings.credential_encryption_keys.get_secret_value()
+            if settings.credential_encryption_keys
+            else None
+        ),
         **{name.upper(): value for name, value in QUEUE_TEST_SETTINGS.items()},
     }
     values.update({k.upper(): v for k, v in overrides.items()})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Index, Integer, Numeric, String
+from sqlalchemy import Date, ForeignKey, Index, Integer, Numeric, String, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -19,6 +19,7 @@ class AiUsage(Base):
         Index("ix_ai_usage_org_id_created_at", "org_id", "created_at"),
         Index("ix_ai_usage_user_id", "user_id"),
         Index("ix_ai_usage_execution_id", "execution_id"),
+        Index("ix_ai_usage_pending", "created_at", postgresql_where=text("outcome = 'pending'")),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -41,7 +42,30 @@ class AiUsage(Base):
     input_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     output_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    # Worst-case cost held in ai_budget_months while the call runs (outcome "pending"); 0 after.
+    reserved_usd: Mapped[Decimal] = mapped_column(
+        Numeric(14, 6), nullable=False, server_default="0"
+    )
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     outcome: Mapped[str] = mapped_column(String(32), nullable=False)
     downgraded_from: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = created_at()
+
+
+class AiBudgetMonth(Base):
+    """What an organization has spent and has reserved for calls in flight, per calendar month
+    (UTC). A call reserves its worst-case cost here with one conditional UPDATE, so two calls
+    can never both take the last dollar; settling moves the actual cost from reserved to spent."""
+
+    __tablename__ = "ai_budget_months"
+    __table_args__ = (UniqueConstraint("org_id", "month"),)
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    month: Mapped[date] = mapped_column(Date, nullable=False)  # the month's first day (UTC)
+    spent_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    reserved_usd: Mapped[Decimal] = mapped_column(
+        Numeric(14, 6), nullable=False, server_default="0"
+    )

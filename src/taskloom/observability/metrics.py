@@ -42,9 +42,7 @@ AI_DURATION = Histogram(
     ["model"],
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
-AI_TOKENS = Counter(
-    "ai_tokens_total", "AI tokens by direction (input/output).", ["model", "direction"]
-)
+AI_TOKENS = Counter("ai_tokens_total", "AI tokens by type (input/output).", ["model", "type"])
 AI_COST = Counter("ai_cost_usd_total", "Estimated AI cost in US dollars.", ["model"])
 TOOL_CALLS = Counter(
     "mcp_tool_calls_total",
@@ -56,6 +54,11 @@ TOOL_DURATION = Histogram(
     "Tool call duration.",
     ["provider", "tool"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+TOOL_CACHE = Counter(
+    "tool_cache_requests_total",
+    "Read-only tool calls answered from the Redis cache (hit) or by the provider (miss).",
+    ["provider", "tool", "result"],
 )
 CIRCUIT_STATE = Gauge(
     "circuit_breaker_state",

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy import select, update
 
+from taskloom.ai import budget
 from taskloom.db.tenancy import system_transaction
 from taskloom.gdpr import archive
 from taskloom.runtime import Runtime
@@ -86,6 +87,11 @@ class Reconciler:
     async def _housekeeping(self) -> None:
         if purged := await archive.purge_expired(self.runtime):
             log.info("expired_exports_purged", chunks=purged)
+        # AI budget reservations of calls whose worker died (logged by release_abandoned).
+        await budget.release_abandoned(
+            self.runtime.database,
+            older_than_seconds=self.runtime.settings.ai_reservation_ttl_seconds,
+        )
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. Runs on the privileged role: it looks across every organization."""

@@ -200,6 +200,8 @@ class ExecutionRunner:
                 execution_id=run.execution_id,
                 step_id=step_id,
                 attempt=attempt,
+                triggered_by=run.triggered_by,
+                runtime=self.runtime,
             )
             output = _checked_output(await step_type.run(parsed, context))
         except StepError as error:

@@ -52,6 +52,7 @@ class Run:
     attempts: dict[str, int]  # how often each step has started
     # The first unfinished step was marked running by the claim itself (one transaction fewer).
     first_attempt: int | None = None
+    triggered_by: uuid.UUID | None = None
 
 
 async def claim(
@@ -126,6 +127,7 @@ async def claim(
             done=done,
             attempts=attempts,
             first_attempt=first_attempt,
+            triggered_by=execution.triggered_by,
         )
 
 

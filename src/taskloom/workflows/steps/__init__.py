@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from taskloom.workflows.steps.ai import AiStep
 from taskloom.workflows.steps.base import (
     RetryableStepError,
     StepArgs,
@@ -10,19 +11,22 @@ from taskloom.workflows.steps.base import (
     StepType,
 )
 from taskloom.workflows.steps.http import HttpStep
+from taskloom.workflows.steps.tool import ToolStep
 from taskloom.workflows.steps.transform import TransformStep
 
 STEP_TYPES: dict[str, StepType] = {}
 
 
 def register(step_type: StepType) -> None:
-    """Make a step type available to definitions (later issues add `ai` and `tool`)."""
+    """Make a step type available to definitions."""
     if step_type.name in STEP_TYPES:
         raise ValueError(f"step type {step_type.name!r} is already registered")
     STEP_TYPES[step_type.name] = step_type
 
 
+register(AiStep())
 register(HttpStep())
+register(ToolStep())
 register(TransformStep())
 
 __all__ = [

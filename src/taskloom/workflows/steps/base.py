@@ -1,15 +1,18 @@
 """What a step type is: validated arguments and an async `run`. Step types register in
-`taskloom.workflows.steps` (this issue: `http`, `transform`; later `ai`, `tool`)."""
+`taskloom.workflows.steps` (`ai`, `http`, `tool`, `transform`)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from taskloom.config import Settings
+
+if TYPE_CHECKING:
+    from taskloom.runtime import Runtime
 
 
 class StepArgs(BaseModel):
@@ -53,6 +56,15 @@ class StepContext:
     execution_id: uuid.UUID
     step_id: str
     attempt: int  # 1 for the first run of this step
+    triggered_by: uuid.UUID | None = None  # the user who started the execution
+    # The worker's database, Redis and credential cipher, for steps that need them (`ai`,
+    # `tool`); None where a step runs outside a worker (unit tests of `http`).
+    runtime: Runtime | None = None
+
+    def require_runtime(self) -> Runtime:
+        if self.runtime is None:
+            raise StepError("this step needs a worker runtime", code="internal_error")
+        return self.runtime
 
     @property
     def idempotency_key(self) -> str:

@@ -1,0 +1,344 @@
+"""One AI call, the same way for every provider:
+
+1. route: the step names a model, or a category that the catalog maps to its provider's tier;
+2. credentials: the connection the step names, else the organization's own connection for that
+   provider (oldest enabled), else the instance's key (ANTHROPIC_API_KEY / OPENAI_API_KEY);
+3. budget: reserve the worst-case cost (every input byte a token, plus max_tokens of output),
+   downgrading to a cheaper tier when little budget is left (`ai/budget.py`);
+4. the call, behind a circuit breaker per credential (`ai:<connection id>`, or
+   `ai:instance:<provider>`), with the SDK's bounded retries and a per-call timeout;
+5. settle the actual cost, write the usage row, count the call once in the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import jsonschema
+import structlog
+from sqlalchemy import select
+
+from taskloom.ai import budget
+from taskloom.ai.budget import BudgetExhausted, Candidate, Reservation
+from taskloom.ai.catalog import Catalog, CatalogError, ModelPrice, load_catalog
+from taskloom.ai.providers.anthropic import AnthropicProvider
+from taskloom.ai.providers.base import AiProvider, AiProviderError, AiRequest, Message
+from taskloom.ai.providers.openai import OpenAIProvider
+from taskloom.breakers import BREAKERS, CircuitOpen
+from taskloom.db.tenancy import tenant_transaction
+from taskloom.net import AddressPolicy, guarded_transport2
+from taskloom.observability.metrics import AI_COST, AI_DURATION, AI_REQUESTS, AI_TOKENS
+from taskloom.observability.request_id import current_request_id
+from taskloom.runtime import Runtime
+from taskloom.tools.base import Connection, ToolError
+from taskloom.tools.executor import load_connection
+from taskloom.tools.models import ToolConnection
+
+log = structlog.get_logger("taskloom.ai")
+
+# Messages are framed by a few tokens each (role markers); generous, so the estimate stays an
+# upper bound.
+_FRAMING_TOKENS = 16
+_BREAKER_STATUSES = frozenset({401, 403})
+
+
+class AiStepError(Exception):
+    """Why an AI call did not produce an answer; `retryable` decides whether the queue retries."""
+
+    def __init__(
+        self, message: str, *, code: str, retryable: bool = False, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.message, self.code, self.retryable, self.details = message, code, retryable, details
+
+
+@dataclass(frozen=True)
+class AiCall:
+    org_id: uuid.UUID
+    user_id: uuid.UUID | None
+    execution_id: uuid.UUID | None
+    step_id: str | None
+    prompt: str
+    system: str | None = None
+    category: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    connection: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    json_output: bool = False
+    json_schema: dict[str, Any] | None = None
+    allow_downgrade: bool = True
+
+
+@dataclass(frozen=True)
+class _Credential:
+    breaker: str
+    api_key: str
+    base_url: str | None
+    guarded: bool  # the base URL came from a tenant: apply the outbound address guard
+
+
+def worst_case_input_tokens(call: AiCall) -> int:
+    """An upper bound of the input tokens: byte-level tokenizers never make a token of less
+    than one byte, so the UTF-8 length bounds the count."""
+    text = (call.system or "") + call.prompt
+    return len(text.encode()) + 2 * _FRAMING_TOKENS
+
+
+def _route(catalog: Catalog, call: AiCall) -> tuple[ModelPrice, str | None]:
+    try:
+        if call.model is not None:
+            return catalog.model(call.model), call.category
+        category = call.category or catalog.default_category
+        return catalog.for_category(category, call.provider), category
+    except CatalogError as error:
+        raise AiStepError(str(error), code="unknown_model") from None
+
+
+def _candidates(
+    catalog: Catalog, call: AiCall, preferred: ModelPrice, default_max_tokens: int
+) -> list[Candidate]:
+    chain = [preferred]
+    while call.allow_downgrade and (cheaper := catalog.cheaper(chain[-1])) is not None:
+        chain.append(cheaper)
+    input_tokens = worst_case_input_tokens(call)
+    return [
+        Candidate(
+            model, model.cost(input_tokens, _max_tokens(call, model, default=default_max_tokens))
+        )
+        for model in chain
+    ]
+
+
+def _max_tokens(call: AiCall, model: ModelPrice, *, default: int) -> int:
+    return min(call.max_tokens or default, model.max_output_tokens)
+
+
+async def _credential(runtime: Runtime, call: AiCall, provider: str) -> _Credential:
+    settings = runtime.settings
+    connection: Connection | None = None
+    try:
+        if call.connection is not None:
+            connection = await load_connection(
+                runtime, org_id=call.org_id, ref=call.connection, provider=provider
+            )
+        else:
+            async with tenant_transaction(runtime.database, org_id=call.org_id, user_id=None) as db:
+                default_id = await db.scalar(
+                    select(ToolConnection.id)
+                    .where(
+                        ToolConnection.org_id == call.org_id,
+                        ToolConnection.provider == provider,
+                        ToolConnection.enabled.is_(True),
+                    )
+                    .order_by(ToolConnection.created_at, ToolConnection.id)
+                    .limit(1)
+                )
+            if default_id is not None:
+                connection = await load_connection(
+                    runtime, org_id=call.org_id, ref=str(default_id), provider=provider
+                )
+    except ToolError as error:
+        raise AiStepError(error.message, code=error.code) from None
+    if connection is not None:
+        return _Credential(
+            breaker=f"ai:{connection.id}",
+            api_key=str(connection.credentials["api_key"]),
+            base_url=connection.base_url,
+            guarded=True,
+        )
+    key = settings.anthropic_api_key if provider == "anthropic" else settings.openai_api_key
+    if key is None or not key.get_secret_value():
+        raise AiStepError(
+            f"no {provider} API key: add an {provider} connection to the organization, or set "
+            f"{provider.upper()}_API_KEY on the instance",
+            code="no_ai_credentials",
+        )
+    base_url = settings.anthropic_base_url if provider == "anthropic" else settings.openai_base_url
+    return _Credential(
+        breaker=f"ai:instance:{provider}",
+        api_key=key.get_secret_value(),
+        base_url=base_url,
+        guarded=False,
+    )
+
+
+@asynccontextmanager
+async def _provider(
+    runtime: Runtime, provider: str, credential: _Credential
+) -> AsyncIterator[AiProvider]:
+    settings = runtime.settings
+    transport = (
+        guarded_transport2(AddressPolicy.from_setting(settings.outbound_allowed_hosts))
+        if credential.guarded
+        else httpx2.AsyncHTTPTransport(trust_env=False)
+    )
+    async with httpx2.AsyncClient(transport=transport, trust_env=False) as http:
+        kind = AnthropicProvider if provider == "anthropic" else OpenAIProvider
+        yield kind(
+            api_key=credential.api_key,
+            base_url=credential.base_url,
+            http_client=http,
+            timeout=settings.ai_timeout_seconds,
+            max_retries=settings.ai_max_retries,
+        )
+
+
+def _parse_json(text: str, schema: dict[str, Any] | None) -> Any:
+    body = text.strip()
+    if body.startswith("```"):  # a fenced block despite the instruction
+        body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise AiStepError(
+            "the model's answer is not valid JSON", code="invalid_json_output", retryable=True
+        ) from None
+    if schema is not None:
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as invalid:
+            where = "/".join(str(p) for p in invalid.absolute_path) or "(root)"
+            raise AiStepError(
+                f"the model's JSON does not match json_schema at {where}: {invalid.message}",
+                code="invalid_json_output",
+                retryable=True,
+            ) from None
+    return value
+
+
+async def run_ai(runtime: Runtime, call: AiCall) -> dict[str, Any]:
+    """Make one AI call with routing, budget, breaker, accounting and metrics."""
+    settings = runtime.settings
+    try:
+        catalog = load_catalog(settings.ai_model_catalog)
+    except CatalogError as error:
+        raise AiStepError(str(error), code="catalog_invalid") from None
+    preferred, category = _route(catalog, call)
+    credential = await _credential(runtime, call, preferred.provider)
+    try:
+        reservation = await budget.reserve(
+            runtime.database,
+            org_id=call.org_id,
+            user_id=call.user_id,
+            execution_id=call.execution_id,
+            step_id=call.step_id,
+            category=category,
+            candidates=_candidates(catalog, call, preferred, settings.ai_default_max_tokens),
+            downgrade_below=settings.ai_downgrade_below_fraction,
+        )
+    except BudgetExhausted as exhausted:
+        raise AiStepError(
+            exhausted.message, code="budget_exhausted", details=exhausted.details
+        ) from None
+    return await _call(runtime, call, credential, reservation, category)
+
+
+async def _call(
+    runtime: Runtime,
+    call: AiCall,
+    credential: _Credential,
+    reservation: Reservation,
+    category: str | None,
+) -> dict[str, Any]:
+    settings, model = runtime.settings, reservation.model
+    breaker = BREAKERS.get(
+        credential.breaker,
+        failure_threshold=settings.breaker_failure_threshold,
+        reset_seconds=settings.breaker_reset_seconds,
+    )
+    try:
+        breaker.before_call()
+    except CircuitOpen as error:
+        await budget.settle(runtime.database, reservation, outcome="circuit_open")
+        raise AiStepError(
+            f"{model.provider} calls are paused after repeated failures; next trial in "
+            f"{error.retry_in:.0f} s",
+            code="circuit_open",
+            retryable=True,
+        ) from None
+    request = AiRequest(
+        model=model.name,
+        messages=[Message(role="user", content=call.prompt)],
+        max_tokens=_max_tokens(call, model, default=settings.ai_default_max_tokens),
+        system=call.system,
+        temperature=call.temperature,
+        json_output=call.json_output,
+        request_id=current_request_id(),
+    )
+    started = time.perf_counter()
+    labels = (model.name, category or "none")
+    try:
+        async with _provider(runtime, model.provider, credential) as provider:
+            response = await provider.complete(request)
+    except AiProviderError as error:
+        elapsed = time.perf_counter() - started
+        if error.retryable or error.status in _BREAKER_STATUSES:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        AI_REQUESTS.labels(*labels, "false").inc()
+        AI_DURATION.labels(model.name).observe(elapsed)
+        await budget.settle(
+            runtime.database, reservation, outcome=error.code, latency_ms=round(elapsed * 1000)
+        )
+        raise AiStepError(error.message, code=error.code, retryable=error.retryable) from None
+    except BaseException:
+        breaker.abandon_trial()
+        await _settle_quietly(runtime, reservation, started)
+        raise
+    elapsed = time.perf_counter() - started
+    breaker.record_success()
+    cost = model.cost(response.input_tokens, response.output_tokens)
+    AI_REQUESTS.labels(*labels, "true").inc()
+    AI_DURATION.labels(model.name).observe(elapsed)
+    AI_TOKENS.labels(model.name, "input").inc(response.input_tokens)
+    AI_TOKENS.labels(model.name, "output").inc(response.output_tokens)
+    AI_COST.labels(model.name).inc(float(cost))
+    await budget.settle(
+        runtime.database,
+        reservation,
+        outcome="ok",
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
+        cost_usd=cost,
+        latency_ms=round(elapsed * 1000),
+    )
+    output: dict[str, Any] = {
+        "text": response.text,
+        "model": model.name,
+        "provider": model.provider,
+        "category": category,
+        "downgraded_from": reservation.downgraded_from,
+        "stop_reason": response.stop_reason,
+        "usage": {
+            "input_tokens": response.input_tokens,
+            "output_tokens": response.output_tokens,
+            "cost_usd": str(cost),
+        },
+    }
+    if call.json_output:
+        output["json"] = _parse_json(response.text, call.json_schema)
+    return output
+
+
+async def _settle_quietly(runtime: Runtime, reservation: Reservation, started: float) -> None:
+    """A cancelled or crashed call: release its reservation if the database lets us; otherwise
+    housekeeping releases it after AI_RESERVATION_TTL_SECONDS."""
+    try:
+        await budget.settle(
+            runtime.database,
+            reservation,
+            outcome="interrupted",
+            latency_ms=round((time.perf_counter() - started) * 1000),
+        )
+    except Exception:
+        log.warning("ai_reservation_left_pending", usage_id=str(reservation.usage_id))

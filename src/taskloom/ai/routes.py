@@ -1,0 +1,51 @@
+"""/api/ai: this month's AI spend (members and up), the budget (owners and admins set it) and
+the model catalog with its prices."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from taskloom.ai import budget as budgets
+from taskloom.ai import service
+from taskloom.ai.catalog import load_catalog
+from taskloom.ai.schemas import BudgetUpdate, CatalogModel, CatalogOut, UsageSummary
+from taskloom.auth.deps import Admin, Viewer
+
+router = APIRouter(prefix="/api/ai", tags=["ai"])
+
+
+@router.get("/usage")
+async def usage(ctx: Viewer) -> UsageSummary:
+    org_id = ctx.principal.org_id
+    assert org_id is not None  # require_role guarantees a current organization
+    summary = await budgets.month_summary(ctx.db, org_id=org_id)
+    return UsageSummary.model_validate(summary)
+
+
+@router.put("/budget")
+async def set_budget(body: BudgetUpdate, ctx: Admin) -> UsageSummary:
+    await service.set_budget(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, amount=body.monthly_budget_usd
+    )
+    return await usage(ctx)
+
+
+@router.get("/models")
+async def models(ctx: Viewer) -> CatalogOut:
+    catalog = load_catalog(ctx.runtime.settings.ai_model_catalog)
+    return CatalogOut(
+        version=catalog.version,
+        default_category=catalog.default_category,
+        categories=catalog.categories,
+        tiers=catalog.tiers,
+        models=[
+            CatalogModel(
+                name=m.name,
+                provider=m.provider,
+                input_usd_per_million_tokens=str(m.input_per_million),
+                output_usd_per_million_tokens=str(m.output_per_million),
+                max_output_tokens=m.max_output_tokens,
+            )
+            for m in catalog.models.values()
+        ],
+    )

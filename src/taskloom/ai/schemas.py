@@ -1,0 +1,47 @@
+"""Bodies of /api/ai: the month's usage and the organization's budget."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BudgetUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # null: no limit (spend is still tracked). At most 10 million dollars a month.
+    monthly_budget_usd: Decimal | None = Field(ge=0, le=10_000_000, max_digits=12, decimal_places=2)
+
+
+class ModelUsage(BaseModel):
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: str
+
+
+class UsageSummary(BaseModel):
+    month: str
+    budget_usd: str | None
+    spent_usd: str
+    reserved_usd: str
+    remaining_usd: str | None
+    models: list[ModelUsage]
+
+
+class CatalogModel(BaseModel):
+    name: str
+    provider: str
+    input_usd_per_million_tokens: str
+    output_usd_per_million_tokens: str
+    max_output_tokens: int
+
+
+class CatalogOut(BaseModel):
+    version: str
+    default_category: str
+    categories: dict[str, str]
+    tiers: dict[str, dict[str, str]]
+    models: list[CatalogModel]

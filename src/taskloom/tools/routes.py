@@ -1,0 +1,93 @@
+"""/api/connections: an organization's tool and AI connections. Admins only: a connection holds
+credentials that act on the organization's behalf in another system."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from taskloom.auth.deps import Admin, RequestContext
+from taskloom.breakers import BREAKERS
+from taskloom.crypto import CredentialCipher
+from taskloom.tools import service
+from taskloom.tools.schemas import (
+    ConnectionCreate,
+    ConnectionOut,
+    ConnectionTestResult,
+    ConnectionUpdate,
+    ToolOut,
+)
+
+router = APIRouter(prefix="/api/connections", tags=["connections"])
+
+
+def _cipher(ctx: RequestContext) -> CredentialCipher:
+    return ctx.runtime.cipher
+
+
+@router.get("")
+async def list_connections(ctx: Admin) -> list[ConnectionOut]:
+    rows = await service.list_connections(db=ctx.db, principal=ctx.principal)
+    return [service.to_out(row, _cipher(ctx)) for row in rows]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_connection(body: ConnectionCreate, ctx: Admin) -> ConnectionOut:
+    row = await service.create_connection(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, cipher=_cipher(ctx), body=body
+    )
+    return service.to_out(row, _cipher(ctx))
+
+
+@router.get("/{connection_id}")
+async def get_connection(connection_id: uuid.UUID, ctx: Admin) -> ConnectionOut:
+    row = await service.get_connection(db=ctx.db, connection_id=connection_id)
+    return service.to_out(row, _cipher(ctx))
+
+
+@router.patch("/{connection_id}")
+async def update_connection(
+    connection_id: uuid.UUID, body: ConnectionUpdate, ctx: Admin
+) -> ConnectionOut:
+    row = await service.update_connection(
+        db=ctx.db, context=ctx.audit, cipher=_cipher(ctx), connection_id=connection_id, body=body
+    )
+    # New credentials or URL: this process's breaker starts afresh (workers' breakers close
+    # on their next successful trial).
+    BREAKERS.remove(f"tool:{row.id}")
+    return service.to_out(row, _cipher(ctx))
+
+
+@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_connection(connection_id: uuid.UUID, ctx: Admin) -> Response:
+    row = await service.delete_connection(db=ctx.db, context=ctx.audit, connection_id=connection_id)
+    BREAKERS.remove(f"tool:{row.id}")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{connection_id}/test")
+async def test_connection(connection_id: uuid.UUID, ctx: Admin) -> ConnectionTestResult:
+    result = await service.check_connection(
+        db=ctx.db,
+        context=ctx.audit,
+        settings=ctx.runtime.settings,
+        cipher=_cipher(ctx),
+        connection_id=connection_id,
+    )
+    return ConnectionTestResult.model_validate(result)
+
+
+@router.get("/{connection_id}/tools")
+async def list_tools(connection_id: uuid.UUID, ctx: Admin) -> list[ToolOut]:
+    row = await service.get_connection(db=ctx.db, connection_id=connection_id)
+    tools = await service.list_tools(settings=ctx.runtime.settings, cipher=_cipher(ctx), row=row)
+    return [
+        ToolOut(
+            name=t.name,
+            description=t.description,
+            read_only=t.read_only,
+            input_schema=t.input_schema,
+        )
+        for t in tools
+    ]

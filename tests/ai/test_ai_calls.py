@@ -1,0 +1,202 @@
+"""AI calls through the executor: routing, credentials, accounting, errors, metrics."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from sqlalchemy import text
+
+from taskloom.ai.executor import AiCall, AiStepError, run_ai
+from taskloom.db.tenancy import system_transaction
+from taskloom.runtime import Runtime
+from tests.factories import Account
+from tests.fakes.ai_apis import FakeAnthropic, FakeOpenAI
+from tests.tools.conftest import connect
+
+
+def _sample(metric: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+def _call(account: Account, **fields: Any) -> AiCall:
+    assert account.org_id is not None
+    return AiCall(
+        org_id=account.org_id,
+        user_id=account.user_id,
+        execution_id=None,
+        step_id="s1",
+        **{"prompt": "Hello", **fields},
+    )
+
+
+async def _usage_rows(runtime: Runtime, org_id: uuid.UUID | None) -> list[tuple[Any, ...]]:
+    async with system_transaction(runtime.database) as db:
+        rows = await db.execute(
+            text(
+                "select model, outcome, input_tokens, output_tokens, cost_usd, downgraded_from "
+                "from ai_usage where org_id = :o order by created_at"
+            ),
+            {"o": org_id},
+        )
+    return [tuple(r) for r in rows]
+
+
+async def test_the_organizations_connection_is_used_and_each_call_counted_once(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    await connect(
+        tools_api, admin, "anthropic", fake_anthropic.base_url, {"api_key": fake_anthropic.api_key}
+    )
+    fake_anthropic.reply("Bonjour", input_tokens=2_000_000, output_tokens=100_000)
+    model = "claude-sonnet-4-5"
+    before = {
+        "ok": _sample("ai_requests_total", model=model, category="writing", success="true"),
+        "in": _sample("ai_tokens_total", model=model, type="input"),
+        "out": _sample("ai_tokens_total", model=model, type="output"),
+        "cost": _sample("ai_cost_usd_total", model=model),
+        "n": _sample("ai_request_duration_seconds_count", model=model),
+    }
+    output = await run_ai(tools_runtime, _call(admin, category="writing", system="Be brief"))
+    assert output["text"] == "Bonjour"
+    assert output["usage"] == {
+        "input_tokens": 2_000_000,
+        "output_tokens": 100_000,
+        "cost_usd": "7.500000",  # 2 M x $3 + 0.1 M x $15
+    }
+    sent = fake_anthropic.requests[0].json
+    assert (sent["model"], sent["system"], sent["max_tokens"]) == (model, "Be brief", 1024)
+    assert _sample("ai_requests_total", model=model, category="writing", success="true") == (
+        before["ok"] + 1
+    )
+    assert _sample("ai_tokens_total", model=model, type="input") == before["in"] + 2_000_000
+    assert _sample("ai_tokens_total", model=model, type="output") == before["out"] + 100_000
+    assert _sample("ai_cost_usd_total", model=model) == pytest.approx(before["cost"] + 7.5)
+    assert _sample("ai_request_duration_seconds_count", model=model) == before["n"] + 1
+    assert await _usage_rows(tools_runtime, admin.org_id) == [
+        (model, "ok", 2_000_000, 100_000, Decimal("7.500000"), None)
+    ]
+
+
+async def test_a_provider_failure_is_classified_counted_and_costs_nothing(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    await connect(
+        tools_api, admin, "anthropic", fake_anthropic.base_url, {"api_key": fake_anthropic.api_key}
+    )
+    fake_anthropic.fail_next(1, 529)
+    failed = _sample(
+        "ai_requests_total", model="claude-haiku-4-5", category="quick", success="false"
+    )
+    with pytest.raises(AiStepError) as overloaded:
+        await run_ai(tools_runtime, _call(admin, category="quick"))
+    assert (overloaded.value.code, overloaded.value.retryable) == ("ai_overloaded", True)
+    fake_anthropic.fail_next(1, 400, message="prompt is too long")
+    with pytest.raises(AiStepError) as bad:
+        await run_ai(tools_runtime, _call(admin, category="quick"))
+    assert (bad.value.code, bad.value.retryable) == ("ai_bad_request", False)
+    assert "prompt is too long" in bad.value.message
+    assert (
+        _sample("ai_requests_total", model="claude-haiku-4-5", category="quick", success="false")
+        == failed + 2
+    )
+    rows = await _usage_rows(tools_runtime, admin.org_id)
+    assert [(r[1], r[4]) for r in rows] == [
+        ("ai_overloaded", Decimal(0)),
+        ("ai_bad_request", Decimal(0)),
+    ]
+    summary = await tools_api.get("/api/ai/usage", headers=admin.headers)
+    assert (summary.json()["spent_usd"], summary.json()["reserved_usd"]) == ("0.000000", "0.000000")
+
+
+async def test_a_low_budget_routes_a_category_to_the_cheaper_tier(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    await connect(
+        tools_api, admin, "anthropic", fake_anthropic.base_url, {"api_key": fake_anthropic.api_key}
+    )
+    response = await tools_api.put(
+        "/api/ai/budget", json={"monthly_budget_usd": "1.00"}, headers=admin.headers
+    )
+    assert response.status_code == 200, response.text
+    fake_anthropic.reply("ok", input_tokens=20_000, output_tokens=30_000)  # $0.85 on Opus
+    first = await run_ai(tools_runtime, _call(admin, category="reasoning"))
+    assert (first["model"], first["downgraded_from"]) == ("claude-opus-4-5", None)
+    # $0.15 left, under 20 %: one tier down (Sonnet's worst case, $0.0154, fits).
+    second = await run_ai(tools_runtime, _call(admin, category="reasoning"))
+    assert (second["model"], second["downgraded_from"]) == ("claude-sonnet-4-5", "claude-opus-4-5")
+    assert fake_anthropic.requests[-1].json["model"] == "claude-sonnet-4-5"
+    rows = await _usage_rows(tools_runtime, admin.org_id)
+    assert rows[-1][5] == "claude-opus-4-5"
+
+
+async def test_without_any_key_the_call_fails_clearly(
+    tools_runtime: Runtime, admin: Account
+) -> None:
+    with pytest.raises(AiStepError) as missing:
+        await run_ai(tools_runtime, _call(admin, model="gpt-4.1-mini"))
+    assert missing.value.code == "no_ai_credentials"
+    assert "OPENAI_API_KEY" in missing.value.message
+    with pytest.raises(AiStepError) as unknown:
+        await run_ai(tools_runtime, _call(admin, model="gpt-7"))
+    assert unknown.value.code == "unknown_model"
+
+
+async def test_the_instance_key_serves_organizations_without_their_own(
+    tools_runtime: Runtime, admin: Account, fake_openai: FakeOpenAI
+) -> None:
+    runtime = Runtime(
+        **{
+            **tools_runtime.__dict__,
+            "settings": tools_runtime.settings.model_copy(
+                update={
+                    "openai_api_key": SecretStr(fake_openai.api_key),
+                    "openai_base_url": fake_openai.base_url,
+                }
+            ),
+        }
+    )
+    fake_openai.reply('{"answer": 42}', input_tokens=100, output_tokens=10)
+    output = await run_ai(
+        runtime,
+        _call(
+            admin,
+            category="analysis",
+            provider="openai",
+            json_output=True,
+            json_schema={"type": "object", "required": ["answer"]},
+        ),
+    )
+    assert output["json"] == {"answer": 42}
+    assert output["model"] == "gpt-4.1-mini"
+    sent = fake_openai.requests[0]
+    assert sent.json["response_format"] == {"type": "json_object"}
+    assert sent.headers["authorization"] == f"Bearer {fake_openai.api_key}"
+
+    fake_openai.reply('{"other": 1}')
+    with pytest.raises(AiStepError) as mismatch:
+        await run_ai(
+            runtime,
+            _call(
+                admin,
+                category="analysis",
+                provider="openai",
+                json_output=True,
+                json_schema={"type": "object", "required": ["answer"]},
+            ),
+        )
+    assert (mismatch.value.code, mismatch.value.retryable) == ("invalid_json_output", True)
