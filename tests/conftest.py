@@ -29,7 +29,12 @@ from taskloom.db.migrate import migrate
 from taskloom.runtime import Runtime, open_runtime
 
 # Fake provider APIs and a real MCP server, for the AI and tool tests.
-pytest_plugins = ["tests.fakes.fixtures", "tests.fakes.mcp_fixtures", "tests.fakes.ai_fixtures"]
+pytest_plugins = [
+    "tests.fakes.fixtures",
+    "tests.fakes.mcp_fixtures",
+    "tests.fakes.ai_fixtures",
+    "tests.fakes.receiver",
+]
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from taskloom.observability.routes import router as metrics_router
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.tools.routes import router as connections_router
+from taskloom.webhooks.routes import router as webhooks_router
 from taskloom.workflows.routes import router as workflows_router
 
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(audit_router)
     app.include_router(connections_router)
     app.include_router(ai_router)
+    app.include_router(webhooks_router)
     app.include_router(metrics_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

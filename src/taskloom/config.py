@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
     breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
 
+    # --- webhooks (docs/WEBHOOKS.md) -----------------------------------------------------------
+    webhook_max_attempts: int = Field(default=5, ge=1, le=25)
+    webhook_backoff_ms: int = Field(default=2_000, ge=10)  # doubles per attempt
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Failed attempts in a row (across events) after which an endpoint is disabled.
+    webhook_disable_after_failures: int = Field(default=25, ge=1)
+    webhook_dispatch_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+
     # --- GDPR (docs/GDPR.md) -------------------------------------------------------------------
     # Erasure also empties the input/output of executions the person started.
     gdpr_erase_execution_payloads: bool = True

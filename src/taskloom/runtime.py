@@ -14,7 +14,7 @@ from taskloom.config import Settings, redact_url
 from taskloom.crypto import CredentialCipher
 from taskloom.db.engine import Database, check_roles, create_database
 from taskloom.observability import tracing
-from taskloom.queue.jobs import ExecutionQueue, GdprExportQueue
+from taskloom.queue.jobs import ExecutionQueue, GdprExportQueue, WebhookQueue
 from taskloom.redis import Keys, connect_redis
 
 log = structlog.get_logger("taskloom.runtime")
@@ -30,10 +30,12 @@ class Runtime:
     queue: ExecutionQueue
     gdpr_queue: GdprExportQueue
     cipher: CredentialCipher
+    webhook_queue: WebhookQueue
 
     async def close(self) -> None:
         await self.queue.close()
         await self.gdpr_queue.close()
+        await self.webhook_queue.close()
         await self.redis.aclose()
         await self.database.dispose()
 
@@ -63,4 +65,5 @@ async def open_runtime(settings: Settings) -> Runtime:
         queue=ExecutionQueue(settings),
         gdpr_queue=GdprExportQueue(settings),
         cipher=CredentialCipher.from_settings(settings),
+        webhook_queue=WebhookQueue(settings),
     )

@@ -61,6 +61,12 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
                         headers=owner.headers,
                     )
                     assert created.status_code == 201, created.text
+                hook = await client.post(
+                    "/api/webhooks",
+                    json={"url": "https://example.com/hook", "events": ["ping"]},
+                    headers=owner.headers,
+                )
+                assert hook.status_code == 201, hook.text
     finally:
         await runtime.close()
     before = await _stored(deployment)
@@ -82,7 +88,7 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
     )
     rotated = await run_taskloom("keys", "rotate", env=env, cwd=tmp_path)
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-    assert "current key 'k2': 2 re-encrypted, 0 already current" in rotated.stderr
+    assert "current key 'k2': 3 re-encrypted, 0 already current" in rotated.stderr
 
     after = await _stored(deployment)
     assert {row[3] for row in after} == {"k2"}
@@ -95,7 +101,11 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
             )
 
     again = await run_taskloom("keys", "rotate", env=env, cwd=tmp_path)
-    assert "0 re-encrypted, 2 already current" in again.stderr
+    assert "0 re-encrypted, 3 already current" in again.stderr
+    async with system_transaction((runtime := await open_runtime(deployment)).database) as db:
+        webhook_keys = (await db.execute(text("select secret_key_id from webhook_endpoints"))).all()
+    await runtime.close()
+    assert [tuple(r) for r in webhook_keys] == [("k2",)]
 
     # k2 is listed with the wrong bytes: the rows under k2 cannot move to k3.
     wrong_keys = (

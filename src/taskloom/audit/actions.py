@@ -34,7 +34,7 @@ class AuditAction(StrEnum):
     WEBHOOK_CREATE = "webhook.create"
     WEBHOOK_UPDATE = "webhook.update"
     WEBHOOK_DELETE = "webhook.delete"
-    WEBHOOK_ROTATE_SECRET = "webhook.rotate_secret"
+    WEBHOOK_ROTATE_SECRET = "webhook.rotate_secret"  # noqa: S105 (an action name)
     WEBHOOK_TEST = "webhook.test"
     WEBHOOK_DISABLED = "webhook.disabled"
     FLAG_CREATE = "flag.create"

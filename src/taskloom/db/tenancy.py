@@ -12,9 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.db.engine import Database
+from taskloom.observability.request_id import current_request_id
 
 _SET_TENANT = text(
-    "select set_config('app.org_id', :org_id, true), set_config('app.user_id', :user_id, true)"
+    "select set_config('app.org_id', :org_id, true), set_config('app.user_id', :user_id, true), "
+    "set_config('app.request_id', :request_id, true)"
 )
 
 
@@ -24,7 +26,12 @@ async def set_tenant(
     """Scope the current transaction to one organization and one user."""
     await session.execute(
         _SET_TENANT,
-        {"org_id": str(org_id) if org_id else "", "user_id": str(user_id) if user_id else ""},
+        {
+            "org_id": str(org_id) if org_id else "",
+            "user_id": str(user_id) if user_id else "",
+            # Read by the webhook outbox triggers: deliveries carry the causing request's id.
+            "request_id": current_request_id() or "",
+        },
     )
 
 

@@ -31,3 +31,7 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # These log every request's full URL at INFO; tenants' URLs (webhooks, http steps, MCP
+    # servers) may carry tokens in their path or query. Our own log lines name hosts only.
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp", "anthropic", "openai"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -103,3 +103,38 @@ class GdprExportQueue:
     async def counts(self) -> dict[str, int]:
         counts = await self.queue.getJobCounts()
         return {state: int(n) for state, n in counts.items()}
+
+
+WEBHOOK_QUEUE_NAME = "webhooks"
+
+
+class WebhookQueue:
+    """One job per delivery (job id = the first attempt's row id, so enqueueing twice is a
+    no-op); BullMQ retries failed attempts with exponential backoff."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queue = Queue(
+            WEBHOOK_QUEUE_NAME, bullmq_options(settings, purpose="producer-webhooks")
+        )
+
+    async def enqueue(self, *, delivery_id: uuid.UUID, org_id: uuid.UUID) -> None:
+        s = self.settings
+        await self.queue.add(
+            "deliver",
+            {"delivery_id": str(delivery_id), "org_id": str(org_id)},
+            {
+                "jobId": str(delivery_id),
+                "attempts": s.webhook_max_attempts,
+                "backoff": {"type": "exponential", "delay": s.webhook_backoff_ms},
+                "removeOnComplete": KEEP_COMPLETED,
+                "removeOnFail": KEEP_FAILED,
+            },
+        )
+
+    async def counts(self) -> dict[str, int]:
+        counts = await self.queue.getJobCounts()
+        return {state: int(n) for state, n in counts.items()}
+
+    async def close(self) -> None:
+        await self.queue.close()

@@ -29,11 +29,12 @@ from taskloom.observability.metrics import (
     QUEUE_LOCK_RENEWAL_FAILURES,
     QUEUE_STALLED,
 )
-from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME
+from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME, WEBHOOK_QUEUE_NAME
 from taskloom.queue.reconciler import Reconciler
 from taskloom.queue.runner import ExecutionRunner
 from taskloom.redis import bullmq_options
 from taskloom.runtime import Runtime
+from taskloom.webhooks.delivery import WebhookDeliverer, dispatch_pending
 
 log = structlog.get_logger("taskloom.queue")
 
@@ -44,6 +45,7 @@ CANCEL_SECONDS = 5.0
 # An idle worker blocks this long per poll for new jobs (bullmq's default is 5 s); a shutdown
 # that starts during that wait finishes after it, so shorter is a quicker exit.
 DRAIN_DELAY_SECONDS = 2
+WEBHOOK_CONCURRENCY = 10  # deliveries in flight per worker process (mostly waiting on I/O)
 
 
 class WorkerService:
@@ -54,7 +56,10 @@ class WorkerService:
         self.reconciler = Reconciler(runtime, owner=self.id)
         self.worker: Worker | None = None
         self.gdpr_worker: Worker | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.webhook_worker: Worker | None = None
+        self.deliverer = WebhookDeliverer(runtime)
+        self._runs: list[asyncio.Task[Any]] = []  # the bullmq workers' loops
+        self._loops: list[asyncio.Task[Any]] = []  # heartbeat, reconciler, webhook dispatch
         self._stopping = asyncio.Event()  # tells the heartbeat and the reconciler to finish
         self._started = time.time()
 
@@ -94,11 +99,29 @@ class WorkerService:
                 name=f"{self.id}:gdpr",
             ),
         )
-        self._tasks = [
+        self.webhook_worker = Worker(
+            WEBHOOK_QUEUE_NAME,
+            self.deliverer.process,
+            bullmq_options(
+                s,
+                purpose="worker-webhooks",
+                autorun=False,
+                concurrency=WEBHOOK_CONCURRENCY,
+                drainDelay=DRAIN_DELAY_SECONDS,
+                # An attempt is bounded by WEBHOOK_TIMEOUT_SECONDS; the lock outlives it.
+                lockDuration=max(60_000, int(s.webhook_timeout_seconds * 4_000)),
+                name=f"{self.id}:webhooks",
+            ),
+        )
+        self._runs = [
             asyncio.create_task(worker.run(), name="bullmq-worker"),
             asyncio.create_task(self.gdpr_worker.run(), name="bullmq-gdpr-worker"),
+            asyncio.create_task(self.webhook_worker.run(), name="bullmq-webhook-worker"),
+        ]
+        self._loops = [
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
+            asyncio.create_task(self._dispatch_webhooks(), name="webhook-dispatch"),
         ]
         log.info(
             "worker_started",
@@ -120,10 +143,11 @@ class WorkerService:
         log.info("worker_stopping", worker=self.id, running=running, timeout_s=timeout)
         # Heartbeat and reconciler: let a tick in progress end, then stop (cancel if stuck).
         self._stopping.set()
-        await self._finish(self._tasks[2:])
+        await self._finish(self._loops)
         await worker.pause(do_not_wait_active=True)  # stop taking jobs
-        if self.gdpr_worker is not None:
-            await self.gdpr_worker.pause(do_not_wait_active=True)
+        for other in (self.gdpr_worker, self.webhook_worker):
+            if other is not None:
+                await other.pause(do_not_wait_active=True)
         log.info("worker_paused", worker=self.id)
         finished = await self._wait_for_active(timeout)
         if not finished:
@@ -131,9 +155,10 @@ class WorkerService:
             QUEUE_EVENTS.labels("handed_back").inc(handed)
             log.warning("handing_back", jobs=handed)
             await self._wait_for_active(HAND_BACK_SECONDS)
-        await asyncio.gather(*(self._close(w) for w in (worker, self.gdpr_worker) if w is not None))
+        workers = (worker, self.gdpr_worker, self.webhook_worker)
+        await asyncio.gather(*(self._close(w) for w in workers if w is not None))
         log.info("worker_closed", worker=self.id)
-        await self._cancel(self._tasks[:2])
+        await self._cancel(self._runs)
         await self.runtime.redis.delete(self._heartbeat_key)
         await self.reconciler.release()
         log.info("worker_stopped", worker=self.id)
@@ -171,6 +196,19 @@ class WorkerService:
         """Wait for tasks that were told to stop; cancel the ones that do not in time."""
         _, late = await asyncio.wait(tasks, timeout=CANCEL_SECONDS) if tasks else (set(), set())
         await self._cancel(list(late))
+
+    async def _dispatch_webhooks(self) -> None:
+        """Move new webhook events from the outbox to the queue, every few moments."""
+        interval = self.runtime.settings.webhook_dispatch_interval_seconds
+        while not self._stopping.is_set():
+            try:
+                await dispatch_pending(self.runtime)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # PostgreSQL or Redis down: the rows wait for the next tick
+                log.exception("webhook_dispatch_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _build_export(self, job: Job, token: str) -> None:
         await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))

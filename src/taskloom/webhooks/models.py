@@ -25,8 +25,11 @@ class WebhookEndpoint(Base):
         UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
     )
     url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    description: Mapped[str | None] = mapped_column(String(500), nullable=True)
     events: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default="[]")
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    # Both secrets are encrypted under the CREDENTIAL_ENCRYPTION_KEYS key named here.
+    secret_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     encrypted_secret: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     encrypted_previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
@@ -46,6 +49,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
         Index("ix_webhook_deliveries_org_id_created_at", "org_id", "created_at"),
+        Index("ix_webhook_deliveries_pending", "created_at", postgresql_where="status = 'pending'"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

@@ -1,0 +1,234 @@
+"""Delivering webhooks, in workers.
+
+`dispatch_pending` moves `pending` rows of the outbox (written by the database triggers, or by
+a ping) to the `webhooks` queue: the job is added first, then the row marked `queued`, in the
+transaction that locked it, so a Redis failure leaves it pending for the next tick and a second
+dispatcher skips it (SKIP LOCKED); the job id is the row id, so adding twice is harmless.
+
+`WebhookDeliverer.process` makes one attempt: sign the stored event, POST it through the
+outbound address guard, record the attempt (the first attempt's row is updated, later attempts
+get rows of their own), and raise on failure so BullMQ retries with exponential backoff. After
+WEBHOOK_DISABLE_AFTER_FAILURES failed attempts in a row an endpoint is disabled and the audit
+log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+from bullmq import Job
+from sqlalchemy import text
+
+from taskloom import __version__
+from taskloom.audit import service as audit
+from taskloom.audit.actions import AuditAction
+from taskloom.audit.service import AuditContext
+from taskloom.crypto import CredentialKeyError
+from taskloom.db.tenancy import system_transaction, tenant_transaction
+from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
+from taskloom.observability.request_id import bound_request_id
+from taskloom.runtime import Runtime
+from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
+from taskloom.webhooks.service import signing_secrets
+from taskloom.webhooks.signing import signature_header
+
+log = structlog.get_logger("taskloom.webhooks")
+
+DISPATCH_BATCH = 500
+_SYSTEM = AuditContext(user_agent="taskloom-worker")
+
+
+class DeliveryFailed(Exception):
+    """This attempt failed; BullMQ retries while attempts remain."""
+
+
+async def dispatch_pending(runtime: Runtime) -> int:
+    """Enqueue up to DISPATCH_BATCH pending deliveries (all organizations; privileged role)."""
+    async with system_transaction(runtime.database) as db:
+        rows = (
+            await db.execute(
+                text(
+                    "select id, org_id from webhook_deliveries where status = 'pending' "
+                    "order by created_at limit :n for update skip locked"
+                ),
+                {"n": DISPATCH_BATCH},
+            )
+        ).all()
+        for delivery_id, org_id in rows:
+            await runtime.webhook_queue.enqueue(delivery_id=delivery_id, org_id=org_id)
+        if rows:
+            await db.execute(
+                text("update webhook_deliveries set status = 'queued' where id = any(:ids)"),
+                {"ids": [row[0] for row in rows]},
+            )
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    response_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+def _body(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+class WebhookDeliverer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def process(self, job: Job, token: str) -> Any:
+        delivery_id, org_id = uuid.UUID(job.data["delivery_id"]), uuid.UUID(job.data["org_id"])
+        attempt = job.attemptsMade + 1
+        async with tenant_transaction(self.runtime.database, org_id=org_id, user_id=None) as db:
+            first = await db.get(WebhookDelivery, delivery_id)
+            endpoint = None if first is None else await db.get(WebhookEndpoint, first.endpoint_id)
+            if first is None or endpoint is None:
+                return {"skipped": "deleted"}
+            if attempt == 1 and first.status not in ("pending", "queued"):
+                return {"skipped": "already attempted"}  # a duplicate job of a done delivery
+            if not endpoint.enabled:
+                await self._record(
+                    db, first, attempt, _Outcome(False, None, 0, "endpoint disabled")
+                )
+                return {"skipped": "disabled"}
+            try:
+                secrets = signing_secrets(self.runtime.cipher, endpoint)
+            except CredentialKeyError as error:
+                await self._record(db, first, attempt, _Outcome(False, None, 0, str(error)))
+                return {"skipped": "secret undecryptable"}
+            url, payload = endpoint.url, dict(first.payload or {})
+            event_type, event_id, request_id = first.event_type, first.event_id, first.request_id
+        with bound_request_id(request_id):
+            outcome = await self._send(url, payload, secrets, event_type, event_id, request_id)
+        async with tenant_transaction(self.runtime.database, org_id=org_id, user_id=None) as db:
+            first = await db.get(WebhookDelivery, delivery_id)
+            endpoint = (
+                await db.get(WebhookEndpoint, first.endpoint_id, with_for_update=True)
+                if (first is not None)
+                else None
+            )
+            if first is None or endpoint is None:
+                return {"skipped": "deleted"}
+            await self._record(db, first, attempt, outcome)
+            await self._count(db, endpoint, outcome)
+        log.info(
+            "webhook_attempt",
+            event_type=event_type,
+            attempt=attempt,
+            ok=outcome.ok,
+            response_code=outcome.response_code,
+            duration_ms=outcome.duration_ms,
+        )
+        if not outcome.ok:
+            raise DeliveryFailed(outcome.error or "delivery failed")
+        return {"delivered": True, "attempt": attempt}
+
+    async def _send(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        secrets: list[str],
+        event_type: str,
+        event_id: uuid.UUID,
+        request_id: str | None,
+    ) -> _Outcome:
+        settings = self.runtime.settings
+        body = _body(payload)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"Taskloom-Webhooks/{__version__}",
+            "Taskloom-Event": event_type,
+            "Taskloom-Delivery": str(event_id),
+            "Taskloom-Signature": signature_header(secrets, int(time.time()), body),
+        }
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        policy = AddressPolicy.from_setting(settings.outbound_allowed_hosts)
+        started = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(
+                transport=guarded_transport(policy),
+                timeout=settings.webhook_timeout_seconds,
+                follow_redirects=False,  # a redirect could lead the signed body anywhere
+                trust_env=False,
+            ) as client:
+                response = await client.post(url, content=body, headers=headers)
+        except TargetNotAllowed as refused:
+            return _Outcome(False, None, _ms(started), str(refused))
+        except httpx.TimeoutException:
+            timeout = settings.webhook_timeout_seconds
+            return _Outcome(False, None, _ms(started), f"no answer within {timeout:g} s")
+        except httpx.HTTPError as error:
+            return _Outcome(
+                False, None, _ms(started), f"connection failed ({type(error).__name__})"
+            )
+        status = response.status_code
+        ok = 200 <= status <= 299
+        return _Outcome(ok, status, _ms(started), None if ok else f"HTTP {status}")
+
+    @staticmethod
+    async def _record(db: Any, first: WebhookDelivery, attempt: int, outcome: _Outcome) -> None:
+        status = "succeeded" if outcome.ok else "failed"
+        fields = {
+            "status": status,
+            "response_code": outcome.response_code,
+            "duration_ms": outcome.duration_ms,
+            "error": outcome.error,
+        }
+        if attempt == 1 or first.attempt == attempt:
+            for name, value in fields.items():
+                setattr(first, name, value)
+        else:
+            db.add(
+                WebhookDelivery(
+                    id=uuid.uuid4(),
+                    org_id=first.org_id,
+                    endpoint_id=first.endpoint_id,
+                    event_id=first.event_id,
+                    event_type=first.event_type,
+                    attempt=attempt,
+                    request_id=first.request_id,
+                    **fields,
+                )
+            )
+        await db.flush()
+
+    async def _count(self, db: Any, endpoint: WebhookEndpoint, outcome: _Outcome) -> None:
+        """Track failures in a row; disable the endpoint (audited) at the threshold."""
+        if outcome.ok:
+            endpoint.consecutive_failures = 0
+            return
+        endpoint.consecutive_failures += 1
+        threshold = self.runtime.settings.webhook_disable_after_failures
+        if endpoint.enabled and endpoint.consecutive_failures >= threshold:
+            endpoint.enabled = False
+            endpoint.disabled_reason = (
+                f"disabled after {endpoint.consecutive_failures} failed deliveries in a row "
+                f"(last: {outcome.error})"
+            )
+            await audit.record(
+                session=db,
+                context=_SYSTEM,
+                action=AuditAction.WEBHOOK_DISABLED,
+                org_id=endpoint.org_id,
+                resource_type="webhook",
+                resource_id=endpoint.id,
+                success=False,
+                details={"consecutive_failures": endpoint.consecutive_failures},
+            )
+            log.warning("webhook_disabled", endpoint_id=str(endpoint.id))
+        await db.flush()
+
+
+def _ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
