@@ -10,7 +10,10 @@ from typing import Any
 
 import httpx
 
+from taskloom.audit.service import AuditContext
+from taskloom.auth.accounts import create_account
 from taskloom.config import Settings
+from taskloom.runtime import Runtime
 
 PASSWORD = "correct horse battery staple"
 ENCRYPTION_KEY = "k1:" + base64.b64encode(b"k" * 32).decode()
@@ -99,3 +102,19 @@ async def add_member(
     )
     assert response.status_code == 201, response.text
     return await login(client, person.email, org_id=admin.org_id)
+
+
+async def make_superuser(client: httpx.AsyncClient, runtime: Runtime) -> Account:
+    """An instance administrator without an organization, created as `taskloom user create
+    --superuser` does, signed in."""
+    email = unique_email("root")
+    await create_account(
+        runtime=runtime,
+        email=email,
+        password=PASSWORD,
+        display_name="Root",
+        org_name=None,
+        is_superuser=True,
+        context=AuditContext(),
+    )
+    return await login(client, email)

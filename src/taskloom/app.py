@@ -13,6 +13,7 @@ from taskloom.audit.routes import router as audit_router
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
 from taskloom.errors import install_error_handlers
+from taskloom.flags.routes import router as flags_router
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
 from taskloom.observability import sentry, tracing
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(audit_router)
     app.include_router(connections_router)
     app.include_router(ai_router)
+    app.include_router(flags_router)
     app.include_router(webhooks_router)
     app.include_router(metrics_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.

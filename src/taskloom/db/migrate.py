@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskloom.config import Settings
-from taskloom.db.rls import APPEND_ONLY_TABLES, SYSTEM_ONLY_TABLES
+from taskloom.db.rls import APPEND_ONLY_TABLES, READ_ONLY_TABLES, SYSTEM_ONLY_TABLES
 from taskloom.db.urls import async_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -94,5 +94,8 @@ def _grants(*, role: str, database: str) -> list[str]:
         f'REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM "{role}"',
     ]
     statements += [f'REVOKE UPDATE, DELETE ON "{t}" FROM "{role}"' for t in APPEND_ONLY_TABLES]
+    statements += [
+        f'REVOKE INSERT, UPDATE, DELETE ON "{t}" FROM "{role}"' for t in READ_ONLY_TABLES
+    ]
     statements += [f'REVOKE ALL ON "{t}" FROM "{role}"' for t in SYSTEM_ONLY_TABLES]
     return statements

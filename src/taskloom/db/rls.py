@@ -45,3 +45,7 @@ SYSTEM_ONLY_TABLES = ("gdpr_export_files",)
 
 # Tables the application role may read and append to but never change.
 APPEND_ONLY_TABLES = ("audit_logs",)
+
+# Tables the application role may only read (writes go through the privileged role, after the
+# service has checked who is asking): global feature flags are changed by instance admins only.
+READ_ONLY_TABLES = ("feature_flags",)
