@@ -96,4 +96,11 @@ async def test_an_api_key_cannot_mint_keys_or_sign_out(client: httpx.AsyncClient
     assert (
         await client.post("/auth/api-keys", json={"name": "k2"}, headers=headers)
     ).status_code == 403
-    assert (await client.post("/auth/logout", headers=headers)).status_code == 400
+    for path in ("/auth/logout", "/auth/logout-all"):
+        refused = await client.post(path, headers=headers)
+        assert refused.status_code == 403
+        assert "API keys cannot do this" in refused.json()["error"]["message"]
+    # Nor export the person's data from every organization, or create organizations.
+    assert (await client.get("/api/user/data-export", headers=headers)).status_code == 403
+    created = await client.post("/api/orgs", json={"name": "Shadow"}, headers=headers)
+    assert created.status_code == 403

@@ -9,12 +9,13 @@ from taskloom.ai import budget as budgets
 from taskloom.ai import service
 from taskloom.ai.catalog import load_catalog
 from taskloom.ai.schemas import BudgetUpdate, CatalogModel, CatalogOut, UsageSummary
+from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Viewer
 
 router = APIRouter(prefix="/api/ai", tags=["ai"])
 
 
-@router.get("/usage")
+@router.get("/usage", openapi_extra=access("viewer"))
 async def usage(ctx: Viewer) -> UsageSummary:
     org_id = ctx.principal.org_id
     assert org_id is not None  # require_role guarantees a current organization
@@ -22,7 +23,7 @@ async def usage(ctx: Viewer) -> UsageSummary:
     return UsageSummary.model_validate(summary)
 
 
-@router.put("/budget")
+@router.put("/budget", openapi_extra=access("admin"))
 async def set_budget(body: BudgetUpdate, ctx: Admin) -> UsageSummary:
     await service.set_budget(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, amount=body.monthly_budget_usd
@@ -30,7 +31,7 @@ async def set_budget(body: BudgetUpdate, ctx: Admin) -> UsageSummary:
     return await usage(ctx)
 
 
-@router.get("/models")
+@router.get("/models", openapi_extra=access("viewer"))
 async def models(ctx: Viewer) -> CatalogOut:
     catalog = load_catalog(ctx.runtime.settings.ai_model_catalog)
     return CatalogOut(

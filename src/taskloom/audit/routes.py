@@ -14,6 +14,7 @@ from sqlalchemy import and_, or_, select
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.models import AuditLog
+from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Context, RequestContext
 from taskloom.errors import BadRequest, Forbidden
 from taskloom.orgs.models import Role
@@ -66,7 +67,7 @@ def _action(value: str | None) -> str | None:
     return value
 
 
-@router.get("")
+@router.get("", openapi_extra=access("authenticated"))
 async def list_audit_logs(
     ctx: Context,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -121,7 +122,7 @@ async def list_audit_logs(
     )
 
 
-@router.get("/verify")
+@router.get("/verify", openapi_extra=access("admin"))
 async def verify(ctx: Admin) -> ChainOut:
     """Walk the current organization's hash chain."""
     result = await audit.verify_chain(session=ctx.db, org_id=ctx.principal.org_id)

@@ -96,6 +96,21 @@ async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
 Context = Annotated[RequestContext, Depends(_request_context, scope="function")]
 
 
+async def _session_only(ctx: Context) -> RequestContext:
+    if ctx.principal.kind == "api_key":
+        raise Forbidden(
+            "API keys cannot do this: it acts on the person's own account, sessions or keys "
+            "(sign in instead)"
+        )
+    return ctx
+
+
+# Routes that act on a person's own account, sessions or API keys: a signed-in session only. A
+# leaked API key (bound to one organization) must not mint more keys, export the person's data
+# from every organization, switch organizations or end sessions.
+Session = Annotated[RequestContext, Depends(_session_only)]
+
+
 def require_role(minimum: Role) -> Callable[..., Coroutine[Any, Any, RequestContext]]:
     """Dependency factory: the caller must have at least `minimum` in the current org."""
 
@@ -108,6 +123,14 @@ def require_role(minimum: Role) -> Callable[..., Coroutine[Any, Any, RequestCont
 
 
 Viewer = Annotated[RequestContext, Depends(require_role(Role.VIEWER))]
+
+
+async def _org_session(ctx: Viewer) -> RequestContext:
+    return await _session_only(ctx)
+
+
+# A signed-in session with a role in the current organization (API key management).
+OrgSession = Annotated[RequestContext, Depends(_org_session)]
 Member = Annotated[RequestContext, Depends(require_role(Role.MEMBER))]
 Admin = Annotated[RequestContext, Depends(require_role(Role.ADMIN))]
 Owner = Annotated[RequestContext, Depends(require_role(Role.OWNER))]

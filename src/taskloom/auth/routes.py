@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from taskloom.audit.service import AuditContext
 from taskloom.auth import api_keys, service
-from taskloom.auth.deps import Context, client_context, get_runtime
+from taskloom.auth.access import access
+from taskloom.auth.deps import Context, OrgSession, Session, client_context, get_runtime
 from taskloom.auth.models import ApiKey, User
 from taskloom.auth.schemas import (
     AccessTokenResponse,
@@ -46,7 +47,7 @@ def _tokens(pair: service.TokenPair) -> TokenResponse:
     )
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
+@router.post("/register", status_code=status.HTTP_201_CREATED, openapi_extra=access("public"))
 async def register(body: RegisterRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
     pair = await service.register(
         runtime=runtime,
@@ -59,7 +60,7 @@ async def register(body: RegisterRequest, runtime: RuntimeDep, client: Client) -
     return _tokens(pair)
 
 
-@router.post("/login")
+@router.post("/login", openapi_extra=access("public"))
 async def login(body: LoginRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
     pair = await service.login(
         runtime=runtime, email=body.email, password=body.password, org_id=body.org_id, client=client
@@ -67,28 +68,36 @@ async def login(body: LoginRequest, runtime: RuntimeDep, client: Client) -> Toke
     return _tokens(pair)
 
 
-@router.post("/refresh")
+@router.post("/refresh", openapi_extra=access("public"))
 async def refresh(body: RefreshRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
     pair = await service.refresh(runtime=runtime, refresh_token=body.refresh_token, client=client)
     return _tokens(pair)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(ctx: Context) -> Response:
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=access("authenticated", api_key=False),
+)
+async def logout(ctx: Session) -> Response:
     await service.logout(runtime=ctx.runtime, db=ctx.db, principal=ctx.principal, context=ctx.audit)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
-async def logout_all(ctx: Context) -> Response:
+@router.post(
+    "/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=access("authenticated", api_key=False),
+)
+async def logout_all(ctx: Session) -> Response:
     await service.logout_all(
         runtime=ctx.runtime, db=ctx.db, principal=ctx.principal, context=ctx.audit
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/switch-org")
-async def switch_org(body: SwitchOrgRequest, ctx: Context) -> AccessTokenResponse:
+@router.post("/switch-org", openapi_extra=access("authenticated", api_key=False))
+async def switch_org(body: SwitchOrgRequest, ctx: Session) -> AccessTokenResponse:
     token = await service.switch_org(
         runtime=ctx.runtime,
         db=ctx.db,
@@ -103,7 +112,7 @@ async def switch_org(body: SwitchOrgRequest, ctx: Context) -> AccessTokenRespons
     )
 
 
-@router.get("/me")
+@router.get("/me", openapi_extra=access("authenticated"))
 async def me(ctx: Context) -> MeResponse:
     user = (await ctx.db.execute(select(User).where(User.id == ctx.principal.user_id))).scalar_one()
     memberships = await orgs.list_my_organizations(db=ctx.db, principal=ctx.principal)
@@ -138,14 +147,19 @@ def _key_out(key: ApiKey) -> dict[str, object]:
     }
 
 
-@router.get("/api-keys")
-async def list_api_keys(ctx: Context) -> list[ApiKeyOut]:
+# API keys belong to an organization: these need a role in the current one (any role).
+@router.get("/api-keys", openapi_extra=access("viewer", api_key=False))
+async def list_api_keys(ctx: OrgSession) -> list[ApiKeyOut]:
     keys = await api_keys.list_api_keys(db=ctx.db, principal=ctx.principal)
     return [ApiKeyOut.model_validate(_key_out(k)) for k in keys]
 
 
-@router.post("/api-keys", status_code=status.HTTP_201_CREATED)
-async def create_api_key(body: ApiKeyCreate, ctx: Context) -> ApiKeyCreated:
+@router.post(
+    "/api-keys",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=access("viewer", api_key=False),
+)
+async def create_api_key(body: ApiKeyCreate, ctx: OrgSession) -> ApiKeyCreated:
     key, plaintext = await api_keys.create_api_key(
         db=ctx.db,
         principal=ctx.principal,
@@ -157,8 +171,12 @@ async def create_api_key(body: ApiKeyCreate, ctx: Context) -> ApiKeyCreated:
     return ApiKeyCreated.model_validate({**_key_out(key), "key": plaintext})
 
 
-@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_api_key(key_id: uuid.UUID, ctx: Context) -> Response:
+@router.delete(
+    "/api-keys/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=access("viewer", api_key=False),
+)
+async def revoke_api_key(key_id: uuid.UUID, ctx: OrgSession) -> Response:
     await api_keys.revoke_api_key(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, key_id=key_id
     )

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from taskloom.auth.deps import Context, get_runtime
+from taskloom.auth.access import access
+from taskloom.auth.deps import Session, get_runtime
 from taskloom.auth.models import User
 from taskloom.errors import Unauthorized
 from taskloom.gdpr import archive, service
@@ -18,9 +19,13 @@ from taskloom.gdpr.schemas import ErasureOut, ErasureRequest, ExportStatusOut, Q
 router = APIRouter(prefix="/api/user", tags=["gdpr"])
 
 
-@router.get("/data-export", response_class=StreamingResponse)
+@router.get(
+    "/data-export",
+    response_class=StreamingResponse,
+    openapi_extra=access("authenticated", api_key=False),
+)
 async def data_export(
-    ctx: Context, fmt: Annotated[Literal["json", "zip"], Query(alias="format")] = "json"
+    ctx: Session, fmt: Annotated[Literal["json", "zip"], Query(alias="format")] = "json"
 ) -> StreamingResponse:
     """Everything Taskloom holds about you, streamed: JSON, or a ZIP of one file per table."""
     user_id = ctx.principal.user_id
@@ -40,8 +45,12 @@ async def data_export(
     )
 
 
-@router.post("/data-export", status_code=status.HTTP_202_ACCEPTED)
-async def queue_data_export(ctx: Context) -> QueuedExportOut:
+@router.post(
+    "/data-export",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra=access("authenticated", api_key=False),
+)
+async def queue_data_export(ctx: Session) -> QueuedExportOut:
     """For very large accounts: a worker writes the ZIP; the link in the answer works once,
     for 24 hours, as soon as `GET /api/user/data-export/{id}` says `ready`."""
     user_id = ctx.principal.user_id
@@ -55,8 +64,8 @@ async def queue_data_export(ctx: Context) -> QueuedExportOut:
     )
 
 
-@router.get("/data-export/{request_id}")
-async def queued_export_status(request_id: uuid.UUID, ctx: Context) -> ExportStatusOut:
+@router.get("/data-export/{request_id}", openapi_extra=access("authenticated", api_key=False))
+async def queued_export_status(request_id: uuid.UUID, ctx: Session) -> ExportStatusOut:
     request = await archive.status(
         ctx.runtime, user_id=ctx.principal.user_id, request_id=request_id
     )
@@ -69,7 +78,11 @@ async def queued_export_status(request_id: uuid.UUID, ctx: Context) -> ExportSta
     )
 
 
-@router.get("/data-export/{request_id}/download", response_class=StreamingResponse)
+@router.get(
+    "/data-export/{request_id}/download",
+    response_class=StreamingResponse,
+    openapi_extra=access("public"),
+)
 async def download_queued_export(
     request_id: uuid.UUID,
     token: Annotated[str, Query(min_length=20, max_length=200)],
@@ -89,8 +102,8 @@ async def download_queued_export(
     )
 
 
-@router.delete("/account")
-async def delete_account(body: ErasureRequest, ctx: Context) -> ErasureOut:
+@router.delete("/account", openapi_extra=access("authenticated", api_key=False))
+async def delete_account(body: ErasureRequest, ctx: Session) -> ErasureOut:
     """Erase your account. 409 lists organizations that need another owner first."""
     user_id = ctx.principal.user_id
     await service.check_rate(ctx.runtime, kind="erasure", user_id=user_id)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from taskloom.auth.access import access
 from taskloom.breakers import BREAKERS, BreakerState
 from taskloom.health import checks
 from taskloom.queue.worker import live_workers
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/health", tags=["health"])
 log = structlog.get_logger("taskloom.health")
 
 
-@router.get("/live")
+@router.get("/live", openapi_extra=access("public"))
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -36,19 +37,19 @@ def _answer(body: dict[str, Any], ok: bool) -> JSONResponse:
     return JSONResponse(status_code=200 if ok else 503, content=body)
 
 
-@router.get("/db")
+@router.get("/db", openapi_extra=access("public"))
 async def db(request: Request) -> JSONResponse:
     check = await checks.database(request.app.state.runtime)
     return _answer(check.as_json(), check.ok)
 
 
-@router.get("/redis")
+@router.get("/redis", openapi_extra=access("public"))
 async def redis(request: Request) -> JSONResponse:
     check = await checks.redis(request.app.state.runtime)
     return _answer(check.as_json(), check.ok)
 
 
-@router.get("/ready")
+@router.get("/ready", openapi_extra=access("public"))
 async def ready(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
     database, cache = await asyncio.gather(checks.database(runtime), checks.redis(runtime))
@@ -60,7 +61,7 @@ async def ready(request: Request) -> JSONResponse:
     return _answer(body, ok)
 
 
-@router.get("/circuits")
+@router.get("/circuits", openapi_extra=access("public"))
 async def circuits() -> JSONResponse:
     """200 when every circuit breaker of this process is closed, 503 listing the others."""
     breakers = BREAKERS.all()
@@ -73,7 +74,7 @@ async def circuits() -> JSONResponse:
     return _answer({**body, "not_closed": not_closed}, not not_closed)
 
 
-@router.get("/queue", response_model=None)
+@router.get("/queue", response_model=None, openapi_extra=access("public"))
 async def queue(request: Request) -> dict[str, Any] | JSONResponse:
     runtime: Runtime = request.app.state.runtime
     try:

@@ -6,7 +6,8 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from taskloom.auth.deps import Admin, Context, Viewer
+from taskloom.auth.access import access
+from taskloom.auth.deps import Admin, Context, Session, Viewer
 from taskloom.orgs import service
 from taskloom.orgs.schemas import (
     MemberAdd,
@@ -31,7 +32,7 @@ def _member_out(member: service.Member) -> MemberOut:
     )
 
 
-@router.get("/orgs")
+@router.get("/orgs", openapi_extra=access("authenticated"))
 async def list_my_orgs(ctx: Context) -> list[MyOrgOut]:
     orgs = await service.list_my_organizations(db=ctx.db, principal=ctx.principal)
     return [
@@ -46,21 +47,25 @@ async def list_my_orgs(ctx: Context) -> list[MyOrgOut]:
     ]
 
 
-@router.post("/orgs", status_code=status.HTTP_201_CREATED)
-async def create_org(body: OrgCreate, ctx: Context) -> OrgOut:
+@router.post(
+    "/orgs",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=access("authenticated", api_key=False),
+)
+async def create_org(body: OrgCreate, ctx: Session) -> OrgOut:
     org = await service.create_organization(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
     )
     return OrgOut.model_validate(org)
 
 
-@router.get("/org")
+@router.get("/org", openapi_extra=access("viewer"))
 async def get_current_org(ctx: Viewer) -> OrgOut:
     org = await service.get_current_organization(db=ctx.db, principal=ctx.principal)
     return OrgOut.model_validate(org)
 
 
-@router.patch("/org")
+@router.patch("/org", openapi_extra=access("admin"))
 async def update_current_org(body: OrgUpdate, ctx: Admin) -> OrgOut:
     org = await service.rename_organization(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
@@ -68,12 +73,12 @@ async def update_current_org(body: OrgUpdate, ctx: Admin) -> OrgOut:
     return OrgOut.model_validate(org)
 
 
-@router.get("/members")
+@router.get("/members", openapi_extra=access("viewer"))
 async def list_members(ctx: Viewer) -> list[MemberOut]:
     return [_member_out(m) for m in await service.list_members(db=ctx.db, principal=ctx.principal)]
 
 
-@router.post("/members", status_code=status.HTTP_201_CREATED)
+@router.post("/members", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"))
 async def add_member(body: MemberAdd, ctx: Admin) -> MemberOut:
     member = await service.add_member(
         db=ctx.db,
@@ -86,7 +91,7 @@ async def add_member(body: MemberAdd, ctx: Admin) -> MemberOut:
     return _member_out(member)
 
 
-@router.patch("/members/{user_id}")
+@router.patch("/members/{user_id}", openapi_extra=access("admin"))
 async def change_member_role(user_id: uuid.UUID, body: MemberUpdate, ctx: Admin) -> MemberOut:
     member = await service.change_role(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, user_id=user_id, role=body.role
@@ -94,7 +99,10 @@ async def change_member_role(user_id: uuid.UUID, body: MemberUpdate, ctx: Admin)
     return _member_out(member)
 
 
-@router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+# Admins remove others; anyone may remove themselves (leave), which the service allows.
+@router.delete(
+    "/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=access("admin")
+)
 async def remove_member(user_id: uuid.UUID, ctx: Viewer) -> Response:
     await service.remove_member(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, user_id=user_id

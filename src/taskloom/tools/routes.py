@@ -7,6 +7,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
+from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, RequestContext
 from taskloom.breakers import BREAKERS
 from taskloom.crypto import CredentialCipher
@@ -26,13 +27,13 @@ def _cipher(ctx: RequestContext) -> CredentialCipher:
     return ctx.runtime.cipher
 
 
-@router.get("")
+@router.get("", openapi_extra=access("admin"))
 async def list_connections(ctx: Admin) -> list[ConnectionOut]:
     rows = await service.list_connections(db=ctx.db, principal=ctx.principal)
     return [service.to_out(row, _cipher(ctx)) for row in rows]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"))
 async def create_connection(body: ConnectionCreate, ctx: Admin) -> ConnectionOut:
     row = await service.create_connection(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, cipher=_cipher(ctx), body=body
@@ -40,13 +41,13 @@ async def create_connection(body: ConnectionCreate, ctx: Admin) -> ConnectionOut
     return service.to_out(row, _cipher(ctx))
 
 
-@router.get("/{connection_id}")
+@router.get("/{connection_id}", openapi_extra=access("admin"))
 async def get_connection(connection_id: uuid.UUID, ctx: Admin) -> ConnectionOut:
     row = await service.get_connection(db=ctx.db, connection_id=connection_id)
     return service.to_out(row, _cipher(ctx))
 
 
-@router.patch("/{connection_id}")
+@router.patch("/{connection_id}", openapi_extra=access("admin"))
 async def update_connection(
     connection_id: uuid.UUID, body: ConnectionUpdate, ctx: Admin
 ) -> ConnectionOut:
@@ -59,14 +60,16 @@ async def update_connection(
     return service.to_out(row, _cipher(ctx))
 
 
-@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=access("admin")
+)
 async def delete_connection(connection_id: uuid.UUID, ctx: Admin) -> Response:
     row = await service.delete_connection(db=ctx.db, context=ctx.audit, connection_id=connection_id)
     BREAKERS.remove(f"tool:{row.id}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{connection_id}/test")
+@router.post("/{connection_id}/test", openapi_extra=access("admin"))
 async def test_connection(connection_id: uuid.UUID, ctx: Admin) -> ConnectionTestResult:
     result = await service.check_connection(
         db=ctx.db,
@@ -78,7 +81,7 @@ async def test_connection(connection_id: uuid.UUID, ctx: Admin) -> ConnectionTes
     return ConnectionTestResult.model_validate(result)
 
 
-@router.get("/{connection_id}/tools")
+@router.get("/{connection_id}/tools", openapi_extra=access("admin"))
 async def list_tools(connection_id: uuid.UUID, ctx: Admin) -> list[ToolOut]:
     row = await service.get_connection(db=ctx.db, connection_id=connection_id)
     tools = await service.list_tools(settings=ctx.runtime.settings, cipher=_cipher(ctx), row=row)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from taskloom.auth.access import access
 from taskloom.auth.deps import Admin
 from taskloom.webhooks import service
 from taskloom.webhooks.models import WebhookEndpoint
@@ -33,12 +34,12 @@ def _with_secret(endpoint: WebhookEndpoint, secret: str) -> WebhookWithSecret:
     return WebhookWithSecret(**_out(endpoint).model_dump(), secret=secret)
 
 
-@router.get("")
+@router.get("", openapi_extra=access("admin"))
 async def list_webhooks(ctx: Admin) -> list[WebhookOut]:
     return [_out(e) for e in await service.list_endpoints(db=ctx.db, principal=ctx.principal)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"))
 async def create_webhook(body: WebhookCreate, ctx: Admin) -> WebhookWithSecret:
     endpoint, secret = await service.create_endpoint(
         db=ctx.db,
@@ -51,12 +52,12 @@ async def create_webhook(body: WebhookCreate, ctx: Admin) -> WebhookWithSecret:
     return _with_secret(endpoint, secret)
 
 
-@router.get("/{webhook_id}")
+@router.get("/{webhook_id}", openapi_extra=access("admin"))
 async def get_webhook(webhook_id: uuid.UUID, ctx: Admin) -> WebhookOut:
     return _out(await service.get_endpoint(db=ctx.db, endpoint_id=webhook_id))
 
 
-@router.patch("/{webhook_id}")
+@router.patch("/{webhook_id}", openapi_extra=access("admin"))
 async def update_webhook(webhook_id: uuid.UUID, body: WebhookUpdate, ctx: Admin) -> WebhookOut:
     endpoint = await service.update_endpoint(
         db=ctx.db,
@@ -68,13 +69,15 @@ async def update_webhook(webhook_id: uuid.UUID, body: WebhookUpdate, ctx: Admin)
     return _out(endpoint)
 
 
-@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, openapi_extra=access("admin")
+)
 async def delete_webhook(webhook_id: uuid.UUID, ctx: Admin) -> Response:
     await service.delete_endpoint(db=ctx.db, context=ctx.audit, endpoint_id=webhook_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{webhook_id}/rotate-secret")
+@router.post("/{webhook_id}/rotate-secret", openapi_extra=access("admin"))
 async def rotate_secret(webhook_id: uuid.UUID, body: RotateSecret, ctx: Admin) -> WebhookWithSecret:
     endpoint, secret = await service.rotate_secret(
         db=ctx.db, context=ctx.audit, cipher=ctx.runtime.cipher, endpoint_id=webhook_id, body=body
@@ -82,14 +85,16 @@ async def rotate_secret(webhook_id: uuid.UUID, body: RotateSecret, ctx: Admin) -
     return _with_secret(endpoint, secret)
 
 
-@router.post("/{webhook_id}/test", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{webhook_id}/test", status_code=status.HTTP_202_ACCEPTED, openapi_extra=access("admin")
+)
 async def test_webhook(webhook_id: uuid.UUID, ctx: Admin) -> PingAccepted:
     """Queue a `ping`; its attempts appear under /deliveries."""
     delivery = await service.send_ping(db=ctx.db, context=ctx.audit, endpoint_id=webhook_id)
     return PingAccepted(event_id=delivery.event_id, delivery_id=delivery.id)
 
 
-@router.get("/{webhook_id}/deliveries")
+@router.get("/{webhook_id}/deliveries", openapi_extra=access("admin"))
 async def list_deliveries(
     webhook_id: uuid.UUID,
     ctx: Admin,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, RequestContext, Viewer
 from taskloom.workflows import service
 from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
@@ -43,13 +44,13 @@ def _enqueue_after_commit(
     ctx.after_commit.append(enqueue)
 
 
-@router.get("/workflows")
+@router.get("/workflows", openapi_extra=access("viewer"))
 async def list_workflows(ctx: Viewer) -> list[WorkflowOut]:
     workflows = await service.list_workflows(db=ctx.db, principal=ctx.principal)
     return [WorkflowOut.model_validate(w) for w in workflows]
 
 
-@router.post("/workflows", status_code=status.HTTP_201_CREATED)
+@router.post("/workflows", status_code=status.HTTP_201_CREATED, openapi_extra=access("member"))
 async def create_workflow(body: WorkflowCreate, ctx: Member) -> WorkflowOut:
     workflow = await service.create_workflow(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, body=body
@@ -57,14 +58,14 @@ async def create_workflow(body: WorkflowCreate, ctx: Member) -> WorkflowOut:
     return WorkflowOut.model_validate(workflow)
 
 
-@router.get("/workflows/{workflow_id}")
+@router.get("/workflows/{workflow_id}", openapi_extra=access("viewer"))
 async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer) -> WorkflowOut:
     return WorkflowOut.model_validate(
         await service.get_workflow(db=ctx.db, workflow_id=workflow_id)
     )
 
 
-@router.put("/workflows/{workflow_id}")
+@router.put("/workflows/{workflow_id}", openapi_extra=access("member"))
 async def update_workflow(workflow_id: uuid.UUID, body: WorkflowUpdate, ctx: Member) -> WorkflowOut:
     workflow = await service.update_workflow(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id, body=body
@@ -72,7 +73,11 @@ async def update_workflow(workflow_id: uuid.UUID, body: WorkflowUpdate, ctx: Mem
     return WorkflowOut.model_validate(workflow)
 
 
-@router.delete("/workflows/{workflow_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/workflows/{workflow_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=access("member"),
+)
 async def delete_workflow(workflow_id: uuid.UUID, ctx: Member) -> Response:
     await service.delete_workflow(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id
@@ -80,7 +85,11 @@ async def delete_workflow(workflow_id: uuid.UUID, ctx: Member) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/workflows/{workflow_id}/execute", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/workflows/{workflow_id}/execute",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra=access("member"),
+)
 async def execute_workflow(
     workflow_id: uuid.UUID, ctx: Member, body: ExecuteRequest | None = None
 ) -> ExecutionAccepted:
@@ -95,7 +104,7 @@ async def execute_workflow(
     return ExecutionAccepted(execution_id=execution.id, status=execution.status)
 
 
-@router.get("/executions")
+@router.get("/executions", openapi_extra=access("viewer"))
 async def list_executions(
     ctx: Viewer,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
@@ -120,7 +129,7 @@ async def list_executions(
     )
 
 
-@router.get("/executions/{execution_id}")
+@router.get("/executions/{execution_id}", openapi_extra=access("viewer"))
 async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail:
     execution, steps = await service.get_execution(db=ctx.db, execution_id=execution_id)
     return ExecutionDetail(
@@ -129,7 +138,7 @@ async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail
     )
 
 
-@router.post("/executions/{execution_id}/cancel")
+@router.post("/executions/{execution_id}/cancel", openapi_extra=access("member"))
 async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
     execution = await service.cancel_execution(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
@@ -144,7 +153,11 @@ async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut
     return ExecutionOut.model_validate(execution)
 
 
-@router.post("/executions/{execution_id}/retry", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/executions/{execution_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra=access("member"),
+)
 async def retry_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
     execution = await service.retry_execution(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
@@ -153,7 +166,7 @@ async def retry_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
     return ExecutionOut.model_validate(execution)
 
 
-@router.get("/queue/failed")
+@router.get("/queue/failed", openapi_extra=access("admin"))
 async def failed_jobs(
     ctx: Admin, limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50
 ) -> list[FailedJobOut]:
