@@ -26,6 +26,8 @@ from taskloom.observability.routes import router as metrics_router
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.tools.routes import router as connections_router
+from taskloom.web.routes import router as web_router
+from taskloom.web.security_headers import SecurityHeadersMiddleware
 from taskloom.webhooks.routes import router as webhooks_router
 from taskloom.workflows.routes import router as workflows_router
 
@@ -75,8 +77,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(flags_router)
     app.include_router(webhooks_router)
     app.include_router(metrics_router)
+    app.include_router(web_router)
     # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware, production=settings.is_production)
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     tracing.instrument_app(app)

@@ -23,14 +23,18 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.models import AuditChainHead, AuditLog
+from taskloom.auth.principal import Principal
+from taskloom.errors import BadRequest, Forbidden
+from taskloom.orgs.models import Role
+from taskloom.pagination import decode_cursor, encode_cursor
 
 GENESIS_HASH = "0" * 64
 
@@ -238,3 +242,103 @@ async def verify_chain(*, session: AsyncSession, org_id: uuid.UUID | None) -> Ch
             redacted,
         )
     return ChainVerification(True, checked, redacted_rows=redacted)
+
+
+# --- reading (the API and the web UI) ------------------------------------------------------------
+
+
+def _valid_action(value: str | None) -> str | None:
+    if value is None:
+        return None
+    valid = sorted(a.value for a in AuditAction)
+    if value not in valid:
+        raise BadRequest(
+            f"unknown action {value!r}; valid actions: {', '.join(valid)}",
+            code="invalid_action",
+            details={"valid_actions": valid},
+        )
+    return value
+
+
+async def _record_read(
+    session: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    action: AuditAction,
+    details: dict[str, Any],
+) -> None:
+    if principal.org_id is None:
+        return  # the instance chain is written by the privileged role only
+    await record(
+        session=session,
+        context=context,
+        action=action,
+        org_id=principal.org_id,
+        resource_type="audit_log",
+        details=details,
+    )
+
+
+async def list_logs(
+    *,
+    session: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    scope: Literal["me", "org"] = "me",
+    action: str | None = None,
+    resource_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[list[AuditLog], str | None]:
+    """Newest first. `scope="me"`: events the caller caused, in any organization; `scope="org"`
+    (owners and admins): every event of the current organization. Reading is audited."""
+    if since and until and since > until:
+        raise BadRequest("`from` is after `to`", code="invalid_range")
+    if cursor and offset:
+        raise BadRequest("use either `cursor` or `offset`, not both", code="invalid_paging")
+    query = select(AuditLog)
+    if scope == "org":
+        if principal.org_id is None or not principal.has_role(Role.ADMIN):
+            raise Forbidden("reading the organization's audit log needs the admin role")
+        query = query.where(AuditLog.org_id == principal.org_id)
+    else:
+        query = query.where(AuditLog.actor_user_id == principal.user_id)
+    if (wanted := _valid_action(action)) is not None:
+        query = query.where(AuditLog.action == wanted)
+    if resource_type is not None:
+        query = query.where(AuditLog.resource_type == resource_type)
+    if since is not None:
+        query = query.where(AuditLog.created_at >= since)
+    if until is not None:
+        query = query.where(AuditLog.created_at <= until)
+    if cursor:
+        when, ident = decode_cursor(cursor)
+        query = query.where(
+            or_(AuditLog.created_at < when, and_(AuditLog.created_at == when, AuditLog.id < ident))
+        )
+    rows = list(
+        (
+            await session.execute(
+                query.order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
+                .offset(offset)
+                .limit(limit + 1)
+            )
+        ).scalars()
+    )
+    page, more = rows[:limit], len(rows) > limit
+    await _record_read(
+        session, principal, context, AuditAction.AUDIT_READ, {"scope": scope, "returned": len(page)}
+    )
+    return page, (encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+
+
+async def verify_org_chain(
+    *, session: AsyncSession, principal: Principal, context: AuditContext
+) -> ChainVerification:
+    """Walk the current organization's hash chain (audited)."""
+    result = await verify_chain(session=session, org_id=principal.org_id)
+    await _record_read(session, principal, context, AuditAction.AUDIT_VERIFY, {"ok": result.ok})
+    return result

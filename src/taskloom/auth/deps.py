@@ -4,6 +4,7 @@ enforce roles. The tenant always comes from the authenticated principal."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -57,9 +58,13 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
+@asynccontextmanager
+async def open_request_context(request: Request, token: str) -> AsyncIterator[RequestContext]:
+    """Authenticate `token` (an access JWT or an API key), open the tenant transaction with the
+    principal's org and user set, and run the `after_commit` hooks once it has committed. The
+    bearer dependency below and the web UI's cookie session (taskloom/web) both build their
+    RequestContext here."""
     runtime = get_runtime(request)
-    token = _bearer_token(request)
     key_principal = None
     if token.startswith(API_KEY_PREFIX):
         key_principal = await service.resolve_api_key(runtime=runtime, key=token)
@@ -89,6 +94,11 @@ async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
             await hook()
         except Exception:  # the committed work stands; whoever registered the hook recovers
             log.exception("after_commit_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+
+
+async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
+    async with open_request_context(request, _bearer_token(request)) as ctx:
+        yield ctx
 
 
 # `scope="function"`: the transaction commits before the response is sent, so a client never

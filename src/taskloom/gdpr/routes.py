@@ -7,12 +7,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Session, get_runtime
-from taskloom.auth.models import User
-from taskloom.errors import Unauthorized
 from taskloom.gdpr import archive, service
 from taskloom.gdpr.schemas import ErasureOut, ErasureRequest, ExportStatusOut, QueuedExportOut
 
@@ -105,12 +102,13 @@ async def download_queued_export(
 @router.delete("/account", openapi_extra=access("authenticated", api_key=False))
 async def delete_account(body: ErasureRequest, ctx: Session) -> ErasureOut:
     """Erase your account. 409 lists organizations that need another owner first."""
-    user_id = ctx.principal.user_id
-    await service.check_rate(ctx.runtime, kind="erasure", user_id=user_id)
-    password_hash = await ctx.db.scalar(select(User.password_hash).where(User.id == user_id))
-    if not ctx.runtime.passwords.verify(password_hash, body.password):
-        raise Unauthorized("the password is not correct", code="invalid_password")
-    result = await service.erase_account(ctx.runtime, user_id=user_id, context=ctx.audit)
+    result = await service.erase_own_account(
+        ctx.runtime,
+        db=ctx.db,
+        user_id=ctx.principal.user_id,
+        password=body.password,
+        context=ctx.audit,
+    )
     return ErasureOut(
         erased=True,
         pseudonym=result.pseudonym,

@@ -3,6 +3,7 @@ event, and what must happen outside the database after an erasure (Redis, queued
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 import structlog
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
@@ -17,6 +19,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth import ratelimit
 from taskloom.auth.models import User
 from taskloom.db.tenancy import system_transaction
+from taskloom.errors import Unauthorized
 from taskloom.gdpr import export
 from taskloom.gdpr.erasure import Erasure, erase
 from taskloom.gdpr.models import GdprRequest
@@ -83,6 +86,18 @@ async def user_id_for(runtime: Runtime, email: str) -> uuid.UUID | None:
     async with system_transaction(runtime.database) as db:
         found = await db.scalar(select(User.id).where(User.email == email.strip().lower()))
     return found
+
+
+async def erase_own_account(
+    runtime: Runtime, *, db: AsyncSession, user_id: uuid.UUID, password: str, context: AuditContext
+) -> Erasure:
+    """A person erasing their own account (the API and the web UI): rate-limited, and only with
+    their password; Conflict names the organizations that need another owner first."""
+    await check_rate(runtime, kind="erasure", user_id=user_id)
+    password_hash = await db.scalar(select(User.password_hash).where(User.id == user_id))
+    if not await asyncio.to_thread(runtime.passwords.verify, password_hash, password):
+        raise Unauthorized("the password is not correct", code="invalid_password")
+    return await erase_account(runtime, user_id=user_id, context=context)
 
 
 async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext) -> Erasure:

@@ -1,0 +1,163 @@
+"""Sign in, register, sign out, and switch organization."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from taskloom.auth import service as auth
+from taskloom.auth.deps import client_context, get_runtime
+from taskloom.auth.schemas import LoginRequest, RegisterRequest
+from taskloom.errors import BadRequest, DomainError
+from taskloom.web import cookies
+from taskloom.web.errors import UiRoute
+from taskloom.web.forms import FieldError, from_validation, text
+from taskloom.web.rendering import redirect, render
+from taskloom.web.session import anonymous, signed_in
+
+router = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path inside the UI: never another site (`//evil.example`, `https://…`)."""
+    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/"
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    async with signed_in(request) as page:
+        if page.principal.org_id is not None:
+            return redirect("/ui/workflows")
+        if page.principal.is_superuser:
+            return redirect("/ui/admin/flags")
+        return redirect("/ui/privacy")
+
+
+@router.get("/login")
+async def login_form(
+    request: Request, next_page: Annotated[str | None, Query(alias="next", max_length=2000)] = None
+) -> Response:
+    page = anonymous(request)
+    target = _safe_next(next_page)
+    return render(page, "login.html", title="Sign in", email="", next=target, errors=[])
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    page = anonymous(request)
+    form = await page.form()
+    email, target = text(form, "email"), _safe_next(text(form, "next"))
+
+    def again(status: int, errors: list[FieldError]) -> Response:
+        values = {"email": email, "next": target, "errors": errors}
+        return render(page, "login.html", status=status, title="Sign in", **values)
+
+    try:
+        body = LoginRequest(email=email, password=text(form, "password"))
+    except ValidationError as invalid:
+        return again(422, from_validation(invalid))
+    try:
+        pair = await auth.login(
+            runtime=get_runtime(request),
+            email=body.email,
+            password=body.password,
+            org_id=None,
+            client=client_context(request),
+        )
+    except DomainError as refused:
+        return again(refused.status_code, [FieldError("", refused.message)])
+    cookies.queue_tokens(request, pair)
+    cookies.queue_nonce(request, None)
+    return redirect(target)
+
+
+@router.get("/register")
+async def register_form(request: Request) -> Response:
+    page = anonymous(request)
+    return render(
+        page,
+        "register.html",
+        title="Create an account",
+        email="",
+        display_name="",
+        organization_name="",
+        errors=[],
+    )
+
+
+@router.post("/register")
+async def register(request: Request) -> Response:
+    page = anonymous(request)
+    form = await page.form()
+    values: dict[str, Any] = {
+        "email": text(form, "email"),
+        "display_name": text(form, "display_name"),
+        "organization_name": text(form, "organization_name"),
+    }
+
+    def again(status: int, errors: list[FieldError]) -> Response:
+        return render(
+            page, "register.html", status=status, title="Create an account", errors=errors, **values
+        )
+
+    try:
+        body = RegisterRequest(
+            email=values["email"],
+            password=text(form, "password"),
+            display_name=values["display_name"].strip(),
+            organization_name=values["organization_name"].strip() or None,
+        )
+    except ValidationError as invalid:
+        return again(422, from_validation(invalid))
+    try:
+        pair = await auth.register(
+            runtime=get_runtime(request),
+            email=body.email,
+            password=body.password,
+            display_name=body.display_name,
+            organization_name=body.organization_name,
+            client=client_context(request),
+        )
+    except DomainError as refused:
+        field = "password" if refused.code == "weak_password" else ""
+        field = "email" if refused.code == "email_taken" else field
+        return again(refused.status_code, [FieldError(field, refused.message)])
+    cookies.queue_tokens(request, pair)
+    cookies.queue_nonce(request, None)
+    return redirect("/ui/workflows?notice=registered")
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    async with signed_in(request) as page:
+        await page.form()
+        await auth.logout(
+            runtime=page.runtime, db=page.db, principal=page.principal, context=page.audit
+        )
+    cookies.queue_signed_out(request)
+    return redirect("/ui/login?notice=signed-out")
+
+
+@router.post("/switch-org")
+async def switch_org(request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        try:
+            org_id = uuid.UUID(text(form, "org_id"))
+        except ValueError:
+            raise BadRequest("choose an organization") from None
+        token = await auth.switch_org(
+            runtime=page.runtime,
+            db=page.db,
+            principal=page.principal,
+            org_id=org_id,
+            context=page.audit,
+        )
+    cookies.queue_access_token(request, token, page.runtime.settings.access_token_ttl_seconds)
+    return redirect("/ui/workflows?notice=org-switched")

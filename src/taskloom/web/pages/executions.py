@@ -1,0 +1,149 @@
+"""Executions: a filtered list and one execution with its steps (outputs, and the model,
+tokens and cost of `ai` steps). Pages of unfinished executions reload themselves with
+<meta http-equiv="refresh">, so the status is live without any script."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from taskloom.errors import BadRequest
+from taskloom.orgs.models import Role
+from taskloom.web.errors import UiRoute
+from taskloom.web.pages.workflows import enqueue_after_commit
+from taskloom.web.rendering import TERMINAL, redirect, render, with_query
+from taskloom.web.session import signed_in
+from taskloom.workflows import service
+from taskloom.workflows.models import ExecutionStatus, ExecutionStep
+
+router = APIRouter(prefix="/ui/executions", route_class=UiRoute, include_in_schema=False)
+
+REFRESH_SECONDS = 2
+PAGE_SIZE = 25
+
+
+def _status(value: str | None) -> ExecutionStatus | None:
+    if not value:
+        return None
+    try:
+        return ExecutionStatus(value)
+    except ValueError:
+        valid = ", ".join(s.value for s in ExecutionStatus)
+        raise BadRequest(f"unknown status {value!r}; choose one of {valid}") from None
+
+
+def _workflow_id(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequest("unknown workflow") from None
+
+
+@router.get("")
+async def list_executions(
+    request: Request,
+    status: Annotated[str | None, Query(max_length=32)] = None,
+    workflow_id: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    async with signed_in(request) as page:
+        page.require_role(Role.VIEWER)
+        wanted_status, wanted_workflow = _status(status), _workflow_id(workflow_id)
+        items, next_cursor = await service.list_executions(
+            db=page.db,
+            principal=page.principal,
+            status=wanted_status,
+            workflow_id=wanted_workflow,
+            cursor=cursor,
+            limit=PAGE_SIZE,
+        )
+        workflows = await service.list_workflows(db=page.db, principal=page.principal)
+        names = {w.id: w.name for w in workflows}
+        live = any(e.status not in TERMINAL for e in items)
+        next_url = with_query(request, cursor=next_cursor) if next_cursor else None
+        return render(
+            page,
+            "executions/list.html",
+            title="Executions",
+            executions=items,
+            workflows=workflows,
+            names=names,
+            status_filter=wanted_status.value if wanted_status else "",
+            workflow_id=str(wanted_workflow) if wanted_workflow else "",
+            statuses=[s.value for s in ExecutionStatus],
+            next_url=next_url,
+            refresh_seconds=REFRESH_SECONDS if live and not cursor else None,
+        )
+
+
+def ai_usage(step: ExecutionStep) -> dict[str, Any] | None:
+    """Model, tokens and cost of an `ai` step's call (what the step recorded in its output)."""
+    if step.type != "ai" or not isinstance(step.output, dict):
+        return None
+    usage = step.output.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return {
+        "model": step.output.get("model"),
+        "provider": step.output.get("provider"),
+        "downgraded_from": step.output.get("downgraded_from"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "cost_usd": usage.get("cost_usd"),
+    }
+
+
+@router.get("/{execution_id}")
+async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        page.require_role(Role.VIEWER)
+        execution, steps = await service.get_execution(db=page.db, execution_id=execution_id)
+        workflow = await service.get_workflow(db=page.db, workflow_id=execution.workflow_id)
+        usage = {step.step_id: ai_usage(step) for step in steps}
+        planned = [s.get("id") for s in (execution.definition or {}).get("steps", [])]
+        return render(
+            page,
+            "executions/detail.html",
+            title=f"Execution of {workflow.name}",
+            execution=execution,
+            workflow=workflow,
+            steps=steps,
+            usage=usage,
+            not_started=[p for p in planned if p not in {s.step_id for s in steps}],
+            refresh_seconds=None if execution.status in TERMINAL else REFRESH_SECONDS,
+        )
+
+
+@router.post("/{execution_id}/cancel")
+async def cancel_execution(execution_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        await page.form()
+        page.require_role(Role.MEMBER)
+        execution = await service.cancel_execution(
+            db=page.db, principal=page.principal, context=page.audit, execution_id=execution_id
+        )
+        if execution.status == ExecutionStatus.CANCELLED:
+            queue, job_id = page.runtime.queue, execution.id
+
+            async def remove_job() -> None:
+                await queue.remove(job_id)
+
+            page.signed_in.after_commit.append(remove_job)
+    return redirect(f"/ui/executions/{execution_id}?notice=execution-cancelled")
+
+
+@router.post("/{execution_id}/retry")
+async def retry_execution(execution_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        await page.form()
+        page.require_role(Role.MEMBER)
+        execution = await service.retry_execution(
+            db=page.db, principal=page.principal, context=page.audit, execution_id=execution_id
+        )
+        enqueue_after_commit(page.signed_in, execution, replace=True)
+    return redirect(f"/ui/executions/{execution_id}?notice=execution-retried")

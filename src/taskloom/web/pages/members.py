@@ -1,0 +1,108 @@
+"""Members and roles of the current organization (admins)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from taskloom.errors import DomainError
+from taskloom.orgs import service
+from taskloom.orgs.models import Role
+from taskloom.orgs.schemas import MemberAdd, MemberUpdate
+from taskloom.web.errors import UiRoute
+from taskloom.web.forms import FieldError, from_domain, from_validation, text
+from taskloom.web.rendering import redirect, render
+from taskloom.web.session import Page, signed_in
+
+router = APIRouter(prefix="/ui/admin/members", route_class=UiRoute, include_in_schema=False)
+
+
+async def _render(
+    page: Page, *, status: int = 200, errors: list[FieldError] | None = None, email: str = ""
+) -> Response:
+    members = await service.list_members(db=page.db, principal=page.principal)
+    return render(
+        page,
+        "admin/members.html",
+        status=status,
+        title="Members",
+        members=members,
+        roles=[r.value for r in Role],
+        errors=errors or [],
+        email=email,
+    )
+
+
+@router.get("")
+async def members(request: Request) -> Response:
+    async with signed_in(request) as page:
+        page.require_role(Role.ADMIN)
+        return await _render(page)
+
+
+@router.post("")
+async def add_member(request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.ADMIN)
+        email = text(form, "email")
+        try:
+            body = MemberAdd.model_validate(
+                {"email": email, "role": text(form, "role") or "member"}
+            )
+            async with page.db.begin_nested():
+                await service.add_member(
+                    db=page.db,
+                    database=page.runtime.database,
+                    principal=page.principal,
+                    context=page.audit,
+                    email=body.email,
+                    role=body.role,
+                )
+        except ValidationError as invalid:
+            return await _render(page, status=422, errors=from_validation(invalid), email=email)
+        except DomainError as refused:
+            return await _render(
+                page, status=refused.status_code, errors=from_domain(refused), email=email
+            )
+    return redirect("/ui/admin/members?notice=member-added")
+
+
+@router.post("/{user_id}/role")
+async def change_role(user_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.ADMIN)
+        try:
+            body = MemberUpdate.model_validate({"role": text(form, "role")})
+            async with page.db.begin_nested():
+                await service.change_role(
+                    db=page.db,
+                    principal=page.principal,
+                    context=page.audit,
+                    user_id=user_id,
+                    role=body.role,
+                )
+        except ValidationError as invalid:
+            return await _render(page, status=422, errors=from_validation(invalid))
+        except DomainError as refused:
+            return await _render(page, status=refused.status_code, errors=from_domain(refused))
+    return redirect("/ui/admin/members?notice=member-updated")
+
+
+@router.post("/{user_id}/remove")
+async def remove_member(user_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        await page.form()
+        page.require_role(Role.ADMIN)
+        try:
+            async with page.db.begin_nested():
+                await service.remove_member(
+                    db=page.db, principal=page.principal, context=page.audit, user_id=user_id
+                )
+        except DomainError as refused:
+            return await _render(page, status=refused.status_code, errors=from_domain(refused))
+    return redirect("/ui/admin/members?notice=member-removed")

@@ -1,0 +1,249 @@
+"""Workflows: list, create, edit the definition as JSON (with the service's own validation
+messages next to the field), run with JSON input, delete."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from taskloom.auth.deps import RequestContext
+from taskloom.errors import DomainError
+from taskloom.orgs.models import Role
+from taskloom.web.errors import UiRoute
+from taskloom.web.forms import (
+    FieldError,
+    FormProblem,
+    from_domain,
+    from_validation,
+    json_field,
+    optional_text,
+    text,
+)
+from taskloom.web.rendering import redirect, render
+from taskloom.web.session import Page, signed_in
+from taskloom.workflows import service
+from taskloom.workflows.models import Workflow, WorkflowExecution
+from taskloom.workflows.schemas import ExecuteRequest, WorkflowCreate
+
+router = APIRouter(prefix="/ui/workflows", route_class=UiRoute, include_in_schema=False)
+
+EXAMPLE_DEFINITION = {
+    "steps": [
+        {
+            "id": "greet",
+            "type": "transform",
+            "args": {"value": {"greeting": "Hello, {{ input.name }}!"}},
+        }
+    ]
+}
+
+
+def enqueue_after_commit(
+    ctx: RequestContext, execution: WorkflowExecution, *, replace: bool
+) -> None:
+    """Queue the execution's job once the row is committed (as the API's execute and retry do:
+    a job must never run ahead of its row)."""
+    queue, execution_id, org_id = ctx.runtime.queue, execution.id, execution.org_id
+    request_id = ctx.audit.request_id
+
+    async def enqueue() -> None:
+        if replace:
+            await queue.replace(execution_id=execution_id, org_id=org_id, request_id=request_id)
+        else:
+            await queue.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
+
+    ctx.after_commit.append(enqueue)
+
+
+def _definition_text(definition: Any) -> str:
+    """The stored definition as people write it: each step's id, type, then args (JSONB keeps
+    its keys in its own order)."""
+    if isinstance(definition, dict) and isinstance(definition.get("steps"), list):
+        order = {"id": 0, "type": 1, "args": 2}
+        steps = [
+            dict(sorted(s.items(), key=lambda kv: order.get(kv[0], 3)))
+            if isinstance(s, dict)
+            else s
+            for s in definition["steps"]
+        ]
+        definition = {**definition, "steps": steps}
+    return json.dumps(definition, indent=2, ensure_ascii=False)
+
+
+def _parsed(form_values: dict[str, Any], definition: Any) -> WorkflowCreate:
+    return WorkflowCreate.model_validate(
+        {
+            "name": form_values["name"],
+            "description": form_values["description"],
+            "definition": definition,
+        }
+    )
+
+
+def _posted(form: Any) -> dict[str, Any]:
+    return {
+        "name": text(form, "name").strip(),
+        "description": optional_text(form, "description"),
+        "definition": text(form, "definition"),
+    }
+
+
+@router.get("")
+async def list_workflows(request: Request) -> Response:
+    async with signed_in(request) as page:
+        page.require_role(Role.VIEWER)
+        workflows = await service.list_workflows(db=page.db, principal=page.principal)
+        return render(page, "workflows/list.html", title="Workflows", workflows=workflows)
+
+
+@router.get("/new")
+async def new_workflow(request: Request) -> Response:
+    async with signed_in(request) as page:
+        page.require_role(Role.MEMBER)
+        values = {"name": "", "description": "", "definition": _definition_text(EXAMPLE_DEFINITION)}
+        return render(page, "workflows/new.html", title="New workflow", values=values, errors=[])
+
+
+@router.post("/new")
+async def create_workflow(request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.MEMBER)
+        values = _posted(form)
+        try:
+            body = _parsed(values, json_field(form, "definition"))
+            async with page.db.begin_nested():
+                workflow = await service.create_workflow(
+                    db=page.db, principal=page.principal, context=page.audit, body=body
+                )
+        except (FormProblem, ValidationError, DomainError) as problem:
+            errors = _errors(problem)
+            return render(
+                page,
+                "workflows/new.html",
+                status=_status(problem),
+                title="New workflow",
+                values={**values, "description": values["description"] or ""},
+                errors=errors,
+            )
+        return redirect(f"/ui/workflows/{workflow.id}?notice=workflow-created")
+
+
+def _errors(problem: Exception) -> list[FieldError]:
+    if isinstance(problem, FormProblem):
+        return problem.errors
+    if isinstance(problem, ValidationError):
+        return from_validation(problem)
+    assert isinstance(problem, DomainError)
+    return from_domain(problem)
+
+
+def _status(problem: Exception) -> int:
+    return problem.status_code if isinstance(problem, DomainError) else 422
+
+
+async def _workflow_page(
+    page: Page,
+    workflow: Workflow,
+    *,
+    status: int = 200,
+    values: dict[str, Any] | None = None,
+    errors: list[FieldError] | None = None,
+    run_input: str = "{}",
+    run_errors: list[FieldError] | None = None,
+) -> Response:
+    executions, _ = await service.list_executions(
+        db=page.db, principal=page.principal, workflow_id=workflow.id, limit=10
+    )
+    shown = values or {
+        "name": workflow.name,
+        "description": workflow.description or "",
+        "definition": _definition_text(workflow.definition),
+    }
+    return render(
+        page,
+        "workflows/edit.html",
+        status=status,
+        title=workflow.name,
+        workflow=workflow,
+        values=shown,
+        errors=errors or [],
+        run_input=run_input,
+        run_errors=run_errors or [],
+        executions=executions,
+    )
+
+
+@router.get("/{workflow_id}")
+async def show_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        page.require_role(Role.VIEWER)
+        workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
+        return await _workflow_page(page, workflow)
+
+
+@router.post("/{workflow_id}")
+async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.MEMBER)
+        workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
+        values = _posted(form)
+        try:
+            body = _parsed(values, json_field(form, "definition"))
+            # A savepoint: a refused definition leaves nothing half-changed behind.
+            async with page.db.begin_nested():
+                await service.update_workflow(
+                    db=page.db,
+                    principal=page.principal,
+                    context=page.audit,
+                    workflow_id=workflow_id,
+                    body=body,
+                )
+        except (FormProblem, ValidationError, DomainError) as problem:
+            await page.db.refresh(workflow)  # the savepoint's rollback expired its changes
+            shown = {**values, "description": values["description"] or ""}
+            return await _workflow_page(
+                page, workflow, status=_status(problem), values=shown, errors=_errors(problem)
+            )
+        return redirect(f"/ui/workflows/{workflow_id}?notice=workflow-saved")
+
+
+@router.post("/{workflow_id}/run")
+async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.MEMBER)
+        workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
+        try:
+            body = ExecuteRequest.model_validate({"input": json_field(form, "input", default={})})
+            execution = await service.start_execution(
+                db=page.db,
+                principal=page.principal,
+                context=page.audit,
+                workflow_id=workflow_id,
+                input=body.input,
+            )
+        except (FormProblem, ValidationError) as problem:
+            errors = [FieldError("input", e.message) for e in _errors(problem)]
+            return await _workflow_page(
+                page, workflow, status=422, run_input=text(form, "input"), run_errors=errors
+            )
+        enqueue_after_commit(page.signed_in, execution, replace=False)
+    return redirect(f"/ui/executions/{execution.id}")
+
+
+@router.post("/{workflow_id}/delete")
+async def delete_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        await page.form()
+        page.require_role(Role.MEMBER)
+        await service.delete_workflow(
+            db=page.db, principal=page.principal, context=page.audit, workflow_id=workflow_id
+        )
+    return redirect("/ui/workflows?notice=workflow-deleted")

@@ -1,0 +1,226 @@
+"""End to end in a real browser: headless Chromium (the system's, Debian's `chromium` package;
+no browser download) driven by Playwright, against a real `taskloom api` and a real
+`taskloom worker` on a deployment of their own (database, application role, Redis prefix).
+
+One person's whole journey: register → create a workflow → run it → see it succeed with its
+steps → download their data and find themselves and the workflow in it → delete the account →
+be refused at sign-in. On the way, a screenshot of every main page goes to
+test-artifacts/screenshots/ (kept by CI as an artifact; gitignored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, async_playwright, expect
+
+from taskloom.config import Settings
+from tests.cli_support import clean_env, serve_api
+from tests.conftest import fresh_deployment
+from tests.factories import PASSWORD, unique_email
+from tests.servers import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+TIMEOUT_MS = 30_000  # generous: two cores shared with other test runs
+
+DEFINITION = {
+    "steps": [
+        {
+            "id": "greet",
+            "type": "transform",
+            "args": {"value": {"greeting": "Hello, {{ input.name }}!"}},
+        }
+    ]
+}
+
+
+@pytest.fixture
+async def deployment(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings]:
+    async with fresh_deployment(pg_server_url, redis_url, label="e2e") as settings:
+        yield settings
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return clean_env(
+        TASKLOOM_ENV="test",
+        DATABASE_URL=settings.database_url or "",
+        DATABASE_APP_ROLE=settings.database_app_role,
+        REDIS_URL=settings.redis_url or "",
+        REDIS_KEY_PREFIX=settings.key_prefix,
+        PASSWORD_HASH_TIME_COST="1",
+        PASSWORD_HASH_MEMORY_KIB="1024",
+        PASSWORD_HASH_PARALLELISM="1",
+        LOG_LEVEL="info",
+        PYTHONUNBUFFERED="1",
+    )
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskloom", "worker"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "worker_started" in log.read_text():
+            return worker
+        if worker.poll() is not None:
+            break
+        time.sleep(0.1)
+    worker.kill()
+    raise AssertionError(f"the worker did not start:\n{log.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def base_url(deployment: Settings, tmp_path: Path) -> Iterator[str]:
+    """A `taskloom api` and a `taskloom worker` on the deployment; both stopped afterwards."""
+    env = _env(deployment)
+    port = free_port()
+    api = serve_api(env, port, tmp_path / "api.log")
+    try:
+        worker = _start_worker(env, tmp_path / "worker.log")
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            _stop(worker)
+            print("--- worker log ---\n" + (tmp_path / "worker.log").read_text()[-5000:])
+    finally:
+        _stop(api)
+        print("--- api log ---\n" + (tmp_path / "api.log").read_text()[-5000:])
+
+
+# Form controls a person cannot identify: no <label>, no aria-label (hidden inputs excepted).
+_UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
+    .filter(e => e.type !== 'hidden' && e.labels.length === 0 && !e.getAttribute('aria-label'))
+    .map(e => e.name || e.id || e.outerHTML)"""
+
+
+async def _shot(page: Page, name: str) -> None:
+    """Screenshot the page, after checking that it has one <main> and labels everywhere."""
+    assert await page.locator("main").count() == 1, name
+    assert await page.evaluate(_UNLABELLED) == [], name
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def chromium() -> str:
+    if not CHROMIUM.exists():
+        pytest.fail("the end-to-end tests need Chromium: apt-get install chromium chromium-driver")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return str(CHROMIUM)
+
+
+async def test_a_person_runs_a_workflow_downloads_their_data_and_deletes_their_account(
+    chromium: str, base_url: str, tmp_path: Path
+) -> None:
+    email = unique_email("e2e")
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=args
+        )
+        context = await browser.new_context(base_url=base_url, accept_downloads=True)
+        context.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+        page = await context.new_page()
+        try:
+            await _journey(page, email, tmp_path)
+        finally:
+            await context.close()
+            await browser.close()
+
+
+async def _journey(page: Page, email: str, tmp_path: Path) -> None:
+    # Sign in page, then register (a new account owns a new organization).
+    await page.goto("/ui/")
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await _shot(page, "sign-in")
+    await page.keyboard.press("Tab")  # keyboard users skip the header first
+    await expect(page.get_by_role("link", name="Skip to main content")).to_be_focused()
+    await page.get_by_role("link", name="Create one").click()
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Your name").fill("Erin End-to-End")
+    await page.get_by_label("Organization name").fill("E2E Works")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_text("No workflows yet.")).to_be_visible()
+
+    # Create a workflow with one transform step.
+    await page.get_by_role("link", name="New workflow").click()
+    await page.get_by_label("Name").fill("Greeting")
+    await page.get_by_label("Definition (JSON)").fill(json.dumps(DEFINITION, indent=2))
+    await page.get_by_role("button", name="Create workflow").click()
+    await expect(page.get_by_role("status")).to_have_text("Workflow created.")
+    await _shot(page, "workflow-edit")
+
+    # Run it; the execution page reloads itself until the worker has finished.
+    await page.get_by_label("Input (JSON object)").fill('{"name": "Ada"}')
+    await page.get_by_role("button", name="Run workflow").click()
+    await expect(page.locator("#execution-status")).to_contain_text("succeeded")
+    step = page.locator("li.step", has_text="greet")
+    await expect(step).to_contain_text("succeeded")
+    await expect(step).to_contain_text("Hello, Ada!")
+    await _shot(page, "execution-detail")
+
+    for link, name in [
+        ("Workflows", "workflows"),
+        ("Executions", "executions"),
+        ("Audit log", "audit-log"),
+        ("Members", "members"),
+        ("Connections", "connections"),
+        ("Webhooks", "webhooks"),
+        ("Flags", "flags"),
+        ("Health", "health"),
+    ]:
+        await page.get_by_role("link", name=link, exact=True).click()
+        await expect(page.locator("h1")).to_be_visible()
+        await _shot(page, name)
+    await expect(page.get_by_text("1 worker online.")).to_be_visible()
+
+    # Download my data (JSON): the file names the person and their workflow.
+    await page.get_by_role("link", name="Privacy", exact=True).click()
+    await _shot(page, "privacy")
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download as JSON").click()
+    download = await download_info.value
+    saved = tmp_path / download.suggested_filename
+    await download.save_as(saved)
+    exported = saved.read_text()
+    json.loads(exported)
+    assert email in exported
+    assert "Greeting" in exported
+    assert "Hello, {{ input.name }}!" in exported
+
+    # Delete the account: the confirmation phrase and the password.
+    await page.get_by_label("Type DELETE to confirm").fill("DELETE")
+    await page.get_by_label("Your password").fill(PASSWORD)
+    await page.get_by_role("button", name="Delete my account").click()
+    await expect(page.get_by_role("heading", name="Your account has been deleted")).to_be_visible()
+
+    # Signing in again is refused.
+    await page.get_by_role("link", name="Back to the sign-in page").click()
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password").press("Enter")  # submitting from the keyboard
+    await expect(page.get_by_role("alert")).to_contain_text("invalid email or password")
