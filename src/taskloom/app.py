@@ -12,10 +12,11 @@ from taskloom.ai.routes import router as ai_router
 from taskloom.audit.routes import router as audit_router
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
-from taskloom.errors import install_error_handlers
+from taskloom.errors import ERROR_RESPONSES, UnexpectedErrorMiddleware, install_error_handlers
 from taskloom.flags.routes import router as flags_router
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
+from taskloom.input_guard import InputGuardMiddleware
 from taskloom.observability import sentry, tracing
 from taskloom.observability.body_limit import BodySizeLimitMiddleware
 from taskloom.observability.http_metrics import HttpMetricsMiddleware
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
     app.include_router(health_router)
@@ -78,7 +80,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(webhooks_router)
     app.include_router(metrics_router)
     app.include_router(web_router)
-    # Outermost last: the request id wraps everything, including the 413 for oversized bodies.
+    # Added first = innermost; the request id (added last) wraps everything, including the 413
+    # for oversized bodies. Unexpected errors become JSON 500s inside the request-id scope;
+    # input is checked for what PostgreSQL cannot store (NUL, NaN, surrogates) after the limit.
+    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware, production=settings.is_production)
     app.add_middleware(HttpMetricsMiddleware)

@@ -13,7 +13,12 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskloom.observability import sentry
 from taskloom.observability.request_id import current_request_id
@@ -84,6 +89,38 @@ class RateLimited(DomainError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str | None
+    # Validation errors: {"errors": [{"loc": [...], "message": ...}]}; other errors may add
+    # their own keys (e.g. the organizations that block an erasure).
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: `{"error": {"code", "message", "request_id", "details"?}}`."""
+
+    error: ErrorDetail
+
+
+# Documented on every operation (FastAPI lists only each route's success status by itself).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Malformed request (e.g. invalid JSON, a bad cursor)"),
+        (401, "Missing, invalid, expired or revoked credentials"),
+        (403, "Authenticated, but not allowed to do this"),
+        (404, "No such resource in the caller's organization"),
+        (409, "Conflicts with the current state"),
+        (413, "Request body too large"),
+        (422, "Invalid input; details.errors names each field"),
+        (429, "Rate limited; see Retry-After"),
+        (503, "PostgreSQL or Redis unavailable; retry after Retry-After seconds"),
+    )
+}
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message, "request_id": current_request_id()}
     if details is not None:
@@ -135,6 +172,78 @@ def _validation_details(exc: RequestValidationError) -> tuple[str, str, list[dic
     return "validation_failed", f"{where}: {first['message']}", details
 
 
+_PG_UNAVAILABLE = (
+    "TooManyConnectionsError",
+    "CannotConnectNowError",
+    "ConnectionDoesNotExistError",
+    "ConnectionFailureError",
+    "AdminShutdownError",
+)
+
+
+def unavailable_dependency(exc: BaseException) -> str | None:
+    """ "PostgreSQL" or "Redis" when `exc` says that server cannot be reached or is full (a
+    condition that passes), else None."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "Redis"
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 10:  # SQLAlchemy wraps asyncpg's errors twice
+        chain.append(seen)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "PostgreSQL"
+    if any(type(e).__name__ in _PG_UNAVAILABLE for e in chain):
+        return "PostgreSQL"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "PostgreSQL"  # asyncpg's connect, before any DBAPI wrapping
+    return None
+
+
+class UnexpectedErrorMiddleware:
+    """Turn an unexpected exception into the JSON 500 inside the request's scope, so it keeps
+    its request id (body, header and log line), counts in the HTTP metrics and reaches Sentry
+    once. (Starlette runs an `Exception` handler outside every middleware, where the request id
+    is already gone.) Installed innermost by `create_app`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if not started and (dependency := unavailable_dependency(exc)):
+                # PostgreSQL or Redis is down or full: say so, and that it is worth retrying.
+                log.warning("dependency_unavailable", dependency=dependency, error=repr(exc))
+                response = error_response(
+                    503,
+                    "unavailable",
+                    f"{dependency} is unavailable right now; retry shortly",
+                    headers={"Retry-After": "5"},
+                )
+                await response(scope, receive, send)
+                return
+            log.exception("unhandled_error", path=scope.get("path"), error_type=type(exc).__name__)
+            route = getattr(scope.get("route"), "path", None)
+            sentry.capture(exc, route=route, request_id=current_request_id())
+            if started:  # part of a (streamed) response went out: only closing is left
+                raise
+            response = error_response(500, "internal_error", "an unexpected error occurred")
+            await response(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -143,7 +252,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         code, message, details = _validation_details(exc)
-        return error_response(400 if code == "malformed_json" else 422, code, message, details)
+        status = 400 if code == "malformed_json" else 422
+        return error_response(status, code, message, {"errors": details})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -107,13 +107,22 @@ async def test_an_unexpected_500_is_reported_with_its_route(
             await broken.close()
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as api:
                 person = await register(api, label="sentry", organization_name="Sentry Org")
-                failed = await api.get("/api/workflows", headers=person.headers)
+                failed = await api.get(
+                    "/api/workflows", headers={**person.headers, "X-Request-ID": "req-500-sentry"}
+                )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
         assert failed.status_code == 500
         assert failed.json()["error"]["code"] == "internal_error"
+        # The 500 keeps the request's id: in the body, the header, the report and the log.
+        assert failed.json()["error"]["request_id"] == "req-500-sentry"
+        assert failed.headers["x-request-id"] == "req-500-sentry"
+        log = (tmp_path / "api.log").read_text()
+        assert log.count("unhandled_error") == 1
+        assert "req-500-sentry" in log
         sent = b"".join(received).decode(errors="replace")
+        assert "req-500-sentry" in sent
         assert "InsufficientPrivilege" in sent
         assert "/api/workflows" in sent  # the route tag
         assert person.email not in sent

@@ -14,6 +14,7 @@ from taskloom.audit import service as audit
 from taskloom.audit.models import AuditLog
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Context
+from taskloom.timestamps import UtcDatetime
 
 router = APIRouter(prefix="/api/audit-logs", tags=["audit"])
 
@@ -57,8 +58,8 @@ async def list_audit_logs(
     cursor: str | None = None,
     action: str | None = None,
     resource_type: Annotated[str | None, Query(max_length=64)] = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[UtcDatetime | None, Query(alias="from")] = None,
+    to: UtcDatetime | None = None,
     scope: Literal["me", "org"] = "me",
 ) -> AuditPage:
     """Newest first. `scope=me`: events you caused, in any organization; `scope=org` (owners

@@ -7,11 +7,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from taskloom.errors import ValidationFailed
 from taskloom.flags.evaluation import Source
 from taskloom.flags.models import FeatureFlagOverride
+from taskloom.timestamps import to_utc
 
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 MAX_KEYS_PER_EVALUATION = 100
@@ -103,7 +104,8 @@ class OverrideSet(StrictModel):
 
     enabled: bool
     reason: str | None = Field(default=None, max_length=1000)
-    expires_at: AwareDatetime | None = None
+    # Timezone required; converted to UTC (out-of-range values are a 422, not a 500).
+    expires_at: Annotated[AwareDatetime, AfterValidator(to_utc)] | None = None
 
     @field_validator("expires_at")
     @classmethod

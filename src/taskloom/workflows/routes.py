@@ -4,13 +4,13 @@ admins see the queue's failed jobs. Jobs are enqueued or removed only after the 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, RequestContext, Viewer
+from taskloom.timestamps import UtcDatetime
 from taskloom.workflows import service
 from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 from taskloom.workflows.schemas import (
@@ -109,8 +109,8 @@ async def list_executions(
     ctx: Viewer,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
     workflow_id: uuid.UUID | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: UtcDatetime | None = None,
+    until: UtcDatetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
 ) -> ExecutionPage:
