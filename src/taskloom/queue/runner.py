@@ -138,6 +138,9 @@ class ExecutionRunner:
             output = await self._run_step(
                 run, job, position, step, scope, last=last, first=number == 0
             )
+            # Its success is committed: a hand-back before the next step starts (e.g. during
+            # the cancel check) must not mark it pending, or it would run again.
+            self.current_step.pop(run.execution_id, None)
             scope["steps"][step["id"]] = {"output": output}
         self.current_step.pop(run.execution_id, None)
         return {"succeeded": True}

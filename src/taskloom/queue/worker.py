@@ -150,6 +150,9 @@ class WorkerService:
                 await other.pause(do_not_wait_active=True)
         log.info("worker_paused", worker=self.id)
         finished = await self._wait_for_active(timeout)
+        # A job fetched before the pause but not yet claimed is not in `active`; it starts
+        # during the close below. Hand it back at once rather than run it past the timeout.
+        self.runner.handing_back = True
         if not finished:
             handed = self.runner.hand_back_all()
             QUEUE_EVENTS.labels("handed_back").inc(handed)

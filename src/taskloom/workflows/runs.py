@@ -232,8 +232,19 @@ async def step_failed(
 
 
 async def step_interrupted(database: Database, run: Run, *, step_id: str) -> None:
-    """The worker is shutting down mid-step: the step runs again from the start elsewhere."""
-    await _update_step(database, run, step_id, status=StepStatus.PENDING)
+    """The worker is shutting down mid-step: the step runs again from the start elsewhere. Only
+    a step still running is reset: one whose success committed just before the interruption
+    stays done."""
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        await db.execute(
+            update(ExecutionStep)
+            .where(
+                ExecutionStep.execution_id == run.execution_id,
+                ExecutionStep.step_id == step_id,
+                ExecutionStep.status == StepStatus.RUNNING,
+            )
+            .values(status=StepStatus.PENDING)
+        )
 
 
 async def finish(
