@@ -156,6 +156,9 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Requests uvicorn itself refused before the app saw them (a request line over h11's
+    # limit): its plain-text 400 is the HTTP server's, not an answer of Taskloom's API.
+    server_refusals: int = 0
 
     def render(self) -> str:
         phases = ", ".join(f"{phase} {n}" for phase, n in self.cases_by_phase.items())
@@ -163,6 +166,8 @@ class Report:
             f"operations: {len(self.operations)}",
             f"cases generated: {self.cases} in {self.seconds:.0f} s ({phases}); seed {self.seed}",
             f"distinct failures: {len(self.findings)}",
+            f"refused by the HTTP server before the app (request line too long): "
+            f"{self.server_refusals}",
         ]
         if untested := [op for op in self.operations if not self.cases_by_operation[op]]:
             lines.append(f"operations without a case: {', '.join(untested)}")
@@ -202,6 +207,7 @@ class Report:
             "checks_run": dict(self.checks_run),
             "failing_cases": dict(self.failing_cases_by_check),
             "errors": len(self.errors),
+            "server_refusals": self.server_refusals,
             "seconds": round(self.seconds, 1),
             "seed": self.seed,
         }
@@ -437,6 +443,9 @@ def _record(
             report.failing_cases_by_check[check.name] += 1
             case = recorder.cases[failure.case_id or case_id].value
             response = recorder.find_response(case_id=failure.case_id or case_id)
+            if _refused_by_http_server(response):
+                report.server_refusals += 1
+                continue
             key = (case.operation.label, check.name, _detail(failure))
             if key in distinct and check.name != "not_a_server_error":
                 distinct[key].cases += 1
@@ -454,6 +463,14 @@ def _record(
                 server_errors.append((finding, _request_id(response), case.formatted_path))
             else:
                 distinct[key] = finding
+
+
+def _refused_by_http_server(response: Any) -> bool:
+    return (
+        response is not None
+        and response.status_code == 400
+        and response.content.startswith(b"Invalid HTTP request received.")
+    )
 
 
 def _touches_the_owner(case: Any, owner_id: str) -> bool:
