@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from taskloom.errors import ValidationFailed
 from taskloom.webhooks.service import check_url
 from tests.factories import Account, add_member, production_settings, register
 
@@ -50,7 +51,7 @@ async def test_urls_with_credentials_or_other_schemes_are_refused(
 
 async def test_production_requires_https() -> None:
     settings = production_settings(outbound_allowed_hosts="127.0.0.1")
-    with pytest.raises(Exception, match="must use https in production"):
+    with pytest.raises(ValidationFailed, match="must use https in production"):
         await check_url(settings, "http://127.0.0.1/hook")
     assert await check_url(settings, "https://127.0.0.1/hook") == "https://127.0.0.1/hook"
 

@@ -4,6 +4,8 @@ becomes an `AiProviderError` (code, retryable, a quoted message that never holds
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 
 from taskloom.ai.providers.base import AiProviderError
@@ -68,6 +70,38 @@ def unreachable_error(
     message = f"{provider} could not be reached at {host}"
     return AiProviderError(
         f"{message}: {detail}" if detail else message, code="ai_unreachable", retryable=True
+    )
+
+
+def transport_error(
+    err: BaseException,
+    *,
+    sdk: Any,
+    provider: str,
+    timeout: float,
+    deadline: float,
+    base_url: str,
+    api_key: str,
+) -> AiProviderError:
+    """The error for everything but an HTTP error status, the same for both SDKs (`sdk` is the
+    `anthropic` or `openai` module): a timeout of one attempt or of the whole call, a connection
+    that could not be made, a refused base URL, any other SDK error."""
+    if isinstance(err, sdk.APITimeoutError):
+        return AiProviderError(
+            f"{provider} did not answer within {timeout:g} s", code="ai_timeout", retryable=True
+        )
+    if isinstance(err, sdk.APIConnectionError):
+        return unreachable_error(provider=provider, base_url=base_url, error=err, api_key=api_key)
+    if isinstance(err, TargetNotAllowed):
+        return refused_error(err)
+    if isinstance(err, TimeoutError):
+        return AiProviderError(
+            f"{provider} did not finish within {deadline:g} s, retries included",
+            code="ai_timeout",
+            retryable=True,
+        )
+    return AiProviderError(
+        f"{provider} call failed: {type(err).__name__}", code="ai_error", retryable=False
     )
 
 

@@ -40,12 +40,11 @@ from openai.types.shared_params import ResponseFormatJSONObject
 
 from taskloom.ai.providers import (
     call_deadline,
-    refused_error,
     status_error,
     system_prompt,
-    unreachable_error,
+    transport_error,
 )
-from taskloom.ai.providers.base import AiProviderError, AiRequest, AiResponse, Message
+from taskloom.ai.providers.base import AiRequest, AiResponse, Message
 from taskloom.net import TargetNotAllowed
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -129,27 +128,15 @@ class OpenAIProvider:
                 message=error.get("message") or (body if isinstance(body, str) else None),
                 api_key=self._api_key,
             ) from None
-        except openai.APITimeoutError as err:
-            raise AiProviderError(
-                f"{self.name} did not answer within {self._timeout:g} s",
-                code="ai_timeout",
-                retryable=True,
-            ) from err
-        except openai.APIConnectionError as err:
-            raise unreachable_error(
-                provider=self.name, base_url=self._base_url, error=err, api_key=self._api_key
-            ) from err
-        except TargetNotAllowed as err:
-            raise refused_error(err) from None
-        except TimeoutError as err:
-            raise AiProviderError(
-                f"{self.name} did not finish within {deadline:g} s, retries included",
-                code="ai_timeout",
-                retryable=True,
-            ) from err
-        except openai.OpenAIError as err:
-            raise AiProviderError(
-                f"{self.name} call failed: {type(err).__name__}", code="ai_error", retryable=False
+        except (openai.OpenAIError, TargetNotAllowed, TimeoutError) as err:
+            raise transport_error(
+                err,
+                sdk=openai,
+                provider=self.name,
+                timeout=self._timeout,
+                deadline=deadline,
+                base_url=self._base_url,
+                api_key=self._api_key,
             ) from err
         return _response(completion)
 
