@@ -60,9 +60,9 @@ WORKER_SETTINGS: dict[str, object] = {
     "max_running_per_org": 1_000,  # the per-org cap is tested elsewhere
     "queue_lock_duration_ms": LOCK_MS,
     "queue_stalled_interval_ms": STALLED_MS,
-    # With the default (1), an execution whose worker is SIGKILLed twice fails ("job stalled
-    # more than allowable limit", docs/QUEUE.md); with kills this frequent that happens now
-    # and then (bench/chaos.py: 2 of 2,000). Here every stall may be recovered.
+    # With the default (1), an execution whose worker is SIGKILLed twice in the same step fails
+    # ("job stalled more than allowable limit", docs/QUEUE.md): with a kill every 1.5 s that
+    # can happen to a 30 ms step. Here every stall may be recovered.
     "queue_max_stalled_count": 100,  # the most Settings allow
     "shutdown_timeout_seconds": 0.1,  # a SIGTERM hands most running executions back
     "reconcile_interval_seconds": 1,

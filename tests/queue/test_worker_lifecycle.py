@@ -18,6 +18,7 @@ from tests.factories import Account, register
 from tests.queue.conftest import (
     CountingServer,
     StartWorker,
+    WorkerProcess,
     create_workflow,
     execute,
     unique_key,
@@ -125,6 +126,73 @@ async def test_sigkill_mid_execution_resumes_on_another_worker(
     assert counting_server.calls(last) == 1
 
 
+async def _kill_during(worker: WorkerProcess, server: CountingServer, key: str, calls: int) -> None:
+    await _wait_for_calls(server, key, calls)
+    worker.send(signal.SIGKILL)
+    await asyncio.to_thread(worker.wait, 10)
+
+
+async def test_stalls_count_only_without_progress_so_two_kills_in_two_steps_recover(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    """QUEUE_MAX_STALLED_COUNT=1 (the default): two SIGKILLs under one execution, each after a
+    step had finished, are two stalls of BullMQ's count but never two in a row without
+    progress, so the execution still succeeds."""
+    first, second, third = unique_key("a"), unique_key("b"), unique_key("c")
+    steps = [
+        {"id": "a", "type": "http", "args": {"url": counting_server.url(first)}},
+        {"id": "b", "type": "http", "args": {"url": counting_server.url(second, sleep=3)}},
+        {"id": "c", "type": "http", "args": {"url": counting_server.url(third, sleep=3)}},
+    ]
+    workflow_id = await create_workflow(api, owner, steps)
+    short_lock = {
+        "queue_lock_duration_ms": 2000,
+        "queue_stalled_interval_ms": 500,
+        "queue_max_stalled_count": 1,
+    }
+    execution_id = await execute(api, owner, workflow_id)
+    await _kill_during(start_worker(**short_lock), counting_server, second, 1)  # in step b
+    await _kill_during(start_worker(**short_lock), counting_server, third, 1)  # b done, in c
+    start_worker(**short_lock)
+
+    done = await wait_for_status(api, owner, execution_id, within=40)
+    assert done["status"] == "succeeded", done
+    assert [counting_server.calls(k) for k in (first, second, third)] == [1, 2, 2]
+
+
+async def test_two_stalls_in_the_same_step_still_fail_the_execution(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    """The crash protection the limit exists for: a step under which workers keep dying does not
+    get a third worker; the reconciler records why the execution failed."""
+    key = unique_key("crashy")
+    steps = [{"id": "crashy", "type": "http", "args": {"url": counting_server.url(key, sleep=3)}}]
+    workflow_id = await create_workflow(api, owner, steps)
+    settings = {
+        "queue_lock_duration_ms": 2000,
+        "queue_stalled_interval_ms": 500,
+        "queue_max_stalled_count": 1,
+        "reconcile_interval_seconds": 0.5,
+        "reconcile_grace_seconds": 0,
+    }
+    execution_id = await execute(api, owner, workflow_id)
+    await _kill_during(start_worker(**settings), counting_server, key, 1)
+    await _kill_during(start_worker(**settings), counting_server, key, 2)
+    start_worker(**settings)
+
+    done = await wait_for_status(api, owner, execution_id, within=40)
+    assert done["status"] == "failed", done
+    assert "stalled more than allowable limit" in str(done["error"])
+    await asyncio.sleep(4)  # a third worker had time to run it, and did not
+    assert counting_server.calls(key) == 2
+
+
 async def test_flushall_while_queued_the_reconciler_enqueues_again(
     api: httpx.AsyncClient,
     owner: Account,
@@ -178,21 +246,28 @@ async def test_one_organization_cannot_take_every_worker(
 
 
 async def test_health_queue_reports_workers_and_counts(
-    api: httpx.AsyncClient, start_worker: StartWorker
+    api: httpx.AsyncClient, queue_runtime: Runtime, start_worker: StartWorker
 ) -> None:
+    # Workers SIGKILLed by earlier tests leave heartbeats that live 3 x 5 s; start from none.
+    async for key in queue_runtime.redis.scan_iter(match=queue_runtime.keys.match("workers")):
+        await queue_runtime.redis.delete(key)
     worker = start_worker()
-    health = await api.get("/health/queue")
-    assert health.status_code == 200
-    body = health.json()
-    assert body["workers_online"] >= 1
+    deadline = time.monotonic() + 10
+    while (body := (await api.get("/health/queue")).json())["workers_online"] == 0:
+        assert time.monotonic() < deadline, "the worker's heartbeat never appeared"
+        await asyncio.sleep(0.05)
+    assert body["workers_online"] == 1
     assert body["status"] == "ok"
     assert {"waiting", "active", "failed", "delayed", "completed"} <= set(body["jobs"])
     assert all("pid" not in w and "id" not in w for w in body["workers"])
 
     worker.send(signal.SIGTERM)
     assert await asyncio.to_thread(worker.wait, 40) == 0
-    after = (await api.get("/health/queue")).json()
-    assert after["workers_online"] == body["workers_online"] - 1
+    after = await api.get("/health/queue")
+    assert after.status_code == 200
+    # A clean stop removes its heartbeat at once rather than letting it expire.
+    assert after.json()["workers_online"] == 0
+    assert after.json()["status"] == "no_workers"
 
 
 async def test_the_worker_uses_the_orchestration_lock_settings(queue_runtime: Runtime) -> None:

@@ -41,6 +41,18 @@ log = structlog.get_logger("taskloom.queue")
 MAX_OUTPUT_BYTES = 1_048_576
 DEFER_MS = 1_000  # re-check a capped organization's job after about this long
 
+# BullMQ counts a job's stalls in the `stc` field of its hash and fails the job past
+# QUEUE_MAX_STALLED_COUNT. Taskloom resets it when a step finishes, so the limit counts stalls in
+# a row without progress: a step that crashes every worker still fails, an execution that merely
+# met several killed workers does not. Only while the job exists (never recreate a removed one).
+_FORGET_STALLS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'stc', 0)
+  return 1
+end
+return 0
+"""
+
 
 @dataclass
 class _Active:
@@ -142,6 +154,7 @@ class ExecutionRunner:
             # the cancel check) must not mark it pending, or it would run again.
             self.current_step.pop(run.execution_id, None)
             scope["steps"][step["id"]] = {"output": output}
+            await _forget_stalls(job)
         self.current_step.pop(run.execution_id, None)
         return {"succeeded": True}
 
@@ -263,6 +276,20 @@ class ExecutionRunner:
         for active in self.active.values():
             active.task.cancel()
         return len(self.active)
+
+
+async def _forget_stalls(job: Job) -> None:
+    """A step finished: earlier stalls no longer count against this job (see _FORGET_STALLS).
+    Free when the job never stalled, which is nearly always."""
+    if not job.stalledCounter:
+        return
+    try:
+        await job.backend.conn.eval(_FORGET_STALLS, 1, job.backend.toKey(job.id))
+    except RedisError as error:  # the count stays; the execution itself is not affected
+        log.warning("stall_count_reset_failed", error=repr(error))
+        return
+    log.info("stall_count_reset", stalls=job.stalledCounter)
+    job.stalledCounter = 0
 
 
 def _checked_output(output: Any) -> Any:

@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 import structlog
-from bullmq import Job, Worker
+from bullmq import Job, UnrecoverableError, Worker
 
 from taskloom.gdpr import archive
 from taskloom.observability import sentry
@@ -259,7 +259,8 @@ class WorkerService:
                 execution_id=job.data.get("execution_id"),
                 org_id=job.data.get("org_id"),
                 attempt=job.attemptsMade,
-                final=job.attemptsMade >= int(job.opts.get("attempts", 1)),
+                final=isinstance(error, UnrecoverableError)
+                or job.attemptsMade >= int(job.opts.get("attempts", 1)),
                 error=str(error)[:500],
             )
 
