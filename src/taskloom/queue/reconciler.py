@@ -17,6 +17,7 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 import structlog
 from sqlalchemy import select, update
@@ -37,6 +38,31 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
+
+class _JobIds(TypedDict):
+    execution_id: uuid.UUID
+    org_id: uuid.UUID
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An execution read as queued or running for longer than the grace period."""
+
+    execution_id: uuid.UUID
+    org_id: uuid.UUID
+    request_id: str | None
+
+    def job_ids(self) -> _JobIds:
+        return {
+            "execution_id": self.execution_id,
+            "org_id": self.org_id,
+            "request_id": self.request_id,
+        }
 
 
 @dataclass
@@ -95,8 +121,9 @@ class Reconciler:
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. Runs on the privileged role: it looks across every organization."""
-        settings, queue = self.runtime.settings, self.runtime.queue
-        cutoff = datetime.now(UTC) - timedelta(seconds=settings.reconcile_grace_seconds)
+        cutoff = datetime.now(UTC) - timedelta(
+            seconds=self.runtime.settings.reconcile_grace_seconds
+        )
         async with system_transaction(self.runtime.database) as db:
             rows = (
                 await db.execute(
@@ -106,30 +133,49 @@ class Reconciler:
                         WorkflowExecution.request_id,
                     )
                     .where(
-                        WorkflowExecution.status.in_(
-                            [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
-                        ),
+                        WorkflowExecution.status.in_(_UNFINISHED),
                         WorkflowExecution.created_at < cutoff,
                     )
                     .order_by(WorkflowExecution.created_at)
                     .limit(BATCH)
                 )
             ).all()
-        report = ReconcileReport()
-        for execution_id, org_id, request_id in rows:
-            state = await queue.state(execution_id)
+        return await self.settle([Candidate(*row) for row in rows])
+
+    async def settle(self, candidates: list[Candidate]) -> ReconcileReport:
+        """Compare executions read as unfinished with their jobs. That read is a moment old: an
+        execution that finished since leaves a completed job, or none once it is removed, just
+        like an orphan. So the job states are read first and the executions whose job looks
+        finished are read again after; a worker commits the execution before it completes the
+        job, so one still unfinished then is a real orphan."""
+        queue, report = self.runtime.queue, ReconcileReport()
+        states = [(c, await queue.state(c.execution_id)) for c in candidates]
+        orphaned = {c.execution_id for c, state in states if state in ("unknown", "completed")}
+        unfinished = await self._still_unfinished(orphaned) if orphaned else set()
+        for candidate, state in states:
+            if state in ("unknown", "completed") and candidate.execution_id not in unfinished:
+                continue  # it finished after the first read: nothing to do
             if state == "unknown":
-                await queue.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
+                await queue.enqueue(**candidate.job_ids())
                 report.enqueued += 1
             elif state == "completed":
-                await queue.replace(execution_id=execution_id, org_id=org_id, request_id=request_id)
+                await queue.replace(**candidate.job_ids())
                 report.replaced += 1
             elif state == "failed":
-                job = await queue.job(execution_id)
+                job = await queue.job(candidate.execution_id)
                 reason = job.failedReason if job else "the job failed"
-                await self._mark_failed(execution_id, reason)
+                await self._mark_failed(candidate.execution_id, reason)
                 report.failed += 1
         return report
+
+    async def _still_unfinished(self, ids: set[uuid.UUID]) -> set[uuid.UUID]:
+        async with system_transaction(self.runtime.database) as db:
+            found = await db.scalars(
+                select(WorkflowExecution.id).where(
+                    WorkflowExecution.id.in_(ids), WorkflowExecution.status.in_(_UNFINISHED)
+                )
+            )
+            return set(found)
 
     async def _mark_failed(self, execution_id: uuid.UUID, reason: str) -> None:
         async with system_transaction(self.runtime.database) as db:
@@ -137,7 +183,7 @@ class Reconciler:
                 update(WorkflowExecution)
                 .where(
                     WorkflowExecution.id == execution_id,
-                    WorkflowExecution.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]),
+                    WorkflowExecution.status.in_(_UNFINISHED),
                 )
                 .values(
                     status=ExecutionStatus.FAILED,

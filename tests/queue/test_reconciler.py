@@ -1,0 +1,56 @@
+"""The reconciler against a real PostgreSQL and Redis, without a worker: it re-enqueues an
+execution whose job vanished, and leaves alone one that finished after it was read."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from sqlalchemy import update
+
+from taskloom.db.tenancy import system_transaction
+from taskloom.queue.reconciler import Candidate, Reconciler
+from taskloom.runtime import Runtime
+from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
+from tests.factories import Account
+from tests.queue.conftest import create_workflow, execute
+
+
+async def _orphan(api: httpx.AsyncClient, owner: Account, runtime: Runtime) -> Candidate:
+    """A queued execution whose job is gone (as after a Redis flush)."""
+    workflow_id = await create_workflow(
+        api, owner, [{"id": "s", "type": "transform", "args": {"value": 1}}]
+    )
+    execution_id = uuid.UUID(await execute(api, owner, workflow_id))
+    assert await runtime.queue.state(execution_id) == "waiting"
+    await runtime.queue.remove(execution_id)
+    assert owner.org_id is not None
+    return Candidate(execution_id, owner.org_id, request_id="req-reconcile")
+
+
+async def test_an_execution_whose_job_vanished_is_enqueued_again(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    orphan = await _orphan(api, owner, queue_runtime)
+    report = await Reconciler(queue_runtime, owner="test").settle([orphan])
+    assert (report.enqueued, report.replaced, report.failed) == (1, 0, 0)
+    assert await queue_runtime.queue.state(orphan.execution_id) == "waiting"
+    job = await queue_runtime.queue.job(orphan.execution_id)
+    assert job is not None
+    assert job.data["request_id"] == "req-reconcile"
+
+
+async def test_an_execution_that_finished_after_the_read_is_left_alone(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    # Read as running a moment ago; since then its worker committed it and its job was removed.
+    stale = await _orphan(api, owner, queue_runtime)
+    async with system_transaction(queue_runtime.database) as db:
+        await db.execute(
+            update(WorkflowExecution)
+            .where(WorkflowExecution.id == stale.execution_id)
+            .values(status=ExecutionStatus.SUCCEEDED)
+        )
+    report = await Reconciler(queue_runtime, owner="test").settle([stale])
+    assert (report.enqueued, report.replaced, report.failed) == (0, 0, 0)
+    assert await queue_runtime.queue.state(stale.execution_id) == "unknown"  # no no-op job
