@@ -9,11 +9,12 @@ import time
 from datetime import datetime
 
 import httpx
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from taskloom.config import Settings
 from taskloom.queue.worker import WorkerService
-from taskloom.runtime import Runtime
+from taskloom.runtime import Runtime, open_runtime
 from tests.factories import Account, register
 from tests.queue.conftest import (
     CountingServer,
@@ -311,3 +312,64 @@ async def test_a_worker_stopped_right_after_it_started_exits_promptly(
     # Bounded whatever bullmq's fetch was doing: each queue's close is forced after 10 s.
     assert time.monotonic() - stopped < 25
     assert "worker_stopped" in worker.output()
+
+
+def _renewal_failures() -> float:
+    return REGISTRY.get_sample_value("queue_lock_renewal_failures_total") or 0.0
+
+
+def _worker_errors() -> float:
+    return REGISTRY.get_sample_value("queue_events_total", {"event": "error"}) or 0.0
+
+
+async def test_a_running_job_that_loses_its_lock_is_reported_once_per_failed_renewal(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    queue_settings: Settings,
+) -> None:
+    runtime = await open_runtime(queue_settings.model_copy(update={"queue_lock_duration_ms": 1000}))
+    service = WorkerService(runtime, name="lock-loss")
+    key = unique_key("held")
+    step = {"id": "s", "type": "http", "args": {"url": counting_server.url(key, sleep=2)}}
+    workflow_id = await create_workflow(api, owner, [step])
+    before, errors_before = _renewal_failures(), _worker_errors()
+    await service.start()
+    try:
+        execution_id = await execute(api, owner, workflow_id)
+        await _wait_for_calls(counting_server, key, 1)
+        # What another worker's stalled check or a Redis failover would leave: no lock.
+        assert await runtime.redis.delete(f"qtest:bull:orchestration:{execution_id}:lock") == 1
+        deadline = time.monotonic() + 3
+        while _renewal_failures() == before:
+            assert time.monotonic() < deadline, "the lost lock was never reported"
+            await asyncio.sleep(0.05)
+        assert _worker_errors() == errors_before  # not counted a second time as an error
+    finally:
+        await service.shutdown()
+        await runtime.close()
+
+
+async def test_a_renewal_failure_for_a_job_that_already_finished_is_no_alarm(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+) -> None:
+    """bullmq renews every tracked lock in one round trip and reports a job that completed
+    meanwhile as a failure; that is no lost lock and must not page anyone."""
+    step = {"id": "t", "type": "transform", "args": {"value": 1}}
+    workflow_id = await create_workflow(api, owner, [step])
+    service = WorkerService(queue_runtime, name="lock-race")
+    await service.start()
+    try:
+        execution_id = await execute(api, owner, workflow_id)
+        assert (await wait_for_status(api, owner, execution_id))["status"] == "succeeded"
+        assert service.worker is not None
+        before, errors_before = _renewal_failures(), _worker_errors()
+        # Exactly what bullmq's lock manager emits when the race happens.
+        service.worker.emit("lockRenewalFailed", [execution_id])
+        service.worker.emit("error", Exception(f"could not renew lock for job {execution_id}"))
+        assert _renewal_failures() == before
+        assert _worker_errors() == errors_before
+    finally:
+        await service.shutdown()

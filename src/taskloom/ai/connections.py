@@ -4,14 +4,15 @@ tools; `check` lists the provider's models, which costs no tokens."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import anthropic
 import httpx2
-import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from taskloom.tools.base import Connection, Tool, ToolError
+
+if TYPE_CHECKING:  # the SDKs are imported when a check runs (seconds of import time)
+    pass
 
 
 class ApiKeyCredentials(BaseModel):
@@ -25,6 +26,9 @@ class NoConfig(BaseModel):
 
 
 def _check_error(provider: str, exc: Exception) -> ToolError:
+    import anthropic
+    import openai
+
     if isinstance(exc, anthropic.APIStatusError | openai.APIStatusError):
         status = exc.status_code
         retryable = status == 429 or status >= 500
@@ -58,6 +62,8 @@ class AnthropicKeys(_AiKeys):
     default_base_url: ClassVar[str] = "https://api.anthropic.com"
 
     async def check(self, connection: Connection, http: httpx2.AsyncClient) -> dict[str, Any]:
+        import anthropic
+
         client = anthropic.AsyncAnthropic(
             api_key=str(connection.credentials["api_key"]),
             base_url=connection.base_url,
@@ -76,6 +82,8 @@ class OpenAIKeys(_AiKeys):
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
 
     async def check(self, connection: Connection, http: httpx2.AsyncClient) -> dict[str, Any]:
+        import openai
+
         client = openai.AsyncOpenAI(
             api_key=str(connection.credentials["api_key"]),
             base_url=connection.base_url,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +28,7 @@ from sqlalchemy import select
 from taskloom.ai import budget
 from taskloom.ai.budget import BudgetExhausted, Candidate, Reservation
 from taskloom.ai.catalog import Catalog, CatalogError, ModelPrice, load_catalog
-from taskloom.ai.providers.anthropic import AnthropicProvider
 from taskloom.ai.providers.base import AiProvider, AiProviderError, AiRequest, Message
-from taskloom.ai.providers.openai import OpenAIProvider
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.db.tenancy import tenant_transaction
 from taskloom.net import AddressPolicy, guarded_transport2
@@ -182,14 +180,25 @@ async def _provider(
         else httpx2.AsyncHTTPTransport(trust_env=False)
     )
     async with httpx2.AsyncClient(transport=transport, trust_env=False) as http:
-        kind = AnthropicProvider if provider == "anthropic" else OpenAIProvider
-        yield kind(
+        yield _provider_class(provider)(
             api_key=credential.api_key,
             base_url=credential.base_url,
             http_client=http,
             timeout=settings.ai_timeout_seconds,
             max_retries=settings.ai_max_retries,
         )
+
+
+def _provider_class(provider: str) -> Callable[..., AiProvider]:
+    """Imported on first use: the two SDKs take seconds of CPU to import, which every worker
+    start and every API process would pay even when nobody calls a model."""
+    if provider == "anthropic":
+        from taskloom.ai.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider
+    from taskloom.ai.providers.openai import OpenAIProvider
+
+    return OpenAIProvider
 
 
 def _parse_json(text: str, schema: dict[str, Any] | None) -> Any:

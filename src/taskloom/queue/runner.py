@@ -270,6 +270,10 @@ class ExecutionRunner:
     async def _delay(job: Job, token: str, delay_ms: int) -> None:
         await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
 
+    def is_running(self, job_id: str) -> bool:
+        """Whether this runner is still running the job (and not handing it back)."""
+        return job_id in self.active and not self.handing_back
+
     def hand_back_all(self) -> int:
         """Interrupt every running execution; each processor then hands its job back."""
         self.handing_back = True

@@ -39,6 +39,8 @@ from taskloom.webhooks.delivery import WebhookDeliverer, dispatch_pending
 log = structlog.get_logger("taskloom.queue")
 
 HEARTBEAT_SECONDS = 5.0
+# bullmq emits an "error" event with this message for each job of a lockRenewalFailed event.
+LOCK_RENEWAL_ERROR = "could not renew lock for job "
 HAND_BACK_SECONDS = 10.0  # how long handing back may take before we force-close
 CLOSE_SECONDS = 10.0
 CANCEL_SECONDS = 5.0
@@ -269,10 +271,19 @@ class WorkerService:
             log.warning("job_stalled", job_id=job_id, execution_id=job_id)
 
         def lock_renewal_failed(job_ids: list[str], *_: Any) -> None:
-            QUEUE_LOCK_RENEWAL_FAILURES.inc(len(job_ids))
-            log.error("lock_renewal_failed", job_ids=job_ids)
+            # bullmq renews the locks it tracks in one round trip; a job that finished (or was
+            # handed back) meanwhile has no lock left to renew and is reported too. Only a job
+            # this worker is still running has really lost its lock (another worker may take it).
+            lost = [j for j in job_ids if self.runner.is_running(j)]
+            if lost:
+                QUEUE_LOCK_RENEWAL_FAILURES.inc(len(lost))
+                log.error("lock_renewal_failed", job_ids=lost)
+            if finished := [j for j in job_ids if j not in lost]:
+                log.debug("lock_renewal_after_finish", job_ids=finished)
 
         def error(err: BaseException, job: Job | None = None, *_: Any) -> None:
+            if str(err).startswith(LOCK_RENEWAL_ERROR):
+                return  # bullmq's duplicate of lockRenewalFailed, handled above
             QUEUE_EVENTS.labels("error").inc()
             log.error("worker_error", error=repr(err), job_id=job.id if job else None)
             sentry.capture(err, job_id=job.id if job else None)

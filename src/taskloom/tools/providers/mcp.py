@@ -24,14 +24,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx2
-import mcp_types
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
-from mcp import Client, MCPError
-from mcp.client.streamable_http import streamable_http_client
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,6 +42,10 @@ from pydantic import (
 from taskloom import __version__
 from taskloom.tools.base import Connection, Tool, ToolError
 from taskloom.tools.providers._rest import validated
+
+if TYPE_CHECKING:  # the SDK is imported by the first session (over a second of import time)
+    import mcp_types
+    from mcp import Client
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab: CR/LF, NUL...
@@ -189,6 +190,8 @@ class McpProvider:
             _check_args(tool, listed[tool].input_schema, args)
             result = await client.call_tool(tool, args)
         if result.is_error:
+            import mcp_types
+
             text = " ".join(
                 block.text for block in result.content if isinstance(block, mcp_types.TextContent)
             ).strip()
@@ -225,6 +228,10 @@ async def _session(connection: Connection, http: httpx2.AsyncClient) -> AsyncIte
     through = _ThroughCaller(http)
     headers = httpx2.Headers(http.headers)
     headers.update(credentials.auth_headers())  # replaces a same-named header, whatever its case
+    import mcp_types
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
     sdk_http = httpx2.AsyncClient(
         headers=headers,
         timeout=http.timeout,
@@ -301,6 +308,8 @@ def _check_args(tool: str, schema: dict[str, Any], args: dict[str, Any]) -> None
 
 def _content_json(block: mcp_types.ContentBlock) -> dict[str, Any]:
     """A content block as JSON for a workflow: text kept, binary data replaced by its size."""
+    import mcp_types
+
     if isinstance(block, mcp_types.TextContent):
         return {"type": "text", "text": block.text}
     if isinstance(block, mcp_types.ImageContent | mcp_types.AudioContent):
@@ -339,6 +348,8 @@ def _root_cause(exc: BaseException) -> BaseException:
     """The exception that explains a failure the SDK may have wrapped in ExceptionGroups: a
     refused credential over our own errors, over network errors, over JSON-RPC errors (a broken
     connection also fails the requests waiting on it)."""
+    from mcp import MCPError
+
     leaves = list(_leaves(exc))
     for kind in (_AuthRejected, ToolError, httpx2.TransportError, OSError, MCPError):
         for leaf in leaves:
@@ -349,6 +360,9 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def _as_tool_error(exc: BaseException, last_post_status: int | None) -> ToolError | None:
     """The ToolError for a failure; None for one that is a bug rather than the server's doing."""
+    import mcp_types
+    from mcp import MCPError
+
     if isinstance(exc, ToolError):
         return exc
     if isinstance(exc, _AuthRejected):
