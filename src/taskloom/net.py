@@ -9,8 +9,10 @@ every address is checked, and the socket is opened to a checked address. A secon
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -236,6 +238,27 @@ class GuardedBackend2(httpcore2.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's TLS client context for httpx: certifi's CAs, hostname checks, no
+    SSLKEYLOGFILE or SSL_CERT_* from the environment. Building one reads and parses the whole CA
+    bundle (tens of ms of CPU), which every outgoing call used to pay; an SSLContext is made to be
+    shared by many connections."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
+@functools.cache
+def tls_context2() -> ssl.SSLContext:
+    """tls_context for httpx2 (the SDKs' client)."""
+    return httpx2.create_ssl_context(trust_env=False)
+
+
+def plain_transport2() -> httpx2.AsyncHTTPTransport:
+    """An httpx2 transport without the address guard (instance-level endpoints the operator
+    configured), on the shared TLS context and with no proxy from the environment."""
+    return httpx2.AsyncHTTPTransport(verify=tls_context2(), trust_env=False)
+
+
 def guarded_transport(
     policy: AddressPolicy, *, inner: httpcore.AsyncNetworkBackend | None = None
 ) -> httpx.AsyncHTTPTransport:
@@ -245,11 +268,11 @@ def guarded_transport(
     a normal transport and replaces its private `_pool` with a public httpcore
     AsyncConnectionPool that uses our backend. It fails closed (RuntimeError) if httpx stops
     having that attribute; tests/workflows/test_http_step.py checks it still works."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    transport = httpx.AsyncHTTPTransport(verify=tls_context(), trust_env=False)
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
         raise RuntimeError("httpx.AsyncHTTPTransport changed: cannot install the address guard")
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=tls_context(),
         max_connections=10,
         max_keepalive_connections=5,
         keepalive_expiry=5.0,
@@ -261,11 +284,11 @@ def guarded_transport(
 def guarded_transport2(policy: AddressPolicy) -> httpx2.AsyncHTTPTransport:
     """guarded_transport for httpx2 (the SDKs' client); the same private-attribute swap, the same
     fail-closed check (tests/tools/test_outbound_guard.py checks it still works)."""
-    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport = plain_transport2()
     if not isinstance(getattr(transport, "_pool", None), httpcore2.AsyncConnectionPool):
         raise RuntimeError("httpx2.AsyncHTTPTransport changed: cannot install the address guard")
     transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=httpx2.create_ssl_context(trust_env=False),
+        ssl_context=tls_context2(),
         max_connections=10,
         max_keepalive_connections=5,
         keepalive_expiry=5.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -22,10 +23,17 @@ from pydantic import ValidationError
 
 from taskloom import __version__
 from taskloom.config import Settings
-from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport, refusal_reason
+from taskloom.net import (
+    AddressPolicy,
+    TargetNotAllowed,
+    guarded_transport,
+    refusal_reason,
+    tls_context,
+)
 from taskloom.workflows.steps import STEP_TYPES
 from taskloom.workflows.steps.base import RetryableStepError, StepContext, StepError
 from taskloom.workflows.steps.http import HttpArgs, HttpStep
+from tests.pki import make_pki
 from tests.servers import free_port
 
 SECRET = "s3cr3t-t0ken-never-shown"
@@ -262,6 +270,42 @@ async def test_timeout_is_capped_by_settings(remote: Remote) -> None:
     error = await failure({"url": remote.url("/slow?seconds=1.5"), "timeout_seconds": 60}, ctx)
     assert error.code == "http_timeout"
     assert time.monotonic() - started < 1.2
+
+
+@pytest.fixture(scope="module")
+def tls_remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
+    """The same server over HTTPS, with a certificate from a CA nobody trusts."""
+    pki = make_pki(tmp_path_factory.mktemp("http-pki"))
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.calls = Counter()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Remote(server)
+    server.shutdown()
+    server.server_close()
+
+
+async def test_an_untrusted_certificate_fails_for_good_saying_so(tls_remote: Remote) -> None:
+    url = tls_remote.url("/json").replace("http://", "https://")
+    error = await failure({"url": url})
+    assert not isinstance(error, RetryableStepError)  # a retry meets the same certificate
+    assert error.code == "tls_certificate_invalid"
+    assert error.message.startswith("the TLS certificate of 127.0.0.1 was not accepted (")
+    assert "certificate" in error.message.removeprefix("the TLS certificate")
+    assert tls_remote.calls["/json"] == 0  # nothing was sent
+
+
+async def test_calls_share_one_tls_context(tls_remote: Remote) -> None:
+    """Building a context parses the whole CA bundle; every call used to pay for it."""
+    await failure({"url": tls_remote.url("/json").replace("http://", "https://")})
+    transports = [guarded_transport(AddressPolicy.from_setting("")) for _ in range(2)]
+    contexts = {id(t._pool._ssl_context) for t in transports}  # type: ignore[attr-defined]
+    assert contexts == {id(tls_context())}
+    assert tls_context().verify_mode == ssl.CERT_REQUIRED
+    assert tls_context().check_hostname
 
 
 async def test_response_too_large(remote: Remote) -> None:

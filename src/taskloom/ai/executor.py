@@ -31,7 +31,7 @@ from taskloom.ai.catalog import Catalog, CatalogError, ModelPrice, load_catalog
 from taskloom.ai.providers.base import AiProvider, AiProviderError, AiRequest, Message
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.db.tenancy import tenant_transaction
-from taskloom.net import AddressPolicy, guarded_transport2
+from taskloom.net import AddressPolicy, guarded_transport2, plain_transport2
 from taskloom.observability.metrics import AI_COST, AI_DURATION, AI_REQUESTS, AI_TOKENS
 from taskloom.observability.request_id import current_request_id
 from taskloom.runtime import Runtime
@@ -177,7 +177,7 @@ async def _provider(
     transport = (
         guarded_transport2(AddressPolicy.from_setting(settings.outbound_allowed_hosts))
         if credential.guarded
-        else httpx2.AsyncHTTPTransport(trust_env=False)
+        else plain_transport2()
     )
     async with httpx2.AsyncClient(transport=transport, trust_env=False) as http:
         yield _provider_class(provider)(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -154,6 +155,12 @@ def _translate(exc: Exception, host: str, timeout: float) -> StepError:
         return RetryableStepError(
             f"{host} did not answer within {timeout:g} s", code="http_timeout"
         )
+    if (refused := _certificate_error(exc)) is not None:
+        # A retry meets the same certificate: fail now, saying why.
+        return StepError(
+            f"the TLS certificate of {host} was not accepted ({refused.verify_message})",
+            code="tls_certificate_invalid",
+        )
     if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
         return RetryableStepError(
             f"could not talk to {host} ({type(exc).__name__})", code="http_connection_error"
@@ -162,6 +169,18 @@ def _translate(exc: Exception, host: str, timeout: float) -> StepError:
         f"the request to {host} could not be sent ({type(exc).__name__})",
         code="http_request_invalid",
     )
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx error, if that is what it was."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class HttpStep:
