@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     database_app_password: SecretStr | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Ping a pooled connection before use only after it sat idle this long (docs/ARCHITECTURE.md).
+    database_ping_after_idle_seconds: float = Field(default=10.0, ge=0, le=3_600)
 
     # --- Redis ---------------------------------------------------------------------------------
     # Every Redis client is built from these by taskloom.redis (see docs/REDIS.md).

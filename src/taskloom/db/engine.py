@@ -4,9 +4,12 @@ resolving credentials before a tenant is known, migrations and cross-tenant main
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -35,11 +38,10 @@ class Database:
 
 
 def _engine(url: str, *, settings: Settings, pool_size: int, application_name: str) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "server_settings": {
@@ -49,6 +51,33 @@ def _engine(url: str, *, settings: Settings, pool_size: int, application_name: s
             "timeout": 10,
         },
     )
+    _ping_after_idle(engine, settings.database_ping_after_idle_seconds)
+    return engine
+
+
+def _ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
+    """SQLAlchemy's `pool_pre_ping` checks every connection it hands out; for asyncpg that is
+    BEGIN, `;`, ROLLBACK — three round trips on every transaction, more than a typical request's
+    own statements. A connection back in the pool a moment ago is as alive as the last statement
+    proved, so only one idle for `idle_seconds` or more (when firewalls, PgBouncer and server
+    restarts bite) is pinged. A connection that died while in busy use fails its next statement;
+    SQLAlchemy then invalidates every pooled connection of that age, so one request per process
+    sees a 503 (Retry-After) and the next ones get fresh connections."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # new, or used moments ago
+        try:
+            dbapi_connection.ping()
+        except Exception as dead:
+            # The pool discards the connection and checks out another (up to three times).
+            raise DisconnectionError("pooled connection failed its ping") from dead
 
 
 def create_database(settings: Settings) -> Database:

@@ -1,0 +1,69 @@
+"""Pooled connections against a real PostgreSQL: one that died while idle is replaced without
+the caller noticing; one that died in busy use fails one transaction, then the pool recovers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from taskloom.config import Settings
+from taskloom.db.engine import Database, create_database
+
+
+async def _backend_pid(database: Database) -> int:
+    async with database.app_engine.connect() as conn:
+        return int((await conn.execute(text("select pg_backend_pid()"))).scalar_one())
+
+
+async def _terminate(settings: Settings, pid: int) -> None:
+    """What a server restart, a failover or an idle-timeout in a proxy does to a connection."""
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        assert await admin.fetchval("select pg_terminate_backend($1)", pid)
+        for _ in range(100):  # wait until the backend is gone
+            if not await admin.fetchval("select count(*) from pg_stat_activity where pid=$1", pid):
+                return
+            await asyncio.sleep(0.02)
+    finally:
+        await admin.close()
+
+
+async def _pool_of_one(settings: Settings, idle_seconds: float) -> Database:
+    return create_database(
+        settings.model_copy(
+            update={"database_pool_size": 1, "database_ping_after_idle_seconds": idle_seconds}
+        )
+    )
+
+
+async def test_a_connection_that_died_while_idle_is_replaced_unnoticed(settings: Settings) -> None:
+    database = await _pool_of_one(settings, idle_seconds=0.2)
+    try:
+        first = await _backend_pid(database)
+        await _terminate(settings, first)
+        await asyncio.sleep(0.3)  # idle longer than the threshold: pinged at checkout
+        second = await _backend_pid(database)
+        assert second != first
+    finally:
+        await database.dispose()
+
+
+async def test_a_connection_used_moments_ago_is_not_pinged_and_recovers_after_one_failure(
+    settings: Settings,
+) -> None:
+    database = await _pool_of_one(settings, idle_seconds=3600)
+    try:
+        first = await _backend_pid(database)
+        await _terminate(settings, first)
+        # Not pinged (that is the saving): the dead connection fails this one transaction...
+        with pytest.raises(DBAPIError) as failed:
+            await _backend_pid(database)
+        assert failed.value.connection_invalidated
+        # ...and the pool, having invalidated it, hands out a fresh one next.
+        assert await _backend_pid(database) != first
+    finally:
+        await database.dispose()
