@@ -62,6 +62,7 @@ def test_up_boots_on_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> N
             output.append(proc.communicate()[0])
     text = "".join(output)
     assert "admin@taskloom.local" in text
+    assert "event_loop=uvloop" in text  # the API serves on uvloop, as uvicorn alone would
     assert re.search(r"password:\s+\S{16,}", text), text
     assert (workdir / ".taskloom" / "pg").is_dir()
     time.sleep(0.5)

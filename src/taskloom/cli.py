@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
@@ -116,6 +116,17 @@ async def _serve(
             tracing.shutdown()
 
 
+def _run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived service (API, worker) on uvloop, which uvicorn would pick by itself if
+    it owned the loop; here the CLI does, to stop the embedded servers after uvicorn."""
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: the standard loop works, slower
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT after serving, which would kill the process before the
     embedded servers are stopped. The CLI installs its own handlers instead (see `_serve`)."""
@@ -134,7 +145,7 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     """Everything in one process: embedded PostgreSQL + Redis when no URLs are set, migrations,
     a demo organization on first start, and the API."""
     settings = get_settings()
-    asyncio.run(
+    _run_service(
         _serve(
             settings,
             host=host or settings.api_host,
@@ -149,7 +160,7 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
 def api(host: HostOption = None, port: PortOption = None) -> None:
     """Serve the API (run `taskloom migrate` first in production)."""
     settings = get_settings()
-    asyncio.run(
+    _run_service(
         _serve(
             settings,
             host=host or settings.api_host,
@@ -164,7 +175,7 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
 def worker() -> None:
     """Run executions from the queue until SIGTERM/SIGINT; then stop taking jobs, let running
     ones finish for up to SHUTDOWN_TIMEOUT_SECONDS, hand the rest back, and exit 0."""
-    asyncio.run(_work(get_settings()))
+    _run_service(_work(get_settings()))
 
 
 async def _work(settings: Settings) -> None:

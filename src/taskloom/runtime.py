@@ -3,6 +3,7 @@ once at start-up and reached by routes through `request.app.state.runtime`."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -55,6 +56,7 @@ async def open_runtime(settings: Settings) -> Runtime:
         env=settings.taskloom_env.value,
         database=redact_url(settings.app_database_url()),
         key_prefix=settings.key_prefix,
+        event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop
     )
     return Runtime(
         settings=settings,

@@ -259,6 +259,7 @@ async def test_health_queue_reports_workers_and_counts(
         await asyncio.sleep(0.05)
     assert body["workers_online"] == 1
     assert body["status"] == "ok"
+    assert "event_loop=uvloop" in worker.output()  # `taskloom worker` runs on uvloop
     assert {"waiting", "active", "failed", "delayed", "completed"} <= set(body["jobs"])
     assert all("pid" not in w and "id" not in w for w in body["workers"])
 
