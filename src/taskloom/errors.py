@@ -195,8 +195,10 @@ def unavailable_dependency(exc: BaseException) -> str | None:
         return "PostgreSQL"
     if any(type(e).__name__ in _PG_UNAVAILABLE for e in chain):
         return "PostgreSQL"
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return "PostgreSQL"  # asyncpg's connect, before any DBAPI wrapping
+    if any(isinstance(e, ConnectionError) for e in chain):
+        # asyncpg's connect, raised as is: refused, reset, or "unexpected connection_lost()".
+        # (redis-py wraps its socket errors in its own ConnectionError, handled above.)
+        return "PostgreSQL"
     return None
 
 

@@ -97,7 +97,8 @@ QUEUE_LOCK_RENEWAL_FAILURES = Counter(
 )
 QUEUE_EVENTS = Counter(
     "queue_events_total",
-    "Other worker events: completed, error, handed_back (shutdown), deferred (per-org cap).",
+    "Other worker events: completed, error, handed_back (shutdown), deferred (per-org cap),"
+    " database_unavailable (a job put back while PostgreSQL could not be reached).",
     ["event"],
 )
 EXECUTIONS_RUNNING = Gauge(
