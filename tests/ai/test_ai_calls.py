@@ -135,13 +135,13 @@ async def test_a_low_budget_routes_a_category_to_the_cheaper_tier(
     assert response.status_code == 200, response.text
     fake_anthropic.reply("ok", input_tokens=20_000, output_tokens=30_000)  # $0.85 on Opus
     first = await run_ai(tools_runtime, _call(admin, category="reasoning"))
-    assert (first["model"], first["downgraded_from"]) == ("claude-opus-4-5", None)
+    assert (first["model"], first["downgraded_from"]) == ("claude-opus-5", None)
     # $0.15 left, under 20 %: one tier down (Sonnet's worst case, $0.0154, fits).
     second = await run_ai(tools_runtime, _call(admin, category="reasoning"))
-    assert (second["model"], second["downgraded_from"]) == ("claude-sonnet-4-5", "claude-opus-4-5")
+    assert (second["model"], second["downgraded_from"]) == ("claude-sonnet-4-5", "claude-opus-5")
     assert fake_anthropic.requests[-1].json["model"] == "claude-sonnet-4-5"
     rows = await _usage_rows(tools_runtime, admin.org_id)
-    assert rows[-1][5] == "claude-opus-4-5"
+    assert rows[-1][5] == "claude-opus-5"
 
 
 async def test_without_any_key_the_call_fails_clearly(

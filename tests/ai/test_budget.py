@@ -19,7 +19,7 @@ from tests.factories import register
 
 CATALOG = load_catalog()
 OPUS, SONNET, HAIKU = (
-    CATALOG.model(n) for n in ("claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5")
+    CATALOG.model(n) for n in ("claude-opus-5", "claude-sonnet-4-5", "claude-haiku-4-5")
 )
 
 
@@ -127,14 +127,14 @@ async def test_little_budget_left_downgrades_one_tier_and_records_it(
     reservation = await _reserve(runtime, org_id, *chain)  # 1.50 of 10 left: under 20 %
     assert (reservation.model.name, reservation.downgraded_from) == (
         "claude-sonnet-4-5",
-        "claude-opus-4-5",
+        "claude-opus-5",
     )
     async with system_transaction(runtime.database) as db:
         recorded = await db.scalar(
             text("select downgraded_from from ai_usage where id = :id"),
             {"id": reservation.usage_id},
         )
-    assert recorded == "claude-opus-4-5"
+    assert recorded == "claude-opus-5"
 
 
 async def test_a_call_whose_worst_case_does_not_fit_takes_a_cheaper_model_or_fails(
@@ -153,7 +153,7 @@ async def test_without_a_budget_calls_are_unlimited_but_tracked(
 ) -> None:
     org_id = await _org_with_budget(client, runtime, None)
     reservation = await _reserve(runtime, org_id, Candidate(OPUS, Decimal("1000")))
-    assert reservation.model.name == "claude-opus-4-5"
+    assert reservation.model.name == "claude-opus-5"
     await budget.settle(runtime.database, reservation, outcome="ok", cost_usd=Decimal("0.25"))
     async with tenant_transaction(runtime.database, org_id=org_id, user_id=None) as db:
         summary = await budget.month_summary(db, org_id=org_id)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from taskloom.ai.catalog import CatalogError, load_catalog, parse_catalog
+from tests.factories import register
 
 PACKAGED = Path(__file__).parents[2] / "src/taskloom/ai/models.json"
 
@@ -41,16 +44,16 @@ def test_every_category_routes_to_a_model_of_the_requested_provider() -> None:
     for category in catalog.categories:
         for provider in ("anthropic", "openai"):
             assert catalog.for_category(category, provider).provider == provider
-    assert catalog.for_category("reasoning").name == "claude-opus-4-5"
+    assert catalog.for_category("reasoning").name == "claude-opus-5"
     assert catalog.for_category("quick", "openai").name == "gpt-4.1-nano"
 
 
 def test_downgrades_follow_the_tiers_of_the_same_provider() -> None:
     catalog = load_catalog()
-    chain = [catalog.model("claude-opus-4-5")]
+    chain = [catalog.model("claude-opus-5")]
     while (cheaper := catalog.cheaper(chain[-1])) is not None:
         chain.append(cheaper)
-    assert [m.name for m in chain] == ["claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"]
+    assert [m.name for m in chain] == ["claude-opus-5", "claude-sonnet-4-5", "claude-haiku-4-5"]
     assert catalog.cheaper(catalog.model("gpt-4o")) is None  # in no tier
 
 
@@ -90,3 +93,34 @@ def test_an_operator_catalog_file_replaces_the_packaged_one(tmp_path: Path) -> N
     assert catalog.model("claude-haiku-4-5").cost(2_000_000, 0) == Decimal("1.000000")
     with pytest.raises(CatalogError, match="cannot read"):
         load_catalog(tmp_path / "missing.json")
+
+
+def test_no_tier_names_a_model_that_retires_within_90_days_of_the_catalog() -> None:
+    catalog = load_catalog()
+    horizon = date.fromisoformat(catalog.version) + timedelta(days=90)
+    for provider, tiers in catalog.tiers.items():
+        for tier, name in tiers.items():
+            retires = catalog.model(name).retires
+            assert retires is None or retires > horizon, f"{provider} {tier}: {name} retires"
+    assert catalog.model("claude-opus-4-5").retires == date(2027, 1, 22)  # still callable by name
+
+
+async def test_the_catalog_endpoint_shows_prices_tiers_and_retirement(
+    client: httpx.AsyncClient,
+) -> None:
+    member = await register(client, label="catalog")
+    response = await client.get("/api/ai/models", headers=member.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tiers"]["anthropic"]["premium"] == "claude-opus-5"
+    by_name = {m["name"]: m for m in body["models"]}
+    assert by_name["claude-opus-5"] == {
+        "name": "claude-opus-5",
+        "provider": "anthropic",
+        "input_usd_per_million_tokens": "5.0",
+        "output_usd_per_million_tokens": "25.0",
+        "max_output_tokens": 64000,
+        "retires": None,
+    }
+    assert by_name["claude-opus-4-5"]["retires"] == "2027-01-22"
+    assert by_name["gpt-4.1-mini"]["input_usd_per_million_tokens"] == "0.4"

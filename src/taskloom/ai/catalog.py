@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from importlib import resources
@@ -29,6 +30,7 @@ class ModelPrice:
     input_per_million: Decimal
     output_per_million: Decimal
     max_output_tokens: int
+    retires: date | None = None  # the provider's announced end of life
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """US$ for these token counts, rounded half-up to the micro-dollar."""
@@ -88,6 +90,7 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
                 input_per_million=Decimal(str(entry["input"])),
                 output_per_million=Decimal(str(entry["output"])),
                 max_output_tokens=int(entry["max_output_tokens"]),
+                retires=date.fromisoformat(entry["retires"]) if "retires" in entry else None,
             )
             for name, entry in data["models"].items()
         }

@@ -46,6 +46,7 @@ async def models(ctx: Viewer) -> CatalogOut:
                 input_usd_per_million_tokens=str(m.input_per_million),
                 output_usd_per_million_tokens=str(m.output_per_million),
                 max_output_tokens=m.max_output_tokens,
+                retires=m.retires,
             )
             for m in catalog.models.values()
         ],

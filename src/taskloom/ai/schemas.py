@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,9 @@ class CatalogModel(BaseModel):
     input_usd_per_million_tokens: str
     output_usd_per_million_tokens: str
     max_output_tokens: int
+    retires: date | None = Field(
+        default=None, description="The provider's announced end of life: choose another model."
+    )
 
 
 class CatalogOut(BaseModel):
