@@ -7,32 +7,39 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 SDKS = ("anthropic", "openai", "mcp", "mcp_types")
 
 
-def test_starting_the_api_or_a_worker_imports_no_ai_or_mcp_sdk() -> None:
-    code = (
-        "import json, sys\n"
-        "import taskloom.cli, taskloom.app, taskloom.queue.worker, taskloom.tools.registry\n"
-        "from taskloom.workflows.steps import STEP_TYPES\n"
-        "assert {'ai', 'tool'} <= set(STEP_TYPES)\n"
-        f"print(json.dumps([m for m in {SDKS!r} if m in sys.modules]))\n"
-    )
+def _run(code: str) -> Any:
+    """Run `code` in a fresh interpreter; it prints JSON that lists `loaded`, the SDKs imported."""
+    prelude = f"import json, sys\nloaded = lambda: [m for m in {SDKS!r} if m in sys.modules]\n"
     run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    assert json.loads(run.stdout) == []
+    return json.loads(run.stdout)
+
+
+def test_starting_the_api_or_a_worker_imports_no_ai_or_mcp_sdk() -> None:
+    assert (
+        _run(
+            "import taskloom.cli, taskloom.app, taskloom.queue.worker, taskloom.tools.registry\n"
+            "from taskloom.workflows.steps import STEP_TYPES\n"
+            "assert {'ai', 'tool'} <= set(STEP_TYPES)\n"
+            "print(json.dumps(loaded()))\n"
+        )
+        == []
+    )
 
 
 def test_the_sdks_load_when_a_provider_is_first_used() -> None:
-    code = (
-        "import json, sys\n"
+    assert _run(
         "from taskloom.ai.executor import _provider_class\n"
-        "kinds = [_provider_class('anthropic').__name__, _provider_class('openai').__name__]\n"
-        f"print(json.dumps([kinds, [m for m in {SDKS[:2]!r} if m in sys.modules]]))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert json.loads(run.stdout) == [["AnthropicProvider", "OpenAIProvider"], list(SDKS[:2])]
+        "kinds = [_provider_class(p).__name__ for p in ('anthropic', 'openai')]\n"
+        "print(json.dumps([kinds, loaded()]))\n"
+    ) == [["AnthropicProvider", "OpenAIProvider"], ["anthropic", "openai"]]

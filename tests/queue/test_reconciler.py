@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from taskloom.db.tenancy import system_transaction
 from taskloom.queue.reconciler import Candidate, Reconciler
 from taskloom.runtime import Runtime
+from taskloom.webhooks.delivery import dispatch_pending
 from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 from tests.factories import Account
 from tests.queue.conftest import create_workflow, execute
@@ -54,3 +55,34 @@ async def test_an_execution_that_finished_after_the_read_is_left_alone(
     report = await Reconciler(queue_runtime, owner="test").settle([stale])
     assert (report.enqueued, report.replaced, report.failed) == (0, 0, 0)
     assert await queue_runtime.queue.state(stale.execution_id) == "unknown"  # no no-op job
+
+
+async def test_webhook_deliveries_whose_job_redis_lost_are_queued_again(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    hook = await api.post(
+        "/api/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "events": ["workflow.created"]},
+        headers=owner.headers,
+    )
+    assert hook.status_code == 201, hook.text
+    for _ in range(2):  # two events, two deliveries
+        await create_workflow(api, owner, [{"id": "s", "type": "transform", "args": {"value": 1}}])
+    assert await dispatch_pending(queue_runtime) >= 2  # now `queued`, each with its job
+    async with system_transaction(queue_runtime.database) as db:
+        lost, kept = (
+            await db.scalars(
+                text(
+                    "update webhook_deliveries set created_at = now() - interval '1 hour' "
+                    "where endpoint_id = :hook returning id"
+                ),
+                {"hook": hook.json()["id"]},
+            )
+        ).all()
+    await queue_runtime.webhook_queue.queue.remove(str(lost))  # as after a Redis flush
+
+    reconciler = Reconciler(queue_runtime, owner="test")
+    assert await reconciler.requeue_lost_deliveries() == 1
+    assert await queue_runtime.webhook_queue.state(lost) == "waiting"
+    assert await queue_runtime.webhook_queue.state(kept) == "waiting"
+    assert await reconciler.requeue_lost_deliveries() == 0  # nothing lost any more

@@ -132,6 +132,10 @@ class WebhookQueue:
             },
         )
 
+    async def state(self, delivery_id: uuid.UUID) -> str:
+        """waiting, active, delayed, completed, failed, or unknown (no such job)."""
+        return str(await self.queue.getJobState(str(delivery_id)))
+
     async def counts(self) -> dict[str, int]:
         counts = await self.queue.getJobCounts()
         return {state: int(n) for state, n in counts.items()}

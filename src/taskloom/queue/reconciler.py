@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from taskloom.ai import budget
 from taskloom.db.tenancy import system_transaction
@@ -113,17 +113,44 @@ class Reconciler:
     async def _housekeeping(self) -> None:
         if purged := await archive.purge_expired(self.runtime):
             log.info("expired_exports_purged", chunks=purged)
+        if requeued := await self.requeue_lost_deliveries():
+            log.warning("webhook_deliveries_requeued", deliveries=requeued)
         # AI budget reservations of calls whose worker died (logged by release_abandoned).
         await budget.release_abandoned(
             self.runtime.database,
             older_than_seconds=self.runtime.settings.ai_reservation_ttl_seconds,
         )
 
+    def _cutoff(self) -> datetime:
+        """Rows older than this have had time to reach their job (RECONCILE_GRACE_SECONDS)."""
+        return datetime.now(UTC) - timedelta(seconds=self.runtime.settings.reconcile_grace_seconds)
+
+    async def requeue_lost_deliveries(self) -> int:
+        """Webhook deliveries handed to the queue (`queued`) longer than the grace period whose
+        job is gone — Redis lost its data — are enqueued again. Enqueueing is idempotent (the
+        job id is the delivery's id) and a delivery already attempted is skipped by the
+        deliverer, so a job that finished in between costs one no-op job, never a second POST."""
+        cutoff = self._cutoff()
+        async with system_transaction(self.runtime.database) as db:
+            rows = (
+                await db.execute(
+                    text(
+                        "select id, org_id from webhook_deliveries where status = 'queued' "
+                        "and created_at < :cutoff order by created_at limit :n"
+                    ),
+                    {"cutoff": cutoff, "n": BATCH},
+                )
+            ).all()
+        queue, requeued = self.runtime.webhook_queue, 0
+        for delivery_id, org_id in rows:
+            if await queue.state(delivery_id) == "unknown":
+                await queue.enqueue(delivery_id=delivery_id, org_id=org_id)
+                requeued += 1
+        return requeued
+
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. Runs on the privileged role: it looks across every organization."""
-        cutoff = datetime.now(UTC) - timedelta(
-            seconds=self.runtime.settings.reconcile_grace_seconds
-        )
+        cutoff = self._cutoff()
         async with system_transaction(self.runtime.database) as db:
             rows = (
                 await db.execute(

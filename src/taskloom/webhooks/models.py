@@ -50,6 +50,7 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
         Index("ix_webhook_deliveries_org_id_created_at", "org_id", "created_at"),
         Index("ix_webhook_deliveries_pending", "created_at", postgresql_where="status = 'pending'"),
+        Index("ix_webhook_deliveries_queued", "created_at", postgresql_where="status = 'queued'"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
