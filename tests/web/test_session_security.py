@@ -11,10 +11,15 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from taskloom.app import create_app
+from taskloom.auth.service import TokenPair
 from taskloom.config import Settings
+from taskloom.runtime import Runtime
 from taskloom.web.cookies import ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE
+from taskloom.web.refresh import seal, unseal
 from taskloom.web.routes import AREAS
 from tests.factories import PASSWORD, Account
 from tests.web.conftest import Browser
@@ -256,3 +261,51 @@ async def test_a_page_that_fails_still_hands_over_the_rotated_tokens(
     assert owner_browser.cookies.get(REFRESH_COOKIE, path="/ui") != old_refresh
     monkeypatch.undo()
     assert (await owner_browser.get("/ui/workflows")).status_code == 200
+
+
+async def test_two_api_processes_refreshing_at_once_do_not_revoke_the_session(
+    app: FastAPI, runtime: Runtime, owner_browser: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Two tabs whose requests land on two API processes (two apps here, each with its own
+    memory, sharing PostgreSQL and Redis) present the same refresh token at once."""
+    other_process = create_app(runtime=runtime)
+    access = owner_browser.cookies.get(ACCESS_COOKIE, path="/ui")
+    old_refresh = owner_browser.cookies.get(REFRESH_COOKIE, path="/ui")
+    assert access
+    assert old_refresh
+    set_ui_cookie(owner_browser, ACCESS_COOKIE, _expired_copy(settings, access))
+    transport = httpx.ASGITransport(app=other_process, client=("198.51.100.9", 50001))
+    async with (
+        other_process.router.lifespan_context(other_process),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as tab,
+    ):
+        for cookie in owner_browser.cookies.jar:
+            tab.cookies.set(cookie.name, cookie.value or "", domain=cookie.domain, path=cookie.path)
+        pages = await asyncio.gather(owner_browser.get("/ui/workflows"), tab.get("/ui/executions"))
+        assert [p.status_code for p in pages] == [200, 200]
+        rotated = {b.cookies.get(REFRESH_COOKIE, path="/ui") for b in (owner_browser, tab)}
+        assert len(rotated) == 1  # both tabs hold the same new pair
+        assert old_refresh not in rotated
+        assert (await tab.get("/ui/privacy")).status_code == 200  # the session lives on
+    # What Redis held for the other process is sealed: no usable token in it.
+    new_refresh = rotated.pop()
+    assert new_refresh
+    async for key in runtime.redis.scan_iter(match=runtime.keys.match("ui-refresh")):
+        value = await runtime.redis.get(key)
+        assert value is None or new_refresh not in str(value)
+    assert (await owner_browser.get("/ui/workflows")).status_code == 200
+
+
+def test_a_handed_over_pair_opens_only_with_the_old_refresh_token() -> None:
+    pair = TokenPair(
+        access_token="a.b.c",
+        expires_in=900,
+        refresh_token="new-refresh",
+        refresh_expires_in=3600,
+        user_id=uuid.uuid4(),
+        org_id=None,
+    )
+    sealed = seal("old-refresh", pair)
+    assert unseal("old-refresh", sealed) == pair
+    assert unseal("another-refresh", sealed) is None
+    assert b"new-refresh" not in sealed.encode()

@@ -9,8 +9,6 @@ authenticate sends the person to the sign-in page.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,21 +20,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from taskloom.audit.service import AuditContext
-from taskloom.auth import service as auth
 from taskloom.auth.deps import RequestContext, client_context, get_runtime, open_request_context
 from taskloom.auth.models import User
 from taskloom.auth.principal import Principal
-from taskloom.auth.tokens import API_KEY_PREFIX, sha256_hex
+from taskloom.auth.tokens import API_KEY_PREFIX
 from taskloom.errors import Forbidden, Unauthorized
 from taskloom.orgs import service as orgs
 from taskloom.orgs.models import Role
 from taskloom.runtime import Runtime
 from taskloom.web import cookies, csrf
+from taskloom.web.refresh import RefreshCoalescer
 
 # Codes of an access token that a refresh repairs: expired, or issued before the session
 # switched organization (in another tab).
 _REFRESHABLE = {"token_expired", "stale_token"}
-_REFRESH_GRACE_SECONDS = 30.0
 
 
 class SignInRequired(Exception):
@@ -132,37 +129,11 @@ def anonymous(request: Request) -> Page:
 # --- signed-in pages -----------------------------------------------------------------------------
 
 
-class _RefreshCoalescer:
-    """Browsers send requests in parallel (two tabs, a page refreshing itself while another
-    loads), each presenting the same refresh token; the second presentation would count as
-    reuse and revoke the session (ADR 0003). Within one process, the first rotation's result
-    is handed to the others that present the same token within a short grace period."""
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._recent: dict[str, tuple[float, auth.TokenPair]] = {}
-
-    async def rotate(
-        self, runtime: Runtime, refresh_token: str, client: AuditContext
-    ) -> auth.TokenPair:
-        key = sha256_hex(refresh_token)
-        async with self._lock:
-            now = time.monotonic()
-            self._recent = {
-                k: v for k, v in self._recent.items() if now - v[0] < _REFRESH_GRACE_SECONDS
-            }
-            if key in self._recent:
-                return self._recent[key][1]
-            pair = await auth.refresh(runtime=runtime, refresh_token=refresh_token, client=client)
-            self._recent[key] = (now, pair)
-            return pair
-
-
-def _coalescer(app: FastAPI) -> _RefreshCoalescer:
+def _coalescer(app: FastAPI) -> RefreshCoalescer:
     found = getattr(app.state, "ui_refreshes", None)
     if found is None:
-        found = app.state.ui_refreshes = _RefreshCoalescer()
-    assert isinstance(found, _RefreshCoalescer)
+        found = app.state.ui_refreshes = RefreshCoalescer()
+    assert isinstance(found, RefreshCoalescer)
     return found
 
 
