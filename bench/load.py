@@ -160,14 +160,13 @@ def bare_app(config: dict[str, Any]) -> FastAPI:
 def serve_bare() -> None:
     """The bare app on the port of its configuration (BARE_ENV, JSON)."""
     config = json.loads(os.environ[BARE_ENV])
-    # As `taskloom api` runs uvicorn: no logging config, no access log, and the standard asyncio
-    # event loop (the CLI calls `Server.serve()` inside its own `asyncio.run`, so uvicorn's
-    # uvloop default never applies to it).
+    # As `taskloom api` runs uvicorn: no logging config, no access log, and uvloop (the CLI runs
+    # its services on uvloop).
     uvicorn.run(
         bare_app(config),
         host="127.0.0.1",
         port=config["port"],
-        loop="asyncio",
+        loop="uvloop",
         log_config=None,
         access_log=False,
     )
