@@ -9,7 +9,7 @@ same new pair:
 - across API processes, through Redis: the first process takes a short lock keyed by the
   token's SHA-256 and leaves the new pair there for the grace period, sealed with AES-GCM under a
   key derived from the old refresh token itself — only a request that presents that token can
-  open it, so Redis (or whoever reads it) never holds a usable token. The others wait for it.
+  open it, and whoever reads Redis finds no usable token. The others wait for it.
 
 Redis unavailable: each process rotates on its own, as before (a parallel refresh on another
 process then revokes the session and the person signs in again).
