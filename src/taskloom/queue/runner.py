@@ -4,8 +4,9 @@ Outcomes, as BullMQ sees them:
 - returns: the execution finished (succeeded, cancelled, or it was already finished/deleted);
 - raises UnrecoverableError: a step failed for good (recorded on the step and the execution);
 - raises the step's error: a retryable failure with attempts left (BullMQ backs off, retries);
-- raises DelayedError after `moveToDelayed`: deferred by the per-org cap, or handed back on
-  shutdown; neither counts as an attempt nor fails the execution.
+- raises DelayedError after `moveToDelayed`: deferred by the per-org cap, handed back on
+  shutdown, or put back while PostgreSQL is unreachable (queue/outage.py); none counts as an
+  attempt or fails the execution.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from taskloom.errors import unavailable_dependency
 from taskloom.observability import sentry, tracing
 from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
 from taskloom.queue.jobs import QUEUE_NAME
+from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
 from taskloom.workflows import runs
 from taskloom.workflows.models import ExecutionStatus
@@ -41,7 +42,6 @@ log = structlog.get_logger("taskloom.queue")
 
 MAX_OUTPUT_BYTES = 1_048_576
 DEFER_MS = 1_000  # re-check a capped organization's job after about this long
-OUTAGE_MS = 2_000  # try a job again after about this long while PostgreSQL is unreachable
 
 # BullMQ counts a job's stalls in the `stc` field of its hash and fails the job past
 # QUEUE_MAX_STALLED_COUNT. Taskloom resets it when a step finishes, so the limit counts stalls in
@@ -90,12 +90,8 @@ class ExecutionRunner:
         )
         with span, bound_request_id(job.data.get("request_id")):
             try:
-                return await self._process(job, token, execution_id, org_id)
-            except Exception as error:
-                if unavailable_dependency(error) != "PostgreSQL":
-                    raise
-                await self._wait_for_database(job, token, error)
-                raise DelayedError() from None
+                async with put_back_on_database_outage(job, token, queue=QUEUE_NAME):
+                    return await self._process(job, token, execution_id, org_id)
             finally:
                 QUEUE_JOB_DURATION.labels(QUEUE_NAME).observe(time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
@@ -272,15 +268,6 @@ class ExecutionRunner:
         await runs.back_to_queue(self.runtime.database, run)
         await self._delay(job, token, 0)
         log.warning("job_handed_back", step_id=step_id)
-
-    async def _wait_for_database(self, job: Job, token: str, error: Exception) -> None:
-        """PostgreSQL could not be reached (an outage, a failover, no free connection): not the
-        execution's fault, so no attempt is used up. The job waits a moment and comes back,
-        however long the outage lasts; whatever the execution had committed stays, and the next
-        claim resumes it as after a crash."""
-        QUEUE_EVENTS.labels("database_unavailable").inc()
-        log.warning("database_unavailable", error=type(error).__name__, retry_in_ms=OUTAGE_MS)
-        await self._delay(job, token, OUTAGE_MS + random.randint(0, OUTAGE_MS // 2))
 
     @staticmethod
     async def _delay(job: Job, token: str, delay_ms: int) -> None:

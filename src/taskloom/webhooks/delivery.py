@@ -33,6 +33,8 @@ from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
 from taskloom.observability.request_id import bound_request_id
+from taskloom.queue.jobs import WEBHOOK_QUEUE_NAME
+from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
 from taskloom.webhooks.service import signing_secrets
@@ -87,6 +89,10 @@ class WebhookDeliverer:
         self.runtime = runtime
 
     async def process(self, job: Job, token: str) -> Any:
+        async with put_back_on_database_outage(job, token, queue=WEBHOOK_QUEUE_NAME):
+            return await self._deliver(job)
+
+    async def _deliver(self, job: Job) -> Any:
         delivery_id, org_id = uuid.UUID(job.data["delivery_id"]), uuid.UUID(job.data["org_id"])
         attempt = job.attemptsMade + 1
         async with tenant_transaction(self.runtime.database, org_id=org_id, user_id=None) as db:
