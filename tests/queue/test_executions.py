@@ -11,8 +11,10 @@ import zipfile
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from taskloom.config import Settings
+from taskloom.runtime import Runtime
 from tests.factories import Account, add_member
 from tests.queue.conftest import (
     CountingServer,
@@ -22,6 +24,7 @@ from tests.queue.conftest import (
     unique_key,
     wait_for_status,
 )
+from tests.tcp_proxy import TcpProxy
 
 
 async def test_execute_runs_every_step_and_passes_outputs_between_them(
@@ -341,3 +344,35 @@ async def test_the_request_id_follows_the_job_into_the_worker(
     job_lines = [line for line in worker.output().splitlines() if "step_succeeded" in line]
     assert job_lines
     assert all(f"request_id={request_id}" in line for line in job_lines), job_lines
+
+
+async def test_an_export_taken_during_a_database_outage_waits_without_using_an_attempt(
+    api: httpx.AsyncClient,
+    owner: Account,
+    start_worker: StartWorker,
+    queue_settings: Settings,
+    queue_runtime: Runtime,
+) -> None:
+    url = make_url(queue_settings.database_url or "")
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        through = url.set(host="127.0.0.1", port=proxy.port)
+        start_worker(database_url=through.render_as_string(hide_password=False))
+        with proxy.outage():
+            queued = await api.post("/api/user/data-export", headers=owner.headers)
+            assert queued.status_code == 202, queued.text
+            await asyncio.sleep(3)  # the worker takes the job and cannot reach the database
+        request_id = queued.json()["request_id"]
+        status: dict[str, Any] = {}
+        for _ in range(200):
+            path = f"/api/user/data-export/{request_id}"
+            status = (await api.get(path, headers=owner.headers)).json()
+            if status["status"] == "ready":
+                break
+            await asyncio.sleep(0.1)
+        assert status["status"] == "ready", status
+        job = await queue_runtime.gdpr_queue.queue.getJob(request_id)
+        assert job is not None
+        assert job.attemptsMade <= 1, job.attemptsMade  # the outage used up no attempt
+    finally:
+        proxy.close()

@@ -30,6 +30,7 @@ from taskloom.observability.metrics import (
     QUEUE_STALLED,
 )
 from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME, WEBHOOK_QUEUE_NAME
+from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.queue.reconciler import Reconciler
 from taskloom.queue.runner import ExecutionRunner
 from taskloom.redis import bullmq_options
@@ -216,7 +217,8 @@ class WorkerService:
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _build_export(self, job: Job, token: str) -> None:
-        await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))
+        async with put_back_on_database_outage(job, token, queue=GDPR_QUEUE_NAME):
+            await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))
 
     # --- heartbeat -----------------------------------------------------------------------------
 
