@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-import jsonschema
 import structlog
 from sqlalchemy import select
 
+from taskloom import safe_jsonschema
 from taskloom.ai import budget
 from taskloom.ai.budget import BudgetExhausted, Candidate, Reservation
 from taskloom.ai.catalog import Catalog, CatalogError, ModelPrice, load_catalog
@@ -213,14 +213,18 @@ def _parse_json(text: str, schema: dict[str, Any] | None) -> Any:
         ) from None
     if schema is not None:
         try:
-            jsonschema.validate(value, schema)
-        except jsonschema.ValidationError as invalid:
+            invalid = safe_jsonschema.best_error(schema, value)
+        except (safe_jsonschema.PatternTooSlow, safe_jsonschema.SchemaTooSlowToCheck) as slow:
+            raise AiStepError(
+                f"json_schema cannot be checked: {slow}", code="json_schema_too_slow"
+            ) from None
+        if invalid is not None:
             where = "/".join(str(p) for p in invalid.absolute_path) or "(root)"
             raise AiStepError(
                 f"the model's JSON does not match json_schema at {where}: {invalid.message}",
                 code="invalid_json_output",
                 retryable=True,
-            ) from None
+            )
     return value
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx2
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from taskloom import __version__
+from taskloom import __version__, safe_jsonschema
 from taskloom.tools.base import Connection, Tool, ToolError
 from taskloom.tools.providers._rest import validated
 
@@ -298,7 +298,15 @@ def _check_args(tool: str, schema: dict[str, Any], args: dict[str, Any]) -> None
             f"the MCP server published an invalid input schema for {tool}",
             code="mcp_protocol_error",
         ) from None
-    error = best_match(Draft202012Validator(schema).iter_errors(args))
+    try:
+        error = safe_jsonschema.best_error(schema, args)
+    except safe_jsonschema.PatternTooSlow as slow:
+        raise ToolError(
+            f"the MCP server's input schema for {tool} cannot be checked: {slow}"[:_MESSAGE_LIMIT],
+            code="mcp_protocol_error",
+        ) from None
+    except safe_jsonschema.SchemaTooSlowToCheck:
+        return  # the server checks its own arguments
     if error is not None:
         raise ToolError(
             f"invalid arguments for {tool} at {error.json_path}: {error.message}"[:_MESSAGE_LIMIT],

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 import jsonschema
 from pydantic import Field, field_validator, model_validator
 
+from taskloom import safe_jsonschema
 from taskloom.ai.executor import AiCall, AiStepError, run_ai
 from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
@@ -37,6 +38,8 @@ class AiArgs(StepArgs):
                 raise ValueError(
                     f"json_schema is not a valid JSON Schema: {error.message}"
                 ) from None
+            if (reason := safe_jsonschema.unsupported(value)) is not None:
+                raise ValueError(f"json_schema: {reason}")
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,100 @@
+"""Schemas Taskloom does not write (MCP tools' input schemas, `ai` steps' json_schema) are
+checked with their patterns under a time budget: a catastrophic pattern fails fast instead of
+blocking the worker's event loop, which every organization's executions share."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from taskloom import safe_jsonschema
+from taskloom.ai.executor import AiStepError, _parse_json
+from taskloom.tools.base import ToolError
+from taskloom.tools.providers.mcp import _check_args
+from taskloom.workflows.steps.ai import AiArgs
+
+# With Python's `re` this pair backtracks for minutes.
+EVIL = "^(a|aa)+$"
+EVIL_TEXT = "a" * 40 + "!"
+
+
+def _timed(check: Any) -> float:
+    started = time.monotonic()
+    check()
+    return time.monotonic() - started
+
+
+def test_a_catastrophic_pattern_fails_within_the_budget() -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string", "pattern": EVIL}}}
+
+    def check() -> None:
+        with pytest.raises(safe_jsonschema.PatternTooSlow):
+            safe_jsonschema.best_error(schema, {"q": EVIL_TEXT})
+
+    assert _timed(check) < safe_jsonschema.BUDGET_SECONDS + 0.5
+
+
+def test_a_catastrophic_property_pattern_fails_within_the_budget() -> None:
+    schema = {"type": "object", "patternProperties": {EVIL: {"type": "integer"}}}
+
+    def check() -> None:
+        with pytest.raises(safe_jsonschema.PatternTooSlow):
+            safe_jsonschema.best_error(schema, {EVIL_TEXT: 1})
+
+    assert _timed(check) < safe_jsonschema.BUDGET_SECONDS + 0.5
+
+
+def test_patterns_and_additional_properties_still_validate() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"id": {"type": "string", "pattern": "^[A-Z]+-[0-9]+$"}},
+        "patternProperties": {"^x-": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    assert safe_jsonschema.best_error(schema, {"id": "ENG-12", "x-note": "ok"}) is None
+    wrong = safe_jsonschema.best_error(schema, {"id": "eng-12"})
+    assert wrong is not None
+    assert wrong.message == "'eng-12' does not match '^[A-Z]+-[0-9]+$'"
+    extra = safe_jsonschema.best_error(schema, {"id": "ENG-1", "other": 1, "b": 2})
+    assert extra is not None
+    assert extra.message == "Additional properties are not allowed ('b', 'other' unexpected)"
+    typed = safe_jsonschema.best_error(schema, {"x-note": 3})
+    assert typed is not None
+    assert list(typed.absolute_path) == ["x-note"]
+    nested = {"type": "object", "additionalProperties": {"type": "string", "pattern": "^a"}}
+    bad = safe_jsonschema.best_error(nested, {"k": "b"})
+    assert bad is not None
+    assert list(bad.absolute_path) == ["k"]
+
+
+def test_the_mcp_argument_check_fails_fast_on_a_hostile_schema() -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string", "pattern": EVIL}}}
+
+    def check() -> None:
+        with pytest.raises(ToolError) as caught:
+            _check_args("search", schema, {"q": EVIL_TEXT})
+        assert caught.value.code == "mcp_protocol_error"
+        assert "cannot be checked" in caught.value.message
+
+    assert _timed(check) < safe_jsonschema.BUDGET_SECONDS + 0.5
+    # A combination checked only by the server is passed on, not refused.
+    unchecked = {"patternProperties": {"^a": {}}, "unevaluatedProperties": False}
+    _check_args("search", unchecked, {"zzz": 1})
+
+
+def test_an_ai_steps_json_schema_is_bounded_too() -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string", "pattern": EVIL}}}
+    with pytest.raises(AiStepError) as caught:
+        _parse_json('{"q": "' + EVIL_TEXT + '"}', schema)
+    assert (caught.value.code, caught.value.retryable) == ("json_schema_too_slow", False)
+    with pytest.raises(ValidationError, match="unevaluatedProperties combined"):
+        AiArgs.model_validate(
+            {
+                "prompt": "p",
+                "output": "json",
+                "json_schema": {"patternProperties": {"^a": {}}, "unevaluatedProperties": False},
+            }
+        )
