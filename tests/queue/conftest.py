@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from taskloom.app import create_app
 from taskloom.config import Settings
@@ -30,6 +31,7 @@ from taskloom.runtime import Runtime, open_runtime
 from tests.cli_support import clean_env
 from tests.factories import Account, register
 from tests.servers import free_port, plain_redis_config, start_redis
+from tests.tcp_proxy import TcpProxy
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -313,3 +315,22 @@ async def wait_for_status(
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"execution stayed {body.get('status')!r}: {body}")
+
+
+# --- a database the test can cut off ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxiedDatabase:
+    proxy: TcpProxy
+    url: str  # DATABASE_URL through the proxy, for a worker
+
+
+@pytest.fixture
+def proxied_database(queue_settings: Settings) -> Iterator[ProxiedDatabase]:
+    """PostgreSQL behind a TCP proxy the test can cut: an outage as a worker sees it."""
+    url = make_url(queue_settings.database_url or "")
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    through = url.set(host="127.0.0.1", port=proxy.port)
+    yield ProxiedDatabase(proxy, through.render_as_string(hide_password=False))
+    proxy.close()

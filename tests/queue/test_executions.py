@@ -11,20 +11,19 @@ import zipfile
 from typing import Any
 
 import httpx
-from sqlalchemy.engine import make_url
 
 from taskloom.config import Settings
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member
 from tests.queue.conftest import (
     CountingServer,
+    ProxiedDatabase,
     StartWorker,
     create_workflow,
     execute,
     unique_key,
     wait_for_status,
 )
-from tests.tcp_proxy import TcpProxy
 
 
 async def test_execute_runs_every_step_and_passes_outputs_between_them(
@@ -350,29 +349,23 @@ async def test_an_export_taken_during_a_database_outage_waits_without_using_an_a
     api: httpx.AsyncClient,
     owner: Account,
     start_worker: StartWorker,
-    queue_settings: Settings,
     queue_runtime: Runtime,
+    proxied_database: ProxiedDatabase,
 ) -> None:
-    url = make_url(queue_settings.database_url or "")
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    try:
-        through = url.set(host="127.0.0.1", port=proxy.port)
-        start_worker(database_url=through.render_as_string(hide_password=False))
-        with proxy.outage():
-            queued = await api.post("/api/user/data-export", headers=owner.headers)
-            assert queued.status_code == 202, queued.text
-            await asyncio.sleep(3)  # the worker takes the job and cannot reach the database
-        request_id = queued.json()["request_id"]
-        status: dict[str, Any] = {}
-        for _ in range(200):
-            path = f"/api/user/data-export/{request_id}"
-            status = (await api.get(path, headers=owner.headers)).json()
-            if status["status"] == "ready":
-                break
-            await asyncio.sleep(0.1)
-        assert status["status"] == "ready", status
-        job = await queue_runtime.gdpr_queue.queue.getJob(request_id)
-        assert job is not None
-        assert job.attemptsMade <= 1, job.attemptsMade  # the outage used up no attempt
-    finally:
-        proxy.close()
+    start_worker(database_url=proxied_database.url)
+    with proxied_database.proxy.outage():
+        queued = await api.post("/api/user/data-export", headers=owner.headers)
+        assert queued.status_code == 202, queued.text
+        await asyncio.sleep(3)  # the worker takes the job and cannot reach the database
+    request_id = queued.json()["request_id"]
+    status: dict[str, Any] = {}
+    for _ in range(200):
+        path = f"/api/user/data-export/{request_id}"
+        status = (await api.get(path, headers=owner.headers)).json()
+        if status["status"] == "ready":
+            break
+        await asyncio.sleep(0.1)
+    assert status["status"] == "ready", status
+    job = await queue_runtime.gdpr_queue.queue.getJob(request_id)
+    assert job is not None
+    assert job.attemptsMade <= 1, job.attemptsMade  # the outage used up no attempt

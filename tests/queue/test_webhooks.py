@@ -12,15 +12,18 @@ import time
 from typing import Any
 
 import httpx
-from sqlalchemy.engine import make_url
 
-from taskloom.config import Settings
 from taskloom.runtime import Runtime
 from taskloom.webhooks.delivery import dispatch_pending
 from tests.factories import Account
 from tests.fakes.receiver import Receiver
-from tests.queue.conftest import StartWorker, create_workflow, execute, wait_for_status
-from tests.tcp_proxy import TcpProxy
+from tests.queue.conftest import (
+    ProxiedDatabase,
+    StartWorker,
+    create_workflow,
+    execute,
+    wait_for_status,
+)
 
 FAST = {"webhook_backoff_ms": 100, "webhook_dispatch_interval_seconds": 0.2}
 STEPS = [{"id": "t", "type": "transform", "args": {"value": "{{ input.n }}"}}]
@@ -220,26 +223,20 @@ async def test_a_database_outage_does_not_use_up_a_deliverys_attempts(
     owner: Account,
     start_worker: StartWorker,
     receiver: Receiver,
-    queue_settings: Settings,
     queue_runtime: Runtime,
+    proxied_database: ProxiedDatabase,
 ) -> None:
     """The worker reaches PostgreSQL through a proxy cut for longer than five attempts with a
     100 ms backoff would take: the delivery waits and is sent once the database is back."""
-    url = make_url(queue_settings.database_url or "")
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    try:
-        hook = await _webhook(api, owner, receiver.url, ["ping"])
-        through = url.set(host="127.0.0.1", port=proxy.port)
-        start_worker(**FAST, database_url=through.render_as_string(hide_password=False))
-        with proxy.outage():
-            ping = await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
-            assert ping.status_code == 202, ping.text
-            # The worker's own dispatcher cannot read the outbox now; hand the job over for it.
-            assert await dispatch_pending(queue_runtime) >= 1
-            await asyncio.sleep(4)  # the worker takes the job and cannot reach the database
-            assert receiver.received == []
-        receiver.wait_for(1)
-        rows = await _until(lambda: _succeeded(api, owner, hook["id"], 1))
-        assert [(r["attempt"], r["status"]) for r in rows] == [(1, "succeeded")]
-    finally:
-        proxy.close()
+    hook = await _webhook(api, owner, receiver.url, ["ping"])
+    start_worker(**FAST, database_url=proxied_database.url)
+    with proxied_database.proxy.outage():
+        ping = await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
+        assert ping.status_code == 202, ping.text
+        # The worker's own dispatcher cannot read the outbox now; hand the job over for it.
+        assert await dispatch_pending(queue_runtime) >= 1
+        await asyncio.sleep(4)  # the worker takes the job and cannot reach the database
+        assert receiver.received == []
+    receiver.wait_for(1)
+    rows = await _until(lambda: _succeeded(api, owner, hook["id"], 1))
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "succeeded")]

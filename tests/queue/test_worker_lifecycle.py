@@ -11,7 +11,6 @@ from datetime import datetime
 import httpx
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from taskloom.config import Settings
 from taskloom.queue.worker import WorkerService
@@ -19,6 +18,7 @@ from taskloom.runtime import Runtime, open_runtime
 from tests.factories import Account, register
 from tests.queue.conftest import (
     CountingServer,
+    ProxiedDatabase,
     StartWorker,
     WorkerProcess,
     create_workflow,
@@ -27,7 +27,6 @@ from tests.queue.conftest import (
     wait_for_status,
 )
 from tests.servers import free_port
-from tests.tcp_proxy import TcpProxy
 
 
 async def _wait_for_calls(server: CountingServer, key: str, calls: int, within: float = 20) -> None:
@@ -383,28 +382,22 @@ async def test_executions_taken_during_a_database_outage_wait_for_it_and_succeed
     owner: Account,
     counting_server: CountingServer,
     start_worker: StartWorker,
-    queue_settings: Settings,
+    proxied_database: ProxiedDatabase,
 ) -> None:
     """The worker reaches PostgreSQL through a proxy the test cuts for longer than every retry
     of an execution's job would take (3 attempts, 200 ms backoff here): an outage is not the
     execution's fault and must not use up its attempts."""
-    url = make_url(queue_settings.database_url or "")
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    try:
-        through = url.set(host="127.0.0.1", port=proxy.port)
-        key = unique_key("outage")
-        step = {"id": "s", "type": "http", "args": {"url": counting_server.url(key)}}
-        workflow_id = await create_workflow(api, owner, [step])
-        start_worker(database_url=through.render_as_string(hide_password=False))
-        first = await execute(api, owner, workflow_id)
-        assert (await wait_for_status(api, owner, first))["status"] == "succeeded"
+    key = unique_key("outage")
+    step = {"id": "s", "type": "http", "args": {"url": counting_server.url(key)}}
+    workflow_id = await create_workflow(api, owner, [step])
+    start_worker(database_url=proxied_database.url)
+    first = await execute(api, owner, workflow_id)
+    assert (await wait_for_status(api, owner, first))["status"] == "succeeded"
 
-        with proxy.outage():
-            ids = [await execute(api, owner, workflow_id) for _ in range(4)]
-            await asyncio.sleep(5)  # the worker takes them and cannot reach the database
-            assert counting_server.calls(key) == 1
-        done = [await wait_for_status(api, owner, i, within=60) for i in ids]
-        assert [d["status"] for d in done] == ["succeeded"] * 4, done
-        assert counting_server.calls(key) == 5
-    finally:
-        proxy.close()
+    with proxied_database.proxy.outage():
+        ids = [await execute(api, owner, workflow_id) for _ in range(4)]
+        await asyncio.sleep(5)  # the worker takes them and cannot reach the database
+        assert counting_server.calls(key) == 1
+    done = [await wait_for_status(api, owner, i, within=60) for i in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * 4, done
+    assert counting_server.calls(key) == 5
