@@ -59,17 +59,18 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import httpx
 from redis.client import Redis
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+try:
+    from bench.scratch import scratch_deployment
+except ModuleNotFoundError:  # run as `python bench/<script>.py`: bench/ is on sys.path
+    from scratch import scratch_deployment  # type: ignore[no-redef]
 from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.db.migrate import migrate
 from taskloom.observability.logging import configure_logging
 from taskloom.runtime import Runtime, open_runtime
 
@@ -560,20 +561,11 @@ def read_logs(outputs: list[str]) -> LogFacts:
 async def environment(
     pg_url: str, redis_url: str, args: argparse.Namespace
 ) -> AsyncIterator[Settings]:
-    """A migrated database, its app role and a Redis key prefix of our own; on exit the
-    database and role are dropped (the Redis server is ours and goes away with its directory)."""
-    suffix = secrets.token_hex(4)
-    database = f"taskloom_chaos_{suffix}"
-    settings = Settings(
-        _env_file=None,
-        taskloom_env="test",
-        database_url=make_url(pg_url).set(database=database).render_as_string(False),
-        database_app_role=f"taskloom_chaos_app_{suffix}",
-        redis_url=redis_url,
-        redis_key_prefix=f"chaos-{suffix}:",
-        password_hash_time_cost=1,
-        password_hash_memory_kib=1024,
-        password_hash_parallelism=1,
+    """A migrated database, its app role and a Redis key prefix of our own (bench/scratch.py)."""
+    async with scratch_deployment(
+        pg_url,
+        redis_url,
+        label="chaos",
         outbound_allowed_hosts="127.0.0.1",
         worker_concurrency=args.concurrency,
         max_running_per_org=10_000,  # the per-org cap is not what we test
@@ -584,17 +576,9 @@ async def environment(
         reconcile_grace_seconds=args.reconcile_grace,
         shutdown_timeout_seconds=args.shutdown_timeout,
         log_level="error",
-    )
-    configure_logging(settings)
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-        await migrate(settings)
+    ) as settings:
+        configure_logging(settings)
         yield settings
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{settings.database_app_role}"')
-        await admin.close()
 
 
 @dataclass

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -34,34 +33,18 @@ import asyncpg
 import httpx
 import psutil
 from sqlalchemy import or_, select, text
-from sqlalchemy.engine import make_url
 
+try:
+    from bench.scratch import scratch_deployment
+except ModuleNotFoundError:  # run as `python bench/<script>.py`: bench/ is on sys.path
+    from scratch import scratch_deployment  # type: ignore[no-redef]
 from taskloom.audit.service import AuditContext
 from taskloom.config import Settings
-from taskloom.db.migrate import migrate
 from taskloom.gdpr import export, service
 from taskloom.gdpr.inventory import child_tables, user_tables
-from taskloom.redis import purge_matching
 from taskloom.runtime import Runtime, open_runtime
 
 PASSWORD = "correct horse battery staple"
-
-
-def _settings(base_db: str, redis_url: str, suffix: str) -> Settings:
-    database = make_url(base_db).set(database=f"taskloom_bench_{suffix}")
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        taskloom_env="test",
-        database_url=database.render_as_string(hide_password=False),
-        database_app_role=f"taskloom_bench_{suffix}",
-        redis_url=redis_url,
-        redis_key_prefix=f"bench-{suffix}:",
-        password_hash_time_cost=1,
-        password_hash_memory_kib=1024,
-        password_hash_parallelism=1,
-        gdpr_export_max_per_hour=1000,
-        log_level="error",
-    )
 
 
 async def _person(runtime: Runtime, rows: int) -> uuid.UUID:
@@ -205,12 +188,9 @@ async def _rss_growth(settings: Settings, runtime: Runtime, sizes: list[int]) ->
 async def run(rows: int) -> dict[str, Any]:
     base_db = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    suffix = secrets.token_hex(4)
-    settings = _settings(base_db, redis_url, suffix)
-    admin = await asyncpg.connect(base_db)
-    await admin.execute(f'CREATE DATABASE "taskloom_bench_{suffix}"')
-    try:
-        await migrate(settings)
+    async with scratch_deployment(
+        base_db, redis_url, label="bench", gdpr_export_max_per_hour=1000, log_level="error"
+    ) as settings:
         runtime = await open_runtime(settings)
         try:
             user_id = await _person(runtime, rows)
@@ -221,12 +201,7 @@ async def run(rows: int) -> dict[str, Any]:
             await service.erase_account(runtime, user_id=user_id, context=AuditContext())
             erase_s = time.perf_counter() - started
         finally:
-            await purge_matching(runtime.redis, runtime.keys.match())
             await runtime.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "taskloom_bench_{suffix}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "taskloom_bench_{suffix}"')
-        await admin.close()
     return {
         "rows": rows,
         "export_rows": exported,

@@ -29,18 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 from bullmq import Job, Queue, Worker
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
+try:
+    from bench.scratch import scratch_deployment
+except ModuleNotFoundError:  # run as `python bench/<script>.py`: bench/ is on sys.path
+    from scratch import scratch_deployment  # type: ignore[no-redef]
 from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.db.migrate import migrate
 from taskloom.observability.logging import configure_logging
 from taskloom.queue.worker import live_workers
-from taskloom.redis import Keys, bullmq_options, create_redis, purge_matching
+from taskloom.redis import bullmq_options
 from taskloom.runtime import Runtime, open_runtime
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -100,37 +101,15 @@ def cpu_usage(before: Any, after: Any) -> dict[str, float]:
 
 @asynccontextmanager
 async def environment(pg_url: str, redis_url: str, concurrency: int) -> AsyncIterator[Settings]:
-    """A migrated database, its app role and a Redis key prefix of our own; on exit the
-    database and role are dropped and the prefix's keys UNLINKed (SCAN, never FLUSH)."""
-    suffix = secrets.token_hex(4)
-    database = f"taskloom_bench_{suffix}"
-    settings = Settings(
-        _env_file=None,
-        taskloom_env="test",
-        database_url=make_url(pg_url).set(database=database).render_as_string(False),
-        database_app_role=f"taskloom_bench_app_{suffix}",
-        redis_url=redis_url,
-        redis_key_prefix=f"bench-{suffix}:",
-        password_hash_time_cost=1,
-        password_hash_memory_kib=1024,
-        password_hash_parallelism=1,
+    async with scratch_deployment(
+        pg_url,
+        redis_url,
+        label="bench",
         worker_concurrency=concurrency,
         max_running_per_org=10_000,  # the per-org cap is not what we measure
-        log_level="warning",
-    )
-    configure_logging(settings)
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-        await migrate(settings)
+    ) as settings:
+        configure_logging(settings)
         yield settings
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{settings.database_app_role}"')
-        await admin.close()
-        redis = create_redis(settings, purpose="bench-cleanup")
-        await purge_matching(redis, Keys(settings.key_prefix).pattern)
-        await redis.aclose()
 
 
 async def noop(job: Job, token: str) -> None:

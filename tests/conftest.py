@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, MutableMapping
@@ -15,17 +14,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import structlog
+from bench.scratch import scratch_deployment
 from fastapi import FastAPI
-from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
 
 from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.db.migrate import migrate
 from taskloom.runtime import Runtime, open_runtime
 
 # Fake provider APIs and a real MCP server, for the AI and tool tests.
@@ -66,50 +62,16 @@ def redis_url() -> Iterator[str]:
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _asyncpg_dsn(url: str) -> str:
-    """asyncpg accepts libpq URLs, including `?host=/socket/dir`."""
-    return url
-
-
-def with_database(url: str, database: str) -> str:
-    return make_url(url).set(database=database).render_as_string(hide_password=False)
-
-
 @asynccontextmanager
 async def fresh_deployment(
     pg_server_url: str, redis_url: str, *, label: str = "test"
 ) -> AsyncIterator[Settings]:
     """Settings for a database, application role and key prefix of their own, migrated; all
     three are removed afterwards."""
-    suffix = secrets.token_hex(4)
-    database, role = f"taskloom_{label}_{suffix}", f"taskloom_app_{label}_{suffix}"
-    prefix = f"{label}-{suffix}:"
-    admin = await asyncpg.connect(_asyncpg_dsn(pg_server_url))
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    deployment = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        taskloom_env="test",
-        database_url=with_database(pg_server_url, database),
-        database_app_role=role,
-        redis_url=redis_url,
-        redis_key_prefix=prefix,
-        password_hash_time_cost=1,
-        password_hash_memory_kib=1024,
-        password_hash_parallelism=1,
-        login_max_failures_per_ip=10_000,
-        log_level="warning",
-    )
-    try:
-        await migrate(deployment)
+    async with scratch_deployment(
+        pg_server_url, redis_url, label=label, login_max_failures_per_ip=10_000
+    ) as deployment:
         yield deployment
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
-        cleanup = Redis.from_url(redis_url)
-        async for key in cleanup.scan_iter(match=f"{prefix}*", count=500):
-            await cleanup.delete(key)
-        await cleanup.aclose()
 
 
 @pytest.fixture(scope="session")
