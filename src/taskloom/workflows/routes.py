@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Admin, Member, RequestContext, Viewer
+from taskloom.auth.deps import Admin, Member, Viewer
 from taskloom.timestamps import UtcDatetime
 from taskloom.workflows import service
-from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
+from taskloom.workflows.jobs import enqueue_after_commit, remove_job_after_commit
+from taskloom.workflows.models import ExecutionStatus
 from taskloom.workflows.schemas import (
     ExecuteRequest,
     ExecutionAccepted,
@@ -27,21 +28,6 @@ from taskloom.workflows.schemas import (
 )
 
 router = APIRouter(prefix="/api", tags=["workflows"])
-
-
-def _enqueue_after_commit(
-    ctx: RequestContext, execution: WorkflowExecution, *, replace: bool
-) -> None:
-    queue, execution_id, org_id = ctx.runtime.queue, execution.id, execution.org_id
-    request_id = ctx.audit.request_id  # this request's id (for a retry too: the retry's)
-
-    async def enqueue() -> None:
-        if replace:
-            await queue.replace(execution_id=execution_id, org_id=org_id, request_id=request_id)
-        else:
-            await queue.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
-
-    ctx.after_commit.append(enqueue)
 
 
 @router.get("/workflows", openapi_extra=access("viewer"))
@@ -100,7 +86,7 @@ async def execute_workflow(
         workflow_id=workflow_id,
         input=(body or ExecuteRequest()).input,
     )
-    _enqueue_after_commit(ctx, execution, replace=False)
+    enqueue_after_commit(ctx, execution, replace=False)
     return ExecutionAccepted(execution_id=execution.id, status=execution.status)
 
 
@@ -144,12 +130,7 @@ async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut
         db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
     )
     if execution.status == ExecutionStatus.CANCELLED:
-        queue, job_id = ctx.runtime.queue, execution.id
-
-        async def remove_job() -> None:
-            await queue.remove(job_id)
-
-        ctx.after_commit.append(remove_job)
+        remove_job_after_commit(ctx, execution)
     return ExecutionOut.model_validate(execution)
 
 
@@ -162,7 +143,7 @@ async def retry_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
     execution = await service.retry_execution(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
     )
-    _enqueue_after_commit(ctx, execution, replace=True)
+    enqueue_after_commit(ctx, execution, replace=True)
     return ExecutionOut.model_validate(execution)
 
 

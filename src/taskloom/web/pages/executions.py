@@ -13,10 +13,10 @@ from starlette.responses import Response
 from taskloom.errors import BadRequest
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
-from taskloom.web.pages.workflows import enqueue_after_commit
 from taskloom.web.rendering import TERMINAL, redirect, render, with_query
 from taskloom.web.session import signed_in
 from taskloom.workflows import service
+from taskloom.workflows.jobs import enqueue_after_commit, remove_job_after_commit
 from taskloom.workflows.models import ExecutionStatus, ExecutionStep
 
 router = APIRouter(prefix="/ui/executions", route_class=UiRoute, include_in_schema=False)
@@ -128,12 +128,7 @@ async def cancel_execution(execution_id: uuid.UUID, request: Request) -> Respons
             db=page.db, principal=page.principal, context=page.audit, execution_id=execution_id
         )
         if execution.status == ExecutionStatus.CANCELLED:
-            queue, job_id = page.runtime.queue, execution.id
-
-            async def remove_job() -> None:
-                await queue.remove(job_id)
-
-            page.signed_in.after_commit.append(remove_job)
+            remove_job_after_commit(page.signed_in, execution)
     return redirect(f"/ui/executions/{execution_id}?notice=execution-cancelled")
 
 

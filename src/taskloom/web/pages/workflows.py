@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from taskloom.auth.deps import RequestContext
 from taskloom.errors import DomainError
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
@@ -27,7 +26,8 @@ from taskloom.web.forms import (
 from taskloom.web.rendering import redirect, render
 from taskloom.web.session import Page, signed_in
 from taskloom.workflows import service
-from taskloom.workflows.models import Workflow, WorkflowExecution
+from taskloom.workflows.jobs import enqueue_after_commit
+from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import ExecuteRequest, WorkflowCreate
 
 router = APIRouter(prefix="/ui/workflows", route_class=UiRoute, include_in_schema=False)
@@ -41,23 +41,6 @@ EXAMPLE_DEFINITION = {
         }
     ]
 }
-
-
-def enqueue_after_commit(
-    ctx: RequestContext, execution: WorkflowExecution, *, replace: bool
-) -> None:
-    """Queue the execution's job once the row is committed (as the API's execute and retry do:
-    a job must never run ahead of its row)."""
-    queue, execution_id, org_id = ctx.runtime.queue, execution.id, execution.org_id
-    request_id = ctx.audit.request_id
-
-    async def enqueue() -> None:
-        if replace:
-            await queue.replace(execution_id=execution_id, org_id=org_id, request_id=request_id)
-        else:
-            await queue.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
-
-    ctx.after_commit.append(enqueue)
 
 
 def _definition_text(definition: Any) -> str:
