@@ -147,6 +147,15 @@ def _rollout(form: Any) -> int | None:
     return int(raw) if raw.isdigit() else (None if not raw else -1)  # -1: refused by the schema
 
 
+def _fields(form: Any) -> dict[str, Any]:
+    """The fields the create and the edit forms share."""
+    return {
+        "description": optional_text(form, "description"),
+        "default_enabled": text(form, "default_enabled") == "true",
+        "rollout_percentage": _rollout(form),
+    }
+
+
 @router.post("")
 async def create_flag(request: Request) -> Response:
     async with signed_in(request) as page:
@@ -154,14 +163,7 @@ async def create_flag(request: Request) -> Response:
         service.require_superuser(page.principal)
 
         async def change() -> None:
-            body = FlagCreate.model_validate(
-                {
-                    "key": text(form, "key").strip(),
-                    "description": optional_text(form, "description"),
-                    "default_enabled": text(form, "default_enabled") == "true",
-                    "rollout_percentage": _rollout(form),
-                }
-            )
+            body = FlagCreate.model_validate({"key": text(form, "key").strip(), **_fields(form)})
             await service.create_flag(
                 database=page.runtime.database,
                 principal=page.principal,
@@ -181,13 +183,7 @@ async def update_flag(key: Key, request: Request) -> Response:
         service.require_superuser(page.principal)
 
         async def change() -> None:
-            body = FlagUpdate.model_validate(
-                {
-                    "description": optional_text(form, "description"),
-                    "default_enabled": text(form, "default_enabled") == "true",
-                    "rollout_percentage": _rollout(form),
-                }
-            )
+            body = FlagUpdate.model_validate(_fields(form))
             await service.update_flag(
                 database=page.runtime.database,
                 principal=page.principal,
