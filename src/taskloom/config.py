@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     # Failed attempts in a row (across events) after which an endpoint is disabled.
     webhook_disable_after_failures: int = Field(default=25, ge=1)
     webhook_dispatch_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # An organization's deliveries in the queue at once (the rest wait in the outbox), and its
+    # endpoints: one tenant's events cannot fill the delivery slots every tenant shares.
+    webhook_max_queued_per_org: int = Field(default=20, ge=1, le=10_000)
+    webhook_max_endpoints_per_org: int = Field(default=20, ge=1, le=1_000)
 
     # --- GDPR (docs/GDPR.md) -------------------------------------------------------------------
     # Erasure also empties the input/output of executions the person started.

@@ -49,8 +49,18 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
         Index("ix_webhook_deliveries_org_id_created_at", "org_id", "created_at"),
-        Index("ix_webhook_deliveries_pending", "created_at", postgresql_where="status = 'pending'"),
+        # The dispatcher walks organizations with pending rows, then counts each one's queued
+        # rows (migration 0010); the reconciler scans queued rows by age.
+        Index(
+            "ix_webhook_deliveries_pending",
+            "org_id",
+            "created_at",
+            postgresql_where="status = 'pending'",
+        ),
         Index("ix_webhook_deliveries_queued", "created_at", postgresql_where="status = 'queued'"),
+        Index(
+            "ix_webhook_deliveries_queued_org_id", "org_id", postgresql_where="status = 'queued'"
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -21,7 +21,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.config import Settings
 from taskloom.crypto import CredentialCipher
-from taskloom.errors import NotFound, ValidationFailed
+from taskloom.errors import Conflict, NotFound, ValidationFailed
 from taskloom.net import AddressPolicy, TargetNotAllowed
 from taskloom.pagination import decode_cursor, encode_cursor
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -126,6 +126,27 @@ async def get_endpoint(*, db: AsyncSession, endpoint_id: uuid.UUID) -> WebhookEn
     return endpoint
 
 
+async def _check_endpoint_allowance(db: AsyncSession, org_id: uuid.UUID, limit: int) -> None:
+    """Refuse a new endpoint past WEBHOOK_MAX_ENDPOINTS_PER_ORG: every event is written once per
+    subscribed endpoint, so the count multiplies what one tenant's events cost everyone. The
+    transaction lock makes two concurrent creations count one after the other."""
+    await db.execute(
+        text(
+            "select pg_advisory_xact_lock(hashtextextended('taskloom.webhook_endpoints:' || :o, 0))"
+        ),
+        {"o": str(org_id)},
+    )
+    count = await db.scalar(
+        select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.org_id == org_id)
+    )
+    if (count or 0) >= limit:
+        raise Conflict(
+            f"this organization already has {count} webhook endpoints, the most allowed "
+            "(WEBHOOK_MAX_ENDPOINTS_PER_ORG); delete one first",
+            code="webhook_endpoint_limit",
+        )
+
+
 async def create_endpoint(
     *,
     db: AsyncSession,
@@ -137,6 +158,7 @@ async def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """The new endpoint and its secret (returned this once, stored only encrypted)."""
     url = await check_url(settings, body.url)
+    await _check_endpoint_allowance(db, _org(principal), settings.webhook_max_endpoints_per_org)
     endpoint = WebhookEndpoint(
         id=uuid.uuid4(),
         org_id=_org(principal),
