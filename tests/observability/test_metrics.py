@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -23,6 +22,7 @@ from taskloom.app import create_app
 from taskloom.observability.metrics import UNMATCHED_PATH, RequestWindow
 from taskloom.runtime import Runtime
 from tests.factories import register
+from tests.servers import missing_program
 
 
 def _value(name: str, **labels: str) -> float:
@@ -165,7 +165,7 @@ RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.
 def _promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        missing_program("promtool is missing: apt-get install prometheus (Debian's package)")
     return subprocess.run([found, *args], input=stdin, capture_output=True, text=True, check=False)
 
 

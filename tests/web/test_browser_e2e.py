@@ -25,7 +25,7 @@ from taskloom.config import Settings
 from tests.cli_support import clean_env, serve_api
 from tests.conftest import fresh_deployment
 from tests.factories import PASSWORD, unique_email
-from tests.servers import free_port
+from tests.servers import free_port, missing_program
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
@@ -126,7 +126,9 @@ async def _shot(page: Page, name: str) -> None:
 @pytest.fixture
 def chromium() -> str:
     if not CHROMIUM.exists():
-        pytest.fail("the end-to-end tests need Chromium: apt-get install chromium chromium-driver")
+        missing_program(
+            "the end-to-end tests need Chromium: apt-get install chromium chromium-driver"
+        )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return str(CHROMIUM)
 
