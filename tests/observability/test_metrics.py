@@ -181,6 +181,20 @@ async def test_promtool_accepts_the_exposition_and_the_alert_rules(
     assert "SUCCESS" in checked.stdout
 
 
+async def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
+    """`promtool test rules` runs deploy/prometheus/alerts.test.yml, which must show each alert
+    of alerts.yml both firing and silent."""
+    tests = RULES.with_name("alerts.test.yml")
+    checked = await asyncio.to_thread(_promtool, "test", "rules", str(tests))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    alerts = set(re.findall(r"- alert: (\w+)", RULES.read_text()))
+    cases = re.findall(r"alertname: (\w+)\n\s+exp_alerts:(.*)", tests.read_text())
+    firing = {name for name, rest in cases if rest.strip() != "[]"}
+    silent = {name for name, rest in cases if rest.strip() == "[]"}
+    assert alerts - firing == set(), "never shown firing"
+    assert alerts - silent == set(), "never shown silent"
+
+
 def test_the_dashboard_and_alerts_only_use_metrics_taskloom_exposes() -> None:
     """A renamed metric must not leave a dead panel or a silent alert behind."""
     exposed = {

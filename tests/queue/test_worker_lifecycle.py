@@ -4,6 +4,7 @@ step runs twice, and one organization cannot take every worker."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from datetime import datetime
@@ -299,6 +300,14 @@ async def test_a_worker_serves_its_own_metrics(start_worker: StartWorker) -> Non
     assert scraped.status_code == 200
     assert "taskloom_worker_executions_running" in scraped.text
     assert "queue_jobs_stalled_total" in scraped.text
+    # The heartbeat TaskloomWorkersAbsent watches: a worker's own series, refreshed every 5 s.
+    beat = re.search(
+        r'^taskloom_worker_heartbeat_timestamp_seconds\{queue="orchestration"\} (\S+)$',
+        scraped.text,
+        re.M,
+    )
+    assert beat, scraped.text
+    assert abs(time.time() - float(beat.group(1))) < 30
 
 
 async def test_a_worker_stopped_right_after_it_started_exits_promptly(

@@ -106,6 +106,15 @@ EXECUTIONS_RUNNING = Gauge(
     "Executions this worker process is running now.",
     multiprocess_mode="livesum",
 )
+# Labelled so that it has no series until a worker's heartbeat sets one: an API process
+# exports none, and `absent(...)` in TaskloomWorkersAbsent means "no worker reported". With
+# PROMETHEUS_MULTIPROC_DIR a dead worker's last value stays ("max"), so staleness shows too.
+WORKER_HEARTBEAT = Gauge(
+    "taskloom_worker_heartbeat_timestamp_seconds",
+    "Unix time of the last heartbeat of a worker process (worker processes only).",
+    ["queue"],
+    multiprocess_mode="max",
+)
 
 
 class RequestWindow(Collector):

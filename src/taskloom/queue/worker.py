@@ -28,6 +28,7 @@ from taskloom.observability.metrics import (
     QUEUE_FAILED,
     QUEUE_LOCK_RENEWAL_FAILURES,
     QUEUE_STALLED,
+    WORKER_HEARTBEAT,
 )
 from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME, WEBHOOK_QUEUE_NAME
 from taskloom.queue.outage import put_back_on_database_outage
@@ -239,6 +240,7 @@ class WorkerService:
                     "started_at": int(self._started),
                 }
                 EXECUTIONS_RUNNING.set(len(self.runner.active))
+                WORKER_HEARTBEAT.labels(QUEUE_NAME).set(time.time())
                 await self.runtime.redis.set(
                     self._heartbeat_key, json.dumps(body), ex=int(HEARTBEAT_SECONDS * 3)
                 )
