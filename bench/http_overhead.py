@@ -46,7 +46,7 @@ def none() -> FastAPI:
 
 def taskloom() -> FastAPI:
     app = _base()
-    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(HttpMetricsMiddleware, log_requests=False)  # metrics alone
     app.add_middleware(RequestIdMiddleware)
     return app
 

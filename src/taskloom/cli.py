@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import structlog
 import typer
 import uvicorn
 from rich.console import Console
@@ -58,6 +59,15 @@ async def _services(settings: Settings) -> AsyncIterator[Settings]:
         services.stop()
 
 
+def _announce(settings: Settings, event: str, text: str | None, **fields: Any) -> None:
+    """A service's start-up message: a log line when logs are JSON (every line on stderr is
+    then JSON), else readable text on the console."""
+    if settings.uses_json_logs:
+        structlog.get_logger("taskloom.cli").info(event, **fields)
+    elif text is not None:
+        console.print(text)
+
+
 async def _serve(
     settings: Settings, *, host: str, port: int, bootstrap: bool, with_worker: bool
 ) -> None:
@@ -85,13 +95,15 @@ async def _serve(
                     is_superuser=True,
                     context=CLI_CONTEXT,
                 )
-                console.print(
+                # The password goes to the terminal, never into the log stream.
+                (Console() if live.uses_json_logs else console).print(
                     Panel.fit(
                         f"Demo organization created.\n  email:    {DEMO_EMAIL}\n"
                         f"  password: {password}\n(shown once; change it after signing in)",
                         title="Taskloom",
                     )
                 )
+                _announce(live, "demo_organization_created", None, email=DEMO_EMAIL)
             config = uvicorn.Config(
                 create_app(runtime=runtime),
                 host=host,
@@ -101,7 +113,12 @@ async def _serve(
                 log_config=None,
                 access_log=False,
             )
-            console.print(f"Taskloom API on http://{host}:{port}  (Ctrl-C to stop)")
+            _announce(
+                live,
+                "api_listening",
+                f"Taskloom API on http://{host}:{port}  (Ctrl-C to stop)",
+                url=f"http://{host}:{port}",
+            )
             server = _Server(config)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,7 +214,12 @@ async def _work(settings: Settings) -> None:
             start_http_server(live.worker_metrics_port, addr=live.api_host)
         try:
             await service.start()
-            console.print(f"worker {service.id} running (Ctrl-C to stop)")
+            _announce(
+                live,
+                "worker_running",
+                f"worker {service.id} running (Ctrl-C to stop)",
+                worker_id=service.id,
+            )
             await stop.wait()
             await service.shutdown()
         finally:

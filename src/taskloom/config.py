@@ -190,6 +190,8 @@ class Settings(BaseSettings):
 
     # --- logging ---------------------------------------------------------------------------------
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    # One line per request (method, route template, status, duration, request id; no query).
+    access_log: bool = True
     log_json: bool | None = None  # default: JSON in production, console otherwise
 
     @field_validator("credential_encryption_keys")

@@ -1,6 +1,7 @@
-"""Plain ASGI middleware that counts and times every HTTP request. The `path` label is the
-route template (`/api/workflows/{workflow_id}`) that FastAPI matched, or one shared value for
-unmatched paths, so random URLs cannot grow the number of series; query strings never count.
+"""Plain ASGI middleware that counts and times every HTTP request, and writes its access log
+line (ACCESS_LOG). The `path` label is the route template (`/api/workflows/{workflow_id}`) that
+FastAPI matched, or one shared value for unmatched paths, so random URLs cannot grow the number
+of series; query strings never count and are never logged (a download link's token is one).
 Methods are client-chosen too: anything but the standard ones counts as `OTHER`."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskloom.observability.metrics import (
@@ -17,12 +19,15 @@ from taskloom.observability.metrics import (
     UNMATCHED_PATH,
 )
 
+access_log = structlog.get_logger("taskloom.access")
+
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class HttpMetricsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
         self.app = app
+        self.log_requests = log_requests
         # The labelled children, cached: `labels()` costs more than the observation itself.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -57,3 +62,11 @@ class HttpMetricsMiddleware:
             children[0].inc()
             children[1].observe(duration)
             REQUEST_WINDOW.observe(duration, status >= 500)
+            if self.log_requests:
+                access_log.info(
+                    "request",
+                    method=method,
+                    path=path,
+                    status=status,
+                    duration_ms=round(duration * 1000, 2),
+                )
