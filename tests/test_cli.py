@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import signal
 import subprocess
@@ -100,3 +101,9 @@ async def test_user_create_makes_an_account_that_can_sign_in(
 
     migrated = await run_taskloom("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
+
+
+async def test_version_prints_the_installed_packages_version(tmp_path: Path) -> None:
+    result = await run_taskloom("--version", env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"taskloom {importlib.metadata.version('taskloom')}"

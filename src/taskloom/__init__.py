@@ -1,3 +1,5 @@
 """Taskloom: multi-tenant AI workflow automation."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("taskloom")  # said once, in pyproject.toml

@@ -24,6 +24,7 @@ from taskloom.observability.logging import configure_logging
 from taskloom.observability.metrics import configure_slos
 from taskloom.observability.request_id import RequestIdMiddleware
 from taskloom.observability.routes import router as metrics_router
+from taskloom.operation_ids import operation_id
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.tools.routes import router as connections_router
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         docs_url="/docs",
         redoc_url=None,
         responses=ERROR_RESPONSES,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
     app.include_router(health_router)

@@ -17,6 +17,7 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
+from taskloom import __version__
 from taskloom.audit.service import AuditContext
 from taskloom.config import Settings, get_settings
 from taskloom.embedded import start_embedded
@@ -28,6 +29,26 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Taskloom: multi-tenant AI workflow automation.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"taskloom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Taskloom: multi-tenant AI workflow automation."""
+
+
 app.add_typer(user_app, name="user")
 keys_app = typer.Typer(help="Credential encryption keys (CREDENTIAL_ENCRYPTION_KEYS).")
 app.add_typer(keys_app, name="keys")

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit.service import AuditContext
@@ -50,12 +51,20 @@ class RequestContext:
     after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-def _bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+# Declared to OpenAPI as the `bearer` security scheme of every operation that authenticates, so
+# /docs has a working Authorize button; the missing-token answer stays ours (401, JSON error).
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An access token (from /auth/login or /auth/refresh) or an API key (tlk_...).",
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("missing bearer token")
-    return token.strip()
+    return credentials.credentials.strip()
 
 
 @asynccontextmanager
@@ -96,8 +105,8 @@ async def open_request_context(request: Request, token: str) -> AsyncIterator[Re
             log.exception("after_commit_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
 
 
-async def _request_context(request: Request) -> AsyncIterator[RequestContext]:
-    async with open_request_context(request, _bearer_token(request)) as ctx:
+async def _request_context(request: Request, bearer: Bearer) -> AsyncIterator[RequestContext]:
+    async with open_request_context(request, _bearer_token(bearer)) as ctx:
         yield ctx
 
 

@@ -22,6 +22,7 @@ from taskloom.flags.schemas import (
     OverrideSet,
     parse_keys,
 )
+from taskloom.locations import located, set_location
 
 router = APIRouter(tags=["flags"])
 
@@ -138,12 +139,14 @@ async def list_flags(ctx: InstanceAdmin) -> list[FlagOut]:
     "/api/admin/flags",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=SUPERUSER,
+    responses=located(201),
 )
-async def create_flag(body: FlagCreate, ctx: InstanceAdmin) -> FlagOut:
+async def create_flag(body: FlagCreate, ctx: InstanceAdmin, response: Response) -> FlagOut:
     flag = await service.create_flag(
         database=ctx.runtime.database, principal=ctx.principal, context=ctx.audit, body=body
     )
     _invalidate_after_commit(ctx)
+    set_location(response, f"/api/admin/flags/{flag.key}")
     return FlagOut.model_validate(flag)
 
 

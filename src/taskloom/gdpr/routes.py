@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Session, get_runtime
 from taskloom.gdpr import archive, service
 from taskloom.gdpr.schemas import ErasureOut, ErasureRequest, ExportStatusOut, QueuedExportOut
+from taskloom.locations import located, set_location
 
 router = APIRouter(prefix="/api/user", tags=["gdpr"])
 
@@ -46,13 +47,15 @@ async def data_export(
     "/data-export",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=access("authenticated", api_key=False),
+    responses=located(202),
 )
-async def queue_data_export(ctx: Session) -> QueuedExportOut:
+async def queue_data_export(ctx: Session, response: Response) -> QueuedExportOut:
     """For very large accounts: a worker writes the ZIP; the link in the answer works once,
     for 24 hours, as soon as `GET /api/user/data-export/{id}` says `ready`."""
     user_id = ctx.principal.user_id
     await service.check_rate(ctx.runtime, kind="export", user_id=user_id)
     queued = await archive.queue_export(ctx.runtime, user_id=user_id, context=ctx.audit)
+    set_location(response, f"/api/user/data-export/{queued.request_id}")
     return QueuedExportOut(
         request_id=queued.request_id,
         status="queued",

@@ -11,6 +11,7 @@ from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, RequestContext
 from taskloom.breakers import BREAKERS
 from taskloom.crypto import CredentialCipher
+from taskloom.locations import located, set_location
 from taskloom.tools import service
 from taskloom.tools.schemas import (
     ConnectionCreate,
@@ -33,11 +34,16 @@ async def list_connections(ctx: Admin) -> list[ConnectionOut]:
     return [service.to_out(row, _cipher(ctx)) for row in rows]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"))
-async def create_connection(body: ConnectionCreate, ctx: Admin) -> ConnectionOut:
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"), responses=located(201)
+)
+async def create_connection(
+    body: ConnectionCreate, ctx: Admin, response: Response
+) -> ConnectionOut:
     row = await service.create_connection(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, cipher=_cipher(ctx), body=body
     )
+    set_location(response, f"/api/connections/{row.id}")
     return service.to_out(row, _cipher(ctx))
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin
+from taskloom.locations import located, set_location
 from taskloom.webhooks import service
 from taskloom.webhooks.models import WebhookEndpoint
 from taskloom.webhooks.schemas import (
@@ -39,8 +40,10 @@ async def list_webhooks(ctx: Admin) -> list[WebhookOut]:
     return [_out(e) for e in await service.list_endpoints(db=ctx.db, principal=ctx.principal)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"))
-async def create_webhook(body: WebhookCreate, ctx: Admin) -> WebhookWithSecret:
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"), responses=located(201)
+)
+async def create_webhook(body: WebhookCreate, ctx: Admin, response: Response) -> WebhookWithSecret:
     endpoint, secret = await service.create_endpoint(
         db=ctx.db,
         principal=ctx.principal,
@@ -49,6 +52,7 @@ async def create_webhook(body: WebhookCreate, ctx: Admin) -> WebhookWithSecret:
         cipher=ctx.runtime.cipher,
         body=body,
     )
+    set_location(response, f"/api/webhooks/{endpoint.id}")
     return _with_secret(endpoint, secret)
 
 
@@ -86,11 +90,15 @@ async def rotate_secret(webhook_id: uuid.UUID, body: RotateSecret, ctx: Admin) -
 
 
 @router.post(
-    "/{webhook_id}/test", status_code=status.HTTP_202_ACCEPTED, openapi_extra=access("admin")
+    "/{webhook_id}/test",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra=access("admin"),
+    responses=located(202),
 )
-async def test_webhook(webhook_id: uuid.UUID, ctx: Admin) -> PingAccepted:
+async def test_webhook(webhook_id: uuid.UUID, ctx: Admin, response: Response) -> PingAccepted:
     """Queue a `ping`; its attempts appear under /deliveries."""
     delivery = await service.send_ping(db=ctx.db, context=ctx.audit, endpoint_id=webhook_id)
+    set_location(response, f"/api/webhooks/{webhook_id}/deliveries")
     return PingAccepted(event_id=delivery.event_id, delivery_id=delivery.id)
 
 

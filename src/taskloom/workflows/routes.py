@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, Viewer
+from taskloom.locations import located, set_location
 from taskloom.timestamps import UtcDatetime
 from taskloom.workflows import service
 from taskloom.workflows.jobs import enqueue_after_commit, remove_job_after_commit
@@ -36,11 +37,17 @@ async def list_workflows(ctx: Viewer) -> list[WorkflowOut]:
     return [WorkflowOut.model_validate(w) for w in workflows]
 
 
-@router.post("/workflows", status_code=status.HTTP_201_CREATED, openapi_extra=access("member"))
-async def create_workflow(body: WorkflowCreate, ctx: Member) -> WorkflowOut:
+@router.post(
+    "/workflows",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=access("member"),
+    responses=located(201),
+)
+async def create_workflow(body: WorkflowCreate, ctx: Member, response: Response) -> WorkflowOut:
     workflow = await service.create_workflow(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, body=body
     )
+    set_location(response, f"/api/workflows/{workflow.id}")
     return WorkflowOut.model_validate(workflow)
 
 
@@ -75,9 +82,10 @@ async def delete_workflow(workflow_id: uuid.UUID, ctx: Member) -> Response:
     "/workflows/{workflow_id}/execute",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=access("member"),
+    responses=located(202),
 )
 async def execute_workflow(
-    workflow_id: uuid.UUID, ctx: Member, body: ExecuteRequest | None = None
+    workflow_id: uuid.UUID, ctx: Member, response: Response, body: ExecuteRequest | None = None
 ) -> ExecutionAccepted:
     execution = await service.start_execution(
         db=ctx.db,
@@ -87,6 +95,7 @@ async def execute_workflow(
         input=(body or ExecuteRequest()).input,
     )
     enqueue_after_commit(ctx, execution, replace=False)
+    set_location(response, f"/api/executions/{execution.id}")
     return ExecutionAccepted(execution_id=execution.id, status=execution.status)
 
 
@@ -138,12 +147,14 @@ async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut
     "/executions/{execution_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=access("member"),
+    responses=located(202),
 )
-async def retry_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
+async def retry_execution(execution_id: uuid.UUID, ctx: Member, response: Response) -> ExecutionOut:
     execution = await service.retry_execution(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
     )
     enqueue_after_commit(ctx, execution, replace=True)
+    set_location(response, f"/api/executions/{execution.id}")
     return ExecutionOut.model_validate(execution)
 
 
