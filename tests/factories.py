@@ -91,16 +91,45 @@ async def login(
     )
 
 
+async def invite(
+    client: httpx.AsyncClient, admin: Account, email: str, role: str = "member"
+) -> uuid.UUID:
+    """`admin` invites `email` to their current org; returns the invitation's id."""
+    response = await client.post(
+        "/api/members", json={"email": email, "role": role}, headers=admin.headers
+    )
+    assert response.status_code == 202, response.text
+    return uuid.UUID(response.json()["invitation_id"])
+
+
+async def accept(client: httpx.AsyncClient, person: Account, invitation_id: uuid.UUID) -> None:
+    response = await client.post(f"/api/invitations/{invitation_id}/accept", headers=person.headers)
+    assert response.status_code == 200, response.text
+
+
+async def join(client: httpx.AsyncClient, admin: Account, person: Account, role: str) -> None:
+    """`person` joins `admin`'s current org with `role` the way people do: `admin` invites,
+    `person` accepts. An owner is made as the API allows: an admin who joined, then promoted
+    (`admin` must then be an owner)."""
+    await accept(client, person, await invite(client, admin, person.email, _invited_as(role)))
+    if role == "owner":
+        promoted = await client.patch(
+            f"/api/members/{person.user_id}", json={"role": "owner"}, headers=admin.headers
+        )
+        assert promoted.status_code == 200, promoted.text
+
+
+def _invited_as(role: str) -> str:
+    return "admin" if role == "owner" else role
+
+
 async def add_member(
     client: httpx.AsyncClient, admin: Account, role: str, *, label: str | None = None
 ) -> Account:
-    """Register a new person and add them to `admin`'s current org with `role`; the returned
-    account is signed in to that org."""
+    """Register a new person who joins `admin`'s current org with `role` (invited, accepted);
+    the returned account is signed in to that org."""
     person = await register(client, label=label or role)
-    response = await client.post(
-        "/api/members", json={"email": person.email, "role": role}, headers=admin.headers
-    )
-    assert response.status_code == 201, response.text
+    await join(client, admin, person, role)
     return await login(client, person.email, org_id=admin.org_id)
 
 

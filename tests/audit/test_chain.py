@@ -178,7 +178,7 @@ async def test_events_of_one_transaction_are_chained_in_order(runtime: Runtime, 
             await record(
                 session=session,
                 context=context_of(org),
-                action=AuditAction.MEMBER_ADD,
+                action=AuditAction.MEMBER_INVITE,
                 org_id=org.id,
                 details={"n": n},
             )

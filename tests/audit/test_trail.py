@@ -42,7 +42,8 @@ async def test_a_series_of_actions_is_audited_and_the_chain_verifies(
     actions = [r.action for r in rows]
     assert actions == [
         "auth.register",
-        "member.add",
+        "member.invite",
+        "member.invite_accept",  # written by the new member, into this organization's chain
         "auth.login",  # the new member signs in to this organization
         "member.role_change",
         "api_key.create",

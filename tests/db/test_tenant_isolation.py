@@ -46,6 +46,7 @@ SEED_ORDER = (
     "organizations",
     "users",
     "memberships",
+    "invitations",
     "sessions",
     "refresh_tokens",
     "api_keys",
@@ -70,6 +71,7 @@ PERSONAL_TABLES = ("sessions", "refresh_tokens", "api_keys", "gdpr_requests")
 # (organizations and users are scoped by their own id; audit_logs cannot be updated at all.)
 OWNER_COLUMN = {
     "memberships": "org_id",
+    "invitations": "org_id",
     "sessions": "user_id",
     "refresh_tokens": "user_id",
     "api_keys": "user_id",
@@ -155,6 +157,16 @@ def row_for(
                 "org_id": side.org_id,
                 "user_id": member or side.user_id,
                 "role": "member",
+            }
+        case "invitations":
+            # To an address nobody seeded has: who else may read it is tested on its own below.
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "email": f"invitee-{tag}@example.test",
+                "role": "member",
+                "invited_by": side.user_id,
+                "expires_at": tomorrow,
             }
         case "sessions":
             return {
@@ -637,6 +649,52 @@ async def _email_of(runtime: Runtime, user_id: uuid.UUID) -> str:
     async with runtime.database.system_engine.connect() as conn:
         query = text("select email from users where id = :id")
         return str((await conn.execute(query, {"id": user_id})).scalar_one())
+
+
+# --- invitations: the invited person reads theirs, and nothing else of the organization ------
+
+
+async def test_an_invitee_reads_an_invitation_to_their_email_but_cannot_change_it(
+    runtime: Runtime, seed: Seed
+) -> None:
+    """B invites A's owner. Acting in A (or in no organization), A's owner sees that invitation
+    and no other of B's, cannot update or delete it (only the organization writes), and sees
+    nothing else of B: not its organization row, members or users."""
+    a, b = seed.a, seed.b
+    invitation = {
+        **row_for("invitations", b),
+        "email": (await _email_of(runtime, a.user_id)).lower(),
+        "role": "viewer",
+    }
+    async with runtime.database.system_engine.begin() as conn:
+        await conn.execute(insert(metadata.tables["invitations"]).values(invitation))
+    try:
+        for org_id in (a.org_id, None):
+            async with acting_as(runtime, org_id=org_id, user_id=a.user_id) as conn:
+                others = seed.ids("invitations", "B")
+                ids = [invitation["id"], *others]
+                assert await visible_ids(conn, "invitations", ids) == {invitation["id"]}
+                for statement in (
+                    "update invitations set role = 'admin' where id = :id",
+                    "update invitations set org_id = org_id where id = :id",
+                    "delete from invitations where id = :id",
+                ):
+                    result = await conn.execute(text(statement), {"id": invitation["id"]})
+                    assert result.rowcount == 0, statement
+                assert await visible_ids(conn, "organizations", [b.org_id]) == set()
+                assert await visible_ids(conn, "memberships", seed.ids("memberships", "B")) == set()
+                assert await visible_ids(conn, "users", [b.user_id, b.co_member_id]) == set()
+        # Someone else (A's co-member) does not see it.
+        async with acting_as(runtime, org_id=a.org_id, user_id=a.co_member_id) as conn:
+            assert await visible_ids(conn, "invitations", [invitation["id"]]) == set()
+        async with runtime.database.system_engine.connect() as conn:
+            role = text("select role from invitations where id = :id")
+            assert (await conn.execute(role, {"id": invitation["id"]})).scalar_one() == "viewer"
+    finally:
+        async with runtime.database.system_engine.begin() as conn:
+            await conn.execute(
+                text("delete from invitations where id = :id"), {"id": invitation["id"]}
+            )
 
 
 # --- the catalog: every table isolated and FORCEd, or declared shared -------------------------

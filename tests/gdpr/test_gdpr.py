@@ -22,7 +22,16 @@ from taskloom.gdpr import archive
 from taskloom.redis import Cache
 from taskloom.runtime import Runtime
 from tests.db.test_tenant_isolation import Side, row_for
-from tests.factories import PASSWORD, Account, add_member, login, register
+from tests.factories import (
+    PASSWORD,
+    Account,
+    accept,
+    add_member,
+    invite,
+    login,
+    register,
+    unique_email,
+)
 
 
 def _unique_ip() -> str:
@@ -102,12 +111,14 @@ async def world(
         )
     owner = await register(client, label="owner", organization_name="Shared Space")
     co_member = await add_member(client, owner, "member", label="co")
-    added = await client.post(
-        "/api/members", json={"email": subject.email, "role": "admin"}, headers=owner.headers
-    )
-    assert added.status_code == 201, added.text
-    # The subject works in the shared organization from their own address.
+    # The subject accepts an invitation (which holds their address) from their own address.
+    await accept(subject_client, subject, await invite(client, owner, subject.email, "admin"))
+    # The subject works in the shared organization.
     in_shared = await login(subject_client, subject.email, org_id=owner.org_id)
+    sent = await subject_client.post(
+        "/api/members", json={"email": unique_email("invitee")}, headers=in_shared.headers
+    )
+    assert sent.status_code == 202, sent.text
     key = await subject_client.post(
         "/auth/api-keys", json={"name": "laptop", "role": "member"}, headers=in_shared.headers
     )

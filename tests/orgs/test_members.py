@@ -39,7 +39,7 @@ async def test_role_matrix(
             payload = {"email": (await register(client, label="invitee")).email, "role": "viewer"}
         response = await client.request(method, path, json=payload, headers=account.headers)
         allowed = RANK[role] >= RANK[minimum]
-        assert response.status_code in ((200, 201) if allowed else (403,)), (
+        assert response.status_code in ((200, 201, 202) if allowed else (403,)), (
             role,
             response.text,
         )
@@ -113,18 +113,23 @@ async def test_last_owner_cannot_be_demoted_or_removed(client: httpx.AsyncClient
     ).status_code == 409
 
 
-async def test_adding_members(client: httpx.AsyncClient) -> None:
+async def test_inviting_someone_already_a_member_or_already_invited_is_a_conflict(
+    client: httpx.AsyncClient,
+) -> None:
     owner = await register(client, label="adder")
-    unknown = await client.post(
-        "/api/members", json={"email": "nobody@example.test"}, headers=owner.headers
-    )
-    assert unknown.status_code == 404
-    person = await register(client, label="joiner")
-    first = await client.post("/api/members", json={"email": person.email}, headers=owner.headers)
-    assert first.status_code == 201
-    assert first.json()["role"] == "member"
-    again = await client.post("/api/members", json={"email": person.email}, headers=owner.headers)
+    member = await add_member(client, owner, "member")
+    again = await client.post("/api/members", json={"email": member.email}, headers=owner.headers)
     assert again.status_code == 409
+    assert again.json()["error"]["code"] == "already_member"
+    first = await client.post(
+        "/api/members", json={"email": "later@example.test"}, headers=owner.headers
+    )
+    assert first.status_code == 202
+    twice = await client.post(
+        "/api/members", json={"email": "LATER@example.test"}, headers=owner.headers
+    )
+    assert twice.status_code == 409
+    assert twice.json()["error"]["code"] == "already_invited"
 
 
 async def test_create_org_list_and_switch(client: httpx.AsyncClient) -> None:

@@ -101,6 +101,7 @@ def _random_values() -> dict[str, str]:
                 "webhook_id",
                 "org_id",
                 "override_id",
+                "invitation_id",
             )
         }
     )
@@ -244,7 +245,11 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
     )
     key = await client.post("/auth/api-keys", json={"name": "k"}, headers=headers)
     export = await client.post("/api/user/data-export", headers=headers)
-    for response in (workflow, execution, connection, webhook, key, export):
+    # An invitation of A's to someone else: B's owner can neither answer nor revoke it.
+    invitation = await client.post(
+        "/api/members", json={"email": "matrix-invitee@example.test"}, headers=headers
+    )
+    for response in (workflow, execution, connection, webhook, key, export, invitation):
         assert response.status_code in (201, 202), response.text
     member = callers["member"].account
     assert member is not None
@@ -256,6 +261,7 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
         "key_id": key.json()["id"],
         "request_id": export.json()["request_id"],
         "user_id": str(member.user_id),
+        "invitation_id": invitation.json()["invitation_id"],
     }
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import update
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
 from taskloom.workflows.models import ExecutionStep, WorkflowExecution
-from tests.factories import PASSWORD, Account, add_member, register
+from tests.factories import PASSWORD, Account, accept, add_member, invite, register
 from tests.web.conftest import Browser
 from tests.web.support import post_form, sign_in, text_of
 
@@ -372,8 +372,100 @@ async def test_members_page_changes_roles_and_explains_refusals(
     assert changed.status_code == 303
     roles = (await client.get("/api/members", headers=owner.headers)).json()
     assert {m["user_id"]: m["role"] for m in roles}[str(member.user_id)] == "admin"
-    unknown = await post_form(
-        owner_browser, "/ui/admin/members", {"email": "nobody@example.test", "role": "member"}
+    as_owner = await post_form(
+        owner_browser, "/ui/admin/members", {"email": "boss@example.test", "role": "owner"}
     )
-    assert unknown.status_code == 404
-    assert "nobody@example.test" in unknown.text  # the form keeps what was typed
+    assert as_owner.status_code == 422
+    assert "an invitation cannot make someone an owner" in text_of(as_owner)
+    assert "boss@example.test" in as_owner.text  # the form keeps what was typed
+
+
+async def test_members_page_invites_lists_and_revokes_the_same_way_for_any_address(
+    client: httpx.AsyncClient, owner_browser: httpx.AsyncClient, owner: Account
+) -> None:
+    registered = await register(client, label="registered")
+    unknown = f"nobody-{uuid.uuid4().hex[:8]}@example.test"
+    for email in (registered.email, unknown):
+        invited = await post_form(
+            owner_browser, "/ui/admin/members", {"email": email, "role": "viewer"}
+        )
+        assert invited.status_code == 303, invited.text
+        assert invited.headers["location"] == "/ui/admin/members?notice=invitation-created"
+    page = await owner_browser.get("/ui/admin/members?notice=invitation-created")
+    text = text_of(page)
+    assert "Invitation created." in text
+    assert f"{registered.email} viewer" in text
+    assert f"{unknown} viewer" in text
+    assert "Invite someone" in text
+    assert '<option value="owner"' not in page.text.split('id="member-role"')[1]
+    assert str(registered.user_id) not in [
+        m["user_id"] for m in (await client.get("/api/members", headers=owner.headers)).json()
+    ]
+    [pending] = [
+        i
+        for i in (await client.get("/api/members/invitations", headers=owner.headers)).json()
+        if i["email"] == unknown
+    ]
+    revoked = await post_form(
+        owner_browser,
+        f"/ui/admin/members/invitations/{pending['id']}/revoke",
+        {},
+        from_page="/ui/admin/members",
+    )
+    assert revoked.status_code == 303
+    after = text_of(await owner_browser.get("/ui/admin/members"))
+    assert unknown not in after
+    assert registered.email in after
+
+
+async def test_an_invited_person_accepts_or_declines_on_their_invitations_page(
+    client: httpx.AsyncClient, new_browser: Browser, owner: Account
+) -> None:
+    person = await register(client, label="invitee", organization_name="Home Org")
+    other = await register(client, label="other-host", organization_name="Other Org")
+    joining = await invite(client, owner, person.email, "member")
+    await invite(client, other, person.email, "viewer")
+    browser = await new_browser()
+    await sign_in(browser, person.email)
+    page = await browser.get("/ui/invitations")
+    assert page.status_code == 200
+    text = text_of(page)
+    assert "UI Org member" in text
+    assert "Other Org viewer" in text
+    assert 'href="/ui/invitations"' in page.text  # in the navigation
+    # Forms carry the CSRF token: without it, nothing happens.
+    forged = await browser.post(f"/ui/invitations/{joining}/accept", data={})
+    assert forged.status_code == 403
+    accepted = await post_form(
+        browser, f"/ui/invitations/{joining}/accept", {}, from_page="/ui/invitations"
+    )
+    assert accepted.status_code == 303
+    after = await browser.get(accepted.headers["location"])
+    assert "Invitation accepted" in text_of(after)
+    assert "UI Org (member)" in text_of(after)  # the organization switcher offers it now
+    [declining] = (await client.get("/api/invitations", headers=person.headers)).json()
+    declined = await post_form(
+        browser, f"/ui/invitations/{declining['id']}/decline", {}, from_page="/ui/invitations"
+    )
+    assert declined.status_code == 303
+    assert "No invitations waiting for you." in text_of(await browser.get("/ui/invitations"))
+    members = (await client.get("/api/members", headers=other.headers)).json()
+    assert str(person.user_id) not in [m["user_id"] for m in members]
+
+
+async def test_someone_elses_invitation_is_not_found_in_the_ui(
+    client: httpx.AsyncClient, new_browser: Browser, owner: Account
+) -> None:
+    person = await register(client, label="addressee")
+    invitation_id = await invite(client, owner, person.email)
+    stranger = await register(client, label="interloper")
+    browser = await new_browser()
+    await sign_in(browser, stranger.email)
+    assert "UI Org" not in text_of(await browser.get("/ui/invitations"))
+    for answer in ("accept", "decline"):
+        refused = await post_form(
+            browser, f"/ui/invitations/{invitation_id}/{answer}", {}, from_page="/ui/invitations"
+        )
+        assert refused.status_code == 404, answer
+        assert "invitation not found" in text_of(refused)
+    await accept(client, person, invitation_id)  # untouched

@@ -17,7 +17,10 @@ class AuditAction(StrEnum):
     USER_CREATE = "user.create"
     ORG_CREATE = "org.create"
     ORG_UPDATE = "org.update"
-    MEMBER_ADD = "member.add"
+    MEMBER_INVITE = "member.invite"
+    MEMBER_INVITE_ACCEPT = "member.invite_accept"  # the membership is created
+    MEMBER_INVITE_DECLINE = "member.invite_decline"
+    MEMBER_INVITE_REVOKE = "member.invite_revoke"
     MEMBER_ROLE_CHANGE = "member.role_change"
     MEMBER_REMOVE = "member.remove"
     WORKFLOW_CREATE = "workflow.create"

@@ -6,7 +6,7 @@ from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
-from taskloom.orgs.models import Membership, Organization
+from taskloom.orgs.models import Invitation, Membership, Organization
 from taskloom.tools.models import ToolConnection
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
 from taskloom.workflows.models import ExecutionStep, Workflow, WorkflowExecution
@@ -23,6 +23,7 @@ __all__ = [
     "FeatureFlagOverride",
     "GdprExportFile",
     "GdprRequest",
+    "Invitation",
     "Membership",
     "Organization",
     "RefreshToken",

@@ -15,6 +15,7 @@ class Scope(StrEnum):
 ISOLATED_TABLES: dict[str, Scope] = {
     "organizations": Scope.SPECIAL,
     "memberships": Scope.SPECIAL,
+    "invitations": Scope.SPECIAL,
     "users": Scope.SPECIAL,
     "sessions": Scope.USER,
     "refresh_tokens": Scope.USER,

@@ -29,6 +29,7 @@ from taskloom.errors import Conflict
 from taskloom.flags.models import FeatureFlagOverride
 from taskloom.gdpr.inventory import user_tables
 from taskloom.gdpr.models import GdprRequest
+from taskloom.orgs import invitations
 from taskloom.orgs.models import Membership, Organization, Role
 from taskloom.workflows.models import ExecutionStatus, ExecutionStep, WorkflowExecution
 
@@ -132,6 +133,8 @@ async def erase(
         delete(FeatureFlagOverride).where(FeatureFlagOverride.user_id == user_id)
     )
     result.counts["feature_flag_overrides"] = _rowcount(overrides)
+    # Invitations addressed to their email (no foreign key: the address may predate the account).
+    result.counts["invitations"] = await invitations.delete_invitations_to(db=db, email=user.email)
     # 5. Every other reference (created_by, triggered_by, invited_by, ...) becomes NULL.
     for user_table in user_tables():
         if user_table.name in ("users", "audit_logs", *(m.__tablename__ for m in _DELETED)):

@@ -1,4 +1,4 @@
-"""Organizations (tenants) and memberships with roles."""
+"""Organizations (tenants), memberships with roles, and the invitations that create memberships."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +41,17 @@ class Role(StrEnum):
 
 _RANKS = {Role.VIEWER: 0, Role.MEMBER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 ROLE_VALUES = ", ".join(f"'{r.value}'" for r in Role)
+# Owner is granted only to someone who is already a member (PATCH /api/members/{user_id}).
+INVITABLE_ROLES = (Role.VIEWER, Role.MEMBER, Role.ADMIN)
+
+
+class InvitationStatus(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    REVOKED = "revoked"
+    # Set lazily, when a new invitation to the same email replaces one past its expires_at.
+    EXPIRED = "expired"
 
 
 class Organization(Base):
@@ -69,3 +90,46 @@ class Membership(Base):
     )
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
+
+
+class Invitation(Base):
+    """An offer of membership to an email address, which the person with that account's email
+    accepts or declines. Nothing about the address is looked up when it is made, so inviting
+    reveals nothing about who has an account."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        CheckConstraint(
+            "role in (" + ", ".join(f"'{r.value}'" for r in INVITABLE_ROLES) + ")",
+            name="role_invitable",
+        ),
+        CheckConstraint(
+            "status in (" + ", ".join(f"'{s.value}'" for s in InvitationStatus) + ")",
+            name="status_valid",
+        ),
+        CheckConstraint("email = lower(email)", name="email_normalized"),
+        Index("ix_invitations_email", "email"),
+        # At most one open invitation per organization and address.
+        Index(
+            "uq_invitations_org_id_email_pending",
+            "org_id",
+            "email",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    role: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default="pending")
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = created_at()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # When it was accepted, declined, revoked or marked expired.
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,4 +1,5 @@
-"""/api/orgs (mine), /api/org (the current one), /api/members (of the current one)."""
+"""/api/orgs (mine), /api/org (the current one), /api/members (of the current one, and its
+invitations), /api/invitations (the ones the caller received)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from fastapi import APIRouter, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Context, Session, Viewer
-from taskloom.orgs import service
+from taskloom.orgs import invitations, service
 from taskloom.orgs.schemas import (
-    MemberAdd,
+    InvitationAccepted,
+    InvitationCreated,
+    MemberInvite,
     MemberOut,
     MemberUpdate,
     MyOrgOut,
     OrgCreate,
     OrgOut,
     OrgUpdate,
+    PendingInvitationOut,
+    ReceivedInvitationOut,
 )
 
 router = APIRouter(prefix="/api", tags=["organizations"])
@@ -78,17 +83,84 @@ async def list_members(ctx: Viewer) -> list[MemberOut]:
     return [_member_out(m) for m in await service.list_members(db=ctx.db, principal=ctx.principal)]
 
 
-@router.post("/members", status_code=status.HTTP_201_CREATED, openapi_extra=access("admin"))
-async def add_member(body: MemberAdd, ctx: Admin) -> MemberOut:
-    member = await service.add_member(
-        db=ctx.db,
-        database=ctx.runtime.database,
-        principal=ctx.principal,
-        context=ctx.audit,
-        email=body.email,
-        role=body.role,
+# An invitation, never a membership: the person accepts it (POST /api/invitations/{id}/accept).
+# 202 with an id either way: whether the address has an account is not the admin's to learn.
+@router.post("/members", status_code=status.HTTP_202_ACCEPTED, openapi_extra=access("admin"))
+async def invite_member(body: MemberInvite, ctx: Admin) -> InvitationCreated:
+    invitation_id = await invitations.invite(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, email=body.email, role=body.role
     )
-    return _member_out(member)
+    return InvitationCreated(invitation_id=invitation_id)
+
+
+@router.get("/members/invitations", openapi_extra=access("admin"))
+async def list_pending_invitations(ctx: Admin) -> list[PendingInvitationOut]:
+    pending = await invitations.list_pending(db=ctx.db, principal=ctx.principal)
+    return [
+        PendingInvitationOut(
+            id=i.id,
+            email=i.email,
+            role=i.role,
+            invited_by=i.invited_by,
+            created_at=i.created_at,
+            expires_at=i.expires_at,
+        )
+        for i in pending
+    ]
+
+
+@router.delete(
+    "/members/invitations/{invitation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=access("admin"),
+)
+async def revoke_invitation(invitation_id: uuid.UUID, ctx: Admin) -> Response:
+    await invitations.revoke(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, invitation_id=invitation_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# The invited person's side: their own account, so a signed-in session (not an API key, which
+# is bound to one organization) in any organization or none.
+@router.get("/invitations", openapi_extra=access("authenticated", api_key=False))
+async def list_my_invitations(ctx: Session) -> list[ReceivedInvitationOut]:
+    received = await invitations.list_received(
+        db=ctx.db, database=ctx.runtime.database, principal=ctx.principal
+    )
+    return [
+        ReceivedInvitationOut(
+            id=i.id,
+            org_id=i.org_id,
+            org_name=i.org_name,
+            role=i.role,
+            created_at=i.created_at,
+            expires_at=i.expires_at,
+        )
+        for i in received
+    ]
+
+
+@router.post(
+    "/invitations/{invitation_id}/accept", openapi_extra=access("authenticated", api_key=False)
+)
+async def accept_invitation(invitation_id: uuid.UUID, ctx: Session) -> InvitationAccepted:
+    invitation = await invitations.accept(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, invitation_id=invitation_id
+    )
+    return InvitationAccepted(org_id=invitation.org_id, role=invitation.role)
+
+
+@router.post(
+    "/invitations/{invitation_id}/decline",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=access("authenticated", api_key=False),
+)
+async def decline_invitation(invitation_id: uuid.UUID, ctx: Session) -> Response:
+    await invitations.decline(
+        db=ctx.db, principal=ctx.principal, context=ctx.audit, invitation_id=invitation_id
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.patch("/members/{user_id}", openapi_extra=access("admin"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskloom.auth.schemas import Email, StrictModel
-from taskloom.orgs.models import Role
+from taskloom.orgs.models import INVITABLE_ROLES, Role
 
 
 class OrgCreate(StrictModel):
@@ -36,9 +36,47 @@ class MyOrgOut(BaseModel):
     current: bool
 
 
-class MemberAdd(StrictModel):
+class MemberInvite(StrictModel):
     email: Email
     role: Role = Role.MEMBER
+
+    @field_validator("role")
+    @classmethod
+    def _not_owner(cls, role: Role) -> Role:
+        if role not in INVITABLE_ROLES:
+            raise ValueError(
+                "an invitation cannot make someone an owner: invite them, then promote the member"
+            )
+        return role
+
+
+class InvitationCreated(BaseModel):
+    """The same answer whether or not the address has an account."""
+
+    invitation_id: uuid.UUID
+
+
+class PendingInvitationOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    role: Role
+    invited_by: uuid.UUID | None
+    created_at: datetime
+    expires_at: datetime
+
+
+class ReceivedInvitationOut(BaseModel):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    org_name: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime
+
+
+class InvitationAccepted(BaseModel):
+    org_id: uuid.UUID
+    role: Role
 
 
 class MemberUpdate(StrictModel):

@@ -1,5 +1,6 @@
 """Organizations and their members. An organization always keeps at least one owner; nobody
-can grant a role above their own, and only owners can change or remove owners."""
+can grant a role above their own, and only owners can change or remove owners. People join by
+accepting an invitation (orgs/invitations.py); there is no way to add someone directly."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -17,8 +18,7 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.models import User
 from taskloom.auth.principal import Principal
-from taskloom.db.engine import Database
-from taskloom.db.tenancy import set_tenant, system_transaction
+from taskloom.db.tenancy import set_tenant
 from taskloom.errors import Conflict, Forbidden, NotFound
 from taskloom.orgs.models import Membership, Organization, Role
 
@@ -46,7 +46,8 @@ def slugify(name: str) -> str:
     return f"{base}-{secrets.token_hex(3)}"
 
 
-def _current_org(principal: Principal) -> uuid.UUID:
+def current_org(principal: Principal) -> uuid.UUID:
+    """The organization the caller acts in, or NotFound when they act in none."""
     if principal.org_id is None:
         raise NotFound("no current organization")
     return principal.org_id
@@ -87,7 +88,7 @@ async def create_organization(
 
 
 async def get_current_organization(*, db: AsyncSession, principal: Principal) -> Organization:
-    org_id = _current_org(principal)
+    org_id = current_org(principal)
     org = (await db.execute(select(Organization).where(Organization.id == org_id))).scalar()
     if org is None:
         raise NotFound("organization not found")
@@ -114,7 +115,7 @@ async def rename_organization(
 
 
 async def list_members(*, db: AsyncSession, principal: Principal) -> list[Member]:
-    org_id = _current_org(principal)
+    org_id = current_org(principal)
     rows = await db.execute(
         select(User.id, User.email, User.display_name, Membership.role, Membership.created_at)
         .join(Membership, Membership.user_id == User.id)
@@ -124,62 +125,13 @@ async def list_members(*, db: AsyncSession, principal: Principal) -> list[Member
     return [Member(r.id, r.email, r.display_name, Role(r.role), r.created_at) for r in rows]
 
 
-async def find_user_id_by_email(*, database: Database, email: str) -> uuid.UUID | None:
-    """Look up any account by email. System transaction: the person being added is not yet
-    visible to the organization; only their id leaves this function."""
-    async with system_transaction(database) as db:
-        return (
-            await db.execute(select(User.id).where(func.lower(User.email) == email.lower()))
-        ).scalar()
-
-
-async def add_member(
-    *,
-    db: AsyncSession,
-    database: Database,
-    principal: Principal,
-    context: AuditContext,
-    email: str,
-    role: Role,
-) -> Member:
-    org_id = _current_org(principal)
-    _ensure_may_grant(principal, role)
-    user_id = await find_user_id_by_email(database=database, email=email)
-    if user_id is None:
-        raise NotFound(
-            "no account with that email; ask them to register first", code="user_not_found"
-        )
-    existing = (
-        await db.execute(
-            select(Membership.id).where(Membership.org_id == org_id, Membership.user_id == user_id)
-        )
-    ).scalar()
-    if existing is not None:
-        raise Conflict("that person is already a member", code="already_member")
-    membership = Membership(
-        org_id=org_id, user_id=user_id, role=role.value, invited_by=principal.user_id
-    )
-    db.add(membership)
-    await db.flush()
-    await audit.record(
-        session=db,
-        context=context,
-        action=AuditAction.MEMBER_ADD,
-        org_id=org_id,
-        resource_type="user",
-        resource_id=user_id,
-        details={"role": role.value},
-    )
-    return await _member(db, org_id, user_id)
-
-
 async def change_role(
     *, db: AsyncSession, principal: Principal, context: AuditContext, user_id: uuid.UUID, role: Role
 ) -> Member:
-    org_id = _current_org(principal)
+    org_id = current_org(principal)
     membership = await _locked_membership(db, org_id, user_id)
     current = Role(membership.role)
-    _ensure_may_grant(principal, role)
+    ensure_may_grant(principal, role)
     if current is Role.OWNER and principal.role is not Role.OWNER:
         raise Forbidden("only an owner can change another owner's role")
     if current is Role.OWNER and role is not Role.OWNER:
@@ -202,7 +154,7 @@ async def remove_member(
     *, db: AsyncSession, principal: Principal, context: AuditContext, user_id: uuid.UUID
 ) -> None:
     """Admins remove members; anyone may leave. Owners are removed only by owners."""
-    org_id = _current_org(principal)
+    org_id = current_org(principal)
     leaving = user_id == principal.user_id
     if not leaving and not principal.has_role(Role.ADMIN):
         raise Forbidden("this action needs the admin role or higher")
@@ -224,7 +176,8 @@ async def remove_member(
     )
 
 
-def _ensure_may_grant(principal: Principal, role: Role) -> None:
+def ensure_may_grant(principal: Principal, role: Role) -> None:
+    """Admins grant roles up to their own (invitations, role changes)."""
     if not principal.has_role(Role.ADMIN):
         raise Forbidden("this action needs the admin role or higher")
     if not principal.has_role(role):

@@ -27,7 +27,12 @@ NOTICES = {
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
     "org-switched": "Organization switched.",
-    "member-added": "Member added.",
+    "invitation-created": "Invitation created. The person sees it under Invitations once they "
+    "sign in with that email address, and joins when they accept it.",
+    "invitation-revoked": "Invitation revoked.",
+    "invitation-accepted": "Invitation accepted: the organization is now in your organization "
+    "list.",
+    "invitation-declined": "Invitation declined.",
     "member-updated": "Role changed.",
     "member-removed": "Member removed.",
     "connection-created": "Connection created.",

@@ -1,4 +1,4 @@
-"""Members and roles of the current organization (admins)."""
+"""Members, roles and invitations of the current organization (admins)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from taskloom.errors import DomainError
-from taskloom.orgs import service
-from taskloom.orgs.models import Role
-from taskloom.orgs.schemas import MemberAdd, MemberUpdate
+from taskloom.orgs import invitations, service
+from taskloom.orgs.models import INVITABLE_ROLES, Role
+from taskloom.orgs.schemas import MemberInvite, MemberUpdate
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import FieldError, from_domain, from_validation, text
 from taskloom.web.rendering import redirect, render
@@ -24,13 +24,16 @@ async def _render(
     page: Page, *, status: int = 200, errors: list[FieldError] | None = None, email: str = ""
 ) -> Response:
     members = await service.list_members(db=page.db, principal=page.principal)
+    pending = await invitations.list_pending(db=page.db, principal=page.principal)
     return render(
         page,
         "admin/members.html",
         status=status,
         title="Members",
         members=members,
+        invitations=pending,
         roles=[r.value for r in Role],
+        invitable_roles=[r.value for r in INVITABLE_ROLES],
         errors=errors or [],
         email=email,
     )
@@ -44,19 +47,18 @@ async def members(request: Request) -> Response:
 
 
 @router.post("")
-async def add_member(request: Request) -> Response:
+async def invite(request: Request) -> Response:
     async with signed_in(request) as page:
         form = await page.form()
         page.require_role(Role.ADMIN)
         email = text(form, "email")
         try:
-            body = MemberAdd.model_validate(
+            body = MemberInvite.model_validate(
                 {"email": email, "role": text(form, "role") or "member"}
             )
             async with page.db.begin_nested():
-                await service.add_member(
+                await invitations.invite(
                     db=page.db,
-                    database=page.runtime.database,
                     principal=page.principal,
                     context=page.audit,
                     email=body.email,
@@ -68,7 +70,25 @@ async def add_member(request: Request) -> Response:
             return await _render(
                 page, status=refused.status_code, errors=from_domain(refused), email=email
             )
-    return redirect("/ui/admin/members?notice=member-added")
+    return redirect("/ui/admin/members?notice=invitation-created")
+
+
+@router.post("/invitations/{invitation_id}/revoke")
+async def revoke_invitation(invitation_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        await page.form()
+        page.require_role(Role.ADMIN)
+        try:
+            async with page.db.begin_nested():
+                await invitations.revoke(
+                    db=page.db,
+                    principal=page.principal,
+                    context=page.audit,
+                    invitation_id=invitation_id,
+                )
+        except DomainError as refused:
+            return await _render(page, status=refused.status_code, errors=from_domain(refused))
+    return redirect("/ui/admin/members?notice=invitation-revoked")
 
 
 @router.post("/{user_id}/role")
