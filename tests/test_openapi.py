@@ -52,8 +52,8 @@ def test_every_authenticated_operation_declares_the_bearer_scheme(app: FastAPI) 
 
 
 # Created without a single-resource URL to point at (yet): the account (register), an API key, an
-# organization, a membership.
-_NO_RESOURCE_URL = {"auth_register", "auth_create_api_key", "orgs_create", "members_add"}
+# organization, an invitation.
+_NO_RESOURCE_URL = {"auth_register", "auth_create_api_key", "orgs_create", "members_invite"}
 
 
 def test_201_and_202_answers_document_their_location(app: FastAPI) -> None:
