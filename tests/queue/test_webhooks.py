@@ -12,10 +12,12 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from taskloom.runtime import Runtime
 from taskloom.webhooks.delivery import dispatch_pending
 from tests.factories import Account
+from tests.fakes.hostile import HUGE_BYTES, HostileServer
 from tests.fakes.receiver import Receiver
 from tests.queue.conftest import (
     ProxiedDatabase,
@@ -240,3 +242,87 @@ async def test_a_database_outage_does_not_use_up_a_deliverys_attempts(
     receiver.wait_for(1)
     rows = await _until(lambda: _succeeded(api, owner, hook["id"], 1))
     assert [(r["attempt"], r["status"]) for r in rows] == [(1, "succeeded")]
+
+
+async def _attempts(api: httpx.AsyncClient, owner: Account, hook_id: str) -> Any:
+    """The delivery rows once the (single) attempt is recorded."""
+    rows = await _deliveries(api, owner, hook_id)
+    return rows if rows and all(r["status"] in ("succeeded", "failed") for r in rows) else None
+
+
+async def test_a_receiver_dripping_its_answer_is_cut_at_the_attempts_deadline(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    """httpx's timeout is per read: one byte every 0.5 s would hold the attempt for ever."""
+    with HostileServer("drip") as server:
+        hook = await _webhook(api, owner, f"{server.url}/hooks", ["ping"])
+        start_worker(**FAST, webhook_timeout_seconds=1.5, webhook_max_attempts=1)
+        await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
+        [row] = await _until(lambda: _attempts(api, owner, hook["id"]), within=15)
+        assert (row["status"], row["response_code"]) == ("failed", None)
+        assert row["error"] == "no answer within 1.5 s"
+        assert 1_400 <= row["duration_ms"] <= 2_500, row
+        assert server.body_bytes_sent >= 2  # the body was really dripping when it was cut
+        await _until(lambda: _true(server.hung_up_at is not None), within=5)
+        assert server.hung_up_at is not None
+        assert server.first_request_at is not None
+        assert server.hung_up_at - server.first_request_at < 3
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_receivers_huge_answer_is_read_only_up_to_64_kib(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    with HostileServer("huge") as server:
+        hook = await _webhook(api, owner, f"{server.url}/hooks", ["ping"])
+        start_worker(**FAST, webhook_max_attempts=1)
+        await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
+        [row] = await _until(lambda: _attempts(api, owner, hook["id"]), within=15)
+        # Only the status matters: a 200 with a body too long to read is still delivered.
+        assert (row["status"], row["response_code"], row["error"]) == ("succeeded", 200, None)
+        await _until(lambda: _true(server.hung_up_at is not None), within=5)
+    assert not server.body_completed
+    # What the worker read (64 KiB) plus what the sockets' buffers took before it hung up.
+    assert server.body_bytes_sent < 1024 * 1024 < HUGE_BYTES, server.body_bytes_sent
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_is_not_followed_and_the_attempt_fails_with_its_status(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker, status: int
+) -> None:
+    with (
+        HostileServer("ok") as elsewhere,
+        HostileServer("redirect", location=f"{elsewhere.url}/stolen", status=status) as server,
+    ):
+        hook = await _webhook(api, owner, f"{server.url}/hooks", ["ping"])
+        start_worker(**FAST, webhook_max_attempts=1)
+        await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
+        [row] = await _until(lambda: _attempts(api, owner, hook["id"]), within=15)
+        assert (row["status"], row["response_code"], row["error"]) == (
+            "failed",
+            status,
+            f"HTTP {status}",
+        )
+        assert server.requests == 1
+        await asyncio.sleep(0.5)
+        assert elsewhere.requests == 0  # the signed body never reached the redirect's target
+
+
+async def test_a_token_in_a_webhook_url_never_reaches_the_workers_log(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker, receiver: Receiver
+) -> None:
+    """Slack-style webhook URLs carry their secret in the path; the worker logs hosts only."""
+    token = "T0KEN-in-the-path-7f3a9c"
+    hook = await _webhook(api, owner, f"{receiver.url}/{token}?sig={token}", ["ping"])
+    receiver.statuses = [500]  # one failed attempt, then a success: both kinds of log line
+    worker = start_worker(**FAST, log_level="debug")
+    await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
+    received = receiver.wait_for(2)
+    assert all(token in r.path for r in received)  # the token really went out
+    await _until(lambda: _succeeded(api, owner, hook["id"], 1))
+    output = worker.output()
+    assert "webhook_attempt" in output  # the worker did log the attempts
+    assert token not in output

@@ -6,10 +6,11 @@ transaction that locked it, so a Redis failure leaves it pending for the next ti
 dispatcher skips it (SKIP LOCKED); the job id is the row id, so adding twice is harmless.
 
 `WebhookDeliverer.process` makes one attempt: sign the stored event, POST it through the
-outbound address guard, record the attempt (the first attempt's row is updated, later attempts
-get rows of their own), and raise on failure so BullMQ retries with exponential backoff. After
-WEBHOOK_DISABLE_AFTER_FAILURES failed attempts in a row an endpoint is disabled and the audit
-log says so.
+outbound address guard (redirects not followed, the whole attempt within
+WEBHOOK_TIMEOUT_SECONDS, at most 64 KiB of the answer read), record the attempt (the first
+attempt's row is updated, later attempts get rows of their own), and raise on failure so BullMQ
+retries with exponential backoff. After WEBHOOK_DISABLE_AFTER_FAILURES failed attempts in a row
+an endpoint is disabled and the audit log says so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
 from taskloom.observability.request_id import bound_request_id
+from taskloom.outbound import send_bounded
 from taskloom.queue.jobs import WEBHOOK_QUEUE_NAME
 from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
@@ -43,6 +45,7 @@ from taskloom.webhooks.signing import signature_header
 log = structlog.get_logger("taskloom.webhooks")
 
 DISPATCH_BATCH = 500
+MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer: only its status matters
 _SYSTEM = AuditContext(user_agent="taskloom-worker")
 
 
@@ -194,19 +197,27 @@ class WebhookDeliverer:
         if request_id:
             headers["X-Request-ID"] = request_id
         policy = AddressPolicy.from_setting(settings.outbound_allowed_hosts)
+        timeout = settings.webhook_timeout_seconds
         started = time.perf_counter()
         try:
             async with httpx.AsyncClient(
                 transport=guarded_transport(policy),
-                timeout=settings.webhook_timeout_seconds,
+                timeout=timeout,
                 follow_redirects=False,  # a redirect could lead the signed body anywhere
                 trust_env=False,
             ) as client:
-                response = await client.post(url, content=body, headers=headers)
+                request = client.build_request("POST", url, content=body, headers=headers)
+                # The whole attempt, not each read, is bounded; the body is only drained.
+                response = await send_bounded(
+                    client,
+                    request,
+                    deadline_seconds=timeout,
+                    max_bytes=MAX_RESPONSE_BYTES,
+                    truncate=True,
+                )
         except TargetNotAllowed as refused:
             return _Outcome(False, None, _ms(started), str(refused))
-        except httpx.TimeoutException:
-            timeout = settings.webhook_timeout_seconds
+        except (TimeoutError, httpx.TimeoutException):
             return _Outcome(False, None, _ms(started), f"no answer within {timeout:g} s")
         except httpx.HTTPError as error:
             return _Outcome(

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator
 from taskloom import __version__
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
 from taskloom.observability.request_id import current_request_id
+from taskloom.outbound import ResponseTooLarge, read_at_most
 from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
 MAX_REDIRECTS = 5
@@ -112,23 +113,6 @@ def _headers(response: httpx.Response) -> dict[str, str]:
             continue
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
-
-
-async def _read(response: httpx.Response, limit: int, *, truncate: bool) -> bytes:
-    """Stream the (decoded) body, stopping once more than `limit` bytes arrived: truncated, or
-    a non-retryable `response_too_large` (a retry would get the same answer)."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            if truncate:
-                return bytes(body[:limit])
-            raise StepError(
-                f"the response from {response.url.host} is larger than {limit} bytes",
-                code="response_too_large",
-                details={"limit_bytes": limit},
-            )
-    return bytes(body)
 
 
 def _redirect(previous: httpx.Request, next_request: httpx.Request, user: set[str]) -> None:
@@ -246,9 +230,15 @@ class HttpStep:
         else:
             ok = 200 <= status <= 299
         if ok:
-            body = await _read(response, limit, truncate=False)
+            try:
+                body = await read_at_most(response, limit, truncate=False)
+            except ResponseTooLarge as too_large:
+                # Not retryable: a retry would get the same answer.
+                raise StepError(
+                    str(too_large), code="response_too_large", details={"limit_bytes": limit}
+                ) from None
             return {"status": status, "headers": _headers(response), "body": _body(response, body)}
-        snippet = _text(response, await _read(response, _ERROR_BODY_BYTES, truncate=True))
+        snippet = _text(response, await read_at_most(response, _ERROR_BODY_BYTES, truncate=True))
         details = {"status": status, "body": snippet[:ERROR_BODY_CHARS]}
         message = f"{response.url.host} answered HTTP {status}"
         if status == 429 or 500 <= status <= 599:
