@@ -4,6 +4,7 @@ returned, logged, audited or exported; audit rows name the fields that changed, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -255,9 +256,12 @@ async def list_tools(
     """The connection's tools (an MCP server is asked; built-in providers know theirs)."""
     connection = _usable(row, cipher)
     provider = PROVIDERS[row.provider]
+    timeout = settings.tool_timeout_seconds
     try:
-        async with provider_client(settings, row.provider) as http:
+        async with asyncio.timeout(timeout), provider_client(settings, row.provider) as http:
             return await provider.tools(connection, http)
+    except TimeoutError:
+        raise Conflict(_too_slow(row, timeout), code="tool_timeout") from None
     except ToolError as error:
         raise Conflict(error.message, code=error.code) from None
     except TargetNotAllowed as refused:
@@ -272,16 +276,21 @@ async def check_connection(
     cipher: CredentialCipher,
     connection_id: uuid.UUID,
 ) -> dict[str, Any]:
-    """Make one cheap authenticated call; the outcome is the answer (a failing remote is not an
-    error of this request). Circuit breakers and metrics are left alone."""
+    """Make one cheap authenticated call, within TOOL_TIMEOUT_SECONDS all told; the outcome is
+    the answer (a failing remote is not an error of this request). Circuit breakers and metrics
+    are left alone."""
     row = await get_connection(db=db, connection_id=connection_id)
+    timeout = settings.tool_timeout_seconds
     started = time.perf_counter()
     result: dict[str, Any]
     try:
         connection = _usable(row, cipher, allow_disabled=True)
-        async with provider_client(settings, row.provider) as http:
+        async with asyncio.timeout(timeout), provider_client(settings, row.provider) as http:
             details = await PROVIDERS[row.provider].check(connection, http)
         result = {"ok": True, "details": details}
+    except TimeoutError:
+        message = _too_slow(row, timeout)
+        result = {"ok": False, "error": {"code": "tool_timeout", "message": message}}
     except ToolError as error:
         result = {"ok": False, "error": {"code": error.code, "message": error.message}}
     except TargetNotAllowed as refused:
@@ -291,6 +300,10 @@ async def check_connection(
     result["latency_ms"] = round((time.perf_counter() - started) * 1000)
     await _audit(db, context, AuditAction.CONNECTION_TEST, row, {"ok": result["ok"]})
     return result
+
+
+def _too_slow(row: ToolConnection, timeout: float) -> str:
+    return f"{row.provider} did not answer within {timeout:g} s"
 
 
 def _usable(

@@ -1,7 +1,8 @@
 """What the Notion, Linear and GitHub providers do alike: validate stored credentials and
 arguments without echoing them, build URLs under a connection's base URL (which may carry a
-path prefix, as GitHub Enterprise's `/api/v3` does), send a request turning timeouts and
-connection errors into retryable ToolErrors that name the host only, and read a JSON body."""
+path prefix, as GitHub Enterprise's `/api/v3` does), send a request (one deadline for the whole
+exchange, at most 4 MiB read) turning timeouts and connection errors into retryable ToolErrors
+that name the host only, and read a JSON body."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from taskloom.outbound import ResponseTooLarge, send_bounded
 from taskloom.tools.base import Connection, Tool, ToolArgs, ToolError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ArgsT = TypeVar("ArgsT", bound=ToolArgs)
+
+# Of one answer. Tools return trimmed JSON; a longer answer is an error, not a truncated one.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 
 def validated(model: type[ModelT], data: Any, *, what: str, code: str) -> ModelT:
@@ -54,11 +59,20 @@ async def send(
     json: Any = None,
     params: dict[str, str | int] | None = None,
 ) -> httpx.Response:
-    """Send one request. httpx's own error text is never quoted: it may include a header."""
+    """Send one request; the client's timeout bounds the whole exchange (not each read) and at
+    most MAX_RESPONSE_BYTES of the answer are read. httpx's own error text is never quoted: it
+    may include a header."""
     host = httpx.URL(url).host
+    request = http.build_request(method, url, headers=headers, json=json, params=params)
     try:
-        return await http.request(method, url, headers=headers, json=json, params=params)
-    except httpx.TimeoutException:
+        return await send_bounded(
+            http,
+            request,
+            deadline_seconds=http.timeout.read,
+            max_bytes=MAX_RESPONSE_BYTES,
+            truncate=False,
+        )
+    except (TimeoutError, httpx.TimeoutException):
         raise ToolError(
             f"{host} did not answer in time", code=f"{provider}_unreachable", retryable=True
         ) from None
@@ -68,6 +82,8 @@ async def send(
             code=f"{provider}_unreachable",
             retryable=True,
         ) from None
+    except ResponseTooLarge as too_large:
+        raise ToolError(str(too_large), code=f"{provider}_response_too_large") from None
 
 
 def json_or_none(response: httpx.Response) -> Any:
