@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 
 from tests.factories import Account, add_member, register
+from tests.fakes.hostile import HostileServer
 from tests.fakes.tool_apis import FakeGitHub
 from tests.tools.conftest import connect
 
@@ -165,3 +166,52 @@ async def test_a_connection_to_a_private_address_is_refused_unless_allow_listed(
     assert tested.json()["ok"] is False
     assert "loopback" in tested.json()["error"]["message"]
     assert fake_github.requests == []
+
+
+async def test_moving_a_connection_to_another_base_url_needs_its_credentials_again(
+    tools_api: httpx.AsyncClient, admin: Account, fake_github: FakeGitHub
+) -> None:
+    """Otherwise an admin could point the stored token at a server of their own and read it."""
+    created = await connect(tools_api, admin, "github", fake_github.base_url, {"token": "stored"})
+    path = f"/api/connections/{created['id']}"
+    with HostileServer("ok") as attacker:
+        for base_url in (attacker.url, None):  # another server; the provider's default
+            moved = await tools_api.patch(path, json={"base_url": base_url}, headers=admin.headers)
+            assert moved.status_code == 422, moved.text
+            error = moved.json()["error"]
+            assert error["code"] == "credentials_required_for_new_base_url"
+            assert error["details"]["errors"][0]["loc"] == ["body", "credentials"]
+        kept = await tools_api.get(path, headers=admin.headers)
+        assert kept.json()["base_url"] == fake_github.base_url
+        await tools_api.post(f"{path}/test", headers=admin.headers)
+        assert attacker.requests == 0
+        assert fake_github.requests[-1].headers["authorization"] == "Bearer stored"
+
+        # The same destination (however written) and other fields need nothing new.
+        same = await tools_api.patch(
+            path, json={"base_url": fake_github.base_url + "/", "name": "gh"}, headers=admin.headers
+        )
+        assert same.status_code == 200, same.text
+        # With the credentials given again, the move is allowed and uses only those.
+        moved = await tools_api.patch(
+            path,
+            json={"base_url": attacker.url, "credentials": {"token": "for-the-new-server"}},
+            headers=admin.headers,
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["effective_base_url"] == attacker.url
+
+
+async def test_moving_an_mcp_connection_to_another_server_needs_its_credentials_again(
+    tools_api: httpx.AsyncClient, admin: Account
+) -> None:
+    created = await connect(
+        tools_api, admin, "mcp", "http://127.0.0.1:9/mcp", {"bearer_token": "stored"}
+    )
+    moved = await tools_api.patch(
+        f"/api/connections/{created['id']}",
+        json={"base_url": "http://127.0.0.1:10/mcp"},
+        headers=admin.headers,
+    )
+    assert moved.status_code == 422, moved.text
+    assert moved.json()["error"]["code"] == "credentials_required_for_new_base_url"

@@ -216,9 +216,24 @@ async def update_connection(
     connection_id: uuid.UUID,
     body: ConnectionUpdate,
 ) -> ToolConnection:
+    """Change what the body names. Moving a connection to another base URL needs its
+    credentials again: otherwise an admin could send the stored ones to a server of their choice
+    (and read them there)."""
     row = await get_connection(db=db, connection_id=connection_id)
     provider = PROVIDERS[row.provider]
     changed = sorted(body.model_fields_set)
+    if (
+        "base_url" in body.model_fields_set
+        and _destination(row.provider, body.base_url) != _destination(row.provider, row.base_url)
+        and body.credentials is None
+        and _holds_credentials(row, cipher)
+    ):
+        raise ValidationFailed(
+            "body.credentials: changing base_url needs the credentials again "
+            "(the stored ones are never sent to a new destination)",
+            code="credentials_required_for_new_base_url",
+            details={"errors": [{"loc": ["body", "credentials"], "message": "required"}]},
+        )
     if "name" in body.model_fields_set and body.name is not None:
         row.name = body.name
     if "base_url" in body.model_fields_set:
@@ -238,6 +253,25 @@ async def update_connection(
     await db.refresh(row)
     await _audit(db, context, AuditAction.CONNECTION_UPDATE, row, {"fields": changed})
     return row
+
+
+def _destination(provider: str, base_url: str | None) -> str:
+    """Where a connection's requests go: its base URL, else the provider's default."""
+    return (base_url or PROVIDERS[provider].default_base_url).strip().rstrip("/")
+
+
+def _holds_credentials(row: ToolConnection, cipher: CredentialCipher) -> bool:
+    """Whether the row stores any credential (one that cannot be decrypted counts)."""
+    if row.encrypted_credentials is None or row.key_id is None:
+        return False
+    try:
+        return bool(
+            cipher.decrypt(
+                row.key_id, row.encrypted_credentials, bound_to=bound_to(row.id, row.org_id)
+            )
+        )
+    except CredentialKeyError:
+        return True
 
 
 async def delete_connection(
