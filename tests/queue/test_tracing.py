@@ -9,6 +9,7 @@ import gzip
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from taskloom.config import Settings
 from tests.cli_support import serve_api
 from tests.factories import register
+from tests.fakes.hostile import HostileServer
 from tests.queue.conftest import StartWorker, worker_env
 from tests.servers import free_port
 
@@ -46,6 +48,15 @@ class Receiver:
                                 "name": span.name,
                                 "trace_id": span.trace_id.hex(),
                                 "attributes": {a.key for a in span.attributes},
+                                "text": " ".join(
+                                    [span.name, span.status.message]
+                                    + [f"{a.key}={a.value}" for a in span.attributes]
+                                    + [
+                                        f"{a.key}={a.value}"
+                                        for event in span.events
+                                        for a in event.attributes
+                                    ]
+                                ),
                             }
                         )
 
@@ -140,3 +151,83 @@ async def test_a_request_and_its_job_share_one_trace(
     assert sql, kinds  # the request's SQL statements
     assert ("taskloom-worker", "job orchestration") in kinds, kinds
     assert ("taskloom-worker", "step transform") in kinds, kinds
+
+
+async def test_spans_carry_no_query_string_or_userinfo_of_requests_in_or_out(
+    receiver: tuple[Receiver, str],
+    queue_settings: Settings,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    """A one-time download link's `?token=` (server span) and a tenant URL's userinfo and API key
+    (the http step's client span) never reach the trace collector."""
+    collected, endpoint = receiver
+    otel = {"otel_exporter_otlp_endpoint": endpoint, "otel_bsp_schedule_delay": 100}
+    worker = start_worker(**otel)
+    port = free_port()
+    api_process = serve_api(worker_env(queue_settings, **otel), port, tmp_path / "api.log")
+    secrets = ("s3cret-download-token-0123456789", "hunter2pass", "s3cret-api-key")
+    with HostileServer("ok") as tenant_api:
+        outgoing = (
+            tenant_api.url.replace("://", f"://user:{secrets[1]}@") + f"/x?api_key={secrets[2]}"
+        )
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+                owner = await register(api, label="scrubbed", organization_name="Scrubbed Org")
+                link = await api.get(
+                    f"/api/user/data-export/{uuid.uuid4()}/download",
+                    params={"token": secrets[0]},
+                )
+                assert link.status_code == 404, link.text
+                steps = [{"id": "call", "type": "http", "args": {"url": outgoing}}]
+                created = await api.post(
+                    "/api/workflows",
+                    json={"name": "scrubbed", "definition": {"steps": steps}},
+                    headers=owner.headers,
+                )
+                accepted = await api.post(
+                    f"/api/workflows/{created.json()['id']}/execute", headers=owner.headers
+                )
+                execution = accepted.json()["execution_id"]
+                for _ in range(100):
+                    state = await api.get(f"/api/executions/{execution}", headers=owner.headers)
+                    if state.json()["status"] == "succeeded":
+                        break
+                    await asyncio.sleep(0.1)
+                assert state.json()["status"] == "succeeded", state.text
+                assert tenant_api.requests == 1
+        finally:
+            api_process.send_signal(signal.SIGTERM)
+            api_process.wait(timeout=30)
+            worker.send(signal.SIGTERM)
+            worker.wait(30)
+
+    def spans_of_both_calls() -> tuple[list[str], list[str]]:
+        with collected.lock:
+            server = [
+                s["text"]
+                for s in collected.spans
+                if s["service"] == "taskloom-api" and "/download" in s["text"]
+            ]
+            client = [
+                s["text"]
+                for s in collected.spans
+                if s["service"] == "taskloom-worker" and "/x" in s["text"]
+            ]
+        return server, client
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all(spans_of_both_calls()):
+            break
+        await asyncio.sleep(0.1)
+    server, client = spans_of_both_calls()
+    assert server, "no span of the download request"
+    assert client, "no span of the http step's outgoing request"
+    assert f"127.0.0.1:{tenant_api.url.rsplit(':', 1)[1]}/x" in " ".join(
+        client
+    )  # host and path stay
+    with collected.lock:
+        everything = " ".join(s["text"] for s in collected.spans)
+    for secret in secrets:
+        assert secret not in everything

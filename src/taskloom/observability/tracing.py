@@ -1,9 +1,11 @@
 """OpenTelemetry tracing, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
 When on: spans for HTTP requests (FastAPI), SQL (SQLAlchemy), Redis and outgoing HTTP (httpx),
-exported over OTLP/HTTP; each job and each step gets a span, and the trace context travels in
-the job's data, so a worker's spans join the trace of the request that queued the job. When off,
-only the OpenTelemetry API is imported: its tracer is a no-op and nothing is exported.
+exported over OTLP/HTTP with query strings and userinfo cut from every URL in them
+(`span_scrubbing.py`: tokens ride in both); each job and each step gets a span, and the trace
+context travels in the job's data, so a worker's spans join the trace of the request that queued
+the job. When off, only the OpenTelemetry API is imported: its tracer is a no-op and nothing is
+exported.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def configure(settings: Settings, *, service: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from taskloom.observability.span_scrubbing import ScrubbingExporter
+
     endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
     resource = Resource.create(
         {
@@ -47,7 +51,8 @@ def configure(settings: Settings, *, service: str) -> bool:
         }
     )
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    exporter = ScrubbingExporter(OTLPSpanExporter(endpoint=endpoint))  # no query, no userinfo
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     RedisInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
