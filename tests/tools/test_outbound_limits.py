@@ -144,3 +144,26 @@ async def _hung_up(server: HostileServer) -> None:
     while server.hung_up_at is None and not server.body_completed:
         assert time.monotonic() < deadline, "the server neither finished nor saw a hang-up"
         await asyncio.sleep(0.05)
+
+
+async def test_an_mcp_call_reads_at_most_4_mib_of_a_10_mib_answer(
+    api: httpx.AsyncClient, owner: Account, fast_runtime: Runtime
+) -> None:
+    assert owner.org_id is not None
+    with HostileServer("huge") as server:
+        await connect(api, owner, "mcp", f"{server.url}/mcp", {}, name="huge-mcp")
+        with pytest.raises(ToolError) as caught:
+            async with asyncio.timeout(4 * DEADLINE):
+                await call_tool(
+                    fast_runtime,
+                    org_id=owner.org_id,
+                    connection_ref="huge-mcp",
+                    tool_name="anything",
+                    args={},
+                )
+        await _hung_up(server)
+    assert (caught.value.code, caught.value.retryable) == ("mcp_response_too_large", False)
+    assert not server.body_completed
+    # The SDK may try a second handshake (discover, then initialize): each answer is cut.
+    assert 1 <= server.requests <= 2
+    assert server.body_bytes_sent < server.requests * (MAX_RESPONSE_BYTES + 1024 * 1024)

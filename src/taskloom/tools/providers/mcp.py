@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import httpx2
 from jsonschema import Draft202012Validator
@@ -41,7 +41,7 @@ from pydantic import (
 
 from taskloom import __version__, safe_jsonschema
 from taskloom.tools.base import Connection, Tool, ToolError
-from taskloom.tools.providers._rest import validated
+from taskloom.tools.providers._rest import MAX_RESPONSE_BYTES, validated
 
 if TYPE_CHECKING:  # the SDK is imported by the first session (over a second of import time)
     import mcp_types
@@ -130,13 +130,40 @@ class _AuthRejected(Exception):
         self.status = status
 
 
+class _AnswerTooLarge(httpx2.StreamError):
+    """An answer passed MAX_RESPONSE_BYTES. A StreamError, so the SDK fails the request waiting
+    for it at once (rather than at its read timeout); `_session` names the reason."""
+
+
+class _Capped(httpx2.AsyncByteStream):
+    """A response body that stops after MAX_RESPONSE_BYTES (counted as sent, before decoding)."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, through: _ThroughCaller) -> None:
+        self._inner = inner
+        self._through = through
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > MAX_RESPONSE_BYTES:
+                self._through.too_large = True
+                raise _AnswerTooLarge(f"an answer longer than {MAX_RESPONSE_BYTES} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class _ThroughCaller(httpx2.AsyncBaseTransport):
     """Sends each request the SDK builds through the caller's client (and so through its address
-    guard), without following redirects: the SDK follows same-origin ones itself."""
+    guard), without following redirects: the SDK follows same-origin ones itself. Each answer's
+    body is read up to MAX_RESPONSE_BYTES, as the REST providers' are."""
 
     def __init__(self, http: httpx2.AsyncClient) -> None:
         self._http = http
         self.last_post_status: int | None = None
+        self.too_large = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._http.send(request, stream=True, follow_redirects=False)
@@ -145,6 +172,7 @@ class _ThroughCaller(httpx2.AsyncBaseTransport):
         if response.status_code in (401, 403):
             await response.aclose()
             raise _AuthRejected(response.status_code)
+        response.stream = _Capped(cast(httpx2.AsyncByteStream, response.stream), self)
         return response
 
     # aclose() is inherited and does nothing: the caller's client is the caller's to close.
@@ -250,6 +278,11 @@ async def _session(connection: Connection, http: httpx2.AsyncClient) -> AsyncIte
         ):
             yield client
     except Exception as exc:  # cancellation is a BaseException and passes through
+        if through.too_large:  # whatever the SDK made of the cut answer
+            raise ToolError(
+                f"the MCP server's answer is larger than {MAX_RESPONSE_BYTES} bytes",
+                code="mcp_response_too_large",
+            ) from None
         cause = _root_cause(exc)
         error = _as_tool_error(cause, through.last_post_status)
         if error is None:
