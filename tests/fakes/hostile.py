@@ -6,10 +6,12 @@ the client read the whole body, when the client hung up.
     with HostileServer("huge") as server:      # 200 with a 10 MiB JSON body
     with HostileServer("redirect", location=other.url) as server:   # 307 to `location`
     with HostileServer("ok") as server:        # 200 {"ok": true}
+    with HostileServer("gzip_bomb") as server: # 200, 50 KiB of gzip inflating to 50 MiB
 """
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 import time
@@ -17,8 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, Self
 
-Mode = Literal["drip", "huge", "redirect", "ok"]
+Mode = Literal["drip", "huge", "redirect", "ok", "gzip_bomb"]
 HUGE_BYTES = 10 * 1024 * 1024
+BOMB_BYTES = 50 * 1024 * 1024  # once inflated
 DRIP_INTERVAL = 0.5
 _CHUNK = 16 * 1024
 
@@ -39,6 +42,8 @@ class HostileServer:
         self.hung_up_at: float | None = None  # time.monotonic() when a write failed
         self.first_request_at: float | None = None
         self._stop = threading.Event()
+        # Compressed up front: the inflated 50 MiB must not count in a test's memory peak.
+        self._bomb = gzip.compress(b" " * BOMB_BYTES) if mode == "gzip_bomb" else b""
         self._lock = threading.Lock()
         owner = self
 
@@ -76,6 +81,17 @@ class HostileServer:
             handler.send_header("Location", self.location)
             handler.send_header("Content-Length", "0")
             handler.end_headers()
+            return
+        if self.mode == "gzip_bomb":
+            body = self._bomb
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Encoding", "gzip")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+            self.body_bytes_sent += len(body)
+            self.body_completed = True
             return
         if self.mode == "ok":
             body = b'{"ok": true}'

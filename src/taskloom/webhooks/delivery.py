@@ -214,6 +214,7 @@ class WebhookDeliverer:
                     deadline_seconds=timeout,
                     max_bytes=MAX_RESPONSE_BYTES,
                     truncate=True,
+                    decode=False,  # never inflated: a gzip bomb costs nothing
                 )
         except TargetNotAllowed as refused:
             return _Outcome(False, None, _ms(started), str(refused))
