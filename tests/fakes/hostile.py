@@ -7,6 +7,7 @@ the client read the whole body, when the client hung up.
     with HostileServer("redirect", location=other.url) as server:   # 307 to `location`
     with HostileServer("ok") as server:        # 200 {"ok": true}
     with HostileServer("gzip_bomb") as server: # 200, 50 KiB of gzip inflating to 50 MiB
+    with HostileServer("bad_gzip") as server:  # 200, "gzip" that is not
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, Self
 
-Mode = Literal["drip", "huge", "redirect", "ok", "gzip_bomb"]
+Mode = Literal["drip", "huge", "redirect", "ok", "gzip_bomb", "bad_gzip"]
 HUGE_BYTES = 10 * 1024 * 1024
 BOMB_BYTES = 50 * 1024 * 1024  # once inflated
 DRIP_INTERVAL = 0.5
@@ -82,8 +83,8 @@ class HostileServer:
             handler.send_header("Content-Length", "0")
             handler.end_headers()
             return
-        if self.mode == "gzip_bomb":
-            body = self._bomb
+        if self.mode in ("gzip_bomb", "bad_gzip"):
+            body = self._bomb if self.mode == "gzip_bomb" else b"this is not gzip"
             handler.send_response(200)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Encoding", "gzip")

@@ -167,3 +167,12 @@ async def test_an_mcp_call_reads_at_most_4_mib_of_a_10_mib_answer(
     # The SDK may try a second handshake (discover, then initialize): each answer is cut.
     assert 1 <= server.requests <= 2
     assert server.body_bytes_sent < server.requests * (MAX_RESPONSE_BYTES + 1024 * 1024)
+
+
+async def test_an_answer_that_claims_gzip_and_is_not_is_a_bad_response(
+    api: httpx.AsyncClient, owner: Account
+) -> None:
+    with HostileServer("bad_gzip") as server:
+        result = await _test_connection(api, owner, server.url)
+    assert result["ok"] is False
+    assert result["error"]["code"] == "github_bad_response"

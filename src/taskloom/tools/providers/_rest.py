@@ -84,6 +84,11 @@ async def send(
         ) from None
     except ResponseTooLarge as too_large:
         raise ToolError(str(too_large), code=f"{provider}_response_too_large") from None
+    except httpx.DecodingError:  # a body that claims gzip/deflate and is not
+        raise ToolError(
+            f"{provider} answered with a body that does not decompress",
+            code=f"{provider}_bad_response",
+        ) from None
 
 
 def json_or_none(response: httpx.Response) -> Any:
