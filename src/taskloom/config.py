@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     # Erasure also empties the input/output of executions the person started.
     gdpr_erase_execution_payloads: bool = True
     gdpr_export_max_per_hour: int = Field(default=10, ge=1)
+    # Streamed exports read from their own pool of this many privileged connections per process
+    # (no overflow): sign-in's pool is never theirs to exhaust; beyond it, 503 exports_busy.
+    gdpr_export_pool_size: int = Field(default=2, ge=1, le=50)
+    # A chunk the client has not taken within this long abandons the export (and its snapshot).
+    gdpr_export_chunk_send_timeout_seconds: float = Field(default=30.0, gt=0, le=3_600)
+    # Bounds on each export connection: one statement (a cursor fetch), and time idle inside
+    # the snapshot's transaction (a backstop for a consumer that stops asking for chunks).
+    gdpr_export_statement_timeout_seconds: float = Field(default=60.0, gt=0, le=3_600)
+    gdpr_export_idle_in_transaction_timeout_seconds: float = Field(default=120.0, gt=0, le=3_600)
     gdpr_erasure_max_per_hour: int = Field(default=5, ge=1)
 
     # --- HTTP ------------------------------------------------------------------------------------

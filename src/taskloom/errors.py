@@ -89,6 +89,15 @@ class RateLimited(DomainError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class Busy(DomainError):
+    """A bounded resource is fully in use: the same request may succeed after Retry-After."""
+
+    status_code, code = 503, "busy"
+
+    def __init__(self, message: str, *, code: str, retry_after: int) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(max(1, retry_after))})
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -116,7 +125,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "Request body too large"),
         (422, "Invalid input; details.errors names each field"),
         (429, "Rate limited; see Retry-After"),
-        (503, "PostgreSQL or Redis unavailable; retry after Retry-After seconds"),
+        (503, "PostgreSQL, Redis or a bounded resource unavailable; retry after Retry-After"),
     )
 }
 

@@ -44,7 +44,7 @@ class Runtime:
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect to PostgreSQL and Redis and check the database roles are safe to use."""
     database = create_database(settings)
-    tracing.instrument_engines(database.app_engine, database.system_engine)
+    tracing.instrument_engines(database.app_engine, database.system_engine, database.export_engine)
     try:
         await check_roles(database)
         redis = await connect_redis(settings)

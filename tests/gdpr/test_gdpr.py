@@ -193,15 +193,21 @@ async def test_export_holds_every_row_of_every_table_that_references_users(
     assert response.headers["content-type"] == "application/json"
     assert "attachment" in response.headers["content-disposition"]
     document = response.json()
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["subject_user_id"] == str(world.subject.user_id)
 
     about = await _count_rows_about(runtime, world.subject.user_id)
     empty = sorted(t for t, n in world.seeded.items() if n == 0)
     assert empty == [], f"seed the subject a row in {empty} so the export test covers it"
+    references = [r["type"] for r in document["references"]]
     for table, count in about.items():
         assert table in document["tables"], f"the export omits {table}"
-        assert len(document["tables"][table]) == count, table
+        assert len(document["tables"][table]) + references.count(table) == count, table
+    # The subject is still an admin of the shared organization: what they wrote there is whole.
+    for table in ("workflows", "tool_connections", "webhook_endpoints"):
+        assert table not in references, table
+    # A flag is the instance's, readable only by instance administrators, which they are not.
+    assert references == ["feature_flags"]
     # Rows that belong to rows about the subject: the steps of executions they started.
     assert "execution_steps" in document["tables"]
 

@@ -1,6 +1,9 @@
-"""The two engines. `app` is the tenant-isolated role used for all request work; `system` is
+"""The engines. `app` is the tenant-isolated role used for all request work; `system` is
 privileged (bypasses row-level security) and is used only where a function says so by name:
-resolving credentials before a tenant is known, migrations and cross-tenant maintenance."""
+resolving credentials before a tenant is known, migrations and cross-tenant maintenance.
+`export` is the privileged role again, in a small pool of its own for GDPR data exports, which
+hold a connection for as long as their client reads: however many stall, sign-in (on `system`)
+never waits for them."""
 
 from __future__ import annotations
 
@@ -31,22 +34,40 @@ class Database:
     system_engine: AsyncEngine
     app_sessions: async_sessionmaker[AsyncSession]
     system_sessions: async_sessionmaker[AsyncSession]
+    export_engine: AsyncEngine
 
     async def dispose(self) -> None:
         await self.app_engine.dispose()
         await self.system_engine.dispose()
+        await self.export_engine.dispose()
 
 
-def _engine(url: str, *, settings: Settings, pool_size: int, application_name: str) -> AsyncEngine:
+# How long an export waits for a free export connection before it is turned away (503): a
+# short wait, since the next one frees only when an export ends or is abandoned.
+EXPORT_POOL_WAIT_SECONDS = 1.0
+
+
+def _engine(
+    url: str,
+    *,
+    settings: Settings,
+    pool_size: int,
+    application_name: str,
+    max_overflow: int | None = None,
+    pool_timeout: float = 30.0,
+    server_settings: dict[str, str] | None = None,
+) -> AsyncEngine:
     engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={
             "server_settings": {
                 "application_name": application_name,
                 "statement_timeout": str(settings.database_statement_timeout_ms),
+                **(server_settings or {}),
             },
             "timeout": 10,
         },
@@ -81,7 +102,7 @@ def _ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
 
 
 def create_database(settings: Settings) -> Database:
-    """Build both engines from the settings (no connection is made yet)."""
+    """Build the engines from the settings (no connection is made yet)."""
     if not settings.database_url:
         raise ValueError("DATABASE_URL is not set")
     app_engine = _engine(
@@ -101,6 +122,30 @@ def create_database(settings: Settings) -> Database:
         system_engine=system_engine,
         app_sessions=async_sessionmaker(app_engine, expire_on_commit=False),
         system_sessions=async_sessionmaker(system_engine, expire_on_commit=False),
+        export_engine=_export_engine(settings.database_url, settings=settings),
+    )
+
+
+def _export_engine(url: str, *, settings: Settings) -> AsyncEngine:
+    """Privileged (a person's rows span organizations), bounded: no overflow, a short wait, and
+    server-side deadlines on every statement and on a transaction left idle."""
+
+    def ms(seconds: float) -> str:
+        return str(max(1, round(seconds * 1000)))
+
+    return _engine(
+        url,
+        settings=settings,
+        pool_size=settings.gdpr_export_pool_size,
+        application_name="taskloom-export",
+        max_overflow=0,
+        pool_timeout=EXPORT_POOL_WAIT_SECONDS,
+        server_settings={
+            "statement_timeout": ms(settings.gdpr_export_statement_timeout_seconds),
+            "idle_in_transaction_session_timeout": ms(
+                settings.gdpr_export_idle_in_transaction_timeout_seconds
+            ),
+        },
     )
 
 

@@ -1,16 +1,26 @@
 """Where a person's data lives, read from the data model itself: every table with a column that
 references `users` (found through the foreign keys, so a table added later is covered without
-anyone remembering to list it), plus the child rows that belong to those rows."""
+anyone remembering to list it), plus the child rows that belong to those rows.
+
+Each such column says what a row is to the person. A *personal* column makes the row theirs:
+their account, memberships, sessions, keys, the audit events they caused, the executions they
+started. An *authored* column only records that they wrote an organization's resource (a
+workflow, a connection, a webhook): the row is the organization's, readable by them only while
+they are a member with the role that may read it there. The export holds personal rows whole,
+authored rows whole while readable, and otherwise only a reference: id, type, created_at."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
+from typing import Literal
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table, and_, exists, false, func, not_, or_, select, true
 
 import taskloom.db.registry  # noqa: F401  (every model is mapped)
 from taskloom.db.base import Base
+from taskloom.orgs.models import Role
 
 # Rows that do not reference the user themselves but belong to rows that do.
 CHILDREN: dict[str, list[tuple[str, str]]] = {
@@ -21,6 +31,44 @@ CHILDREN: dict[str, list[tuple[str, str]]] = {
 _SECRET = re.compile(r"hash|secret|encrypted|password|salt", re.IGNORECASE)
 REDACTED = "[redacted]"
 
+# (table, column): the row is the person's own, exported whole wherever it lives.
+PERSONAL: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("users", "id"),
+        ("memberships", "user_id"),
+        ("sessions", "user_id"),
+        ("refresh_tokens", "user_id"),
+        ("api_keys", "user_id"),
+        ("audit_logs", "actor_user_id"),
+        ("workflow_executions", "triggered_by"),
+        ("ai_usage", "user_id"),  # calls made by the executions they started
+        ("feature_flag_overrides", "user_id"),  # settings that target them
+        ("gdpr_requests", "user_id"),
+    }
+)
+# Who may read a row in the person's place: a member of the row's organization with at least
+# this role, an instance administrator ("superuser", for instance-wide rows), or nobody.
+Reader = Role | Literal["superuser"] | None
+# (table, column): the person wrote the row, which is the organization's (or the instance's).
+AUTHORED: dict[tuple[str, str], Reader] = {
+    ("memberships", "invited_by"): Role.VIEWER,  # other people's memberships
+    ("workflows", "created_by"): Role.VIEWER,
+    ("workflows", "updated_by"): Role.VIEWER,
+    ("tool_connections", "created_by"): Role.ADMIN,
+    ("webhook_endpoints", "created_by"): Role.ADMIN,
+    ("invitations", "invited_by"): Role.ADMIN,  # other people's addresses
+    ("feature_flags", "created_by"): "superuser",
+    ("feature_flag_overrides", "created_by"): Role.ADMIN,
+    ("gdpr_requests", "requested_by"): None,  # an operator acting for someone else
+}
+# (table, column): a column of a personal row that copies an organization's resource (the
+# definition an execution ran): "[withheld]" unless the person may still read it there.
+COPIES: dict[tuple[str, str], Reader] = {("workflow_executions", "definition"): Role.VIEWER}
+WITHHELD = "[withheld]"
+# A column in neither list (a table added later, before someone classifies it) is treated as
+# authored and readable by nobody: the export shows a reference, never someone else's data.
+# tests/gdpr/test_export_scope.py fails until every column is classified.
+
 
 @dataclass(frozen=True)
 class UserTable:
@@ -30,6 +78,59 @@ class UserTable:
     @property
     def name(self) -> str:
         return self.table.name
+
+    @property
+    def has_authored(self) -> bool:
+        """Whether some rows may be the organization's rather than the person's."""
+        return any((self.name, column) not in PERSONAL for column in self.columns)
+
+    def about(self, user_id: uuid.UUID) -> ColumnElement[bool]:
+        """Rows that hold the person's id in any of the columns."""
+        return or_(*(self.table.c[column] == user_id for column in self.columns))
+
+    def whole(self, user_id: uuid.UUID) -> ColumnElement[bool]:
+        """Rows exported whole: the person's own, or ones they wrote and may still read."""
+        return or_(
+            *(
+                self.table.c[column] == user_id
+                if (self.name, column) in PERSONAL
+                else and_(
+                    self.table.c[column] == user_id,
+                    readable(self.table, AUTHORED.get((self.name, column)), user_id),
+                )
+                for column in self.columns
+            )
+        )
+
+    def referenced(self, user_id: uuid.UUID) -> ColumnElement[bool]:
+        """Rows exported as a reference only: about the person, but not theirs to read."""
+        return and_(self.about(user_id), not_(func.coalesce(self.whole(user_id), false())))
+
+
+def readable(table: Table, reader: Reader, user_id: uuid.UUID) -> ColumnElement[bool]:
+    """Whether the person may read a row of `table` that needs `reader`, as of now."""
+    # Aliased, so that a subquery on the row's own table (memberships) is not correlated.
+    if reader is None:
+        return false()
+    if reader == "superuser":
+        users = Base.metadata.tables["users"].alias("reader_account")
+        return exists().where(users.c.id == user_id, users.c.is_superuser.is_(true()))
+    if "org_id" not in table.c:
+        return false()
+    memberships = Base.metadata.tables["memberships"].alias("reader_membership")
+    roles = [role.value for role in Role if role.at_least(reader)]
+    return table.c.org_id.in_(
+        select(memberships.c.org_id).where(
+            memberships.c.user_id == user_id, memberships.c.role.in_(roles)
+        )
+    )
+
+
+def copy_readable(table: Table, column: str, user_id: uuid.UUID) -> ColumnElement[bool] | None:
+    """None when the column is the person's own data; else whether they may read it now."""
+    if (table.name, column) not in COPIES:
+        return None
+    return readable(table, COPIES[(table.name, column)], user_id)
 
 
 def user_tables() -> list[UserTable]:
@@ -47,6 +148,16 @@ def user_tables() -> list[UserTable]:
         if columns:
             found.append(UserTable(table, columns))
     return found
+
+
+def unclassified() -> list[str]:
+    """`table.column` references to users that are neither PERSONAL nor AUTHORED."""
+    return [
+        f"{user_table.name}.{column}"
+        for user_table in user_tables()
+        for column in user_table.columns
+        if (user_table.name, column) not in {*PERSONAL, *AUTHORED}
+    ]
 
 
 def child_tables(parent: str) -> list[tuple[Table, str]]:

@@ -12,6 +12,7 @@ from taskloom.auth.access import access
 from taskloom.auth.deps import Session, get_runtime
 from taskloom.gdpr import archive, service
 from taskloom.gdpr.schemas import ErasureOut, ErasureRequest, ExportStatusOut, QueuedExportOut
+from taskloom.gdpr.streaming import export_response
 from taskloom.locations import located, set_location
 
 router = APIRouter(prefix="/api/user", tags=["gdpr"])
@@ -25,21 +26,18 @@ router = APIRouter(prefix="/api/user", tags=["gdpr"])
 async def data_export(
     ctx: Session, fmt: Annotated[Literal["json", "zip"], Query(alias="format")] = "json"
 ) -> StreamingResponse:
-    """Everything Taskloom holds about you, streamed: JSON, or a ZIP of one file per table."""
+    """Everything Taskloom holds about you, streamed: JSON, or a ZIP of one file per table.
+    503 `exports_busy` (Retry-After) while this process streams as many exports as it may."""
     user_id = ctx.principal.user_id
     await service.check_rate(ctx.runtime, kind="export", user_id=user_id)
     exported_at, body = await service.start_export(
         ctx.runtime, user_id=user_id, context=ctx.audit, fmt=fmt
     )
-    stamp = exported_at.strftime("%Y%m%dT%H%M%SZ")
-    media = "application/zip" if fmt == "zip" else "application/json"
-    return StreamingResponse(
+    return export_response(
         body,
-        media_type=media,
-        headers={
-            "Content-Disposition": f'attachment; filename="taskloom-export-{stamp}.{fmt}"',
-            "Cache-Control": "no-store",
-        },
+        fmt=fmt,
+        exported_at=exported_at,
+        send_timeout=ctx.runtime.settings.gdpr_export_chunk_send_timeout_seconds,
     )
 
 

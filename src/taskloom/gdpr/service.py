@@ -4,13 +4,15 @@ event, and what must happen outside the database after an erasure (Redis, queued
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
 import structlog
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -19,7 +21,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth import ratelimit
 from taskloom.auth.models import User
 from taskloom.db.tenancy import system_transaction
-from taskloom.errors import Unauthorized
+from taskloom.errors import Busy, Unauthorized
 from taskloom.gdpr import export
 from taskloom.gdpr.erasure import Erasure, erase
 from taskloom.gdpr.models import GdprRequest
@@ -52,10 +54,33 @@ async def start_export(
     context: AuditContext,
     fmt: str,
     on_row: export.OnRow = export.ignore_row,
-) -> tuple[datetime, AsyncIterator[bytes]]:
-    """Record the request (audited in the instance chain: an export is personal, not an
-    organization's business) and return the stream of the document."""
+) -> tuple[datetime, AsyncGenerator[bytes, None]]:
+    """Open the export's snapshot (Busy when every export connection is taken), record the
+    request (audited in the instance chain: an export is personal, not an organization's
+    business) and return the stream of the document, which holds the connection until it ends
+    or is closed."""
     exported_at = datetime.now(UTC)
+    write = export.zip_archive if fmt == "zip" else export.json_document
+    document = write(runtime.database, user_id, exported_at, on_row)
+    try:
+        await anext(document)  # the (empty) first chunk: the snapshot is open
+    except PoolTimeout as full:
+        raise Busy(
+            "every data-export connection is in use; retry shortly",
+            code="exports_busy",
+            retry_after=math.ceil(runtime.settings.gdpr_export_chunk_send_timeout_seconds),
+        ) from full
+    try:
+        await _record_export(runtime, user_id=user_id, context=context, fmt=fmt, at=exported_at)
+    except BaseException:
+        await document.aclose()
+        raise
+    return exported_at, document
+
+
+async def _record_export(
+    runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext, fmt: str, at: datetime
+) -> None:
     async with system_transaction(runtime.database) as db:
         db.add(
             GdprRequest(
@@ -64,7 +89,7 @@ async def start_export(
                 kind="export",
                 status="completed",
                 details={"format": fmt},
-                completed_at=exported_at,
+                completed_at=at,
             )
         )
         await audit.record(
@@ -76,9 +101,6 @@ async def start_export(
             resource_id=user_id,
             details={"format": fmt},
         )
-    if fmt == "zip":
-        return exported_at, export.zip_archive(runtime.database, user_id, exported_at, on_row)
-    return exported_at, export.json_document(runtime.database, user_id, exported_at, on_row)
 
 
 async def user_id_for(runtime: Runtime, email: str) -> uuid.UUID | None:

@@ -70,7 +70,7 @@ CIRCUIT_STATE = Gauge(
 # --- database pool -------------------------------------------------------------------------------
 DB_POOL = Gauge(
     "db_pool_connections",
-    "Database pool connections by engine (app, system) and state (in_use, idle, overflow).",
+    "Database pool connections by engine (app, system, export) and state (in_use, idle, overflow).",
     ["engine", "state"],
     multiprocess_mode="livesum",
 )

@@ -63,6 +63,7 @@ def _refresh_pool_gauges(runtime: Runtime) -> None:
     for name, engine in (
         ("app", runtime.database.app_engine),
         ("system", runtime.database.system_engine),
+        ("export", runtime.database.export_engine),
     ):
         pool: Any = engine.sync_engine.pool
         DB_POOL.labels(name, "in_use").set(pool.checkedout())

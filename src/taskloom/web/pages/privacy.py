@@ -8,11 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from taskloom.errors import BadRequest, Conflict, DomainError
 from taskloom.gdpr import service as gdpr
 from taskloom.gdpr.schemas import ErasureRequest
+from taskloom.gdpr.streaming import export_response
 from taskloom.web import cookies
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import FieldError, text
@@ -62,14 +63,11 @@ async def export(request: Request) -> Response:
         exported_at, body = await gdpr.start_export(
             page.runtime, user_id=user_id, context=page.audit, fmt=fmt
         )
-    stamp = exported_at.strftime("%Y%m%dT%H%M%SZ")
-    return StreamingResponse(
+    return export_response(
         body,
-        media_type="application/zip" if fmt == "zip" else "application/json",
-        headers={
-            "Content-Disposition": f'attachment; filename="taskloom-export-{stamp}.{fmt}"',
-            "Cache-Control": "no-store",
-        },
+        fmt=fmt,
+        exported_at=exported_at,
+        send_timeout=page.runtime.settings.gdpr_export_chunk_send_timeout_seconds,
     )
 
 
