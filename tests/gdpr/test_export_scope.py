@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from taskloom.db.registry import metadata
 from taskloom.gdpr.inventory import unclassified
 from taskloom.runtime import Runtime
-from tests.factories import Account, add_member, login, register
+from tests.factories import Account, add_member, login, make_superuser, register
 
 
 @dataclass
@@ -235,3 +235,40 @@ async def test_a_zip_export_lists_references_in_their_own_file(
     assert "references.json" in archive.read("README.md").decode()
     for mark in author.marks.values():
         assert all(mark.encode() not in archive.read(name) for name in archive.namelist())
+
+
+async def test_instance_flags_are_exported_whole_only_while_their_author_is_an_instance_admin(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    root = await make_superuser(client, runtime)
+    someone = await register(client, label="flag-target", organization_name="Flag Target Org")
+    flag_id, override_id = uuid.uuid4(), uuid.uuid4()
+    async with runtime.database.system_engine.begin() as conn:
+        await conn.execute(
+            insert(metadata.tables["feature_flags"]).values(
+                id=flag_id, key=f"scope-{secrets.token_hex(6)}", created_by=root.user_id
+            )
+        )
+        await conn.execute(  # an instance-wide override (no organization) for someone else
+            insert(metadata.tables["feature_flag_overrides"]).values(
+                id=override_id,
+                flag_id=flag_id,
+                user_id=someone.user_id,
+                enabled=True,
+                created_by=root.user_id,
+            )
+        )
+
+    document = await _export(client, root)
+    assert _ids(document, "feature_flags") == {str(flag_id)}
+    assert _ids(document, "feature_flag_overrides") == {str(override_id)}
+    assert document["references"] == []
+
+    async with runtime.database.system_engine.begin() as conn:
+        await conn.execute(
+            text("update users set is_superuser = false where id = :u"), {"u": root.user_id}
+        )
+    document = await _export(client, root)
+    assert document["tables"]["feature_flags"] == []
+    assert document["tables"]["feature_flag_overrides"] == []
+    assert set(_references(document)) == {str(flag_id), str(override_id)}

@@ -47,7 +47,8 @@ PERSONAL: frozenset[tuple[str, str]] = frozenset(
     }
 )
 # Who may read a row in the person's place: a member of the row's organization with at least
-# this role, an instance administrator ("superuser", for instance-wide rows), or nobody.
+# this role (an instance administrator for a row of no organization), an instance
+# administrator ("superuser", for instance-wide rows), or nobody.
 Reader = Role | Literal["superuser"] | None
 # (table, column): the person wrote the row, which is the organization's (or the instance's).
 AUTHORED: dict[tuple[str, str], Reader] = {
@@ -110,20 +111,23 @@ class UserTable:
 def readable(table: Table, reader: Reader, user_id: uuid.UUID) -> ColumnElement[bool]:
     """Whether the person may read a row of `table` that needs `reader`, as of now."""
     # Aliased, so that a subquery on the row's own table (memberships) is not correlated.
+    users = Base.metadata.tables["users"].alias("reader_account")
+    instance_admin = exists().where(users.c.id == user_id, users.c.is_superuser.is_(true()))
     if reader is None:
         return false()
     if reader == "superuser":
-        users = Base.metadata.tables["users"].alias("reader_account")
-        return exists().where(users.c.id == user_id, users.c.is_superuser.is_(true()))
+        return instance_admin
     if "org_id" not in table.c:
         return false()
     memberships = Base.metadata.tables["memberships"].alias("reader_membership")
     roles = [role.value for role in Role if role.at_least(reader)]
-    return table.c.org_id.in_(
+    member = table.c.org_id.in_(
         select(memberships.c.org_id).where(
             memberships.c.user_id == user_id, memberships.c.role.in_(roles)
         )
     )
+    # A row of no organization (an instance-wide flag override) is the instance administrators'.
+    return or_(member, and_(table.c.org_id.is_(None), instance_admin))
 
 
 def copy_readable(table: Table, column: str, user_id: uuid.UUID) -> ColumnElement[bool] | None:
