@@ -214,3 +214,30 @@ async def test_an_export_connection_has_server_side_deadlines(settings: Settings
         assert database.export_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await database.dispose()
+
+
+async def test_an_export_whose_client_hangs_up_releases_its_connection_at_once(
+    api: tuple[str, int, Path], runtime: Runtime
+) -> None:
+    base, port, _ = api
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        person = await register(client, label="leaver", organization_name="Leaver Org")
+        await _seed_large_account(runtime, person, rows=20_000)
+    sock = _start_export(port, person.access_token)
+    try:
+        status, _, _ = await asyncio.to_thread(_answer, sock)
+        assert status == 200
+
+        async def streaming() -> bool:
+            return len(await _backends(runtime.database)) == 1
+
+        assert await _until(streaming, 10)
+    finally:
+        sock.close()
+
+    async def released() -> bool:
+        return await _backends(runtime.database) == []
+
+    started = time.monotonic()
+    assert await _until(released, SEND_DEADLINE + 10), await _backends(runtime.database)
+    assert time.monotonic() - started < SEND_DEADLINE / 2  # not the deadline: the hang-up
