@@ -167,7 +167,7 @@ async def test_sign_in_answers_while_more_exports_stall_than_any_pool_holds(
             )
             took = time.monotonic() - started
             assert signed_in.status_code == 200, signed_in.text
-            assert took < 3, f"sign-in took {took:.1f} s while exports stalled"
+            assert took < 5, f"sign-in took {took:.1f} s while exports stalled"
 
             async def released() -> bool:
                 states = await _backends(runtime.database)
