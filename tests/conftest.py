@@ -69,7 +69,11 @@ async def fresh_deployment(
     """Settings for a database, application role and key prefix of their own, migrated; all
     three are removed afterwards."""
     async with scratch_deployment(
-        pg_server_url, redis_url, label=label, login_max_failures_per_ip=10_000
+        pg_server_url,
+        redis_url,
+        label=label,
+        login_max_failures_per_ip=10_000,
+        register_max_per_ip=10_000,
     ) as deployment:
         yield deployment
 

@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     login_max_failures_per_account: int = Field(default=10, ge=1)
     login_max_failures_per_ip: int = Field(default=50, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=10)
+    # Registrations (successful or not) allowed per client IP within the window, then 429.
+    register_max_per_ip: int = Field(default=20, ge=1)
+    register_window_seconds: int = Field(default=3600, ge=10)
 
     # --- secrets at rest -------------------------------------------------------------------------
     # AES-256-GCM keys for stored credentials, "id:base64key[,id:base64key...]": the first

@@ -1,68 +1,135 @@
-"""Fixed-window counters in Redis: failed sign-ins per account and per client IP, and a general
-per-subject limit (GDPR export and erasure)."""
+"""Fixed-window counters in Redis: sign-in attempts per account and per client IP, registrations
+per client IP, and a general per-subject limit (GDPR export and erasure).
+
+E-mail addresses and IP addresses are personal data, and a plain hash of either is found again
+by trying them all (there are only 2^32 IPv4 addresses): key names carry an HMAC of them under a
+key derived from JWT_SECRET, so a Redis dump or a monitoring tool showing key names reveals
+neither.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from taskloom.config import Settings
 from taskloom.errors import RateLimited
 from taskloom.redis import Keys
 
+# Checks both counters and takes one attempt from each, or none: atomic, so a burst of parallel
+# sign-ins cannot all pass the check before any of them is counted. SET NX starts a window (and
+# its expiry) once; INCR keeps the TTL (Redis 6.2 lacks EXPIRE ... NX).
+# KEYS: account, ip. ARGV: account limit, ip limit, window seconds.
+# Returns {0, 0} when reserved, else {1 (account) or 2 (ip), seconds left in that window}.
+_RESERVE = """
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
+for i = 1, 2 do
+  redis.call('SET', KEYS[i], 0, 'EX', ARGV[3], 'NX')
+end
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i])) >= limits[i] then
+    return {i, redis.call('TTL', KEYS[i])}
+  end
+end
+for i = 1, 2 do
+  redis.call('INCR', KEYS[i])
+end
+return {0, 0}
+"""
 
-def account_key(keys: Keys, email: str) -> str:
-    # The email is personal data: only its hash reaches Redis.
-    digest = hashlib.sha256(email.lower().encode()).hexdigest()[:32]
-    return keys("ratelimit", "login", "account", digest)
+# Gives a reservation back; never below zero, never recreates a key whose window has ended.
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  local used = tonumber(redis.call('GET', key) or '0')
+  if used > 0 then
+    redis.call('DECR', key)
+  end
+end
+"""
 
 
-def _ip_key(keys: Keys, ip: str | None) -> str:
-    return keys("ratelimit", "login", "ip", ip or "unknown")
+def _digest(settings: Settings, value: str) -> str:
+    key = hashlib.sha256(
+        b"taskloom.ratelimit|" + settings.jwt_secret.get_secret_value().encode()
+    ).digest()
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-async def ensure_login_allowed(
-    *,
-    redis: Redis,
-    keys: Keys,
-    email: str,
-    ip: str | None,
-    max_per_account: int,
-    max_per_ip: int,
-) -> None:
-    """Raise RateLimited when the account or the IP has used up its failed attempts."""
-    by_account, by_ip = account_key(keys, email), _ip_key(keys, ip)
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in (by_account, by_ip):
-            pipe.get(key)
-            pipe.ttl(key)
-        account_count, account_ttl, ip_count, ip_ttl = await pipe.execute()
-    if account_count is not None and int(account_count) >= max_per_account:
+def account_key(*, settings: Settings, keys: Keys, email: str) -> str:
+    return keys("ratelimit", "login", "account", _digest(settings, email.lower()))
+
+
+def _ip_key(settings: Settings, keys: Keys, *parts: str, ip: str | None) -> str:
+    return keys("ratelimit", *parts, "ip", _digest(settings, ip or "unknown"))
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """One sign-in attempt, counted against its account and IP from before the password is
+    checked. A wrong password keeps the count (it is the failure); anything else gives it back."""
+
+    redis: Redis
+    account_key: str
+    ip_key: str
+
+    async def succeeded(self) -> None:
+        """The password was right: the account's failures are forgiven, the IP's slot returned."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.account_key)
+            pipe.eval(_RELEASE, 1, self.ip_key)
+            await pipe.execute()
+
+    async def abandoned(self) -> None:
+        """The attempt ended before the password was judged (e.g. the database failed)."""
+        await self.redis.eval(_RELEASE, 2, self.account_key, self.ip_key)
+
+
+async def reserve_login(
+    *, redis: Redis, settings: Settings, keys: Keys, email: str, ip: str | None
+) -> LoginAttempt:
+    """Count a sign-in attempt, or raise RateLimited when the account or the IP has used up its
+    failed attempts in the window (LOGIN_MAX_FAILURES_PER_ACCOUNT / _PER_IP)."""
+    attempt = LoginAttempt(
+        redis=redis,
+        account_key=account_key(settings=settings, keys=keys, email=email),
+        ip_key=_ip_key(settings, keys, "login", ip=ip),
+    )
+    refused, ttl = await redis.eval(
+        _RESERVE,
+        2,
+        attempt.account_key,
+        attempt.ip_key,
+        settings.login_max_failures_per_account,
+        settings.login_max_failures_per_ip,
+        settings.login_failure_window_seconds,
+    )
+    if int(refused) == 1:
         raise RateLimited(
             "too many failed sign-in attempts for this account; try again later",
-            retry_after=int(account_ttl),
+            retry_after=int(ttl),
         )
-    if ip_count is not None and int(ip_count) >= max_per_ip:
+    if int(refused) == 2:
         raise RateLimited(
             "too many failed sign-in attempts from this address; try again later",
-            retry_after=int(ip_ttl),
+            retry_after=int(ttl),
         )
+    return attempt
 
 
-async def record_login_failure(
-    *, redis: Redis, keys: Keys, email: str, ip: str | None, window_seconds: int
+async def consume_registration(
+    *, redis: Redis, settings: Settings, keys: Keys, ip: str | None
 ) -> None:
-    # SET NX starts the window (and its expiry) once; INCR keeps the TTL. Works on Redis 6.2,
-    # which lacks EXPIRE ... NX.
-    async with redis.pipeline(transaction=True) as pipe:
-        for key in (account_key(keys, email), _ip_key(keys, ip)):
-            pipe.set(key, 0, ex=window_seconds, nx=True)
-            pipe.incr(key)
-        await pipe.execute()
-
-
-async def clear_account_failures(*, redis: Redis, keys: Keys, email: str) -> None:
-    await redis.delete(account_key(keys, email))
+    """Count a registration from `ip`; RateLimited past REGISTER_MAX_PER_IP in the window."""
+    await consume(
+        redis=redis,
+        key=_ip_key(settings, keys, "register", ip=ip),
+        limit=settings.register_max_per_ip,
+        window_seconds=settings.register_window_seconds,
+        what="registration",
+    )
 
 
 async def consume(*, redis: Redis, key: str, limit: int, window_seconds: int, what: str) -> None:

@@ -158,7 +158,12 @@ async def register(
     organization_name: str | None,
     client: AuditContext,
 ) -> TokenPair:
-    """Create an account with its own organization (owner) and sign it in."""
+    """Create an account with its own organization (owner) and sign it in. Counted per client
+    IP (REGISTER_MAX_PER_IP): a taken e-mail answers 409, so the limit is what keeps that
+    answer from being a fast existence check."""
+    await ratelimit.consume_registration(
+        redis=runtime.redis, settings=runtime.settings, keys=runtime.keys, ip=client.ip
+    )
     org_name = organization_name or f"{display_name}'s workspace"
     async with tenant_transaction(runtime.database, org_id=None, user_id=None) as db:
         user, org = await create_user_with_org(
@@ -210,17 +215,37 @@ async def login(
     org_id: uuid.UUID | None,
     client: AuditContext,
 ) -> TokenPair:
-    """Check the password and start a session. Uses the system transaction: the user is not
-    known until the email has been looked up."""
-    settings, redis, keys = runtime.settings, runtime.redis, runtime.keys
-    await ratelimit.ensure_login_allowed(
-        redis=redis,
-        keys=keys,
+    """Check the password and start a session. The attempt is counted against the account and
+    the IP before the password is hashed (so a parallel burst cannot outrun the limit) and given
+    back unless the password was wrong."""
+    attempt = await ratelimit.reserve_login(
+        redis=runtime.redis,
+        settings=runtime.settings,
+        keys=runtime.keys,
         email=email,
         ip=client.ip,
-        max_per_account=settings.login_max_failures_per_account,
-        max_per_ip=settings.login_max_failures_per_ip,
     )
+    try:
+        user = await _check_password(runtime=runtime, email=email, password=password, client=client)
+    except BaseException:
+        await attempt.abandoned()
+        raise
+    if user is None:  # the reservation stays: it is this failure's count
+        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+    try:
+        return await _start_session(
+            runtime=runtime, user=user, password=password, org_id=org_id, client=client
+        )
+    finally:  # the password was right, whatever happens next
+        await attempt.succeeded()
+
+
+async def _check_password(
+    *, runtime: Runtime, email: str, password: str, client: AuditContext
+) -> User | None:
+    """The user, or None (audited) when the e-mail is unknown or the password wrong; both cost
+    one argon2 verification. System transaction: the user is not known until the e-mail has
+    been looked up."""
     async with system_transaction(runtime.database) as db:
         user = (
             await db.execute(select(User).where(func.lower(User.email) == email.lower()))
@@ -239,16 +264,19 @@ async def login(
                 success=False,
                 details={"reason": "invalid_credentials"},
             )
-    if not ok or user is None:
-        await ratelimit.record_login_failure(
-            redis=redis,
-            keys=keys,
-            email=email,
-            ip=client.ip,
-            window_seconds=settings.login_failure_window_seconds,
-        )
-        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+    return user if ok else None
 
+
+async def _start_session(
+    *,
+    runtime: Runtime,
+    user: User,
+    password: str,
+    org_id: uuid.UUID | None,
+    client: AuditContext,
+) -> TokenPair:
+    """Open a session in `org_id` (default: the user's first organization), rehashing the
+    password if the hash parameters changed."""
     session_org: uuid.UUID | None = org_id
     async with system_transaction(runtime.database) as db:
         if org_id is not None:
@@ -271,7 +299,6 @@ async def login(
             resource_type="session",
             resource_id=session.id,
         )
-    await ratelimit.clear_account_failures(redis=redis, keys=keys, email=email)
     return pair
 
 

@@ -129,7 +129,9 @@ async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditC
         result = await erase(db, settings=runtime.settings, user_id=user_id, context=context)
     try:
         keys = runtime.keys
-        await runtime.redis.delete(ratelimit.account_key(keys, result.email))
+        await runtime.redis.delete(
+            ratelimit.account_key(settings=runtime.settings, keys=keys, email=result.email)
+        )
         removed = await purge_matching(runtime.redis, keys("cache", "*", f"user:{user_id}", "*"))
         removed += await purge_matching(runtime.redis, keys("ratelimit", "gdpr", "*", str(user_id)))
         for execution_id in result.cancelled_executions:
