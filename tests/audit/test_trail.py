@@ -103,3 +103,32 @@ async def test_unknown_email_failures_go_to_the_instance_chain(
         assert last.actor_user_id is None
         assert email not in str(last.details)  # the attempted email is not stored
         assert (await verify_chain(session=db, org_id=None)).ok
+
+
+async def test_an_api_key_reads_only_its_own_organizations_events_of_its_creator(
+    client: httpx.AsyncClient,
+) -> None:
+    """`scope=me` through a session: the person's events in every organization. Through an API
+    key, which is bound to one organization: that organization's rows only."""
+    person = await register(client, label="two-orgs", organization_name="Key Org A")
+    key = await client.post(
+        "/auth/api-keys", json={"name": "bound to A", "role": "admin"}, headers=person.headers
+    )
+    assert key.status_code == 201, key.text
+    other = await client.post("/api/orgs", json={"name": "Key Org B"}, headers=person.headers)
+    assert other.status_code == 201, other.text
+    org_b = uuid.UUID(other.json()["id"])
+    switched = await client.post(
+        "/auth/switch-org", json={"org_id": str(org_b)}, headers=person.headers
+    )
+    in_b = {"Authorization": f"Bearer {switched.json()['access_token']}"}
+    await client.patch("/api/org", json={"name": "Key Org B, renamed"}, headers=in_b)
+
+    mine = await client.get("/api/audit-logs?scope=me&limit=1000", headers=in_b)
+    assert {row["org_id"] for row in mine.json()["items"]} >= {str(person.org_id), str(org_b)}
+
+    as_key = {"Authorization": f"Bearer {key.json()['key']}"}
+    listed = await client.get("/api/audit-logs?scope=me&limit=1000", headers=as_key)
+    assert listed.status_code == 200, listed.text
+    orgs = {row["org_id"] for row in listed.json()["items"]}
+    assert orgs == {str(person.org_id)}

@@ -1,5 +1,6 @@
-"""/api/audit-logs: everyone reads the events they caused; owners and admins read their
-organization's (`scope=org`) and verify its hash chain. Reading is itself audited."""
+"""/api/audit-logs: everyone reads the events they caused (an API key: those in its own
+organization); owners and admins read their organization's (`scope=org`) and verify its hash
+chain. Reading is itself audited."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ async def list_audit_logs(
     to: UtcDatetime | None = None,
     scope: Literal["me", "org"] = "me",
 ) -> AuditPage:
-    """Newest first. `scope=me`: events you caused, in any organization; `scope=org` (owners
-    and admins): every event of the current organization."""
+    """Newest first. `scope=me`: events you caused, in any organization (through an API key:
+    in the key's organization only); `scope=org` (owners and admins): every event of the current
+    organization."""
     page, next_cursor = await audit.list_logs(
         session=ctx.db,
         principal=ctx.principal,

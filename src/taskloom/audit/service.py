@@ -293,8 +293,9 @@ async def list_logs(
     offset: int = 0,
     limit: int = 50,
 ) -> tuple[list[AuditLog], str | None]:
-    """Newest first. `scope="me"`: events the caller caused, in any organization; `scope="org"`
-    (owners and admins): every event of the current organization. Reading is audited."""
+    """Newest first. `scope="me"`: events the caller caused, in any organization (through an API
+    key: in the key's organization only); `scope="org"` (owners and admins): every event of the
+    current organization. Reading is audited."""
     if since and until and since > until:
         raise BadRequest("`from` is after `to`", code="invalid_range")
     if cursor and offset:
@@ -306,6 +307,8 @@ async def list_logs(
         query = query.where(AuditLog.org_id == principal.org_id)
     else:
         query = query.where(AuditLog.actor_user_id == principal.user_id)
+        if principal.kind == "api_key":  # bound to one organization, never the person's others
+            query = query.where(AuditLog.org_id == principal.org_id)
     if (wanted := _valid_action(action)) is not None:
         query = query.where(AuditLog.action == wanted)
     if resource_type is not None:
