@@ -17,7 +17,8 @@ from prometheus_client import REGISTRY
 from taskloom.app import create_app
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.config import Settings
-from taskloom.runtime import open_runtime
+from taskloom.runtime import Runtime, open_runtime
+from tests.factories import Account, add_member, make_superuser, register
 from tests.servers import free_port, plain_redis_config, start_redis
 
 
@@ -111,7 +112,8 @@ async def test_circuits_turn_503_when_a_breaker_opens_and_200_once_it_closes(
             await breaker.call(failing)
         opened = await client.get("/health/circuits")
         assert opened.status_code == 503
-        assert opened.json()["not_closed"] == [{"name": name, "state": "open", "failures": 2}]
+        assert opened.json()["status"] == "degraded"
+        assert opened.json()["states"]["open"] >= 1
         assert REGISTRY.get_sample_value("circuit_breaker_state", {"name": name}) == 2
 
         await asyncio.sleep(0.25)  # after reset_seconds one trial call goes through
@@ -124,3 +126,65 @@ async def test_circuits_turn_503_when_a_breaker_opens_and_200_once_it_closes(
         assert REGISTRY.get_sample_value("circuit_breaker_state", {"name": name}) == 0
     finally:
         BREAKERS.remove(name)
+
+
+async def _connection(client: httpx.AsyncClient, account: Account, name: str) -> str:
+    created = await client.post(
+        "/api/connections",
+        json={
+            "provider": "github",
+            "name": name,
+            "base_url": "https://github.example.test",
+            "credentials": {"token": "ghp_circuit_test"},
+            "config": {},
+        },
+        headers=account.headers,
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def _opened(name: str) -> None:
+    breaker = BREAKERS.get(name, failure_threshold=1, reset_seconds=60)
+    breaker.record_failure()
+
+
+async def test_circuits_by_connection_go_to_their_organizations_admins_and_instance_admins(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Breaker names carry connection ids: anyone sees counts by state, an organization admin
+    their own connections' breakers, an instance admin every breaker."""
+    a = await register(client, label="circuits-a", organization_name="Circuits A")
+    b = await register(client, label="circuits-b", organization_name="Circuits B")
+    a_tool = f"tool:{await _connection(client, a, 'a-github')}"
+    a_ai = f"ai:{await _connection(client, a, 'a-other')}"
+    b_tool = f"tool:{await _connection(client, b, 'b-github')}"
+    instance = f"ai:instance:test-{uuid.uuid4()}"
+    names = [a_tool, a_ai, b_tool, instance]
+    for name in names:
+        _opened(name)
+    try:
+        public = await client.get("/health/circuits")
+        assert public.status_code == 503
+        assert not [name for name in names if name.split(":")[-1] in public.text]
+        assert "circuits" not in public.json()
+        assert public.json()["states"]["open"] >= 4
+
+        as_a = await client.get("/health/circuits", headers=a.headers)
+        assert as_a.status_code == 503
+        assert {c["name"] for c in as_a.json()["circuits"]} == {a_tool, a_ai}
+        assert as_a.json()["circuits"][0]["state"] == "open"
+        assert b_tool.split(":")[-1] not in as_a.text
+
+        viewer = await add_member(client, a, role="viewer")
+        refused = await client.get("/health/circuits", headers=viewer.headers)
+        assert refused.status_code == 403
+        forged = await client.get("/health/circuits", headers={"Authorization": "Bearer x.y.z"})
+        assert forged.status_code == 401
+
+        root = await make_superuser(client, runtime)
+        as_root = await client.get("/health/circuits", headers=root.headers)
+        assert {c["name"] for c in as_root.json()["circuits"]} >= set(names)
+    finally:
+        for name in names:
+            BREAKERS.remove(name)

@@ -101,7 +101,7 @@ async def test_one_organizations_failing_connection_opens_only_its_own_breaker(
     ok = await _call(tools_runtime, other, "github", "createIssue", title="fine", **REPO)
     assert ok["result"]["title"] == "fine"
 
-    circuits = await tools_api.get("/health/circuits")
+    circuits = await tools_api.get("/health/circuits", headers=admin.headers)
     assert circuits.status_code == 503
     assert f"tool:{bad['id']}" in circuits.text
     BREAKERS.remove(f"tool:{bad['id']}")

@@ -8,8 +8,9 @@ import secrets
 
 import httpx
 
+from taskloom.breakers import BREAKERS
 from taskloom.runtime import Runtime
-from tests.factories import Account, make_superuser
+from tests.factories import Account, make_superuser, register
 from tests.web.conftest import Browser
 from tests.web.support import csrf_of, post_form, sign_in, text_of
 
@@ -129,3 +130,34 @@ async def test_instance_admins_manage_flags_and_org_admins_override_them(
     )
     assert deleted.status_code == 303
     assert key not in (await owner_browser.get("/ui/admin/flags")).text
+
+
+async def test_the_health_page_shows_an_organization_admin_only_their_own_breakers(
+    client: httpx.AsyncClient, owner_browser: httpx.AsyncClient, owner: Account
+) -> None:
+    other = await register(client, label="elsewhere", organization_name="Elsewhere")
+    ids = {}
+    for account, name in ((owner, "own"), (other, "theirs")):
+        created = await client.post(
+            "/api/connections",
+            json={
+                "provider": "github",
+                "name": f"breaker-{name}",
+                "base_url": "https://github.example.test",
+                "credentials": {"token": "ghp_breaker_test"},
+            },
+            headers=account.headers,
+        )
+        assert created.status_code == 201, created.text
+        ids[name] = created.json()["id"]
+    names = [f"tool:{ids['own']}", f"tool:{ids['theirs']}"]
+    for name in names:
+        BREAKERS.get(name, failure_threshold=1, reset_seconds=60).record_failure()
+    try:
+        page = await owner_browser.get("/ui/admin/health")
+        assert page.status_code == 200
+        assert names[0] in page.text
+        assert ids["theirs"] not in page.text
+    finally:
+        for name in names:
+            BREAKERS.remove(name)

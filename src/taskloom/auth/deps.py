@@ -115,6 +115,19 @@ async def _request_context(request: Request, bearer: Bearer) -> AsyncIterator[Re
 Context = Annotated[RequestContext, Depends(_request_context, scope="function")]
 
 
+async def _optional_context(request: Request) -> AsyncIterator[RequestContext | None]:
+    if "authorization" not in request.headers:
+        yield None
+        return
+    async with open_request_context(request, _bearer_token(request)) as ctx:
+        yield ctx
+
+
+# Public routes that show more to an authenticated caller: None without an Authorization header;
+# with one, it must be valid (401 otherwise).
+OptionalContext = Annotated[RequestContext | None, Depends(_optional_context, scope="function")]
+
+
 async def _session_only(ctx: Context) -> RequestContext:
     if ctx.principal.kind == "api_key":
         raise Forbidden(

@@ -4,7 +4,8 @@ changes anything, each answers within 2 s even when a dependency hangs.
 - `/health/live`: the process answers (touches nothing);
 - `/health/ready`: PostgreSQL reachable and at the latest migration, Redis reachable;
 - `/health/db`, `/health/redis`: one dependency, with its latency;
-- `/health/circuits`: 503 while any circuit breaker is open or half-open;
+- `/health/circuits`: 503 while any circuit breaker is open or half-open; counts by state (with
+  an admin's bearer token, also their organization's breakers by connection);
 - `/health/queue`: live workers and job counts by state (no tenant data).
 """
 
@@ -19,8 +20,10 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from taskloom.auth.access import access
-from taskloom.breakers import BREAKERS, BreakerState
+from taskloom.auth.deps import OptionalContext
+from taskloom.breakers import BREAKERS
 from taskloom.health import checks
+from taskloom.health import circuits as breaker_views
 from taskloom.queue.worker import live_workers
 from taskloom.runtime import Runtime
 
@@ -62,16 +65,24 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/circuits", openapi_extra=access("public"))
-async def circuits() -> JSONResponse:
-    """200 when every circuit breaker of this process is closed, 503 listing the others."""
+async def circuits(ctx: OptionalContext) -> JSONResponse:
+    """200 when every circuit breaker of this process is closed, else 503, with counts by state.
+    With a bearer token, also each breaker the caller may see (`circuits`): an organization
+    admin their organization's connections, an instance admin all; others get 403."""
     breakers = BREAKERS.all()
-    not_closed = [
-        {"name": b.name, "state": b.state.name.lower(), "failures": b.failures}
-        for b in breakers
-        if b.state is not BreakerState.CLOSED
-    ]
-    body = {"status": "ok" if not not_closed else "degraded", "breakers": len(breakers)}
-    return _answer({**body, "not_closed": not_closed}, not not_closed)
+    counts = breaker_views.state_counts(breakers)
+    ok = counts["open"] == counts["half_open"] == 0
+    body: dict[str, Any] = {
+        "status": "ok" if ok else "degraded",
+        "breakers": len(breakers),
+        "states": counts,
+    }
+    if ctx is not None:
+        shown = await breaker_views.visible_breakers(
+            db=ctx.db, principal=ctx.principal, breakers=breakers
+        )
+        body["circuits"] = [breaker_views.describe(b) for b in shown]
+    return _answer(body, ok)
 
 
 @router.get("/queue", response_model=None, openapi_extra=access("public"))

@@ -1,6 +1,7 @@
 """Operations health (organization admins and instance administrators): the database and
-Redis checks, this API process's circuit breakers, the queue's workers and job counts, and the
-organization's failed executions."""
+Redis checks, this API process's circuit breakers (an organization admin sees their own
+connections' only), the queue's workers and job counts, and the organization's failed
+executions."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from starlette.responses import Response
 
 from taskloom.breakers import BREAKERS
 from taskloom.errors import Forbidden
-from taskloom.health import checks
+from taskloom.health import checks, circuits
 from taskloom.orgs.models import Role
 from taskloom.queue.worker import live_workers
 from taskloom.runtime import Runtime
@@ -57,6 +58,8 @@ async def health(request: Request) -> Response:
             database=database,
             cache=cache,
             queue=queue,
-            breakers=BREAKERS.all(),
+            breakers=await circuits.visible_breakers(
+                db=page.db, principal=page.principal, breakers=BREAKERS.all()
+            ),
             failed=failed,
         )
