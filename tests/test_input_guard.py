@@ -134,3 +134,20 @@ async def test_a_database_without_free_connections_answers_503_not_500(
                     assert recovered.status_code == 200  # and it recovers by itself
         finally:
             await runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "code"),
+    [
+        ('{"name": "a\\u0000b"}', "body.name", "invalid_characters"),
+        ('{"name": "w", "description": NaN}', "body", "invalid_number"),
+    ],
+)
+async def test_a_json_body_without_content_type_is_checked_too(
+    client: httpx.AsyncClient, body: str, where: str, code: str
+) -> None:
+    owner = await register(client, label="guard")
+    response = await client.post("/api/workflows", content=body.encode(), headers=owner.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"].startswith(where)

@@ -1,8 +1,10 @@
 """Refuse input PostgreSQL cannot store, before any route sees it: a NUL character (text and
 jsonb reject U+0000), an unpaired UTF-16 surrogate (not valid UTF-8), and NaN / Infinity or
 numbers too large for a double (not valid JSON for jsonb). Checked once, here, for the query
-string, JSON bodies and form bodies alike, so no route and no future field can forget it; the
-answer is a 422 naming where the bad value is (a 500 before this existed).
+string and every body the app parses — JSON (with or without a Content-Type), urlencoded and
+multipart forms — so no route and no future field can forget it; the answer is a 422 naming
+where the bad value is (a 500 before this existed). The UI also parses some form fields as JSON
+(a workflow's definition): `check_decoded` checks those values once parsed (web/forms.py).
 
 Bodies arrive here already capped by BodySizeLimitMiddleware; they are buffered, checked and
 replayed to the app unchanged.
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskloom.errors import error_response
@@ -39,41 +43,44 @@ def _text_problem(text: str) -> str | None:
     return None
 
 
-def _reject_constant(name: str) -> Any:
-    raise BadInput("body", f"{name} is not a JSON number Taskloom can store")
+NUMBER_PROBLEM = "is not a number Taskloom can store (NaN, Infinity, or too large for a double)"
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise BadInput("body", f"the number {text[:40]} is too large to store")
-    return value
+def _printable(name: str) -> str:
+    return name.replace("\x00", "?").encode("utf-8", "replace").decode()
 
 
-def _walk(value: Any, where: str) -> Iterator[tuple[str, str]]:
-    """(location, text) of every string in a decoded JSON value, keys included."""
-    if isinstance(value, str):
-        yield where, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield f"{where}.{key}", key
-            yield from _walk(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _walk(item, f"{where}.{index}")
+def check_decoded(value: Any, where: str) -> None:
+    """Raise BadInput at the first string (keys included) or number of a decoded JSON value that
+    cannot be stored, named by its path (e.g. `body.definition.steps.0.args`). Iterative: a
+    deeply nested document must not exhaust the stack here."""
+    pending: list[tuple[str, Any]] = [(where, value)]
+    while pending:
+        at, item = pending.pop()
+        if isinstance(item, str):
+            if problem := _text_problem(item):
+                raise BadInput(at, problem)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise BadInput(at, NUMBER_PROBLEM)
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                if problem := _text_problem(key):
+                    raise BadInput(f"{at}.{_printable(key)}", problem)
+                children.append((f"{at}.{key}", child))
+            pending.extend(reversed(children))  # depth first, in document order
+        elif isinstance(item, list):
+            pending.extend(reversed([(f"{at}.{i}", child) for i, child in enumerate(item)]))
 
 
 def check_json(body: bytes) -> None:
     """Raise BadInput for a storable-JSON problem; leave malformed JSON to FastAPI (400)."""
     try:
-        decoded = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
-    except BadInput:
-        raise
+        decoded = json.loads(body)  # NaN, Infinity and 1e400 decode to floats checked below
     except (ValueError, RecursionError):
         return  # not JSON at all: the route's own parsing answers 400 malformed_json
-    for where, text in _walk(decoded, "body"):
-        if problem := _text_problem(text):
-            raise BadInput(where, problem)
+    check_decoded(decoded, "body")
 
 
 def check_pairs(pairs: list[tuple[str, str]], where: str) -> None:
@@ -83,12 +90,58 @@ def check_pairs(pairs: list[tuple[str, str]], where: str) -> None:
                 raise BadInput(f"{where}.{name.replace(chr(0), '?')}", problem)
 
 
-def _media_type(scope: Scope) -> str:
+def _media_type(scope: Scope) -> str | None:
+    """The body's media type, lower case; None without a Content-Type header."""
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
             media: str = value.decode("latin-1").split(";")[0].strip().lower()
             return media
-    return ""
+    return None
+
+
+def _body_kind(media: str | None) -> str | None:
+    """How the app would parse a body of this media type: "json", "form", "multipart", or None
+    (not parsed, e.g. a GDPR archive upload has none). A body without a Content-Type is checked
+    as JSON, as FastAPI parses it when a route relaxes strict_content_type; one that is not JSON
+    passes unchecked."""
+    if media is None or media == "application/json" or media.endswith("+json"):
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media == "multipart/form-data":
+        return "multipart"
+    return None
+
+
+async def _multipart_pairs(scope: Scope, body: bytes) -> list[tuple[str, str]]:
+    """(name, value) of every part, a file's name standing for its value (its bytes are not
+    text). A body that does not parse is left to the app, which answers it."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(Headers(scope=scope), chunks())  # type: ignore[arg-type]
+    try:
+        form = await parser.parse()
+    except MultiPartException:
+        return []
+    try:
+        return [
+            (name, value.filename or "" if isinstance(value, UploadFile) else value)
+            for name, value in form.multi_items()
+        ]
+    finally:
+        await form.close()
+
+
+async def _check_body(scope: Scope, kind: str, body: bytes) -> None:
+    if kind == "form":
+        text = body.decode("utf-8", errors="surrogateescape")
+        check_pairs(parse_qsl(text, keep_blank_values=True), "form")
+    elif kind == "multipart":
+        check_pairs(await _multipart_pairs(scope, body), "form")
+    else:
+        check_json(body)
 
 
 class InputGuardMiddleware:
@@ -107,13 +160,8 @@ class InputGuardMiddleware:
         except BadInput as bad:
             await error_response(422, "invalid_characters", str(bad))(scope, receive, send)
             return
-        media = _media_type(scope)
-        checks_body = (
-            media == "application/json"
-            or media.endswith("+json")
-            or (media == "application/x-www-form-urlencoded")
-        )
-        if not checks_body or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        kind = _body_kind(_media_type(scope))
+        if kind is None or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
@@ -134,13 +182,9 @@ class InputGuardMiddleware:
             )
             return
         try:
-            if media == "application/x-www-form-urlencoded":
-                text = bytes(body).decode("utf-8", errors="surrogateescape")
-                check_pairs(parse_qsl(text, keep_blank_values=True), "form")
-            else:
-                check_json(bytes(body))
+            await _check_body(scope, kind, bytes(body))
         except BadInput as bad:
-            code = "invalid_number" if "number" in bad.problem else "invalid_characters"
+            code = "invalid_number" if bad.problem == NUMBER_PROBLEM else "invalid_characters"
             await error_response(422, code, str(bad))(scope, receive, send)
             return
 

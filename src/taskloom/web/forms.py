@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from taskloom.errors import DomainError
+from taskloom.input_guard import BadInput, check_decoded
 from taskloom.timestamps import to_utc
 
 
@@ -70,16 +71,24 @@ def optional_text(form: FormData, name: str) -> str | None:
 
 
 def json_field(form: FormData, name: str, *, default: Any = None) -> Any:
-    """The field parsed as JSON (blank: `default`), or FormProblem naming the line and column."""
+    """The field parsed as JSON (blank: `default`), or FormProblem naming the line and column,
+    or the value PostgreSQL could not store (NaN, an escaped NUL: input_guard's rules)."""
     raw = text(form, name)
     if not raw.strip():
         return default
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as bad:
         raise FormProblem(
             [FieldError(name, f"not valid JSON: {bad.msg} (line {bad.lineno}, column {bad.colno})")]
         ) from None
+    except RecursionError:
+        raise FormProblem([FieldError(name, "not valid JSON: nested too deeply")]) from None
+    try:
+        check_decoded(value, name)
+    except BadInput as bad:
+        raise FormProblem([FieldError(bad.where, bad.problem)]) from None
+    return value
 
 
 def utc_datetime(value: str | None, name: str) -> datetime | None:
