@@ -63,7 +63,7 @@ async def open_runtime(settings: Settings) -> Runtime:
         database=database,
         redis=redis,
         keys=Keys(settings.key_prefix),
-        passwords=Passwords(settings),
+        passwords=Passwords.from_settings(settings),
         queue=ExecutionQueue(settings),
         gdpr_queue=GdprExportQueue(settings),
         cipher=CredentialCipher.from_settings(settings),

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import httpx
 import jwt
+from argon2 import PasswordHasher
 
+from taskloom.app import create_app
+from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings
+from taskloom.runtime import Runtime
 from tests.factories import PASSWORD, login, register
 
 
@@ -178,3 +184,36 @@ async def test_short_passwords_are_refused(client: httpx.AsyncClient) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "weak_password"
+
+
+class CountingHasher(PasswordHasher):
+    """argon2's own hasher, counting its verifications."""
+
+    verifications = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verifications += 1
+        return super().verify(hash, password)
+
+
+async def test_an_unknown_email_costs_one_argon2_verification_like_a_wrong_password(
+    runtime: Runtime,
+) -> None:
+    """Equal cost, not only an equal answer: without the dummy verification an unknown e-mail
+    would answer sooner, and the timing would tell which accounts exist."""
+    hasher = CountingHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    app = create_app(runtime=dataclasses.replace(runtime, passwords=Passwords(hasher)))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.61", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+            account = await register(api, label="cost")
+            costs = {}
+            for path, email, password in (
+                ("wrong password", account.email, "not the password"),
+                ("unknown e-mail", "nobody-" + account.email, PASSWORD),
+            ):
+                before = hasher.verifications
+                answer = await api.post("/auth/login", json={"email": email, "password": password})
+                assert answer.status_code == 401, answer.text
+                costs[path] = hasher.verifications - before
+    assert costs == {"wrong password": 1, "unknown e-mail": 1}

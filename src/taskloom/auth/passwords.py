@@ -9,14 +9,20 @@ from taskloom.config import Settings
 
 
 class Passwords:
-    def __init__(self, settings: Settings) -> None:
-        self._hasher = PasswordHasher(
-            time_cost=settings.password_hash_time_cost,
-            memory_cost=settings.password_hash_memory_kib,
-            parallelism=settings.password_hash_parallelism,
-        )  # argon2id is the library's default type
+    def __init__(self, hasher: PasswordHasher) -> None:
+        self._hasher = hasher
         # Verified when the email is unknown, so both paths cost the same time.
         self._dummy_hash = self._hasher.hash("taskloom-timing-equalizer")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Passwords:
+        return cls(
+            PasswordHasher(
+                time_cost=settings.password_hash_time_cost,
+                memory_cost=settings.password_hash_memory_kib,
+                parallelism=settings.password_hash_parallelism,
+            )  # argon2id is the library's default type
+        )
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
