@@ -116,15 +116,21 @@ Context = Annotated[RequestContext, Depends(_request_context, scope="function")]
 
 
 async def _optional_context(request: Request) -> AsyncIterator[RequestContext | None]:
-    if "authorization" not in request.headers:
+    header = request.headers.get("authorization")
+    if header is None:
         yield None
         return
-    async with open_request_context(request, _bearer_token(request)) as ctx:
+    # Read here rather than through the bearer dependency: a public route declares no security
+    # scheme in OpenAPI, and a token it is sent must still be a valid one.
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    async with open_request_context(request, token.strip()) as ctx:
         yield ctx
 
 
 # Public routes that show more to an authenticated caller: None without an Authorization header;
-# with one, it must be valid (401 otherwise).
+# with one, it must be a valid bearer token (401 otherwise).
 OptionalContext = Annotated[RequestContext | None, Depends(_optional_context, scope="function")]
 
 
