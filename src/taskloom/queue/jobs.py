@@ -17,6 +17,9 @@ JOB_NAME = "execute"
 # Finished jobs are kept a while for inspection; the execution rows are the record.
 KEEP_COMPLETED = {"age": 3_600, "count": 10_000}
 KEEP_FAILED = {"age": 14 * 86_400}
+# BullMQ would keep each failed attempt's Python traceback, whose chained exceptions quote
+# step errors that may echo a person's input; failure reasons are codes (queue/runner.py).
+NO_STACKTRACE = {"stackTraceLimit": 0}
 
 
 class ExecutionQueue:
@@ -32,6 +35,7 @@ class ExecutionQueue:
             "backoff": {"type": "exponential", "delay": s.execution_backoff_ms},
             "removeOnComplete": KEEP_COMPLETED,
             "removeOnFail": KEEP_FAILED,
+            **NO_STACKTRACE,
         }
 
     async def enqueue(
@@ -94,8 +98,16 @@ class GdprExportQueue:
                 "backoff": {"type": "exponential", "delay": 5_000},
                 "removeOnComplete": KEEP_COMPLETED,
                 "removeOnFail": KEEP_FAILED,
+                **NO_STACKTRACE,
             },
         )
+
+    async def remove(self, request_id: uuid.UUID) -> bool:
+        """Remove the export's job unless a worker holds it (that run then finds no request)."""
+        try:
+            return bool(await self.queue.remove(str(request_id)))
+        except Exception:  # bullmq raises a plain Exception when the job is locked
+            return False
 
     async def close(self) -> None:
         await self.queue.close()
@@ -129,6 +141,7 @@ class WebhookQueue:
                 "backoff": {"type": "exponential", "delay": s.webhook_backoff_ms},
                 "removeOnComplete": KEEP_COMPLETED,
                 "removeOnFail": KEEP_FAILED,
+                **NO_STACKTRACE,
             },
         )
 

@@ -3,7 +3,8 @@
 Outcomes, as BullMQ sees them:
 - returns: the execution finished (succeeded, cancelled, or it was already finished/deleted);
 - raises UnrecoverableError: a step failed for good (recorded on the step and the execution);
-- raises the step's error: a retryable failure with attempts left (BullMQ backs off, retries);
+- raises AttemptFailed: a retryable failure with attempts left (BullMQ backs off, retries);
+  either one's message, BullMQ's `failedReason`, is `<step id>: <error code>`, nothing more;
 - raises DelayedError after `moveToDelayed`: deferred by the per-org cap, handed back on
   shutdown, or put back while PostgreSQL is unreachable (queue/outage.py); none counts as an
   attempt or fails the execution.
@@ -54,6 +55,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
+
+
+class AttemptFailed(Exception):
+    """A step failed with attempts left: BullMQ backs off and runs the job again."""
 
 
 @dataclass
@@ -251,12 +256,16 @@ class ExecutionRunner:
         detail = {**error.as_json(), "step_id": step_id, "attempt": job.attemptsMade + 1}
         await runs.step_failed(database, run, step_id=step_id, error=detail, final=final, args=args)
         log.warning("step_failed", step_id=step_id, final=final, code=error.code)
+        # BullMQ keeps the reason with the failed job for days: the step id and the error's
+        # code only, never its message (which may quote a person's input); the execution row
+        # has the message (and erasure clears it).
+        reason = f"{step_id}: {error.code}"
         if final:
             await runs.finish(database, run, ExecutionStatus.FAILED, error=detail)
-            failure: Exception = UnrecoverableError(f"{step_id}: {error.message}")
+            failure: Exception = UnrecoverableError(reason)
             return failure
         await runs.back_to_queue(database, run, error={**detail, "retrying": True})
-        return error
+        return AttemptFailed(reason)
 
     async def _hand_back(self, run: Run, job: Job, token: str) -> None:
         """Shutdown timed out mid-execution: leave the finished steps, reset the interrupted one
