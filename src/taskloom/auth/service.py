@@ -31,7 +31,7 @@ from taskloom.auth.tokens import (
 from taskloom.db.tenancy import set_tenant, system_transaction, tenant_transaction
 from taskloom.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from taskloom.orgs.models import Membership, Organization, Role
-from taskloom.orgs.service import slugify
+from taskloom.orgs.service import default_name, slugify
 from taskloom.runtime import Runtime
 
 INVALID_CREDENTIALS = "invalid email or password"
@@ -164,7 +164,7 @@ async def register(
     await ratelimit.consume_registration(
         redis=runtime.redis, settings=runtime.settings, keys=runtime.keys, ip=client.ip
     )
-    org_name = organization_name or f"{display_name}'s workspace"
+    org_name = organization_name or default_name(display_name)
     async with tenant_transaction(runtime.database, org_id=None, user_id=None) as db:
         user, org = await create_user_with_org(
             runtime=runtime,

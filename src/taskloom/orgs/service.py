@@ -40,10 +40,61 @@ class Member:
     joined_at: datetime
 
 
+_DEFAULT_SUFFIX = "'s workspace"
+
+
 def slugify(name: str) -> str:
     """A URL-safe, unique-enough slug: the name's words plus a random suffix."""
-    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "org"
-    return f"{base}-{secrets.token_hex(3)}"
+    return f"{_slug_base(name)}-{secrets.token_hex(3)}"
+
+
+def _slug_base(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60] or "org"
+
+
+def default_name(display_name: str) -> str:
+    """The organization registration creates when none is named: built from the person's
+    display name (so erasure renames it, see `forget_default_names`)."""
+    return display_name[: 200 - len(_DEFAULT_SUFFIX)] + _DEFAULT_SUFFIX
+
+
+def neutral_name(org_id: uuid.UUID) -> str:
+    """What an organization named after an erased person is called instead."""
+    return f"Organization {org_id.hex[:8]}"
+
+
+async def forget_default_names(
+    *, db: AsyncSession, org_ids: list[uuid.UUID], display_name: str, context: AuditContext
+) -> list[uuid.UUID]:
+    """Give the organizations among `org_ids` that still carry the name or slug registration
+    built from `display_name` a neutral one ("Organization 1a2b3c4d"); return their ids. For
+    erasure: the organizations outlive the person, the name must not."""
+    personal = default_name(display_name)
+    renamed = []
+    orgs = await db.scalars(
+        select(Organization).where(Organization.id.in_(org_ids)).order_by(Organization.id)
+    )
+    for org in orgs.all():
+        neutral = neutral_name(org.id)
+        changed: dict[str, str] = {}
+        if org.name == personal:
+            changed["name"] = org.name = neutral
+        if org.slug.rsplit("-", 1)[0] == _slug_base(personal):
+            changed["slug"] = org.slug = slugify(neutral)
+        if not changed:
+            continue
+        renamed.append(org.id)
+        await db.flush()
+        await audit.record(
+            session=db,
+            context=context,
+            action=AuditAction.ORG_UPDATE,
+            org_id=org.id,
+            resource_type="organization",
+            resource_id=org.id,
+            details={**changed, "reason": "member_erased"},
+        )
+    return renamed
 
 
 def current_org(principal: Principal) -> uuid.UUID:
