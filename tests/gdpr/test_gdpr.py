@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import insert, text
 
+from taskloom.auth import ratelimit
 from taskloom.db.registry import metadata
 from taskloom.gdpr import archive
 from taskloom.redis import Cache
@@ -32,6 +33,7 @@ from tests.factories import (
     register,
     unique_email,
 )
+from tests.gdpr.traces import scan_binary, scan_columns, scan_redis
 
 
 def _unique_ip() -> str:
@@ -249,28 +251,6 @@ async def test_zip_export_has_one_file_per_table_and_a_readme(
 # --- erasure ---------------------------------------------------------------------------------
 
 
-async def _scan_for(runtime: Runtime, needles: list[str]) -> list[str]:
-    """Every text, JSON and inet column of every table that contains one of the needles."""
-    hits = []
-    async with runtime.database.system_engine.connect() as conn:
-        columns = await conn.execute(
-            text(
-                "select table_name, column_name from information_schema.columns "
-                "where table_schema = 'public' and data_type in "
-                "('text', 'character varying', 'json', 'jsonb', 'inet', 'uuid')"
-            )
-        )
-        for table, column in columns.all():
-            for needle in needles:
-                found = await conn.execute(
-                    text(f'select count(*) from "{table}" where "{column}"::text ilike :n'),
-                    {"n": f"%{needle}%"},
-                )
-                if found.scalar_one():
-                    hits.append(f"{table}.{column} contains {needle!r}")
-    return hits
-
-
 async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     world: World,
     subject_client: httpx.AsyncClient,
@@ -281,8 +261,19 @@ async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     subject = world.subject
     cache = Cache(runtime.redis, runtime.keys, "tools")
     await cache.set(f"user:{subject.user_id}", "search", {"hits": 1}, ttl_seconds=600)
+    # A queued export, built as the worker does: the archive waits in gdpr_export_files.
+    queued = await subject_client.post("/api/user/data-export", headers=subject.headers)
+    assert queued.status_code == 202, queued.text
+    export_id = uuid.UUID(queued.json()["request_id"])
+    await archive.build(runtime, export_id)
     needles = [subject.email, str(subject.user_id), world.subject_name, subject_ip]
-    assert await _scan_for(runtime, needles)  # the scan finds them before
+    # (Sign-in counters keyed by IP address are left to their own expiry: not scanned here.)
+    in_redis = [subject.email, str(subject.user_id), world.subject_name]
+    failures = ratelimit.account_key(runtime.keys, subject.email)
+    assert await scan_columns(runtime, needles)  # the scans find them before
+    assert await scan_binary(runtime, needles)
+    assert await scan_redis(runtime, in_redis)
+    assert await runtime.redis.exists(failures)
 
     erased = await subject_client.request(
         "DELETE",
@@ -295,7 +286,13 @@ async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     assert body["deleted_organizations"] == [str(world.solo_org)]
     assert body["pseudonym"].startswith("erased-")
 
-    assert await _scan_for(runtime, needles) == []
+    assert await scan_columns(runtime, needles) == []
+    assert await scan_binary(runtime, needles) == []
+    assert await scan_redis(runtime, in_redis) == []
+    assert not await runtime.redis.exists(failures)
+    # The export's link is dead, its archive and its job gone.
+    assert (await subject_client.get(queued.json()["download_url"])).status_code == 404
+    assert await runtime.gdpr_queue.queue.getJobState(str(export_id)) == "unknown"
     # Their tokens stop working at once.
     assert (await subject_client.get("/auth/me", headers=subject.headers)).status_code == 401
     # Their queued execution is cancelled, its job gone; their Redis keys are gone.
@@ -305,12 +302,6 @@ async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     assert execution.json()["triggered_by"] is None
     assert await runtime.queue.state(uuid.UUID(world.execution_id)) == "unknown"
     assert await cache.get(f"user:{subject.user_id}", "search") is None
-    leftover = [
-        k
-        async for k in runtime.redis.scan_iter(match=runtime.keys.match(), count=1000)
-        if str(subject.user_id) in k
-    ]
-    assert leftover == []
     # Everyone else's data is intact, and the shared organization's chain still verifies.
     workflow = await client.get(f"/api/workflows/{world.workflow_id}", headers=owner.headers)
     assert workflow.status_code == 200

@@ -130,6 +130,7 @@ async def download(runtime: Runtime, *, request_id: uuid.UUID, token: str) -> As
         request = await db.get(GdprRequest, request_id, with_for_update=True)
         if (
             request is None
+            or request.user_id is None  # the person was erased (which deletes the request too)
             or request.download_token_hash is None
             or not hmac.compare_digest(request.download_token_hash, _hash(token))
         ):

@@ -4,6 +4,9 @@
 Audit rows keep their place in the hash chain: their personal fields and salt are cleared and
 the actor becomes a pseudonym (a keyed HMAC of the user id), while the salted content digest the
 chain covers stays (ADR 0004). Nothing else that names the person remains.
+
+Rows are found by the person's id and email, compared for equality: never by a pattern (an email
+may be `%@%.%`) and never by a name anyone can pick.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import hmac
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Text, and_, cast, delete, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -30,11 +34,15 @@ from taskloom.flags.models import FeatureFlagOverride
 from taskloom.gdpr.inventory import user_tables
 from taskloom.gdpr.models import GdprRequest
 from taskloom.orgs import invitations
+from taskloom.orgs import service as orgs
 from taskloom.orgs.models import Membership, Organization, Role
+from taskloom.queue.jobs import KEEP_FAILED
 from taskloom.workflows.models import ExecutionStatus, ExecutionStep, WorkflowExecution
 
 # Rows that are the person's own and go entirely (the rest lose the reference only).
 _DELETED = (RefreshToken, Session, ApiKey, Membership)
+# Any value, at any depth of a JSON document, equal to $m (a jsonpath constant, not user input).
+_EQUALS_M = literal("$.** ? (@ == $m)", Text)
 
 
 @dataclass
@@ -46,6 +54,10 @@ class Erasure:
     kept_orgs: list[uuid.UUID] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     cancelled_executions: list[uuid.UUID] = field(default_factory=list)
+    # Other executions whose job BullMQ may still keep, removed after the commit: see
+    # `_leftover_jobs`.
+    leftover_jobs: list[uuid.UUID] = field(default_factory=list)
+    export_requests: list[uuid.UUID] = field(default_factory=list)  # their jobs, likewise
 
 
 def pseudonym(settings: Settings, user_id: uuid.UUID) -> str:
@@ -57,9 +69,23 @@ def pseudonym(settings: Settings, user_id: uuid.UUID) -> str:
     return f"erased-{digest[:24]}"
 
 
+async def lock_memberships(db: AsyncSession, user_id: uuid.UUID) -> None:
+    """Lock every membership of every organization the person belongs to, until the commit,
+    in one order (organization, then row) so two erasures cannot deadlock. Two owners erasing
+    themselves from one organization are then serialized, and the second sees the first gone;
+    role changes and removals (orgs/service.py, which lock the owner rows) wait too."""
+    theirs = select(Membership.org_id).where(Membership.user_id == user_id)
+    await db.execute(
+        select(Membership.id)
+        .where(Membership.org_id.in_(theirs))
+        .order_by(Membership.org_id, Membership.id)
+        .with_for_update()
+    )
+
+
 async def blocking_orgs(db: AsyncSession, user_id: uuid.UUID) -> list[dict[str, Any]]:
     """Organizations the person owns alone while others are members: erasing them would leave
-    those members without an owner."""
+    those members without an owner. Acting on the answer needs `lock_memberships` first."""
     owned = (
         await db.execute(
             select(Organization.id, Organization.name)
@@ -97,6 +123,7 @@ async def erase(
     user = await db.get(User, user_id, with_for_update=True)
     if user is None:
         raise Conflict("the account is already gone")
+    await lock_memberships(db, user_id)
     blocked = await blocking_orgs(db, user_id)
     if blocked:
         raise Conflict(
@@ -115,17 +142,34 @@ async def erase(
         )
         (result.deleted_orgs if members == 1 else result.kept_orgs).append(org_id)
 
+    result.leftover_jobs = await _leftover_jobs(db, result)
     # 1. Organizations of which the person is the only member go with all their data.
     if result.deleted_orgs:
         deleted = await db.execute(
             delete(Organization).where(Organization.id.in_(result.deleted_orgs))
         )
         result.counts["organizations"] = _rowcount(deleted)
+    # ... the others lose the name and slug registration built from the person's name.
+    anonymous = AuditContext(request_id=context.request_id)
+    renamed = await orgs.forget_default_names(
+        db=db, org_ids=result.kept_orgs, display_name=user.display_name, context=anonymous
+    )
+    if renamed:
+        result.counts["organizations.renamed"] = len(renamed)
     # 2. Executions they started: queued/running ones are cancelled; payloads are erased.
     await _executions(db, settings, result)
-    # 3. Audit rows about them: pseudonymised in place (before the FK would null the actor).
-    result.counts["audit_logs"] = await _pseudonymise_audit(db, result)
-    # 4. Their own rows.
+    # 3. Their data-protection requests, and with them any export archive (its link then
+    # answers 404). The erasure itself is recorded afresh, under the pseudonym.
+    requests = await db.execute(
+        delete(GdprRequest).where(GdprRequest.user_id == user_id).returning(GdprRequest.id)
+    )
+    result.export_requests = list(requests.scalars())
+    result.counts["gdpr_requests"] = len(result.export_requests)
+    # 4. Audit rows about them: pseudonymised in place (before the FK would null the actor).
+    result.counts["audit_logs"] = await _pseudonymise_audit(
+        db, result, orgs.default_name(user.display_name)
+    )
+    # 5. Their own rows.
     for model in _DELETED:
         own = await db.execute(delete(model).where(model.user_id == user_id))
         result.counts[model.__tablename__] = _rowcount(own)
@@ -135,7 +179,7 @@ async def erase(
     result.counts["feature_flag_overrides"] = _rowcount(overrides)
     # Invitations addressed to their email (no foreign key: the address may predate the account).
     result.counts["invitations"] = await invitations.delete_invitations_to(db=db, email=user.email)
-    # 5. Every other reference (created_by, triggered_by, invited_by, ...) becomes NULL.
+    # 6. Every other reference (created_by, triggered_by, invited_by, ...) becomes NULL.
     for user_table in user_tables():
         if user_table.name in ("users", "audit_logs", *(m.__tablename__ for m in _DELETED)):
             continue
@@ -150,11 +194,31 @@ async def erase(
             if _rowcount(nulled):
                 key = f"{user_table.name}.{column}"
                 result.counts[key] = result.counts.get(key, 0) + _rowcount(nulled)
-    # 6. The account itself.
+    # 7. The account itself.
     await db.execute(delete(User).where(User.id == user_id))
     result.counts["users"] = 1
     await _record(db, result, context)
     return result
+
+
+async def _leftover_jobs(db: AsyncSession, result: Erasure) -> list[uuid.UUID]:
+    """Executions whose job BullMQ may still hold (it keeps failed jobs for KEEP_FAILED, with
+    reasons that, before they were codes only, could quote a person's input): theirs that
+    failed lately, and the unfinished or lately failed ones of the organizations deleted with
+    them (which nobody would cancel). Read before those organizations go."""
+    e = WorkflowExecution
+    kept_since = datetime.now(UTC) - timedelta(seconds=KEEP_FAILED["age"])
+    lately_failed = and_(e.status == ExecutionStatus.FAILED, e.finished_at >= kept_since)
+    unfinished = e.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING])
+    found = await db.scalars(
+        select(e.id).where(
+            or_(
+                and_(e.triggered_by == result.user_id, lately_failed),
+                and_(e.org_id.in_(result.deleted_orgs), or_(unfinished, lately_failed)),
+            )
+        )
+    )
+    return list(found)
 
 
 async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> None:
@@ -189,14 +253,21 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
     result.counts["execution_steps.payload"] = _rowcount(steps)
 
 
-async def _pseudonymise_audit(db: AsyncSession, result: Erasure) -> int:
-    """Clear the person from every audit row about them (as actor, as the resource, or named in
-    the details) and drop those rows' salts; the content digest, and so the chain, is
-    untouched. Another actor's fields on such a row stay (but are no longer verifiable)."""
+async def _pseudonymise_audit(db: AsyncSession, result: Erasure, default_org_name: str) -> int:
+    """Clear the person from every audit row about them (as actor, as the resource, or a details
+    value equal to their id or email) and drop those rows' salts; the content digest, and so
+    the chain, is untouched. Renames recorded in the organizations they leave lose the name
+    registration built from theirs. Another actor's fields on such a row stay (but are no
+    longer verifiable)."""
     user = str(result.user_id)
     # Only identifiers unique to the person: matching a display name ("Ann", "e") would let
     # anyone erase themselves to scrub other people's audit rows across organizations.
-    mentions = [user, result.email]
+    mentions = {user: result.pseudonym, result.email: result.pseudonym}
+    renames = and_(
+        AuditLog.org_id.in_(result.kept_orgs),
+        AuditLog.action == AuditAction.ORG_UPDATE.value,
+        _mentions(default_org_name),
+    )
     rows = (
         await db.execute(
             select(AuditLog)
@@ -204,7 +275,8 @@ async def _pseudonymise_audit(db: AsyncSession, result: Erasure) -> int:
                 or_(
                     AuditLog.actor_user_id == result.user_id,
                     AuditLog.resource_id == user,
-                    *(cast(AuditLog.details, String).contains(m) for m in mentions if m),
+                    *(_mentions(m) for m in mentions),
+                    renames,
                 )
             )
             .with_for_update()
@@ -221,7 +293,10 @@ async def _pseudonymise_audit(db: AsyncSession, result: Erasure) -> int:
             row.user_agent = None
         if row.resource_id == user:
             row.resource_id = result.pseudonym
-        row.details = _replace(row.details, mentions, result.pseudonym)
+        replacements = dict(mentions)
+        if row.org_id in result.kept_orgs and row.action == AuditAction.ORG_UPDATE.value:
+            replacements[default_org_name] = orgs.neutral_name(row.org_id)
+        row.details = _replace(row.details, replacements)
         row.content_salt = None
         row.redacted_at = now
         count += 1
@@ -229,24 +304,33 @@ async def _pseudonymise_audit(db: AsyncSession, result: Erasure) -> int:
     return count
 
 
+def _mentions(value: str) -> ColumnElement[bool]:
+    """Whether any value in the row's details equals `value`: exactly, never as a pattern."""
+    variables = cast(literal(json.dumps({"m": value}), Text), JSONB)
+    return func.jsonb_path_exists(AuditLog.details, cast(_EQUALS_M, JSONPATH), variables)
+
+
 def _rowcount(result: Any) -> int:
     """Rows an UPDATE/DELETE touched (a CursorResult's rowcount)."""
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _replace(value: Any, mentions: list[str], replacement: str) -> Any:
-    text_value = json.dumps(value)
-    for mention in mentions:
-        if mention:
-            text_value = text_value.replace(json.dumps(mention)[1:-1], replacement)
-    return json.loads(text_value)
+def _replace(value: Any, replacements: dict[str, str]) -> Any:
+    """`value` with every string equal to a key of `replacements` replaced (at any depth)."""
+    if isinstance(value, str):
+        return replacements.get(value, value)
+    if isinstance(value, list):
+        return [_replace(item, replacements) for item in value]
+    if isinstance(value, dict):
+        return {key: _replace(item, replacements) for key, item in value.items()}
+    return value
 
 
 async def _record(db: AsyncSession, result: Erasure, context: AuditContext) -> None:
     """`user.erased` in the instance chain and in each organization the person leaves; it holds
     the pseudonym and row counts, nothing personal."""
     details = {"pseudonym": result.pseudonym, "rows": result.counts}
-    anonymous = AuditContext(request_id=context.request_id)
+    anonymous = AuditContext(request_id=context.request_id)  # no actor: they are gone
     for org_id in [None, *result.kept_orgs]:
         await audit.record(
             session=db,

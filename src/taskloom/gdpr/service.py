@@ -123,8 +123,10 @@ async def erase_own_account(
 
 
 async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditContext) -> Erasure:
-    """Erase in one transaction, then clean Redis and the queue. Redis trouble afterwards is
-    logged, not raised: the erasure stands, and the keys expire on their own."""
+    """Erase in one transaction, then clean Redis and the queues (the jobs of their cancelled
+    executions, of the other executions `Erasure.leftover_jobs` names, and of their exports).
+    Redis trouble afterwards is logged, not raised: the erasure stands, and the keys and jobs
+    expire on their own."""
     async with system_transaction(runtime.database) as db:
         result = await erase(db, settings=runtime.settings, user_id=user_id, context=context)
     try:
@@ -134,8 +136,10 @@ async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditC
         )
         removed = await purge_matching(runtime.redis, keys("cache", "*", f"user:{user_id}", "*"))
         removed += await purge_matching(runtime.redis, keys("ratelimit", "gdpr", "*", str(user_id)))
-        for execution_id in result.cancelled_executions:
+        for execution_id in [*result.cancelled_executions, *result.leftover_jobs]:
             await runtime.queue.remove(execution_id)
+        for request_id in result.export_requests:
+            await runtime.gdpr_queue.remove(request_id)
         log.info("user_erased", pseudonym=result.pseudonym, redis_keys=removed)
     except (RedisError, OSError):
         log.exception("erasure_redis_cleanup_failed", pseudonym=result.pseudonym)
