@@ -22,6 +22,20 @@ _HANDLER_NAME = "taskloom"
 _URL_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "mcp", "anthropic", "openai")
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: a test
+    runner's capture, replaced and closed later, must not keep receiving lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR: Any = _Stderr()
+
+
 class _NamedPrintLogger(structlog.PrintLogger):
     """structlog's fast printer, with the name given to `structlog.get_logger(name)`."""
 
@@ -72,11 +86,11 @@ def configure_logging(settings: Settings) -> None:
     structlog.configure(
         processors=[*_shared_processors(), structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=_NamedPrintLoggerFactory(sys.stderr),
+        logger_factory=_NamedPrintLoggerFactory(_STDERR),
         cache_logger_on_first_use=False,
     )
     # The standard library's records take the same road (ProcessorFormatter's foreign chain).
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_shared_processors(),
