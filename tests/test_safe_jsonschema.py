@@ -20,11 +20,19 @@ from taskloom.workflows.steps.ai import AiArgs
 EVIL = "^(a|aa)+$"
 EVIL_TEXT = "a" * 40 + "!"
 
+# The budget the documentation promises (docs/AI.md, docs/TOOLS.md, docs/SECURITY.md: "a 0.5 s
+# budget"), written here rather than read from safe_jsonschema: a longer budget in the code must
+# fail these tests. The slack covers the validation's own work around the matching.
+DOCUMENTED_BUDGET_SECONDS = 0.5
+WITHIN_SECONDS = DOCUMENTED_BUDGET_SECONDS + 0.25
+
 
 def _timed(check: Any) -> float:
-    started = time.monotonic()
+    """The CPU time the check took: the regex module's timeout counts CPU time, so on a busy
+    machine the wall time is longer by however long the test waited for a core."""
+    started = time.thread_time()
     check()
-    return time.monotonic() - started
+    return time.thread_time() - started
 
 
 def test_a_catastrophic_pattern_fails_within_the_budget() -> None:
@@ -34,7 +42,7 @@ def test_a_catastrophic_pattern_fails_within_the_budget() -> None:
         with pytest.raises(safe_jsonschema.PatternTooSlow):
             safe_jsonschema.best_error(schema, {"q": EVIL_TEXT})
 
-    assert _timed(check) < safe_jsonschema.BUDGET_SECONDS + 0.5
+    assert _timed(check) < WITHIN_SECONDS
 
 
 def test_a_catastrophic_property_pattern_fails_within_the_budget() -> None:
@@ -44,7 +52,7 @@ def test_a_catastrophic_property_pattern_fails_within_the_budget() -> None:
         with pytest.raises(safe_jsonschema.PatternTooSlow):
             safe_jsonschema.best_error(schema, {EVIL_TEXT: 1})
 
-    assert _timed(check) < safe_jsonschema.BUDGET_SECONDS + 0.5
+    assert _timed(check) < WITHIN_SECONDS
 
 
 def test_patterns_and_additional_properties_still_validate() -> None:
@@ -79,7 +87,7 @@ def test_the_mcp_argument_check_fails_fast_on_a_hostile_schema() -> None:
         assert caught.value.code == "mcp_protocol_error"
         assert "cannot be checked" in caught.value.message
 
-    assert _timed(check) < safe_jsonschema.BUDGET_SECONDS + 0.5
+    assert _timed(check) < WITHIN_SECONDS
     # A combination checked only by the server is passed on, not refused.
     unchecked = {"patternProperties": {"^a": {}}, "unevaluatedProperties": False}
     _check_args("search", unchecked, {"zzz": 1})
@@ -87,9 +95,13 @@ def test_the_mcp_argument_check_fails_fast_on_a_hostile_schema() -> None:
 
 def test_an_ai_steps_json_schema_is_bounded_too() -> None:
     schema = {"type": "object", "properties": {"q": {"type": "string", "pattern": EVIL}}}
-    with pytest.raises(AiStepError) as caught:
-        _parse_json('{"q": "' + EVIL_TEXT + '"}', schema)
-    assert (caught.value.code, caught.value.retryable) == ("json_schema_too_slow", False)
+
+    def check() -> None:
+        with pytest.raises(AiStepError) as caught:
+            _parse_json('{"q": "' + EVIL_TEXT + '"}', schema)
+        assert (caught.value.code, caught.value.retryable) == ("json_schema_too_slow", False)
+
+    assert _timed(check) < WITHIN_SECONDS
     with pytest.raises(ValidationError, match="unevaluatedProperties combined"):
         AiArgs.model_validate(
             {
