@@ -10,8 +10,11 @@ from contextlib import contextmanager, suppress
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    """Listens on 127.0.0.1 and forwards to `target`: (host, port), or the path of a unix socket
+    (an embedded PostgreSQL listens only there)."""
+
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self.target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -62,7 +65,7 @@ class TcpProxy:
                 client.close()
                 continue
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                upstream = self._connect_upstream()
             except OSError:
                 client.close()
                 continue
@@ -71,6 +74,18 @@ class TcpProxy:
                 self._open.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.target, str):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                upstream.close()
+                raise
+            return upstream
+        return socket.create_connection(self.target, timeout=5)
 
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:

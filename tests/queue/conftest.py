@@ -199,6 +199,31 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log_path.read_text()
 
+    def logged(self, event: str, containing: str = "") -> list[str]:
+        """The log lines of `event` (that also contain `containing`)."""
+        return [
+            line
+            for line in self.output().splitlines()
+            if f" {event} " in line and containing in line
+        ]
+
+    async def wait_for_log(
+        self, event: str, *, containing: str = "", times: int = 1, within: float = 30
+    ) -> list[str]:
+        """Wait until the worker has logged `event` `times` times: proof that it took a path,
+        where a sleep would only hope so."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if len(lines := self.logged(event, containing)) >= times:
+                return lines
+            if self.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"the worker logged {event} {containing} {len(self.logged(event, containing))} "
+            f"time(s), expected {times}:\n{self.output()}"
+        )
+
     def wait_until_started(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -328,9 +353,15 @@ class ProxiedDatabase:
 
 @pytest.fixture
 def proxied_database(queue_settings: Settings) -> Iterator[ProxiedDatabase]:
-    """PostgreSQL behind a TCP proxy the test can cut: an outage as a worker sees it."""
+    """PostgreSQL behind a TCP proxy the test can cut: an outage as a worker sees it. The
+    worker's URL names only the proxy: a unix socket directory (`?host=/…`, the embedded
+    server's) becomes the proxy's target, never a way around it."""
     url = make_url(queue_settings.database_url or "")
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    through = url.set(host="127.0.0.1", port=proxy.port)
+    queried = url.query.get("host")  # libpq's ?host= wins over the URL's host
+    host = (queried[0] if isinstance(queried, tuple) else queried) or url.host or "127.0.0.1"
+    port = url.port or 5432
+    target = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+    proxy = TcpProxy(target)
+    through = url.difference_update_query(["host", "port"]).set(host="127.0.0.1", port=proxy.port)
     yield ProxiedDatabase(proxy, through.render_as_string(hide_password=False))
     proxy.close()

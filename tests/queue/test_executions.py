@@ -352,11 +352,13 @@ async def test_an_export_taken_during_a_database_outage_waits_without_using_an_a
     queue_runtime: Runtime,
     proxied_database: ProxiedDatabase,
 ) -> None:
-    start_worker(database_url=proxied_database.url)
+    worker = start_worker(database_url=proxied_database.url)
     with proxied_database.proxy.outage():
         queued = await api.post("/api/user/data-export", headers=owner.headers)
         assert queued.status_code == 202, queued.text
-        await asyncio.sleep(3)  # the worker takes the job and cannot reach the database
+        # The worker took the job (the only one on its queue), could not reach the database
+        # and put the job back.
+        await worker.wait_for_log("database_unavailable", containing="queue=gdpr")
     request_id = queued.json()["request_id"]
     status: dict[str, Any] = {}
     for _ in range(200):

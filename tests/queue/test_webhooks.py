@@ -231,13 +231,15 @@ async def test_a_database_outage_does_not_use_up_a_deliverys_attempts(
     """The worker reaches PostgreSQL through a proxy cut for longer than five attempts with a
     100 ms backoff would take: the delivery waits and is sent once the database is back."""
     hook = await _webhook(api, owner, receiver.url, ["ping"])
-    start_worker(**FAST, database_url=proxied_database.url)
+    worker = start_worker(**FAST, database_url=proxied_database.url)
     with proxied_database.proxy.outage():
         ping = await api.post(f"/api/webhooks/{hook['id']}/test", headers=owner.headers)
         assert ping.status_code == 202, ping.text
         # The worker's own dispatcher cannot read the outbox now; hand the job over for it.
         assert await dispatch_pending(queue_runtime) >= 1
-        await asyncio.sleep(4)  # the worker takes the job and cannot reach the database
+        # The worker took the job twice, and twice put it back (a counted attempt would show
+        # as attempt 2 below).
+        await worker.wait_for_log("database_unavailable", containing="queue=webhooks", times=2)
         assert receiver.received == []
     receiver.wait_for(1)
     rows = await _until(lambda: _succeeded(api, owner, hook["id"], 1))

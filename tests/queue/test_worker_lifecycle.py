@@ -392,20 +392,28 @@ async def test_executions_taken_during_a_database_outage_wait_for_it_and_succeed
     counting_server: CountingServer,
     start_worker: StartWorker,
     proxied_database: ProxiedDatabase,
+    queue_runtime: Runtime,
 ) -> None:
-    """The worker reaches PostgreSQL through a proxy the test cuts for longer than every retry
-    of an execution's job would take (3 attempts, 200 ms backoff here): an outage is not the
+    """The worker reaches PostgreSQL through a proxy the test cuts until every job taken
+    meanwhile has been put back as often as it has attempts (3 here): an outage is not the
     execution's fault and must not use up its attempts."""
     key = unique_key("outage")
     step = {"id": "s", "type": "http", "args": {"url": counting_server.url(key)}}
     workflow_id = await create_workflow(api, owner, [step])
-    start_worker(database_url=proxied_database.url)
+    worker = start_worker(database_url=proxied_database.url)
     first = await execute(api, owner, workflow_id)
     assert (await wait_for_status(api, owner, first))["status"] == "succeeded"
 
     with proxied_database.proxy.outage():
         ids = [await execute(api, owner, workflow_id) for _ in range(4)]
-        await asyncio.sleep(5)  # the worker takes them and cannot reach the database
+        # Each job is taken and put back at least as often as it has attempts: had the outage
+        # counted as failed attempts, every one of them would now have failed.
+        for execution_id in ids:
+            await worker.wait_for_log(
+                "database_unavailable",
+                containing=f"job_id={execution_id} ",
+                times=queue_runtime.settings.execution_max_attempts,
+            )
         assert counting_server.calls(key) == 1
     done = [await wait_for_status(api, owner, i, within=60) for i in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 4, done
