@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -125,6 +126,11 @@ class Settings(BaseSettings):
     ai_downgrade_below_fraction: float = Field(default=0.2, ge=0, le=1)
     # A reservation whose call never settled (worker killed) is released after this long.
     ai_reservation_ttl_seconds: int = Field(default=1800, ge=60)
+    # What each organization may spend per calendar month (UTC) on the instance's keys above,
+    # on top of its own budget; 0: organizations must bring their own key (a connection).
+    ai_instance_key_monthly_budget_usd: Decimal = Field(
+        default=Decimal(5), ge=0, le=10_000_000, max_digits=14, decimal_places=6
+    )
 
     # --- tool connections (docs/TOOLS.md) ------------------------------------------------------
     tool_timeout_seconds: float = Field(default=30.0, gt=0, le=600)

@@ -200,3 +200,67 @@ async def test_the_instance_key_serves_organizations_without_their_own(
             ),
         )
     assert (mismatch.value.code, mismatch.value.retryable) == ("invalid_json_output", True)
+
+
+def _with_instance_key(runtime: Runtime, fake: FakeAnthropic, allowance: str) -> Runtime:
+    """The runtime of an instance whose own Anthropic key reaches `fake`."""
+    settings = runtime.settings.model_copy(
+        update={
+            "anthropic_api_key": SecretStr(fake.api_key),
+            "anthropic_base_url": fake.base_url,
+            "ai_instance_key_monthly_budget_usd": Decimal(allowance),
+        }
+    )
+    return Runtime(**{**runtime.__dict__, "settings": settings})
+
+
+async def test_past_its_instance_key_allowance_an_organization_calls_only_with_its_own_key(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    runtime = _with_instance_key(tools_runtime, fake_anthropic, "0.05")
+    # Its own budget is unlimited (the default); the instance's key still stops at $0.05.
+    fake_anthropic.reply("ok", input_tokens=10_000, output_tokens=8_000)  # $0.01 + $0.04
+    first = await run_ai(runtime, _call(admin, model="claude-haiku-4-5"))
+    assert first["usage"]["cost_usd"] == "0.050000"
+    with pytest.raises(AiStepError) as exhausted:
+        await run_ai(runtime, _call(admin, model="claude-haiku-4-5"))
+    assert (exhausted.value.code, exhausted.value.retryable) == ("budget_exhausted", False)
+    assert "allowance of $0.05 on this instance's AI key is used up" in exhausted.value.message
+    assert exhausted.value.details["limit"] == "instance_key"
+    assert len(fake_anthropic.requests) == 1  # the refused call never reached the provider
+
+    with FakeAnthropic(api_key="the-organizations-own-key") as own:
+        await connect(tools_api, admin, "anthropic", own.base_url, {"api_key": own.api_key})
+        own.reply("mine", input_tokens=10_000, output_tokens=8_000)
+        for _ in range(2):  # past the instance key's allowance: its own key is not bound by it
+            answer = await run_ai(runtime, _call(admin, model="claude-haiku-4-5"))
+            assert answer["text"] == "mine"
+        assert len(own.requests) == 2
+    assert len(fake_anthropic.requests) == 1
+    async with system_transaction(runtime.database) as db:
+        rows = await db.execute(
+            text(
+                "select outcome, instance_key, cost_usd from ai_usage where org_id = :o "
+                "order by created_at"
+            ),
+            {"o": admin.org_id},
+        )
+        assert [tuple(r) for r in rows] == [
+            ("ok", True, Decimal("0.050000")),
+            ("ok", False, Decimal("0.050000")),
+            ("ok", False, Decimal("0.050000")),
+        ]
+
+
+async def test_an_instance_key_allowance_of_zero_sends_nothing_with_the_instance_key(
+    tools_runtime: Runtime, admin: Account, fake_anthropic: FakeAnthropic
+) -> None:
+    runtime = _with_instance_key(tools_runtime, fake_anthropic, "0")
+    with pytest.raises(AiStepError) as refused:
+        await run_ai(runtime, _call(admin, category="quick"))
+    assert refused.value.code == "budget_exhausted"
+    assert "add an anthropic or openai connection" in refused.value.message
+    assert fake_anthropic.requests == []

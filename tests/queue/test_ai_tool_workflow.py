@@ -164,3 +164,51 @@ async def test_an_exhausted_budget_fails_the_step_clearly_without_calling_the_mo
     assert "monthly AI budget of $0.01 is used up" in done["error"]["message"]
     assert done["steps"][0]["attempts"] == 1  # not retried: more attempts would not help
     assert fake_anthropic.requests == []
+
+
+async def test_past_the_instance_key_allowance_the_step_fails_until_the_org_brings_its_own_key(
+    api: httpx.AsyncClient,
+    owner: Account,
+    start_worker: StartWorker,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    """The organization's own budget is unlimited (the default); the instance's key, which any
+    self-registered organization would otherwise spend, stops at its monthly allowance."""
+    start_worker(
+        anthropic_api_key=fake_anthropic.api_key,
+        anthropic_base_url=fake_anthropic.base_url,
+        ai_instance_key_monthly_budget_usd="0.05",
+    )
+    fake_anthropic.reply("ok", input_tokens=10_000, output_tokens=8_000)  # $0.01 + $0.04
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [{"id": "ask", "type": "ai", "args": {"model": "claude-haiku-4-5", "prompt": "Hi"}}],
+    )
+    spent = await wait_for_status(api, owner, await execute(api, owner, workflow_id))
+    assert spent["status"] == "succeeded", spent
+
+    refused = await wait_for_status(api, owner, await execute(api, owner, workflow_id))
+    assert refused["status"] == "failed"
+    assert refused["error"]["code"] == "budget_exhausted"
+    assert "allowance of $0.05 on this instance's AI key" in refused["error"]["message"]
+    assert refused["steps"][0]["attempts"] == 1
+    assert len(fake_anthropic.requests) == 1  # nothing more was sent with the instance's key
+
+    with FakeAnthropic(api_key="the-organizations-own-key") as own:
+        own.reply("mine")
+        await _connect(
+            api,
+            owner,
+            {
+                "provider": "anthropic",
+                "name": "own",
+                "base_url": own.base_url,
+                "credentials": {"api_key": own.api_key},
+            },
+        )
+        done = await wait_for_status(api, owner, await execute(api, owner, workflow_id))
+        assert done["status"] == "succeeded", done
+        assert done["steps"][0]["output"]["text"] == "mine"
+        assert len(own.requests) == 1
+    assert len(fake_anthropic.requests) == 1

@@ -10,6 +10,13 @@ failure); reservations of calls that never settled (a killed worker) are release
 
 Months are calendar months in UTC. An organization without `monthly_budget_usd` is unlimited,
 but its spend is still tracked.
+
+A call made with the instance's own key (ANTHROPIC_API_KEY / OPENAI_API_KEY, not an
+organization's connection) must also fit in what is left of the organization's allowance on
+that key, AI_INSTANCE_KEY_MONTHLY_BUDGET_USD: anyone may register an organization, and its own
+budget (unlimited by default) is not the operator's. The month's row counts that spend apart
+(`instance_key_spent_usd`, `instance_key_reserved_usd`), and the same row lock covers both
+limits. Calls with the organization's own key are bound by its own budget only.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ _MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
 
 
 class BudgetExhausted(Exception):
-    """No candidate model's worst-case cost fits in what is left of the month's budget."""
+    """No candidate model's worst-case cost fits in what is left of the month's budget, or of
+    the organization's allowance on the instance's key."""
 
     def __init__(self, message: str, details: dict[str, Any]) -> None:
         super().__init__(message)
@@ -60,18 +68,73 @@ class Reservation:
     remaining_usd: Decimal | None  # after this reservation
 
 
-def _pick(
-    candidates: list[Candidate], remaining: Decimal | None, budget: Decimal | None, below: Decimal
-) -> int:
-    """Index of the candidate to use, or -1 when none fits."""
-    if remaining is None or budget is None:
+@dataclass(frozen=True)
+class _Limit:
+    """One monthly limit a call must fit in: the organization's budget, or its allowance on
+    the instance's key."""
+
+    budget: Decimal
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.budget - self.spent - self.reserved
+
+
+def _pick(candidates: list[Candidate], limits: list[_Limit], below: Decimal) -> int:
+    """Index of the candidate to use, or -1 when none fits every limit."""
+    if not limits:
         return 0
     index = 0
-    if len(candidates) > 1 and budget > 0 and remaining < budget * below:
+    if len(candidates) > 1 and any(
+        limit.budget > 0 and limit.remaining < limit.budget * below for limit in limits
+    ):
         index = 1  # little left: one tier cheaper
+    remaining = min(limit.remaining for limit in limits)
     while index < len(candidates) and candidates[index].worst_case_usd > remaining:
         index += 1
     return index if index < len(candidates) else -1
+
+
+def _exhausted(
+    org_limit: _Limit | None, instance_limit: _Limit | None, needed: Decimal
+) -> BudgetExhausted:
+    """The error naming the limit the call does not fit in (the instance key's first)."""
+    if instance_limit is not None and needed > instance_limit.remaining:
+        limit, details = instance_limit, {"limit": "instance_key"}
+        if limit.budget == 0:
+            message = (
+                "this instance's AI keys are not available to organizations "
+                "(AI_INSTANCE_KEY_MONTHLY_BUDGET_USD is 0): add an anthropic or openai "
+                "connection with your own API key"
+            )
+        else:
+            message = (
+                f"the organization's monthly allowance of ${limit.budget} on this instance's AI "
+                f"key is used up: ${limit.spent:.2f} spent and ${limit.reserved:.2f} reserved "
+                f"for calls in flight leave ${limit.remaining:.4f}, and this call may cost up to "
+                f"${needed:.4f}; an anthropic or openai connection with your own API key is "
+                "bound by the organization's budget only"
+            )
+    else:
+        assert org_limit is not None  # an unlimited organization fits anything else
+        limit, details = org_limit, {"limit": "organization"}
+        message = (
+            f"the organization's monthly AI budget of ${limit.budget} is used up: "
+            f"${limit.spent:.2f} spent and ${limit.reserved:.2f} reserved for calls in flight "
+            f"leave ${limit.remaining:.4f}, and this call may cost up to ${needed:.4f}"
+        )
+    return BudgetExhausted(
+        message,
+        {
+            **details,
+            "budget_usd": str(limit.budget),
+            "spent_usd": str(limit.spent),
+            "reserved_usd": str(limit.reserved),
+            "needed_usd": str(needed),
+        },
+    )
 
 
 async def reserve(
@@ -84,9 +147,11 @@ async def reserve(
     category: str | None,
     candidates: list[Candidate],
     downgrade_below: float,
+    instance_key_budget_usd: Decimal | None = None,
 ) -> Reservation:
     """Reserve the worst case of the first affordable candidate (preferred model first, then
-    cheaper fallbacks); raise BudgetExhausted when none fits."""
+    cheaper fallbacks); raise BudgetExhausted when none fits. `instance_key_budget_usd` is given
+    for a call with the instance's key: the organization's allowance on it, a second limit."""
     if not candidates:
         raise ValueError("no candidate model")
     async with tenant_transaction(database, org_id=org_id, user_id=None) as db:
@@ -103,47 +168,50 @@ async def reserve(
             ),
             {"id": uuid.uuid4(), "org": org_id},
         )
-        month, spent, reserved = (
+        month, spent, reserved, instance_spent, instance_reserved = (
             await db.execute(
                 text(
-                    "select month, spent_usd, reserved_usd from ai_budget_months "  # noqa: S608 (constant SQL)
+                    "select month, spent_usd, reserved_usd, instance_key_spent_usd, "  # noqa: S608 (constant SQL)
+                    "instance_key_reserved_usd from ai_budget_months "
                     f"where org_id = :org and month = {_MONTH} for update"
                 ),
                 {"org": org_id},
             )
         ).one()
         budget = None if budget is None else Decimal(budget)
-        remaining = None if budget is None else budget - spent - reserved
-        index = _pick(candidates, remaining, budget, Decimal(str(downgrade_below)))
+        org_limit = None if budget is None else _Limit(budget, spent, reserved)
+        instance_key = instance_key_budget_usd is not None
+        instance_limit = (
+            None
+            if instance_key_budget_usd is None
+            else _Limit(instance_key_budget_usd, instance_spent, instance_reserved)
+        )
+        limits = [limit for limit in (org_limit, instance_limit) if limit is not None]
+        index = _pick(candidates, limits, Decimal(str(downgrade_below)))
         if index < 0:
-            needed = candidates[-1].worst_case_usd
-            raise BudgetExhausted(
-                f"the organization's monthly AI budget of ${budget} is used up: "
-                f"${spent:.2f} spent and ${reserved:.2f} reserved for calls in flight leave "
-                f"${remaining:.4f}, and this call may cost up to ${needed:.4f}",
-                {
-                    "budget_usd": str(budget),
-                    "spent_usd": str(spent),
-                    "reserved_usd": str(reserved),
-                    "needed_usd": str(needed),
-                },
-            )
+            raise _exhausted(org_limit, instance_limit, candidates[-1].worst_case_usd)
         chosen = candidates[index]
         await db.execute(
             text(
-                "update ai_budget_months set reserved_usd = reserved_usd + :amount "
+                "update ai_budget_months set reserved_usd = reserved_usd + :amount, "
+                "instance_key_reserved_usd = instance_key_reserved_usd + :on_instance_key "
                 "where org_id = :org and month = :month"
             ),
-            {"amount": chosen.worst_case_usd, "org": org_id, "month": month},
+            {
+                "amount": chosen.worst_case_usd,
+                "on_instance_key": chosen.worst_case_usd if instance_key else Decimal(0),
+                "org": org_id,
+                "month": month,
+            },
         )
         usage_id = uuid.uuid4()
         downgraded_from = candidates[0].model.name if index > 0 else None
         await db.execute(
             text(
                 "insert into ai_usage (id, org_id, user_id, execution_id, step_id, provider, "
-                "model, category, outcome, reserved_usd, downgraded_from) values (:id, :org, "
-                ":user, :execution, :step, :provider, :model, :category, 'pending', :amount, "
-                ":downgraded_from)"
+                "model, category, outcome, reserved_usd, downgraded_from, instance_key) values "
+                "(:id, :org, :user, :execution, :step, :provider, :model, :category, 'pending', "
+                ":amount, :downgraded_from, :instance_key)"
             ),
             {
                 "id": usage_id,
@@ -156,6 +224,7 @@ async def reserve(
                 "category": category,
                 "amount": chosen.worst_case_usd,
                 "downgraded_from": downgraded_from,
+                "instance_key": instance_key,
             },
         )
     if downgraded_from:
@@ -168,7 +237,7 @@ async def reserve(
         model=chosen.model,
         downgraded_from=downgraded_from,
         budget_usd=budget,
-        remaining_usd=None if remaining is None else remaining - chosen.worst_case_usd,
+        remaining_usd=None if org_limit is None else org_limit.remaining - chosen.worst_case_usd,
     )
 
 
@@ -186,14 +255,15 @@ async def settle(
     already released the reservation (the call outlived AI_RESERVATION_TTL_SECONDS), only the
     actual cost is added."""
     async with tenant_transaction(database, org_id=reservation.org_id, user_id=None) as db:
-        held = (
+        row = (
             await db.execute(
-                text("select reserved_usd from ai_usage where id = :id for update"),
+                text("select reserved_usd, instance_key from ai_usage where id = :id for update"),
                 {"id": reservation.usage_id},
             )
-        ).scalar_one_or_none()
-        if held is None:  # the organization was deleted meanwhile
+        ).one_or_none()
+        if row is None:  # the organization was deleted meanwhile
             return
+        held, instance_key = row
         await db.execute(
             text(
                 "update ai_usage set outcome = :outcome, input_tokens = :input, "
@@ -212,11 +282,16 @@ async def settle(
         await db.execute(
             text(
                 "update ai_budget_months set reserved_usd = greatest(reserved_usd - :held, 0), "
-                "spent_usd = spent_usd + :cost where org_id = :org and month = :month"
+                "spent_usd = spent_usd + :cost, instance_key_reserved_usd = "
+                "greatest(instance_key_reserved_usd - :held_on_instance_key, 0), "
+                "instance_key_spent_usd = instance_key_spent_usd + :cost_on_instance_key "
+                "where org_id = :org and month = :month"
             ),
             {
                 "held": held,
                 "cost": cost_usd,
+                "held_on_instance_key": held if instance_key else Decimal(0),
+                "cost_on_instance_key": cost_usd if instance_key else Decimal(0),
                 "org": reservation.org_id,
                 "month": reservation.month,
             },
@@ -235,27 +310,36 @@ async def release_abandoned(database: Database, *, older_than_seconds: int) -> i
                     "and created_at < now() - make_interval(secs => :ttl) "
                     "for update skip locked) stale "
                     "where u.id = stale.id returning u.org_id, stale.reserved_usd, "
-                    "date_trunc('month', u.created_at at time zone 'UTC')::date"
+                    "date_trunc('month', u.created_at at time zone 'UTC')::date, u.instance_key"
                 ),
                 {"ttl": older_than_seconds},
             )
         ).all()
-        for org_id, held, month in rows:
+        for org_id, held, month, instance_key in rows:
             await db.execute(
                 text(
-                    "update ai_budget_months set reserved_usd = greatest(reserved_usd - :held, 0) "
+                    "update ai_budget_months set reserved_usd = greatest(reserved_usd - :held, 0), "
+                    "instance_key_reserved_usd = "
+                    "greatest(instance_key_reserved_usd - :held_on_instance_key, 0) "
                     "where org_id = :org and month = :month"
                 ),
-                {"held": held, "org": org_id, "month": month},
+                {
+                    "held": held,
+                    "held_on_instance_key": held if instance_key else Decimal(0),
+                    "org": org_id,
+                    "month": month,
+                },
             )
     if rows:
         log.warning("ai_reservations_released", count=len(rows))
     return len(rows)
 
 
-async def month_summary(db: AsyncSession, *, org_id: uuid.UUID) -> dict[str, Any]:
-    """This month's budget, spend and reservations, and spend per model (in the caller's
-    tenant transaction)."""
+async def month_summary(
+    db: AsyncSession, *, org_id: uuid.UUID, instance_key_budget_usd: Decimal
+) -> dict[str, Any]:
+    """This month's budget, spend and reservations, the part of them on the instance's key
+    against its allowance, and spend per model (in the caller's tenant transaction)."""
     budget = (
         await db.execute(
             text("select monthly_budget_usd from organizations where id = :org"),
@@ -265,8 +349,10 @@ async def month_summary(db: AsyncSession, *, org_id: uuid.UUID) -> dict[str, Any
     month_row = (
         await db.execute(
             text(
-                f"select {_MONTH}, coalesce(max(spent_usd), 0), coalesce(max(reserved_usd), 0)"  # noqa: S608 (constant SQL)
-                f" from ai_budget_months where org_id = :org and month = {_MONTH}"
+                f"select {_MONTH}, coalesce(max(spent_usd), 0), coalesce(max(reserved_usd), 0), "  # noqa: S608 (constant SQL)
+                "coalesce(max(instance_key_spent_usd), 0), "
+                "coalesce(max(instance_key_reserved_usd), 0) "
+                f"from ai_budget_months where org_id = :org and month = {_MONTH}"
             ),
             {"org": org_id},
         )
@@ -282,14 +368,21 @@ async def month_summary(db: AsyncSession, *, org_id: uuid.UUID) -> dict[str, Any
             {"org": org_id},
         )
     ).all()
-    month, spent, reserved = month_row
+    month, spent, reserved, instance_spent, instance_reserved = month_row
     remaining = None if budget is None else Decimal(budget) - spent - reserved
+    instance = _Limit(instance_key_budget_usd, instance_spent, instance_reserved)
     return {
         "month": month.isoformat(),
         "budget_usd": None if budget is None else str(budget),
         "spent_usd": str(spent),
         "reserved_usd": str(reserved),
         "remaining_usd": None if remaining is None else str(remaining),
+        "instance_key": {
+            "budget_usd": str(instance.budget),
+            "spent_usd": str(instance.spent),
+            "reserved_usd": str(instance.reserved),
+            "remaining_usd": str(instance.remaining),
+        },
         "models": [
             {
                 "model": model,

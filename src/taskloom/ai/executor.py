@@ -4,7 +4,9 @@
 2. credentials: the connection the step names, else the organization's own connection for that
    provider (oldest enabled), else the instance's key (ANTHROPIC_API_KEY / OPENAI_API_KEY);
 3. budget: reserve the worst-case cost (every input byte a token, plus max_tokens of output),
-   downgrading to a cheaper tier when little budget is left (`ai/budget.py`);
+   downgrading to a cheaper tier when little budget is left (`ai/budget.py`); a call with the
+   instance's key must also fit in the organization's allowance on it
+   (AI_INSTANCE_KEY_MONTHLY_BUDGET_USD);
 4. the call, behind a circuit breaker per credential (`ai:<connection id>`, or
    `ai:instance:<provider>`), with the SDK's bounded retries and a per-call timeout;
 5. settle the actual cost, write the usage row, count the call once in the metrics.
@@ -82,6 +84,7 @@ class _Credential:
     api_key: str
     base_url: str | None
     guarded: bool  # the base URL came from a tenant: apply the outbound address guard
+    instance_key: bool  # the operator's key, not the organization's: its allowance applies
 
 
 def worst_case_input_tokens(call: AiCall) -> int:
@@ -152,6 +155,7 @@ async def _credential(runtime: Runtime, call: AiCall, provider: str) -> _Credent
             api_key=str(connection.credentials["api_key"]),
             base_url=connection.base_url,
             guarded=True,
+            instance_key=False,
         )
     key = settings.anthropic_api_key if provider == "anthropic" else settings.openai_api_key
     if key is None or not key.get_secret_value():
@@ -166,6 +170,7 @@ async def _credential(runtime: Runtime, call: AiCall, provider: str) -> _Credent
         api_key=key.get_secret_value(),
         base_url=base_url,
         guarded=False,
+        instance_key=True,
     )
 
 
@@ -247,6 +252,9 @@ async def run_ai(runtime: Runtime, call: AiCall) -> dict[str, Any]:
             category=category,
             candidates=_candidates(catalog, call, preferred, settings.ai_default_max_tokens),
             downgrade_below=settings.ai_downgrade_below_fraction,
+            instance_key_budget_usd=(
+                settings.ai_instance_key_monthly_budget_usd if credential.instance_key else None
+            ),
         )
     except BudgetExhausted as exhausted:
         raise AiStepError(

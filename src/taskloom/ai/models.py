@@ -6,7 +6,17 @@ import uuid
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Date, ForeignKey, Index, Integer, Numeric, String, UniqueConstraint, text
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -48,14 +58,18 @@ class AiUsage(Base):
     )
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     outcome: Mapped[str] = mapped_column(String(32), nullable=False)
+    # Made with the instance's key (ANTHROPIC_API_KEY / OPENAI_API_KEY), not the organization's.
+    instance_key: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     downgraded_from: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = created_at()
 
 
 class AiBudgetMonth(Base):
     """What an organization has spent and has reserved for calls in flight, per calendar month
-    (UTC). A call reserves its worst-case cost here with one conditional UPDATE, so two calls
-    can never both take the last dollar; settling moves the actual cost from reserved to spent."""
+    (UTC). A call reserves its worst-case cost here under the row's lock, so two calls can never
+    both take the last dollar; settling moves the actual cost from reserved to spent. Calls made
+    with the instance's key are also counted in the `instance_key_*` columns, against
+    AI_INSTANCE_KEY_MONTHLY_BUDGET_USD."""
 
     __tablename__ = "ai_budget_months"
     __table_args__ = (UniqueConstraint("org_id", "month"),)
@@ -67,5 +81,11 @@ class AiBudgetMonth(Base):
     month: Mapped[date] = mapped_column(Date, nullable=False)  # the month's first day (UTC)
     spent_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
     reserved_usd: Mapped[Decimal] = mapped_column(
+        Numeric(14, 6), nullable=False, server_default="0"
+    )
+    instance_key_spent_usd: Mapped[Decimal] = mapped_column(
+        Numeric(14, 6), nullable=False, server_default="0"
+    )
+    instance_key_reserved_usd: Mapped[Decimal] = mapped_column(
         Numeric(14, 6), nullable=False, server_default="0"
     )

@@ -19,7 +19,11 @@ router = APIRouter(prefix="/api/ai", tags=["ai"])
 async def usage(ctx: Viewer) -> UsageSummary:
     org_id = ctx.principal.org_id
     assert org_id is not None  # require_role guarantees a current organization
-    summary = await budgets.month_summary(ctx.db, org_id=org_id)
+    summary = await budgets.month_summary(
+        ctx.db,
+        org_id=org_id,
+        instance_key_budget_usd=ctx.runtime.settings.ai_instance_key_monthly_budget_usd,
+    )
     return UsageSummary.model_validate(summary)
 
 

@@ -23,12 +23,23 @@ class ModelUsage(BaseModel):
     cost_usd: str
 
 
+class InstanceKeyUsage(BaseModel):
+    """The part of the month's spend made with the instance's AI keys, against the allowance
+    every organization has on them (AI_INSTANCE_KEY_MONTHLY_BUDGET_USD)."""
+
+    budget_usd: str
+    spent_usd: str
+    reserved_usd: str
+    remaining_usd: str
+
+
 class UsageSummary(BaseModel):
     month: str
     budget_usd: str | None
     spent_usd: str
     reserved_usd: str
     remaining_usd: str | None
+    instance_key: InstanceKeyUsage
     models: list[ModelUsage]
 
 
