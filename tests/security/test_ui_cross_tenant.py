@@ -25,11 +25,18 @@ from sqlalchemy import text
 
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
-from tests.factories import Account, add_member, make_superuser, register
+from tests.factories import Account, add_member, make_superuser, register, unique_email
 from tests.web.support import csrf_of, sign_in
 
 # Path parameters that name one organization's things: another organization gets 404.
-TENANT_IDS = {"workflow_id", "execution_id", "user_id", "connection_id", "webhook_id"}
+TENANT_IDS = {
+    "workflow_id",
+    "execution_id",
+    "user_id",
+    "connection_id",
+    "webhook_id",
+    "invitation_id",
+}
 # Flags are the instance's (docs/FLAGS.md): any organization's admin may set its own override of
 # any flag. Walked too, with A's overridden flag: A's override must not change.
 GLOBAL_IDS = {"key"}
@@ -176,6 +183,13 @@ async def _organization_a(
             headers=headers,
         )
     )
+    created.append(  # an open invitation of A's, to someone who is not organization B's owner
+        await client.post(
+            "/api/members",
+            json={"email": unique_email("ui-a-invitee"), "role": "member"},
+            headers=headers,
+        )
+    )
     for response in created:
         assert response.status_code in (200, 201, 202), response.text
     member = await add_member(client, owner, role="member", label="ui-a-member")
@@ -185,6 +199,7 @@ async def _organization_a(
         "connection_id": created[2].json()["id"],
         "webhook_id": created[3].json()["id"],
         "user_id": str(member.user_id),
+        "invitation_id": created[6].json()["invitation_id"],
         "key": flag_key,
     }
 

@@ -4,7 +4,7 @@ dispatcher walks the organizations that have pending rows (a loose index scan) a
 one's queued rows, instead of taking the 500 oldest rows of whoever wrote most.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
