@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from taskloom.config import Settings
+
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any Taskloom setting, plus `extra`."""
@@ -21,6 +23,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `taskloom` process serving `settings`' deployment (its database,
+    application role, Redis and key prefix) with test-speed password hashing, plus `extra`."""
+    return clean_env(
+        TASKLOOM_ENV="test",
+        DATABASE_URL=settings.database_url or "",
+        DATABASE_APP_ROLE=settings.database_app_role,
+        REDIS_URL=settings.redis_url or "",
+        REDIS_KEY_PREFIX=settings.key_prefix,
+        PASSWORD_HASH_TIME_COST="1",
+        PASSWORD_HASH_MEMORY_KIB="1024",
+        PASSWORD_HASH_PARALLELISM="1",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
 
 
 async def run_taskloom(

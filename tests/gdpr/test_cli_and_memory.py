@@ -15,22 +15,9 @@ from sqlalchemy import text
 
 from taskloom.config import Settings
 from taskloom.runtime import Runtime
-from tests.cli_support import clean_env, run_taskloom, serve_api
+from tests.cli_support import deployment_env, run_taskloom, serve_api
 from tests.factories import register
 from tests.servers import free_port
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return clean_env(
-        DATABASE_URL=settings.database_url or "",
-        DATABASE_APP_ROLE=settings.database_app_role,
-        REDIS_URL=settings.redis_url or "",
-        REDIS_KEY_PREFIX=settings.key_prefix,
-        TASKLOOM_ENV="test",
-        PASSWORD_HASH_TIME_COST="1",
-        PASSWORD_HASH_MEMORY_KIB="1024",
-        PASSWORD_HASH_PARALLELISM="1",
-    )
 
 
 async def test_cli_exports_then_erases_a_person(
@@ -45,7 +32,7 @@ async def test_cli_exports_then_erases_a_person(
         person.email,
         "--out",
         str(out),
-        env=_env(settings),
+        env=deployment_env(settings),
         cwd=tmp_path,
     )
     assert exported.returncode == 0, exported.stderr
@@ -55,7 +42,13 @@ async def test_cli_exports_then_erases_a_person(
     assert [u["email"] for u in users] == [person.email]
 
     erased = await run_taskloom(
-        "gdpr", "delete", "--email", person.email, "--yes", env=_env(settings), cwd=tmp_path
+        "gdpr",
+        "delete",
+        "--email",
+        person.email,
+        "--yes",
+        env=deployment_env(settings),
+        cwd=tmp_path,
     )
     assert erased.returncode == 0, erased.stderr
     assert "erased-" in erased.stderr
@@ -64,7 +57,13 @@ async def test_cli_exports_then_erases_a_person(
     )
     assert signed_in.status_code == 401
     again = await run_taskloom(
-        "gdpr", "delete", "--email", person.email, "--yes", env=_env(settings), cwd=tmp_path
+        "gdpr",
+        "delete",
+        "--email",
+        person.email,
+        "--yes",
+        env=deployment_env(settings),
+        cwd=tmp_path,
     )
     assert again.returncode == 1
     assert "no account" in again.stderr
@@ -98,7 +97,7 @@ async def test_export_memory_stays_flat_as_the_account_grows(
 ) -> None:
     """Peak RSS of a real API process while streaming a 1,000-row and a 100,000-row export."""
     port = free_port()
-    server = serve_api({**_env(settings), "PYTHONUNBUFFERED": "1"}, port, tmp_path / "api.log")
+    server = serve_api(deployment_env(settings), port, tmp_path / "api.log")
     base = f"http://127.0.0.1:{port}"
     try:
         peaks = {}

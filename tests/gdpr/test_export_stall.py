@@ -25,29 +25,12 @@ from taskloom.config import Settings
 from taskloom.db.engine import Database, create_database
 from taskloom.gdpr import export
 from taskloom.runtime import Runtime
-from tests.cli_support import clean_env, serve_api
+from tests.cli_support import deployment_env, serve_api
 from tests.factories import Account, register
 from tests.servers import free_port
 
 STALLED = 6  # more than the export pool (2) and than sign-in's pool (2 + 2 overflow)
 SEND_DEADLINE = 4
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return clean_env(
-        DATABASE_URL=settings.database_url or "",
-        DATABASE_APP_ROLE=settings.database_app_role,
-        REDIS_URL=settings.redis_url or "",
-        REDIS_KEY_PREFIX=settings.key_prefix,
-        TASKLOOM_ENV="test",
-        PASSWORD_HASH_TIME_COST="1",
-        PASSWORD_HASH_MEMORY_KIB="1024",
-        PASSWORD_HASH_PARALLELISM="1",
-        PYTHONUNBUFFERED="1",
-        GDPR_EXPORT_MAX_PER_HOUR="100",
-        GDPR_EXPORT_POOL_SIZE="2",
-        GDPR_EXPORT_CHUNK_SEND_TIMEOUT_SECONDS=str(SEND_DEADLINE),
-    )
 
 
 async def _seed_large_account(runtime: Runtime, person: Account, rows: int) -> None:
@@ -126,7 +109,16 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float) -> bool:
 def api(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
     port = free_port()
     log = tmp_path / "api.log"
-    server = serve_api(_env(settings), port, log)
+    server = serve_api(
+        deployment_env(
+            settings,
+            GDPR_EXPORT_MAX_PER_HOUR="100",
+            GDPR_EXPORT_POOL_SIZE="2",
+            GDPR_EXPORT_CHUNK_SEND_TIMEOUT_SECONDS=str(SEND_DEADLINE),
+        ),
+        port,
+        log,
+    )
     try:
         yield f"http://127.0.0.1:{port}", port, log
     finally:

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from taskloom.config import Settings
 from taskloom.observability.logging import configure_logging
-from tests.cli_support import clean_env, serve_api
+from tests.cli_support import deployment_env, serve_api
 from tests.factories import register
 from tests.servers import free_port
 
@@ -38,18 +38,7 @@ def _lines(log: Path) -> list[dict[str, Any]]:
 async def test_every_line_of_a_real_api_process_is_json_with_the_same_keys(
     settings: Settings, tmp_path: Path
 ) -> None:
-    env = clean_env(
-        TASKLOOM_ENV="test",
-        LOG_JSON="true",
-        DATABASE_URL=settings.database_url or "",
-        DATABASE_APP_ROLE=settings.database_app_role,
-        REDIS_URL=settings.redis_url or "",
-        REDIS_KEY_PREFIX=settings.key_prefix,
-        PASSWORD_HASH_TIME_COST="1",
-        PASSWORD_HASH_MEMORY_KIB="1024",
-        PASSWORD_HASH_PARALLELISM="1",
-        PYTHONUNBUFFERED="1",
-    )
+    env = deployment_env(settings, LOG_JSON="true")
     port = free_port()
     log = tmp_path / "api.log"
     server = serve_api(env, port, log)

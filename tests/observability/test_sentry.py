@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from taskloom.config import Settings
-from tests.cli_support import clean_env, run_taskloom, serve_api
+from tests.cli_support import clean_env, deployment_env, run_taskloom, serve_api
 from tests.conftest import fresh_deployment
 from tests.factories import register
 from tests.servers import free_port
@@ -87,17 +87,7 @@ async def test_an_unexpected_500_is_reported_with_its_route(
     received, port = ingest
     async with fresh_deployment(pg_server_url, redis_url, label="sentry") as settings:
         role = settings.database_app_role
-        env = clean_env(
-            TASKLOOM_ENV="test",
-            DATABASE_URL=settings.database_url or "",
-            DATABASE_APP_ROLE=role,
-            REDIS_URL=redis_url,
-            REDIS_KEY_PREFIX=settings.key_prefix,
-            PASSWORD_HASH_TIME_COST="1",
-            PASSWORD_HASH_MEMORY_KIB="1024",
-            PASSWORD_HASH_PARALLELISM="1",
-            SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1",
-        )
+        env = deployment_env(settings, SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1")
         api_port = free_port()
         server = serve_api(env, api_port, tmp_path / "api.log")
         try:

@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from taskloom.config import Settings
-from tests.cli_support import clean_env, serve_api
+from tests.cli_support import deployment_env, serve_api
 from tests.conftest import fresh_deployment
 from tests.factories import PASSWORD, unique_email
 from tests.servers import free_port, missing_program
@@ -46,21 +46,6 @@ DEFINITION = {
 async def deployment(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings]:
     async with fresh_deployment(pg_server_url, redis_url, label="e2e") as settings:
         yield settings
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return clean_env(
-        TASKLOOM_ENV="test",
-        DATABASE_URL=settings.database_url or "",
-        DATABASE_APP_ROLE=settings.database_app_role,
-        REDIS_URL=settings.redis_url or "",
-        REDIS_KEY_PREFIX=settings.key_prefix,
-        PASSWORD_HASH_TIME_COST="1",
-        PASSWORD_HASH_MEMORY_KIB="1024",
-        PASSWORD_HASH_PARALLELISM="1",
-        LOG_LEVEL="info",
-        PYTHONUNBUFFERED="1",
-    )
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -95,7 +80,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def base_url(deployment: Settings, tmp_path: Path) -> Iterator[str]:
     """A `taskloom api` and a `taskloom worker` on the deployment; both stopped afterwards."""
-    env = _env(deployment)
+    env = deployment_env(deployment, LOG_LEVEL="info")
     port = free_port()
     api = serve_api(env, port, tmp_path / "api.log")
     try:

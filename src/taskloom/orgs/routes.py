@@ -96,17 +96,7 @@ async def invite_member(body: MemberInvite, ctx: Admin) -> InvitationCreated:
 @router.get("/members/invitations", openapi_extra=access("admin"))
 async def list_pending_invitations(ctx: Admin) -> list[PendingInvitationOut]:
     pending = await invitations.list_pending(db=ctx.db, principal=ctx.principal)
-    return [
-        PendingInvitationOut(
-            id=i.id,
-            email=i.email,
-            role=i.role,
-            invited_by=i.invited_by,
-            created_at=i.created_at,
-            expires_at=i.expires_at,
-        )
-        for i in pending
-    ]
+    return [PendingInvitationOut.model_validate(i, from_attributes=True) for i in pending]
 
 
 @router.delete(
@@ -128,17 +118,7 @@ async def list_my_invitations(ctx: Session) -> list[ReceivedInvitationOut]:
     received = await invitations.list_received(
         db=ctx.db, database=ctx.runtime.database, principal=ctx.principal
     )
-    return [
-        ReceivedInvitationOut(
-            id=i.id,
-            org_id=i.org_id,
-            org_name=i.org_name,
-            role=i.role,
-            created_at=i.created_at,
-            expires_at=i.expires_at,
-        )
-        for i in received
-    ]
+    return [ReceivedInvitationOut.model_validate(i, from_attributes=True) for i in received]
 
 
 @router.post(

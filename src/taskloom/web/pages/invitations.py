@@ -4,6 +4,7 @@ organization or none)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -42,12 +43,27 @@ async def received(request: Request) -> Response:
 
 @router.post("/{invitation_id}/accept")
 async def accept(invitation_id: uuid.UUID, request: Request) -> Response:
+    return await _answer(request, invitations.accept, invitation_id, notice="invitation-accepted")
+
+
+@router.post("/{invitation_id}/decline")
+async def decline(invitation_id: uuid.UUID, request: Request) -> Response:
+    return await _answer(request, invitations.decline, invitation_id, notice="invitation-declined")
+
+
+async def _answer(
+    request: Request,
+    answer: Callable[..., Awaitable[object]],
+    invitation_id: uuid.UUID,
+    *,
+    notice: str,
+) -> Response:
     async with signed_in(request) as page:
         await page.form()
         try:
             # A savepoint: a refusal also undoes the switch to the invitation's organization.
             async with page.db.begin_nested():
-                await invitations.accept(
+                await answer(
                     db=page.db,
                     principal=page.principal,
                     context=page.audit,
@@ -55,21 +71,4 @@ async def accept(invitation_id: uuid.UUID, request: Request) -> Response:
                 )
         except DomainError as refused:
             return await _render(page, status=refused.status_code, errors=from_domain(refused))
-    return redirect("/ui/invitations?notice=invitation-accepted")
-
-
-@router.post("/{invitation_id}/decline")
-async def decline(invitation_id: uuid.UUID, request: Request) -> Response:
-    async with signed_in(request) as page:
-        await page.form()
-        try:
-            async with page.db.begin_nested():
-                await invitations.decline(
-                    db=page.db,
-                    principal=page.principal,
-                    context=page.audit,
-                    invitation_id=invitation_id,
-                )
-        except DomainError as refused:
-            return await _render(page, status=refused.status_code, errors=from_domain(refused))
-    return redirect("/ui/invitations?notice=invitation-declined")
+    return redirect(f"/ui/invitations?notice={notice}")
