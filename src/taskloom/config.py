@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # connections' base URLs) may reach although they are private, loopback or link-local
     # (comma-separated), e.g. "127.0.0.1,10.1.0.0/16,crm.internal".
     outbound_allowed_hosts: str = ""
+    # Templates other than plain lookups render in a child process, killed past this long
+    # (the step fails with template_too_expensive) and capped at this much memory.
+    template_render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    template_render_memory_mb: int = Field(default=256, ge=64, le=16_384)
 
     # --- AI steps (docs/AI.md) -------------------------------------------------------------------
     # Instance-wide provider keys and base URLs; an organization's own `anthropic` / `openai`

@@ -37,7 +37,8 @@ from taskloom.workflows import runs
 from taskloom.workflows.models import ExecutionStatus
 from taskloom.workflows.runs import Claim, Run
 from taskloom.workflows.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
-from taskloom.workflows.templating import TemplateProblem, render
+from taskloom.workflows.template_process import TemplateRenderer
+from taskloom.workflows.templating import TemplateProblem
 
 log = structlog.get_logger("taskloom.queue")
 
@@ -75,9 +76,11 @@ class ExecutionRunner:
     active: dict[str, _Active] = field(default_factory=dict)
     current_step: dict[uuid.UUID, str] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing runs
+    templates: TemplateRenderer = field(init=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
+        self.templates = TemplateRenderer.from_settings(self.runtime.settings)
 
     async def process(self, job: Job, token: str) -> Any:
         """The processor handed to bullmq. The execution runs in its own task so a shutdown can
@@ -210,10 +213,12 @@ class ExecutionRunner:
             if step_type is None:
                 raise StepError(f"unknown step type {step['type']!r}", code="unknown_step_type")
             try:
-                args = render(step.get("args", {}), scope, path=f"steps.{step_id}.args")
+                args = await self.templates.render(
+                    step.get("args", {}), scope, path=f"steps.{step_id}.args"
+                )
                 parsed = step_type.Args.model_validate(args)
-            except TemplateProblem as problem:
-                raise StepError(str(problem), code="template_error") from problem
+            except TemplateProblem as problem:  # template_error or template_too_expensive
+                raise StepError(str(problem), code=problem.code) from problem
             except ValidationError as invalid:
                 raise StepError(
                     f"steps.{step_id}.args: {_first_error(invalid)}", code="invalid_args"

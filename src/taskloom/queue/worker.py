@@ -69,6 +69,7 @@ class WorkerService:
 
     async def start(self) -> None:
         s = self.runtime.settings
+        await self.runner.templates.warm_up()  # the first loop template renders at once too
         worker = Worker(
             QUEUE_NAME,
             self.runner.process,
@@ -166,6 +167,7 @@ class WorkerService:
         await asyncio.gather(*(self._close(w) for w in workers if w is not None))
         log.info("worker_closed", worker=self.id)
         await self._cancel(self._runs)
+        await self.runner.templates.aclose()
         await self.runtime.redis.delete(self._heartbeat_key)
         await self.reconciler.release()
         log.info("worker_stopped", worker=self.id)

@@ -1,0 +1,51 @@
+"""The body of a template render process, forked by `template_process.TemplateRenderer` from a
+fork server that has this module (and Jinja2) imported already.
+
+It reads one JSON request per line from its socket, `{"value", "scope", "path"}`, renders it
+with `templating.render` and answers one JSON line: `{"value": ...}` or
+`{"error": {"code", "path", "message"}}`. Its address space is capped first, so a template that
+allocates too much fails with MemoryError here instead of exhausting the worker's host; one that
+runs too long is killed by the worker. JSON both ways: the worker never unpickles what a process
+running tenants' templates sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+from typing import Any
+
+from taskloom.workflows.templating import TemplateProblem, TemplateTooExpensive, render
+
+NICENESS = 5  # below the worker's own event loop when CPUs are short
+READY = b"ready\n"
+
+
+def serve(connection: socket.socket, memory_bytes: int) -> None:
+    """Answer requests until the worker closes the socket (or kills this process)."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.nice(NICENESS)
+    connection.sendall(READY)
+    with connection, connection.makefile("rb") as requests, connection.makefile("wb") as answers:
+        for line in requests:
+            answers.write(_answer(line).encode() + b"\n")
+            answers.flush()
+
+
+def _answer(line: bytes) -> str:
+    request = json.loads(line)
+    try:
+        value = render(request["value"], request["scope"], request["path"])
+        return json.dumps({"value": value})
+    except TemplateProblem as problem:
+        return _error(problem.code, problem.path, problem.message)
+    except (MemoryError, RecursionError):  # e.g. while encoding the answer
+        return _error(TemplateTooExpensive.code, request["path"], "too expensive to render")
+
+
+def _error(code: str, path: str, message: str) -> str:
+    body: dict[str, Any] = {"code": code, "path": path, "message": message}
+    return json.dumps({"error": body})

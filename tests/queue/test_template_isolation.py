@@ -1,0 +1,112 @@
+"""A hostile template on a real worker process: its step fails with template_too_expensive
+within 2 s while another organization's execution on the same worker runs to completion, and
+twenty of them leave the worker's memory and CPU where they were."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.factories import Account, register
+from tests.queue.conftest import StartWorker, create_workflow, execute, wait_for_status
+
+BURNS_CPU = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+EATS_MEMORY = "{% set s = 'a' * 1000000 %}{{ s|replace('a', s) }}"
+LOOPS = "{% for i in range(3) %}{{ input.name }}{% endfor %}"  # rendered in a child process
+
+
+def _transform(template: str, step_id: str = "t") -> dict[str, Any]:
+    return {"id": step_id, "type": "transform", "args": {"value": template}}
+
+
+def _step_seconds(step: dict[str, Any]) -> float:
+    started, finished = (datetime.fromisoformat(step[k]) for k in ("started_at", "finished_at"))
+    return (finished - started).total_seconds()
+
+
+def _assert_too_expensive(execution: dict[str, Any]) -> None:
+    assert execution["status"] == "failed", execution
+    assert execution["error"]["code"] == "template_too_expensive", execution["error"]
+    assert _step_seconds(execution["steps"][0]) < 2.0, execution["steps"][0]
+
+
+async def test_a_hostile_template_fails_fast_while_another_organizations_execution_runs(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    start_worker()
+    other = await register(api, label="benign", organization_name="Benign Org")
+    hostile_workflow = await create_workflow(api, owner, [_transform(BURNS_CPU)])
+    benign_workflow = await create_workflow(
+        api, other, [_transform(LOOPS), _transform("{{ steps.t.output }}!", "u")]
+    )
+    started = time.monotonic()
+    hostile = await execute(api, owner, hostile_workflow)
+    await wait_for_status(api, owner, hostile, {"running"}, within=10)
+    benign = await execute(api, other, benign_workflow, {"name": "b"})
+
+    benign_done = await wait_for_status(api, other, benign, within=10)
+    benign_seconds = time.monotonic() - started
+    hostile_done = await wait_for_status(api, owner, hostile, within=10)
+    hostile_seconds = time.monotonic() - started
+
+    assert benign_done["status"] == "succeeded", benign_done
+    assert benign_done["output"] == "bbb!"
+    _assert_too_expensive(hostile_done)
+    assert benign_seconds < hostile_seconds  # it did not wait for the hostile render
+    assert hostile_seconds < 5.0
+
+
+async def test_twenty_hostile_templates_leave_the_worker_at_its_baseline(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    worker = start_worker()
+    pid = worker.proc.pid
+    workflows = [
+        await create_workflow(api, owner, [_transform(t)]) for t in (BURNS_CPU, EATS_MEMORY)
+    ]
+    warm_up = [await execute(api, owner, workflows[i % 2]) for i in range(4)]
+    for execution_id in warm_up:
+        _assert_too_expensive(await wait_for_status(api, owner, execution_id, within=30))
+    baseline_kib, baseline_tree_kib = _rss_kib([pid]), _rss_kib(_tree(pid))
+
+    hostile = [await execute(api, owner, workflows[i % 2]) for i in range(20)]
+    for execution_id in hostile:
+        _assert_too_expensive(await wait_for_status(api, owner, execution_id, within=60))
+
+    # The worker itself, and with the processes it started (the render processes' fork server).
+    assert _rss_kib([pid]) < baseline_kib + 20 * 1024, (baseline_kib, _rss_kib([pid]))
+    tree_kib = _rss_kib(_tree(pid))
+    assert tree_kib < baseline_tree_kib + 30 * 1024, (baseline_tree_kib, tree_kib)
+    before = _cpu_seconds(_tree(pid))
+    await asyncio.sleep(1.0)
+    assert _cpu_seconds(_tree(pid)) - before < 0.25  # idle again: nothing still rendering
+
+
+def _tree(pid: int) -> list[int]:
+    """The process and all its descendants."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    return [pid, *(p for child in children for p in _tree(child))]
+
+
+def _rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return total
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
