@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     # Templates other than plain lookups render in a child process, killed past this long
     # (the step fails with template_too_expensive) and capped at this much memory.
     template_render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
-    template_render_memory_mb: int = Field(default=256, ge=64, le=16_384)
+    template_render_memory_mb: int = Field(default=256, ge=128, le=16_384)
 
     # --- AI steps (docs/AI.md) -------------------------------------------------------------------
     # Instance-wide provider keys and base URLs; an organization's own `anthropic` / `openai`

@@ -134,3 +134,11 @@ def test_checking_a_template_never_evaluates_it() -> None:
     for template in (HOSTILE["percent_width"], HOSTILE["replace_of_constants"]):
         check_syntax({"value": template}, "args")
     assert time.monotonic() - started < 0.5
+
+
+def test_a_template_nested_too_deeply_is_a_template_problem_not_a_crash() -> None:
+    nested = "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"
+    with pytest.raises(TemplateProblem, match="nested too deeply"):
+        check_syntax({"value": nested}, "args")  # a 422 when saved, not a 500
+    with pytest.raises(TemplateTooExpensive):
+        render({"value": nested}, SCOPE, "args")  # a definition saved before this check

@@ -96,9 +96,14 @@ class TemplateRenderer:
         return len(self._idle) + len(self._busy)
 
     async def warm_up(self) -> None:
-        """Start the fork server and one idle render process ahead of the first render."""
-        if not self._idle:
+        """Start the fork server and one idle render process ahead of the first render. On
+        failure renders try again (and fail retryably with OSError if they cannot either)."""
+        if self._idle:
+            return
+        try:
             self._idle.append(await self._start())
+        except OSError as error:
+            log.error("template_render_process_unavailable", error=repr(error))
 
     async def render(self, value: Any, scope: dict[str, Any], *, path: str) -> Any:
         """Render every template in `value`; raise TemplateProblem (TemplateTooExpensive when

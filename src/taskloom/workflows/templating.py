@@ -117,13 +117,13 @@ def check_syntax(value: Any, path: str) -> None:
 
 def is_cheap(value: Any) -> bool:
     """Whether every template in `value` may be rendered in-process (see the module doc).
-    A template that does not compile counts as cheap: it fails at once."""
+    A template that does not compile counts as cheap: it fails at once, as it would anywhere."""
     for _, text in _strings(value, ""):
         if "{" in text:
             try:
                 if not _compiled(text).cheap:
                     return False
-            except TemplateError:
+            except (TemplateError, RecursionError):  # fails at once when rendered
                 continue
     return True
 
@@ -135,7 +135,7 @@ def names_used(value: Any) -> set[str]:
         if "{" in text:
             try:
                 used |= _compiled(text).names
-            except TemplateError:
+            except (TemplateError, RecursionError):
                 continue
     return used
 
