@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -86,6 +87,34 @@ async def test_twenty_hostile_templates_leave_the_worker_at_its_baseline(
     before = _cpu_seconds(_tree(pid))
     await asyncio.sleep(1.0)
     assert _cpu_seconds(_tree(pid)) - before < 0.25  # idle again: nothing still rendering
+
+
+async def test_a_render_left_running_by_a_killed_worker_stops_on_its_own(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    worker = start_worker()
+    workflow = await create_workflow(api, owner, [_transform(BURNS_CPU)])
+    hostile = await execute(api, owner, workflow)
+    await wait_for_status(api, owner, hostile, {"running"}, within=10)
+    await asyncio.sleep(0.3)  # the render process is burning CPU
+    helpers = _tree(worker.proc.pid)[1:]  # the fork server, render processes...
+    worker.send(signal.SIGKILL)  # nobody left to enforce the deadline
+    worker.wait(10)
+    deadline, left = time.monotonic() + 15, helpers
+    while time.monotonic() < deadline:
+        left = [pid for pid in helpers if _running(pid)]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert not left  # the render stopped itself after about 2 s of CPU
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has stopped
 
 
 def _tree(pid: int) -> list[int]:

@@ -12,6 +12,7 @@ running tenants' templates sends it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import socket
@@ -23,7 +24,7 @@ NICENESS = 5  # below the worker's own event loop when CPUs are short
 READY = b"ready\n"
 
 
-def serve(connection: socket.socket, memory_bytes: int) -> None:
+def serve(connection: socket.socket, memory_bytes: int, cpu_seconds: int) -> None:
     """Answer requests until the worker closes the socket (or kills this process)."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -31,8 +32,21 @@ def serve(connection: socket.socket, memory_bytes: int) -> None:
     connection.sendall(READY)
     with connection, connection.makefile("rb") as requests, connection.makefile("wb") as answers:
         for line in requests:
+            _limit_cpu(cpu_seconds)
             answers.write(_answer(line).encode() + b"\n")
             answers.flush()
+
+
+def _limit_cpu(seconds: int) -> None:
+    """The kernel ends this process (SIGXCPU) once this render has used about `seconds` of
+    CPU: the worker kills it sooner, but a worker that died (SIGKILL, out of memory) cannot,
+    and its fork server's exit does not stop a render already running."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime) + seconds
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def _answer(line: bytes) -> str:

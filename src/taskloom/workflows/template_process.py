@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing
 import socket
 from multiprocessing.process import BaseProcess
@@ -168,7 +169,7 @@ class TemplateRenderer:
         try:
             process = _FORKS.Process(
                 target=template_child.serve,
-                args=(theirs, self.memory_bytes),
+                args=(theirs, self.memory_bytes, math.ceil(self.timeout_seconds) + 1),
                 name="taskloom-template",
                 daemon=True,
             )
