@@ -127,6 +127,16 @@ async def test_template_errors_keep_their_code_and_path(renderer: TemplateRender
     assert "undefined" in failure.value.message
 
 
+async def test_an_unexpected_exception_in_a_template_is_a_template_error(
+    renderer: TemplateRenderer,
+) -> None:
+    with pytest.raises(TemplateProblem) as failure:
+        await renderer.render("{{ cycler().current }}", SCOPE, path="args")  # RuntimeError
+    assert failure.value.code == "template_error"
+    assert "RuntimeError" in failure.value.message
+    assert renderer.processes == 1  # kept: it did nothing expensive
+
+
 def test_checking_a_template_never_evaluates_it() -> None:
     """Jinja folds constant expressions while compiling, and definitions are compiled in the
     API process when saved: that must not run `'%0999999999d' % 1` there."""

@@ -29,6 +29,7 @@ def serve(connection: socket.socket, memory_bytes: int, cpu_seconds: int) -> Non
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.nice(NICENESS)
+    _silence()
     connection.sendall(READY)
     with connection, connection.makefile("rb") as requests, connection.makefile("wb") as answers:
         for line in requests:
@@ -58,6 +59,17 @@ def _answer(line: bytes) -> str:
         return _error(problem.code, problem.path, problem.message)
     except (MemoryError, RecursionError):  # e.g. while encoding the answer
         return _error(TemplateTooExpensive.code, request["path"], "too expensive to render")
+    except Exception as exc:  # whatever else a template raises is its own error
+        return _error(TemplateProblem.code, request["path"], f"template error: {exc!r}")
+
+
+def _silence() -> None:
+    """Nothing a template does reaches the worker's log (which this process's stdout and
+    stderr are, inherited): a traceback would quote the template and its data."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _error(code: str, path: str, message: str) -> str:

@@ -175,6 +175,9 @@ class TemplateRenderer:
             )
             # Blocking: the first call also starts the fork server (an import of Jinja2).
             await asyncio.to_thread(process.start)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours, limit=MAX_ANSWER_BYTES)
