@@ -299,7 +299,7 @@ def server_env(extra: dict[str, str]) -> dict[str, str]:
 
 async def start_taskloom(deploy: Deployment, pool_size: int, profile: Path | None) -> None:
     """PROCESSES `taskloom api`, configured only by environment variables, as in production,
-    one after the other (each applies migrations on start)."""
+    one after the other (the deployment is migrated already: `taskloom api` never migrates)."""
     s = deploy.settings
     env = server_env(
         {

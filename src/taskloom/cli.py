@@ -101,7 +101,10 @@ async def _serve(
 
     async with _services(settings) as live:
         tracing.configure(live, service="taskloom" if with_worker else "taskloom-api")
-        await migrate(live)
+        if bootstrap:
+            # The quick start only. `taskloom api`/`worker` never migrate: in production a
+            # `taskloom migrate` job runs before the new release's processes (docs/OPERATIONS.md).
+            await migrate(live)
         runtime = await open_runtime(live)
         worker = WorkerService(runtime) if with_worker else None
         try:
@@ -196,7 +199,7 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
 
 @app.command()
 def api(host: HostOption = None, port: PortOption = None) -> None:
-    """Serve the API (run `taskloom migrate` first in production)."""
+    """Serve the API. It does not migrate: run `taskloom migrate` first (docs/OPERATIONS.md)."""
     settings = get_settings()
     _run_service(
         _serve(
@@ -212,7 +215,8 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
 @app.command()
 def worker() -> None:
     """Run executions from the queue until SIGTERM/SIGINT; then stop taking jobs, let running
-    ones finish for up to SHUTDOWN_TIMEOUT_SECONDS, hand the rest back, and exit 0."""
+    ones finish for up to SHUTDOWN_TIMEOUT_SECONDS, hand the rest back, and exit 0. It does not
+    migrate: run `taskloom migrate` first."""
     _run_service(_work(get_settings()))
 
 
@@ -250,7 +254,9 @@ async def _work(settings: Settings) -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply database migrations and (re)create the application role and its grants."""
+    """Apply database migrations and (re)create the application role and its grants, under an
+    advisory lock (concurrent runs take turns). Run it as a one-off job before a new release's
+    api and worker processes (docs/OPERATIONS.md)."""
     from taskloom.db.migrate import migrate as run_migrations
 
     async def _run() -> None:

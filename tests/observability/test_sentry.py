@@ -91,7 +91,7 @@ async def test_an_unexpected_500_is_reported_with_its_route(
         api_port = free_port()
         server = serve_api(env, api_port, tmp_path / "api.log")
         try:
-            # (taskloom api applies the grants when it starts: take one away afterwards)
+            # (take a grant away once the API is up, so its start-up checks pass)
             broken = await asyncpg.connect(settings.database_url)
             await broken.execute(f'REVOKE SELECT ON workflows FROM "{role}"')
             await broken.close()

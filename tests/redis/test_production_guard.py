@@ -130,8 +130,7 @@ async def test_a_bad_password_stops_the_process_in_seconds(
     env = _production_env(
         DATABASE_URL=settings.database_url or "",
         DATABASE_APP_URL=settings.app_database_url(),
-        # The session's own role: `taskloom api` ensures the role it is given exists, and the
-        # default name would leave a `taskloom_app` role behind in the shared cluster.
+        # The session's own role (the default name does not exist in the shared cluster).
         DATABASE_APP_ROLE=settings.database_app_role,
         REDIS_URL=secure_redis.url(auth=":wrong-Pa55@"),
         REDIS_TLS_CA_FILE=str(secure_redis.pki.ca),
@@ -143,4 +142,4 @@ async def test_a_bad_password_stops_the_process_in_seconds(
     assert "authentication failed" in result.stderr
     assert "wrong-Pa55" not in result.stderr + result.stdout
     assert DEFAULT_PASSWORD not in result.stderr
-    assert elapsed < 15  # interpreter start + imports + migrations check; Redis itself < 1 s
+    assert elapsed < 15  # interpreter start + imports + role check; Redis itself < 1 s

@@ -1,11 +1,16 @@
 """Bring a database to the current schema and (re)create the application role with exactly the
-privileges it needs. Idempotent: `taskloom migrate` may run on every deploy."""
+privileges it needs. Idempotent: `taskloom migrate` may run on every deploy, as a one-off job
+before the new release's processes (docs/OPERATIONS.md); concurrent runs take turns."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -17,6 +22,8 @@ from sqlalchemy.pool import NullPool
 from taskloom.config import Settings
 from taskloom.db.rls import APPEND_ONLY_TABLES, READ_ONLY_TABLES, SYSTEM_ONLY_TABLES
 from taskloom.db.urls import async_url
+
+log = structlog.get_logger("taskloom.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -41,18 +48,49 @@ async def current_revision(conn: AsyncConnection) -> str | None:
     return await conn.run_sync(_read)
 
 
+# Session-level advisory lock every `taskloom migrate` takes for its whole run.
+MIGRATION_LOCK = 7265847
+
+
 async def migrate(settings: Settings) -> None:
-    """Upgrade to head, then ensure the application role and its grants."""
+    """Upgrade to head, then ensure the application role and its grants, all under one
+    advisory lock: concurrent runs (two deploy jobs, a retried job) take turns, and the second
+    finds the schema at head and only re-applies the grants."""
     if not settings.database_url:
         raise ValueError("DATABASE_URL is not set")
     url = settings.database_url
-    # Alembic's env.py runs its own event loop, so it needs a thread of its own.
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
-    await ensure_app_role(settings)
+    async with _migration_lock(url):
+        # Alembic's env.py runs its own event loop, so it needs a thread of its own.
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+        await ensure_app_role(settings)
+
+
+@asynccontextmanager
+async def _migration_lock(url: str) -> AsyncIterator[None]:
+    """Hold MIGRATION_LOCK on a connection of its own, open for the whole run. A session lock
+    (not a transaction's) survives the commits in between; closing the connection releases it
+    even if the unlock cannot be sent."""
+    engine = create_async_engine(async_url(url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            taken = await conn.scalar(text(f"select pg_try_advisory_lock({MIGRATION_LOCK})"))
+            if not taken:
+                log.info("migration_lock_wait", detail="another taskloom migrate is running")
+                await conn.execute(text(f"select pg_advisory_lock({MIGRATION_LOCK})"))
+            await conn.commit()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute(text(f"select pg_advisory_unlock({MIGRATION_LOCK})"))
+                    await conn.commit()
+    finally:
+        await engine.dispose()
 
 
 async def ensure_app_role(settings: Settings) -> None:
-    """Create or update the login role the application uses: no BYPASSRLS, owns nothing."""
+    """Create or update the login role the application uses: no BYPASSRLS, owns nothing.
+    Called by `migrate`, under its lock."""
     assert settings.database_url
     role = settings.database_app_role
     password = (
@@ -63,8 +101,6 @@ async def ensure_app_role(settings: Settings) -> None:
     engine = create_async_engine(async_url(settings.database_url), poolclass=NullPool)
     try:
         async with engine.begin() as conn:
-            # Serialize concurrent migrators (several replicas starting at once).
-            await conn.execute(text("select pg_advisory_xact_lock(7265847)"))
             exists = (
                 await conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": role})
             ).scalar()
@@ -91,7 +127,9 @@ def _grants(*, role: str, database: str) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {everything} {to}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public {to}",
         f'REVOKE TRUNCATE, REFERENCES, TRIGGER ON {everything} FROM "{role}"',
+        # Migration bookkeeping: readable (readiness reads it), never written by the app.
         f'REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM "{role}"',
+        f'REVOKE INSERT, UPDATE, DELETE ON schema_revisions FROM "{role}"',
     ]
     statements += [f'REVOKE UPDATE, DELETE ON "{t}" FROM "{role}"' for t in APPEND_ONLY_TABLES]
     statements += [

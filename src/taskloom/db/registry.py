@@ -4,6 +4,7 @@ from taskloom.ai.models import AiUsage
 from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
+from taskloom.db.revisions import SchemaRevision
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Invitation, Membership, Organization
@@ -27,6 +28,7 @@ __all__ = [
     "Membership",
     "Organization",
     "RefreshToken",
+    "SchemaRevision",
     "Session",
     "ToolConnection",
     "User",

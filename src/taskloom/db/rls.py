@@ -38,6 +38,7 @@ ISOLATED_TABLES: dict[str, Scope] = {
 SHARED_TABLES: dict[str, str] = {
     "feature_flags": "global flag definitions; only instance administrators may change them",
     "alembic_version": "migration bookkeeping; the application role may only read it",
+    "schema_revisions": "applied migrations and their breaks_previous; the app role only reads it",
     "gdpr_export_files": "queued export archives; the application role has no privilege on it",
 }
 

@@ -7,12 +7,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import text
-
-from taskloom.db.migrate import current_revision, head_revision
+from taskloom.db.revisions import lineage, schema_state
 from taskloom.runtime import Runtime
 
 CHECK_SECONDS = 1.5  # leaves room inside the 2 s every probe answers within
@@ -45,21 +42,25 @@ async def _timed(probe: Callable[[], Awaitable[dict[str, Any]]], what: str) -> C
     return Check(True, latency_ms=(time.perf_counter() - started) * 1000, details=details)
 
 
-@lru_cache(maxsize=1)
-def _head() -> str:
-    return head_revision()
-
-
 async def database(runtime: Runtime) -> Check:
+    """Reachable, and at a schema this build can run on: its own head, or a newer release's
+    that added nothing the previous release trips over (db/revisions.py). Behind, or ahead by
+    a migration that breaks_previous, is not ready."""
+
     async def probe() -> dict[str, Any]:
         async with runtime.database.app_engine.connect() as conn:
-            await conn.execute(text("select 1"))
-            revision = await current_revision(conn)
-        return {"migrations_current": revision == _head(), "revision": revision}
+            state = await schema_state(conn)
+        return {
+            "migrations_current": state.status == "current",
+            "revision": state.revision,
+            "head": lineage()[0],
+            "schema": state.status,
+            **({"schema_error": state.reason} if state.reason else {}),
+        }
 
     check = await _timed(probe, "PostgreSQL")
-    if check.ok and not check.details["migrations_current"]:
-        check.ok, check.error = False, "the database is not at the latest migration"
+    if check.ok and check.details.get("schema_error"):
+        check.ok, check.error = False, check.details.pop("schema_error")
     return check
 
 

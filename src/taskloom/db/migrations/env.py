@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskloom.config import get_settings
 from taskloom.db.registry import metadata
+from taskloom.db.revisions import on_version_apply
 from taskloom.db.urls import async_url
 
 config = context.config
@@ -30,6 +31,8 @@ def _run(connection: Connection) -> None:
         compare_type=True,
         compare_server_default=True,
         transaction_per_migration=True,
+        # Each migration's `breaks_previous` goes into schema_revisions in its own transaction.
+        on_version_apply=on_version_apply(context.script),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -15,6 +15,7 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+breaks_previous = True  # the first schema: no earlier release ran on anything
 
 
 def upgrade() -> None:

@@ -22,6 +22,9 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+# Audit chains re-sealed under a new rule (the previous release would break them) and a NOT NULL
+# digest it does not write.
+breaks_previous = True
 
 GENESIS = "0" * 64
 

@@ -14,6 +14,7 @@ revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
+breaks_previous = False  # nullable columns and a new table
 
 
 def upgrade() -> None:

@@ -14,6 +14,7 @@ revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+breaks_previous = False  # a new table, an index and a column with a default
 
 
 def upgrade() -> None:

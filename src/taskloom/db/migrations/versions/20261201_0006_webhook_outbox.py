@@ -16,6 +16,9 @@ revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+# Nullable columns, an index, and triggers that only add delivery rows: the previous release's
+# writes succeed, and their events wait for a worker of this one.
+breaks_previous = False
 
 _EMIT = """
 CREATE FUNCTION taskloom_webhook_event(p_org uuid, p_type text, p_data jsonb) RETURNS void

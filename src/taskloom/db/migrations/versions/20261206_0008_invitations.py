@@ -20,6 +20,7 @@ revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
+breaks_previous = False  # a new table
 
 ORG = "app_current_org()"
 MY_EMAIL = "(SELECT lower(u.email) FROM users u WHERE u.id = app_current_user())"

@@ -15,6 +15,7 @@ revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
+breaks_previous = False  # indexes rebuilt with another column order
 
 
 def upgrade() -> None:
