@@ -25,6 +25,7 @@ from taskloom.embedded import start_embedded
 if TYPE_CHECKING:
     import uuid
 
+    from taskloom.queue.shutdown import ExitBudget
     from taskloom.runtime import Runtime
 
 app = typer.Typer(help="Taskloom: multi-tenant AI workflow automation.", no_args_is_help=True)
@@ -215,12 +216,17 @@ def api(host: HostOption = None, port: PortOption = None) -> None:
 @app.command()
 def worker() -> None:
     """Run executions from the queue until SIGTERM/SIGINT; then stop taking jobs, let running
-    ones finish for up to SHUTDOWN_TIMEOUT_SECONDS, hand the rest back, and exit 0. It does not
-    migrate: run `taskloom migrate` first."""
-    _run_service(_work(get_settings()))
+    ones finish for up to SHUTDOWN_TIMEOUT_SECONDS, hand the rest back, and exit 0 within
+    SHUTDOWN_TIMEOUT_SECONDS + 2 s. It does not migrate: run `taskloom migrate` first."""
+    from taskloom.queue.shutdown import ExitBudget
+
+    budget = ExitBudget()  # SHUTDOWN_TIMEOUT_SECONDS + 2 s from the signal to the exit
+    _run_service(_work(get_settings(), budget))
+    if budget.started:
+        budget.exit_now()
 
 
-async def _work(settings: Settings) -> None:
+async def _work(settings: Settings, budget: ExitBudget) -> None:
     from taskloom.observability import tracing
     from taskloom.queue.worker import WorkerService
     from taskloom.runtime import open_runtime
@@ -246,10 +252,14 @@ async def _work(settings: Settings) -> None:
                 worker_id=service.id,
             )
             await stop.wait()
+            # No watchdog with embedded servers (a development setup): stopping them takes
+            # longer than the budget, and cutting that short would leave them running.
+            embedded = not (settings.database_url and settings.redis_url)
+            budget.start(live.shutdown_timeout_seconds, watchdog=not embedded)
             await service.shutdown()
         finally:
-            await runtime.close()
-            tracing.shutdown()
+            await budget.bounded(runtime.close())
+            tracing.shutdown(timeout_s=budget.seconds_left())
 
 
 @app.command()

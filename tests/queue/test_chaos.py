@@ -213,6 +213,11 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
     assert monkey.redis_restart is not None
     assert monkey.redis_restart["jobs_after"] > 0  # the AOF was reloaded
     assert [h for h in monkey.interruptions if h.kind == "worker_exit"] == []
+    # Every SIGTERMed worker exited within SHUTDOWN_TIMEOUT_SECONDS + 2 s (a grace period just
+    # above the timeout never needs a SIGKILL); bullmq's close was once forced only after 10 s.
+    bound = float(WORKER_SETTINGS["shutdown_timeout_seconds"]) + 2
+    assert monkey.sigterm_exits, "no worker was SIGTERMed"
+    assert all(s is not None and s < bound for s in monkey.sigterm_exits), monkey.sigterm_exits
     # Nothing lost, nothing failed.
     assert counts == {"succeeded": len(ids)}
     # Every step of every execution was called; calls made twice were interrupted ones.
@@ -281,7 +286,9 @@ async def test_a_job_still_being_claimed_when_the_shutdown_times_out_is_handed_b
 ) -> None:
     """A job fetched before the pause but not yet claimed is not among the running executions
     the shutdown waits for; the close then processed it in full, past the timeout (and bullmq
-    stops renewing locks during its close, so a short lock let another worker run it too)."""
+    stops renewing locks during its close, so a short lock let another worker run it too).
+    The claim here ends within the shutdown's budget (SHUTDOWN_TIMEOUT_SECONDS + 1.5 s); one
+    slower than that is cut by the forced close, and the job waits for its lock to expire."""
     key = unique_key("claimed")
     workflow_id = await create_workflow(
         api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
@@ -290,7 +297,7 @@ async def test_a_job_still_being_claimed_when_the_shutdown_times_out_is_handed_b
 
     async def slow_claim(*args: Any, **kwargs: Any) -> Any:
         claiming.set()
-        await asyncio.sleep(1.5)  # a claim waiting for its turn on a busy database
+        await asyncio.sleep(1.0)  # a claim waiting for its turn on a busy database
         return await claim(*args, **kwargs)
 
     monkeypatch.setattr(runs, "claim", slow_claim)

@@ -47,9 +47,9 @@ def capture(error: BaseException, **tags: Any) -> None:
         sentry_sdk.capture_exception(error)
 
 
-def flush() -> None:
-    """Send what is queued (on exit)."""
+def flush(*, timeout: float | None = None) -> None:
+    """Send what is queued (on exit), for up to `timeout` seconds (default 2)."""
     if _enabled:
         import sentry_sdk
 
-        sentry_sdk.flush(timeout=2.0)
+        sentry_sdk.flush(timeout=2.0 if timeout is None else timeout)

@@ -76,10 +76,14 @@ def instrument_engines(*engines: Any) -> None:
         SQLAlchemyInstrumentor().instrument(engines=[e.sync_engine for e in engines])
 
 
-def shutdown() -> None:
-    """Send what is buffered (on exit: a SIGTERM must not lose the last spans)."""
-    if _provider is not None:
-        _provider.shutdown()
+def shutdown(*, timeout_s: float | None = None) -> None:
+    """Send what is buffered (on exit: a SIGTERM must not lose the last spans), within
+    `timeout_s` when given (a worker's exit is bounded; an unreachable collector loses them)."""
+    if _provider is None:
+        return
+    if timeout_s is not None and not _provider.force_flush(int(timeout_s * 1000)):
+        log.warning("spans_not_flushed", timeout_s=round(timeout_s, 2))
+    _provider.shutdown()
 
 
 def tracer() -> trace.Tracer:

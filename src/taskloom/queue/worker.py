@@ -3,7 +3,8 @@ handlers, a heartbeat for /health/queue, the reconciler, and graceful shutdown.
 
 Shutdown (SIGTERM/SIGINT): stop taking jobs; let running executions finish for up to
 SHUTDOWN_TIMEOUT_SECONDS; hand the rest back to the queue (another worker starts them at once,
-not after the 300 s lock); close. Nothing is marked failed because of a shutdown.
+not after the 300 s lock); close. Nothing is marked failed because of a shutdown, and every
+phase fits in the budget of queue/shutdown.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME, WEBHOOK_QUEUE_NAME
 from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.queue.reconciler import Reconciler
 from taskloom.queue.runner import ExecutionRunner
+from taskloom.queue.shutdown import CLOSE_SECONDS, Deadline
 from taskloom.redis import bullmq_options
 from taskloom.runtime import Runtime
 from taskloom.webhooks.delivery import WebhookDeliverer, dispatch_pending
@@ -43,8 +45,12 @@ log = structlog.get_logger("taskloom.queue")
 HEARTBEAT_SECONDS = 5.0
 # bullmq emits an "error" event with this message for each job of a lockRenewalFailed event.
 LOCK_RENEWAL_ERROR = "could not renew lock for job "
-HAND_BACK_SECONDS = 10.0  # how long handing back may take before we force-close
-CLOSE_SECONDS = 10.0
+# Of the shutdown's CLOSE_SECONDS after the timeout: the queues' close keeps this much for
+# itself (the hand-back and the background loops get the rest), of which the last FORCE_SECONDS
+# are for a forced close when the graceful one has not finished.
+CLOSE_RESERVE_SECONDS = 0.5
+FORCE_SECONDS = 0.2
+MIN_CLOSE_SECONDS = 0.5
 CANCEL_SECONDS = 5.0
 # An idle worker blocks this long per poll for new jobs (bullmq's default is 5 s); a shutdown
 # that starts during that wait finishes after it, so shorter is a quicker exit.
@@ -139,22 +145,27 @@ class WorkerService:
         )
 
     async def shutdown(self) -> None:
-        """Graceful stop; returns when the worker's connections are closed."""
+        """Graceful stop, within SHUTDOWN_TIMEOUT_SECONDS + CLOSE_SECONDS (queue/shutdown.py);
+        returns when the worker's connections are closed or that budget is spent."""
         worker = self.worker
         if worker is None:
             return
         timeout = self.runtime.settings.shutdown_timeout_seconds
+        deadline = Deadline.after(timeout + CLOSE_SECONDS)
         running = len(self.runner.active)
         log.info("worker_stopping", worker=self.id, running=running, timeout_s=timeout)
-        # Heartbeat and reconciler: let a tick in progress end, then stop (cancel if stuck).
+        # Heartbeat, reconciler, dispatcher: told to stop; a tick in progress ends meanwhile.
         self._stopping.set()
-        await self._finish(self._loops)
-        await worker.pause(do_not_wait_active=True)  # stop taking jobs
-        for other in (self.gdpr_worker, self.webhook_worker):
-            if other is not None:
-                await other.pause(do_not_wait_active=True)
+        others = [w for w in (self.gdpr_worker, self.webhook_worker) if w is not None]
+        for each in (worker, *others):
+            await each.pause(do_not_wait_active=True)  # stop taking jobs
         log.info("worker_paused", worker=self.id)
-        finished = await self._wait_for_active(timeout)
+        # Exports and webhook deliveries get the same time as executions to finish, then their
+        # close is forced (an export is rebuilt after its lock, a delivery retried). An idle
+        # queue's close takes milliseconds: a very short timeout does not force it.
+        jobs_until = Deadline.after(max(timeout, MIN_CLOSE_SECONDS))
+        closing = [asyncio.ensure_future(self._close(w, jobs_until)) for w in others]
+        finished = await self._wait_for_active(min(timeout, deadline.left()))
         # A job fetched before the pause but not yet claimed is not in `active`; it starts
         # during the close below. Hand it back at once rather than run it past the timeout.
         self.runner.handing_back = True
@@ -162,27 +173,38 @@ class WorkerService:
             handed = self.runner.hand_back_all()
             QUEUE_EVENTS.labels("handed_back").inc(handed)
             log.warning("handing_back", jobs=handed)
-            await self._wait_for_active(HAND_BACK_SECONDS)
-        workers = (worker, self.gdpr_worker, self.webhook_worker)
-        await asyncio.gather(*(self._close(w) for w in workers if w is not None))
+            await self._wait_for_active(deadline.left(keep=CLOSE_RESERVE_SECONDS))
+        await self._finish(self._loops, deadline.left(keep=CLOSE_RESERVE_SECONDS))
+        await asyncio.gather(self._close(worker, deadline), self._forget(deadline), *closing)
         log.info("worker_closed", worker=self.id)
-        await self._cancel(self._runs)
-        await self.runner.templates.aclose()
-        await self.runtime.redis.delete(self._heartbeat_key)
-        await self.reconciler.release()
-        log.info("worker_stopped", worker=self.id)
+        await self._cancel(self._runs, deadline.left())
+        with contextlib.suppress(TimeoutError):  # render processes are killed; reaping may lag
+            async with asyncio.timeout(deadline.left()):
+                await self.runner.templates.aclose()
+        log.info("worker_stopped", worker=self.id, overran=deadline.left() == 0)
+
+    async def _forget(self, deadline: Deadline) -> None:
+        """This worker's heartbeat and reconciler leadership, gone at once (both would expire
+        on their own: a slow Redis does not hold up the exit)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(deadline.left()):
+                await self.runtime.redis.delete(self._heartbeat_key)
+                await self.reconciler.release()
 
     @staticmethod
-    async def _close(worker: Worker) -> None:
+    async def _close(worker: Worker, deadline: Deadline) -> None:
         """`Worker.close()` waits for its fetch and its jobs and shields itself from
-        cancellation, so `wait_for` cannot bound it: wait, then force it."""
+        cancellation, so `wait_for` cannot bound it: wait while the budget allows, then force
+        it (running jobs are cancelled, connections dropped without waiting)."""
         closing = asyncio.ensure_future(worker.close())
-        done, _ = await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
-        if not done:
-            # e.g. an export still being written: it is rebuilt from scratch after its lock.
-            log.error("worker_close_timed_out", queue=worker.name)
-            worker.cancelProcessing()
-            await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
+        done, _ = await asyncio.wait({closing}, timeout=deadline.left(keep=FORCE_SECONDS))
+        if done:
+            return
+        log.warning("worker_close_timed_out", queue=worker.name)
+        forced = asyncio.ensure_future(worker.close(force=True))
+        _, pending = await asyncio.wait({closing, forced}, timeout=max(deadline.left(), 0.1))
+        if pending:
+            log.error("worker_close_abandoned", queue=worker.name)
 
     async def _wait_for_active(self, seconds: float) -> bool:
         try:
@@ -192,19 +214,21 @@ class WorkerService:
         return True
 
     @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    async def _cancel(tasks: list[asyncio.Task[Any]], seconds: float = CANCEL_SECONDS) -> None:
         """Cancel background tasks; one stuck in a call that ignores cancellation does not hold
-        up the shutdown for more than a few seconds."""
+        up the shutdown for more than `seconds`."""
         for task in tasks:
             task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=CANCEL_SECONDS) if tasks else (set(), set())
+        # A moment at least, for the cancellations to be delivered.
+        timeout = max(seconds, 0.05)
+        _, stuck = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
         if stuck:
             log.warning("tasks_not_cancelled", tasks=sorted(t.get_name() for t in stuck))
 
-    async def _finish(self, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _finish(self, tasks: list[asyncio.Task[Any]], seconds: float) -> None:
         """Wait for tasks that were told to stop; cancel the ones that do not in time."""
-        _, late = await asyncio.wait(tasks, timeout=CANCEL_SECONDS) if tasks else (set(), set())
-        await self._cancel(list(late))
+        _, late = await asyncio.wait(tasks, timeout=seconds) if tasks else (set(), set())
+        await self._cancel(list(late), min(CANCEL_SECONDS, seconds))
 
     async def _dispatch_webhooks(self) -> None:
         """Move new webhook events from the outbox to the queue, every few moments."""
