@@ -21,7 +21,13 @@ from sqlalchemy.engine import make_url
 
 from taskloom.config import Settings
 from taskloom.db.engine import check_roles, create_database
-from taskloom.db.migrate import MIGRATIONS_DIR, alembic_config, head_revision, migrate
+from taskloom.db.migrate import (
+    MIGRATION_LOCK,
+    MIGRATIONS_DIR,
+    alembic_config,
+    head_revision,
+    migrate,
+)
 from taskloom.db.revisions import UndeclaredMigration, breaks_previous, lineage
 from tests.cli_support import clean_env, serve_api
 from tests.servers import free_port
@@ -156,7 +162,7 @@ async def test_two_taskloom_migrate_at_once_on_a_fresh_database_both_succeed(
         assert await admin.fetchval("select version_num from alembic_version") == head_revision()
         recorded = await admin.fetch("select revision from schema_revisions")
         assert {row["revision"] for row in recorded} == set(lineage())
-        assert await admin.fetchval("select pg_try_advisory_lock(7265847)")  # released
+        assert await admin.fetchval("select pg_try_advisory_lock($1)", MIGRATION_LOCK)  # released
     finally:
         await admin.close()
     database = create_database(empty_database)
@@ -202,14 +208,14 @@ async def test_the_migration_lock_is_held_for_the_whole_run(
     assert url
     holder = await asyncpg.connect(url)
     try:
-        await holder.execute("select pg_advisory_lock(7265847)")
+        await holder.execute("select pg_advisory_lock($1)", MIGRATION_LOCK)
         running = asyncio.create_task(migrate(empty_database))
         await asyncio.sleep(2)
         assert not running.done()
         tables = await holder.fetchval("select count(*) from pg_tables where schemaname = 'public'")
         assert tables == 0  # alembic has not started: it waits for the lock too
         started = time.monotonic()
-        await holder.execute("select pg_advisory_unlock(7265847)")
+        await holder.execute("select pg_advisory_unlock($1)", MIGRATION_LOCK)
         await asyncio.wait_for(running, 120)
         print(f"migrated {time.monotonic() - started:.1f} s after the lock was released")
     finally:
