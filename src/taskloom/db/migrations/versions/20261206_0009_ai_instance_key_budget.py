@@ -12,6 +12,7 @@ from alembic import op
 
 revision = "0009"
 down_revision = "0008"
+breaks_previous = False  # columns with defaults the previous release never reads
 branch_labels = None
 depends_on = None
 
