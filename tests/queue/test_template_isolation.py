@@ -100,7 +100,7 @@ async def test_a_render_left_running_by_a_killed_worker_stops_on_its_own(
     helpers = _tree(worker.proc.pid)[1:]  # the fork server, render processes...
     worker.send(signal.SIGKILL)  # nobody left to enforce the deadline
     worker.wait(10)
-    deadline, left = time.monotonic() + 15, helpers
+    deadline, left = time.monotonic() + 40, helpers  # nice 5: slow on a saturated machine
     while time.monotonic() < deadline:
         left = [pid for pid in helpers if _running(pid)]
         if not left:
