@@ -7,6 +7,7 @@ show it."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeVar
 
-from taskloom.observability.metrics import CIRCUIT_STATE
+from taskloom.observability.metrics import BREAKER_NAMES, CIRCUIT_STATE, OTHER
 
 T = TypeVar("T")
 
@@ -44,11 +45,11 @@ class CircuitBreaker:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        CIRCUIT_STATE.labels(self.name).set(self.state)
+        _export(self.name, self.state)
 
     def _set(self, state: BreakerState) -> None:
         self.state = state
-        CIRCUIT_STATE.labels(self.name).set(state)
+        _export(self.name, state)
 
     def before_call(self) -> None:
         """Raise CircuitOpen unless a call may go ahead now."""
@@ -113,7 +114,7 @@ class Breakers:
     def remove(self, name: str) -> None:
         with self._lock:
             self._by_name.pop(name, None)
-        CIRCUIT_STATE.remove(name)
+        _unexport(name)
 
     def all(self) -> list[CircuitBreaker]:
         with self._lock:
@@ -121,3 +122,27 @@ class Breakers:
 
 
 BREAKERS = Breakers()
+
+# Breakers are named after tenants' connections: past the first MAX_NAMED_BREAKERS of a process
+# they share the series `other`, which shows the worst state among them.
+_folded: dict[str, BreakerState] = {}
+_folded_lock = threading.Lock()
+
+
+def _export(name: str, state: BreakerState) -> None:
+    if BREAKER_NAMES(name) != OTHER:
+        CIRCUIT_STATE.labels(name).set(state)
+        return
+    with _folded_lock:
+        _folded[name] = state
+        CIRCUIT_STATE.labels(OTHER).set(max(_folded.values()))
+
+
+def _unexport(name: str) -> None:
+    with _folded_lock:
+        if _folded.pop(name, None) is not None:
+            CIRCUIT_STATE.labels(OTHER).set(max(_folded.values(), default=BreakerState.CLOSED))
+            return
+    BREAKER_NAMES.forget(name)
+    with contextlib.suppress(KeyError):  # never exported under its name
+        CIRCUIT_STATE.remove(name)

@@ -195,6 +195,21 @@ async def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
     assert alerts - silent == set(), "never shown silent"
 
 
+def test_every_dashboard_query_follows_the_job_instance_and_env_variables() -> None:
+    dashboard = json.loads((RULES.parents[1] / "grafana" / "taskloom.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "instance", "env"} <= variables
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            selectors = re.findall(r"\b[a-z_0-9]+\{([^}]*)\}", expr)
+            assert selectors, expr
+            for selector in selectors:
+                for name in ("job", "instance", "env"):
+                    assert f'{name}=~"${name}"' in selector, expr
+            assert "[5m]" not in expr, f"rate windows use $__rate_interval: {expr}"
+
+
 def test_the_dashboard_and_alerts_only_use_metrics_taskloom_exposes() -> None:
     """A renamed metric must not leave a dead panel or a silent alert behind."""
     exposed = {

@@ -34,6 +34,40 @@ HTTP_DURATION = Histogram(
     buckets=HTTP_BUCKETS,
 )
 
+# --- bounded label values --------------------------------------------------------------------
+OTHER = "other"
+
+
+class BoundedLabel:
+    """Label values that tenants choose (tool names advertised by their MCP servers, breakers
+    named after their connections) would grow the number of series without end: the first
+    `limit` distinct values a process sees keep their name, every later one is `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._named: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._named:
+            return value
+        with self._lock:
+            if len(self._named) < self.limit:
+                self._named.add(value)
+                return value
+        return OTHER
+
+    def forget(self, value: str) -> None:
+        """Free the value's place (its series was removed)."""
+        with self._lock:
+            self._named.discard(value)
+
+
+MAX_NAMED_TOOLS = 100  # per process, (provider, tool) pairs; docs/OBSERVABILITY.md
+MAX_NAMED_BREAKERS = 100
+TOOL_NAMES = BoundedLabel(MAX_NAMED_TOOLS)
+BREAKER_NAMES = BoundedLabel(MAX_NAMED_BREAKERS)
+
 # --- AI model calls and tool calls (recorded by the code that makes the call, once per call) ---
 AI_REQUESTS = Counter("ai_requests_total", "AI model calls.", ["model", "category", "success"])
 AI_DURATION = Histogram(
@@ -62,7 +96,8 @@ TOOL_CACHE = Counter(
 )
 CIRCUIT_STATE = Gauge(
     "circuit_breaker_state",
-    "Circuit breakers: 0 closed, 1 half-open, 2 open.",
+    "Circuit breakers: 0 closed, 1 half-open, 2 open (name `other`: the worst of the breakers"
+    " past the first 100 of a process).",
     ["name"],
     multiprocess_mode="max",
 )

@@ -32,7 +32,7 @@ from taskloom.config import Settings
 from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import tenant_transaction
 from taskloom.net import TargetNotAllowed
-from taskloom.observability.metrics import TOOL_CACHE, TOOL_CALLS, TOOL_DURATION
+from taskloom.observability.metrics import OTHER, TOOL_CACHE, TOOL_CALLS, TOOL_DURATION, TOOL_NAMES
 from taskloom.redis import Cache
 from taskloom.runtime import Runtime
 from taskloom.tools import service
@@ -153,6 +153,7 @@ async def call_tool(
         tool = _find_tool(connection, tools, tool_name)
         checked = _validated_args(tool, args)
         cache = _Cache(services, connection)
+        label = _tool_label(connection.provider, tool.name)
         cache_key: str | None = None
         if tool.read_only and use_cache and settings.tool_cache_ttl_seconds > 0:
             try:
@@ -160,7 +161,7 @@ async def call_tool(
             except RedisError as error:  # a cache outage degrades to no cache
                 log.warning("tool_cache_unavailable", error=type(error).__name__)
             else:
-                TOOL_CACHE.labels(connection.provider, tool.name, "hit" if hit else "miss").inc()
+                TOOL_CACHE.labels(connection.provider, label, "hit" if hit else "miss").inc()
                 if hit is not None:
                     return {"result": hit["v"], "cached": True, "tool": tool.name}
         started, success = time.perf_counter(), False
@@ -169,10 +170,8 @@ async def call_tool(
             result = await _guarded(services, connection, breaker, call)
             success = True
         finally:
-            TOOL_CALLS.labels(connection.provider, tool.name, str(success).lower()).inc()
-            TOOL_DURATION.labels(connection.provider, tool.name).observe(
-                time.perf_counter() - started
-            )
+            TOOL_CALLS.labels(connection.provider, label, str(success).lower()).inc()
+            TOOL_DURATION.labels(connection.provider, label).observe(time.perf_counter() - started)
     try:
         if cache_key is not None:
             await cache.put(cache_key, {"v": result}, settings.tool_cache_ttl_seconds)
@@ -225,3 +224,9 @@ async def _guarded(
         raise
     breaker.record_success()
     return result
+
+
+def _tool_label(provider: str, tool: str) -> str:
+    """The `tool` label: MCP servers name their own tools, so past the first MAX_NAMED_TOOLS
+    (provider, tool) pairs of this process they count as `other`."""
+    return tool if TOOL_NAMES(f"{provider}\x00{tool}") != OTHER else OTHER
