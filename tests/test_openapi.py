@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from taskloom.runtime import Runtime
-from tests.factories import Account, make_superuser, register
+from tests.factories import PASSWORD, Account, make_superuser, register
 
 PINNED = Path(__file__).with_name("operation_ids.txt")
 
@@ -51,16 +51,11 @@ def test_every_authenticated_operation_declares_the_bearer_scheme(app: FastAPI) 
         assert declared != public, f"{method} {path}"
 
 
-# Created without a single-resource URL to point at (yet): the account (register), an API key, an
-# organization, an invitation.
-_NO_RESOURCE_URL = {"auth_register", "auth_create_api_key", "orgs_create", "members_invite"}
-
-
 def test_201_and_202_answers_document_their_location(app: FastAPI) -> None:
     for method, path, operation in _operations(app):
         responses: dict[str, Any] = operation["responses"]  # type: ignore[assignment]
         for status in ("201", "202"):
-            if status in responses and operation["operationId"] not in _NO_RESOURCE_URL:
+            if status in responses:
                 assert "Location" in responses[status].get("headers", {}), f"{method} {path}"
 
 
@@ -104,6 +99,25 @@ async def test_a_created_or_accepted_resource_is_read_at_its_location(
         "POST", "/api/admin/flags", {"key": "located-flag", "description": "x"}, who=root
     )
     assert read["key"] == flag["key"] == "located-flag"
+    key, read = await located("POST", "/auth/api-keys", {"name": "ci", "role": "viewer"})
+    assert read["id"] == key["id"]
+    assert "key" not in read  # the secret is shown once
+    org, read = await located("POST", "/api/orgs", {"name": "Located Too"})
+    assert read["org_id"] == org["id"]
+    assert read["role"] == "owner"
+    invitation, read = await located(
+        "POST", "/api/members", {"email": "located-invitee@example.test", "role": "member"}
+    )
+    assert read["id"] == invitation["invitation_id"]
+    registered = await client.post(
+        "/auth/register",
+        json={"email": "located-new@example.test", "password": PASSWORD, "display_name": "New"},
+    )
+    assert registered.headers["location"] == "/auth/me"
+    me = await client.get(
+        "/auth/me", headers={"Authorization": f"Bearer {registered.json()['access_token']}"}
+    )
+    assert me.json()["user"]["id"] == registered.json()["user_id"]
     assert {a.headers["location"] for a in answers} >= {
         f"/api/workflows/{workflow['id']}",
         f"/api/executions/{accepted['execution_id']}",

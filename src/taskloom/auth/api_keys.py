@@ -81,6 +81,21 @@ async def list_api_keys(*, db: AsyncSession, principal: Principal) -> list[ApiKe
     return list(rows.scalars())
 
 
+async def get_api_key(*, db: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
+    """One of the caller's keys in the current organization, or NotFound."""
+    org_id = _require_org(principal)
+    key = (
+        await db.execute(
+            select(ApiKey).where(
+                ApiKey.id == key_id, ApiKey.user_id == principal.user_id, ApiKey.org_id == org_id
+            )
+        )
+    ).scalar_one_or_none()
+    if key is None:
+        raise NotFound("API key not found")
+    return key
+
+
 async def revoke_api_key(
     *, db: AsyncSession, principal: Principal, context: AuditContext, key_id: uuid.UUID
 ) -> None:

@@ -27,6 +27,7 @@ from taskloom.auth.schemas import (
     TokenResponse,
     UserOut,
 )
+from taskloom.locations import located, set_location
 from taskloom.orgs import service as orgs
 from taskloom.runtime import Runtime
 
@@ -47,8 +48,15 @@ def _tokens(pair: service.TokenPair) -> TokenResponse:
     )
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, openapi_extra=access("public"))
-async def register(body: RegisterRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=access("public"),
+    responses=located(201),
+)
+async def register(
+    body: RegisterRequest, runtime: RuntimeDep, client: Client, response: Response
+) -> TokenResponse:
     pair = await service.register(
         runtime=runtime,
         email=body.email,
@@ -57,6 +65,7 @@ async def register(body: RegisterRequest, runtime: RuntimeDep, client: Client) -
         organization_name=body.organization_name,
         client=client,
     )
+    set_location(response, "/auth/me")  # the new account, as its tokens see it
     return _tokens(pair)
 
 
@@ -154,12 +163,19 @@ async def list_api_keys(ctx: OrgSession) -> list[ApiKeyOut]:
     return [ApiKeyOut.model_validate(_key_out(k)) for k in keys]
 
 
+@router.get("/api-keys/{key_id}", openapi_extra=access("viewer", api_key=False))
+async def get_api_key(key_id: uuid.UUID, ctx: OrgSession) -> ApiKeyOut:
+    key = await api_keys.get_api_key(db=ctx.db, principal=ctx.principal, key_id=key_id)
+    return ApiKeyOut.model_validate(_key_out(key))
+
+
 @router.post(
     "/api-keys",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=access("viewer", api_key=False),
+    responses=located(201),
 )
-async def create_api_key(body: ApiKeyCreate, ctx: OrgSession) -> ApiKeyCreated:
+async def create_api_key(body: ApiKeyCreate, ctx: OrgSession, response: Response) -> ApiKeyCreated:
     key, plaintext = await api_keys.create_api_key(
         db=ctx.db,
         principal=ctx.principal,
@@ -168,6 +184,7 @@ async def create_api_key(body: ApiKeyCreate, ctx: OrgSession) -> ApiKeyCreated:
         role=body.role,
         expires_in_days=body.expires_in_days,
     )
+    set_location(response, f"/auth/api-keys/{key.id}")
     return ApiKeyCreated.model_validate({**_key_out(key), "key": plaintext})
 
 

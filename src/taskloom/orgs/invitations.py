@@ -159,6 +159,16 @@ async def list_pending(*, db: AsyncSession, principal: Principal) -> list[Pendin
     ]
 
 
+async def get_pending(
+    *, db: AsyncSession, principal: Principal, invitation_id: uuid.UUID
+) -> PendingInvitation:
+    """One of the current organization's open invitations, or NotFound."""
+    for invitation in await list_pending(db=db, principal=principal):
+        if invitation.id == invitation_id:
+            return invitation
+    raise NotFound("invitation not found")
+
+
 async def revoke(
     *, db: AsyncSession, principal: Principal, context: AuditContext, invitation_id: uuid.UUID
 ) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Context, Session, Viewer
+from taskloom.locations import located, set_location
 from taskloom.orgs import invitations, service
 from taskloom.orgs.schemas import (
     InvitationAccepted,
@@ -37,30 +38,39 @@ def _member_out(member: service.Member) -> MemberOut:
     )
 
 
+def _my_org_out(org: service.MyOrganization, ctx: Context) -> MyOrgOut:
+    return MyOrgOut(
+        org_id=org.org_id,
+        name=org.name,
+        slug=org.slug,
+        role=org.role,
+        current=org.org_id == ctx.principal.org_id,
+    )
+
+
 @router.get("/orgs", openapi_extra=access("authenticated"))
 async def list_my_orgs(ctx: Context) -> list[MyOrgOut]:
     orgs = await service.list_my_organizations(db=ctx.db, principal=ctx.principal)
-    return [
-        MyOrgOut(
-            org_id=o.org_id,
-            name=o.name,
-            slug=o.slug,
-            role=o.role,
-            current=o.org_id == ctx.principal.org_id,
-        )
-        for o in orgs
-    ]
+    return [_my_org_out(o, ctx) for o in orgs]
+
+
+@router.get("/orgs/{org_id}", openapi_extra=access("authenticated"))
+async def get_my_org(org_id: uuid.UUID, ctx: Context) -> MyOrgOut:
+    org = await service.get_my_organization(db=ctx.db, principal=ctx.principal, org_id=org_id)
+    return _my_org_out(org, ctx)
 
 
 @router.post(
     "/orgs",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=access("authenticated", api_key=False),
+    responses=located(201),
 )
-async def create_org(body: OrgCreate, ctx: Session) -> OrgOut:
+async def create_org(body: OrgCreate, ctx: Session, response: Response) -> OrgOut:
     org = await service.create_organization(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
     )
+    set_location(response, f"/api/orgs/{org.id}")
     return OrgOut.model_validate(org)
 
 
@@ -85,11 +95,17 @@ async def list_members(ctx: Viewer) -> list[MemberOut]:
 
 # An invitation, never a membership: the person accepts it (POST /api/invitations/{id}/accept).
 # 202 with an id either way: whether the address has an account is not the admin's to learn.
-@router.post("/members", status_code=status.HTTP_202_ACCEPTED, openapi_extra=access("admin"))
-async def invite_member(body: MemberInvite, ctx: Admin) -> InvitationCreated:
+@router.post(
+    "/members",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra=access("admin"),
+    responses=located(202),
+)
+async def invite_member(body: MemberInvite, ctx: Admin, response: Response) -> InvitationCreated:
     invitation_id = await invitations.invite(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, email=body.email, role=body.role
     )
+    set_location(response, f"/api/members/invitations/{invitation_id}")
     return InvitationCreated(invitation_id=invitation_id)
 
 
@@ -97,6 +113,14 @@ async def invite_member(body: MemberInvite, ctx: Admin) -> InvitationCreated:
 async def list_pending_invitations(ctx: Admin) -> list[PendingInvitationOut]:
     pending = await invitations.list_pending(db=ctx.db, principal=ctx.principal)
     return [PendingInvitationOut.model_validate(i, from_attributes=True) for i in pending]
+
+
+@router.get("/members/invitations/{invitation_id}", openapi_extra=access("admin"))
+async def get_pending_invitation(invitation_id: uuid.UUID, ctx: Admin) -> PendingInvitationOut:
+    invitation = await invitations.get_pending(
+        db=ctx.db, principal=ctx.principal, invitation_id=invitation_id
+    )
+    return PendingInvitationOut.model_validate(invitation, from_attributes=True)
 
 
 @router.delete(

@@ -114,6 +114,16 @@ async def list_my_organizations(*, db: AsyncSession, principal: Principal) -> li
     return [MyOrganization(r.id, r.name, r.slug, Role(r.role)) for r in rows]
 
 
+async def get_my_organization(
+    *, db: AsyncSession, principal: Principal, org_id: uuid.UUID
+) -> MyOrganization:
+    """One of the caller's organizations, or NotFound (also when they are not a member)."""
+    for org in await list_my_organizations(db=db, principal=principal):
+        if org.org_id == org_id:
+            return org
+    raise NotFound("organization not found")
+
+
 async def create_organization(
     *, db: AsyncSession, principal: Principal, context: AuditContext, name: str
 ) -> Organization:
