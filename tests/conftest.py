@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from taskloom.app import create_app
 from taskloom.config import Settings
 from taskloom.runtime import Runtime, open_runtime
+from tests.servers import MISSING_PROGRAMS
 
 # Fake provider APIs and a real MCP server, for the AI and tool tests.
 pytest_plugins = [
@@ -115,3 +116,12 @@ def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
             yield logs
     finally:
         structlog.configure(**saved)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming every system program whose tests were skipped, and its package."""
+    if MISSING_PROGRAMS:
+        terminalreporter.write_line(
+            "skipped for missing system programs: " + "; ".join(sorted(MISSING_PROGRAMS)),
+            yellow=True,
+        )

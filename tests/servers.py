@@ -13,12 +13,16 @@ from typing import NoReturn
 
 import pytest
 
+# What missing_program skipped, for the one summary line at the end of the run (conftest.py).
+MISSING_PROGRAMS: set[str] = set()
+
 
 def missing_program(reason: str) -> NoReturn:
     """Skip a test whose system program is absent, naming the package that brings it; under
     CI=true fail instead, since .ci/run installs every such package."""
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
+    MISSING_PROGRAMS.add(reason)
     pytest.skip(reason)
 
 
