@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     execution_max_attempts: int = Field(default=3, ge=1, le=25)
     execution_backoff_ms: int = Field(default=1_000, ge=0)
     max_running_per_org: int = Field(default=5, ge=1, le=10_000)
+    # Executions of one organization waiting (queued) at once; beyond it execute answers 429.
+    max_queued_per_org: int = Field(default=10_000, ge=1, le=1_000_000)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     # Non-terminal executions younger than this are left alone by the reconciler.
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)

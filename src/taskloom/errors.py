@@ -98,6 +98,12 @@ class Busy(DomainError):
         super().__init__(message, code=code, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class TooManyQueued(RateLimited):
+    """The organization already has MAX_QUEUED_PER_ORG executions waiting."""
+
+    code = "too_many_queued_executions"
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -46,6 +46,13 @@ class Keys:
     def __call__(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    def tagged(self, name: str) -> str:
+        """`<prefix>{<prefix><name>}`: a base for keys one Lua script touches together. They
+        share the hash tag, so a Redis Cluster keeps them in one slot, and they still start
+        with the prefix (ACL key patterns, SCAN purges). A prefix that is itself a hash tag
+        (`{production}:`) wins, as for every other key."""
+        return f"{self.prefix}{{{self.prefix}{name}}}"
+
     @property
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this deployment."""

@@ -58,13 +58,14 @@ async def open_runtime(settings: Settings) -> Runtime:
         key_prefix=settings.key_prefix,
         event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop
     )
+    keys = Keys(settings.key_prefix)
     return Runtime(
         settings=settings,
         database=database,
         redis=redis,
-        keys=Keys(settings.key_prefix),
+        keys=keys,
         passwords=Passwords.from_settings(settings),
-        queue=ExecutionQueue(settings),
+        queue=ExecutionQueue(settings, redis, keys),
         gdpr_queue=GdprExportQueue(settings),
         cipher=CredentialCipher.from_settings(settings),
         webhook_queue=WebhookQueue(settings),

@@ -1,5 +1,7 @@
 """The `orchestration` queue as the rest of Taskloom sees it: one job per execution, whose job
-id is the execution id, so enqueueing twice is a no-op and the two can always be matched."""
+id is the execution id, so enqueueing twice is a no-op and the two can always be matched.
+Executions reach it through the fair scheduler (queue/fairness.py): `submit` puts one in its
+organization's ready list, and the jobs of whatever the scheduler admits are added here."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import uuid
 from typing import Any
 
 from bullmq import Job, Queue
+from redis.asyncio import Redis
 
 from taskloom.config import Settings
 from taskloom.observability import tracing
-from taskloom.redis import bullmq_options
+from taskloom.queue.fairness import Admitted, FairScheduler
+from taskloom.redis import Keys, bullmq_options
 
 QUEUE_NAME = "orchestration"
 JOB_NAME = "execute"
@@ -23,9 +27,10 @@ NO_STACKTRACE = {"stackTraceLimit": 0}
 
 
 class ExecutionQueue:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redis: Redis, keys: Keys) -> None:
         self.settings = settings
         self.queue = Queue(QUEUE_NAME, bullmq_options(settings, purpose="producer"))
+        self.fair = FairScheduler(redis, keys, settings)
 
     def job_options(self, execution_id: uuid.UUID) -> dict[str, Any]:
         s = self.settings
@@ -38,24 +43,89 @@ class ExecutionQueue:
             **NO_STACKTRACE,
         }
 
-    async def enqueue(
-        self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
-    ) -> None:
-        """Add the execution's job (a no-op while a job with its id exists). `request_id` (the
-        API request's X-Request-ID) follows the job into the worker's logs and HTTP calls."""
+    @staticmethod
+    def job_data(
+        execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None
+    ) -> dict[str, Any]:
+        """`request_id` (the API request's X-Request-ID) follows the job into the worker's logs
+        and HTTP calls; the current trace context makes the worker's spans join the request's
+        trace."""
         data: dict[str, Any] = {"execution_id": str(execution_id), "org_id": str(org_id)}
         if request_id:
             data["request_id"] = request_id
         if trace_context := tracing.current_context_carrier():
-            data["trace"] = trace_context  # the worker's spans join the request's trace
+            data["trace"] = trace_context
+        return data
+
+    async def submit(
+        self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
+    ) -> None:
+        """An execution is ready to run (its row is committed `queued`): put it in its
+        organization's ready list and add the jobs of what the scheduler admits (often it)."""
+        data = self.job_data(execution_id, org_id, request_id)
+        await self.add(await self.fair.accept(org_id=org_id, execution_id=execution_id, data=data))
+
+    async def finished(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
+        """The execution is done with the queue (finished, or withdrawn): free its
+        organization's slot and add the jobs of what the scheduler admits in its place."""
+        await self.add(await self.fair.release(org_id=org_id, execution_id=execution_id))
+
+    async def add(self, admitted: list[Admitted]) -> None:
+        """Add the jobs of admitted executions (one round trip however many)."""
+        jobs: list[dict[str, Any]] = [
+            {
+                "name": JOB_NAME,
+                "data": {
+                    **a.data,
+                    "execution_id": str(a.execution_id),
+                    "org_id": str(a.org_id),
+                },
+                "opts": self.job_options(a.execution_id),
+            }
+            for a in admitted
+        ]
+        if len(jobs) == 1:
+            await self.queue.add(jobs[0]["name"], jobs[0]["data"], jobs[0]["opts"])
+        elif jobs:
+            await self.queue.addBulk(jobs)
+
+    async def register_worker(self, *, worker: str, slots: int, ttl_seconds: float) -> None:
+        """A live worker's slots count towards what may be admitted (renewed by its heartbeat,
+        which also adds the jobs of anything admitted thanks to it)."""
+        await self.add(
+            await self.fair.register(worker=worker, slots=slots, ttl_seconds=ttl_seconds)
+        )
+
+    async def deregister_worker(self, *, worker: str) -> None:
+        await self.fair.deregister(worker=worker)
+
+    async def enqueue(
+        self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
+    ) -> None:
+        """Add the job of an execution that is already admitted (a no-op while a job with its
+        id exists); everything else goes through `submit`."""
+        data = self.job_data(execution_id, org_id, request_id)
         await self.queue.add(JOB_NAME, data, self.job_options(execution_id))
 
     async def replace(
         self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
     ) -> None:
-        """Drop a finished job of the execution (if any) and enqueue a fresh one (retries)."""
+        """Drop a finished job of the admitted execution (if any) and add a fresh one."""
         await self.remove(execution_id)
         await self.enqueue(execution_id=execution_id, org_id=org_id, request_id=request_id)
+
+    async def resubmit(
+        self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None
+    ) -> None:
+        """A retry: drop the execution's finished job (a new one with its id would otherwise
+        be a no-op) and submit it again."""
+        await self.remove(execution_id)
+        await self.submit(execution_id=execution_id, org_id=org_id, request_id=request_id)
+
+    async def withdraw(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
+        """A queued execution was cancelled: remove its job and its place in the scheduler."""
+        await self.remove(execution_id)
+        await self.finished(execution_id=execution_id, org_id=org_id)
 
     async def remove(self, execution_id: uuid.UUID) -> bool:
         """Remove the job unless a worker holds it (then the worker sees the execution's state)."""

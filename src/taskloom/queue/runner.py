@@ -5,9 +5,12 @@ Outcomes, as BullMQ sees them:
 - raises UnrecoverableError: a step failed for good (recorded on the step and the execution);
 - raises AttemptFailed: a retryable failure with attempts left (BullMQ backs off, retries);
   either one's message, BullMQ's `failedReason`, is `<step id>: <error code>`, nothing more;
-- raises DelayedError after `moveToDelayed`: deferred by the per-org cap, handed back on
-  shutdown, or put back while PostgreSQL is unreachable (queue/outage.py); none counts as an
-  attempt or fails the execution.
+- raises DelayedError after `moveToDelayed`: handed back on shutdown, put back while
+  PostgreSQL is unreachable (queue/outage.py), or deferred by the per-org cap (which the fair
+  scheduler already keeps: a last line of defence); none counts as an attempt or fails it.
+
+A finished execution frees its organization's slot in the fair scheduler (queue/fairness.py),
+which admits the next execution round-robin; its job is added here, in the same breath.
 """
 
 from __future__ import annotations
@@ -97,12 +100,30 @@ class ExecutionRunner:
             attributes={"taskloom.execution_id": str(execution_id), "taskloom.org_id": str(org_id)},
         )
         with span, bound_request_id(job.data.get("request_id")):
+            done = False  # the execution is finished with the queue: free its slot
             try:
                 async with put_back_on_database_outage(job, token, queue=QUEUE_NAME):
-                    return await self._process(job, token, execution_id, org_id)
+                    result = await self._process(job, token, execution_id, org_id)
+                done = True
+                return result
+            except UnrecoverableError:
+                done = True  # failed for good, committed as such
+                raise
             finally:
+                # A retry's backoff, a hand-back or a database outage keep the slot: the job
+                # comes back. Anything else that escapes is settled by the reconciler.
+                if done:
+                    await self._release(execution_id, org_id)
                 QUEUE_JOB_DURATION.labels(QUEUE_NAME).observe(time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
+
+    async def _release(self, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
+        """One Redis call: free the organization's slot and add the jobs the fair scheduler
+        admits in its place. A failure is logged; the reconciler frees the slot later."""
+        try:
+            await self.runtime.queue.finished(execution_id=execution_id, org_id=org_id)
+        except Exception as error:  # never let this change the job's outcome
+            log.warning("slot_release_failed", error=repr(error))
 
     async def _process(
         self, job: Job, token: str, execution_id: uuid.UUID, org_id: uuid.UUID
@@ -113,8 +134,9 @@ class ExecutionRunner:
             org_id=org_id,
             max_running=self.runtime.settings.max_running_per_org,
         )
-        if claim is Claim.DEFER:
+        if claim is Claim.DEFER:  # the fair scheduler admits within the cap: a last defence
             QUEUE_EVENTS.labels("deferred").inc()
+            log.warning("execution_deferred", max_running=self.runtime.settings.max_running_per_org)
             await self._delay(job, token, DEFER_MS + random.randint(0, DEFER_MS // 2))
             raise DelayedError()
         if run is None:

@@ -157,6 +157,7 @@ class WorkerService:
         # Heartbeat, reconciler, dispatcher: told to stop; a tick in progress ends meanwhile.
         self._stopping.set()
         others = [w for w in (self.gdpr_worker, self.webhook_worker) if w is not None]
+        await self._deregister(deadline)  # admit no more work for this worker's slots
         for each in (worker, *others):
             await each.pause(do_not_wait_active=True)  # stop taking jobs
         log.info("worker_paused", worker=self.id)
@@ -184,12 +185,21 @@ class WorkerService:
         log.info("worker_stopped", worker=self.id, overran=deadline.left() == 0)
 
     async def _forget(self, deadline: Deadline) -> None:
-        """This worker's heartbeat and reconciler leadership, gone at once (both would expire
+        """This worker's heartbeat, its slots in the fair scheduler (again: a heartbeat tick may
+        have registered them since) and reconciler leadership, gone at once (all would expire
         on their own: a slow Redis does not hold up the exit)."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(deadline.left()):
                 await self.runtime.redis.delete(self._heartbeat_key)
+                await self.runtime.queue.deregister_worker(worker=self.id)
                 await self.reconciler.release()
+
+    async def _deregister(self, deadline: Deadline) -> None:
+        try:
+            async with asyncio.timeout(deadline.left(keep=CLOSE_RESERVE_SECONDS)):
+                await self.runtime.queue.deregister_worker(worker=self.id)
+        except Exception:  # Redis down or slow: the registration expires on its own
+            log.warning("worker_deregister_failed", exc_info=True)
 
     @staticmethod
     async def _close(worker: Worker, deadline: Deadline) -> None:
@@ -254,7 +264,8 @@ class WorkerService:
         return self.runtime.keys("workers", self.id)
 
     async def _heartbeat(self) -> None:
-        """A key per live worker for /health/queue (CLIENT LIST would need an ACL right)."""
+        """A key per live worker for /health/queue (CLIENT LIST would need an ACL right), and its
+        slots registered with the fair scheduler."""
         while not self._stopping.is_set():
             try:
                 body = {
@@ -269,6 +280,12 @@ class WorkerService:
                 WORKER_HEARTBEAT.labels(QUEUE_NAME).set(time.time())
                 await self.runtime.redis.set(
                     self._heartbeat_key, json.dumps(body), ex=int(HEARTBEAT_SECONDS * 3)
+                )
+                # The fair scheduler admits work for live workers' slots only (queue/fairness).
+                await self.runtime.queue.register_worker(
+                    worker=self.id,
+                    slots=self.runtime.settings.worker_concurrency,
+                    ttl_seconds=HEARTBEAT_SECONDS * 3,
                 )
             except asyncio.CancelledError:
                 raise

@@ -93,6 +93,7 @@ async def execute_workflow(
         context=ctx.audit,
         workflow_id=workflow_id,
         input=(body or ExecuteRequest()).input,
+        max_queued=ctx.runtime.settings.max_queued_per_org,
     )
     enqueue_after_commit(ctx, execution, replace=False)
     set_location(response, f"/api/executions/{execution.id}")
@@ -151,7 +152,11 @@ async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut
 )
 async def retry_execution(execution_id: uuid.UUID, ctx: Member, response: Response) -> ExecutionOut:
     execution = await service.retry_execution(
-        db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
+        db=ctx.db,
+        principal=ctx.principal,
+        context=ctx.audit,
+        execution_id=execution_id,
+        max_queued=ctx.runtime.settings.max_queued_per_org,
     )
     enqueue_after_commit(ctx, execution, replace=True)
     set_location(response, f"/api/executions/{execution.id}")

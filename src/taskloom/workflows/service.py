@@ -7,14 +7,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
-from taskloom.errors import Conflict, NotFound
+from taskloom.errors import Conflict, NotFound, TooManyQueued
 from taskloom.pagination import decode_cursor, encode_cursor
 from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import (
@@ -27,6 +27,7 @@ from taskloom.workflows.models import (
 from taskloom.workflows.schemas import WorkflowCreate
 
 MAX_PAGE = 200
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 
 
 def _org(principal: Principal) -> uuid.UUID:
@@ -141,6 +142,22 @@ async def delete_workflow(
 # --- executions ----------------------------------------------------------------------------------
 
 
+async def _check_queue_room(db: AsyncSession, org_id: uuid.UUID, max_queued: int) -> None:
+    """TooManyQueued (429) when the organization already has `max_queued` executions queued.
+    The count stops at the limit, so a flooded organization pays at most that many index
+    entries per request. Requests racing at the limit may each pass: it may be exceeded by
+    the number of that organization's execute calls in flight, never more."""
+    waiting = select(WorkflowExecution.id).where(
+        WorkflowExecution.org_id == org_id, WorkflowExecution.status == ExecutionStatus.QUEUED
+    )
+    queued = await db.scalar(select(func.count()).select_from(waiting.limit(max_queued).subquery()))
+    if (queued or 0) >= max_queued:
+        raise TooManyQueued(
+            f"the organization already has {max_queued} executions queued; retry later",
+            retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
+        )
+
+
 async def start_execution(
     *,
     db: AsyncSession,
@@ -148,10 +165,13 @@ async def start_execution(
     context: AuditContext,
     workflow_id: uuid.UUID,
     input: dict[str, Any],
+    max_queued: int,
 ) -> WorkflowExecution:
-    """A queued execution of the workflow's current definition. The caller enqueues its job
-    after the commit (a job must never run ahead of its row)."""
+    """A queued execution of the workflow's current definition, or TooManyQueued when its
+    organization has `max_queued` waiting. The caller submits it to the queue after the commit
+    (a job must never run ahead of its row)."""
     workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    await _check_queue_room(db, workflow.org_id, max_queued)
     execution = WorkflowExecution(
         org_id=workflow.org_id,
         workflow_id=workflow.id,
@@ -247,10 +267,16 @@ async def cancel_execution(
 
 
 async def retry_execution(
-    *, db: AsyncSession, principal: Principal, context: AuditContext, execution_id: uuid.UUID
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    execution_id: uuid.UUID,
+    max_queued: int,
 ) -> WorkflowExecution:
-    """Queue a failed or cancelled execution again. Steps that succeeded keep their output and
-    are not run again; the first unfinished step starts over. The caller replaces the job."""
+    """Queue a failed or cancelled execution again (TooManyQueued when its organization has
+    `max_queued` waiting). Steps that succeeded keep their output and are not run again; the
+    first unfinished step starts over. The caller resubmits it to the queue."""
     execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
     if execution is None:
         raise NotFound("execution not found")
@@ -258,6 +284,7 @@ async def retry_execution(
         raise Conflict(
             f"only failed or cancelled executions can be retried, not {execution.status}"
         )
+    await _check_queue_room(db, execution.org_id, max_queued)
     execution.status = ExecutionStatus.QUEUED
     execution.error = None
     execution.output = None

@@ -138,7 +138,11 @@ async def retry_execution(execution_id: uuid.UUID, request: Request) -> Response
         await page.form()
         page.require_role(Role.MEMBER)
         execution = await service.retry_execution(
-            db=page.db, principal=page.principal, context=page.audit, execution_id=execution_id
+            db=page.db,
+            principal=page.principal,
+            context=page.audit,
+            execution_id=execution_id,
+            max_queued=page.runtime.settings.max_queued_per_org,
         )
         enqueue_after_commit(page.signed_in, execution, replace=True)
     return redirect(f"/ui/executions/{execution_id}?notice=execution-retried")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from taskloom.errors import DomainError
+from taskloom.errors import DomainError, TooManyQueued
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import (
@@ -211,12 +211,20 @@ async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
                 context=page.audit,
                 workflow_id=workflow_id,
                 input=body.input,
+                max_queued=page.runtime.settings.max_queued_per_org,
             )
-        except (FormProblem, ValidationError) as problem:
+        except (FormProblem, ValidationError, TooManyQueued) as problem:
             errors = [FieldError("input", e.message) for e in _errors(problem)]
-            return await _workflow_page(
-                page, workflow, status=422, run_input=text(form, "input"), run_errors=errors
+            shown = await _workflow_page(
+                page,
+                workflow,
+                status=_status(problem),
+                run_input=text(form, "input"),
+                run_errors=errors,
             )
+            if isinstance(problem, TooManyQueued) and problem.headers:
+                shown.headers.update(problem.headers)  # Retry-After
+            return shown
         enqueue_after_commit(page.signed_in, execution, replace=False)
     return redirect(f"/ui/executions/{execution.id}")
 
