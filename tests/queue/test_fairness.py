@@ -30,6 +30,7 @@ from taskloom.auth.principal import Principal
 from taskloom.config import Settings
 from taskloom.db.tenancy import tenant_transaction
 from taskloom.orgs.models import Role
+from taskloom.queue.reconciler import Reconciler, ReconcileReport
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.workflows import service
 from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
@@ -343,3 +344,53 @@ async def test_an_admission_cut_short_by_a_crash_loses_nothing(
         assert len(gate.order()) == 6  # each called once
         assert await fair.running(owner.org_id) == set()
         assert await fair.waiting(owner.org_id) == 0
+
+
+async def test_the_slot_of_an_execution_whose_worker_died_after_finishing_it_is_freed(
+    queue_settings: Settings,
+) -> None:
+    """A worker killed between committing an execution's end and freeing its slot: the
+    reconciler frees the slot, and the organization's next execution is admitted."""
+    async with deployment(queue_settings, max_running_per_org=1) as d:
+        owner = await d.account("finisher")
+        assert owner.org_id is not None
+        workflow = await create_workflow(
+            d.api, owner, [{"id": "t", "type": "transform", "args": {"value": 1}}]
+        )
+        first, second = [uuid.UUID(await execute(d.api, owner, workflow)) for _ in range(2)]
+        fair = d.runtime.queue.fair
+        assert await fair.running(owner.org_id) == {str(first)}  # the cap: the second waits
+        assert await fair.waiting(owner.org_id) == 1
+        async with tenant_transaction(d.runtime.database, org_id=owner.org_id, user_id=None) as db:
+            done = await db.get(WorkflowExecution, first)
+            assert done is not None
+            done.status = ExecutionStatus.SUCCEEDED  # committed; the slot was never freed
+
+        # The reconciler's pass over executions admitted before its cutoff (here: any).
+        report = ReconcileReport()
+        cutoff = int((time.time() + 60) * 1000)
+        await Reconciler(d.runtime, owner="test").settle_admitted(cutoff, set(), report)
+        assert report.released == 1
+        assert await fair.running(owner.org_id) == {str(second)}
+        assert await d.runtime.queue.state(second) == "waiting"
+
+
+async def test_the_queued_limit_is_exact_although_organizations_far_below_it_are_not_counted(
+    queue_settings: Settings,
+) -> None:
+    """Far below MAX_QUEUED_PER_ORG (by a tenth, at least 100) the API trusts the count its
+    last submission for the organization returned and skips the exact count; near the limit it
+    counts, so the limit holds exactly."""
+    async with deployment(queue_settings, max_queued_per_org=250) as d:
+        owner = await d.account("many")
+        workflow = await create_workflow(
+            d.api, owner, [{"id": "t", "type": "transform", "args": {"value": 1}}]
+        )
+        for _ in range(250):
+            await execute(d.api, owner, workflow)
+        refused = await d.api.post(
+            f"/api/workflows/{workflow}/execute", json={"input": {}}, headers=owner.headers
+        )
+        assert refused.status_code == 429, refused.text
+        async with system_count(d.runtime, owner) as queued:
+            assert queued == 250

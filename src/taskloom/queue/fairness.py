@@ -40,6 +40,9 @@ from redis.asyncio import Redis
 from taskloom.config import Settings
 from taskloom.redis import Keys
 
+HINT_SECONDS = 1.0  # how long a submission's count of its organization's executions is trusted
+_HINTS_KEPT = 10_000
+
 # KEYS[1] = the base; ARGV = now (ms), cap per organization, floor of the budget, op, op args.
 _SCRIPT = """
 local base = KEYS[1]
@@ -122,6 +125,10 @@ if op == 'accept' then
     redis.call('HSET', JOBS, id, ARGV[7])
     enlist(org)
   end
+  local out = admit()
+  -- The organization's executions in Redis, for the caller's MAX_QUEUED_PER_ORG hint.
+  out[#out + 1] = redis.call('ZCARD', ready(org)) + redis.call('ZCARD', running(org))
+  return out
 elseif op == 'release' then
   local org, id = ARGV[5], ARGV[6]
   redis.call('ZREM', running(org), id)
@@ -150,6 +157,17 @@ class Admitted:
     data: dict[str, Any]  # the job's data as accepted (request id, trace), or {} if unknown
 
 
+def _admitted(reply: list[Any]) -> list[Admitted]:
+    return [
+        Admitted(
+            execution_id=uuid.UUID(reply[i]),
+            org_id=uuid.UUID(reply[i + 1]),
+            data=json.loads(reply[i + 2]) if reply[i + 2] else {},
+        )
+        for i in range(0, len(reply), 3)
+    ]
+
+
 class FairScheduler:
     """The ready lists and the admission script; every method is one Redis round trip."""
 
@@ -158,6 +176,8 @@ class FairScheduler:
         self.base = keys.tagged("fair")
         self.settings = settings
         self._script = redis.register_script(_SCRIPT)
+        # organization → (its executions in Redis, when seen): the MAX_QUEUED_PER_ORG hint
+        self._queued: dict[uuid.UUID, tuple[int, float]] = {}
 
     def key(self, *parts: str) -> str:
         return ":".join((self.base, *parts))
@@ -167,7 +187,26 @@ class FairScheduler:
     ) -> list[Admitted]:
         """Put the execution in its organization's ready list (a no-op if it is there or
         admitted already) and admit what may run."""
-        return await self._run("accept", str(org_id), str(execution_id), json.dumps(data))
+        reply = await self._call("accept", str(org_id), str(execution_id), json.dumps(data))
+        self._note_queued(org_id, int(reply.pop()))
+        return _admitted(reply)
+
+    def surely_below(self, org_id: uuid.UUID, limit: int) -> bool:
+        """Whether the organization had far fewer than `limit` executions waiting or admitted
+        a moment ago, as this process's last submission for it found (free: no round trip).
+        "Far": by a tenth of the limit (at least 100), which other processes would have to
+        add within HINT_SECONDS to push it over. False when unknown, stale or close: the
+        caller then counts exactly."""
+        seen = self._queued.get(org_id)
+        if seen is None or time.monotonic() - seen[1] > HINT_SECONDS:
+            return False
+        return seen[0] + max(100, limit // 10) < limit
+
+    def _note_queued(self, org_id: uuid.UUID, count: int) -> None:
+        now = time.monotonic()
+        if len(self._queued) >= _HINTS_KEPT:  # forget organizations not seen lately
+            self._queued = {o: v for o, v in self._queued.items() if now - v[1] <= HINT_SECONDS}
+        self._queued[org_id] = (count, now)
 
     async def release(self, *, org_id: uuid.UUID, execution_id: uuid.UUID) -> list[Admitted]:
         """The execution finished (or was withdrawn): free its slot, admit what may run."""
@@ -185,18 +224,13 @@ class FairScheduler:
         return await self._run("admit")
 
     async def _run(self, op: str, *args: str) -> list[Admitted]:
+        return _admitted(await self._call(op, *args))
+
+    async def _call(self, op: str, *args: str) -> list[Any]:
         s = self.settings
         now = int(time.time() * 1000)
         head: list[str | int] = [now, s.max_running_per_org, s.worker_concurrency, op]
-        reply = await self._script(keys=[self.base], args=[*head, *args])
-        return [
-            Admitted(
-                execution_id=uuid.UUID(reply[i]),
-                org_id=uuid.UUID(reply[i + 1]),
-                data=json.loads(reply[i + 2]) if reply[i + 2] else {},
-            )
-            for i in range(0, len(reply), 3)
-        ]
+        return list(await self._script(keys=[self.base], args=[*head, *args]))
 
     # --- what the reconciler and the tests look at ----------------------------------------------
 

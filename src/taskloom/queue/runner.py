@@ -9,8 +9,9 @@ Outcomes, as BullMQ sees them:
   PostgreSQL is unreachable (queue/outage.py), or deferred by the per-org cap (which the fair
   scheduler already keeps: a last line of defence); none counts as an attempt or fails it.
 
-A finished execution frees its organization's slot in the fair scheduler (queue/fairness.py),
-which admits the next execution round-robin; its job is added here, in the same breath.
+A job that completed or failed for good frees its organization's slot in the fair scheduler
+(queue/fairness.py, `release_slot`), which admits the next execution round-robin; its job is
+added in the same breath.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class ExecutionRunner:
     current_step: dict[uuid.UUID, str] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing runs
     templates: TemplateRenderer = field(init=False)
+    releasing: set[asyncio.Task[None]] = field(default_factory=set)  # slots being freed
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -100,30 +102,30 @@ class ExecutionRunner:
             attributes={"taskloom.execution_id": str(execution_id), "taskloom.org_id": str(org_id)},
         )
         with span, bound_request_id(job.data.get("request_id")):
-            done = False  # the execution is finished with the queue: free its slot
             try:
                 async with put_back_on_database_outage(job, token, queue=QUEUE_NAME):
-                    result = await self._process(job, token, execution_id, org_id)
-                done = True
-                return result
-            except UnrecoverableError:
-                done = True  # failed for good, committed as such
-                raise
+                    return await self._process(job, token, execution_id, org_id)
             finally:
-                # A retry's backoff, a hand-back or a database outage keep the slot: the job
-                # comes back. Anything else that escapes is settled by the reconciler.
-                if done:
-                    await self._release(execution_id, org_id)
                 QUEUE_JOB_DURATION.labels(QUEUE_NAME).observe(time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
 
+    def release_slot(self, job: Job) -> None:
+        """The job completed or failed for good (bullmq's events, sent once the job has left
+        `active`): free its organization's slot in the fair scheduler, which admits the next
+        execution, and add that one's job. Freed only now, so an organization never has more
+        than its cap of jobs on the workers, even for the moment a job takes to be completed.
+        A retry's backoff, a hand-back or a database outage keep the slot: the job comes back.
+        A release lost with its worker is made by the reconciler."""
+        execution_id, org_id = uuid.UUID(job.data["execution_id"]), uuid.UUID(job.data["org_id"])
+        task = asyncio.ensure_future(self._release(execution_id, org_id))
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
+
     async def _release(self, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
-        """One Redis call: free the organization's slot and add the jobs the fair scheduler
-        admits in its place. A failure is logged; the reconciler frees the slot later."""
-        try:
+        try:  # one Redis call, and the admitted job's Queue.add
             await self.runtime.queue.finished(execution_id=execution_id, org_id=org_id)
-        except Exception as error:  # never let this change the job's outcome
-            log.warning("slot_release_failed", error=repr(error))
+        except Exception as error:  # Redis down: the reconciler frees the slot later
+            log.warning("slot_release_failed", execution_id=str(execution_id), error=repr(error))
 
     async def _process(
         self, job: Job, token: str, execution_id: uuid.UUID, org_id: uuid.UUID

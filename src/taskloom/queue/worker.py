@@ -177,6 +177,8 @@ class WorkerService:
             await self._wait_for_active(deadline.left(keep=CLOSE_RESERVE_SECONDS))
         await self._finish(self._loops, deadline.left(keep=CLOSE_RESERVE_SECONDS))
         await asyncio.gather(self._close(worker, deadline), self._forget(deadline), *closing)
+        if self.runner.releasing:  # slots being freed by the last jobs (one Redis call each)
+            await asyncio.wait(set(self.runner.releasing), timeout=max(deadline.left(), 0.1))
         log.info("worker_closed", worker=self.id)
         await self._cancel(self._runs, deadline.left())
         with contextlib.suppress(TimeoutError):  # render processes are killed; reaping may lag
@@ -299,19 +301,24 @@ class WorkerService:
     def _on_events(self, worker: Worker) -> None:
         def completed(job: Job, result: Any) -> None:
             QUEUE_EVENTS.labels("completed").inc()
+            self.runner.release_slot(job)
 
         def failed(job: Job, error: BaseException) -> None:
             QUEUE_FAILED.inc()
+            final = isinstance(error, UnrecoverableError) or job.attemptsMade >= int(
+                job.opts.get("attempts", 1)
+            )
             log.warning(
                 "job_failed",
                 job_id=job.id,
                 execution_id=job.data.get("execution_id"),
                 org_id=job.data.get("org_id"),
                 attempt=job.attemptsMade,
-                final=isinstance(error, UnrecoverableError)
-                or job.attemptsMade >= int(job.opts.get("attempts", 1)),
+                final=final,
                 error=str(error)[:500],
             )
+            if final:  # otherwise it comes back after its backoff, keeping its slot
+                self.runner.release_slot(job)
 
         def stalled(job_id: str, *_: Any) -> None:
             QUEUE_STALLED.inc()

@@ -7,6 +7,17 @@ from taskloom.auth.deps import RequestContext
 from taskloom.workflows.models import WorkflowExecution
 
 
+def queue_limit(ctx: RequestContext) -> int | None:
+    """MAX_QUEUED_PER_ORG for the service to check with an exact count, or None when the fair
+    scheduler's note from this process's last submission for the organization, a moment ago,
+    says it is far below it (a flooding organization's requests then cost no count)."""
+    limit = ctx.runtime.settings.max_queued_per_org
+    org_id = ctx.principal.org_id
+    if org_id is not None and ctx.runtime.queue.fair.surely_below(org_id, limit):
+        return None
+    return limit
+
+
 def enqueue_after_commit(
     ctx: RequestContext, execution: WorkflowExecution, *, replace: bool
 ) -> None:

@@ -13,7 +13,7 @@ from taskloom.auth.deps import Admin, Member, Viewer
 from taskloom.locations import located, set_location
 from taskloom.timestamps import UtcDatetime
 from taskloom.workflows import service
-from taskloom.workflows.jobs import enqueue_after_commit, remove_job_after_commit
+from taskloom.workflows.jobs import enqueue_after_commit, queue_limit, remove_job_after_commit
 from taskloom.workflows.models import ExecutionStatus
 from taskloom.workflows.schemas import (
     ExecuteRequest,
@@ -93,7 +93,7 @@ async def execute_workflow(
         context=ctx.audit,
         workflow_id=workflow_id,
         input=(body or ExecuteRequest()).input,
-        max_queued=ctx.runtime.settings.max_queued_per_org,
+        max_queued=queue_limit(ctx),
     )
     enqueue_after_commit(ctx, execution, replace=False)
     set_location(response, f"/api/executions/{execution.id}")
@@ -156,7 +156,7 @@ async def retry_execution(execution_id: uuid.UUID, ctx: Member, response: Respon
         principal=ctx.principal,
         context=ctx.audit,
         execution_id=execution_id,
-        max_queued=ctx.runtime.settings.max_queued_per_org,
+        max_queued=queue_limit(ctx),
     )
     enqueue_after_commit(ctx, execution, replace=True)
     set_location(response, f"/api/executions/{execution.id}")

@@ -142,15 +142,24 @@ async def delete_workflow(
 # --- executions ----------------------------------------------------------------------------------
 
 
-async def _check_queue_room(db: AsyncSession, org_id: uuid.UUID, max_queued: int) -> None:
-    """TooManyQueued (429) when the organization already has `max_queued` executions queued.
-    The count stops at the limit, so a flooded organization pays at most that many index
-    entries per request. Requests racing at the limit may each pass: it may be exceeded by
-    the number of that organization's execute calls in flight, never more."""
-    waiting = select(WorkflowExecution.id).where(
-        WorkflowExecution.org_id == org_id, WorkflowExecution.status == ExecutionStatus.QUEUED
+def _queued(org_id: uuid.UUID, max_queued: int) -> Any:
+    """How many executions the organization has queued, counted up to `max_queued` only (a
+    flooded organization costs at most that many index entries of `(org_id, status)`)."""
+    waiting = (
+        select(WorkflowExecution.id)
+        .where(
+            WorkflowExecution.org_id == org_id, WorkflowExecution.status == ExecutionStatus.QUEUED
+        )
+        .limit(max_queued)
+        .subquery()
     )
-    queued = await db.scalar(select(func.count()).select_from(waiting.limit(max_queued).subquery()))
+    return select(func.count()).select_from(waiting).scalar_subquery()
+
+
+def _check_queue_room(queued: int | None, max_queued: int) -> None:
+    """TooManyQueued (429) when the organization already has `max_queued` executions queued.
+    Requests racing at the limit may each pass: it may be exceeded by the number of that
+    organization's calls in flight, never more."""
     if (queued or 0) >= max_queued:
         raise TooManyQueued(
             f"the organization already has {max_queued} executions queued; retry later",
@@ -165,13 +174,26 @@ async def start_execution(
     context: AuditContext,
     workflow_id: uuid.UUID,
     input: dict[str, Any],
-    max_queued: int,
+    max_queued: int | None,
 ) -> WorkflowExecution:
     """A queued execution of the workflow's current definition, or TooManyQueued when its
-    organization has `max_queued` waiting. The caller submits it to the queue after the commit
-    (a job must never run ahead of its row)."""
-    workflow = await get_workflow(db=db, workflow_id=workflow_id)
-    await _check_queue_room(db, workflow.org_id, max_queued)
+    organization has `max_queued` waiting (None: the caller knows it is far below its limit,
+    see `workflows.jobs.queue_limit`). The caller submits it to the queue after the commit (a
+    job must never run ahead of its row)."""
+    if max_queued is None:
+        workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    else:  # the workflow and the organization's queued count in one round trip
+        row = (
+            await db.execute(
+                select(Workflow, _queued(_org(principal), max_queued)).where(
+                    Workflow.id == workflow_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound("workflow not found")
+        workflow, queued = row
+        _check_queue_room(queued, max_queued)
     execution = WorkflowExecution(
         org_id=workflow.org_id,
         workflow_id=workflow.id,
@@ -272,11 +294,12 @@ async def retry_execution(
     principal: Principal,
     context: AuditContext,
     execution_id: uuid.UUID,
-    max_queued: int,
+    max_queued: int | None,
 ) -> WorkflowExecution:
     """Queue a failed or cancelled execution again (TooManyQueued when its organization has
-    `max_queued` waiting). Steps that succeeded keep their output and are not run again; the
-    first unfinished step starts over. The caller resubmits it to the queue."""
+    `max_queued` waiting; None as for `start_execution`). Steps that succeeded keep their
+    output and are not run again; the first unfinished step starts over. The caller resubmits
+    it to the queue."""
     execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
     if execution is None:
         raise NotFound("execution not found")
@@ -284,7 +307,9 @@ async def retry_execution(
         raise Conflict(
             f"only failed or cancelled executions can be retried, not {execution.status}"
         )
-    await _check_queue_room(db, execution.org_id, max_queued)
+    if max_queued is not None:
+        queued = await db.scalar(select(_queued(execution.org_id, max_queued)))
+        _check_queue_room(queued, max_queued)
     execution.status = ExecutionStatus.QUEUED
     execution.error = None
     execution.output = None

@@ -16,7 +16,7 @@ from taskloom.web.errors import UiRoute
 from taskloom.web.rendering import TERMINAL, redirect, render, with_query
 from taskloom.web.session import signed_in
 from taskloom.workflows import service
-from taskloom.workflows.jobs import enqueue_after_commit, remove_job_after_commit
+from taskloom.workflows.jobs import enqueue_after_commit, queue_limit, remove_job_after_commit
 from taskloom.workflows.models import ExecutionStatus, ExecutionStep
 
 router = APIRouter(prefix="/ui/executions", route_class=UiRoute, include_in_schema=False)
@@ -142,7 +142,7 @@ async def retry_execution(execution_id: uuid.UUID, request: Request) -> Response
             principal=page.principal,
             context=page.audit,
             execution_id=execution_id,
-            max_queued=page.runtime.settings.max_queued_per_org,
+            max_queued=queue_limit(page.signed_in),
         )
         enqueue_after_commit(page.signed_in, execution, replace=True)
     return redirect(f"/ui/executions/{execution_id}?notice=execution-retried")

@@ -26,7 +26,7 @@ from taskloom.web.forms import (
 from taskloom.web.rendering import redirect, render
 from taskloom.web.session import Page, signed_in
 from taskloom.workflows import service
-from taskloom.workflows.jobs import enqueue_after_commit
+from taskloom.workflows.jobs import enqueue_after_commit, queue_limit
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import ExecuteRequest, WorkflowCreate
 
@@ -211,7 +211,7 @@ async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
                 context=page.audit,
                 workflow_id=workflow_id,
                 input=body.input,
-                max_queued=page.runtime.settings.max_queued_per_org,
+                max_queued=queue_limit(page.signed_in),
             )
         except (FormProblem, ValidationError, TooManyQueued) as problem:
             errors = [FieldError("input", e.message) for e in _errors(problem)]
