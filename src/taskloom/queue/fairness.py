@@ -129,13 +129,15 @@ if op == 'accept' then
   -- The organization's executions in Redis, for the caller's MAX_QUEUED_PER_ORG hint.
   out[#out + 1] = redis.call('ZCARD', ready(org)) + redis.call('ZCARD', running(org))
   return out
-elseif op == 'release' then
-  local org, id = ARGV[5], ARGV[6]
-  redis.call('ZREM', running(org), id)
-  redis.call('ZREM', ADMITTED, org .. ':' .. id)
-  redis.call('ZREM', ready(org), id)
-  redis.call('HDEL', JOBS, id)
-  enlist(org)
+elseif op == 'release' then  -- ARGV[5..]: org, id, org, id, ...
+  for i = 5, #ARGV, 2 do
+    local org, id = ARGV[i], ARGV[i + 1]
+    redis.call('ZREM', running(org), id)
+    redis.call('ZREM', ADMITTED, org .. ':' .. id)
+    redis.call('ZREM', ready(org), id)
+    redis.call('HDEL', JOBS, id)
+  end
+  for i = 5, #ARGV, 2 do enlist(ARGV[i]) end
 elseif op == 'register' then
   redis.call('ZADD', WORKERS, ARGV[7], ARGV[5])
   redis.call('HSET', SLOTS, ARGV[5], ARGV[6])
@@ -208,9 +210,10 @@ class FairScheduler:
             self._queued = {o: v for o, v in self._queued.items() if now - v[1] <= HINT_SECONDS}
         self._queued[org_id] = (count, now)
 
-    async def release(self, *, org_id: uuid.UUID, execution_id: uuid.UUID) -> list[Admitted]:
-        """The execution finished (or was withdrawn): free its slot, admit what may run."""
-        return await self._run("release", str(org_id), str(execution_id))
+    async def release(self, *pairs: tuple[uuid.UUID, uuid.UUID]) -> list[Admitted]:
+        """These (org, execution) finished or were withdrawn: free their slots, admit what may
+        run."""
+        return await self._run("release", *(str(part) for pair in pairs for part in pair))
 
     async def register(self, *, worker: str, slots: int, ttl_seconds: float) -> list[Admitted]:
         """A live worker's slots count towards the budget until `ttl_seconds` from now."""

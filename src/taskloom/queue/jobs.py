@@ -68,7 +68,11 @@ class ExecutionQueue:
     async def finished(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
         """The execution is done with the queue (finished, or withdrawn): free its
         organization's slot and add the jobs of what the scheduler admits in its place."""
-        await self.add(await self.fair.release(org_id=org_id, execution_id=execution_id))
+        await self.finished_many([(org_id, execution_id)])
+
+    async def finished_many(self, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """`finished` for several (org, execution) at once: one script call, one add."""
+        await self.add(await self.fair.release(*pairs))
 
     async def add(self, admitted: list[Admitted]) -> None:
         """Add the jobs of admitted executions (one round trip however many)."""
