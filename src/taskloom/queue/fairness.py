@@ -8,10 +8,11 @@ adds each admitted execution's job with the ordinary `Queue.add`. So the queue n
 than a capped organization's share: its other executions wait in Redis, holding no worker slot
 and no database connection, and never stand in front of another organization's jobs.
 
-The script runs when an execution is accepted (API, after the commit), when one finishes or is
-withdrawn (worker, cancel), and on each worker heartbeat (registering the worker's slots). An
-admitted execution stays admitted until it finishes: also while its job waits for a retry's
-backoff or is handed back on shutdown.
+The script runs when an execution is accepted (API, after the commit), when jobs have
+completed or failed for good (worker, for all those ending within 2 ms) or an execution is
+withdrawn (cancel), and on each worker heartbeat (registering the worker's slots). An admitted
+execution stays admitted until it finishes: also while its job waits for a retry's backoff or
+is handed back on shutdown.
 
 Keys, all under one hash tag (`<prefix>{<prefix>fair}:…`) so a Redis Cluster keeps them in one
 slot:
