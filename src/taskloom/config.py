@@ -210,6 +210,8 @@ class Settings(BaseSettings):
 
     # --- tracing (docs/OBSERVABILITY.md) -------------------------------------------------------
     otel_exporter_otlp_endpoint: str | None = None  # e.g. http://otel-collector:4318
+    # The standard variable; unset: taskloom-api, taskloom-worker, or taskloom (`taskloom up`).
+    otel_service_name: str | None = None
     sentry_dsn: SecretStr | None = None  # unset: errors are not sent anywhere
 
     # --- logging ---------------------------------------------------------------------------------

@@ -18,13 +18,30 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from taskloom.config import Settings
 from tests.cli_support import serve_api
-from tests.factories import register
+from tests.factories import Account, register
+from tests.fakes.ai_apis import FakeAnthropic
 from tests.fakes.hostile import HostileServer
-from tests.queue.conftest import StartWorker, worker_env
+from tests.fakes.mcp_server import start_mcp_server
+from tests.queue.conftest import (
+    StartWorker,
+    create_workflow,
+    execute,
+    wait_for_status,
+    worker_env,
+)
 from tests.servers import free_port
+
+
+def _value(value: AnyValue) -> Any:
+    """An OTLP attribute value as Python (arrays as tuples)."""
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_value(item) for item in value.array_value.values)
+    return getattr(value, kind) if kind else None
 
 
 class Receiver:
@@ -37,17 +54,21 @@ class Receiver:
         request.ParseFromString(body)
         with self.lock:
             for resource_spans in request.resource_spans:
-                attributes = {
-                    a.key: a.value.string_value for a in resource_spans.resource.attributes
-                }
+                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         self.spans.append(
                             {
-                                "service": attributes.get("service.name"),
+                                "service": resource.get("service.name"),
+                                "resource": resource,
+                                "scope": scope_spans.scope.name,
                                 "name": span.name,
+                                "kind": span.kind,
                                 "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_id": span.parent_span_id.hex(),
                                 "attributes": {a.key for a in span.attributes},
+                                "values": {a.key: _value(a.value) for a in span.attributes},
                                 "text": " ".join(
                                     [span.name, span.status.message]
                                     + [f"{a.key}={a.value}" for a in span.attributes]
@@ -151,6 +172,13 @@ async def test_a_request_and_its_job_share_one_trace(
     assert sql, kinds  # the request's SQL statements
     assert ("taskloom-worker", "job orchestration") in kinds, kinds
     assert ("taskloom-worker", "step transform") in kinds, kinds
+    # The API's producer span, parent of the worker's job span.
+    send = next(s for s in same_trace if s["name"] == "send orchestration")
+    assert send["kind"] == SPAN_KIND_PRODUCER
+    assert send["values"]["messaging.operation.type"] == "send"
+    assert send["values"]["messaging.message.id"] == execution
+    job = next(s for s in same_trace if s["name"] == "job orchestration")
+    assert job["parent_id"] == send["span_id"]
 
 
 async def test_spans_carry_no_query_string_or_userinfo_of_requests_in_or_out(
@@ -231,3 +259,152 @@ async def test_spans_carry_no_query_string_or_userinfo_of_requests_in_or_out(
         everything = " ".join(s["text"] for s in collected.spans)
     for secret in secrets:
         assert secret not in everything
+
+
+def _ancestors(span: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[str]:
+    names = []
+    while (parent := by_id.get(span["parent_id"])) is not None:
+        names.append(parent["name"])
+        span = parent
+    return names
+
+
+async def test_ai_and_mcp_calls_make_client_spans_and_genai_messaging_attributes_in_one_trace(
+    receiver: tuple[Receiver, str],
+    api: httpx.AsyncClient,
+    owner: Account,
+    start_worker: StartWorker,
+) -> None:
+    """An `ai` step (fake Anthropic) and a `tool` step over MCP (a real MCP server): the job span
+    has the messaging attributes, a `chat <model>` span the GenAI ones with the fake's token
+    counts, each HTTP call to the model and to the MCP server a client span with scheme, host
+    and path; no prompt, answer or key reaches the collector (connections refuse a base URL
+    with a query string or userinfo; `test_httpx2_client_spans_name_no_query_or_userinfo` checks
+    the attributes themselves), and the
+    resource names OTEL_SERVICE_NAME and the deployment environment."""
+    collected, endpoint = receiver
+    secrets = (
+        "sk-ant-traced-key-4e1f",  # the AI connection's key
+        "personal-prompt-text-7f3a",  # in the prompt
+        "the-models-answer-5c1d",  # in the completion
+    )
+    with FakeAnthropic(api_key=secrets[0]) as model_api, start_mcp_server(None) as notes:
+        model_api.reply(f"An answer: {secrets[2]}", input_tokens=321, output_tokens=45)
+        for body in (
+            {
+                "provider": "anthropic",
+                "name": "claude",
+                "base_url": model_api.base_url,
+                "credentials": {"api_key": secrets[0]},
+            },
+            {"provider": "mcp", "name": "notes", "base_url": notes.url, "credentials": {}},
+        ):
+            created = await api.post("/api/connections", json=body, headers=owner.headers)
+            assert created.status_code == 201, created.text
+        workflow_id = await create_workflow(
+            api,
+            owner,
+            [
+                {
+                    "id": "summary",
+                    "type": "ai",
+                    "args": {"model": "claude-haiku-4-5", "prompt": f"Summarise {secrets[1]}"},
+                },
+                {
+                    "id": "lookup",
+                    "type": "tool",
+                    "args": {
+                        "connection": "notes",
+                        "tool": "search_notes",
+                        "args": {"query": "{{ steps.summary.output.model }}"},
+                    },
+                },
+            ],
+        )
+        worker = start_worker(
+            otel_exporter_otlp_endpoint=endpoint,
+            otel_bsp_schedule_delay=100,
+            otel_service_name="traced-worker-7",
+        )
+        execution_id = await execute(api, owner, workflow_id)
+        done = await wait_for_status(api, owner, execution_id)
+        assert done["status"] == "succeeded", done
+        assert [name for name, _ in notes.calls] == ["search_notes"]
+        worker.send(signal.SIGTERM)  # flushes what is buffered
+        worker.wait(30)
+
+    with collected.lock:
+        spans = list(collected.spans)
+    job = next(
+        s
+        for s in spans
+        if s["name"] == "job orchestration"
+        and s["values"].get("taskloom.execution_id") == execution_id
+    )
+    assert job["kind"] == SPAN_KIND_CONSUMER
+    assert {
+        key: job["values"].get(key)
+        for key in (
+            "messaging.system",
+            "messaging.destination.name",
+            "messaging.operation.type",
+            "messaging.message.id",
+        )
+    } == {
+        "messaging.system": "bullmq",
+        "messaging.destination.name": "orchestration",
+        "messaging.operation.type": "process",
+        "messaging.message.id": execution_id,
+    }
+    same_trace = [s for s in spans if s["trace_id"] == job["trace_id"]]
+    by_id = {s["span_id"]: s for s in same_trace}
+
+    chat = next(s for s in same_trace if s["name"] == "chat claude-haiku-4-5")
+    assert chat["kind"] == SPAN_KIND_CLIENT
+    assert _ancestors(chat, by_id)[:2] == ["step ai", "job orchestration"]
+    assert {key: chat["values"].get(key) for key in _GEN_AI_KEYS} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "anthropic",
+        "gen_ai.provider.name": "anthropic",
+        "gen_ai.request.model": "claude-haiku-4-5",
+        "gen_ai.response.model": "claude-haiku-4-5",
+        "gen_ai.usage.input_tokens": 321,
+        "gen_ai.usage.output_tokens": 45,
+    }
+
+    clients = [s for s in same_trace if s["scope"] == "taskloom.httpx2"]  # one per attempt
+    assert all(s["kind"] == SPAN_KIND_CLIENT for s in clients)
+    to_model = [
+        s for s in clients if s["values"].get("url.full") == f"{model_api.base_url}/v1/messages"
+    ]
+    assert len(to_model) == 1, [s["values"] for s in clients]
+    assert "chat claude-haiku-4-5" in _ancestors(to_model[0], by_id)
+    assert to_model[0]["values"]["http.request.method"] == "POST"
+    assert to_model[0]["values"]["http.response.status_code"] == 200
+    to_mcp = [s for s in clients if s["values"].get("url.full") == notes.url]
+    assert to_mcp, [s["values"] for s in clients]
+    assert all("step tool" in _ancestors(s, by_id) for s in to_mcp)
+    assert ("POST", 200) in {
+        (s["values"]["http.request.method"], s["values"].get("http.response.status_code"))
+        for s in to_mcp
+    }
+
+    resource = job["resource"]
+    assert resource["service.name"] == "traced-worker-7"  # OTEL_SERVICE_NAME wins
+    assert resource["deployment.environment.name"] == "test"  # TASKLOOM_ENV
+    everything = " ".join(s["text"] for s in spans)
+    for secret in secrets:
+        assert secret not in everything
+    assert all("?" not in s["values"]["url.full"] for s in to_model + to_mcp)
+
+
+_GEN_AI_KEYS = (
+    "gen_ai.operation.name",
+    "gen_ai.system",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+)
+SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER = 3, 4, 5  # OTLP's Span.SpanKind

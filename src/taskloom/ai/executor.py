@@ -24,16 +24,24 @@ from typing import Any
 
 import httpx2
 import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import select
 
 from taskloom import safe_jsonschema
 from taskloom.ai import budget
 from taskloom.ai.budget import BudgetExhausted, Candidate, Reservation
 from taskloom.ai.catalog import Catalog, CatalogError, ModelPrice, load_catalog
-from taskloom.ai.providers.base import AiProvider, AiProviderError, AiRequest, Message
+from taskloom.ai.providers.base import (
+    AiProvider,
+    AiProviderError,
+    AiRequest,
+    AiResponse,
+    Message,
+)
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.db.tenancy import tenant_transaction
 from taskloom.net import AddressPolicy, guarded_transport2, plain_transport2
+from taskloom.observability import tracing
 from taskloom.observability.metrics import AI_COST, AI_DURATION, AI_REQUESTS, AI_TOKENS
 from taskloom.observability.request_id import current_request_id
 from taskloom.runtime import Runtime
@@ -194,6 +202,49 @@ async def _provider(
         )
 
 
+async def _complete(
+    runtime: Runtime, provider_name: str, credential: _Credential, request: AiRequest
+) -> AiResponse:
+    """The provider's answer, in a `chat <model>` span with the OpenTelemetry GenAI attributes
+    (provider, models, token counts; never the prompt, the answer or the key), parent of the
+    call's HTTP spans."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": provider_name,
+        "gen_ai.provider.name": provider_name,
+        "gen_ai.request.model": request.model,
+        "gen_ai.request.max_tokens": request.max_tokens,
+    }
+    if request.temperature is not None:
+        attributes["gen_ai.request.temperature"] = request.temperature
+    span_cm = tracing.tracer().start_as_current_span(
+        f"chat {request.model}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,  # a provider's message might quote the input
+        set_status_on_exception=False,
+    )
+    with span_cm as span:
+        try:
+            async with _provider(runtime, provider_name, credential) as provider:
+                response = await provider.complete(request)
+        except Exception as error:
+            code = error.code if isinstance(error, AiProviderError) else type(error).__qualname__
+            span.set_attribute("error.type", code)
+            span.set_status(Status(StatusCode.ERROR, code))
+            raise
+        span.set_attributes(
+            {
+                "gen_ai.response.model": response.model,
+                "gen_ai.usage.input_tokens": response.input_tokens,
+                "gen_ai.usage.output_tokens": response.output_tokens,
+            }
+        )
+        if response.stop_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", (response.stop_reason,))
+        return response
+
+
 def _provider_class(provider: str) -> Callable[..., AiProvider]:
     """Imported on first use: the two SDKs take seconds of CPU to import, which every worker
     start and every API process would pay even when nobody calls a model."""
@@ -298,8 +349,7 @@ async def _call(
     started = time.perf_counter()
     labels = (model.name, category or "none")
     try:
-        async with _provider(runtime, model.provider, credential) as provider:
-            response = await provider.complete(request)
+        response = await _complete(runtime, model.provider, credential, request)
     except AiProviderError as error:
         elapsed = time.perf_counter() - started
         if error.retryable or error.status in _BREAKER_STATUSES:

@@ -1,11 +1,11 @@
 """OpenTelemetry tracing, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
-When on: spans for HTTP requests (FastAPI), SQL (SQLAlchemy), Redis and outgoing HTTP (httpx),
-exported over OTLP/HTTP with query strings and userinfo cut from every URL in them
-(`span_scrubbing.py`: tokens ride in both); each job and each step gets a span, and the trace
-context travels in the job's data, so a worker's spans join the trace of the request that queued
-the job. When off, only the OpenTelemetry API is imported: its tracer is a no-op and nothing is
-exported.
+When on: spans for HTTP requests (FastAPI), SQL (SQLAlchemy), Redis and outgoing HTTP (httpx,
+and httpx2 for the AI and MCP SDKs: `httpx2_tracing.py`), exported over OTLP/HTTP with query
+strings and userinfo cut from every URL in them (`span_scrubbing.py`: tokens ride in both); each
+job and each step gets a span, and the trace context travels in the job's data, so a worker's
+spans join the trace of the request that queued the job. When off, only the OpenTelemetry API is
+imported: its tracer is a no-op and nothing is exported.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def enabled() -> bool:
 
 
 def configure(settings: Settings, *, service: str) -> bool:
-    """Install the tracer provider and the library instrumentations, once per process."""
+    """Install the tracer provider and the library instrumentations, once per process.
+    `service` is Taskloom's default service name; OTEL_SERVICE_NAME replaces it."""
     global _provider
     if _provider is not None or not settings.otel_exporter_otlp_endpoint:
         return _provider is not None
@@ -40,14 +41,18 @@ def configure(settings: Settings, *, service: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from taskloom.observability import httpx2_tracing
     from taskloom.observability.span_scrubbing import ScrubbingExporter
 
     endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+    service = settings.otel_service_name or service
+    environment = settings.taskloom_env.value
     resource = Resource.create(
         {
             "service.name": service,
             "service.version": __version__,
-            "deployment.environment": settings.taskloom_env.value,
+            "deployment.environment.name": environment,
+            "deployment.environment": environment,  # the name before semconv 1.27
         }
     )
     provider = TracerProvider(resource=resource)
@@ -56,6 +61,7 @@ def configure(settings: Settings, *, service: str) -> bool:
     trace.set_tracer_provider(provider)
     RedisInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
+    httpx2_tracing.instrument()  # the AI and MCP SDKs' client
     _provider = provider
     log.info("tracing_enabled", service=service, endpoint=endpoint)
     return True
@@ -88,6 +94,20 @@ def shutdown(*, timeout_s: float | None = None) -> None:
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("taskloom")
+
+
+def messaging_attributes(*, queue: str, job_id: str | None, operation: str) -> dict[str, str]:
+    """The messaging semantic-convention attributes of a job span: `operation` is "send" for the
+    producer, "process" for the worker running the job."""
+    attributes = {
+        "messaging.system": "bullmq",
+        "messaging.destination.name": queue,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+    }
+    if job_id is not None:
+        attributes["messaging.message.id"] = job_id
+    return attributes
 
 
 def current_context_carrier() -> dict[str, str]:

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from bullmq import Job, Queue
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from taskloom.config import Settings
@@ -62,8 +63,10 @@ class ExecutionQueue:
     ) -> None:
         """An execution is ready to run (its row is committed `queued`): put it in its
         organization's ready list and add the jobs of what the scheduler admits (often it)."""
-        data = self.job_data(execution_id, org_id, request_id)
-        await self.add(await self.fair.accept(org_id=org_id, execution_id=execution_id, data=data))
+        with self._sending(execution_id):  # the job data carries this span's context
+            data = self.job_data(execution_id, org_id, request_id)
+            admitted = await self.fair.accept(org_id=org_id, execution_id=execution_id, data=data)
+            await self.add(admitted)
 
     async def finished(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
         """The execution is done with the queue (finished, or withdrawn): free its
@@ -108,8 +111,20 @@ class ExecutionQueue:
     ) -> None:
         """Add the job of an execution that is already admitted (a no-op while a job with its
         id exists); everything else goes through `submit`."""
-        data = self.job_data(execution_id, org_id, request_id)
-        await self.queue.add(JOB_NAME, data, self.job_options(execution_id))
+        with self._sending(execution_id):
+            data = self.job_data(execution_id, org_id, request_id)
+            await self.queue.add(JOB_NAME, data, self.job_options(execution_id))
+
+    @staticmethod
+    def _sending(execution_id: uuid.UUID) -> Any:
+        """The producer span of an execution's job (a no-op unless tracing is on)."""
+        return tracing.tracer().start_as_current_span(
+            f"send {QUEUE_NAME}",
+            kind=SpanKind.PRODUCER,
+            attributes=tracing.messaging_attributes(
+                queue=QUEUE_NAME, job_id=str(execution_id), operation="send"
+            ),
+        )
 
     async def replace(
         self, *, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None = None

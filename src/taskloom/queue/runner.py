@@ -101,7 +101,13 @@ class ExecutionRunner:
             f"job {QUEUE_NAME}",
             context=tracing.context_from(job.data.get("trace")),
             kind=SpanKind.CONSUMER,
-            attributes={"taskloom.execution_id": str(execution_id), "taskloom.org_id": str(org_id)},
+            attributes={
+                **tracing.messaging_attributes(
+                    queue=QUEUE_NAME, job_id=job.id, operation="process"
+                ),
+                "taskloom.execution_id": str(execution_id),
+                "taskloom.org_id": str(org_id),
+            },
         )
         with span, bound_request_id(job.data.get("request_id")):
             try:

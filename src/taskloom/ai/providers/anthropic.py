@@ -72,8 +72,12 @@ class AnthropicProvider:
             timeout=timeout,
             max_retries=max_retries,
             # Given an option, the SDK reads none of ANTHROPIC_OPEN_TELEMETRY*: prompts and
-            # answers never go into spans.
-            open_telemetry={"traces": {"enabled": True, "content_mode": "metadata_only"}},
+            # answers never go into spans. The trace context goes out with each attempt's
+            # httpx2 span (observability/httpx2_tracing.py), not twice.
+            open_telemetry={
+                "traces": {"enabled": True, "content_mode": "metadata_only"},
+                "propagation": False,
+            },
         )
         # The SDK merges ANTHROPIC_CUSTOM_HEADERS into these (an Authorization there would win
         # over the key); this provider sends no default headers of its own.
