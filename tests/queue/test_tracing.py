@@ -26,6 +26,7 @@ from tests.factories import Account, register
 from tests.fakes.ai_apis import FakeAnthropic
 from tests.fakes.hostile import HostileServer
 from tests.fakes.mcp_server import start_mcp_server
+from tests.fakes.receiver import Receiver as WebhookReceiver
 from tests.queue.conftest import (
     StartWorker,
     create_workflow,
@@ -408,3 +409,66 @@ _GEN_AI_KEYS = (
     "gen_ai.usage.output_tokens",
 )
 SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER = 3, 4, 5  # OTLP's Span.SpanKind
+
+
+async def test_webhook_and_export_jobs_make_consumer_spans_with_messaging_attributes(
+    receiver: tuple[Receiver, str],
+    api: httpx.AsyncClient,
+    owner: Account,
+    start_worker: StartWorker,
+) -> None:
+    """A webhook delivery's job span (parent of the delivery's HTTP client span) and a data
+    export's carry the messaging attributes too."""
+    collected, endpoint = receiver
+    hooks = WebhookReceiver()
+    try:
+        created = await api.post(
+            "/api/webhooks",
+            json={"url": hooks.url, "events": ["workflow.created"]},
+            headers=owner.headers,
+        )
+        assert created.status_code == 201, created.text
+        worker = start_worker(
+            otel_exporter_otlp_endpoint=endpoint,
+            otel_bsp_schedule_delay=100,
+            webhook_dispatch_interval_seconds=0.2,
+        )
+        await create_workflow(api, owner, [{"id": "t", "type": "transform", "args": {"value": 1}}])
+        queued = await api.post("/api/user/data-export", headers=owner.headers)
+        assert queued.status_code == 202, queued.text
+        export_id = queued.json()["request_id"]
+        status: dict[str, Any] = {}
+        for _ in range(200):
+            path = f"/api/user/data-export/{export_id}"
+            status = (await api.get(path, headers=owner.headers)).json()
+            if status["status"] == "ready" and hooks.received:
+                break
+            await asyncio.sleep(0.1)
+        assert status["status"] == "ready", status
+        assert len(hooks.received) == 1
+        worker.send(signal.SIGTERM)  # flushes what is buffered
+        worker.wait(30)
+
+    finally:
+        hooks.stop()
+
+    with collected.lock:
+        spans = list(collected.spans)
+    by_name = {s["name"]: s for s in spans if s["name"] in ("job webhooks", "job gdpr")}
+    assert set(by_name) == {"job webhooks", "job gdpr"}, {s["name"] for s in spans}
+    for queue, span in (("webhooks", by_name["job webhooks"]), ("gdpr", by_name["job gdpr"])):
+        assert span["kind"] == SPAN_KIND_CONSUMER
+        assert span["values"]["messaging.system"] == "bullmq"
+        assert span["values"]["messaging.destination.name"] == queue
+        assert span["values"]["messaging.operation.type"] == "process"
+    assert by_name["job gdpr"]["values"]["messaging.message.id"] == export_id
+    assert by_name["job webhooks"]["values"]["messaging.message.id"]
+    delivery = by_name["job webhooks"]
+    posts = [
+        s
+        for s in spans
+        if s["kind"] == SPAN_KIND_CLIENT
+        and s["trace_id"] == delivery["trace_id"]
+        and hooks.url.split("://", 1)[1] in s["text"]
+    ]
+    assert posts, "no client span of the delivery"

@@ -11,6 +11,7 @@ imported: its tracer is a no-op and nothing is exported.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
@@ -108,6 +109,16 @@ def messaging_attributes(*, queue: str, job_id: str | None, operation: str) -> d
     if job_id is not None:
         attributes["messaging.message.id"] = job_id
     return attributes
+
+
+def job_span(queue: str, job_id: str | None) -> AbstractContextManager[trace.Span]:
+    """The CONSUMER span of a job of `queue` that carries no trace context (webhook deliveries
+    and data exports are queued by the outbox dispatcher and a request without the context)."""
+    return tracer().start_as_current_span(
+        f"job {queue}",
+        kind=trace.SpanKind.CONSUMER,
+        attributes=messaging_attributes(queue=queue, job_id=job_id, operation="process"),
+    )
 
 
 def current_context_carrier() -> dict[str, str]:

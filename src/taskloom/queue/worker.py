@@ -22,7 +22,7 @@ import structlog
 from bullmq import Job, UnrecoverableError, Worker
 
 from taskloom.gdpr import archive
-from taskloom.observability import sentry
+from taskloom.observability import sentry, tracing
 from taskloom.observability.metrics import (
     EXECUTIONS_RUNNING,
     QUEUE_EVENTS,
@@ -256,8 +256,9 @@ class WorkerService:
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _build_export(self, job: Job, token: str) -> None:
-        async with put_back_on_database_outage(job, token, queue=GDPR_QUEUE_NAME):
-            await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))
+        with tracing.job_span(GDPR_QUEUE_NAME, job.id):
+            async with put_back_on_database_outage(job, token, queue=GDPR_QUEUE_NAME):
+                await archive.build(self.runtime, uuid.UUID(job.data["request_id"]))
 
     # --- heartbeat -----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
+from taskloom.observability import tracing
 from taskloom.observability.request_id import bound_request_id
 from taskloom.outbound import send_bounded
 from taskloom.queue.jobs import WEBHOOK_QUEUE_NAME
@@ -126,8 +127,9 @@ class WebhookDeliverer:
         self.runtime = runtime
 
     async def process(self, job: Job, token: str) -> Any:
-        async with put_back_on_database_outage(job, token, queue=WEBHOOK_QUEUE_NAME):
-            return await self._deliver(job)
+        with tracing.job_span(WEBHOOK_QUEUE_NAME, job.id):
+            async with put_back_on_database_outage(job, token, queue=WEBHOOK_QUEUE_NAME):
+                return await self._deliver(job)
 
     async def _deliver(self, job: Job) -> Any:
         delivery_id, org_id = uuid.UUID(job.data["delivery_id"]), uuid.UUID(job.data["org_id"])
