@@ -69,11 +69,6 @@ class AnthropicKeys(_AiKeys):
             base_url=connection.base_url,
             http_client=http,
             max_retries=0,
-            # As in ai/providers/anthropic.py: no ANTHROPIC_OPEN_TELEMETRY* from the environment.
-            open_telemetry={
-                "traces": {"enabled": True, "content_mode": "metadata_only"},
-                "propagation": False,
-            },
         )
         try:
             page = await client.models.list(limit=5)
