@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint format clean install
 
-## install: create .venv and install Taskloom with its dev tools (again when pyproject changes)
+## install: create .venv and install Taskloom with its dev tools and the embedded servers
+## (again when pyproject changes)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 		{ echo "error: $(PYTHON) -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"; \
 		  rm -rf $(VENV); exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	@touch $@
 
 ## run: start Taskloom (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set)

@@ -476,6 +476,7 @@ def main() -> None:
 
     from taskloom.config import InsecureConfiguration
     from taskloom.db.engine import UnsafeDatabaseRoles
+    from taskloom.embedded import EmbeddedNotInstalled
     from taskloom.observability import sentry
     from taskloom.redis import RedisConnectError
 
@@ -485,7 +486,7 @@ def main() -> None:
         sentry.capture(exc)  # a start-up that failed (configuration errors are not sent)
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
-    except InsecureConfiguration as exc:
+    except (InsecureConfiguration, EmbeddedNotInstalled) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except ValidationError as exc:

