@@ -6,14 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make lock PIP_COMPILE_ARGS=--upgrade: move every pin to the newest release pyproject allows
+PIP_COMPILE_ARGS ?=
+PIP_COMPILE = $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(PIP_COMPILE_ARGS)
 
-.PHONY: run test lint format clean install
+.PHONY: run test lint format clean install lock
 
-## install: create .venv and install Taskloom with its dev tools and the embedded servers
-## (again when pyproject changes)
+## install: create .venv and install Taskloom with its dev tools and the embedded servers, at
+## the versions and hashes of requirements-dev.lock (again when it or pyproject changes)
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "error: Taskloom needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) -V 2>&1)." \
 		  "Run e.g. make PYTHON=python3.11 ..."; exit 1; }
@@ -21,8 +25,19 @@ $(STAMP): pyproject.toml
 		{ echo "error: $(PYTHON) -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"; \
 		  rm -rf $(VENV); exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; \
+		echo "error: requirements-dev.lock does not satisfy pyproject.toml: run make lock"; exit 1; }
 	@touch $@
+
+## lock: regenerate requirements.lock (runtime: the image) and requirements-dev.lock (dev and
+## embedded extras: make install) from pyproject.toml with pip-tools; existing pins are kept
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4,<8'
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --extra embedded --output-file requirements-dev.lock pyproject.toml
 
 ## run: start Taskloom (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set)
 run: $(STAMP)
