@@ -6,10 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# make lock PIP_COMPILE_ARGS=--upgrade: move every pin to the newest release pyproject allows
-PIP_COMPILE_ARGS ?=
-PIP_COMPILE = $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
-	--no-emit-index-url --no-emit-find-links $(PIP_COMPILE_ARGS)
+# make lock LOCK_ARGS=--upgrade: move every pin to the newest release pyproject allows.
+# --universal: one lock for every Python >= 3.11 and platform (markers on conditional pins, e.g.
+# async-timeout below Python 3.11.3), so a fresh machine's own python3 installs it too.
+LOCK_ARGS ?=
+LOCK = $(BIN)/uv pip compile pyproject.toml --quiet --universal --generate-hashes \
+	$(LOCK_ARGS)
 
 .PHONY: run test lint format clean install lock
 
@@ -32,12 +34,13 @@ $(STAMP): pyproject.toml requirements-dev.lock
 	@touch $@
 
 ## lock: regenerate requirements.lock (runtime: the image) and requirements-dev.lock (dev and
-## embedded extras: make install) from pyproject.toml with pip-tools; existing pins are kept
+## embedded extras: make install) from pyproject.toml with uv (bootstrapped into .venv with pip);
+## existing pins are kept
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4,<8'
-	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
-	$(PIP_COMPILE) --extra dev --extra embedded --output-file requirements-dev.lock pyproject.toml
+	$(BIN)/python -m pip install --quiet 'uv>=0.9,<1'
+	$(LOCK) -o requirements.lock
+	$(LOCK) --extra dev --extra embedded -o requirements-dev.lock
 
 ## run: start Taskloom (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set)
 run: $(STAMP)
