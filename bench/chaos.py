@@ -586,6 +586,10 @@ async def environment(
         label="chaos",
         outbound_allowed_hosts="127.0.0.1",
         worker_concurrency=args.concurrency,
+        # One session submits every execution: the rate limits stay on, far above the load.
+        rate_limit_reads=100_000_000,
+        rate_limit_writes=100_000_000,
+        rate_limit_execute=100_000_000,
         max_running_per_org=10_000,  # the per-org cap is not what we test
         queue_lock_duration_ms=args.lock_ms,
         queue_stalled_interval_ms=args.stalled_ms,

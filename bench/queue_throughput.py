@@ -106,6 +106,10 @@ async def environment(pg_url: str, redis_url: str, concurrency: int) -> AsyncIte
         redis_url,
         label="bench",
         worker_concurrency=concurrency,
+        # One session submits every execution: the rate limits stay on, far above the load.
+        rate_limit_reads=100_000_000,
+        rate_limit_writes=100_000_000,
+        rate_limit_execute=100_000_000,
         max_running_per_org=10_000,  # the per-org cap is not what we measure
     ) as settings:
         configure_logging(settings)

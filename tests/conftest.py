@@ -75,6 +75,11 @@ async def fresh_deployment(
         label=label,
         login_max_failures_per_ip=10_000,
         register_max_per_ip=10_000,
+        # The suite hammers one session or key per test; tests of the limits set their own.
+        rate_limit_reads=1_000_000,
+        rate_limit_writes=1_000_000,
+        rate_limit_execute=1_000_000,
+        rate_limit_auth_per_ip=1_000_000,
     ) as deployment:
         yield deployment
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from taskloom import __version__
 from taskloom.ai.routes import router as ai_router
 from taskloom.audit.routes import router as audit_router
+from taskloom.auth.api_limits import RateLimitHeadersMiddleware
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
 from taskloom.errors import ERROR_RESPONSES, UnexpectedErrorMiddleware, install_error_handlers
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, production=settings.is_production)
     app.add_middleware(HttpMetricsMiddleware, log_requests=settings.access_log)
     app.add_middleware(RequestIdMiddleware)

@@ -193,6 +193,18 @@ class Settings(BaseSettings):
     register_max_per_ip: int = Field(default=20, ge=1)
     register_window_seconds: int = Field(default=3600, ge=10)
 
+    # --- API rate limits (docs/SECURITY.md "Rate limits") -------------------------------------
+    # Requests per RATE_LIMIT_WINDOW_SECONDS per API key or signed-in session (the web UI shares
+    # its session's), by class of route: reads (GET/HEAD), writes (other methods), execute
+    # (starting or retrying an execution); and to /auth/* per client IP. 429 + Retry-After past
+    # them. false: none of these (sign-in and registration keep their own limits above).
+    rate_limits_enabled: bool = True
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    rate_limit_reads: int = Field(default=1200, ge=1)
+    rate_limit_writes: int = Field(default=300, ge=1)
+    rate_limit_execute: int = Field(default=600, ge=1)
+    rate_limit_auth_per_ip: int = Field(default=300, ge=1)
+
     # --- secrets at rest -------------------------------------------------------------------------
     # AES-256-GCM keys for stored credentials, "id:base64key[,id:base64key...]": the first
     # encrypts, all decrypt (rotation: put the new key first, run `taskloom keys rotate`).

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit.service import AuditContext
 from taskloom.auth import service
+from taskloom.auth.api_limits import limit_principal
 from taskloom.auth.principal import Principal
 from taskloom.auth.tokens import API_KEY_PREFIX, decode_access_token
 from taskloom.db.tenancy import tenant_transaction
@@ -72,14 +73,17 @@ async def open_request_context(request: Request, token: str) -> AsyncIterator[Re
     """Authenticate `token` (an access JWT or an API key), open the tenant transaction with the
     principal's org and user set, and run the `after_commit` hooks once it has committed. The
     bearer dependency below and the web UI's cookie session (taskloom/web) both build their
-    RequestContext here."""
+    RequestContext here. The request is counted against its API key's or session's rate limit
+    first: one past it does no work (no database lookup, no transaction)."""
     runtime = get_runtime(request)
     key_principal = None
     if token.startswith(API_KEY_PREFIX):
+        await limit_principal(request, runtime, api_key=token, session_id=None)
         key_principal = await service.resolve_api_key(runtime=runtime, key=token)
         org_id, user_id = key_principal.org_id, key_principal.user_id
     else:
         claims = decode_access_token(settings=runtime.settings, token=token)
+        await limit_principal(request, runtime, api_key=None, session_id=claims.session_id)
         org_id, user_id = claims.org_id, claims.user_id
     hooks: list[Callable[[], Awaitable[None]]] = []
     async with tenant_transaction(runtime.database, org_id=org_id, user_id=user_id) as db:

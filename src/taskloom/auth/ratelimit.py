@@ -1,5 +1,7 @@
-"""Fixed-window counters in Redis: sign-in attempts per account and per client IP, registrations
-per client IP, and a general per-subject limit (GDPR export and erasure).
+"""Counters in Redis. Fixed windows: sign-in attempts per account and per client IP,
+registrations per client IP, and a general per-subject limit (GDPR export and erasure). GCRA
+(a smooth rate, one script per request): the API's limits per API key or session and per client
+IP on /auth/* (taskloom/auth/api_limits.py).
 
 E-mail addresses and IP addresses are personal data, and a plain hash of either is found again
 by trying them all (there are only 2^32 IPv4 addresses): key names carry an HMAC of them under a
@@ -11,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from taskloom.config import Settings
 from taskloom.errors import RateLimited
@@ -51,6 +56,67 @@ end
 """
 
 
+# GCRA (generic cell rate algorithm): a key holds its "theoretical arrival time" (TAT), the time
+# at which it would be back to a full quota. A request is allowed when it moves the TAT no further
+# than one window ahead of now; each one moves it by window/quota. One key, one round trip, no
+# list of timestamps. The clock is Redis's (TIME), so API processes on hosts whose clocks disagree
+# share one count; Redis 5+ replicates a script's effects, so TIME before a write is allowed.
+# Microseconds, written with %.0f: Lua's own number format would round them.
+# KEYS: the counter. ARGV: microseconds per request, window in microseconds.
+# Returns {1, remaining, microseconds until full} or {0, 0, microseconds until one is allowed}.
+_GCRA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > window then
+  return {0, 0, new_tat - window - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((window - (new_tat - now)) / interval), new_tat - now}
+"""
+# EVALSHA names a script by its SHA-1 (Redis's choice; an identifier here, not a security measure).
+_GCRA_SHA = hashlib.sha1(_GCRA.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A quota of requests per window, named as the RateLimit-Policy header names it."""
+
+    name: str
+    quota: int
+    window_seconds: int
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """Where a key stands after a request: allowed or not, the requests left now, and the seconds
+    until the quota is whole again (refused: until the next request is allowed)."""
+
+    rate: Rate
+    allowed: bool
+    remaining: int
+    reset_seconds: int
+
+
+async def take(*, redis: Redis, key: str, rate: Rate) -> Allowance:
+    """Count one request against `key` at `rate` (GCRA), unless that would exceed it."""
+    window = rate.window_seconds * 1_000_000
+    args = (window // rate.quota, window)
+    try:
+        allowed, remaining, micros = await redis.evalsha(_GCRA_SHA, 1, key, *args)
+    except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): load it
+        allowed, remaining, micros = await redis.eval(_GCRA, 1, key, *args)
+    return Allowance(
+        rate=rate,
+        allowed=bool(allowed),
+        remaining=int(remaining),
+        reset_seconds=max(math.ceil(int(micros) / 1_000_000), 0 if allowed else 1),
+    )
+
+
 def _digest(settings: Settings, value: str) -> str:
     key = hashlib.sha256(
         b"taskloom.ratelimit|" + settings.jwt_secret.get_secret_value().encode()
@@ -64,6 +130,22 @@ def account_key(*, settings: Settings, keys: Keys, email: str) -> str:
 
 def _ip_key(settings: Settings, keys: Keys, *parts: str, ip: str | None) -> str:
     return keys("ratelimit", *parts, "ip", _digest(settings, ip or "unknown"))
+
+
+def auth_ip_key(*, settings: Settings, keys: Keys, ip: str | None) -> str:
+    return _ip_key(settings, keys, "auth", ip=ip)
+
+
+def api_key_key(*, settings: Settings, keys: Keys, rate: str, token: str) -> str:
+    """An API key's counter, named by a keyed hash of the key: it is counted before the database
+    is asked whether the key exists (a refused request does no work), and never appears itself."""
+    return keys("ratelimit", "api", rate, "key", _digest(settings, token))
+
+
+def session_key(*, keys: Keys, rate: str, session_id: uuid.UUID) -> str:
+    """A session's counter: its bearer requests and its web UI pages share it. A session id is
+    not a credential (the signed access token is)."""
+    return keys("ratelimit", "api", rate, "session", str(session_id))
 
 
 @dataclass(frozen=True)

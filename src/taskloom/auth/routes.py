@@ -11,6 +11,7 @@ from sqlalchemy import select
 from taskloom.audit.service import AuditContext
 from taskloom.auth import api_keys, service
 from taskloom.auth.access import access
+from taskloom.auth.api_limits import limit_auth_ip
 from taskloom.auth.deps import Context, OrgSession, Session, client_context, get_runtime
 from taskloom.auth.models import ApiKey, User
 from taskloom.auth.schemas import (
@@ -31,7 +32,9 @@ from taskloom.locations import located, set_location
 from taskloom.orgs import service as orgs
 from taskloom.runtime import Runtime
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+# Every /auth route is counted against its client IP first (RATE_LIMIT_AUTH_PER_IP); sign-in
+# and registration also keep their own, stricter limits (taskloom/auth/ratelimit.py).
+router = APIRouter(prefix="/auth", tags=["auth"], dependencies=[Depends(limit_auth_ip)])
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 Client = Annotated[AuditContext, Depends(client_context)]
