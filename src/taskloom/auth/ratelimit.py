@@ -74,7 +74,8 @@ local new_tat = tat + interval
 if new_tat - now > window then
   return {0, 0, new_tat - window - now}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
 return {1, math.floor((window - (new_tat - now)) / interval), new_tat - now}
 """
 # EVALSHA names a script by its SHA-1 (Redis's choice; an identifier here, not a security measure).
@@ -104,7 +105,8 @@ class Allowance:
 async def take(*, redis: Redis, key: str, rate: Rate) -> Allowance:
     """Count one request against `key` at `rate` (GCRA), unless that would exceed it."""
     window = rate.window_seconds * 1_000_000
-    args = (window // rate.quota, window)
+    # A microsecond per request at least (quotas beyond a million a second are no limit).
+    args = (max(window // rate.quota, 1), window)
     try:
         allowed, remaining, micros = await redis.evalsha(_GCRA_SHA, 1, key, *args)
     except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): load it
