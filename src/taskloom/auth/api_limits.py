@@ -1,5 +1,5 @@
 """The API's rate limits: per API key or signed-in session by class of route (reads, writes,
-execute), and per client IP on /auth/*; counted in Redis (GCRA, taskloom/auth/ratelimit.py).
+execute), and per client IP on /auth/*; counted in Redis by GCRA (taskloom/auth/ratelimit.py).
 
 Every answer of a limited route says where its caller stands, in the fields of
 draft-ietf-httpapi-ratelimit-headers (structured fields, draft 09 and later):
