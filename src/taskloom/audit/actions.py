@@ -12,6 +12,7 @@ class AuditAction(StrEnum):
     AUTH_LOGOUT = "auth.logout"
     AUTH_LOGOUT_ALL = "auth.logout_all"
     AUTH_SWITCH_ORG = "auth.switch_org"
+    AUTH_PASSWORD_CHANGE = "auth.password_change"  # noqa: S105 (an action name)
     API_KEY_CREATE = "api_key.create"
     API_KEY_REVOKE = "api_key.revoke"
     USER_CREATE = "user.create"

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy import select
 
 from taskloom.audit.service import AuditContext
-from taskloom.auth import api_keys, service
+from taskloom.auth import api_keys, password_changes, service
 from taskloom.auth.access import access
 from taskloom.auth.api_limits import limit_auth_ip
 from taskloom.auth.deps import Context, OrgSession, Session, client_context, get_runtime
@@ -22,6 +22,8 @@ from taskloom.auth.schemas import (
     LoginRequest,
     MembershipOut,
     MeResponse,
+    PasswordChanged,
+    PasswordChangeRequest,
     RefreshRequest,
     RegisterRequest,
     SwitchOrgRequest,
@@ -106,6 +108,20 @@ async def logout_all(ctx: Session) -> Response:
         runtime=ctx.runtime, db=ctx.db, principal=ctx.principal, context=ctx.audit
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/password", openapi_extra=access("authenticated", api_key=False))
+async def change_password(body: PasswordChangeRequest, ctx: Session) -> PasswordChanged:
+    """Change your password (with the current one); your other sessions are signed out."""
+    revoked = await password_changes.change_own_password(
+        runtime=ctx.runtime,
+        db=ctx.db,
+        principal=ctx.principal,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        context=ctx.audit,
+    )
+    return PasswordChanged(sessions_revoked=revoked)
 
 
 @router.post("/switch-org", openapi_extra=access("authenticated", api_key=False))

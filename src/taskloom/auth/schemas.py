@@ -42,6 +42,15 @@ class LoginRequest(StrictModel):
     org_id: uuid.UUID | None = None
 
 
+class PasswordChangeRequest(StrictModel):
+    current_password: Password
+    new_password: Password
+
+
+class PasswordChanged(BaseModel):
+    sessions_revoked: int = Field(description="The person's other sessions, now signed out")
+
+
 class RefreshRequest(StrictModel):
     refresh_token: str = Field(min_length=1, max_length=512)
 

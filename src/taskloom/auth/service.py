@@ -51,7 +51,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_password_policy(runtime: Runtime, password: str) -> None:
+def check_password_policy(runtime: Runtime, password: str) -> None:
     minimum = runtime.settings.password_min_length
     if len(password) < minimum:
         raise BadRequest(f"password must be at least {minimum} characters", code="weak_password")
@@ -124,7 +124,7 @@ async def create_user_with_org(
 
     Runs on the application role: the tenant is set to the new ids before each insert, so the
     row-level security checks apply to registration too."""
-    _check_password_policy(runtime, password)
+    check_password_policy(runtime, password)
     password_hash = await asyncio.to_thread(runtime.passwords.hash, password)
     user = User(
         id=uuid.uuid4(),

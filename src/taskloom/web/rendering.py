@@ -27,6 +27,7 @@ NOTICES = {
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
     "org-switched": "Organization switched.",
+    "password-changed": "Password changed. Your other sessions have been signed out.",
     "invitation-created": "Invitation created. The person sees it under Invitations once they "
     "sign in with that email address, and joins when they accept it.",
     "invitation-revoked": "Invitation revoked.",
