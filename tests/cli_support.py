@@ -43,14 +43,15 @@ def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 async def run_taskloom(
-    *args: str, env: dict[str, str], cwd: Path
+    *args: str, env: dict[str, str], cwd: Path, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess without blocking the event loop."""
+    """Run the CLI in a subprocess without blocking the event loop (`stdin` fed to it)."""
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "taskloom", *args],
         cwd=cwd,
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,

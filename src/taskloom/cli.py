@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -124,7 +125,8 @@ async def _serve(
                 (Console() if live.uses_json_logs else console).print(
                     Panel.fit(
                         f"Demo organization created.\n  email:    {DEMO_EMAIL}\n"
-                        f"  password: {password}\n(shown once; change it after signing in)",
+                        f"  password: {password}\n"
+                        "(shown once; change it after signing in, at /ui/password)",
                         title="Taskloom",
                     )
                 )
@@ -327,6 +329,45 @@ def user_create(
     except DomainError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from exc
+
+
+@user_app.command("set-password")
+def user_set_password(
+    email: Annotated[str, typer.Option(help="Email address of the account.")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the new password from the first line of standard input (automation).",
+        ),
+    ] = False,
+) -> None:
+    """Set someone's password (e.g. a forgotten one) and sign them out everywhere."""
+    from taskloom.auth.password_changes import set_password
+    from taskloom.errors import DomainError
+    from taskloom.runtime import open_runtime
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+
+    async def _run() -> int:
+        async with _services(get_settings()) as live:
+            runtime = await open_runtime(live)
+            try:
+                return await set_password(
+                    runtime=runtime, email=email, new_password=password, context=CLI_CONTEXT
+                )
+            finally:
+                await runtime.close()
+
+    try:
+        revoked = asyncio.run(_run())
+    except DomainError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"password of {email.strip()} changed; {revoked} session(s) signed out")
 
 
 @app.command()
