@@ -47,6 +47,14 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class Registration(StrEnum):
+    """Who may create an account themselves (docs/SECURITY.md)."""
+
+    OPEN = "open"  # anyone
+    INVITE = "invite"  # only an email with a pending, unexpired invitation
+    CLOSED = "closed"  # nobody: operators use `taskloom user create`
+
+
 class InsecureConfiguration(RuntimeError):
     """Production was asked to start with an unsafe configuration. Not a ValueError, so pydantic
     lets it through unwrapped and the operator reads one clear sentence."""
@@ -192,6 +200,8 @@ class Settings(BaseSettings):
     # Registrations (successful or not) allowed per client IP within the window, then 429.
     register_max_per_ip: int = Field(default=20, ge=1)
     register_window_seconds: int = Field(default=3600, ge=10)
+    # Self-registration; unset: open in development and test, invite in production.
+    registration: Registration | None = None
 
     # --- API rate limits (docs/SECURITY.md "Rate limits") -------------------------------------
     # Requests per RATE_LIMIT_WINDOW_SECONDS per API key or signed-in session (the web UI shares
@@ -377,6 +387,13 @@ class Settings(BaseSettings):
         if self.redis_password is not None and self.redis_password.get_secret_value():
             return True
         return bool(urlsplit(self.redis_url or "").password)
+
+    @property
+    def registration_mode(self) -> Registration:
+        """REGISTRATION, or the environment's default: production is safe when it is unset."""
+        if self.registration is not None:
+            return self.registration
+        return Registration.INVITE if self.is_production else Registration.OPEN
 
     @property
     def uses_json_logs(self) -> bool:

@@ -106,6 +106,7 @@ async def test_in_production_sign_in_cookies_are_secure_and_every_answer_pins_ht
         password_hash_parallelism=1,
         log_json=False,
         log_level="warning",
+        registration="open",  # the test signs up through this app (production's default: invite)
     )
     assert production.is_production
     app = create_app(runtime=dataclasses.replace(runtime, settings=production))

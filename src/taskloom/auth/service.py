@@ -28,8 +28,10 @@ from taskloom.auth.tokens import (
     new_refresh_token,
     sha256_hex,
 )
+from taskloom.config import Registration
 from taskloom.db.tenancy import set_tenant, system_transaction, tenant_transaction
 from taskloom.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from taskloom.orgs import invitations
 from taskloom.orgs.models import Membership, Organization, Role
 from taskloom.orgs.service import default_name, slugify
 from taskloom.runtime import Runtime
@@ -158,12 +160,28 @@ async def register(
     organization_name: str | None,
     client: AuditContext,
 ) -> TokenPair:
-    """Create an account with its own organization (owner) and sign it in. Counted per client
-    IP (REGISTER_MAX_PER_IP): a taken e-mail answers 409, so the limit is what keeps that
-    answer from being a fast existence check."""
+    """Create an account with its own organization (owner) and sign it in, as REGISTRATION
+    allows (closed: nobody; invite: an email with a pending invitation). Counted per client IP
+    (REGISTER_MAX_PER_IP): a taken e-mail answers 409, so the limit is what keeps that answer
+    from being a fast existence check."""
+    mode = runtime.settings.registration_mode
+    if mode is Registration.CLOSED:
+        raise Forbidden(
+            "self-registration is closed on this instance: ask an administrator for an account",
+            code="registration_closed",
+        )
     await ratelimit.consume_registration(
         redis=runtime.redis, settings=runtime.settings, keys=runtime.keys, ip=client.ip
     )
+    # After the count: whether an address is invited is worth no more guesses than the limit.
+    if mode is Registration.INVITE and not await invitations.is_invited(
+        database=runtime.database, email=email
+    ):
+        raise Forbidden(
+            "registration is by invitation on this instance: ask an organization admin to "
+            "invite this email address",
+            code="registration_invite_only",
+        )
     org_name = organization_name or default_name(display_name)
     async with tenant_transaction(runtime.database, org_id=None, user_id=None) as db:
         user, org = await create_user_with_org(

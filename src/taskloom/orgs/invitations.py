@@ -292,6 +292,22 @@ async def decline(
     )
 
 
+async def is_invited(*, database: Database, email: str) -> bool:
+    """Whether `email` has a pending, unexpired invitation to any organization (registration by
+    invitation). System transaction: asked before the person has an account or a tenant."""
+    async with system_transaction(database) as db:
+        found = await db.execute(
+            select(Invitation.id)
+            .where(
+                Invitation.email == email.lower(),
+                Invitation.status == _PENDING,
+                Invitation.expires_at > func.now(),
+            )
+            .limit(1)
+        )
+        return found.scalar() is not None
+
+
 async def delete_invitations_to(*, db: AsyncSession, email: str) -> int:
     """Erasure (privileged transaction): invitations addressed to the person, whatever their
     status and organization, go; the address is personal data."""

@@ -12,7 +12,8 @@ from starlette.responses import Response
 from taskloom.auth import service as auth
 from taskloom.auth.deps import client_context, get_runtime
 from taskloom.auth.schemas import LoginRequest, RegisterRequest
-from taskloom.errors import BadRequest, DomainError
+from taskloom.config import Registration
+from taskloom.errors import BadRequest, DomainError, Forbidden
 from taskloom.web import cookies
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import FieldError, from_validation, text
@@ -45,7 +46,15 @@ async def login_form(
 ) -> Response:
     page = anonymous(request)
     target = _safe_next(next_page)
-    return render(page, "login.html", title="Sign in", email="", next=target, errors=[])
+    return render(
+        page,
+        "login.html",
+        title="Sign in",
+        email="",
+        next=target,
+        errors=[],
+        registration=_registration(request),
+    )
 
 
 @router.post("/login")
@@ -55,7 +64,12 @@ async def login(request: Request) -> Response:
     email, target = text(form, "email"), _safe_next(text(form, "next"))
 
     def again(status: int, errors: list[FieldError]) -> Response:
-        values = {"email": email, "next": target, "errors": errors}
+        values = {
+            "email": email,
+            "next": target,
+            "errors": errors,
+            "registration": _registration(request),
+        }
         return render(page, "login.html", status=status, title="Sign in", **values)
 
     try:
@@ -77,9 +91,18 @@ async def login(request: Request) -> Response:
     return redirect(target)
 
 
+def _registration(request: Request) -> str:
+    return get_runtime(request).settings.registration_mode.value
+
+
 @router.get("/register")
 async def register_form(request: Request) -> Response:
     page = anonymous(request)
+    if get_runtime(request).settings.registration_mode is Registration.CLOSED:
+        raise Forbidden(
+            "Self-registration is closed on this instance: ask an administrator for an account.",
+            code="registration_closed",
+        )
     return render(
         page,
         "register.html",
@@ -88,6 +111,7 @@ async def register_form(request: Request) -> Response:
         display_name="",
         organization_name="",
         errors=[],
+        registration=_registration(request),
     )
 
 
@@ -103,7 +127,13 @@ async def register(request: Request) -> Response:
 
     def again(status: int, errors: list[FieldError]) -> Response:
         return render(
-            page, "register.html", status=status, title="Create an account", errors=errors, **values
+            page,
+            "register.html",
+            status=status,
+            title="Create an account",
+            errors=errors,
+            registration=_registration(request),
+            **values,
         )
 
     try:
