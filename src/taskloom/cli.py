@@ -371,6 +371,38 @@ def user_set_password(
 
 
 @app.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted, per table.")
+    ] = False,
+) -> None:
+    """Delete finished executions older than EXECUTION_RETENTION_DAYS now, with their steps and
+    webhook deliveries (their ai_usage rows are summed per day first). The workers' housekeeping
+    does the same a few batches at a time."""
+    from taskloom.runtime import open_runtime
+    from taskloom.workflows.retention import purge_expired_executions, retention_cutoff
+
+    async def _run() -> tuple[str, dict[str, int]]:
+        async with _services(get_settings()) as live:
+            runtime = await open_runtime(live)
+            try:
+                cutoff = retention_cutoff(runtime).isoformat(timespec="seconds")
+                report = await purge_expired_executions(runtime, dry_run=dry_run)
+                return cutoff, report.counts()
+            finally:
+                await runtime.close()
+
+    cutoff, counts = asyncio.run(_run())
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"executions finished before {cutoff}: {verb}")
+    for table, count in counts.items():
+        if dry_run and table == "ai_usage_daily":
+            continue  # nothing is written in a dry run
+        label = "written or added to" if table == "ai_usage_daily" else ""
+        typer.echo(f"  {table:<20} {count}{(' (' + label + ')') if label else ''}")
+
+
+@app.command()
 def doctor(
     strict: Annotated[
         bool, typer.Option(help="Judge by production rules whatever TASKLOOM_ENV says.")

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     # Non-terminal executions younger than this are left alone by the reconciler.
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)
+    # Finished executions older than this (by finished_at) are deleted with their steps, webhook
+    # deliveries and ai_usage rows (summed per day into ai_usage_daily) by the housekeeping.
+    execution_retention_days: int = Field(default=90, ge=1, le=36_500)
 
     # --- workflow steps ------------------------------------------------------------------------
     http_step_timeout_seconds: float = Field(default=30.0, gt=0, le=600)

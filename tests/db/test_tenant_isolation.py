@@ -55,6 +55,7 @@ SEED_ORDER = (
     "workflow_executions",
     "execution_steps",
     "ai_usage",
+    "ai_usage_daily",
     "ai_budget_months",
     "tool_connections",
     "webhook_endpoints",
@@ -80,6 +81,7 @@ OWNER_COLUMN = {
     "workflow_executions": "org_id",
     "execution_steps": "org_id",
     "ai_usage": "org_id",
+    "ai_usage_daily": "org_id",
     "ai_budget_months": "org_id",
     "tool_connections": "org_id",
     "webhook_endpoints": "org_id",
@@ -241,6 +243,17 @@ def row_for(
                 "input_tokens": 10,
                 "output_tokens": 5,
                 "outcome": "ok",
+            }
+        case "ai_usage_daily":
+            # One row per organization, day, provider and model: a fresh row takes a day.
+            day = date(2000 + secrets.randbelow(900), 1 + secrets.randbelow(12), 1)
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "day": day,
+                "provider": "anthropic",
+                "model": "claude-test",
+                "calls": 2,
             }
         case "ai_budget_months":
             # One row per organization and month: a fresh row takes a month of its own.

@@ -359,11 +359,17 @@ async def month_summary(
     ).one()
     per_model = (
         await db.execute(
+            # This month's calls, plus those the execution retention already summed per day
+            # (ai_usage_daily) when EXECUTION_RETENTION_DAYS is shorter than a month.
             text(
-                "select model, count(*), coalesce(sum(input_tokens), 0), "  # noqa: S608 (constant SQL)
-                "coalesce(sum(output_tokens), 0), coalesce(sum(cost_usd), 0) from ai_usage "
-                "where org_id = :org and created_at >= "
-                f"({_MONTH})::timestamp at time zone 'UTC' group by model order by model"
+                "select model, sum(calls)::bigint, sum(tin), sum(tout), sum(cost) from ("  # noqa: S608 (constant SQL)
+                "select model, count(*) as calls, coalesce(sum(input_tokens), 0) as tin, "
+                "coalesce(sum(output_tokens), 0) as tout, coalesce(sum(cost_usd), 0) as cost "
+                "from ai_usage where org_id = :org and created_at >= "
+                f"({_MONTH})::timestamp at time zone 'UTC' group by model "
+                "union all select model, sum(calls), sum(input_tokens), sum(output_tokens), "
+                f"sum(cost_usd) from ai_usage_daily where org_id = :org and day >= {_MONTH} "
+                "group by model) as calls group by model order by model"
             ),
             {"org": org_id},
         )

@@ -7,6 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     ForeignKey,
@@ -62,6 +63,31 @@ class AiUsage(Base):
     instance_key: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     downgraded_from: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = created_at()
+
+
+class AiUsageDaily(Base):
+    """What purged `ai_usage` rows said, summed per organization, day (UTC), provider and model:
+    the execution retention (EXECUTION_RETENTION_DAYS) keeps the spending history without the
+    calls. No user and no execution: these rows are the organization's, not anyone's data."""
+
+    __tablename__ = "ai_usage_daily"
+    __table_args__ = (
+        UniqueConstraint(
+            "org_id", "day", "provider", "model", name="uq_ai_usage_daily_org_id_day_provider"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    day: Mapped[date] = mapped_column(Date, nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    calls: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(16, 6), nullable=False, server_default="0")
 
 
 class AiBudgetMonth(Base):

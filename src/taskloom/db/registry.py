@@ -1,6 +1,6 @@
 """Imports every domain's models so `Base.metadata` knows all tables (Alembic, tests)."""
 
-from taskloom.ai.models import AiUsage
+from taskloom.ai.models import AiUsage, AiUsageDaily
 from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
@@ -16,6 +16,7 @@ metadata = Base.metadata
 
 __all__ = [
     "AiUsage",
+    "AiUsageDaily",
     "ApiKey",
     "AuditChainHead",
     "AuditLog",

@@ -25,6 +25,7 @@ ISOLATED_TABLES: dict[str, Scope] = {
     "workflow_executions": Scope.ORG,
     "execution_steps": Scope.ORG,
     "ai_usage": Scope.ORG,
+    "ai_usage_daily": Scope.ORG,
     "ai_budget_months": Scope.ORG,
     "tool_connections": Scope.ORG,
     "webhook_endpoints": Scope.ORG,

@@ -35,6 +35,7 @@ from taskloom.ai import budget
 from taskloom.db.tenancy import system_transaction
 from taskloom.gdpr import archive
 from taskloom.runtime import Runtime
+from taskloom.workflows import retention
 from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 
 log = structlog.get_logger("taskloom.queue")
@@ -116,7 +117,7 @@ class Reconciler:
                     report = await self.reconcile_once()
                     if report:
                         log.warning("reconciled", **report.__dict__)
-                    await self._housekeeping()
+                    await self.housekeeping()
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis or PostgreSQL down: try again next tick
@@ -124,9 +125,16 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
-    async def _housekeeping(self) -> None:
+    async def housekeeping(self) -> None:
+        """Upkeep the leader does each tick: expired exports and executions, lost deliveries,
+        abandoned AI reservations."""
         if purged := await archive.purge_expired(self.runtime):
             log.info("expired_exports_purged", chunks=purged)
+        # A few batches a tick: a backlog (a first run, a shortened retention) drains over
+        # several ticks instead of holding the leader for long.
+        expired = await retention.purge_expired_executions(self.runtime, max_batches=4)
+        if not expired.empty:
+            log.info("expired_executions_purged", **expired.counts())
         if requeued := await self.requeue_lost_deliveries():
             log.warning("webhook_deliveries_requeued", deliveries=requeued)
         # AI budget reservations of calls whose worker died (logged by release_abandoned).

@@ -6,7 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -60,6 +70,12 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_queued", "created_at", postgresql_where="status = 'queued'"),
         Index(
             "ix_webhook_deliveries_queued_org_id", "org_id", postgresql_where="status = 'queued'"
+        ),
+        # The retention purge finds an execution's events by the id in their payload (0013).
+        Index(
+            "ix_webhook_deliveries_execution_id",
+            text("((payload -> 'data'::text) ->> 'execution_id'::text)"),
+            postgresql_where="payload IS NOT NULL",
         ),
     )
 

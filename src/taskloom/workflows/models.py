@@ -79,6 +79,12 @@ class WorkflowExecution(Base):
             "created_at",
             postgresql_where="status in ('queued', 'running')",
         ),
+        # The retention purge's scan: finished executions by age (migration 0013).
+        Index(
+            "ix_workflow_executions_finished_terminal",
+            "finished_at",
+            postgresql_where="status IN ('succeeded', 'failed', 'cancelled')",
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

@@ -1,0 +1,129 @@
+"""Execution retention (EXECUTION_RETENTION_DAYS): finished executions (succeeded, failed,
+cancelled) whose `finished_at` is older than the retention are deleted in batches, with their
+steps and their events' webhook deliveries; their `ai_usage` rows are first summed per day into
+`ai_usage_daily` (ai/rollup.py). Queued and running executions are never touched, however old.
+
+The workers' housekeeping (queue/reconciler.py, one leader at a time) purges a few batches per
+tick; `taskloom purge` runs it to the end now, and `--dry-run` counts what would go. Privileged
+transactions, one per batch: the purge works across organizations, and a batch's rows are
+locked with SKIP LOCKED so it never waits on (or for) anything else."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.ai.rollup import roll_up
+from taskloom.db.tenancy import system_transaction
+from taskloom.runtime import Runtime
+from taskloom.webhooks.retention import purge_deliveries
+from taskloom.workflows.models import ExecutionStatus, ExecutionStep, WorkflowExecution
+
+BATCH = 500
+TERMINAL = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
+
+
+@dataclass
+class PurgeReport:
+    """Rows deleted (or, in a dry run, that would be) per table; `ai_usage_daily` counts the
+    daily sums written or added to (0 in a dry run)."""
+
+    workflow_executions: int = 0
+    execution_steps: int = 0
+    webhook_deliveries: int = 0
+    ai_usage: int = 0
+    ai_usage_daily: int = 0
+
+    def add(self, other: PurgeReport) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def counts(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def empty(self) -> bool:
+        return not any(asdict(self).values())
+
+
+def retention_cutoff(runtime: Runtime, now: datetime | None = None) -> datetime:
+    """Executions that finished before this go."""
+    days = runtime.settings.execution_retention_days
+    return (now or datetime.now(UTC)) - timedelta(days=days)
+
+
+async def _expired(
+    db: AsyncSession, *, cutoff: datetime, after: tuple[datetime, uuid.UUID] | None, lock: bool
+) -> list[tuple[datetime, uuid.UUID]]:
+    """The next batch of expired executions, oldest first (ix_workflow_executions_finished_
+    terminal), after `after` (a dry run pages; a purge deletes what it read)."""
+    query = (
+        select(WorkflowExecution.finished_at, WorkflowExecution.id)
+        .where(
+            WorkflowExecution.status.in_([s.value for s in TERMINAL]),
+            WorkflowExecution.finished_at < cutoff,
+        )
+        .order_by(WorkflowExecution.finished_at, WorkflowExecution.id)
+        .limit(BATCH)
+    )
+    if after is not None:
+        query = query.where(tuple_(WorkflowExecution.finished_at, WorkflowExecution.id) > after)
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return [(row.finished_at, row.id) for row in await db.execute(query)]
+
+
+async def _batch(
+    db: AsyncSession, *, ids: list[uuid.UUID], cutoff: datetime, first: bool, dry_run: bool
+) -> PurgeReport:
+    # Calls of no execution (their workflow was deleted) go BATCH at a time with each batch; a
+    # dry run counts them all once.
+    orphans = (None if first else 0) if dry_run else BATCH
+    usage = await roll_up(db, execution_ids=ids, cutoff=cutoff, orphans=orphans, dry_run=dry_run)
+    report = PurgeReport(
+        ai_usage=usage.calls,
+        ai_usage_daily=0 if dry_run else usage.daily_rows,
+        webhook_deliveries=await purge_deliveries(db, execution_ids=ids, dry_run=dry_run),
+        workflow_executions=len(ids),
+    )
+    steps = ExecutionStep.execution_id.in_(ids)
+    if dry_run:
+        report.execution_steps = int(
+            (await db.execute(select(func.count()).where(steps))).scalar_one()
+        )
+    else:
+        deleted = await db.execute(delete(ExecutionStep).where(steps))
+        report.execution_steps = int(getattr(deleted, "rowcount", 0) or 0)
+        await db.execute(delete(WorkflowExecution).where(WorkflowExecution.id.in_(ids)))
+    return report
+
+
+async def purge_expired_executions(
+    runtime: Runtime,
+    *,
+    dry_run: bool = False,
+    max_batches: int | None = None,
+    now: datetime | None = None,
+) -> PurgeReport:
+    """Purge (or count) executions past the retention, BATCH per transaction, until none is
+    left or `max_batches` were done."""
+    cutoff = retention_cutoff(runtime, now)
+    total = PurgeReport()
+    after: tuple[datetime, uuid.UUID] | None = None
+    done = 0
+    while max_batches is None or done < max_batches:
+        async with system_transaction(runtime.database) as db:
+            rows = await _expired(db, cutoff=cutoff, after=after, lock=not dry_run)
+            ids = [execution_id for _, execution_id in rows]
+            report = await _batch(db, ids=ids, cutoff=cutoff, first=done == 0, dry_run=dry_run)
+        total.add(report)
+        done += 1
+        if dry_run and rows:
+            after = rows[-1]
+        if len(rows) < BATCH and (dry_run or report.ai_usage < BATCH):
+            break  # the last batch was not full: nothing is left
+    return total
