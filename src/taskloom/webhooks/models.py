@@ -71,7 +71,7 @@ class WebhookDelivery(Base):
         Index(
             "ix_webhook_deliveries_queued_org_id", "org_id", postgresql_where="status = 'queued'"
         ),
-        # The retention purge finds an execution's events by the id in their payload (0013).
+        # The retention purge finds an execution's events by the id in their payload (0012).
         Index(
             "ix_webhook_deliveries_execution_id",
             text("((payload -> 'data'::text) ->> 'execution_id'::text)"),

@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-# The expression and predicate of ix_webhook_deliveries_execution_id (migration 0013).
+# The expression and predicate of ix_webhook_deliveries_execution_id (migration 0012).
 _EVENTS = """
 select event_id from webhook_deliveries
 where payload is not null and (payload -> 'data' ->> 'execution_id') = any(:executions)

@@ -79,7 +79,7 @@ class WorkflowExecution(Base):
             "created_at",
             postgresql_where="status in ('queued', 'running')",
         ),
-        # The retention purge's scan: finished executions by age (migration 0013).
+        # The retention purge's scan: finished executions by age (migration 0012).
         Index(
             "ix_workflow_executions_finished_terminal",
             "finished_at",

@@ -3,7 +3,7 @@
 two indexes let the purge find its rows without scanning: terminal executions by `finished_at`,
 and execution events' webhook deliveries by the execution id in their payload.
 
-Revision ID: 0013
+Revision ID: 0012
 Revises: 0011
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0013"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
