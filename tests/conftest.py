@@ -20,9 +20,9 @@ import structlog
 from bench.scratch import scratch_deployment
 from fastapi import FastAPI
 
-from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.runtime import Runtime, open_runtime
+from taskloom.runtime import Runtime
+from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.servers import MISSING_PROGRAMS
 
 # Fake provider APIs and a real MCP server, for the AI and tool tests.
@@ -92,22 +92,19 @@ async def settings(pg_server_url: str, redis_url: str) -> AsyncIterator[Settings
 
 @pytest.fixture(scope="session")
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    opened = await open_runtime(settings)
-    yield opened
-    await opened.close()
+    async with opened_runtime(settings) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="session")
 async def app(runtime: Runtime) -> AsyncIterator[FastAPI]:
-    application = create_app(runtime=runtime)
-    async with application.router.lifespan_context(application):
+    async with running_app(runtime) as application:
         yield application
 
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with asgi_client(app, ip="203.0.113.7") as c:
         yield c
 
 

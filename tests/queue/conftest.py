@@ -25,11 +25,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.runtime import Runtime, open_runtime
+from taskloom.runtime import Runtime
 from tests.cli_support import clean_env
 from tests.factories import Account, register
+from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.servers import free_port, plain_redis_config, start_redis
 from tests.tcp_proxy import TcpProxy
 
@@ -157,22 +157,19 @@ def queue_settings(settings: Settings, queue_redis_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 async def queue_runtime(queue_settings: Settings) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(queue_settings)
-    yield runtime
-    await runtime.close()
+    async with opened_runtime(queue_settings) as runtime:
+        yield runtime
 
 
 @pytest.fixture(scope="session")
 async def queue_app(queue_runtime: Runtime) -> AsyncIterator[FastAPI]:
-    application = create_app(runtime=queue_runtime)
-    async with application.router.lifespan_context(application):
+    async with running_app(queue_runtime) as application:
         yield application
 
 
 @pytest.fixture
 async def api(queue_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=queue_app, client=("203.0.113.8", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(queue_app, ip="203.0.113.8") as client:
         yield client
 
 

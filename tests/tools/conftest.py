@@ -10,10 +10,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.runtime import Runtime, open_runtime
+from taskloom.runtime import Runtime
 from tests.factories import Account, register
+from tests.in_process import asgi_client, opened_runtime, running_app
 
 TOOL_TEST_SETTINGS: dict[str, Any] = {
     "outbound_allowed_hosts": "127.0.0.1",
@@ -33,22 +33,19 @@ def tools_settings(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="session")
 async def tools_runtime(tools_settings: Settings) -> AsyncIterator[Runtime]:
-    runtime = await open_runtime(tools_settings)
-    yield runtime
-    await runtime.close()
+    async with opened_runtime(tools_settings) as runtime:
+        yield runtime
 
 
 @pytest.fixture(scope="session")
 async def tools_app(tools_runtime: Runtime) -> AsyncIterator[FastAPI]:
-    application = create_app(runtime=tools_runtime)
-    async with application.router.lifespan_context(application):
+    async with running_app(tools_runtime) as application:
         yield application
 
 
 @pytest.fixture
 async def tools_api(tools_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=tools_app, client=("203.0.113.9", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(tools_app, ip="203.0.113.9") as client:
         yield client
 
 

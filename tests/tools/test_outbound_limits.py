@@ -13,14 +13,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.runtime import Runtime, open_runtime
+from taskloom.runtime import Runtime
 from taskloom.tools.base import ToolError
 from taskloom.tools.executor import call_tool
 from taskloom.tools.providers._rest import MAX_RESPONSE_BYTES
 from tests.factories import Account, register
 from tests.fakes.hostile import HUGE_BYTES, HostileServer
+from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.tools.conftest import TOOL_TEST_SETTINGS, connect
 
 DEADLINE = 1.5
@@ -30,22 +30,19 @@ REPO = {"owner": "octocat", "repo": "hello-world"}
 @pytest.fixture(scope="module")
 async def fast_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     update: dict[str, Any] = {**TOOL_TEST_SETTINGS, "tool_timeout_seconds": DEADLINE}
-    runtime = await open_runtime(settings.model_copy(update=update))
-    yield runtime
-    await runtime.close()
+    async with opened_runtime(settings.model_copy(update=update)) as runtime:
+        yield runtime
 
 
 @pytest.fixture(scope="module")
 async def fast_app(fast_runtime: Runtime) -> AsyncIterator[FastAPI]:
-    application = create_app(runtime=fast_runtime)
-    async with application.router.lifespan_context(application):
+    async with running_app(fast_runtime) as application:
         yield application
 
 
 @pytest.fixture
 async def api(fast_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=fast_app, client=("203.0.113.9", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(fast_app, ip="203.0.113.9") as client:
         yield client
 
 
