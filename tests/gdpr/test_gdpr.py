@@ -304,6 +304,8 @@ async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     assert execution.json()["status"] == "cancelled"
     assert execution.json()["triggered_by"] is None
     assert await runtime.queue.state(uuid.UUID(world.execution_id)) == "unknown"
+    # ...and its place in the fair scheduler is given back at once, not by the reconciler later.
+    assert world.execution_id not in await runtime.queue.fair.running(owner.org_id)  # type: ignore[arg-type]
     assert await cache.get(f"user:{subject.user_id}", "search") is None
     # Everyone else's data is intact, and the shared organization's chain still verifies.
     workflow = await client.get(f"/api/workflows/{world.workflow_id}", headers=owner.headers)

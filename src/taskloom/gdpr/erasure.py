@@ -53,10 +53,11 @@ class Erasure:
     deleted_orgs: list[uuid.UUID] = field(default_factory=list)
     kept_orgs: list[uuid.UUID] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    cancelled_executions: list[uuid.UUID] = field(default_factory=list)
-    # Other executions whose job BullMQ may still keep, removed after the commit: see
-    # `_leftover_jobs`.
-    leftover_jobs: list[uuid.UUID] = field(default_factory=list)
+    # (org, execution): their queued or running executions, cancelled here; their jobs and places
+    # in the fair scheduler are withdrawn after the commit.
+    cancelled_executions: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
+    # Other executions whose job BullMQ may still keep, withdrawn likewise: see `_leftover_jobs`.
+    leftover_jobs: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
     export_requests: list[uuid.UUID] = field(default_factory=list)  # their jobs, likewise
 
 
@@ -201,7 +202,7 @@ async def erase(
     return result
 
 
-async def _leftover_jobs(db: AsyncSession, result: Erasure) -> list[uuid.UUID]:
+async def _leftover_jobs(db: AsyncSession, result: Erasure) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """Executions whose job BullMQ may still hold (it keeps failed jobs for KEEP_FAILED, with
     reasons that, before they were codes only, could quote a person's input): theirs that
     failed lately, and the unfinished or lately failed ones of the organizations deleted with
@@ -210,15 +211,15 @@ async def _leftover_jobs(db: AsyncSession, result: Erasure) -> list[uuid.UUID]:
     kept_since = datetime.now(UTC) - timedelta(seconds=KEEP_FAILED["age"])
     lately_failed = and_(e.status == ExecutionStatus.FAILED, e.finished_at >= kept_since)
     unfinished = e.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING])
-    found = await db.scalars(
-        select(e.id).where(
+    found = await db.execute(
+        select(e.org_id, e.id).where(
             or_(
                 and_(e.triggered_by == result.user_id, lately_failed),
                 and_(e.org_id.in_(result.deleted_orgs), or_(unfinished, lately_failed)),
             )
         )
     )
-    return list(found)
+    return [(org_id, execution_id) for org_id, execution_id in found]
 
 
 async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> None:
@@ -233,9 +234,9 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
             cancel_requested_at=func.now(),
             finished_at=func.now(),
         )
-        .returning(WorkflowExecution.id)
+        .returning(WorkflowExecution.org_id, WorkflowExecution.id)
     )
-    result.cancelled_executions = list(cancelled.scalars())
+    result.cancelled_executions = [(org_id, execution_id) for org_id, execution_id in cancelled]
     if not settings.gdpr_erase_execution_payloads:
         return
     executions = select(WorkflowExecution.id).where(mine).scalar_subquery()

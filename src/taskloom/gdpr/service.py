@@ -136,8 +136,9 @@ async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditC
         )
         removed = await purge_matching(runtime.redis, keys("cache", "*", f"user:{user_id}", "*"))
         removed += await purge_matching(runtime.redis, keys("ratelimit", "gdpr", "*", str(user_id)))
-        for execution_id in [*result.cancelled_executions, *result.leftover_jobs]:
-            await runtime.queue.remove(execution_id)
+        for org_id, execution_id in [*result.cancelled_executions, *result.leftover_jobs]:
+            # The job, and the execution's place in its organization's ready list or slots.
+            await runtime.queue.withdraw(execution_id=execution_id, org_id=org_id)
         for request_id in result.export_requests:
             await runtime.gdpr_queue.remove(request_id)
         log.info("user_erased", pseudonym=result.pseudonym, redis_keys=removed)
