@@ -15,7 +15,7 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from taskloom.config import DEV_JWT_SECRET, MIN_JWT_SECRET_LENGTH, Settings
+from taskloom.config import DEV_JWT_SECRET, MIN_JWT_SECRET_LENGTH, Registration, Settings
 from taskloom.db.engine import Database, app_role_problems, create_database
 from taskloom.db.rls import ISOLATED_TABLES
 from taskloom.redis import RedisConnectError, connect_redis, describe_target
@@ -70,6 +70,7 @@ async def run_checks(settings: Settings, *, strict: bool = False) -> list[Check]
     checklist = _Checklist(settings, strict=strict)
     await _redis_checks(checklist)
     _secret_checks(checklist)
+    _abuse_checks(checklist)
     await _database_checks(checklist)
     return checklist.checks
 
@@ -186,6 +187,30 @@ def _secret_checks(c: _Checklist) -> None:
         c.warn(area, "metrics token", "unset: GET /metrics answers anyone who can reach it")
     else:
         c.ok(area, "metrics token", "GET /metrics needs a bearer token")
+
+
+# --- what one client may do --------------------------------------------------------------------
+
+
+def _abuse_checks(c: _Checklist) -> None:
+    """Not refusals (a private instance may want either), but what a reviewer asks first."""
+    s, area = c.settings, "limits"
+    if s.rate_limits_enabled:
+        c.ok(
+            area,
+            "rate limits",
+            f"per key or session every {s.rate_limit_window_seconds} s: {s.rate_limit_reads} "
+            f"reads, {s.rate_limit_writes} writes, {s.rate_limit_execute} executions",
+        )
+    else:
+        c.warn(
+            area, "rate limits", "RATE_LIMITS_ENABLED=false: any key or session may flood the API"
+        )
+    mode = s.registration_mode
+    if mode is Registration.OPEN and s.is_production:
+        c.warn(area, "registration", "REGISTRATION=open: anyone may create an account")
+    else:
+        c.ok(area, "registration", f"REGISTRATION={mode.value}")
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------

@@ -59,6 +59,20 @@ async def test_a_secure_production_configuration_passes(production_values: dict[
     assert "'production:'" in checks["redis: key prefix"].detail
     assert checks["secrets: metrics token"].status is Status.WARN  # advised, not required
     assert "'production:bull'" in checks["redis: key prefix"].detail
+    assert checks["limits: rate limits"].status is Status.PASS
+    assert checks["limits: registration"].status is Status.PASS
+    assert checks["limits: registration"].detail == "REGISTRATION=invite"  # production's default
+
+
+async def test_no_rate_limits_or_open_registration_in_production_warn(
+    production_values: dict[str, Any],
+) -> None:
+    settings = _unguarded(**production_values, rate_limits_enabled=False, registration="open")
+    checks = _by_name(await run_checks(settings))
+    assert checks["limits: rate limits"].status is Status.WARN
+    assert "RATE_LIMITS_ENABLED=false" in checks["limits: rate limits"].detail
+    assert checks["limits: registration"].status is Status.WARN
+    assert not failed(checks.values())  # advice: a private instance may want either
 
 
 @pytest.mark.parametrize(
