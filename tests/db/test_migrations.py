@@ -4,19 +4,16 @@ deploy without changing anything; and the initial migration can be undone and re
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pprint import pformat
 from typing import Any
 
-import asyncpg
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -149,31 +146,10 @@ async def test_migrating_again_changes_nothing(settings: Settings, runtime: Runt
 # --- a throwaway database: down to nothing and back up -----------------------------------------
 
 
-@pytest.fixture
-async def scratch_settings(settings: Settings, pg_server_url: str) -> AsyncIterator[Settings]:
-    """Settings for an empty database (and an application role) of this test only."""
-    suffix = secrets.token_hex(4)
-    database, role = f"taskloom_scratch_{suffix}", f"taskloom_app_scratch_{suffix}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    try:
-        url = make_url(pg_server_url).set(database=database)
-        yield settings.model_copy(
-            update={
-                "database_url": url.render_as_string(hide_password=False),
-                "database_app_role": role,
-            }
-        )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
-
-
-async def test_downgrade_to_base_then_upgrade_again(scratch_settings: Settings) -> None:
-    url = scratch_settings.database_url
+async def test_downgrade_to_base_then_upgrade_again(empty_database: Settings) -> None:
+    url = empty_database.database_url
     assert url
-    await migrate(scratch_settings)
+    await migrate(empty_database)
     assert set(await public_tables(url)) == set(ISOLATED_TABLES) | set(SHARED_TABLES)
 
     await asyncio.to_thread(command.downgrade, alembic_config(url), "base")
@@ -182,7 +158,7 @@ async def test_downgrade_to_base_then_upgrade_again(scratch_settings: Settings) 
     assert set(await public_tables(url)) == {"alembic_version"}
     assert await tenancy_functions(url) == set()
 
-    await migrate(scratch_settings)
+    await migrate(empty_database)
 
     assert await revision(url) == head_revision()
     tables = await public_tables(url)
@@ -192,7 +168,7 @@ async def test_downgrade_to_base_then_upgrade_again(scratch_settings: Settings) 
     diff = await drift(url)
     assert diff == [], "autogenerate would emit:\n" + pformat(diff)
 
-    database = create_database(scratch_settings)
+    database = create_database(empty_database)
     try:
         await check_roles(database)
     finally:

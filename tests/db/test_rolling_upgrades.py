@@ -5,11 +5,9 @@ declares whether the previous release can run on its schema, and the database re
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +15,6 @@ import httpx
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 
 from taskloom.config import Settings
 from taskloom.db.engine import check_roles, create_database
@@ -29,7 +26,7 @@ from taskloom.db.migrate import (
     migrate,
 )
 from taskloom.db.revisions import UndeclaredMigration, breaks_previous, lineage
-from tests.cli_support import clean_env, serve_api
+from tests.cli_support import deployment_env, serve_api
 from tests.servers import free_port
 
 
@@ -101,48 +98,12 @@ async def test_the_application_role_reads_schema_revisions_but_cannot_change_it(
         await app.close()
 
 
-# --- a database of the test's own ------------------------------------------------------------
-
-
-@pytest.fixture
-async def empty_database(settings: Settings, pg_server_url: str) -> AsyncIterator[Settings]:
-    """Settings for an empty database (and an application role) of this test only."""
-    suffix = secrets.token_hex(4)
-    database, role = f"taskloom_rolling_{suffix}", f"taskloom_app_rolling_{suffix}"
-    admin = await asyncpg.connect(pg_server_url)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    try:
-        url = make_url(pg_server_url).set(database=database)
-        yield settings.model_copy(
-            update={
-                "database_url": url.render_as_string(hide_password=False),
-                "database_app_role": role,
-                "database_app_url": None,
-            }
-        )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return clean_env(
-        TASKLOOM_ENV="test",
-        DATABASE_URL=settings.database_url or "",
-        DATABASE_APP_ROLE=settings.database_app_role,
-        REDIS_URL=settings.redis_url or "",
-        REDIS_KEY_PREFIX=settings.key_prefix,
-        PYTHONUNBUFFERED="1",
-    )
-
-
 async def test_two_taskloom_migrate_at_once_on_a_fresh_database_both_succeed(
     empty_database: Settings, tmp_path: Path
 ) -> None:
     """Without the lock around `alembic upgrade`, the second run fails on a table (or an
     alembic_version row) the first one created meanwhile."""
-    env = _env(empty_database)
+    env = deployment_env(empty_database)
 
     async def run() -> tuple[int | None, str]:
         process = await asyncio.create_subprocess_exec(
@@ -182,7 +143,7 @@ async def test_taskloom_api_does_not_migrate_and_is_not_ready_on_an_older_schema
     behind = lineage()[1]
 
     port = free_port()
-    server = serve_api(_env(empty_database), port, tmp_path / "api.log")
+    server = serve_api(deployment_env(empty_database), port, tmp_path / "api.log")
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
             ready = await api.get("/health/ready")

@@ -141,18 +141,19 @@ async def invite(
     return invitation_id
 
 
-async def list_pending(*, db: AsyncSession, principal: Principal) -> list[PendingInvitation]:
-    """The current organization's open, unexpired invitations, newest first."""
-    org_id = current_org(principal)
-    rows = await db.execute(
-        select(Invitation)
-        .where(
-            Invitation.org_id == org_id,
-            Invitation.status == _PENDING,
-            Invitation.expires_at > func.now(),
-        )
-        .order_by(Invitation.created_at.desc(), Invitation.id)
+async def list_pending(
+    *, db: AsyncSession, principal: Principal, invitation_id: uuid.UUID | None = None
+) -> list[PendingInvitation]:
+    """The current organization's open, unexpired invitations (or the one `invitation_id`),
+    newest first."""
+    query = select(Invitation).where(
+        Invitation.org_id == current_org(principal),
+        Invitation.status == _PENDING,
+        Invitation.expires_at > func.now(),
     )
+    if invitation_id is not None:
+        query = query.where(Invitation.id == invitation_id)
+    rows = await db.execute(query.order_by(Invitation.created_at.desc(), Invitation.id))
     return [
         PendingInvitation(i.id, i.email, Role(i.role), i.invited_by, i.created_at, i.expires_at)
         for i in rows.scalars()
@@ -163,10 +164,10 @@ async def get_pending(
     *, db: AsyncSession, principal: Principal, invitation_id: uuid.UUID
 ) -> PendingInvitation:
     """One of the current organization's open invitations, or NotFound."""
-    for invitation in await list_pending(db=db, principal=principal):
-        if invitation.id == invitation_id:
-            return invitation
-    raise NotFound("invitation not found")
+    found = await list_pending(db=db, principal=principal, invitation_id=invitation_id)
+    if not found:
+        raise NotFound("invitation not found")
+    return found[0]
 
 
 async def revoke(
@@ -185,8 +186,7 @@ async def revoke(
     ).scalar_one_or_none()
     if invitation is None:
         raise NotFound("invitation not found")
-    if invitation.status != _PENDING:
-        raise Conflict(f"the invitation was already {invitation.status}", code="invitation_closed")
+    _ensure_open(invitation)
     ensure_may_grant(principal, Role(invitation.role))
     invitation.status = InvitationStatus.REVOKED.value
     invitation.closed_at = await _now(db)
@@ -348,11 +348,15 @@ async def _open_for_me(
             .with_for_update()
         )
     ).scalar_one()
-    if invitation.status != _PENDING:
-        raise Conflict(f"the invitation was already {invitation.status}", code="invitation_closed")
+    _ensure_open(invitation)
     if invitation.expires_at <= await _now(db):
         raise Gone("the invitation has expired; ask for a new one", code="invitation_expired")
     return invitation
+
+
+def _ensure_open(invitation: Invitation) -> None:
+    if invitation.status != _PENDING:
+        raise Conflict(f"the invitation was already {invitation.status}", code="invitation_closed")
 
 
 async def _now(db: AsyncSession) -> datetime:
