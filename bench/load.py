@@ -68,8 +68,9 @@ from fastapi import FastAPI, Query
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from taskloom.executions.schemas import ExecutionOut, ExecutionPage
 from taskloom.pagination import encode_cursor
-from taskloom.workflows.schemas import ExecutionOut, ExecutionPage, WorkflowOut
+from taskloom.workflows.schemas import WorkflowOut
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -448,6 +449,7 @@ async def list_sql(deploy: Deployment, tenant: Tenant) -> dict[str, str]:
     from taskloom.auth.principal import Principal
     from taskloom.db.engine import create_database
     from taskloom.db.tenancy import tenant_transaction
+    from taskloom.executions import service as executions
     from taskloom.orgs.models import Role
     from taskloom.workflows import service
 
@@ -465,7 +467,7 @@ async def list_sql(deploy: Deployment, tenant: Tenant) -> dict[str, str]:
     try:
         for name, call in (
             ("workflows", lambda db: service.list_workflows(db=db, principal=principal)),
-            ("executions", lambda db: service.list_executions(db=db, principal=principal)),
+            ("executions", lambda db: executions.list_executions(db=db, principal=principal)),
         ):
             async with tenant_transaction(
                 database, org_id=tenant.org_id, user_id=tenant.user_id

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taskloom.workflows.templating import render
+from taskloom.executions.templating import render
 
 try:
-    from taskloom.workflows.template_process import TemplateRenderer
+    from taskloom.executions.template_process import TemplateRenderer
 except ImportError:  # the code before docs/adr/0005
     TemplateRenderer = None  # type: ignore[assignment,misc]
 

@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fakes.mcp_fixtures",
     "tests.fakes.ai_fixtures",
     "tests.fakes.receiver",
+    "tests.workers",  # real worker processes on a Redis of their own (queue, executions)
 ]
 
 

@@ -29,7 +29,7 @@ def test_starting_the_api_or_a_worker_imports_no_ai_or_mcp_sdk() -> None:
     assert (
         _run(
             "import taskloom.cli, taskloom.app, taskloom.queue.worker, taskloom.tools.registry\n"
-            "from taskloom.workflows.steps import STEP_TYPES\n"
+            "from taskloom.executions.steps import STEP_TYPES\n"
             "assert {'ai', 'tool'} <= set(STEP_TYPES)\n"
             "print(json.dumps(loaded()))\n"
         )

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from taskloom import safe_jsonschema
 from taskloom.ai.executor import AiStepError, _parse_json
+from taskloom.executions.steps.ai import AiArgs
 from taskloom.tools.base import ToolError
 from taskloom.tools.providers.mcp import _check_args
-from taskloom.workflows.steps.ai import AiArgs
 
 # With Python's `re` this pair backtracks for minutes.
 EVIL = "^(a|aa)+$"

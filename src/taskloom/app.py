@@ -14,6 +14,7 @@ from taskloom.auth.api_limits import RateLimitHeadersMiddleware
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
 from taskloom.errors import ERROR_RESPONSES, UnexpectedErrorMiddleware, install_error_handlers
+from taskloom.executions.routes import router as executions_router
 from taskloom.flags.routes import router as flags_router
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(auth_router)
     app.include_router(orgs_router)
     app.include_router(workflows_router)
+    app.include_router(executions_router)
     app.include_router(gdpr_router)
     app.include_router(audit_router)
     app.include_router(connections_router)

@@ -379,8 +379,8 @@ def purge(
     """Delete finished executions older than EXECUTION_RETENTION_DAYS now, with their steps and
     webhook deliveries (their ai_usage rows are summed per day first). The workers' housekeeping
     does the same a few batches at a time."""
+    from taskloom.executions.retention import purge_expired_executions, retention_cutoff
     from taskloom.runtime import open_runtime
-    from taskloom.workflows.retention import purge_expired_executions, retention_cutoff
 
     async def _run() -> tuple[str, dict[str, int]]:
         async with _services(get_settings()) as live:

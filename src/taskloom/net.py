@@ -267,7 +267,7 @@ def guarded_transport(
     httpx 0.28 offers no public way to give AsyncHTTPTransport a network backend, so this builds
     a normal transport and replaces its private `_pool` with a public httpcore
     AsyncConnectionPool that uses our backend. It fails closed (RuntimeError) if httpx stops
-    having that attribute; tests/workflows/test_http_step.py checks it still works."""
+    having that attribute; tests/executions/test_http_step.py checks it still works."""
     transport = httpx.AsyncHTTPTransport(verify=tls_context(), trust_env=False)
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
         raise RuntimeError("httpx.AsyncHTTPTransport changed: cannot install the address guard")

@@ -29,12 +29,12 @@ from bench.chaos import (
 
 from taskloom.app import create_app
 from taskloom.config import Settings
+from taskloom.executions import state
 from taskloom.queue.worker import WorkerService
 from taskloom.runtime import Runtime, open_runtime
-from taskloom.workflows import runs
 from tests.conftest import fresh_deployment
 from tests.factories import Account, register
-from tests.queue.conftest import (
+from tests.workers import (
     TERMINAL,
     CountingServer,
     StartWorker,
@@ -245,13 +245,13 @@ async def test_a_hand_back_between_steps_does_not_run_the_finished_step_again(
             {"id": "second", "type": "http", "args": {"url": counting_server.url(second)}},
         ],
     )
-    cancel_requested = runs.cancel_requested
+    cancel_requested = state.cancel_requested
 
     async def slow_cancel_check(*args: Any, **kwargs: Any) -> bool:
         await asyncio.sleep(2)  # a slow round trip between the two steps
         return await cancel_requested(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "cancel_requested", slow_cancel_check)
+    monkeypatch.setattr(state, "cancel_requested", slow_cancel_check)
     runtime = await open_runtime(
         queue_settings.model_copy(update={"shutdown_timeout_seconds": 0.2})
     )
@@ -293,14 +293,14 @@ async def test_a_job_still_being_claimed_when_the_shutdown_times_out_is_handed_b
     workflow_id = await create_workflow(
         api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
     )
-    claim, claiming = runs.claim, asyncio.Event()
+    claim, claiming = state.claim, asyncio.Event()
 
     async def slow_claim(*args: Any, **kwargs: Any) -> Any:
         claiming.set()
         await asyncio.sleep(1.0)  # a claim waiting for its turn on a busy database
         return await claim(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "claim", slow_claim)
+    monkeypatch.setattr(state, "claim", slow_claim)
     runtime = await open_runtime(
         queue_settings.model_copy(update={"shutdown_timeout_seconds": 0.2})
     )

@@ -29,19 +29,19 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.config import Settings
 from taskloom.db.tenancy import tenant_transaction
+from taskloom.executions import service
+from taskloom.executions.models import ExecutionStatus, WorkflowExecution
+from taskloom.executions.reconciler import Reconciler, ReconcileReport
 from taskloom.orgs.models import Role
-from taskloom.queue.reconciler import Reconciler, ReconcileReport
 from taskloom.runtime import Runtime, open_runtime
-from taskloom.workflows import service
-from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 from tests.factories import Account, register
-from tests.queue.conftest import (
+from tests.web.support import post_form, sign_in, text_of
+from tests.workers import (
     StartWorker,
     create_workflow,
     execute,
     wait_for_status,
 )
-from tests.web.support import post_form, sign_in, text_of
 
 # --- a local HTTP server that holds calls until released ----------------------------------------
 

@@ -27,14 +27,14 @@ from tests.fakes.ai_apis import FakeAnthropic
 from tests.fakes.hostile import HostileServer
 from tests.fakes.mcp_server import start_mcp_server
 from tests.fakes.receiver import Receiver as WebhookReceiver
-from tests.queue.conftest import (
+from tests.servers import free_port
+from tests.workers import (
     StartWorker,
     create_workflow,
     execute,
     wait_for_status,
     worker_env,
 )
-from tests.servers import free_port
 
 
 def _value(value: AnyValue) -> Any:

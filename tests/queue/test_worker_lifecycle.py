@@ -18,7 +18,8 @@ from taskloom.queue.shutdown import EXIT_MARGIN_SECONDS
 from taskloom.queue.worker import WorkerService
 from taskloom.runtime import Runtime, open_runtime
 from tests.factories import Account, register
-from tests.queue.conftest import (
+from tests.servers import free_port
+from tests.workers import (
     CountingServer,
     ProxiedDatabase,
     StartWorker,
@@ -28,7 +29,6 @@ from tests.queue.conftest import (
     unique_key,
     wait_for_status,
 )
-from tests.servers import free_port
 
 
 async def _wait_for_calls(server: CountingServer, key: str, calls: int, within: float = 20) -> None:

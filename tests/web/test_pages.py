@@ -11,8 +11,8 @@ import httpx
 from sqlalchemy import update
 
 from taskloom.db.tenancy import system_transaction
+from taskloom.executions.models import ExecutionStep, WorkflowExecution
 from taskloom.runtime import Runtime
-from taskloom.workflows.models import ExecutionStep, WorkflowExecution
 from tests.factories import PASSWORD, Account, accept, add_member, invite, register
 from tests.web.conftest import Browser
 from tests.web.support import post_form, sign_in, text_of

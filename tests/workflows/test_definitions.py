@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskloom.workflows.templating import TemplateProblem, render
+from taskloom.executions.templating import TemplateProblem, render
 from tests.factories import register
 
 TRANSFORM = {"id": "t", "type": "transform", "args": {"value": "{{ input.x }}"}}

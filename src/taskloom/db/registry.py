@@ -5,12 +5,13 @@ from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
 from taskloom.db.revisions import SchemaRevision
+from taskloom.executions.models import ExecutionStep, WorkflowExecution
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Invitation, Membership, Organization
 from taskloom.tools.models import ToolConnection
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
-from taskloom.workflows.models import ExecutionStep, Workflow, WorkflowExecution
+from taskloom.workflows.models import Workflow
 
 metadata = Base.metadata
 

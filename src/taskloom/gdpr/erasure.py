@@ -30,6 +30,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.config import Settings
 from taskloom.errors import Conflict
+from taskloom.executions.models import ExecutionStatus, ExecutionStep, WorkflowExecution
 from taskloom.flags.models import FeatureFlagOverride
 from taskloom.gdpr.inventory import user_tables
 from taskloom.gdpr.models import GdprRequest
@@ -37,7 +38,6 @@ from taskloom.orgs import invitations
 from taskloom.orgs import service as orgs
 from taskloom.orgs.models import Membership, Organization, Role
 from taskloom.queue.jobs import KEEP_FAILED
-from taskloom.workflows.models import ExecutionStatus, ExecutionStep, WorkflowExecution
 
 # Rows that are the person's own and go entirely (the rest lose the reference only).
 _DELETED = (RefreshToken, Session, ApiKey, Membership)

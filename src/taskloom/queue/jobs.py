@@ -23,7 +23,7 @@ JOB_NAME = "execute"
 KEEP_COMPLETED = {"age": 3_600, "count": 10_000}
 KEEP_FAILED = {"age": 14 * 86_400}
 # BullMQ would keep each failed attempt's Python traceback, whose chained exceptions quote
-# step errors that may echo a person's input; failure reasons are codes (queue/runner.py).
+# step errors that may echo a person's input; failure reasons are codes (executions/runner.py).
 NO_STACKTRACE = {"stackTraceLimit": 0}
 
 

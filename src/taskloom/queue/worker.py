@@ -21,6 +21,8 @@ from typing import Any
 import structlog
 from bullmq import Job, UnrecoverableError, Worker
 
+from taskloom.executions.reconciler import Reconciler
+from taskloom.executions.runner import ExecutionRunner
 from taskloom.gdpr import archive
 from taskloom.observability import sentry, tracing
 from taskloom.observability.metrics import (
@@ -33,8 +35,6 @@ from taskloom.observability.metrics import (
 )
 from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME, WEBHOOK_QUEUE_NAME
 from taskloom.queue.outage import put_back_on_database_outage
-from taskloom.queue.reconciler import Reconciler
-from taskloom.queue.runner import ExecutionRunner
 from taskloom.queue.shutdown import CLOSE_SECONDS, Deadline
 from taskloom.redis import bullmq_options
 from taskloom.runtime import Runtime

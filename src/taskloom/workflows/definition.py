@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from taskloom.errors import ValidationFailed
+from taskloom.executions.steps import STEP_TYPES
+from taskloom.executions.templating import TemplateProblem, check_syntax
 from taskloom.workflows.schemas import WorkflowDefinition
-from taskloom.workflows.steps import STEP_TYPES
-from taskloom.workflows.templating import TemplateProblem, check_syntax
 
 
 def _invalid(loc: list[str], message: str) -> ValidationFailed:

@@ -11,13 +11,14 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from taskloom.errors import BadRequest
+from taskloom.executions import service
+from taskloom.executions.models import ExecutionStatus, ExecutionStep
+from taskloom.executions.queue import enqueue_after_commit, queue_limit, remove_job_after_commit
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
 from taskloom.web.rendering import TERMINAL, redirect, render, with_query
 from taskloom.web.session import signed_in
-from taskloom.workflows import service
-from taskloom.workflows.jobs import enqueue_after_commit, queue_limit, remove_job_after_commit
-from taskloom.workflows.models import ExecutionStatus, ExecutionStep
+from taskloom.workflows import service as workflow_service
 
 router = APIRouter(prefix="/ui/executions", route_class=UiRoute, include_in_schema=False)
 
@@ -62,7 +63,7 @@ async def list_executions(
             cursor=cursor,
             limit=PAGE_SIZE,
         )
-        workflows = await service.list_workflows(db=page.db, principal=page.principal)
+        workflows = await workflow_service.list_workflows(db=page.db, principal=page.principal)
         names = {w.id: w.name for w in workflows}
         live = any(e.status not in TERMINAL for e in items)
         next_url = with_query(request, cursor=next_cursor) if next_cursor else None
@@ -103,7 +104,9 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
     async with signed_in(request) as page:
         page.require_role(Role.VIEWER)
         execution, steps = await service.get_execution(db=page.db, execution_id=execution_id)
-        workflow = await service.get_workflow(db=page.db, workflow_id=execution.workflow_id)
+        workflow = await workflow_service.get_workflow(
+            db=page.db, workflow_id=execution.workflow_id
+        )
         usage = {step.step_id: ai_usage(step) for step in steps}
         planned = [s.get("id") for s in (execution.definition or {}).get("steps", [])]
         return render(

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from taskloom.breakers import BREAKERS
 from taskloom.errors import Forbidden
+from taskloom.executions import service as executions
 from taskloom.health import checks, circuits
 from taskloom.orgs.models import Role
 from taskloom.queue.worker import live_workers
@@ -21,7 +22,6 @@ from taskloom.runtime import Runtime
 from taskloom.web.errors import UiRoute
 from taskloom.web.rendering import render
 from taskloom.web.session import signed_in
-from taskloom.workflows import service as workflows
 
 router = APIRouter(prefix="/ui/admin/health", route_class=UiRoute, include_in_schema=False)
 
@@ -47,7 +47,7 @@ async def health(request: Request) -> Response:
             checks.database(runtime), checks.redis(runtime), _queue(runtime)
         )
         failed = (
-            await workflows.failed_executions(db=page.db, principal=page.principal, limit=20)
+            await executions.failed_executions(db=page.db, principal=page.principal, limit=20)
             if org_admin
             else []
         )

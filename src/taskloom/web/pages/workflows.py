@@ -12,6 +12,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from taskloom.errors import DomainError, TooManyQueued
+from taskloom.executions import service as execution_service
+from taskloom.executions.queue import enqueue_after_commit, queue_limit
+from taskloom.executions.schemas import ExecuteRequest
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import (
@@ -26,9 +29,8 @@ from taskloom.web.forms import (
 from taskloom.web.rendering import redirect, render
 from taskloom.web.session import Page, signed_in
 from taskloom.workflows import service
-from taskloom.workflows.jobs import enqueue_after_commit, queue_limit
 from taskloom.workflows.models import Workflow
-from taskloom.workflows.schemas import ExecuteRequest, WorkflowCreate
+from taskloom.workflows.schemas import WorkflowCreate
 
 router = APIRouter(prefix="/ui/workflows", route_class=UiRoute, include_in_schema=False)
 
@@ -140,7 +142,7 @@ async def _workflow_page(
     run_input: str = "{}",
     run_errors: list[FieldError] | None = None,
 ) -> Response:
-    executions, _ = await service.list_executions(
+    executions, _ = await execution_service.list_executions(
         db=page.db, principal=page.principal, workflow_id=workflow.id, limit=10
     )
     shown = values or {
@@ -205,7 +207,7 @@ async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
         workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
         try:
             body = ExecuteRequest.model_validate({"input": json_field(form, "input", default={})})
-            execution = await service.start_execution(
+            execution = await execution_service.start_execution(
                 db=page.db,
                 principal=page.principal,
                 context=page.audit,

@@ -3,7 +3,7 @@ cancelled) whose `finished_at` is older than the retention are deleted in batche
 steps and their events' webhook deliveries; their `ai_usage` rows are first summed per day into
 `ai_usage_daily` (ai/rollup.py). Queued and running executions are never touched, however old.
 
-The workers' housekeeping (queue/reconciler.py, one leader at a time) purges a few batches per
+The workers' housekeeping (executions/reconciler.py, one leader at a time) purges a few batches per
 tick; `taskloom purge` runs it to the end now, and `--dry-run` counts what would go. Privileged
 transactions, one per batch: the purge works across organizations, and a batch's rows are
 locked with SKIP LOCKED so it never waits on (or for) anything else."""
@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.ai.rollup import roll_up
 from taskloom.db.tenancy import system_transaction
+from taskloom.executions.models import ExecutionStatus, ExecutionStep, WorkflowExecution
 from taskloom.runtime import Runtime
 from taskloom.webhooks.retention import purge_deliveries
-from taskloom.workflows.models import ExecutionStatus, ExecutionStep, WorkflowExecution
 
 BATCH = 500
 TERMINAL = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)

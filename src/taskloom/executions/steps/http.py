@@ -14,10 +14,10 @@ import httpx
 from pydantic import ConfigDict, Field, field_validator
 
 from taskloom import __version__
+from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
 from taskloom.observability.request_id import current_request_id
 from taskloom.outbound import ResponseTooLarge, read_at_most
-from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
 MAX_REDIRECTS = 5
 ERROR_BODY_CHARS = 500

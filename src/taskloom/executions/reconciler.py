@@ -33,10 +33,10 @@ from sqlalchemy import select, text, update
 
 from taskloom.ai import budget
 from taskloom.db.tenancy import system_transaction
+from taskloom.executions import retention
+from taskloom.executions.models import ExecutionStatus, WorkflowExecution
 from taskloom.gdpr import archive
 from taskloom.runtime import Runtime
-from taskloom.workflows import retention
-from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 
 log = structlog.get_logger("taskloom.queue")
 

@@ -29,8 +29,8 @@ from typing import Any
 import structlog
 
 from taskloom.config import Settings
-from taskloom.workflows import template_child
-from taskloom.workflows.templating import (
+from taskloom.executions import template_child
+from taskloom.executions.templating import (
     TemplateProblem,
     TemplateTooExpensive,
     is_cheap,

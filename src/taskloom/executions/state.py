@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import tenant_transaction
-from taskloom.workflows.models import (
+from taskloom.executions.models import (
     ExecutionStatus,
     ExecutionStep,
     StepStatus,

@@ -4,7 +4,7 @@ replace or remove it only once the request's transaction has committed."""
 from __future__ import annotations
 
 from taskloom.auth.deps import RequestContext
-from taskloom.workflows.models import WorkflowExecution
+from taskloom.executions.models import WorkflowExecution
 
 
 def queue_limit(ctx: RequestContext) -> int | None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from taskloom.workflows.template_process import TemplateRenderer
-from taskloom.workflows.templating import (
+from taskloom.executions.template_process import TemplateRenderer
+from taskloom.executions.templating import (
     TemplateProblem,
     TemplateTooExpensive,
     check_syntax,

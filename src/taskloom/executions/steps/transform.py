@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from taskloom.workflows.steps.base import StepArgs, StepContext
+from taskloom.executions.steps.base import StepArgs, StepContext
 
 
 class TransformArgs(StepArgs):

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from taskloom import safe_jsonschema
 from taskloom.ai.executor import AiCall, AiStepError, run_ai
-from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
+from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
 
 class AiArgs(StepArgs):

@@ -1,5 +1,5 @@
 """What a step type is: validated arguments and an async `run`. Step types register in
-`taskloom.workflows.steps` (`ai`, `http`, `tool`, `transform`)."""
+`taskloom.executions.steps` (`ai`, `http`, `tool`, `transform`)."""
 
 from __future__ import annotations
 

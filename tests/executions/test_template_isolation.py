@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.factories import Account, register
-from tests.queue.conftest import StartWorker, create_workflow, execute, wait_for_status
+from tests.workers import StartWorker, create_workflow, execute, wait_for_status
 
 BURNS_CPU = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
 EATS_MEMORY = "{% set s = 'a' * 1000000 %}{{ s|replace('a', s) }}"

@@ -9,12 +9,12 @@ import httpx
 from sqlalchemy import text, update
 
 from taskloom.db.tenancy import system_transaction
-from taskloom.queue.reconciler import Candidate, Reconciler
+from taskloom.executions.models import ExecutionStatus, WorkflowExecution
+from taskloom.executions.reconciler import Candidate, Reconciler
 from taskloom.runtime import Runtime
 from taskloom.webhooks.delivery import dispatch_pending
-from taskloom.workflows.models import ExecutionStatus, WorkflowExecution
 from tests.factories import Account
-from tests.queue.conftest import create_workflow, execute
+from tests.workers import create_workflow, execute
 
 
 async def _orphan(api: httpx.AsyncClient, owner: Account, runtime: Runtime) -> Candidate:

@@ -19,7 +19,7 @@ from taskloom.webhooks.delivery import dispatch_pending
 from tests.factories import Account
 from tests.fakes.hostile import HUGE_BYTES, HostileServer
 from tests.fakes.receiver import Receiver
-from tests.queue.conftest import (
+from tests.workers import (
     ProxiedDatabase,
     StartWorker,
     create_workflow,

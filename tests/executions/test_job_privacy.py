@@ -11,7 +11,7 @@ import httpx
 from taskloom.runtime import Runtime
 from tests.factories import PASSWORD, register
 from tests.gdpr.traces import scan_redis
-from tests.queue.conftest import StartWorker, create_workflow, execute, wait_for_status
+from tests.workers import StartWorker, create_workflow, execute, wait_for_status
 
 
 async def test_a_failed_job_keeps_ids_and_codes_only_and_erasure_removes_it(

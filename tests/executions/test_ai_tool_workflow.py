@@ -15,7 +15,7 @@ from taskloom.runtime import Runtime
 from tests.factories import Account
 from tests.fakes.ai_apis import FakeAnthropic, RecordedRequest
 from tests.fakes.tool_apis import FakeGitHub
-from tests.queue.conftest import StartWorker, create_workflow, execute, wait_for_status
+from tests.workers import StartWorker, create_workflow, execute, wait_for_status
 
 
 async def _connect(api: httpx.AsyncClient, owner: Account, body: dict[str, Any]) -> None:

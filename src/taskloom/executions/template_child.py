@@ -18,7 +18,7 @@ import resource
 import socket
 from typing import Any
 
-from taskloom.workflows.templating import TemplateProblem, TemplateTooExpensive, render
+from taskloom.executions.templating import TemplateProblem, TemplateTooExpensive, render
 
 NICENESS = 5  # below the worker's own event loop when CPUs are short
 READY = b"ready\n"

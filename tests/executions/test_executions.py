@@ -15,7 +15,7 @@ import httpx
 from taskloom.config import Settings
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member
-from tests.queue.conftest import (
+from tests.workers import (
     CountingServer,
     ProxiedDatabase,
     StartWorker,

@@ -31,18 +31,18 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
+from taskloom.executions import state
+from taskloom.executions.models import ExecutionStatus
+from taskloom.executions.state import Claim, Run
+from taskloom.executions.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
+from taskloom.executions.template_process import TemplateRenderer
+from taskloom.executions.templating import TemplateProblem
 from taskloom.observability import sentry, tracing
 from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
 from taskloom.queue.jobs import QUEUE_NAME
 from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
-from taskloom.workflows import runs
-from taskloom.workflows.models import ExecutionStatus
-from taskloom.workflows.runs import Claim, Run
-from taskloom.workflows.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
-from taskloom.workflows.template_process import TemplateRenderer
-from taskloom.workflows.templating import TemplateProblem
 
 log = structlog.get_logger("taskloom.queue")
 
@@ -146,7 +146,7 @@ class ExecutionRunner:
     async def _process(
         self, job: Job, token: str, execution_id: uuid.UUID, org_id: uuid.UUID
     ) -> Any:
-        claim, run = await runs.claim(
+        claim, run = await state.claim(
             self.runtime.database,
             execution_id=execution_id,
             org_id=org_id,
@@ -188,12 +188,12 @@ class ExecutionRunner:
         pending = [(i, step) for i, step in enumerate(steps) if step["id"] not in run.done]
         if not pending:  # every step had succeeded before an interruption
             output = run.done.get(steps[-1]["id"]) if steps else None
-            await runs.finish(database, run, ExecutionStatus.SUCCEEDED, output=output)
+            await state.finish(database, run, ExecutionStatus.SUCCEEDED, output=output)
             return {"succeeded": True}
         for number, (position, step) in enumerate(pending):
             # The claim just checked for a cancel request; later steps check again.
-            if number and await runs.cancel_requested(database, run):
-                await runs.finish(database, run, ExecutionStatus.CANCELLED)
+            if number and await state.cancel_requested(database, run):
+                await state.finish(database, run, ExecutionStatus.CANCELLED)
                 log.info("execution_cancelled", step_id=step["id"])
                 return {"cancelled": True}
             self.current_step[run.execution_id] = step["id"]
@@ -225,7 +225,7 @@ class ExecutionRunner:
         if first and run.first_attempt is not None:
             attempt = run.first_attempt  # the claim already marked it running
         else:
-            attempt = await runs.start_step(
+            attempt = await state.start_step(
                 database, run, step_id=step_id, position=position, type_=step["type"]
             )
         step_span = tracing.tracer().start_as_current_span(
@@ -285,7 +285,7 @@ class ExecutionRunner:
             sentry.capture(error, execution_id=run.execution_id, step_id=step_id)
             crash = StepError(f"internal error ({type(error).__name__})", code="internal_error")
             raise await self._step_failed(run, job, step_id, crash, args) from error
-        await runs.step_succeeded(
+        await state.step_succeeded(
             database, run, step_id=step_id, args=args, output=output, last=last
         )
         log.info("step_succeeded", step_id=step_id, attempt=attempt)
@@ -299,17 +299,19 @@ class ExecutionRunner:
         attempts = int(job.opts.get("attempts", 1))
         final = not error.retryable or job.attemptsMade + 1 >= attempts
         detail = {**error.as_json(), "step_id": step_id, "attempt": job.attemptsMade + 1}
-        await runs.step_failed(database, run, step_id=step_id, error=detail, final=final, args=args)
+        await state.step_failed(
+            database, run, step_id=step_id, error=detail, final=final, args=args
+        )
         log.warning("step_failed", step_id=step_id, final=final, code=error.code)
         # BullMQ keeps the reason with the failed job for days: the step id and the error's
         # code only, never its message (which may quote a person's input); the execution row
         # has the message (and erasure clears it).
         reason = f"{step_id}: {error.code}"
         if final:
-            await runs.finish(database, run, ExecutionStatus.FAILED, error=detail)
+            await state.finish(database, run, ExecutionStatus.FAILED, error=detail)
             failure: Exception = UnrecoverableError(reason)
             return failure
-        await runs.back_to_queue(database, run, error={**detail, "retrying": True})
+        await state.back_to_queue(database, run, error={**detail, "retrying": True})
         return AttemptFailed(reason)
 
     async def _hand_back(self, run: Run, job: Job, token: str) -> None:
@@ -318,8 +320,8 @@ class ExecutionRunner:
         after the 300 s lock expires."""
         step_id = self.current_step.pop(run.execution_id, None)
         if step_id is not None:
-            await runs.step_interrupted(self.runtime.database, run, step_id=step_id)
-        await runs.back_to_queue(self.runtime.database, run)
+            await state.step_interrupted(self.runtime.database, run, step_id=step_id)
+        await state.back_to_queue(self.runtime.database, run)
         await self._delay(job, token, 0)
         log.warning("job_handed_back", step_id=step_id)
 

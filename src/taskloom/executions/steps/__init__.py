@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from taskloom.workflows.steps.ai import AiStep
-from taskloom.workflows.steps.base import (
+from taskloom.executions.steps.ai import AiStep
+from taskloom.executions.steps.base import (
     RetryableStepError,
     StepArgs,
     StepContext,
     StepError,
     StepType,
 )
-from taskloom.workflows.steps.http import HttpStep
-from taskloom.workflows.steps.tool import ToolStep
-from taskloom.workflows.steps.transform import TransformStep
+from taskloom.executions.steps.http import HttpStep
+from taskloom.executions.steps.tool import ToolStep
+from taskloom.executions.steps.transform import TransformStep
 
 STEP_TYPES: dict[str, StepType] = {}
 

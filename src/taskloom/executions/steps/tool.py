@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 from taskloom.tools.base import ToolError
 from taskloom.tools.executor import call_tool
-from taskloom.workflows.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
 
 class ToolStepArgs(StepArgs):

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
-from taskloom.queue.reconciler import Reconciler
+from taskloom.executions.reconciler import Reconciler
 from taskloom.runtime import Runtime
 from tests.cli_support import deployment_env, run_taskloom
 from tests.factories import register

@@ -23,6 +23,9 @@ from pydantic import ValidationError
 
 from taskloom import __version__
 from taskloom.config import Settings
+from taskloom.executions.steps import STEP_TYPES
+from taskloom.executions.steps.base import RetryableStepError, StepContext, StepError
+from taskloom.executions.steps.http import HttpArgs, HttpStep
 from taskloom.net import (
     AddressPolicy,
     TargetNotAllowed,
@@ -30,9 +33,6 @@ from taskloom.net import (
     refusal_reason,
     tls_context,
 )
-from taskloom.workflows.steps import STEP_TYPES
-from taskloom.workflows.steps.base import RetryableStepError, StepContext, StepError
-from taskloom.workflows.steps.http import HttpArgs, HttpStep
 from tests.pki import make_pki
 from tests.servers import free_port
 

@@ -1,0 +1,73 @@
+"""Request and response bodies of /api/workflows/{id}/execute, /api/executions and
+/api/queue/failed."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskloom.auth.schemas import StrictModel
+
+
+class ExecuteRequest(StrictModel):
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step_id: str
+    position: int
+    type: str
+    status: str
+    input: dict[str, Any] | None
+    output: Any | None
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExecutionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    workflow_version: int
+    status: str
+    input: dict[str, Any]
+    output: Any | None
+    error: dict[str, Any] | None
+    attempts: int
+    triggered_by: uuid.UUID | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class ExecutionDetail(ExecutionOut):
+    steps: list[StepOut]
+
+
+class ExecutionAccepted(BaseModel):
+    execution_id: uuid.UUID
+    status: str
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class FailedJobOut(BaseModel):
+    execution_id: uuid.UUID
+    workflow_id: uuid.UUID
+    error: dict[str, Any] | None
+    finished_at: datetime | None
+    job_state: str = Field(description="The BullMQ job's state: failed, unknown (removed), …")
+    failed_reason: str | None
+    attempts_made: int | None

@@ -1,0 +1,260 @@
+"""Executions (runs of a workflow), as the API sees them. Every query runs in the caller's
+tenant transaction, so another organization's rows are simply not there (404)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.audit import service as audit
+from taskloom.audit.actions import AuditAction
+from taskloom.audit.service import AuditContext
+from taskloom.auth.principal import Principal
+from taskloom.errors import Conflict, NotFound, TooManyQueued
+from taskloom.executions.models import (
+    ExecutionStatus,
+    ExecutionStep,
+    StepStatus,
+    WorkflowExecution,
+)
+from taskloom.pagination import decode_cursor, encode_cursor
+from taskloom.workflows.models import Workflow
+from taskloom.workflows.service import get_workflow
+
+MAX_PAGE = 200
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
+
+
+def _org(principal: Principal) -> uuid.UUID:
+    if principal.org_id is None:
+        raise NotFound("no current organization")
+    return principal.org_id
+
+
+async def _audit(
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    action: AuditAction,
+    resource_type: str,
+    resource_id: uuid.UUID,
+) -> None:
+    await audit.record(
+        session=db,
+        context=context,
+        action=action,
+        org_id=_org(principal),
+        resource_type=resource_type,
+        resource_id=resource_id,
+    )
+
+
+def _queued(org_id: uuid.UUID, max_queued: int) -> Any:
+    """How many executions the organization has queued, counted up to `max_queued` only (a
+    flooded organization costs at most that many index entries of `(org_id, status)`)."""
+    waiting = (
+        select(WorkflowExecution.id)
+        .where(
+            WorkflowExecution.org_id == org_id, WorkflowExecution.status == ExecutionStatus.QUEUED
+        )
+        .limit(max_queued)
+        .subquery()
+    )
+    return select(func.count()).select_from(waiting).scalar_subquery()
+
+
+def _check_queue_room(queued: int | None, max_queued: int) -> None:
+    """TooManyQueued (429) when the organization already has `max_queued` executions queued.
+    Requests racing at the limit may each pass: it may be exceeded by the number of that
+    organization's calls in flight, never more."""
+    if (queued or 0) >= max_queued:
+        raise TooManyQueued(
+            f"the organization already has {max_queued} executions queued; retry later",
+            retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS,
+        )
+
+
+async def start_execution(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    workflow_id: uuid.UUID,
+    input: dict[str, Any],
+    max_queued: int | None,
+) -> WorkflowExecution:
+    """A queued execution of the workflow's current definition, or TooManyQueued when its
+    organization has `max_queued` waiting (None: the caller knows it is far below its limit,
+    see `executions.queue.queue_limit`). The caller submits it to the queue after the commit (a
+    job must never run ahead of its row)."""
+    if max_queued is None:
+        workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    else:  # the workflow and the organization's queued count in one round trip
+        row = (
+            await db.execute(
+                select(Workflow, _queued(_org(principal), max_queued)).where(
+                    Workflow.id == workflow_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound("workflow not found")
+        workflow, queued = row
+        _check_queue_room(queued, max_queued)
+    execution = WorkflowExecution(
+        org_id=workflow.org_id,
+        workflow_id=workflow.id,
+        workflow_version=workflow.version,
+        definition=workflow.definition,
+        triggered_by=principal.user_id,
+        status=ExecutionStatus.QUEUED,
+        input=input,
+        request_id=context.request_id,
+    )
+    db.add(execution)
+    await db.flush()
+    # Not audited: the execution row is its own record (who, when, request id), and an audit
+    # row per run would serialize every execution of an organization on its chain's lock.
+    return execution
+
+
+async def get_execution(
+    *, db: AsyncSession, execution_id: uuid.UUID
+) -> tuple[WorkflowExecution, list[ExecutionStep]]:
+    execution = await db.get(WorkflowExecution, execution_id)
+    if execution is None:
+        raise NotFound("execution not found")
+    steps = await db.execute(
+        select(ExecutionStep)
+        .where(ExecutionStep.execution_id == execution_id)
+        .order_by(ExecutionStep.position)
+    )
+    return execution, list(steps.scalars())
+
+
+async def list_executions(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    status: ExecutionStatus | None = None,
+    workflow_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[WorkflowExecution], str | None]:
+    """Newest first; `cursor` continues after the last item of the previous page."""
+    query = select(WorkflowExecution).where(WorkflowExecution.org_id == _org(principal))
+    if status is not None:
+        query = query.where(WorkflowExecution.status == status)
+    if workflow_id is not None:
+        query = query.where(WorkflowExecution.workflow_id == workflow_id)
+    if since is not None:
+        query = query.where(WorkflowExecution.created_at >= since)
+    if until is not None:
+        query = query.where(WorkflowExecution.created_at < until)
+    if cursor:
+        after_time, after_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                WorkflowExecution.created_at < after_time,
+                and_(WorkflowExecution.created_at == after_time, WorkflowExecution.id < after_id),
+            )
+        )
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await db.execute(
+        query.order_by(WorkflowExecution.created_at.desc(), WorkflowExecution.id.desc()).limit(
+            limit + 1
+        )
+    )
+    items = list(rows.scalars())
+    more = len(items) > limit
+    items = items[:limit]
+    return items, (encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+
+async def cancel_execution(
+    *, db: AsyncSession, principal: Principal, context: AuditContext, execution_id: uuid.UUID
+) -> WorkflowExecution:
+    """Queued ⇒ cancelled now; running ⇒ cancelled when its current step ends. The caller
+    removes a queued job after the commit (a worker that takes it first sees it cancelled)."""
+    execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
+    if execution is None:
+        raise NotFound("execution not found")
+    if execution.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
+        raise Conflict(f"the execution already {execution.status}")
+    if execution.status == ExecutionStatus.CANCELLED:
+        return execution  # cancelling twice is not an error
+    if execution.status == ExecutionStatus.QUEUED:
+        execution.status = ExecutionStatus.CANCELLED
+        execution.finished_at = _now()
+    execution.cancel_requested_at = _now()
+    await db.flush()
+    await db.refresh(execution)
+    await _audit(db, principal, context, AuditAction.EXECUTION_CANCEL, "execution", execution.id)
+    return execution
+
+
+async def retry_execution(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    execution_id: uuid.UUID,
+    max_queued: int | None,
+) -> WorkflowExecution:
+    """Queue a failed or cancelled execution again (TooManyQueued when its organization has
+    `max_queued` waiting; None as for `start_execution`). Steps that succeeded keep their
+    output and are not run again; the first unfinished step starts over. The caller resubmits
+    it to the queue."""
+    execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
+    if execution is None:
+        raise NotFound("execution not found")
+    if execution.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        raise Conflict(
+            f"only failed or cancelled executions can be retried, not {execution.status}"
+        )
+    if max_queued is not None:
+        queued = await db.scalar(select(_queued(execution.org_id, max_queued)))
+        _check_queue_room(queued, max_queued)
+    execution.status = ExecutionStatus.QUEUED
+    execution.error = None
+    execution.output = None
+    execution.finished_at = None
+    execution.cancel_requested_at = None
+    steps = await db.execute(
+        select(ExecutionStep).where(
+            ExecutionStep.execution_id == execution_id,
+            ExecutionStep.status != StepStatus.SUCCEEDED,
+        )
+    )
+    for step in steps.scalars():
+        step.status = StepStatus.PENDING
+        step.finished_at = None
+    await db.flush()
+    await db.refresh(execution)
+    await _audit(db, principal, context, AuditAction.EXECUTION_RETRY, "execution", execution.id)
+    return execution
+
+
+async def failed_executions(
+    *, db: AsyncSession, principal: Principal, limit: int = 100
+) -> list[WorkflowExecution]:
+    rows = await db.execute(
+        select(WorkflowExecution)
+        .where(
+            WorkflowExecution.org_id == _org(principal),
+            WorkflowExecution.status == ExecutionStatus.FAILED,
+        )
+        .order_by(WorkflowExecution.finished_at.desc().nulls_last())
+        .limit(max(1, min(limit, MAX_PAGE)))
+    )
+    return list(rows.scalars())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
