@@ -18,6 +18,7 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
+import taskloom.models  # noqa: F401  (every model mapped, whichever command runs)
 from taskloom import __version__
 from taskloom.audit.service import AuditContext
 from taskloom.config import Settings, get_settings

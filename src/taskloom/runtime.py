@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import structlog
 from redis.asyncio import Redis
 
-import taskloom.db.registry  # noqa: F401  (every model mapped, whichever command runs)
+import taskloom.models  # noqa: F401  (every model mapped, whichever command runs)
 from taskloom.auth.passwords import Passwords
 from taskloom.config import Settings, redact_url
 from taskloom.crypto import CredentialCipher

@@ -20,9 +20,9 @@ from sqlalchemy.pool import NullPool
 from taskloom.config import Settings
 from taskloom.db.engine import check_roles, create_database
 from taskloom.db.migrate import alembic_config, current_revision, head_revision, migrate
-from taskloom.db.registry import metadata
 from taskloom.db.rls import ISOLATED_TABLES, SHARED_TABLES
 from taskloom.db.urls import async_url
+from taskloom.models import metadata
 from taskloom.runtime import Runtime
 
 

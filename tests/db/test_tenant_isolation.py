@@ -34,9 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskloom.config import Settings
 from taskloom.db.migrate import head_revision
-from taskloom.db.registry import metadata
 from taskloom.db.rls import ISOLATED_TABLES, SHARED_TABLES
 from taskloom.db.tenancy import set_tenant
+from taskloom.models import metadata
 from taskloom.runtime import Runtime
 
 INSUFFICIENT_PRIVILEGE = "42501"

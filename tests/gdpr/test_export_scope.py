@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 from sqlalchemy import insert, text
 
-from taskloom.db.registry import metadata
 from taskloom.gdpr.inventory import unclassified
+from taskloom.models import metadata
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member, login, make_superuser, register
 

@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from sqlalchemy import insert, text
 
 from taskloom.auth import ratelimit
-from taskloom.db.registry import metadata
 from taskloom.gdpr import archive
+from taskloom.models import metadata
 from taskloom.redis import Cache
 from taskloom.runtime import Runtime
 from tests.db.test_tenant_isolation import Side, row_for

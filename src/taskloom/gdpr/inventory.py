@@ -18,7 +18,6 @@ from typing import Literal
 
 from sqlalchemy import ColumnElement, Table, and_, exists, false, func, not_, or_, select, true
 
-import taskloom.db.registry  # noqa: F401  (every model is mapped)
 from taskloom.db.base import Base
 from taskloom.orgs.models import Role
 
@@ -138,7 +137,9 @@ def copy_readable(table: Table, column: str, user_id: uuid.UUID) -> ColumnElemen
 
 
 def user_tables() -> list[UserTable]:
-    """Every table with a person's rows, in dependency order (users first)."""
+    """Every table with a person's rows, in dependency order (users first). Read when called,
+    from a `Base.metadata` that knows every table because each process's entry point imports
+    `taskloom.models` (runtime.py, cli.py); this module cannot import it (an upward import)."""
     found = []
     for table in Base.metadata.sorted_tables:
         if table.name == "users":

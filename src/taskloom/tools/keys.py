@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 from sqlalchemy import func, select
 
-import taskloom.db.registry  # noqa: F401  (every model mapped: foreign keys resolve)
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext

@@ -10,9 +10,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskloom.config import get_settings
-from taskloom.db.registry import metadata
 from taskloom.db.revisions import on_version_apply
 from taskloom.db.urls import async_url
+from taskloom.models import metadata
 
 config = context.config
 

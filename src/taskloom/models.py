@@ -1,6 +1,10 @@
-"""Imports every domain's models so `Base.metadata` knows all tables (Alembic, tests)."""
+"""Every model, so `Base.metadata` knows all tables.
 
-from taskloom.ai.models import AiUsage, AiUsageDaily
+The process entry points import this module (runtime.py for the API and worker, cli.py, Alembic's
+env.py, the tests); code below them (db/, the domains) relies on `Base.metadata` being complete
+without importing it, because this floor sits above the domains it lists."""
+
+from taskloom.ai.models import AiBudgetMonth, AiUsage, AiUsageDaily
 from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
@@ -16,6 +20,7 @@ from taskloom.workflows.models import Workflow
 metadata = Base.metadata
 
 __all__ = [
+    "AiBudgetMonth",
     "AiUsage",
     "AiUsageDaily",
     "ApiKey",
