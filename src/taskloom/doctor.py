@@ -17,7 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskloom.config import DEV_JWT_SECRET, MIN_JWT_SECRET_LENGTH, Registration, Settings
 from taskloom.db.engine import Database, app_role_problems, create_database
-from taskloom.db.rls import ISOLATED_TABLES
+from taskloom.db.rls import isolated_tables
+from taskloom.models import metadata
 from taskloom.redis import RedisConnectError, connect_redis, describe_target
 
 
@@ -254,10 +255,11 @@ async def _rls_checks(c: _Checklist, database: Database) -> None:
             )
         ).all()
     tables = {row.relname: row for row in rows}
-    missing = sorted(set(ISOLATED_TABLES) - set(tables))
+    isolated = isolated_tables(metadata)
+    missing = sorted(set(isolated) - set(tables))
     unforced = sorted(
         name
-        for name in ISOLATED_TABLES
+        for name in isolated
         if name in tables and not (tables[name].relrowsecurity and tables[name].relforcerowsecurity)
     )
     if missing:
@@ -265,7 +267,7 @@ async def _rls_checks(c: _Checklist, database: Database) -> None:
     elif unforced:
         c.fail(area, "row-level security", f"not enabled and forced on: {unforced}")
     else:
-        c.ok(area, "row-level security", f"enabled and forced on all {len(ISOLATED_TABLES)} tables")
+        c.ok(area, "row-level security", f"enabled and forced on all {len(isolated)} tables")
 
 
 # --- output ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 from taskloom.config import Settings
 from taskloom.db.engine import check_roles, create_database
 from taskloom.db.migrate import alembic_config, current_revision, head_revision, migrate
-from taskloom.db.rls import ISOLATED_TABLES, SHARED_TABLES
+from taskloom.db.rls import isolated_tables, shared_tables
 from taskloom.db.urls import async_url
 from taskloom.models import metadata
 from taskloom.runtime import Runtime
@@ -150,7 +150,8 @@ async def test_downgrade_to_base_then_upgrade_again(empty_database: Settings) ->
     url = empty_database.database_url
     assert url
     await migrate(empty_database)
-    assert set(await public_tables(url)) == set(ISOLATED_TABLES) | set(SHARED_TABLES)
+    declared = set(isolated_tables(metadata)) | set(shared_tables(metadata))
+    assert set(await public_tables(url)) == declared
 
     await asyncio.to_thread(command.downgrade, alembic_config(url), "base")
 
@@ -162,8 +163,8 @@ async def test_downgrade_to_base_then_upgrade_again(empty_database: Settings) ->
 
     assert await revision(url) == head_revision()
     tables = await public_tables(url)
-    assert set(tables) == set(ISOLATED_TABLES) | set(SHARED_TABLES)
-    assert all(tables[t] == (True, True) for t in ISOLATED_TABLES), tables
+    assert set(tables) == declared
+    assert all(tables[t] == (True, True) for t in isolated_tables(metadata)), tables
     assert await tenancy_functions(url) == {"app_current_org", "app_current_user"}
     diff = await drift(url)
     assert diff == [], "autogenerate would emit:\n" + pformat(diff)

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import insert, text
 
 from taskloom.db.migrate import _grants
-from taskloom.db.rls import READ_ONLY_TABLES, SHARED_TABLES
+from taskloom.db.rls import AppAccess, shared_tables, tables_with_access
 from taskloom.flags.models import FeatureFlag
+from taskloom.models import metadata
 from taskloom.runtime import Runtime
 from tests.db.test_tenant_isolation import acting_as, assert_permission_denied, rejected
 
@@ -66,8 +67,8 @@ async def test_the_application_role_reads_feature_flags_without_a_tenant(
 
 
 def test_feature_flags_are_declared_shared_and_read_only() -> None:
-    assert "feature_flags" in SHARED_TABLES
-    assert "feature_flags" in READ_ONLY_TABLES
+    assert "feature_flags" in shared_tables(metadata)
+    assert "feature_flags" in tables_with_access(metadata, AppAccess.READ_ONLY)
     grants = _grants(role="app", database="db")
     revoke = 'REVOKE INSERT, UPDATE, DELETE ON "feature_flags" FROM "app"'
     # The revoke must come after the blanket grant, or the grant would give writes back.

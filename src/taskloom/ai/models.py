@@ -22,9 +22,10 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, uuid_pk
+from taskloom.db.rls import Scope
 
 
-class AiUsage(Base):
+class AiUsage(Base, rls=Scope.ORG):
     __tablename__ = "ai_usage"
     __table_args__ = (
         Index("ix_ai_usage_org_id_created_at", "org_id", "created_at"),
@@ -65,7 +66,7 @@ class AiUsage(Base):
     created_at: Mapped[datetime] = created_at()
 
 
-class AiUsageDaily(Base):
+class AiUsageDaily(Base, rls=Scope.ORG):
     """What purged `ai_usage` rows said, summed per organization, day (UTC), provider and model:
     the execution retention (EXECUTION_RETENTION_DAYS) keeps the spending history without the
     calls. No user and no execution: these rows are the organization's, not anyone's data."""
@@ -90,7 +91,7 @@ class AiUsageDaily(Base):
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(16, 6), nullable=False, server_default="0")
 
 
-class AiBudgetMonth(Base):
+class AiBudgetMonth(Base, rls=Scope.ORG):
     """What an organization has spent and has reserved for calls in flight, per calendar month
     (UTC). A call reserves its worst-case cost here under the row's lock, so two calls can never
     both take the last dollar; settling moves the actual cost from reserved to spent. Calls made

@@ -11,9 +11,10 @@ from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, uuid_pk
+from taskloom.db.rls import AppAccess, Scope
 
 
-class AuditLog(Base):
+class AuditLog(Base, rls=Scope.SPECIAL, app_access=AppAccess.APPEND_ONLY):
     __tablename__ = "audit_logs"
     __table_args__ = (
         Index("uq_audit_logs_org_id_seq", "org_id", "seq", unique=True),
@@ -56,7 +57,7 @@ class AuditLog(Base):
     hash: Mapped[str] = mapped_column(String(64), nullable=False)
 
 
-class AuditChainHead(Base):
+class AuditChainHead(Base, rls=Scope.ORG):
     """The last seq and hash of each chain, updated with every append, so that rows cut off
     the end of a chain are detected too (a walk from the genesis alone cannot see that)."""
 

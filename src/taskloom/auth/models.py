@@ -20,10 +20,11 @@ from sqlalchemy.dialects.postgresql import INET, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
+from taskloom.db.rls import Scope
 from taskloom.orgs.models import ROLE_VALUES
 
 
-class User(Base):
+class User(Base, rls=Scope.SPECIAL):
     __tablename__ = "users"
     __table_args__ = (Index("uq_users_email_lower", func.lower(text("email")), unique=True),)
 
@@ -39,7 +40,7 @@ class User(Base):
     updated_at: Mapped[datetime] = updated_at()
 
 
-class Session(Base):
+class Session(Base, rls=Scope.USER):
     """A login: the family of refresh tokens issued from one sign-in."""
 
     __tablename__ = "sessions"
@@ -63,7 +64,7 @@ class Session(Base):
     revoked_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-class RefreshToken(Base):
+class RefreshToken(Base, rls=Scope.USER):
     """One row per refresh token issued; a used row presented again reveals token theft."""
 
     __tablename__ = "refresh_tokens"
@@ -85,7 +86,7 @@ class RefreshToken(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class ApiKey(Base):
+class ApiKey(Base, rls=Scope.USER):
     __tablename__ = "api_keys"
     __table_args__ = (
         CheckConstraint(f"role in ({ROLE_VALUES})", name="role_valid"),

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskloom.config import Settings
-from taskloom.db.rls import APPEND_ONLY_TABLES, READ_ONLY_TABLES, SYSTEM_ONLY_TABLES
+from taskloom.db.base import Base
+from taskloom.db.rls import AppAccess, tables_with_access
 from taskloom.db.urls import async_url
 
 log = structlog.get_logger("taskloom.migrate")
@@ -118,8 +119,18 @@ async def ensure_app_role(settings: Settings) -> None:
         await engine.dispose()
 
 
+# What is taken back from the application role on a table, by the table's declared access.
+_REVOKED = {
+    AppAccess.APPEND_ONLY: "UPDATE, DELETE",
+    AppAccess.READ_ONLY: "INSERT, UPDATE, DELETE",
+    AppAccess.NONE: "ALL",
+}
+
+
 def _grants(*, role: str, database: str) -> list[str]:
-    """Everything the application role may do; anything not granted here is denied."""
+    """Everything the application role may do; anything not granted here is denied. The
+    tables' declarations come from `Base.metadata`, complete here because the upgrade that
+    `migrate` runs first loads Alembic's env.py, which imports `taskloom.models`."""
     to, everything = f'TO "{role}"', "ALL TABLES IN SCHEMA public"
     statements = [
         f'GRANT CONNECT ON DATABASE "{database}" {to}',
@@ -127,13 +138,10 @@ def _grants(*, role: str, database: str) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {everything} {to}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public {to}",
         f'REVOKE TRUNCATE, REFERENCES, TRIGGER ON {everything} FROM "{role}"',
-        # Migration bookkeeping: readable (readiness reads it), never written by the app.
-        f'REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM "{role}"',
-        f'REVOKE INSERT, UPDATE, DELETE ON schema_revisions FROM "{role}"',
     ]
-    statements += [f'REVOKE UPDATE, DELETE ON "{t}" FROM "{role}"' for t in APPEND_ONLY_TABLES]
-    statements += [
-        f'REVOKE INSERT, UPDATE, DELETE ON "{t}" FROM "{role}"' for t in READ_ONLY_TABLES
-    ]
-    statements += [f'REVOKE ALL ON "{t}" FROM "{role}"' for t in SYSTEM_ONLY_TABLES]
+    for access, privileges in _REVOKED.items():
+        statements += [
+            f'REVOKE {privileges} ON "{table}" FROM "{role}"'
+            for table in tables_with_access(Base.metadata, access)
+        ]
     return statements

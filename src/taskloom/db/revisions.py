@@ -26,9 +26,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at
 from taskloom.db.migrate import alembic_config, current_revision
+from taskloom.db.rls import AppAccess
 
 
-class SchemaRevision(Base):
+class SchemaRevision(
+    Base,
+    shared="applied migrations and their breaks_previous; the app role only reads it",
+    app_access=AppAccess.READ_ONLY,
+):
     """One applied migration and its declaration (bookkeeping beside alembic_version)."""
 
     __tablename__ = "schema_revisions"

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, uuid_pk
+from taskloom.db.rls import Scope
 
 
 class ExecutionStatus(StrEnum):
@@ -42,7 +43,7 @@ def _values(enum: type[StrEnum]) -> str:
     return ", ".join(f"'{member.value}'" for member in enum)
 
 
-class WorkflowExecution(Base):
+class WorkflowExecution(Base, rls=Scope.ORG):
     __tablename__ = "workflow_executions"
     __table_args__ = (
         CheckConstraint(f"status in ({_values(ExecutionStatus)})", name="status_valid"),
@@ -92,7 +93,7 @@ class WorkflowExecution(Base):
     )
 
 
-class ExecutionStep(Base):
+class ExecutionStep(Base, rls=Scope.ORG):
     __tablename__ = "execution_steps"
     __table_args__ = (
         UniqueConstraint("execution_id", "step_id"),

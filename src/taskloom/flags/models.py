@@ -19,9 +19,14 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
+from taskloom.db.rls import AppAccess, Scope
 
 
-class FeatureFlag(Base):
+class FeatureFlag(
+    Base,
+    shared="global flag definitions; only instance administrators may change them",
+    app_access=AppAccess.READ_ONLY,
+):
     __tablename__ = "feature_flags"
     __table_args__ = (
         CheckConstraint(
@@ -42,7 +47,7 @@ class FeatureFlag(Base):
     updated_at: Mapped[datetime] = updated_at()
 
 
-class FeatureFlagOverride(Base):
+class FeatureFlagOverride(Base, rls=Scope.SPECIAL):
     __tablename__ = "feature_flag_overrides"
     __table_args__ = (
         CheckConstraint("org_id is not null or user_id is not null", name="has_scope"),

@@ -1,9 +1,9 @@
 """Global feature flags and their overrides.
 
 Global flags are changed by instance administrators (`users.is_superuser`) only, and only on the
-privileged role: the application role may read `feature_flags` but not write it (db/rls.py
-READ_ONLY_TABLES), so a bug in an org-facing route cannot change a flag for every tenant. Their
-audit rows go to the instance chain.
+privileged role: the application role may read `feature_flags` but not write it (its model
+declares `app_access=AppAccess.READ_ONLY`, db/rls.py), so a bug in an org-facing route cannot
+change a flag for every tenant. Their audit rows go to the instance chain.
 
 Organization admins set overrides in their own organization on the request's tenant-scoped
 transaction (RLS requires org_id = the current org). Instance administrators may set them for any

@@ -20,9 +20,10 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, uuid_pk
+from taskloom.db.rls import AppAccess, Scope
 
 
-class GdprRequest(Base):
+class GdprRequest(Base, rls=Scope.USER):
     __tablename__ = "gdpr_requests"
     __table_args__ = (
         CheckConstraint("kind in ('export', 'erasure')", name="kind_valid"),
@@ -50,7 +51,11 @@ class GdprRequest(Base):
     downloaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class GdprExportFile(Base):
+class GdprExportFile(
+    Base,
+    shared="queued export archives; the application role has no privilege on it",
+    app_access=AppAccess.NONE,
+):
     """A queued export's archive, in chunks, until it is downloaded or expires. Only the
     privileged role may touch it (the application role has no privilege on the table)."""
 

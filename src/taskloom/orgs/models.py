@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
+from taskloom.db.rls import Scope
 
 
 class Role(StrEnum):
@@ -54,7 +55,7 @@ class InvitationStatus(StrEnum):
     EXPIRED = "expired"
 
 
-class Organization(Base):
+class Organization(Base, rls=Scope.SPECIAL):
     __tablename__ = "organizations"
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -68,7 +69,7 @@ class Organization(Base):
     updated_at: Mapped[datetime] = updated_at()
 
 
-class Membership(Base):
+class Membership(Base, rls=Scope.SPECIAL):
     __tablename__ = "memberships"
     __table_args__ = (
         UniqueConstraint("org_id", "user_id"),
@@ -92,7 +93,7 @@ class Membership(Base):
     updated_at: Mapped[datetime] = updated_at()
 
 
-class Invitation(Base):
+class Invitation(Base, rls=Scope.SPECIAL):
     """An offer of membership to an email address, which the person with that account's email
     accepts or declines. Nothing about the address is looked up when it is made, so inviting
     reveals nothing about who has an account."""

@@ -11,9 +11,10 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
+from taskloom.db.rls import Scope
 
 
-class ToolConnection(Base):
+class ToolConnection(Base, rls=Scope.ORG):
     __tablename__ = "tool_connections"
     __table_args__ = (
         UniqueConstraint("org_id", "name"),

@@ -21,9 +21,10 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
+from taskloom.db.rls import Scope
 
 
-class WebhookEndpoint(Base):
+class WebhookEndpoint(Base, rls=Scope.ORG):
     __tablename__ = "webhook_endpoints"
     __table_args__ = (
         Index("ix_webhook_endpoints_org_id", "org_id"),
@@ -54,7 +55,7 @@ class WebhookEndpoint(Base):
     updated_at: Mapped[datetime] = updated_at()
 
 
-class WebhookDelivery(Base):
+class WebhookDelivery(Base, rls=Scope.ORG):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),

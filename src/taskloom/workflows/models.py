@@ -11,9 +11,10 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
+from taskloom.db.rls import Scope
 
 
-class Workflow(Base):
+class Workflow(Base, rls=Scope.ORG):
     __tablename__ = "workflows"
     __table_args__ = (Index("ix_workflows_org_id_created_at", "org_id", "created_at"),)
 
