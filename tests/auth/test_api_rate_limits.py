@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from taskloom.app import create_app
 from taskloom.auth.api_limits import EXECUTE_ROUTES
 from taskloom.auth.ratelimit import Rate, take
+from taskloom.executions import routes as api_routes
 from taskloom.runtime import Runtime
 from taskloom.web import cookies
 from taskloom.web.pages import executions as ui_executions
 from taskloom.web.pages import workflows as ui_workflows
-from taskloom.workflows import routes as api_routes
 from tests.factories import Account, register
 from tests.web.support import set_ui_cookie
 
