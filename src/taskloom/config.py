@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     execution_max_attempts: int = Field(default=3, ge=1, le=25)
     execution_backoff_ms: int = Field(default=1_000, ge=0)
     max_running_per_org: int = Field(default=5, ge=1, le=10_000)
+    # Fan-out bounds of one execution (ADR 0008): items a `for_each` may render, for-each items
+    # run at once whatever `max_parallel` says, and step + item runs (retries included) in all.
+    max_for_each_items: int = Field(default=1_000, ge=1, le=10_000)
+    max_parallel_items: int = Field(default=20, ge=1, le=200)
+    max_step_runs_per_execution: int = Field(default=10_000, ge=1, le=1_000_000)
     # Executions of one organization waiting (queued) at once; beyond it execute answers 429.
     max_queued_per_org: int = Field(default=10_000, ge=1, le=1_000_000)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)

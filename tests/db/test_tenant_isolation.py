@@ -54,6 +54,7 @@ SEED_ORDER = (
     "workflows",
     "workflow_executions",
     "execution_steps",
+    "execution_step_items",
     "ai_usage",
     "ai_usage_daily",
     "ai_budget_months",
@@ -80,6 +81,7 @@ OWNER_COLUMN = {
     "workflows": "org_id",
     "workflow_executions": "org_id",
     "execution_steps": "org_id",
+    "execution_step_items": "org_id",
     "ai_usage": "org_id",
     "ai_usage_daily": "org_id",
     "ai_budget_months": "org_id",
@@ -232,6 +234,15 @@ def row_for(
                 "step_id": f"step-{tag}",
                 "position": 0,
                 "type": "http",
+                "status": "pending",
+            }
+        case "execution_step_items":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "execution_id": side.execution_id,
+                "step_id": f"step-{tag}",
+                "item_index": 0,
                 "status": "pending",
             }
         case "ai_usage":

@@ -120,3 +120,35 @@ class ExecutionStep(Base, rls=Scope.ORG):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ExecutionStepItem(Base, rls=Scope.ORG):
+    """One item of a `for_each` step (ADR 0008): its own status, attempts and output, so a
+    resumed execution re-runs only the items that had not finished."""
+
+    __tablename__ = "execution_step_items"
+    __table_args__ = (
+        UniqueConstraint("execution_id", "step_id", "item_index"),
+        CheckConstraint(f"status in ({_values(StepStatus)})", name="status_valid"),
+        CheckConstraint("item_index >= 0", name="item_index"),
+        Index("ix_execution_step_items_org_id", "org_id"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+    step_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    item_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    output: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

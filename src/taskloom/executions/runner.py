@@ -3,8 +3,8 @@
 Outcomes, as BullMQ sees them:
 - returns: the execution finished (succeeded, cancelled, or it was already finished/deleted);
 - raises UnrecoverableError: a step failed for good (recorded on the step and the execution);
-- raises AttemptFailed: a retryable failure with attempts left (BullMQ backs off, retries);
-  either one's message, BullMQ's `failedReason`, is `<step id>: <error code>`, nothing more;
+  its message, BullMQ's `failedReason`, is `<step id>: <error code>`, nothing more (retries
+  happen inside the step's task, by its policy: executions/engine.py);
 - raises DelayedError after `moveToDelayed`: handed back on shutdown, put back while
   PostgreSQL is unreachable (queue/outage.py), or deferred by the per-org cap (which the fair
   scheduler already keeps: a last line of defence); none counts as an attempt or fails it.
@@ -17,7 +17,6 @@ added in the same breath.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 import uuid
@@ -27,17 +26,13 @@ from typing import Any
 import structlog
 from bullmq import DelayedError, Job, UnrecoverableError
 from opentelemetry.trace import SpanKind
-from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
 
 from taskloom.executions import state
-from taskloom.executions.models import ExecutionStatus
+from taskloom.executions.engine import Engine
 from taskloom.executions.state import Claim, Run
-from taskloom.executions.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
 from taskloom.executions.template_process import TemplateRenderer
-from taskloom.executions.templating import TemplateProblem
-from taskloom.observability import sentry, tracing
+from taskloom.observability import tracing
 from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
 from taskloom.queue.jobs import QUEUE_NAME
@@ -46,7 +41,6 @@ from taskloom.runtime import Runtime
 
 log = structlog.get_logger("taskloom.queue")
 
-MAX_OUTPUT_BYTES = 1_048_576
 DEFER_MS = 1_000  # re-check a capped organization's job after about this long
 RELEASE_GATHER_SECONDS = 0.002  # jobs ending within this are released together
 
@@ -63,10 +57,6 @@ return 0
 """
 
 
-class AttemptFailed(Exception):
-    """A step failed with attempts left: BullMQ backs off and runs the job again."""
-
-
 @dataclass
 class _Active:
     job: Job
@@ -79,7 +69,7 @@ class ExecutionRunner:
     runtime: Runtime
     handing_back: bool = False
     active: dict[str, _Active] = field(default_factory=dict)
-    current_step: dict[uuid.UUID, str] = field(default_factory=dict)
+    engines: dict[uuid.UUID, Engine] = field(default_factory=dict)  # running executions
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing runs
     templates: TemplateRenderer = field(init=False)
     to_release: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (org, exec)
@@ -174,156 +164,38 @@ class ExecutionRunner:
             await self._hand_back(run, job, token)
             raise DelayedError() from None
         finally:
+            self.engines.pop(run.execution_id, None)
             self.active.pop(job.id, None)
             if not self.active:
                 self.idle.set()
 
     async def _run(self, run: Run, job: Job) -> Any:
-        database = self.runtime.database
-        scope: dict[str, Any] = {
-            "input": run.input,
-            "steps": {sid: {"output": out} for sid, out in run.done.items()},
-        }
-        steps = run.definition.get("steps", [])
-        pending = [(i, step) for i, step in enumerate(steps) if step["id"] not in run.done]
-        if not pending:  # every step had succeeded before an interruption
-            output = run.done.get(steps[-1]["id"]) if steps else None
-            await state.finish(database, run, ExecutionStatus.SUCCEEDED, output=output)
-            return {"succeeded": True}
-        for number, (position, step) in enumerate(pending):
-            # The claim just checked for a cancel request; later steps check again.
-            if number and await state.cancel_requested(database, run):
-                await state.finish(database, run, ExecutionStatus.CANCELLED)
-                log.info("execution_cancelled", step_id=step["id"])
-                return {"cancelled": True}
-            self.current_step[run.execution_id] = step["id"]
-            last = number == len(pending) - 1
-            output = await self._run_step(
-                run, job, position, step, scope, last=last, first=number == 0
-            )
-            # Its success is committed: a hand-back before the next step starts (e.g. during
-            # the cancel check) must not mark it pending, or it would run again.
-            self.current_step.pop(run.execution_id, None)
-            scope["steps"][step["id"]] = {"output": output}
+        """Run the execution's graph (executions/engine.py); a failure for good is BullMQ's
+        failure too, its reason `<step id>: <error code>` and nothing more (the execution row
+        has the message, and erasure clears it)."""
+
+        async def progressed() -> None:
             await _forget_stalls(job)
-        self.current_step.pop(run.execution_id, None)
-        return {"succeeded": True}
 
-    async def _run_step(
-        self,
-        run: Run,
-        job: Job,
-        position: int,
-        step: dict[str, Any],
-        scope: dict[str, Any],
-        *,
-        last: bool,
-        first: bool,
-    ) -> Any:
-        database, step_id = self.runtime.database, step["id"]
-        step_type = STEP_TYPES.get(step["type"])
-        if first and run.first_attempt is not None:
-            attempt = run.first_attempt  # the claim already marked it running
-        else:
-            attempt = await state.start_step(
-                database, run, step_id=step_id, position=position, type_=step["type"]
-            )
-        step_span = tracing.tracer().start_as_current_span(
-            f"step {step['type']}", attributes={"taskloom.step_id": step_id}
-        )
-        with step_span:
-            return await self._run_step_in_span(
-                run, job, step, step_type, scope, attempt=attempt, last=last
-            )
-
-    async def _run_step_in_span(
-        self,
-        run: Run,
-        job: Job,
-        step: dict[str, Any],
-        step_type: Any,
-        scope: dict[str, Any],
-        *,
-        attempt: int,
-        last: bool,
-    ) -> Any:
-        database, step_id = self.runtime.database, step["id"]
-        args: Any = None
-        try:
-            if step_type is None:
-                raise StepError(f"unknown step type {step['type']!r}", code="unknown_step_type")
-            try:
-                args = await self.templates.render(
-                    step.get("args", {}), scope, path=f"steps.{step_id}.args"
-                )
-                parsed = step_type.Args.model_validate(args)
-            except TemplateProblem as problem:  # template_error or template_too_expensive
-                raise StepError(str(problem), code=problem.code) from problem
-            except ValidationError as invalid:
-                raise StepError(
-                    f"steps.{step_id}.args: {_first_error(invalid)}", code="invalid_args"
-                ) from invalid
-            context = StepContext(
-                settings=self.runtime.settings,
-                org_id=run.org_id,
-                execution_id=run.execution_id,
-                step_id=step_id,
-                attempt=attempt,
-                triggered_by=run.triggered_by,
-                runtime=self.runtime,
-            )
-            output = _checked_output(await step_type.run(parsed, context))
-        except StepError as error:
-            raise await self._step_failed(run, job, step_id, error, args) from error
-        except (OSError, TimeoutError, DBAPIError, RedisError) as error:
-            # Infrastructure blinked (database, Redis, network): worth a retry.
-            log.warning("step_infrastructure_error", step_id=step_id, error=repr(error))
-            retry = RetryableStepError(f"internal error ({type(error).__name__})", code="internal")
-            raise await self._step_failed(run, job, step_id, retry, args) from error
-        except Exception as error:  # a bug: fail the step visibly rather than retry blindly
-            log.exception("step_crashed", step_id=step_id)
-            sentry.capture(error, execution_id=run.execution_id, step_id=step_id)
-            crash = StepError(f"internal error ({type(error).__name__})", code="internal_error")
-            raise await self._step_failed(run, job, step_id, crash, args) from error
-        await state.step_succeeded(
-            database, run, step_id=step_id, args=args, output=output, last=last
-        )
-        log.info("step_succeeded", step_id=step_id, attempt=attempt)
-        return output
-
-    async def _step_failed(
-        self, run: Run, job: Job, step_id: str, error: StepError, args: Any
-    ) -> Exception:
-        """Record the failed attempt; return what to raise to bullmq (final: Unrecoverable)."""
-        database = self.runtime.database
-        attempts = int(job.opts.get("attempts", 1))
-        final = not error.retryable or job.attemptsMade + 1 >= attempts
-        detail = {**error.as_json(), "step_id": step_id, "attempt": job.attemptsMade + 1}
-        await state.step_failed(
-            database, run, step_id=step_id, error=detail, final=final, args=args
-        )
-        log.warning("step_failed", step_id=step_id, final=final, code=error.code)
-        # BullMQ keeps the reason with the failed job for days: the step id and the error's
-        # code only, never its message (which may quote a person's input); the execution row
-        # has the message (and erasure clears it).
-        reason = f"{step_id}: {error.code}"
-        if final:
-            await state.finish(database, run, ExecutionStatus.FAILED, error=detail)
-            failure: Exception = UnrecoverableError(reason)
-            return failure
-        await state.back_to_queue(database, run, error={**detail, "retrying": True})
-        return AttemptFailed(reason)
+        engine = Engine(self.runtime, self.templates, run, on_progress=progressed)
+        self.engines[run.execution_id] = engine  # until _process is done (a hand-back reads it)
+        finished = await engine.execute()
+        if finished.status == "failed":
+            raise UnrecoverableError(f"{finished.step_id or 'execution'}: {finished.code}")
+        return {finished.status: True}
 
     async def _hand_back(self, run: Run, job: Job, token: str) -> None:
-        """Shutdown timed out mid-execution: leave the finished steps, reset the interrupted one
+        """Shutdown timed out mid-execution: leave the finished steps, reset the interrupted ones
         and give the job back to the queue now, so another worker starts at once instead of
         after the 300 s lock expires."""
-        step_id = self.current_step.pop(run.execution_id, None)
-        if step_id is not None:
-            await state.step_interrupted(self.runtime.database, run, step_id=step_id)
+        engine = self.engines.pop(run.execution_id, None)
+        running = set(engine.running) if engine is not None else set()
+        if run.first_step is not None and run.first_attempt is not None:
+            running.add((run.first_step, None))  # marked running by the claim, never started
+        await state.interrupted(self.runtime.database, run, running)
         await state.back_to_queue(self.runtime.database, run)
         await self._delay(job, token, 0)
-        log.warning("job_handed_back", step_id=step_id)
+        log.warning("job_handed_back", steps=sorted(s for s, _ in running))
 
     @staticmethod
     async def _delay(job: Job, token: str, delay_ms: int) -> None:
@@ -353,21 +225,3 @@ async def _forget_stalls(job: Job) -> None:
         return
     log.info("stall_count_reset", stalls=job.stalledCounter)
     job.stalledCounter = 0
-
-
-def _checked_output(output: Any) -> Any:
-    try:
-        encoded = json.dumps(output)
-    except (TypeError, ValueError) as exc:
-        raise StepError("the step's output is not JSON", code="invalid_output") from exc
-    if len(encoded) > MAX_OUTPUT_BYTES:
-        raise StepError(
-            f"the step's output is larger than {MAX_OUTPUT_BYTES} bytes", code="output_too_large"
-        )
-    return output
-
-
-def _first_error(invalid: ValidationError) -> str:
-    first = invalid.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))

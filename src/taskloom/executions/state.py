@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -24,9 +25,12 @@ from taskloom.db.tenancy import tenant_transaction
 from taskloom.executions.models import (
     ExecutionStatus,
     ExecutionStep,
+    ExecutionStepItem,
     StepStatus,
     WorkflowExecution,
 )
+from taskloom.executions.plan import Plan, StepState
+from taskloom.workflows.graph import Graph
 
 TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 _SECRET_KEY = re.compile(r"authorization|token|secret|password|passwd|api[-_]?key|cookie", re.I)
@@ -40,7 +44,15 @@ class Claim(enum.Enum):
     DEFER = "defer"  # the organization is at MAX_RUNNING_PER_ORG
 
 
-@dataclass(frozen=True)
+@dataclass
+class Item:
+    """A for-each item's row as the claim found it."""
+
+    status: str
+    output: Any = None
+
+
+@dataclass
 class Run:
     """What a worker needs to run (or resume) an execution."""
 
@@ -48,11 +60,21 @@ class Run:
     org_id: uuid.UUID
     definition: dict[str, Any]
     input: dict[str, Any]
-    done: dict[str, Any]  # outputs of steps that already succeeded, by step id
-    attempts: dict[str, int]  # how often each step has started
-    # The first unfinished step was marked running by the claim itself (one transaction fewer).
+    # The steps' states as their rows say (a step left `running` by a crash reads as pending:
+    # it runs again), and for-each items by step id and index.
+    states: dict[str, StepState] = field(default_factory=dict)
+    items: dict[str, dict[int, Item]] = field(default_factory=dict)
+    step_runs: int = 0  # step and item runs so far (each start counts)
+    started_at: datetime | None = None
+    # The first step to start was marked running by the claim itself (one transaction fewer).
+    first_step: str | None = None
     first_attempt: int | None = None
     triggered_by: uuid.UUID | None = None
+
+    @property
+    def done(self) -> dict[str, Any]:
+        """Outputs of the steps that succeeded, by step id."""
+        return {k: v.output for k, v in self.states.items() if v.status == StepStatus.SUCCEEDED}
 
 
 async def claim(
@@ -94,41 +116,75 @@ async def claim(
             ).scalar_one()
             if running >= max_running:
                 return Claim.DEFER, None
+        started_at = execution.started_at or datetime.now(UTC)
         execution.status = ExecutionStatus.RUNNING
         execution.started_at = execution.started_at or func.now()
         execution.attempts += 1
-        steps = (
-            await db.execute(
-                select(ExecutionStep).where(ExecutionStep.execution_id == execution_id)
-            )
-        ).scalars()
-        done, attempts = {}, {}
-        for step in steps:
-            attempts[step.step_id] = step.attempts
-            if step.status == StepStatus.SUCCEEDED:
-                done[step.step_id] = step.output
-        first_attempt = None
-        for position, step_def in enumerate(execution.definition.get("steps", [])):
-            if step_def["id"] not in done:
-                first_attempt = await _start_step(
-                    db,
-                    org_id,
-                    execution_id,
-                    step_id=step_def["id"],
-                    position=position,
-                    type_=step_def["type"],
-                )
-                break
-        return Claim.RUN, Run(
+        run = Run(
             execution_id=execution.id,
             org_id=org_id,
             definition=execution.definition,
             input=execution.input,
-            done=done,
-            attempts=attempts,
-            first_attempt=first_attempt,
+            started_at=started_at,
             triggered_by=execution.triggered_by,
         )
+        await _load_steps(db, run)
+        # The first step the plan starts is marked running here, unless its `when` or
+        # `for_each` must be rendered first.
+        start, skip = Plan(Graph.of(run.definition), dict(run.states)).next()
+        if start and not skip:
+            first = Graph.of(run.definition).steps[start[0]]
+            if first.get("when") is None and first.get("for_each") is None:
+                run.first_step = start[0]
+                run.first_attempt = await _start_step(
+                    db,
+                    org_id,
+                    execution_id,
+                    step_id=start[0],
+                    position=[s["id"] for s in run.definition["steps"]].index(start[0]),
+                    type_=first["type"],
+                )
+        return Claim.RUN, run
+
+
+async def _load_steps(db: AsyncSession, run: Run) -> None:
+    """The steps' (and for-each items') states from their rows."""
+    tolerant = {s["id"] for s in run.definition.get("steps", []) if s.get("continue_on_error")}
+    steps = await db.execute(
+        select(
+            ExecutionStep.step_id,
+            ExecutionStep.status,
+            ExecutionStep.output,
+            ExecutionStep.error,
+            ExecutionStep.attempts,
+            ExecutionStep.finished_at,
+        ).where(ExecutionStep.execution_id == run.execution_id)
+    )
+    for step_id, status, output, error, attempts, finished_at in steps:
+        run.step_runs += attempts
+        if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED):
+            continue  # pending or interrupted: it runs (again)
+        run.states[step_id] = StepState(
+            status=status,
+            output=output,
+            error=error,
+            tolerated=status == StepStatus.FAILED and step_id in tolerant,
+            finished=finished_at.timestamp() if finished_at else 0.0,
+        )
+    if not any(s.get("for_each") is not None for s in run.definition.get("steps", [])):
+        return
+    items = await db.execute(
+        select(
+            ExecutionStepItem.step_id,
+            ExecutionStepItem.item_index,
+            ExecutionStepItem.status,
+            ExecutionStepItem.output,
+            ExecutionStepItem.attempts,
+        ).where(ExecutionStepItem.execution_id == run.execution_id)
+    )
+    for step_id, index, status, output, attempts in items:
+        run.step_runs += attempts
+        run.items.setdefault(step_id, {})[index] = Item(status=status, output=output)
 
 
 async def cancel_requested(database: Database, run: Run) -> bool:
@@ -185,10 +241,17 @@ async def _start_step(
 
 
 async def step_succeeded(
-    database: Database, run: Run, *, step_id: str, args: Any, output: Any, last: bool = False
+    database: Database,
+    run: Run,
+    *,
+    step_id: str,
+    args: Any,
+    output: Any,
+    last: bool = False,
+    execution_output: Any = None,
 ) -> None:
-    """Commit the step's output; for the last step, the execution's success in the same
-    transaction (one round trip fewer per execution)."""
+    """Commit the step's output; when its success ends the execution (`last`), the execution's
+    success with `execution_output` in the same transaction (one round trip fewer)."""
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
         await db.execute(
             update(ExecutionStep)
@@ -197,6 +260,7 @@ async def step_succeeded(
                 status=StepStatus.SUCCEEDED,
                 input=redact(args),
                 output=output,
+                error=None,
                 finished_at=func.now(),
             )
         )
@@ -209,42 +273,193 @@ async def step_succeeded(
                 )
                 .values(
                     status=ExecutionStatus.SUCCEEDED,
-                    output=output,
+                    output=execution_output,
                     error=None,
                     finished_at=func.now(),
                 )
             )
 
 
-async def step_failed(
-    database: Database, run: Run, *, step_id: str, error: dict[str, Any], final: bool, args: Any
+async def record_failure(
+    database: Database,
+    run: Run,
+    *,
+    step_id: str,
+    item_index: int | None,
+    error: dict[str, Any],
+    final: bool,
+    args: Any,
+    output: Any = None,
 ) -> None:
-    """A failed attempt: `final` marks the step failed; otherwise it waits for the retry."""
-    await _update_step(
+    """A failed attempt of a step or of one for-each item: `final` marks it failed (with
+    `output`, `{"error": …}` under continue_on_error); otherwise it waits for the retry."""
+    values: dict[str, Any] = {
+        "status": StepStatus.FAILED if final else StepStatus.PENDING,
+        "input": redact(args) if args is not None else None,
+        "error": error,
+        "output": output,
+        "finished_at": func.now() if final else None,
+    }
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        if item_index is None:
+            await db.execute(
+                update(ExecutionStep)
+                .where(
+                    ExecutionStep.execution_id == run.execution_id,
+                    ExecutionStep.step_id == step_id,
+                )
+                .values(**values)
+            )
+        else:
+            await db.execute(
+                update(ExecutionStepItem)
+                .where(
+                    ExecutionStepItem.execution_id == run.execution_id,
+                    ExecutionStepItem.step_id == step_id,
+                    ExecutionStepItem.item_index == item_index,
+                )
+                .values(**values)
+            )
+
+
+async def step_failed(
+    database: Database,
+    run: Run,
+    *,
+    step_id: str,
+    error: dict[str, Any],
+    final: bool,
+    args: Any,
+    output: Any = None,
+) -> None:
+    """A failed attempt of a step: `final` marks it failed; otherwise it waits for the retry."""
+    await record_failure(
         database,
         run,
-        step_id,
-        status=StepStatus.FAILED if final else StepStatus.PENDING,
-        input=redact(args) if args is not None else None,
+        step_id=step_id,
+        item_index=None,
         error=error,
-        finished_at=func.now() if final else None,
+        final=final,
+        args=args,
+        output=output,
     )
 
 
-async def step_interrupted(database: Database, run: Run, *, step_id: str) -> None:
-    """The worker is shutting down mid-step: the step runs again from the start elsewhere. Only
-    a step still running is reset: one whose success committed just before the interruption
-    stays done."""
+async def start_item(database: Database, run: Run, *, step_id: str, item_index: int) -> int:
+    """Record that a for-each item starts; returns its attempt number (1 the first time)."""
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        statement = insert(ExecutionStepItem).values(
+            org_id=run.org_id,
+            execution_id=run.execution_id,
+            step_id=step_id,
+            item_index=item_index,
+            status=StepStatus.RUNNING,
+            attempts=1,
+            started_at=func.now(),
+        )
+        upsert = statement.on_conflict_do_update(
+            index_elements=["execution_id", "step_id", "item_index"],
+            set_={
+                "status": StepStatus.RUNNING,
+                "attempts": ExecutionStepItem.attempts + 1,
+                "started_at": func.now(),
+                "finished_at": None,
+                "error": None,
+            },
+        ).returning(ExecutionStepItem.attempts)
+        attempt: int = (await db.execute(upsert)).scalar_one()
+        return attempt
+
+
+async def item_succeeded(
+    database: Database, run: Run, *, step_id: str, item_index: int, args: Any, output: Any
+) -> None:
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
         await db.execute(
-            update(ExecutionStep)
+            update(ExecutionStepItem)
             .where(
-                ExecutionStep.execution_id == run.execution_id,
-                ExecutionStep.step_id == step_id,
-                ExecutionStep.status == StepStatus.RUNNING,
+                ExecutionStepItem.execution_id == run.execution_id,
+                ExecutionStepItem.step_id == step_id,
+                ExecutionStepItem.item_index == item_index,
             )
-            .values(status=StepStatus.PENDING)
+            .values(
+                status=StepStatus.SUCCEEDED,
+                input=redact(args),
+                output=output,
+                error=None,
+                finished_at=func.now(),
+            )
         )
+
+
+async def skip_steps(database: Database, run: Run, steps: list[tuple[str, int, str]]) -> None:
+    """Record steps as skipped ((step id, position, type) each): by `when`, by their join, or
+    left behind a failure."""
+    if not steps:
+        return
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        statement = insert(ExecutionStep).values(
+            [
+                {
+                    "org_id": run.org_id,
+                    "execution_id": run.execution_id,
+                    "step_id": step_id,
+                    "position": position,
+                    "type": type_,
+                    "status": StepStatus.SKIPPED,
+                    "attempts": 0,
+                    "finished_at": func.now(),
+                }
+                for step_id, position, type_ in steps
+            ]
+        )
+        await db.execute(
+            statement.on_conflict_do_update(
+                index_elements=["execution_id", "step_id"],
+                set_={"status": StepStatus.SKIPPED, "finished_at": func.now()},
+            )
+        )
+
+
+async def interrupted(
+    database: Database,
+    run: Run,
+    running: set[tuple[str, int | None]],
+    *,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Steps and items this worker left running: pending again (a hand-back: they run again
+    elsewhere), or failed with `error` (a cancel, a deadline). Only rows still running change:
+    one whose success committed just before the interruption stays done."""
+    if not running:
+        return
+    values: dict[str, Any] = {"status": StepStatus.PENDING}
+    if error is not None:
+        values = {"status": StepStatus.FAILED, "error": error, "finished_at": func.now()}
+    steps = sorted({step_id for step_id, index in running if index is None})
+    items = sorted((s, i) for s, i in running if i is not None)
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        if steps:
+            await db.execute(
+                update(ExecutionStep)
+                .where(
+                    ExecutionStep.execution_id == run.execution_id,
+                    ExecutionStep.step_id.in_(steps),
+                    ExecutionStep.status == StepStatus.RUNNING,
+                )
+                .values(**values)
+            )
+        for step_id, index in items:
+            await db.execute(
+                update(ExecutionStepItem)
+                .where(
+                    ExecutionStepItem.execution_id == run.execution_id,
+                    ExecutionStepItem.step_id == step_id,
+                    ExecutionStepItem.item_index == index,
+                    ExecutionStepItem.status == StepStatus.RUNNING,
+                )
+                .values(**values)
+            )
 
 
 async def finish(
@@ -303,12 +518,3 @@ def _finish(
     execution.output = output
     execution.error = error
     execution.finished_at = func.now()
-
-
-async def _update_step(database: Database, run: Run, step_id: str, **values: Any) -> None:
-    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        await db.execute(
-            update(ExecutionStep)
-            .where(ExecutionStep.execution_id == run.execution_id, ExecutionStep.step_id == step_id)
-            .values(**values)
-        )

@@ -30,7 +30,12 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.config import Settings
 from taskloom.errors import Conflict
-from taskloom.executions.models import ExecutionStatus, ExecutionStep, WorkflowExecution
+from taskloom.executions.models import (
+    ExecutionStatus,
+    ExecutionStep,
+    ExecutionStepItem,
+    WorkflowExecution,
+)
 from taskloom.flags.models import FeatureFlagOverride
 from taskloom.gdpr.inventory import user_tables
 from taskloom.gdpr.models import GdprRequest
@@ -245,6 +250,11 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
         .where(ExecutionStep.execution_id.in_(executions))
         .values(input=None, output=None, error=None)
     )
+    items = await db.execute(
+        update(ExecutionStepItem)
+        .where(ExecutionStepItem.execution_id.in_(executions))
+        .values(input=None, output=None, error=None)
+    )
     payloads = await db.execute(
         update(WorkflowExecution)
         .where(mine)
@@ -252,6 +262,7 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
     )
     result.counts["workflow_executions.payload"] = _rowcount(payloads)
     result.counts["execution_steps.payload"] = _rowcount(steps)
+    result.counts["execution_step_items.payload"] = _rowcount(items)
 
 
 async def _pseudonymise_audit(db: AsyncSession, result: Erasure, default_org_name: str) -> int:

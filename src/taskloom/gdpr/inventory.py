@@ -24,7 +24,10 @@ from taskloom.orgs.models import Role
 # Rows that do not reference the user themselves but belong to rows that do.
 CHILDREN: dict[str, list[tuple[str, str]]] = {
     # table: [(child table, child column referencing the parent's id)]
-    "workflow_executions": [("execution_steps", "execution_id")],
+    "workflow_executions": [
+        ("execution_steps", "execution_id"),
+        ("execution_step_items", "execution_id"),
+    ],
 }
 # Columns never exported (hashes of secrets, encrypted secrets, salts): present as "[redacted]".
 _SECRET = re.compile(r"hash|secret|encrypted|password|salt", re.IGNORECASE)

@@ -56,6 +56,7 @@ class StepContext:
     execution_id: uuid.UUID
     step_id: str
     attempt: int  # 1 for the first run of this step
+    item_index: int | None = None  # the for-each item this run is for, if any
     triggered_by: uuid.UUID | None = None  # the user who started the execution
     # The worker's database, Redis and credential cipher, for steps that need them (`ai`,
     # `tool`); None where a step runs outside a worker (unit tests of `http`).
@@ -68,7 +69,10 @@ class StepContext:
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across retries and re-runs of the same step of the same execution."""
+        """Stable across retries and re-runs of the same step (or for-each item) of the same
+        execution: `<execution>:<step>[:<index>]`."""
+        if self.item_index is not None:
+            return f"{self.execution_id}:{self.step_id}:{self.item_index}"
         return f"{self.execution_id}:{self.step_id}"
 
 

@@ -1,0 +1,593 @@
+"""Runs one execution's graph inside its job (ADR 0008): every step whose needs are met starts as
+a task, up to the definition's `max_parallel_steps`; a `for_each` step runs its items as tasks,
+at most `max_parallel` at a time. Each step (and item) records itself in its own short
+transactions (executions/state.py), so a job that runs again resumes from the rows: finished
+steps and items are never run again, interrupted ones are.
+
+A step's own policies apply inside its task: `when` (skipped unless it renders true), `retry`
+(attempts with a backoff, in the task; without one, EXECUTION_MAX_ATTEMPTS with exponential
+backoff for retryable errors), `timeout`, `continue_on_error`. The definition's `deadline`
+bounds the whole execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
+
+from taskloom.executions import state
+from taskloom.executions.models import ExecutionStatus, StepStatus
+from taskloom.executions.plan import Plan, StepState
+from taskloom.executions.state import Run
+from taskloom.executions.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
+from taskloom.executions.template_process import TemplateRenderer
+from taskloom.executions.templating import TemplateProblem
+from taskloom.observability import sentry, tracing
+from taskloom.runtime import Runtime
+from taskloom.workflows.durations import parse_duration
+from taskloom.workflows.graph import Graph
+
+log = structlog.get_logger("taskloom.queue")
+
+MAX_OUTPUT_BYTES = 1_048_576
+DEFAULT_MAX_PARALLEL_STEPS = 4
+MAX_BACKOFF_SECONDS = 300.0
+CANCEL_POLL_SECONDS = 2.0
+_CANCELLED = {
+    "code": "cancelled",
+    "message": "the execution was cancelled while this ran",
+}  # while steps run, how often a cancel request is looked for
+Key = tuple[str, int | None]  # (step id, item index or None for the step itself)
+
+
+class Cancelled(Exception):
+    """A cancel was requested while the execution ran."""
+
+
+@dataclass
+class Finished:
+    """How the execution ended, as the runner reports it to BullMQ."""
+
+    status: str  # succeeded | failed | cancelled
+    step_id: str | None = None
+    code: str | None = None
+
+
+@dataclass
+class _Outcome:
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    tolerated: bool = False
+    finished_execution: bool = False  # the step's transaction also finished the execution
+
+
+@dataclass
+class Engine:
+    runtime: Runtime
+    templates: TemplateRenderer
+    run: Run
+    on_progress: Callable[[], Awaitable[None]]
+    graph: Graph = field(init=False)
+    plan: Plan = field(init=False)
+    running: set[Key] = field(default_factory=set)  # rows this engine marked running
+    step_runs: int = 0  # step and item runs of this execution so far (bounded)
+    _tasks: dict[asyncio.Task[_Outcome], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.graph = Graph.of(self.run.definition)
+        self.plan = Plan(self.graph, dict(self.run.states))
+        self.step_runs = self.run.step_runs
+
+    # --- the execution --------------------------------------------------------------------------
+
+    async def execute(self) -> Finished:
+        """Run the graph to its end; the execution's row is finished on return."""
+        deadline = self._deadline()
+        try:
+            async with asyncio.timeout_at(deadline) if deadline is not None else _no_timeout():
+                return await self._drive()
+        except TimeoutError:
+            if deadline is None or asyncio.get_running_loop().time() < deadline:
+                raise
+            await self._stop_tasks()
+            return await self._fail_now("deadline_exceeded", "the execution's deadline passed")
+        except Cancelled:
+            await self._stop_tasks()
+            await state.interrupted(self.runtime.database, self.run, self.running, error=_CANCELLED)
+            await state.finish(self.runtime.database, self.run, ExecutionStatus.CANCELLED)
+            log.info("execution_cancelled")
+            return Finished("cancelled")
+        finally:
+            await self._stop_tasks()
+
+    async def _drive(self) -> Finished:
+        database = self.runtime.database
+        limit = int(self.run.definition.get("max_parallel_steps") or DEFAULT_MAX_PARALLEL_STEPS)
+        checked_cancel = True  # the claim has just checked for a cancel request
+        while True:
+            start, skip = self.plan.next()
+            if skip:
+                await state.skip_steps(database, self.run, self._positions(skip))
+                now = time.monotonic()
+                for step_id in skip:
+                    self.plan.states[step_id] = StepState(StepStatus.SKIPPED, finished=now)
+                continue
+            start = start[: max(limit - len(self._tasks), 0)]
+            if start and not checked_cancel and await state.cancel_requested(database, self.run):
+                raise Cancelled()
+            checked_cancel = False
+            for step_id in start:
+                self.plan.state(step_id).status = StepStatus.RUNNING
+                task = asyncio.ensure_future(self._step(step_id))
+                self._tasks[task] = step_id
+            if not self._tasks:
+                return await self._end()
+            done, _ = await asyncio.wait(
+                self._tasks, timeout=CANCEL_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # steps still running: a cancel request reaches them too
+                if await state.cancel_requested(database, self.run):
+                    raise Cancelled()
+                continue
+            checked_cancel = False
+            for task in done:
+                step_id = self._tasks.pop(task)
+                outcome = task.result()  # a task raises only for infrastructure: propagate
+                self.plan.states[step_id] = StepState(
+                    status=outcome.status,
+                    output=outcome.output,
+                    error=outcome.error,
+                    tolerated=outcome.tolerated,
+                    finished=time.monotonic(),
+                )
+                if outcome.finished_execution:
+                    return Finished("succeeded")
+            await self.on_progress()
+
+    async def _end(self) -> Finished:
+        database = self.runtime.database
+        failure = self.plan.failure()
+        if failure is not None:
+            if unreached := self.plan.unreached():
+                await state.skip_steps(database, self.run, self._positions(unreached))
+            error = failure.error or {"code": "failed"}
+            await state.finish(database, self.run, ExecutionStatus.FAILED, error=error)
+            return Finished("failed", step_id=error.get("step_id"), code=error.get("code"))
+        try:
+            output = await self._output()
+        except StepError as error:
+            detail = {**error.as_json(), "step_id": "output"}
+            await state.finish(database, self.run, ExecutionStatus.FAILED, error=detail)
+            return Finished("failed", step_id="output", code=error.code)
+        await state.finish(database, self.run, ExecutionStatus.SUCCEEDED, output=output)
+        return Finished("succeeded")
+
+    async def _output(self) -> Any:
+        template = self.run.definition.get("output")
+        if template is None:
+            return self.plan.default_output()
+        try:
+            rendered = await self.templates.render(template, self._scope(), path="output")
+        except TemplateProblem as problem:
+            raise StepError(str(problem), code=problem.code) from problem
+        return _checked_output(rendered)
+
+    def _finishing(self, step_id: str, output: Any) -> tuple[bool, Any]:
+        """Whether the success of `step_id` ends the execution (nothing else running or left to
+        start, no failure, no output template), and the execution's output then: its
+        transaction finishes the execution too, one round trip fewer (the one-step path)."""
+        if self.run.definition.get("output") is not None or len(self._tasks) > 1:
+            return False, None
+        saved = self.plan.states.get(step_id)
+        self.plan.states[step_id] = StepState(StepStatus.SUCCEEDED, output=output)
+        try:
+            if self.plan.failure() is None and self.plan.next() == ([], []):
+                return True, self.plan.default_output()
+            return False, None
+        finally:
+            if saved is None:
+                self.plan.states.pop(step_id, None)
+            else:
+                self.plan.states[step_id] = saved
+
+    async def _fail_now(self, code: str, message: str) -> Finished:
+        error = {"code": code, "message": message}
+        await state.interrupted(self.runtime.database, self.run, self.running, error=error)
+        await state.finish(self.runtime.database, self.run, ExecutionStatus.FAILED, error=error)
+        return Finished("failed", step_id=None, code=code)
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._tasks.clear()
+
+    def _deadline(self) -> float | None:
+        text = self.run.definition.get("deadline")
+        if not text:
+            return None
+        started = self.run.started_at or datetime.now(UTC)
+        left = (started + parse_duration(text) - datetime.now(UTC)).total_seconds()
+        return asyncio.get_running_loop().time() + max(left, 0.0)
+
+    def _positions(self, step_ids: list[str]) -> list[tuple[str, int, str]]:
+        order = self.graph.order
+        return [(s, order.index(s), str(self.graph.steps[s]["type"])) for s in step_ids]
+
+    def _scope(self, **extra: Any) -> dict[str, Any]:
+        return {"input": self.run.input, "steps": self.plan.scope_steps(), **extra}
+
+    # --- one step -------------------------------------------------------------------------------
+
+    async def _step(self, step_id: str) -> _Outcome:
+        step = self.graph.steps[step_id]
+        with tracing.tracer().start_as_current_span(
+            f"step {step['type']}", attributes={"taskloom.step_id": step_id}
+        ):
+            scope = self._scope()
+            if (when := step.get("when")) is not None:
+                try:
+                    go = _boolean(
+                        await self.templates.render(when, scope, path=f"steps.{step_id}.when")
+                    )
+                except (TemplateProblem, StepError) as problem:
+                    code = getattr(problem, "code", "template_error")
+                    return await self._failed_without_run(
+                        step_id, StepError(str(problem), code=code)
+                    )
+                if not go:
+                    await state.skip_steps(
+                        self.runtime.database, self.run, self._positions([step_id])
+                    )
+                    return _Outcome(StepStatus.SKIPPED)
+            if step.get("for_each") is not None:
+                return await self._for_each(step_id, step, scope)
+            return await self._attempts(step_id, None, step, scope)
+
+    async def _failed_without_run(self, step_id: str, error: StepError) -> _Outcome:
+        """A step that fails before any attempt: its `when` or `for_each` did not render, or
+        rendered something it may not be."""
+        step = self.graph.steps[step_id]
+        database = self.runtime.database
+        await state.start_step(
+            database,
+            self.run,
+            step_id=step_id,
+            position=self.graph.order.index(step_id),
+            type_=step["type"],
+        )
+        detail = {**error.as_json(), "step_id": step_id}
+        tolerated = bool(step.get("continue_on_error"))
+        stored = {"error": detail} if tolerated else None
+        await state.step_failed(
+            database, self.run, step_id=step_id, error=detail, final=True, args=None, output=stored
+        )
+        return _Outcome(StepStatus.FAILED, stored, detail, tolerated)
+
+    async def _for_each(
+        self, step_id: str, step: Mapping[str, Any], scope: dict[str, Any]
+    ) -> _Outcome:
+        """Run the step once per item, at most `max_parallel` at a time; its output is the list
+        of the items' outputs in order. Items that finished before an interruption keep their
+        outputs. One item failing for good (without continue_on_error) starts no more items
+        and fails the step once the running ones have finished."""
+        database, settings = self.runtime.database, self.runtime.settings
+        try:
+            items = await self.templates.render(
+                step["for_each"], scope, path=f"steps.{step_id}.for_each"
+            )
+        except TemplateProblem as problem:
+            error = StepError(str(problem), code=problem.code)
+            return await self._failed_without_run(step_id, error)
+        if not isinstance(items, list):
+            error = StepError("for_each must render to a list", code="for_each_not_list")
+            return await self._failed_without_run(step_id, error)
+        limit = settings.max_for_each_items
+        if len(items) > limit:
+            error = StepError(
+                f"for_each rendered {len(items)} items, more than {limit}", code="too_many_items"
+            )
+            return await self._failed_without_run(step_id, error)
+        position = self.graph.order.index(step_id)
+        await state.start_step(
+            database, self.run, step_id=step_id, position=position, type_=step["type"]
+        )
+        self.running.add((step_id, None))
+        before = self.run.items.get(step_id, {})
+        tolerated = bool(step.get("continue_on_error"))
+        outputs: list[Any] = [None] * len(items)
+        parallel = min(int(step.get("max_parallel") or 1), settings.max_parallel_items)
+        gate = asyncio.Semaphore(parallel)
+        failures: list[dict[str, Any]] = []
+
+        async def one(index: int, item: Any) -> None:
+            previous = before.get(index)
+            if previous is not None and (
+                previous.status == StepStatus.SUCCEEDED
+                or (previous.status == StepStatus.FAILED and tolerated)
+            ):
+                outputs[index] = previous.output
+                return
+            async with gate:
+                if failures:
+                    return
+                outcome = await self._attempts(
+                    step_id, index, step, {**scope, "item": item, "index": index}
+                )
+            if outcome.status == StepStatus.SUCCEEDED or outcome.tolerated:
+                outputs[index] = outcome.output
+            else:
+                failures.append(outcome.error or {"code": "failed", "step_id": step_id})
+
+        await _gather_all([one(i, item) for i, item in enumerate(items)])
+        if failures:
+            first = min(failures, key=lambda e: int(e.get("item_index", 0)))
+            await state.step_failed(
+                database, self.run, step_id=step_id, error=first, final=True, args=None
+            )
+            self.running.discard((step_id, None))
+            return _Outcome(StepStatus.FAILED, None, first)
+        try:
+            output = _checked_output(outputs)
+        except StepError as error:
+            detail = {**error.as_json(), "step_id": step_id}
+            await state.step_failed(
+                database, self.run, step_id=step_id, error=detail, final=True, args=None
+            )
+            self.running.discard((step_id, None))
+            return _Outcome(StepStatus.FAILED, None, detail)
+        last, execution_output = self._finishing(step_id, output)
+        await state.step_succeeded(
+            database,
+            self.run,
+            step_id=step_id,
+            args=None,
+            output=output,
+            last=last,
+            execution_output=execution_output,
+        )
+        self.running.discard((step_id, None))
+        return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
+
+    async def _attempts(
+        self, step_id: str, index: int | None, step: Mapping[str, Any], scope: dict[str, Any]
+    ) -> _Outcome:
+        """Run a step (or one item of it) under its retry policy and timeout."""
+        database, settings = self.runtime.database, self.runtime.settings
+        policy = _RetryPolicy.of(step.get("retry"), settings)
+        timeout = parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
+        tolerated = bool(step.get("continue_on_error"))
+        while True:
+            attempt = await self._start(step_id, index, step)
+            self.running.add((step_id, index))
+            rendered: list[Any] = [None]
+            try:
+                self._count_run()
+                output = await self._attempt(
+                    step_id, index, step, scope, attempt, timeout, rendered
+                )
+            except StepError as error:
+                detail = {**error.as_json(), "step_id": step_id, "attempt": attempt}
+                if index is not None:
+                    detail["item_index"] = index
+                final = not policy.retries(error, attempt)
+                stored = {"error": detail} if final and tolerated else None
+                await state.record_failure(
+                    database,
+                    self.run,
+                    step_id=step_id,
+                    item_index=index,
+                    error=detail,
+                    final=final,
+                    args=rendered[0],
+                    output=stored,
+                )
+                self.running.discard((step_id, index))
+                log.warning(
+                    "step_failed", step_id=step_id, item_index=index, final=final, code=error.code
+                )
+                if final:
+                    return _Outcome(StepStatus.FAILED, stored, detail, tolerated)
+                await asyncio.sleep(policy.delay(attempt))
+                continue
+            if index is not None:
+                await state.item_succeeded(
+                    database,
+                    self.run,
+                    step_id=step_id,
+                    item_index=index,
+                    args=rendered[0],
+                    output=output,
+                )
+                self.running.discard((step_id, index))
+                return _Outcome(StepStatus.SUCCEEDED, output)
+            last, execution_output = self._finishing(step_id, output)
+            await state.step_succeeded(
+                database,
+                self.run,
+                step_id=step_id,
+                args=rendered[0],
+                output=output,
+                last=last,
+                execution_output=execution_output,
+            )
+            self.running.discard((step_id, index))
+            log.info("step_succeeded", step_id=step_id, attempt=attempt)
+            return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
+
+    async def _start(self, step_id: str, index: int | None, step: Mapping[str, Any]) -> int:
+        database = self.runtime.database
+        if index is not None:
+            return await state.start_item(database, self.run, step_id=step_id, item_index=index)
+        if self.run.first_step == step_id and self.run.first_attempt is not None:
+            attempt, self.run.first_attempt = self.run.first_attempt, None  # marked by the claim
+            return attempt
+        position = self.graph.order.index(step_id)
+        return await state.start_step(
+            database, self.run, step_id=step_id, position=position, type_=step["type"]
+        )
+
+    async def _attempt(
+        self,
+        step_id: str,
+        index: int | None,
+        step: Mapping[str, Any],
+        scope: dict[str, Any],
+        attempt: int,
+        limit: float | None,
+        rendered: list[Any],
+    ) -> Any:
+        """One attempt's output, or StepError (infrastructure blinks become retryable errors,
+        bugs `internal_error`); the rendered arguments go in `rendered[0]`."""
+        step_type = STEP_TYPES.get(step["type"])
+        try:
+            if step_type is None:
+                raise StepError(f"unknown step type {step['type']!r}", code="unknown_step_type")
+            try:
+                rendered[0] = await self.templates.render(
+                    step.get("args", {}), scope, path=f"steps.{step_id}.args"
+                )
+                parsed = step_type.Args.model_validate(rendered[0])
+            except TemplateProblem as problem:
+                raise StepError(str(problem), code=problem.code) from problem
+            except ValidationError as invalid:
+                raise StepError(
+                    f"steps.{step_id}.args: {_first_error(invalid)}", code="invalid_args"
+                ) from invalid
+            context = StepContext(
+                settings=self.runtime.settings,
+                org_id=self.run.org_id,
+                execution_id=self.run.execution_id,
+                step_id=step_id,
+                item_index=index,
+                attempt=attempt,
+                triggered_by=self.run.triggered_by,
+                runtime=self.runtime,
+            )
+            try:
+                async with asyncio.timeout(limit):
+                    output = await step_type.run(parsed, context)
+            except TimeoutError as error:
+                if limit is None:
+                    raise
+                raise RetryableStepError(
+                    f"the step took longer than its timeout ({step['timeout']})",
+                    code="step_timeout",
+                ) from error
+            return _checked_output(output)
+        except StepError:
+            raise
+        except (OSError, TimeoutError, DBAPIError, RedisError) as error:
+            log.warning("step_infrastructure_error", step_id=step_id, error=repr(error))
+            raise RetryableStepError(
+                f"internal error ({type(error).__name__})", code="internal"
+            ) from error
+        except Exception as error:  # a bug: fail the step visibly rather than retry blindly
+            log.exception("step_crashed", step_id=step_id)
+            sentry.capture(error, execution_id=self.run.execution_id, step_id=step_id)
+            raise StepError(
+                f"internal error ({type(error).__name__})", code="internal_error"
+            ) from error
+
+    def _count_run(self) -> None:
+        """Each run of a step or item counts towards MAX_STEP_RUNS_PER_EXECUTION."""
+        limit = self.runtime.settings.max_step_runs_per_execution
+        self.step_runs += 1
+        if self.step_runs > limit:
+            raise StepError(
+                f"the execution ran more than {limit} steps and items", code="too_many_step_runs"
+            )
+
+
+@dataclass(frozen=True)
+class _RetryPolicy:
+    max_attempts: int
+    exponential: bool
+    delay_seconds: float
+    on: frozenset[str] | None  # error codes that are retried (None: retryable errors)
+
+    @classmethod
+    def of(cls, spec: dict[str, Any] | None, settings: Any) -> _RetryPolicy:
+        if spec is None:
+            return cls(
+                max_attempts=settings.execution_max_attempts,
+                exponential=True,
+                delay_seconds=settings.execution_backoff_ms / 1000,
+                on=None,
+            )
+        return cls(
+            max_attempts=int(spec.get("max_attempts", 1)),
+            exponential=spec.get("backoff", "exponential") == "exponential",
+            delay_seconds=parse_duration(spec.get("delay", "1s")).total_seconds(),
+            on=frozenset(spec["on"]) if spec.get("on") else None,
+        )
+
+    def retries(self, error: StepError, attempt: int) -> bool:
+        if attempt >= self.max_attempts or error.code == "too_many_step_runs":
+            return False
+        return error.code in self.on if self.on is not None else error.retryable
+
+    def delay(self, attempt: int) -> float:
+        factor = 2 ** (attempt - 1) if self.exponential else 1
+        return min(self.delay_seconds * factor, MAX_BACKOFF_SECONDS)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise StepError(
+        f"`when` must render to true or false, not {json.dumps(value)[:80]}",
+        code="when_not_boolean",
+    )
+
+
+def _checked_output(output: Any) -> Any:
+    try:
+        encoded = json.dumps(output)
+    except (TypeError, ValueError) as exc:
+        raise StepError("the step's output is not JSON", code="invalid_output") from exc
+    if len(encoded) > MAX_OUTPUT_BYTES:
+        raise StepError(
+            f"the step's output is larger than {MAX_OUTPUT_BYTES} bytes", code="output_too_large"
+        )
+    return output
+
+
+def _first_error(invalid: ValidationError) -> str:
+    first = invalid.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
+
+
+async def _gather_all(coroutines: list[Any]) -> None:
+    """Run the coroutines as tasks and wait for all; if the wait is cancelled (a hand-back, a
+    cancel, the deadline), cancel them and wait until they have stopped."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+@contextlib.asynccontextmanager
+async def _no_timeout() -> Any:
+    yield
