@@ -294,11 +294,17 @@ def unique_key(label: str) -> str:
 
 
 async def create_workflow(
-    api: httpx.AsyncClient, account: Account, steps: list[dict[str, Any]], name: str = "wf"
+    api: httpx.AsyncClient,
+    account: Account,
+    steps: list[dict[str, Any]],
+    name: str = "wf",
+    **definition: Any,
 ) -> str:
+    """A workflow of `steps`; keyword arguments are the definition's other fields (`output`,
+    `deadline`, `max_parallel_steps`)."""
     response = await api.post(
         "/api/workflows",
-        json={"name": name, "definition": {"steps": steps}},
+        json={"name": name, "definition": {"steps": steps, **definition}},
         headers=account.headers,
     )
     assert response.status_code == 201, response.text

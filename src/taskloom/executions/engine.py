@@ -330,6 +330,7 @@ class Engine:
                 )
             if outcome.status == StepStatus.SUCCEEDED or outcome.tolerated:
                 outputs[index] = outcome.output
+                await self.on_progress()  # an item finished: earlier stalls no longer count
             else:
                 failures.append(outcome.error or {"code": "failed", "step_id": step_id})
 
