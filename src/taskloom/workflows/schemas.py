@@ -4,24 +4,86 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskloom.auth.schemas import StrictModel
+from taskloom.workflows.durations import Duration
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-MAX_STEPS = 100
+ERROR_CODE_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
+MAX_STEPS = 200
+MAX_NEEDS = 50
+MAX_PARALLEL_CAP = 20  # a for_each step's `max_parallel` at most
+MAX_PARALLEL_STEPS = 20  # a definition's `max_parallel_steps` at most
+DEFAULT_PARALLEL_STEPS = 4
+MAX_TEMPLATE_CHARS = 10_000  # `when` and `for_each`
+
+# Optional fields are None when absent and left out of the stored JSON (`stored()`), so a
+# definition is stored as it was written and today's `{id, type, args}` lists stay byte-equal.
+
+
+class RetryPolicy(StrictModel):
+    max_attempts: int = Field(ge=1, le=10, description="Runs in all, the first included")
+    backoff: Literal["exponential", "fixed"] | None = Field(
+        default=None, description="Default exponential: the delay doubles after each attempt"
+    )
+    delay: Duration | None = Field(default=None, description='Before the second attempt; "1s"')
+    on: list[Annotated[str, Field(pattern=ERROR_CODE_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description="Retry only failures with these error codes (default: retryable ones)",
+    )
 
 
 class StepDefinition(StrictModel):
     id: str = Field(pattern=STEP_ID_PATTERN, description="Unique in the workflow; `steps.<id>`")
     type: str = Field(min_length=1, max_length=32, description="A registered step type")
     args: dict[str, Any] = Field(default_factory=dict, description="Jinja2 templates allowed")
+    needs: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None,
+        max_length=MAX_NEEDS,
+        description="Ids of the steps this one runs after; any step with needs makes a DAG",
+    )
+    when: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="A template rendering to a boolean; false skips the step",
+    )
+    join: Literal["all_succeeded", "all_done", "any_succeeded"] | None = Field(
+        default=None, description="With needs: when a step whose needs failed or were skipped runs"
+    )
+    for_each: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="A template rendering to a list: the step runs once per item",
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, le=MAX_PARALLEL_CAP, description="With for_each: items at a time"
+    )
+    retry: RetryPolicy | None = None
+    timeout: Duration | None = None
+    continue_on_error: bool | None = None
 
 
 class WorkflowDefinition(StrictModel):
     steps: list[StepDefinition] = Field(min_length=1, max_length=MAX_STEPS)
+    max_parallel_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_PARALLEL_STEPS,
+        description=f"Steps of one execution running at once (default {DEFAULT_PARALLEL_STEPS})",
+    )
+    deadline: Duration | None = Field(default=None, description="For the whole execution")
+    output: Any = Field(default=None, description="The execution's output; templates allowed")
+
+    def stored(self) -> dict[str, Any]:
+        """The definition as stored: plain JSON, absent optional fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class WorkflowCreate(StrictModel):

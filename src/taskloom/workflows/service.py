@@ -67,7 +67,7 @@ async def create_workflow(
         org_id=_org(principal),
         name=body.name,
         description=body.description,
-        definition=validate_definition(body.definition),
+        definition=await validate_definition(body.definition, db=db, org_id=_org(principal)),
         created_by=principal.user_id,
         updated_by=principal.user_id,
     )
@@ -90,7 +90,7 @@ async def update_workflow(
     workflow = await get_workflow(db=db, workflow_id=workflow_id)
     workflow.name = body.name
     workflow.description = body.description
-    workflow.definition = validate_definition(body.definition)
+    workflow.definition = await validate_definition(body.definition, db=db, org_id=_org(principal))
     workflow.version += 1
     workflow.updated_by = principal.user_id
     await db.flush()
