@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,7 +139,19 @@ async def test_a_person_runs_a_workflow_downloads_their_data_and_deletes_their_a
             await browser.close()
 
 
+# The computed fill of each node of the page's workflow graph (classes from app.css only).
+_NODE_FILLS = """() => [...document.querySelectorAll('svg.graph g.node rect')]
+    .map(r => getComputedStyle(r).fill)"""
+
+
 async def _journey(page: Page, email: str, tmp_path: Path) -> None:
+    refused: list[str] = []  # CSP violations the browser reports (an inline style, a script)
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     # Sign in page, then register (a new account owns a new organization).
     await page.goto("/ui/")
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -159,6 +172,11 @@ async def _journey(page: Page, email: str, tmp_path: Path) -> None:
     await page.get_by_label("Definition (JSON)").fill(json.dumps(DEFINITION, indent=2))
     await page.get_by_role("button", name="Create workflow").click()
     await expect(page.get_by_role("status")).to_have_text("Workflow created.")
+    # The definition's graph: one transform node, filled by the stylesheet's type colour.
+    await expect(
+        page.get_by_role("img", name="Workflow graph: 1 steps, 0 dependencies")
+    ).to_be_visible()
+    assert await page.evaluate(_NODE_FILLS) == ["rgb(218, 251, 225)"]
     await _shot(page, "workflow-edit")
 
     # Run it; the execution page reloads itself until the worker has finished.
@@ -168,6 +186,8 @@ async def _journey(page: Page, email: str, tmp_path: Path) -> None:
     step = page.locator("li.step", has_text="greet")
     await expect(step).to_contain_text("succeeded")
     await expect(step).to_contain_text("Hello, Ada!")
+    await expect(page.locator("svg.graph g.node.status-succeeded")).to_have_count(1)
+    await expect(page.get_by_role("img", name=re.compile(r"^Timeline of 1 steps"))).to_be_visible()
     await _shot(page, "execution-detail")
 
     for link, name in [
@@ -211,3 +231,4 @@ async def _journey(page: Page, email: str, tmp_path: Path) -> None:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_label("Password").press("Enter")  # submitting from the keyboard
     await expect(page.get_by_role("alert")).to_contain_text("invalid email or password")
+    assert refused == []

@@ -16,9 +16,11 @@ from taskloom.executions.models import ExecutionStatus, ExecutionStep
 from taskloom.executions.queue import enqueue_after_commit, queue_limit, remove_job_after_commit
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
+from taskloom.web.graph import StepView, render_graph, render_timeline
 from taskloom.web.rendering import TERMINAL, redirect, render, with_query
 from taskloom.web.session import signed_in
 from taskloom.workflows import service as workflow_service
+from taskloom.workflows.graph import Graph
 
 router = APIRouter(prefix="/ui/executions", route_class=UiRoute, include_in_schema=False)
 
@@ -99,6 +101,16 @@ def ai_usage(step: ExecutionStep) -> dict[str, Any] | None:
     }
 
 
+def step_views(steps: list[ExecutionStep]) -> dict[str, StepView]:
+    """Each step's status and times for the drawings, from its execution_steps row."""
+    return {
+        step.step_id: StepView(
+            status=str(step.status), started_at=step.started_at, finished_at=step.finished_at
+        )
+        for step in steps
+    }
+
+
 @router.get("/{execution_id}")
 async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
     async with signed_in(request) as page:
@@ -109,6 +121,8 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
         )
         usage = {step.step_id: ai_usage(step) for step in steps}
         planned = [s.get("id") for s in (execution.definition or {}).get("steps", [])]
+        graph = Graph.of(execution.definition or {})
+        views = step_views(steps)
         return render(
             page,
             "executions/detail.html",
@@ -118,6 +132,10 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             steps=steps,
             usage=usage,
             not_started=[p for p in planned if p not in {s.step_id for s in steps}],
+            graph_svg=render_graph(graph, views),
+            timeline_svg=render_timeline(graph, views)
+            if any(v.started_at for v in views.values())
+            else None,
             refresh_seconds=None if execution.status in TERMINAL else REFRESH_SECONDS,
         )
 

@@ -26,9 +26,11 @@ from taskloom.web.forms import (
     optional_text,
     text,
 )
+from taskloom.web.graph import render_graph
 from taskloom.web.rendering import redirect, render
 from taskloom.web.session import Page, signed_in
 from taskloom.workflows import service
+from taskloom.workflows.graph import Graph
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate
 
@@ -46,10 +48,10 @@ EXAMPLE_DEFINITION = {
 
 
 def _definition_text(definition: Any) -> str:
-    """The stored definition as people write it: each step's id, type, then args (JSONB keeps
-    its keys in its own order)."""
+    """The stored definition as people write it: each step's id, type, its other fields, then
+    args last (JSONB keeps its keys in its own order)."""
     if isinstance(definition, dict) and isinstance(definition.get("steps"), list):
-        order = {"id": 0, "type": 1, "args": 2}
+        order = {"id": 0, "type": 1, "needs": 2, "args": 4}
         steps = [
             dict(sorted(s.items(), key=lambda kv: order.get(kv[0], 3)))
             if isinstance(s, dict)
@@ -161,6 +163,7 @@ async def _workflow_page(
         run_input=run_input,
         run_errors=run_errors or [],
         executions=executions,
+        graph_svg=render_graph(Graph.of(workflow.definition)),
     )
 
 
