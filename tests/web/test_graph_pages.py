@@ -12,8 +12,8 @@ import httpx
 from sqlalchemy import update
 
 from taskloom.db.tenancy import system_transaction
+from taskloom.executions.models import ExecutionStep, WorkflowExecution
 from taskloom.runtime import Runtime
-from taskloom.workflows.models import ExecutionStep, WorkflowExecution
 from tests.factories import Account
 from tests.web.test_security_headers import CSP
 
