@@ -1,6 +1,6 @@
 """Checks a workflow definition at save time, beyond its shape: step types exist, step ids are
-unique, argument names are those the step type knows, `needs` name earlier-declared or later
-steps without a cycle, companion fields come together, templates parse and read only steps that
+unique, argument names are those the step type knows, `needs` name other steps without a
+cycle, companion fields come together, templates parse and read only steps that
 run before them, and child workflows exist. Each problem is a 422 naming its field path, e.g.
 `body.definition.steps.1.args.url` or `body.definition.steps.3.needs.0`."""
 
