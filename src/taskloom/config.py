@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     max_for_each_items: int = Field(default=1_000, ge=1, le=10_000)
     max_parallel_items: int = Field(default=20, ge=1, le=200)
     max_step_runs_per_execution: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Sub-workflow executions one root execution may start, children of children included.
+    max_descendant_executions: int = Field(default=1_000, ge=0, le=100_000)
+    # How often a worker looks for waiting executions whose time has come (waits, approval
+    # timeouts, deadlines): a wait ends up to this much after its time.
+    wake_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     # Executions of one organization waiting (queued) at once; beyond it execute answers 429.
     max_queued_per_org: int = Field(default=10_000, ge=1, le=1_000_000)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
@@ -189,6 +194,9 @@ class Settings(BaseSettings):
 
     # --- HTTP ------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
+    # Where people reach this instance (e.g. https://taskloom.example.com): links in webhook
+    # events (an approval's page) are built on it; without it they are paths ("/ui/...").
+    public_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://[^\s]+$")
     api_port: int = Field(default=8000, ge=1, le=65535)
     forwarded_allow_ips: str = "127.0.0.1"
     max_request_body_bytes: int = Field(default=1_048_576, ge=1024)

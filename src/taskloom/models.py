@@ -9,7 +9,12 @@ from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
 from taskloom.db.revisions import SchemaRevision
-from taskloom.executions.models import ExecutionStep, ExecutionStepItem, WorkflowExecution
+from taskloom.executions.models import (
+    ExecutionApproval,
+    ExecutionStep,
+    ExecutionStepItem,
+    WorkflowExecution,
+)
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Invitation, Membership, Organization
@@ -26,6 +31,7 @@ __all__ = [
     "ApiKey",
     "AuditChainHead",
     "AuditLog",
+    "ExecutionApproval",
     "ExecutionStep",
     "ExecutionStepItem",
     "FeatureFlag",

@@ -29,6 +29,8 @@ class AuditAction(StrEnum):
     WORKFLOW_DELETE = "workflow.delete"
     EXECUTION_CANCEL = "execution.cancel"
     EXECUTION_RETRY = "execution.retry"
+    EXECUTION_APPROVE = "execution.approve"  # an approval step's decision
+    EXECUTION_REJECT = "execution.reject"
     CONNECTION_CREATE = "connection.create"
     CONNECTION_UPDATE = "connection.update"
     CONNECTION_DELETE = "connection.delete"

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from taskloom.executions import state
+from taskloom.executions import control, state
 from taskloom.executions.models import ExecutionStatus, StepStatus
 from taskloom.executions.plan import Plan, StepState
 from taskloom.executions.state import Run
@@ -35,6 +36,7 @@ from taskloom.executions.template_process import TemplateRenderer
 from taskloom.executions.templating import TemplateProblem
 from taskloom.observability import sentry, tracing
 from taskloom.runtime import Runtime
+from taskloom.workflows.control import CONTROL_ARGS
 from taskloom.workflows.durations import parse_duration
 from taskloom.workflows.graph import Graph
 
@@ -44,6 +46,7 @@ MAX_OUTPUT_BYTES = 1_048_576
 DEFAULT_MAX_PARALLEL_STEPS = 4
 MAX_BACKOFF_SECONDS = 300.0
 CANCEL_POLL_SECONDS = 2.0
+CONTROL_TYPES = frozenset(CONTROL_ARGS)  # wait, approval, workflow: run by the engine itself
 _CANCELLED = {
     "code": "cancelled",
     "message": "the execution was cancelled while this ran",
@@ -71,6 +74,7 @@ class _Outcome:
     error: dict[str, Any] | None = None
     tolerated: bool = False
     finished_execution: bool = False  # the step's transaction also finished the execution
+    wake_at: datetime | None = None  # waiting: when to look again (None: an event wakes it)
 
 
 @dataclass
@@ -133,7 +137,9 @@ class Engine:
                 task = asyncio.ensure_future(self._step(step_id))
                 self._tasks[task] = step_id
             if not self._tasks:
-                return await self._end()
+                if (finished := await self._end()) is not None:
+                    return finished
+                continue  # something a waiting step waits for has happened: look again
             done, _ = await asyncio.wait(
                 self._tasks, timeout=CANCEL_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
             )
@@ -151,14 +157,30 @@ class Engine:
                     error=outcome.error,
                     tolerated=outcome.tolerated,
                     finished=time.monotonic(),
+                    wake_at=outcome.wake_at,
                 )
                 if outcome.finished_execution:
                     return Finished("succeeded")
             await self.on_progress()
 
-    async def _end(self) -> Finished:
+    async def _end(self) -> Finished | None:
+        """Nothing runs and nothing can start: the execution parks (some steps wait), fails
+        (a failure), or succeeds. None: a waiting step can go on now (run it again)."""
         database = self.runtime.database
         failure = self.plan.failure()
+        if failure is None and (waiting := self.plan.waiting()):
+            times = [s.wake_at for s in waiting.values() if s.wake_at is not None]
+            if deadline := self._deadline_at():
+                times.append(deadline)
+            parked = await state.park(database, self.run, wake_at=min(times, default=None))
+            if parked is state.Parked.YES:
+                log.info("execution_waiting", steps=sorted(waiting))
+                return Finished("waiting")
+            if parked is state.Parked.CANCEL:
+                raise Cancelled()
+            for step_id in waiting:  # READY: they run again and find what they waited for
+                self.plan.states[step_id] = StepState()
+            return None
         if failure is not None:
             if unreached := self.plan.unreached():
                 await state.skip_steps(database, self.run, self._positions(unreached))
@@ -216,6 +238,12 @@ class Engine:
             await asyncio.wait(tasks)
         self._tasks.clear()
 
+    def _deadline_at(self) -> datetime | None:
+        text = self.run.definition.get("deadline")
+        if not text:
+            return None
+        return (self.run.started_at or datetime.now(UTC)) + parse_duration(text)
+
     def _deadline(self) -> float | None:
         text = self.run.definition.get("deadline")
         if not text:
@@ -256,6 +284,8 @@ class Engine:
                     return _Outcome(StepStatus.SKIPPED)
             if step.get("for_each") is not None:
                 return await self._for_each(step_id, step, scope)
+            if step["type"] in CONTROL_TYPES:
+                return await self._control(step_id, None, step, scope)
             return await self._attempts(step_id, None, step, scope)
 
     async def _failed_without_run(self, step_id: str, error: StepError) -> _Outcome:
@@ -313,6 +343,7 @@ class Engine:
         parallel = min(int(step.get("max_parallel") or 1), settings.max_parallel_items)
         gate = asyncio.Semaphore(parallel)
         failures: list[dict[str, Any]] = []
+        waiting: dict[int, datetime | None] = {}  # items that wait (approvals, waits, children)
 
         async def one(index: int, item: Any) -> None:
             previous = before.get(index)
@@ -328,7 +359,9 @@ class Engine:
                 outcome = await self._attempts(
                     step_id, index, step, {**scope, "item": item, "index": index}
                 )
-            if outcome.status == StepStatus.SUCCEEDED or outcome.tolerated:
+            if outcome.status == StepStatus.WAITING:
+                waiting[index] = outcome.wake_at
+            elif outcome.status == StepStatus.SUCCEEDED or outcome.tolerated:
                 outputs[index] = outcome.output
                 await self.on_progress()  # an item finished: earlier stalls no longer count
             else:
@@ -342,6 +375,14 @@ class Engine:
             )
             self.running.discard((step_id, None))
             return _Outcome(StepStatus.FAILED, None, first)
+        if waiting:
+            times = [t for t in waiting.values() if t is not None]
+            wake_at = min(times, default=None)
+            await state.mark_waiting(
+                database, self.run, step_id=step_id, item_index=None, wake_at=wake_at
+            )
+            self.running.discard((step_id, None))
+            return _Outcome(StepStatus.WAITING, wake_at=wake_at)
         try:
             output = _checked_output(outputs)
         except StepError as error:
@@ -368,6 +409,8 @@ class Engine:
         self, step_id: str, index: int | None, step: Mapping[str, Any], scope: dict[str, Any]
     ) -> _Outcome:
         """Run a step (or one item of it) under its retry policy and timeout."""
+        if step["type"] in CONTROL_TYPES:
+            return await self._control(step_id, index, step, scope)
         database, settings = self.runtime.database, self.runtime.settings
         policy = _RetryPolicy.of(step.get("retry"), settings)
         timeout = parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
@@ -429,6 +472,112 @@ class Engine:
             self.running.discard((step_id, index))
             log.info("step_succeeded", step_id=step_id, attempt=attempt)
             return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
+
+    async def _control(
+        self, step_id: str, index: int | None, step: Mapping[str, Any], scope: dict[str, Any]
+    ) -> _Outcome:
+        """A `wait`, `approval` or `workflow` step (or item): ask for what it waits for once,
+        then report WAITING until it has happened (ADR 0008). It runs again from its row each
+        time its execution resumes."""
+        database, settings = self.runtime.database, self.runtime.settings
+        key = (step_id, index)
+        started = await state.start_control(
+            database,
+            self.run,
+            step_id=step_id,
+            item_index=index,
+            position=self.graph.order.index(step_id),
+            type_=str(step["type"]),
+        )
+        self.running.add(key)
+        args: Any = None
+        try:
+            try:
+                args = await self.templates.render(
+                    step.get("args", {}), scope, path=f"steps.{step_id}.args"
+                )
+            except TemplateProblem as problem:
+                raise StepError(str(problem), code=problem.code) from problem
+            if step["type"] == "wait":
+                # Its end was fixed when it first started (a resumed wait keeps it).
+                until = started.wake_at or control.wait_until(args)
+                if until > datetime.now(UTC):
+                    await state.mark_waiting(
+                        database, self.run, step_id=step_id, item_index=index, wake_at=until
+                    )
+                    return _Outcome(StepStatus.WAITING, wake_at=until)
+                return await self._succeeded(
+                    step_id, index, args, {"waited_until": until.isoformat()}
+                )
+            if step["type"] == "approval":
+                found = await control.approval(
+                    database, settings, self.run, step_id=step_id, item_index=index, args=args
+                )
+            else:
+                found, created = await control.child(
+                    database,
+                    settings,
+                    self.run,
+                    step_id=step_id,
+                    item_index=index,
+                    existing=started.child_execution_id,
+                    workflow_id=uuid.UUID(str(args["workflow"])),
+                    input=args.get("input") or {},
+                )
+                if created is not None:
+                    await self.runtime.queue.submit(execution_id=created, org_id=self.run.org_id)
+            if isinstance(found, control.Done):
+                return await self._succeeded(step_id, index, args, _checked_output(found.output))
+            await state.mark_waiting(
+                database,
+                self.run,
+                step_id=step_id,
+                item_index=index,
+                wake_at=found.wake_at,
+                child_execution_id=started.child_execution_id,
+            )
+            return _Outcome(StepStatus.WAITING, wake_at=found.wake_at)
+        except StepError as error:
+            detail = {**error.as_json(), "step_id": step_id}
+            if index is not None:
+                detail["item_index"] = index
+            tolerated = bool(step.get("continue_on_error"))
+            stored = {"error": detail} if tolerated else None
+            await state.record_failure(
+                database,
+                self.run,
+                step_id=step_id,
+                item_index=index,
+                error=detail,
+                final=True,
+                args=args,
+                output=stored,
+            )
+            log.warning("step_failed", step_id=step_id, item_index=index, code=error.code)
+            return _Outcome(StepStatus.FAILED, stored, detail, tolerated)
+        finally:
+            self.running.discard(key)
+
+    async def _succeeded(self, step_id: str, index: int | None, args: Any, output: Any) -> _Outcome:
+        """Record a success of a step (or item); the step's may end the execution too."""
+        database = self.runtime.database
+        if index is not None:
+            await state.item_succeeded(
+                database, self.run, step_id=step_id, item_index=index, args=args, output=output
+            )
+            return _Outcome(StepStatus.SUCCEEDED, output)
+        last, execution_output = self._finishing(step_id, output)
+        await state.step_succeeded(
+            database,
+            self.run,
+            step_id=step_id,
+            args=args,
+            output=output,
+            last=last,
+            execution_output=execution_output,
+        )
+        log.info("step_succeeded", step_id=step_id)
+        return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
 
     async def _start(self, step_id: str, index: int | None, step: Mapping[str, Any]) -> int:
         database = self.runtime.database

@@ -14,7 +14,9 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
@@ -26,6 +28,7 @@ from taskloom.db.rls import Scope
 class ExecutionStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # parked by a wait, an approval or a child: no job, no slot
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -34,6 +37,7 @@ class ExecutionStatus(StrEnum):
 class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -63,6 +67,18 @@ class WorkflowExecution(Base, rls=Scope.ORG):
             "finished_at",
             postgresql_where="status IN ('succeeded', 'failed', 'cancelled')",
         ),
+        # The waker's scan: waiting executions by the time they must be looked at (0014).
+        Index("ix_workflow_executions_waiting", "wake_at", postgresql_where="status = 'waiting'"),
+        Index(
+            "ix_workflow_executions_parent_execution_id",
+            "parent_execution_id",
+            postgresql_where="parent_execution_id IS NOT NULL",
+        ),
+        Index(
+            "ix_workflow_executions_root_execution_id",
+            "root_execution_id",
+            postgresql_where="root_execution_id IS NOT NULL",
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -91,6 +107,19 @@ class WorkflowExecution(Base, rls=Scope.ORG):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # While `waiting`: when the waker must look at it again (a wait's end, an approval's
+    # timeout, the deadline); None when only an event (a decision, a child's end) wakes it.
+    wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A child execution, started by a `workflow` step of its parent (depth 1 and more).
+    parent_execution_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=True,
+    )
+    parent_step_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    parent_item_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    root_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    depth: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
 
 
 class ExecutionStep(Base, rls=Scope.ORG):
@@ -120,6 +149,8 @@ class ExecutionStep(Base, rls=Scope.ORG):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    child_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
 
 
 class ExecutionStepItem(Base, rls=Scope.ORG):
@@ -152,3 +183,53 @@ class ExecutionStepItem(Base, rls=Scope.ORG):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    child_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+
+
+class ExecutionApproval(Base, rls=Scope.ORG):
+    """One approval an `approval` step (or one of its for-each items) asked for, and its
+    decision. The execution waits, holding nothing, until it is decided or times out."""
+
+    __tablename__ = "execution_approvals"
+    __table_args__ = (
+        CheckConstraint(f"status in ({_values(ApprovalStatus)})", name="status_valid"),
+        Index(
+            "uq_execution_approvals_step_item",
+            "execution_id",
+            "step_id",
+            text("coalesce(item_index, -1)"),
+            unique=True,
+        ),
+        Index("ix_execution_approvals_org_id_status", "org_id", "status"),
+        Index("ix_execution_approvals_decided_by", "decided_by"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+    step_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    item_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    approvers: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False, server_default="")
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    decided_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requested_at: Mapped[datetime] = created_at()
+    timeout_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from taskloom.executions.models import StepStatus
@@ -31,6 +32,7 @@ class StepState:
     error: dict[str, Any] | None = None
     tolerated: bool = False  # failed, but `continue_on_error` lets the work go on
     finished: float = 0.0  # when it settled (orders failures: the first one is reported)
+    wake_at: datetime | None = None  # while waiting: when to look again (None: an event)
 
 
 @dataclass
@@ -86,6 +88,10 @@ class Plan:
         return any(
             s.status not in SETTLED and s.status != StepStatus.PENDING for s in self.states.values()
         )
+
+    def waiting(self) -> dict[str, StepState]:
+        """The steps that wait (a time, a decision, a child)."""
+        return {k: s for k, s in self.states.items() if s.status == StepStatus.WAITING}
 
     def unreached(self) -> list[str]:
         """Steps still pending once nothing more can start (behind a failure)."""

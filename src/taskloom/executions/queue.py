@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from taskloom.auth.deps import RequestContext
 from taskloom.executions.models import WorkflowExecution
+from taskloom.executions.service import Cancellation
 
 
 def queue_limit(ctx: RequestContext) -> int | None:
@@ -35,12 +36,18 @@ def enqueue_after_commit(
     ctx.after_commit.append(enqueue)
 
 
-def remove_job_after_commit(ctx: RequestContext, execution: WorkflowExecution) -> None:
-    """Withdraw an execution cancelled while queued (its job, its place in the scheduler),
-    after the commit."""
-    queue, execution_id, org_id = ctx.runtime.queue, execution.id, execution.org_id
+def after_cancel_commit(ctx: RequestContext, cancellation: Cancellation) -> None:
+    """After the commit: withdraw what the cancel stopped while queued or waiting (jobs,
+    places in the scheduler), and resubmit the parent it woke."""
+    queue = ctx.runtime.queue
+    withdrawn, wake = list(cancellation.withdrawn), cancellation.wake
+    org_id = cancellation.execution.org_id
 
-    async def remove_job() -> None:
-        await queue.withdraw(execution_id=execution_id, org_id=org_id)
+    async def apply() -> None:
+        for org, execution_id in withdrawn:
+            await queue.withdraw(execution_id=execution_id, org_id=org)
+        if wake is not None:
+            await queue.resubmit(execution_id=wake, org_id=org_id)
 
-    ctx.after_commit.append(remove_job)
+    if withdrawn or wake is not None:
+        ctx.after_commit.append(apply)

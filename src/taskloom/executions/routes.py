@@ -5,30 +5,36 @@ after the commit."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, Viewer
-from taskloom.executions import service
+from taskloom.executions import approvals, service
 from taskloom.executions.models import ExecutionStatus
-from taskloom.executions.queue import enqueue_after_commit, queue_limit, remove_job_after_commit
+from taskloom.executions.queue import after_cancel_commit, enqueue_after_commit, queue_limit
 from taskloom.executions.schemas import (
+    ApprovalOut,
+    DecisionRequest,
     ExecuteRequest,
     ExecutionAccepted,
     ExecutionDetail,
     ExecutionOut,
     ExecutionPage,
     FailedJobOut,
+    ItemsProgress,
     StepOut,
 )
 from taskloom.locations import located, set_location
 from taskloom.timestamps import UtcDatetime
+from taskloom.workflows.schemas import STEP_ID_PATTERN
 
 # Tagged `workflows` as before the split: the OpenAPI document (and clients generated from it)
 # group these operations with the workflow they run.
 router = APIRouter(prefix="/api", tags=["workflows"])
+StepId = Annotated[str, Path(pattern=STEP_ID_PATTERN, max_length=64)]
+ItemIndex = Annotated[int, Path(ge=0, le=100_000)]
 
 
 @router.post(
@@ -81,20 +87,103 @@ async def list_executions(
 @router.get("/executions/{execution_id}", openapi_extra=access("viewer"))
 async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail:
     execution, steps = await service.get_execution(db=ctx.db, execution_id=execution_id)
+    progress = await service.items_progress(db=ctx.db, execution=execution)
+    asked = await approvals.list_for_execution(db=ctx.db, execution=execution)
     return ExecutionDetail(
         **ExecutionOut.model_validate(execution).model_dump(),
-        steps=[StepOut.model_validate(s) for s in steps],
+        steps=[
+            StepOut.model_validate(s).model_copy(
+                update={"items": ItemsProgress(**progress[s.step_id])}
+                if s.step_id in progress
+                else {}
+            )
+            for s in steps
+        ],
+        approvals=[ApprovalOut.model_validate(a) for a in asked],
     )
+
+
+@router.get("/approvals", openapi_extra=access("viewer"))
+async def list_approvals(ctx: Viewer) -> list[ApprovalOut]:
+    """The organization's approvals that wait for a decision, oldest first (at most 200)."""
+    pending = await approvals.list_pending(db=ctx.db, principal=ctx.principal)
+    return [ApprovalOut.model_validate(a) for a in pending]
+
+
+async def _decide(
+    ctx: Viewer,
+    execution_id: uuid.UUID,
+    step_id: str,
+    item_index: int | None,
+    body: DecisionRequest | None,
+    *,
+    approve: bool,
+) -> ApprovalOut:
+    decided = await approvals.decide(
+        db=ctx.db,
+        principal=ctx.principal,
+        context=ctx.audit,
+        execution_id=execution_id,
+        step_id=step_id,
+        item_index=item_index,
+        approve=approve,
+        comment=body.comment if body else None,
+    )
+    if decided.woken:
+        enqueue_after_commit(ctx, decided.execution, replace=True)
+    return ApprovalOut.model_validate(decided.approval)
+
+
+_DECIDE: dict[str, Any] = {"openapi_extra": access("viewer")}  # approvers only: 403 else
+
+
+@router.post("/executions/{execution_id}/steps/{step_id}/approve", **_DECIDE)
+async def approve_step(
+    execution_id: uuid.UUID, step_id: StepId, ctx: Viewer, body: DecisionRequest | None = None
+) -> ApprovalOut:
+    """Approve what an `approval` step asks; the execution goes on."""
+    return await _decide(ctx, execution_id, step_id, None, body, approve=True)
+
+
+@router.post("/executions/{execution_id}/steps/{step_id}/reject", **_DECIDE)
+async def reject_step(
+    execution_id: uuid.UUID, step_id: StepId, ctx: Viewer, body: DecisionRequest | None = None
+) -> ApprovalOut:
+    """Reject it: the step's output says `approved: false`, the execution goes on."""
+    return await _decide(ctx, execution_id, step_id, None, body, approve=False)
+
+
+@router.post("/executions/{execution_id}/steps/{step_id}/items/{index}/approve", **_DECIDE)
+async def approve_item(
+    execution_id: uuid.UUID,
+    step_id: StepId,
+    index: ItemIndex,
+    ctx: Viewer,
+    body: DecisionRequest | None = None,
+) -> ApprovalOut:
+    """Approve one item of an approval inside a for_each."""
+    return await _decide(ctx, execution_id, step_id, index, body, approve=True)
+
+
+@router.post("/executions/{execution_id}/steps/{step_id}/items/{index}/reject", **_DECIDE)
+async def reject_item(
+    execution_id: uuid.UUID,
+    step_id: StepId,
+    index: ItemIndex,
+    ctx: Viewer,
+    body: DecisionRequest | None = None,
+) -> ApprovalOut:
+    """Reject one item of an approval inside a for_each."""
+    return await _decide(ctx, execution_id, step_id, index, body, approve=False)
 
 
 @router.post("/executions/{execution_id}/cancel", openapi_extra=access("member"))
 async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut:
-    execution = await service.cancel_execution(
+    cancellation = await service.cancel_execution(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, execution_id=execution_id
     )
-    if execution.status == ExecutionStatus.CANCELLED:
-        remove_job_after_commit(ctx, execution)
-    return ExecutionOut.model_validate(execution)
+    after_cancel_commit(ctx, cancellation)
+    return ExecutionOut.model_validate(cancellation.execution)
 
 
 @router.post(

@@ -180,9 +180,23 @@ class ExecutionRunner:
         engine = Engine(self.runtime, self.templates, run, on_progress=progressed)
         self.engines[run.execution_id] = engine  # until _process is done (a hand-back reads it)
         finished = await engine.execute()
+        if finished.status != "waiting" and run.parent_execution_id is not None:
+            await self._wake_parent(run)
         if finished.status == "failed":
             raise UnrecoverableError(f"{finished.step_id or 'execution'}: {finished.code}")
         return {finished.status: True}
+
+    async def _wake_parent(self, run: Run) -> None:
+        """A child execution ended: its parent, if it waits for it, goes back to the queue (if
+        this fails, the reconciler's scan of waiting parents wakes it)."""
+        try:
+            if await state.wake_parent(self.runtime.database, run):
+                assert run.parent_execution_id is not None
+                await self.runtime.queue.resubmit(
+                    execution_id=run.parent_execution_id, org_id=run.org_id
+                )
+        except Exception as error:  # PostgreSQL or Redis blinked: the waker retries
+            log.warning("parent_wake_failed", error=repr(error))
 
     async def _hand_back(self, run: Run, job: Job, token: str) -> None:
         """Shutdown timed out mid-execution: leave the finished steps, reset the interrupted ones

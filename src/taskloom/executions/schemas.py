@@ -29,6 +29,19 @@ class StepOut(BaseModel):
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
+    wake_at: datetime | None = None
+    child_execution_id: uuid.UUID | None = None
+    items: ItemsProgress | None = Field(
+        default=None, description="A for_each step's items by status (None for other steps)"
+    )
+
+
+class ItemsProgress(BaseModel):
+    total: int = Field(description="Items that have started so far")
+    succeeded: int
+    failed: int
+    running: int
+    waiting: int
 
 
 class ExecutionOut(BaseModel):
@@ -47,10 +60,36 @@ class ExecutionOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested_at: datetime | None
+    wake_at: datetime | None = None
+    parent_execution_id: uuid.UUID | None = None
+    parent_step_id: str | None = None
+    depth: int = 0
 
 
 class ExecutionDetail(ExecutionOut):
     steps: list[StepOut]
+    approvals: list[ApprovalOut] = Field(default_factory=list)
+
+
+class ApprovalOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    execution_id: uuid.UUID
+    step_id: str
+    item_index: int | None
+    approvers: dict[str, Any]
+    message: str
+    status: str = Field(description="pending, approved, rejected or timed_out")
+    decided_by: uuid.UUID | None
+    comment: str | None
+    requested_at: datetime
+    timeout_at: datetime
+    decided_at: datetime | None
+
+
+class DecisionRequest(StrictModel):
+    comment: str | None = Field(default=None, max_length=2_000)
 
 
 class ExecutionAccepted(BaseModel):

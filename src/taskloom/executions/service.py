@@ -4,10 +4,11 @@ tenant transaction, so another organization's rows are simply not there (404).""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -15,12 +16,17 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.errors import Conflict, NotFound, TooManyQueued
+from taskloom.executions import state
 from taskloom.executions.models import (
+    ApprovalStatus,
+    ExecutionApproval,
     ExecutionStatus,
     ExecutionStep,
+    ExecutionStepItem,
     StepStatus,
     WorkflowExecution,
 )
+from taskloom.executions.state import TERMINAL
 from taskloom.pagination import decode_cursor, encode_cursor
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.service import get_workflow
@@ -136,6 +142,28 @@ async def get_execution(
     return execution, list(steps.scalars())
 
 
+async def items_progress(
+    *, db: AsyncSession, execution: WorkflowExecution
+) -> dict[str, dict[str, int]]:
+    """For each for_each step of the execution: its items' counts by status, and `total`."""
+    if not any(s.get("for_each") for s in (execution.definition or {}).get("steps", [])):
+        return {}
+    rows = await db.execute(
+        select(ExecutionStepItem.step_id, ExecutionStepItem.status, func.count())
+        .where(ExecutionStepItem.execution_id == execution.id)
+        .group_by(ExecutionStepItem.step_id, ExecutionStepItem.status)
+    )
+    progress: dict[str, dict[str, int]] = {}
+    for step_id, status, count in rows:
+        counts = progress.setdefault(
+            step_id, {"total": 0, "succeeded": 0, "failed": 0, "running": 0, "waiting": 0}
+        )
+        counts["total"] += count
+        key = str(status) if status in counts else "running"  # pending: about to run again
+        counts[key] += count
+    return progress
+
+
 async def list_executions(
     *,
     db: AsyncSession,
@@ -177,26 +205,74 @@ async def list_executions(
     return items, (encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
 
+@dataclass(frozen=True)
+class Cancellation:
+    """A cancel's effects for the caller to apply after the commit: executions to withdraw from
+    the queue (cancelled while queued or waiting: it and its descendants), and a parent to wake
+    (a child ended: its step fails)."""
+
+    execution: WorkflowExecution
+    withdrawn: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (org, id)
+    wake: uuid.UUID | None = None
+
+
+_DESCENDANTS = text(
+    """
+    with recursive tree(id) as (
+        select id from workflow_executions where parent_execution_id = :root
+        union all
+        select e.id from workflow_executions e join tree on e.parent_execution_id = tree.id
+    )
+    select id from tree
+    """
+)
+
+
 async def cancel_execution(
     *, db: AsyncSession, principal: Principal, context: AuditContext, execution_id: uuid.UUID
-) -> WorkflowExecution:
-    """Queued ⇒ cancelled now; running ⇒ cancelled when its current step ends. The caller
-    removes a queued job after the commit (a worker that takes it first sees it cancelled)."""
+) -> Cancellation:
+    """Queued or waiting ⇒ cancelled now; running ⇒ cancelled by its worker within moments
+    (between steps, or while steps run: they are interrupted). Its sub-workflow executions,
+    and theirs, are cancelled the same way. The caller applies the Cancellation after the
+    commit (a worker that takes a withdrawn job first sees it cancelled)."""
     execution = await db.get(WorkflowExecution, execution_id, with_for_update=True)
     if execution is None:
         raise NotFound("execution not found")
     if execution.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
         raise Conflict(f"the execution already {execution.status}")
     if execution.status == ExecutionStatus.CANCELLED:
-        return execution  # cancelling twice is not an error
-    if execution.status == ExecutionStatus.QUEUED:
-        execution.status = ExecutionStatus.CANCELLED
-        execution.finished_at = _now()
-    execution.cancel_requested_at = _now()
+        return Cancellation(execution)  # cancelling twice is not an error
+    withdrawn = []
+    now = _now()
+    descendants = [row[0] for row in await db.execute(_DESCENDANTS, {"root": execution.id})]
+    rows = await db.execute(
+        select(WorkflowExecution)
+        .where(WorkflowExecution.id.in_([execution.id, *descendants]))
+        .order_by(WorkflowExecution.id)
+        .with_for_update()
+    )
+    for each in rows.scalars():
+        if each.status in TERMINAL:
+            continue
+        if each.status in (ExecutionStatus.QUEUED, ExecutionStatus.WAITING):
+            each.status = ExecutionStatus.CANCELLED
+            each.finished_at = now
+            each.wake_at = None
+            withdrawn.append((each.org_id, each.id))
+        each.cancel_requested_at = now
+    wake = None
+    if execution.status == ExecutionStatus.CANCELLED and execution.parent_execution_id:
+        await db.execute(
+            select(WorkflowExecution.id)
+            .where(WorkflowExecution.id == execution.parent_execution_id)
+            .with_for_update()
+        )
+        if await state.wake(db, execution.parent_execution_id):
+            wake = execution.parent_execution_id
     await db.flush()
     await db.refresh(execution)
     await _audit(db, principal, context, AuditAction.EXECUTION_CANCEL, "execution", execution.id)
-    return execution
+    return Cancellation(execution, withdrawn, wake)
 
 
 async def retry_execution(
@@ -226,15 +302,23 @@ async def retry_execution(
     execution.output = None
     execution.finished_at = None
     execution.cancel_requested_at = None
-    steps = await db.execute(
-        select(ExecutionStep).where(
-            ExecutionStep.execution_id == execution_id,
-            ExecutionStep.status != StepStatus.SUCCEEDED,
+    execution.wake_at = None
+    # What did not succeed starts over: its steps and for-each items (a child or an approval
+    # it waited for is asked again).
+    for model in (ExecutionStep, ExecutionStepItem):
+        await db.execute(
+            update(model)
+            .where(model.execution_id == execution_id, model.status != StepStatus.SUCCEEDED)
+            .values(
+                status=StepStatus.PENDING, finished_at=None, wake_at=None, child_execution_id=None
+            )
+        )
+    await db.execute(
+        delete(ExecutionApproval).where(
+            ExecutionApproval.execution_id == execution_id,
+            ExecutionApproval.status.in_([ApprovalStatus.PENDING, ApprovalStatus.TIMED_OUT]),
         )
     )
-    for step in steps.scalars():
-        step.status = StepStatus.PENDING
-        step.finished_at = None
     await db.flush()
     await db.refresh(execution)
     await _audit(db, principal, context, AuditAction.EXECUTION_RETRY, "execution", execution.id)

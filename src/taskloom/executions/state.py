@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.db.engine import Database
-from taskloom.db.tenancy import tenant_transaction
+from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.executions.models import (
     ExecutionStatus,
     ExecutionStep,
@@ -30,9 +30,11 @@ from taskloom.executions.models import (
     WorkflowExecution,
 )
 from taskloom.executions.plan import Plan, StepState
+from taskloom.workflows.control import CONTROL_ARGS
 from taskloom.workflows.graph import Graph
 
 TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+WAKE_BATCH = 200  # waiting executions the waker moves back to the queue per round
 _SECRET_KEY = re.compile(r"authorization|token|secret|password|passwd|api[-_]?key|cookie", re.I)
 
 
@@ -70,6 +72,10 @@ class Run:
     first_step: str | None = None
     first_attempt: int | None = None
     triggered_by: uuid.UUID | None = None
+    # A child execution's parent (woken when the child ends), its root and depth (0: a root).
+    parent_execution_id: uuid.UUID | None = None
+    root_execution_id: uuid.UUID | None = None
+    depth: int = 0
 
     @property
     def done(self) -> dict[str, Any]:
@@ -127,14 +133,21 @@ async def claim(
             input=execution.input,
             started_at=started_at,
             triggered_by=execution.triggered_by,
+            parent_execution_id=execution.parent_execution_id,
+            root_execution_id=execution.root_execution_id or execution.id,
+            depth=execution.depth,
         )
         await _load_steps(db, run)
         # The first step the plan starts is marked running here, unless its `when` or
-        # `for_each` must be rendered first.
+        # `for_each` must be rendered first or it is a control step (wait, approval, workflow).
         start, skip = Plan(Graph.of(run.definition), dict(run.states)).next()
         if start and not skip:
             first = Graph.of(run.definition).steps[start[0]]
-            if first.get("when") is None and first.get("for_each") is None:
+            if (
+                first.get("when") is None
+                and first.get("for_each") is None
+                and first.get("type") not in CONTROL_ARGS
+            ):
                 run.first_step = start[0]
                 run.first_attempt = await _start_step(
                     db,
@@ -518,3 +531,219 @@ def _finish(
     execution.output = output
     execution.error = error
     execution.finished_at = func.now()
+
+
+# --- waiting (ADR 0008): control steps, parking, waking ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control step's (or item's) row as it (re)starts: what it already waits for."""
+
+    attempt: int
+    wake_at: datetime | None
+    child_execution_id: uuid.UUID | None
+
+
+async def start_control(
+    database: Database,
+    run: Run,
+    *,
+    step_id: str,
+    item_index: int | None,
+    position: int,
+    type_: str,
+) -> Control:
+    """Mark a `wait`, `approval` or `workflow` step (or item) running, keeping what it already
+    waits for (its end time, its child) when it runs again after a wake-up or a crash."""
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        model: Any = ExecutionStep if item_index is None else ExecutionStepItem
+        values: dict[str, Any] = {
+            "org_id": run.org_id,
+            "execution_id": run.execution_id,
+            "step_id": step_id,
+            "status": StepStatus.RUNNING,
+            "attempts": 1,
+            "started_at": func.now(),
+        }
+        if item_index is None:
+            values.update(position=position, type=type_)
+            keys = ["execution_id", "step_id"]
+        else:
+            values["item_index"] = item_index
+            keys = ["execution_id", "step_id", "item_index"]
+        upsert = (
+            insert(model)
+            .values(**values)
+            .on_conflict_do_update(index_elements=keys, set_={"status": StepStatus.RUNNING})
+            .returning(model.attempts, model.wake_at, model.child_execution_id)
+        )
+        attempt, wake_at, child = (await db.execute(upsert)).one()
+        return Control(attempt=attempt, wake_at=wake_at, child_execution_id=child)
+
+
+async def mark_waiting(
+    database: Database,
+    run: Run,
+    *,
+    step_id: str,
+    item_index: int | None,
+    wake_at: datetime | None,
+    child_execution_id: uuid.UUID | None = None,
+    db: AsyncSession | None = None,
+) -> None:
+    """The step (or item) waits: until `wake_at`, or for its child to end."""
+    values: dict[str, Any] = {"status": StepStatus.WAITING, "wake_at": wake_at}
+    if child_execution_id is not None:
+        values["child_execution_id"] = child_execution_id
+    if item_index is None:
+        statement = (
+            update(ExecutionStep)
+            .where(ExecutionStep.execution_id == run.execution_id, ExecutionStep.step_id == step_id)
+            .values(**values)
+        )
+    else:
+        statement = (
+            update(ExecutionStepItem)
+            .where(
+                ExecutionStepItem.execution_id == run.execution_id,
+                ExecutionStepItem.step_id == step_id,
+                ExecutionStepItem.item_index == item_index,
+            )
+            .values(**values)
+        )
+    if db is not None:
+        await db.execute(statement)
+        return
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as session:
+        await session.execute(statement)
+
+
+class Parked(enum.Enum):
+    YES = "yes"  # waiting now: the job completes
+    READY = "ready"  # something it waits for has happened: go on
+    CANCEL = "cancel"  # a cancel was requested: finish as cancelled
+
+
+async def park(database: Database, run: Run, *, wake_at: datetime | None) -> Parked:
+    """Nothing runs and some steps wait: the execution becomes `waiting` (its job then
+    completes and frees its slot) until `wake_at` or an event. False, and nothing changes, when
+    something it waits for has already happened (a decision or a child's end that came while it
+    ran, a time that has passed): the worker goes on at once. The execution's row lock orders
+    this against `wake`, so an event is never missed."""
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        execution = await db.get(WorkflowExecution, run.execution_id, with_for_update=True)
+        if execution is None or execution.status != ExecutionStatus.RUNNING:
+            return Parked.YES  # finished or gone meanwhile: nothing to run here
+        if execution.cancel_requested_at is not None:
+            return Parked.CANCEL
+        if await db.scalar(text(_READY_SQL), {"execution": run.execution_id}):
+            return Parked.READY
+        execution.status = ExecutionStatus.WAITING
+        execution.wake_at = wake_at
+        return Parked.YES
+
+
+# Something a waiting step or item waits for has happened: its time, a decision, its child's end.
+_READY_SQL = """
+select exists (
+    select 1 from execution_steps s
+    where s.execution_id = :execution and s.status = 'waiting'
+      and (s.wake_at <= now()
+           or exists (select 1 from workflow_executions c
+                      where c.id = s.child_execution_id
+                        and c.status in ('succeeded', 'failed', 'cancelled')))
+) or exists (
+    select 1 from execution_step_items i
+    where i.execution_id = :execution and i.status = 'waiting'
+      and (i.wake_at <= now()
+           or exists (select 1 from workflow_executions c
+                      where c.id = i.child_execution_id
+                        and c.status in ('succeeded', 'failed', 'cancelled')))
+) or exists (
+    select 1 from execution_approvals a
+    where a.execution_id = :execution and a.status <> 'pending'
+      and exists (select 1 from execution_steps s
+                  where s.execution_id = a.execution_id and s.step_id = a.step_id
+                    and s.status = 'waiting')
+)
+"""
+
+
+async def wake(db: AsyncSession, execution_id: uuid.UUID) -> bool:
+    """In the caller's transaction: a waiting execution goes back to `queued` (the caller
+    resubmits it after the commit). False when it is not waiting (running: it will see the
+    event before it parks; finished; or another waker was first)."""
+    woken = await db.execute(
+        update(WorkflowExecution)
+        .where(
+            WorkflowExecution.id == execution_id,
+            WorkflowExecution.status == ExecutionStatus.WAITING,
+        )
+        .values(status=ExecutionStatus.QUEUED, wake_at=None)
+        .returning(WorkflowExecution.id)
+    )
+    return woken.first() is not None
+
+
+async def wake_parent(database: Database, run: Run) -> bool:
+    """A child execution ended: wake its parent (if it waits). Called after the child's end
+    committed, so a parent that parks concurrently sees the end and does not park."""
+    if run.parent_execution_id is None:
+        return False
+    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
+        await db.execute(
+            select(WorkflowExecution.id)
+            .where(WorkflowExecution.id == run.parent_execution_id)
+            .with_for_update()
+        )
+        return await wake(db, run.parent_execution_id)
+
+
+async def wake_due(
+    database: Database, *, limit: int = WAKE_BATCH
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Waiting executions whose time has come, across organizations, back to `queued`:
+    (org id, execution id) of each, for the caller to resubmit. Rows another waker holds are
+    skipped, so several workers may run this at once."""
+    async with system_transaction(database) as db:
+        rows = await db.execute(
+            text(
+                """
+                update workflow_executions e set status = 'queued', wake_at = null
+                from (select id from workflow_executions
+                      where status = 'waiting' and wake_at <= now()
+                      order by wake_at limit :limit
+                      for update skip locked) due
+                where e.id = due.id
+                returning e.org_id, e.id
+                """
+            ),
+            {"limit": limit},
+        )
+        return [(org_id, execution_id) for org_id, execution_id in rows]
+
+
+async def wake_ready(
+    database: Database, *, limit: int = WAKE_BATCH
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Waiting executions something already happened for (a decision, a child's end) whose
+    wake-up was lost (its process died between the commit and the wake), back to `queued`.
+    Scans the waiting executions: run it seldom (the reconciler's pace)."""
+    async with system_transaction(database) as db:
+        rows = await db.execute(
+            text(  # built from constants only: no input reaches the text
+                f"""
+                update workflow_executions e set status = 'queued', wake_at = null
+                from (select w.id from workflow_executions w
+                      where w.status = 'waiting'
+                        and ({_READY_SQL.replace(":execution", "w.id").strip()})
+                      order by w.created_at limit :limit
+                      for update skip locked) ready
+                where e.id = ready.id
+                returning e.org_id, e.id
+                """  # noqa: S608  # noqa: S608
+            ),
+            {"limit": limit},
+        )
+        return [(org_id, execution_id) for org_id, execution_id in rows]

@@ -31,6 +31,7 @@ from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.config import Settings
 from taskloom.errors import Conflict
 from taskloom.executions.models import (
+    ExecutionApproval,
     ExecutionStatus,
     ExecutionStep,
     ExecutionStepItem,
@@ -215,7 +216,9 @@ async def _leftover_jobs(db: AsyncSession, result: Erasure) -> list[tuple[uuid.U
     e = WorkflowExecution
     kept_since = datetime.now(UTC) - timedelta(seconds=KEEP_FAILED["age"])
     lately_failed = and_(e.status == ExecutionStatus.FAILED, e.finished_at >= kept_since)
-    unfinished = e.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING])
+    unfinished = e.status.in_(
+        [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING]
+    )
     found = await db.execute(
         select(e.org_id, e.id).where(
             or_(
@@ -232,7 +235,10 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
     cancelled = await db.execute(
         update(WorkflowExecution)
         .where(
-            mine, WorkflowExecution.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING])
+            mine,
+            WorkflowExecution.status.in_(
+                [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING]
+            ),
         )
         .values(
             status=ExecutionStatus.CANCELLED,
@@ -242,6 +248,16 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
         .returning(WorkflowExecution.org_id, WorkflowExecution.id)
     )
     result.cancelled_executions = [(org_id, execution_id) for org_id, execution_id in cancelled]
+    # Their decisions stay (the executions went on because of them) without their words; the
+    # decider becomes NULL with their user row.
+    comments = await db.execute(
+        update(ExecutionApproval)
+        .where(
+            ExecutionApproval.decided_by == result.user_id, ExecutionApproval.comment.isnot(None)
+        )
+        .values(comment=None)
+    )
+    result.counts["execution_approvals.comment"] = _rowcount(comments)
     if not settings.gdpr_erase_execution_payloads:
         return
     executions = select(WorkflowExecution.id).where(mine).scalar_subquery()

@@ -64,6 +64,8 @@ TABLE_NOTES = {
     "workflow_executions": "Executions you started, with their input and output (the workflow "
     "definition they ran only while you may still read the workflow).",
     "execution_steps": "The steps of the executions you started.",
+    "execution_approvals": "Approvals you decided (approve or reject, your comment), in "
+    "organizations you are still a member of.",
     "execution_step_items": "The for-each items of those steps (one run per item).",
     "ai_usage": "AI model calls made on your behalf: model, tokens, cost.",
     "tool_connections": "Tool connections you created, in organizations where you are still an "

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from bullmq import Job, UnrecoverableError, Worker
 
+from taskloom.executions import waker
 from taskloom.executions.reconciler import Reconciler
 from taskloom.executions.runner import ExecutionRunner
 from taskloom.gdpr import archive
@@ -132,6 +133,7 @@ class WorkerService:
         self._loops = [
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self.reconciler.run_forever(self._stopping), name="reconciler"),
+            asyncio.create_task(waker.run_forever(self.runtime, self._stopping), name="waker"),
             asyncio.create_task(self._dispatch_webhooks(), name="webhook-dispatch"),
         ]
         log.info(

@@ -12,6 +12,7 @@ EventType = Literal[
     "execution.succeeded",
     "execution.failed",
     "execution.cancelled",
+    "approval.requested",  # a link to the approval's page (it identifies, never authorizes)
     "workflow.created",
     "workflow.updated",
     "workflow.deleted",

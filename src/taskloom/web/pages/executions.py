@@ -13,7 +13,7 @@ from starlette.responses import Response
 from taskloom.errors import BadRequest
 from taskloom.executions import service
 from taskloom.executions.models import ExecutionStatus, ExecutionStep
-from taskloom.executions.queue import enqueue_after_commit, queue_limit, remove_job_after_commit
+from taskloom.executions.queue import after_cancel_commit, enqueue_after_commit, queue_limit
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
 from taskloom.web.graph import StepView, render_graph, render_timeline
@@ -145,11 +145,10 @@ async def cancel_execution(execution_id: uuid.UUID, request: Request) -> Respons
     async with signed_in(request) as page:
         await page.form()
         page.require_role(Role.MEMBER)
-        execution = await service.cancel_execution(
+        cancellation = await service.cancel_execution(
             db=page.db, principal=page.principal, context=page.audit, execution_id=execution_id
         )
-        if execution.status == ExecutionStatus.CANCELLED:
-            remove_job_after_commit(page.signed_in, execution)
+        after_cancel_commit(page.signed_in, cancellation)
     return redirect(f"/ui/executions/{execution_id}?notice=execution-cancelled")
 
 
