@@ -384,3 +384,29 @@ async def test_sigkill_during_a_for_each_reruns_only_unfinished_items(
     assert all(c <= 2 for c in calls), calls
     assert len(twice) <= 3, calls  # at most the items in flight when it was killed
     assert [o["status"] for o in done["output"]] == [200] * 20
+
+
+async def test_for_each_items_outputs_are_bounded_together(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    """Each item's output is under the 1 MB cap, but together they are not: the step fails at
+    the item that crosses it instead of holding every output in the worker's memory."""
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "big",
+                "type": "transform",
+                "for_each": "{{ range(10) | list }}",
+                "args": {"value": "{{ 'x' * 400000 }}"},
+            }
+        ],
+    )
+    start_worker()
+    done = await wait_for_status(api, owner, await execute(api, owner, workflow_id), within=60)
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "output_too_large"
+    assert done["error"]["item_index"] == 2  # the third 400 kB output crosses 1 MB
+    [step] = done["steps"]
+    assert step["items"]["succeeded"] == 3

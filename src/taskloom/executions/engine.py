@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -46,6 +46,8 @@ MAX_OUTPUT_BYTES = 1_048_576
 DEFAULT_MAX_PARALLEL_STEPS = 4
 MAX_BACKOFF_SECONDS = 300.0
 CANCEL_POLL_SECONDS = 2.0
+MAX_READY_ROUNDS = 50  # park attempts in one job before parking regardless (a safety net)
+FORCED_WAKE_SECONDS = 5
 CONTROL_TYPES = frozenset(CONTROL_ARGS)  # wait, approval, workflow: run by the engine itself
 _CANCELLED = {
     "code": "cancelled",
@@ -88,6 +90,7 @@ class Engine:
     running: set[Key] = field(default_factory=set)  # rows this engine marked running
     step_runs: int = 0  # step and item runs of this execution so far (bounded)
     _tasks: dict[asyncio.Task[_Outcome], str] = field(default_factory=dict)
+    _ready_rounds: int = 0  # parks refused because something waited for had happened
 
     def __post_init__(self) -> None:
         self.graph = Graph.of(self.run.definition)
@@ -172,7 +175,16 @@ class Engine:
             times = [s.wake_at for s in waiting.values() if s.wake_at is not None]
             if deadline := self._deadline_at():
                 times.append(deadline)
-            parked = await state.park(database, self.run, wake_at=min(times, default=None))
+            self._ready_rounds += 1
+            if self._ready_rounds > MAX_READY_ROUNDS:  # something reads as ready but is not
+                log.error("execution_park_forced", steps=sorted(waiting))
+                times = [datetime.now(UTC) + timedelta(seconds=FORCED_WAKE_SECONDS)]
+            parked = await state.park(
+                database,
+                self.run,
+                wake_at=min(times, default=None),
+                force=self._ready_rounds > MAX_READY_ROUNDS,
+            )
             if parked is state.Parked.YES:
                 log.info("execution_waiting", steps=sorted(waiting))
                 return Finished("waiting")
@@ -344,6 +356,7 @@ class Engine:
         gate = asyncio.Semaphore(parallel)
         failures: list[dict[str, Any]] = []
         waiting: dict[int, datetime | None] = {}  # items that wait (approvals, waits, children)
+        size = [0]  # bytes of the items' outputs so far
 
         async def one(index: int, item: Any) -> None:
             previous = before.get(index)
@@ -363,6 +376,19 @@ class Engine:
                 waiting[index] = outcome.wake_at
             elif outcome.status == StepStatus.SUCCEEDED or outcome.tolerated:
                 outputs[index] = outcome.output
+                # The step's output is bounded like any step's: stop as soon as its items'
+                # outputs together are over it (not after holding 1,000 of them in memory).
+                size[0] += len(json.dumps(outcome.output))
+                if size[0] > MAX_OUTPUT_BYTES:
+                    failures.append(
+                        {
+                            "code": "output_too_large",
+                            "message": f"the items' outputs are larger than {MAX_OUTPUT_BYTES}"
+                            " bytes together",
+                            "step_id": step_id,
+                            "item_index": index,
+                        }
+                    )
                 await self.on_progress()  # an item finished: earlier stalls no longer count
             else:
                 failures.append(outcome.error or {"code": "failed", "step_id": step_id})

@@ -625,7 +625,9 @@ class Parked(enum.Enum):
     CANCEL = "cancel"  # a cancel was requested: finish as cancelled
 
 
-async def park(database: Database, run: Run, *, wake_at: datetime | None) -> Parked:
+async def park(
+    database: Database, run: Run, *, wake_at: datetime | None, force: bool = False
+) -> Parked:
     """Nothing runs and some steps wait: the execution becomes `waiting` (its job then
     completes and frees its slot) until `wake_at` or an event. False, and nothing changes, when
     something it waits for has already happened (a decision or a child's end that came while it
@@ -637,7 +639,7 @@ async def park(database: Database, run: Run, *, wake_at: datetime | None) -> Par
             return Parked.YES  # finished or gone meanwhile: nothing to run here
         if execution.cancel_requested_at is not None:
             return Parked.CANCEL
-        if await db.scalar(text(_READY_SQL), {"execution": run.execution_id}):
+        if not force and await db.scalar(text(_READY_SQL), {"execution": run.execution_id}):
             return Parked.READY
         execution.status = ExecutionStatus.WAITING
         execution.wake_at = wake_at
