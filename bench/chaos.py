@@ -71,6 +71,7 @@ except ModuleNotFoundError:  # run as `python bench/<script>.py`: bench/ is on s
     from scratch import scratch_deployment  # type: ignore[no-redef]
 from taskloom.app import create_app
 from taskloom.config import Settings
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.observability.logging import configure_logging
 from taskloom.runtime import Runtime, open_runtime
 
@@ -712,7 +713,7 @@ async def not_terminal(runtime: Runtime, workflow_id: str) -> list[dict[str, Any
         rows = (await conn.execute(query, {"wf": workflow_id})).mappings().all()
     out = []
     for row in rows:
-        state = await runtime.queue.state(row["id"])
+        state = await ExecutionQueue(runtime).state(row["id"])
         out.append(
             {
                 **{k: row[k] for k in ("status", "attempts", "steps")},
@@ -763,18 +764,18 @@ async def chaos(
 
     ids: list[str] = []
     progress = {"terminal": 0}
-    enqueue, enqueue_failures = runtime.queue.enqueue, 0
+    enqueue, enqueue_failures = ExecutionQueue.enqueue, 0
 
-    async def counted_enqueue(**kwargs: Any) -> None:
+    async def counted_enqueue(self: ExecutionQueue, **kwargs: Any) -> None:
         nonlocal enqueue_failures
         try:
-            await enqueue(**kwargs)
+            await enqueue(self, **kwargs)
         except Exception:
             # While Redis restarts. The API would log it with its traceback and go on: the row
             # stays queued and the reconciler adds the job. Counted here instead.
             enqueue_failures += 1
 
-    runtime.queue.enqueue = counted_enqueue  # type: ignore[method-assign]
+    ExecutionQueue.enqueue = counted_enqueue  # type: ignore[method-assign]
     try:
         async with (
             app.router.lifespan_context(app),

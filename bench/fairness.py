@@ -156,7 +156,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def sample_flooder(runtime: Runtime, flooder: Org, sampled: Sampled) -> None:
     """The flooding organization's share of the workers, every SAMPLE_SECONDS."""
-    queue, org = runtime.queue.queue, str(flooder.org_id)
+    queue, org = runtime.queues["orchestration"].queue, str(flooder.org_id)
     while not sampled.stop.is_set():
         jobs = await queue.getJobs(["active"])
         active = sum(1 for job in jobs if job and job.data.get("org_id") == org)

@@ -28,7 +28,8 @@ def _run(code: str) -> Any:
 def test_starting_the_api_or_a_worker_imports_no_ai_or_mcp_sdk() -> None:
     assert (
         _run(
-            "import taskloom.cli, taskloom.app, taskloom.queue.worker, taskloom.tools.registry\n"
+            "import taskloom.cli, taskloom.app, taskloom.jobs, taskloom.queue.worker\n"
+            "import taskloom.tools.registry\n"
             "from taskloom.executions.steps import STEP_TYPES\n"
             "assert {'ai', 'tool'} <= set(STEP_TYPES)\n"
             "print(json.dumps(loaded()))\n"

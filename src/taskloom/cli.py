@@ -98,8 +98,8 @@ async def _serve(
     from taskloom.app import create_app
     from taskloom.auth.accounts import create_account, instance_has_users
     from taskloom.db.migrate import migrate
+    from taskloom.jobs import worker_service
     from taskloom.observability import tracing
-    from taskloom.queue.worker import WorkerService
     from taskloom.runtime import open_runtime
 
     async with _services(settings) as live:
@@ -109,7 +109,7 @@ async def _serve(
             # `taskloom migrate` job runs before the new release's processes (docs/OPERATIONS.md).
             await migrate(live)
         runtime = await open_runtime(live)
-        worker = WorkerService(runtime) if with_worker else None
+        worker = worker_service(runtime) if with_worker else None
         try:
             if bootstrap and not await instance_has_users(runtime=runtime):
                 password = secrets.token_urlsafe(15)
@@ -230,14 +230,14 @@ def worker() -> None:
 
 
 async def _work(settings: Settings, budget: ExitBudget) -> None:
+    from taskloom.jobs import worker_service
     from taskloom.observability import tracing
-    from taskloom.queue.worker import WorkerService
     from taskloom.runtime import open_runtime
 
     async with _services(settings) as live:
         tracing.configure(live, service="taskloom-worker")
         runtime = await open_runtime(live)
-        service = WorkerService(runtime)
+        service = worker_service(runtime)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,9 +1,11 @@
-"""The long-lived resources of one process (engines, Redis client, password hasher), created
-once at start-up and reached by routes through `request.app.state.runtime`."""
+"""The long-lived resources of one process (engines, Redis client, password hasher, the queues'
+producers and the fair scheduler), created once at start-up and reached by routes through
+`request.app.state.runtime`."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -15,7 +17,8 @@ from taskloom.config import Settings, redact_url
 from taskloom.crypto import CredentialCipher
 from taskloom.db.engine import Database, check_roles, create_database
 from taskloom.observability import tracing
-from taskloom.queue.jobs import ExecutionQueue, GdprExportQueue, WebhookQueue
+from taskloom.queue.fairness import FairScheduler
+from taskloom.queue.jobs import Queues, QueueSpec
 from taskloom.redis import Keys, connect_redis
 
 log = structlog.get_logger("taskloom.runtime")
@@ -28,21 +31,24 @@ class Runtime:
     redis: Redis
     keys: Keys
     passwords: Passwords
-    queue: ExecutionQueue
-    gdpr_queue: GdprExportQueue
     cipher: CredentialCipher
-    webhook_queue: WebhookQueue
+    queues: Queues  # every declared queue's producer, by name (`runtime.queues[name]`)
+    fair: FairScheduler  # per-organization admission to the queues (queue/fairness.py)
 
     async def close(self) -> None:
-        await self.queue.close()
-        await self.gdpr_queue.close()
-        await self.webhook_queue.close()
+        await self.queues.close()
         await self.redis.aclose()
         await self.database.dispose()
 
 
-async def open_runtime(settings: Settings) -> Runtime:
-    """Connect to PostgreSQL and Redis and check the database roles are safe to use."""
+async def open_runtime(settings: Settings, queues: Sequence[QueueSpec] | None = None) -> Runtime:
+    """Connect to PostgreSQL and Redis and check the database roles are safe to use. `queues`
+    defaults to every queue the domains declare (taskloom/jobs.py)."""
+    if queues is None:
+        # Imported here: the list imports every domain, and the domains import this module.
+        from taskloom.jobs import QUEUES
+
+        queues = QUEUES
     database = create_database(settings)
     tracing.instrument_engines(database.app_engine, database.system_engine, database.export_engine)
     try:
@@ -65,8 +71,7 @@ async def open_runtime(settings: Settings) -> Runtime:
         redis=redis,
         keys=keys,
         passwords=Passwords.from_settings(settings),
-        queue=ExecutionQueue(settings, redis, keys),
-        gdpr_queue=GdprExportQueue(settings),
         cipher=CredentialCipher.from_settings(settings),
-        webhook_queue=WebhookQueue(settings),
+        queues=Queues(queues, settings),
+        fair=FairScheduler(redis, keys, settings),
     )

@@ -368,6 +368,6 @@ async def test_an_export_taken_during_a_database_outage_waits_without_using_an_a
             break
         await asyncio.sleep(0.1)
     assert status["status"] == "ready", status
-    job = await queue_runtime.gdpr_queue.queue.getJob(request_id)
+    job = await queue_runtime.queues["gdpr"].queue.getJob(request_id)
     assert job is not None
     assert job.attemptsMade <= 1, job.attemptsMade  # the outage used up no attempt

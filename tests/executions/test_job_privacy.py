@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.runtime import Runtime
 from tests.factories import PASSWORD, register
 from tests.gdpr.traces import scan_redis
@@ -31,7 +32,7 @@ async def test_a_failed_job_keeps_ids_and_codes_only_and_erasure_removes_it(
     assert failed["error"]["code"] == "template_error"
     assert person.email in failed["error"]["message"]  # the execution row has the message
 
-    job = await queue_runtime.queue.job(uuid.UUID(execution_id))
+    job = await ExecutionQueue(queue_runtime).job(uuid.UUID(execution_id))
     assert job is not None
     assert job.failedReason == "pick: template_error"
     assert job.stacktrace == []
@@ -49,5 +50,5 @@ async def test_a_failed_job_keeps_ids_and_codes_only_and_erasure_removes_it(
         headers=person.headers,
     )
     assert erased.status_code == 200, erased.text
-    assert await queue_runtime.queue.state(uuid.UUID(execution_id)) == "unknown"
+    assert await ExecutionQueue(queue_runtime).state(uuid.UUID(execution_id)) == "unknown"
     assert await scan_redis(queue_runtime, [str(person.user_id)]) == []

@@ -10,9 +10,10 @@ from sqlalchemy import text, update
 
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.executions.reconciler import Candidate, Reconciler
 from taskloom.runtime import Runtime
-from taskloom.webhooks.delivery import dispatch_pending
+from taskloom.webhooks.delivery import dispatch_pending, requeue_lost_deliveries
 from tests.factories import Account
 from tests.workers import create_workflow, execute
 
@@ -23,8 +24,8 @@ async def _orphan(api: httpx.AsyncClient, owner: Account, runtime: Runtime) -> C
         api, owner, [{"id": "s", "type": "transform", "args": {"value": 1}}]
     )
     execution_id = uuid.UUID(await execute(api, owner, workflow_id))
-    assert await runtime.queue.state(execution_id) == "waiting"
-    await runtime.queue.remove(execution_id)
+    assert await ExecutionQueue(runtime).state(execution_id) == "waiting"
+    await ExecutionQueue(runtime).remove(execution_id)
     assert owner.org_id is not None
     return Candidate(execution_id, owner.org_id, request_id="req-reconcile")
 
@@ -33,10 +34,10 @@ async def test_an_execution_whose_job_vanished_is_enqueued_again(
     api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
 ) -> None:
     orphan = await _orphan(api, owner, queue_runtime)
-    report = await Reconciler(queue_runtime, owner="test").settle([orphan])
+    report = await Reconciler(queue_runtime).settle([orphan])
     assert (report.enqueued, report.replaced, report.failed) == (1, 0, 0)
-    assert await queue_runtime.queue.state(orphan.execution_id) == "waiting"
-    job = await queue_runtime.queue.job(orphan.execution_id)
+    assert await ExecutionQueue(queue_runtime).state(orphan.execution_id) == "waiting"
+    job = await ExecutionQueue(queue_runtime).job(orphan.execution_id)
     assert job is not None
     assert job.data["request_id"] == "req-reconcile"
 
@@ -52,9 +53,10 @@ async def test_an_execution_that_finished_after_the_read_is_left_alone(
             .where(WorkflowExecution.id == stale.execution_id)
             .values(status=ExecutionStatus.SUCCEEDED)
         )
-    report = await Reconciler(queue_runtime, owner="test").settle([stale])
+    report = await Reconciler(queue_runtime).settle([stale])
     assert (report.enqueued, report.replaced, report.failed) == (0, 0, 0)
-    assert await queue_runtime.queue.state(stale.execution_id) == "unknown"  # no no-op job
+    queue = ExecutionQueue(queue_runtime)
+    assert await queue.state(stale.execution_id) == "unknown"  # no no-op job
 
 
 async def test_webhook_deliveries_whose_job_redis_lost_are_queued_again(
@@ -79,10 +81,9 @@ async def test_webhook_deliveries_whose_job_redis_lost_are_queued_again(
                 {"hook": hook.json()["id"]},
             )
         ).all()
-    await queue_runtime.webhook_queue.queue.remove(str(lost))  # as after a Redis flush
+    await queue_runtime.queues["webhooks"].queue.remove(str(lost))  # as after a Redis flush
 
-    reconciler = Reconciler(queue_runtime, owner="test")
-    assert await reconciler.requeue_lost_deliveries() == 1
-    assert await queue_runtime.webhook_queue.state(lost) == "waiting"
-    assert await queue_runtime.webhook_queue.state(kept) == "waiting"
-    assert await reconciler.requeue_lost_deliveries() == 0  # nothing lost any more
+    assert await requeue_lost_deliveries(queue_runtime) == 1
+    assert await queue_runtime.queues["webhooks"].state(str(lost)) == "waiting"
+    assert await queue_runtime.queues["webhooks"].state(str(kept)) == "waiting"
+    assert await requeue_lost_deliveries(queue_runtime) == 0  # nothing lost any more

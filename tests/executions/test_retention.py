@@ -15,7 +15,8 @@ from sqlalchemy import text
 
 from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
-from taskloom.executions.reconciler import Reconciler
+from taskloom.jobs import UPKEEPS
+from taskloom.queue.upkeep import Upkeeps
 from taskloom.runtime import Runtime
 from tests.cli_support import deployment_env, run_taskloom
 from tests.factories import register
@@ -225,7 +226,7 @@ async def test_the_workers_housekeeping_purges_expired_executions(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     seeded = await _seed(runtime, client)
-    await Reconciler(runtime, owner="test").housekeeping()
+    await Upkeeps(runtime, UPKEEPS, owner="test").tick()  # the leader's upkeep, once
     after = await _left(runtime, seeded.org_id)
     assert after["executions"] == set(seeded.kept.values())
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import insert, text
 
 from taskloom.auth import ratelimit
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.gdpr import archive
 from taskloom.models import metadata
 from taskloom.redis import Cache
@@ -295,7 +296,7 @@ async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     assert not await runtime.redis.exists(failures)
     # The export's link is dead, its archive and its job gone.
     assert (await subject_client.get(queued.json()["download_url"])).status_code == 404
-    assert await runtime.gdpr_queue.queue.getJobState(str(export_id)) == "unknown"
+    assert await runtime.queues["gdpr"].queue.getJobState(str(export_id)) == "unknown"
     # Their tokens stop working at once.
     assert (await subject_client.get("/auth/me", headers=subject.headers)).status_code == 401
     # Their queued execution is cancelled, its job gone; their Redis keys are gone.
@@ -303,9 +304,9 @@ async def test_erasure_leaves_no_trace_and_spares_everyone_else(
     execution = await client.get(f"/api/executions/{world.execution_id}", headers=owner.headers)
     assert execution.json()["status"] == "cancelled"
     assert execution.json()["triggered_by"] is None
-    assert await runtime.queue.state(uuid.UUID(world.execution_id)) == "unknown"
+    assert await ExecutionQueue(runtime).state(uuid.UUID(world.execution_id)) == "unknown"
     # ...and its place in the fair scheduler is given back at once, not by the reconciler later.
-    assert world.execution_id not in await runtime.queue.fair.running(owner.org_id)  # type: ignore[arg-type]
+    assert world.execution_id not in await runtime.fair.running(owner.org_id)  # type: ignore[arg-type]
     assert await cache.get(f"user:{subject.user_id}", "search") is None
     # Everyone else's data is intact, and the shared organization's chain still verifies.
     workflow = await client.get(f"/api/workflows/{world.workflow_id}", headers=owner.headers)

@@ -30,7 +30,7 @@ from bench.chaos import (
 from taskloom.app import create_app
 from taskloom.config import Settings
 from taskloom.executions import state
-from taskloom.queue.worker import WorkerService
+from taskloom.jobs import worker_service
 from taskloom.runtime import Runtime, open_runtime
 from tests.conftest import fresh_deployment
 from tests.factories import Account, register
@@ -255,7 +255,7 @@ async def test_a_hand_back_between_steps_does_not_run_the_finished_step_again(
     runtime = await open_runtime(
         queue_settings.model_copy(update={"shutdown_timeout_seconds": 0.2})
     )
-    service = WorkerService(runtime, name="between-steps")
+    service = worker_service(runtime, name="between-steps")
     try:
         await service.start()
         execution_id = await execute(api, owner, workflow_id)
@@ -304,7 +304,7 @@ async def test_a_job_still_being_claimed_when_the_shutdown_times_out_is_handed_b
     runtime = await open_runtime(
         queue_settings.model_copy(update={"shutdown_timeout_seconds": 0.2})
     )
-    service = WorkerService(runtime, name="claiming")
+    service = worker_service(runtime, name="claiming")
     try:
         await service.start()
         execution_id = await execute(api, owner, workflow_id)

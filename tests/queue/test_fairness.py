@@ -31,6 +31,7 @@ from taskloom.config import Settings
 from taskloom.db.tenancy import tenant_transaction
 from taskloom.executions import service
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.executions.reconciler import Reconciler, ReconcileReport
 from taskloom.orgs.models import Role
 from taskloom.runtime import Runtime, open_runtime
@@ -170,7 +171,7 @@ async def poll(predicate: Any, *, within: float, what: str) -> None:
 
 
 async def job_states(runtime: Runtime, ids: list[str]) -> list[str]:
-    return [await runtime.queue.state(uuid.UUID(i)) for i in ids]
+    return [await ExecutionQueue(runtime).state(uuid.UUID(i)) for i in ids]
 
 
 # --- the guarantees ------------------------------------------------------------------------------
@@ -203,10 +204,10 @@ async def test_an_organization_at_its_cap_holds_no_worker_slot_while_another_run
             states = await job_states(d.runtime, flood)
             assert states.count("active") == 1, states
             assert states.count("unknown") == 9, states
-            assert await d.runtime.queue.fair.waiting(flooder.org_id) == 9  # type: ignore[arg-type]
+            assert await d.runtime.fair.waiting(flooder.org_id) == 9  # type: ignore[arg-type]
             assert gate.inflight("flood") == 1
             await asyncio.sleep(0.05)
-        counts = await d.runtime.queue.counts()
+        counts = await ExecutionQueue(d.runtime).counts()
         assert counts.get("active") == 4, counts
         assert counts.get("delayed", 0) == 0, counts
 
@@ -220,7 +221,7 @@ async def test_an_organization_at_its_cap_holds_no_worker_slot_while_another_run
         assert gate.log.max_inflight["flood"] == 1  # never more than its cap
         assert gate.log.max_inflight["other"] == 3
         assert "execution_deferred" not in worker.output()  # the claim never had to defer
-        assert await d.runtime.queue.fair.running(flooder.org_id) == set()  # type: ignore[arg-type]
+        assert await d.runtime.fair.running(flooder.org_id) == set()  # type: ignore[arg-type]
 
 
 async def test_organizations_take_turns_round_robin(
@@ -328,7 +329,7 @@ async def test_an_admission_cut_short_by_a_crash_loses_nothing(
                     max_queued=100,
                 )
                 created.append(execution.id)
-        fair = d.runtime.queue.fair
+        fair = d.runtime.fair
         admitted = []
         for execution_id in created[:5]:  # the script ran; the process died before Queue.add
             admitted += await fair.accept(org_id=owner.org_id, execution_id=execution_id, data={})
@@ -358,7 +359,7 @@ async def test_the_slot_of_an_execution_whose_worker_died_after_finishing_it_is_
             d.api, owner, [{"id": "t", "type": "transform", "args": {"value": 1}}]
         )
         first, second = [uuid.UUID(await execute(d.api, owner, workflow)) for _ in range(2)]
-        fair = d.runtime.queue.fair
+        fair = d.runtime.fair
         assert await fair.running(owner.org_id) == {str(first)}  # the cap: the second waits
         assert await fair.waiting(owner.org_id) == 1
         async with tenant_transaction(d.runtime.database, org_id=owner.org_id, user_id=None) as db:
@@ -369,10 +370,10 @@ async def test_the_slot_of_an_execution_whose_worker_died_after_finishing_it_is_
         # The reconciler's pass over executions admitted before its cutoff (here: any).
         report = ReconcileReport()
         cutoff = int((time.time() + 60) * 1000)
-        await Reconciler(d.runtime, owner="test").settle_admitted(cutoff, set(), report)
+        await Reconciler(d.runtime).settle_admitted(cutoff, set(), report)
         assert report.released == 1
         assert await fair.running(owner.org_id) == {str(second)}
-        assert await d.runtime.queue.state(second) == "waiting"
+        assert await ExecutionQueue(d.runtime).state(second) == "waiting"
 
 
 async def test_the_queued_limit_is_exact_although_organizations_far_below_it_are_not_counted(

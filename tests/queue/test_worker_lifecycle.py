@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from taskloom.config import Settings
+from taskloom.jobs import worker_service
 from taskloom.queue.shutdown import EXIT_MARGIN_SECONDS
-from taskloom.queue.worker import WorkerService
 from taskloom.runtime import Runtime, open_runtime
 from tests.factories import Account, register
 from tests.servers import free_port
@@ -325,11 +325,10 @@ async def test_health_queue_reports_workers_and_counts(
 async def test_the_worker_uses_the_orchestration_lock_settings(queue_runtime: Runtime) -> None:
     assert Settings(_env_file=None).queue_lock_duration_ms == 300_000  # type: ignore[call-arg]
     assert Settings(_env_file=None).shutdown_timeout_seconds == 30  # type: ignore[call-arg]
-    service = WorkerService(queue_runtime, name="opts-check")
+    service = worker_service(queue_runtime, name="opts-check")
     await service.start()
     try:
-        assert service.worker is not None
-        opts = service.worker.opts
+        opts = service.workers["orchestration"].opts
         settings = queue_runtime.settings
         assert opts["lockDuration"] == settings.queue_lock_duration_ms == 300_000
         assert opts["lockRenewTime"] == 150_000
@@ -388,7 +387,7 @@ async def test_a_running_job_that_loses_its_lock_is_reported_once_per_failed_ren
     queue_settings: Settings,
 ) -> None:
     runtime = await open_runtime(queue_settings.model_copy(update={"queue_lock_duration_ms": 1000}))
-    service = WorkerService(runtime, name="lock-loss")
+    service = worker_service(runtime, name="lock-loss")
     key = unique_key("held")
     step = {"id": "s", "type": "http", "args": {"url": counting_server.url(key, sleep=2)}}
     workflow_id = await create_workflow(api, owner, [step])
@@ -418,16 +417,16 @@ async def test_a_renewal_failure_for_a_job_that_already_finished_is_no_alarm(
     meanwhile as a failure; that is no lost lock and must not page anyone."""
     step = {"id": "t", "type": "transform", "args": {"value": 1}}
     workflow_id = await create_workflow(api, owner, [step])
-    service = WorkerService(queue_runtime, name="lock-race")
+    service = worker_service(queue_runtime, name="lock-race")
     await service.start()
     try:
         execution_id = await execute(api, owner, workflow_id)
         assert (await wait_for_status(api, owner, execution_id))["status"] == "succeeded"
-        assert service.worker is not None
         before, errors_before = _renewal_failures(), _worker_errors()
         # Exactly what bullmq's lock manager emits when the race happens.
-        service.worker.emit("lockRenewalFailed", [execution_id])
-        service.worker.emit("error", Exception(f"could not renew lock for job {execution_id}"))
+        worker = service.workers["orchestration"]
+        worker.emit("lockRenewalFailed", [execution_id])
+        worker.emit("error", Exception(f"could not renew lock for job {execution_id}"))
         assert _renewal_failures() == before
         assert _worker_errors() == errors_before
     finally:

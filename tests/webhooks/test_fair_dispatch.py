@@ -76,7 +76,7 @@ async def test_a_flooding_organization_gets_its_allowance_and_a_quiet_one_is_not
 
     statuses = await _statuses(runtime, [*flood_ids, quiet_id])
     assert statuses[quiet_id] == "queued"
-    assert await runtime.webhook_queue.state(quiet_id) == "waiting"
+    assert await runtime.queues["webhooks"].state(str(quiet_id)) == "waiting"
     queued = [i for i in flood_ids if statuses[i] == "queued"]
     assert queued == flood_ids[:allowance]  # oldest first
 

@@ -6,7 +6,7 @@ call's worst-case cost to `reserved_usd` and writes a `pending` ai_usage row, al
 transaction. Two workers reserving at once queue on that row lock, so they can never both spend
 the last dollar. After the call `settle` moves the actual cost from reserved to spent (0 on
 failure); reservations of calls that never settled (a killed worker) are released by
-`release_abandoned`, which the reconciler runs.
+`release_abandoned`, which the leader worker runs as upkeep.
 
 Months are calendar months in UTC. An organization without `monthly_budget_usd` is unlimited,
 but its spend is still tracked.
@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import text
@@ -34,6 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.ai.catalog import ModelPrice
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction, tenant_transaction
+from taskloom.queue.host import Upkeep
+
+if TYPE_CHECKING:
+    from taskloom.runtime import Runtime
 
 log = structlog.get_logger("taskloom.ai")
 
@@ -300,7 +304,7 @@ async def settle(
 
 async def release_abandoned(database: Database, *, older_than_seconds: int) -> int:
     """Release reservations of calls that never settled (their worker died). Runs across
-    organizations on the privileged engine, from the reconciler's housekeeping."""
+    organizations on the privileged engine: `ABANDONED_RESERVATIONS`, the leader's upkeep."""
     async with system_transaction(database) as db:
         rows = (
             await db.execute(
@@ -400,3 +404,13 @@ async def month_summary(
             for model, calls, tin, tout, cost in per_model
         ],
     }
+
+
+async def _release(runtime: Runtime) -> None:
+    # Logged by release_abandoned.
+    await release_abandoned(
+        runtime.database, older_than_seconds=runtime.settings.ai_reservation_ttl_seconds
+    )
+
+
+ABANDONED_RESERVATIONS = Upkeep(name="abandoned_ai_reservations", run=_release)

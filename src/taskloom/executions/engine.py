@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from taskloom.executions import control, state
 from taskloom.executions.models import ExecutionStatus, StepStatus
 from taskloom.executions.plan import Plan, StepState
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.executions.state import Run
 from taskloom.executions.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
 from taskloom.executions.template_process import TemplateRenderer
@@ -551,7 +552,9 @@ class Engine:
                     input=args.get("input") or {},
                 )
                 if created is not None:
-                    await self.runtime.queue.submit(execution_id=created, org_id=self.run.org_id)
+                    await ExecutionQueue(self.runtime).submit(
+                        execution_id=created, org_id=self.run.org_id
+                    )
             if isinstance(found, control.Done):
                 return await self._succeeded(step_id, index, args, _checked_output(found.output))
             await state.mark_waiting(

@@ -1,6 +1,7 @@
-"""Keeps execution rows, the fair scheduler and BullMQ jobs from diverging. One leader at a time
-(a Redis lock) looks at executions left queued or running longer than RECONCILE_GRACE_SECONDS,
-and at executions admitted by the fair scheduler longer ago than that, and:
+"""Keeps execution rows, the fair scheduler and BullMQ jobs from diverging. The executions'
+leader-only upkeep (`UPKEEP`, run by one worker at a time, queue/upkeep.py) looks at executions
+left queued or running longer than RECONCILE_GRACE_SECONDS, and at executions admitted by the fair
+scheduler longer ago than that, and:
 
 - no job, and the execution is admitted (a process died between the admission and
   `Queue.add`, or Redis lost the job) ⇒ add its job;
@@ -21,33 +22,23 @@ Jobs waiting, delayed or active are left alone: BullMQ's stalled check recovers 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 import structlog
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
-from taskloom.ai import budget
 from taskloom.db.tenancy import system_transaction
-from taskloom.executions import retention
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
-from taskloom.gdpr import archive
+from taskloom.executions.queue import ExecutionQueue
+from taskloom.queue.host import Upkeep
 from taskloom.runtime import Runtime
 
 log = structlog.get_logger("taskloom.queue")
 
 BATCH = 500
-# Renew the leader lock only if we still hold it (compare-and-expire).
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 _UNFINISHED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
@@ -88,87 +79,13 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, runtime: Runtime, *, owner: str) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.owner = owner
-        self.key = runtime.keys("reconciler", "leader")
-        self._renew = runtime.redis.register_script(_RENEW)
-
-    async def is_leader(self) -> bool:
-        """Take or keep the leader lock; it outlives two intervals so one missed tick is fine."""
-        ttl_ms = int(self.runtime.settings.reconcile_interval_seconds * 2_000) + 1_000
-        redis = self.runtime.redis
-        if await redis.set(self.key, self.owner, nx=True, px=ttl_ms):
-            return True
-        return bool(await self._renew(keys=[self.key], args=[self.owner, ttl_ms]))
-
-    async def release(self) -> None:
-        if await self.runtime.redis.get(self.key) == self.owner:
-            await self.runtime.redis.delete(self.key)
-
-    async def run_forever(self, stop: asyncio.Event | None = None) -> None:
-        """Tick until `stop` is set; a tick in progress finishes (stopping never interrupts a
-        database call half-way, which asyncpg may not survive)."""
-        interval = self.runtime.settings.reconcile_interval_seconds
-        stop = stop or asyncio.Event()
-        while not stop.is_set():
-            try:
-                if await self.is_leader():
-                    report = await self.reconcile_once()
-                    if report:
-                        log.warning("reconciled", **report.__dict__)
-                    await self.housekeeping()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis or PostgreSQL down: try again next tick
-                log.exception("reconcile_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-
-    async def housekeeping(self) -> None:
-        """Upkeep the leader does each tick: expired exports and executions, lost deliveries,
-        abandoned AI reservations."""
-        if purged := await archive.purge_expired(self.runtime):
-            log.info("expired_exports_purged", chunks=purged)
-        # A few batches a tick: a backlog (a first run, a shortened retention) drains over
-        # several ticks instead of holding the leader for long.
-        expired = await retention.purge_expired_executions(self.runtime, max_batches=4)
-        if not expired.empty:
-            log.info("expired_executions_purged", **expired.counts())
-        if requeued := await self.requeue_lost_deliveries():
-            log.warning("webhook_deliveries_requeued", deliveries=requeued)
-        # AI budget reservations of calls whose worker died (logged by release_abandoned).
-        await budget.release_abandoned(
-            self.runtime.database,
-            older_than_seconds=self.runtime.settings.ai_reservation_ttl_seconds,
-        )
+        self.queue = ExecutionQueue(runtime)
 
     def _cutoff(self) -> datetime:
         """Rows older than this have had time to reach their job (RECONCILE_GRACE_SECONDS)."""
         return datetime.now(UTC) - timedelta(seconds=self.runtime.settings.reconcile_grace_seconds)
-
-    async def requeue_lost_deliveries(self) -> int:
-        """Webhook deliveries handed to the queue (`queued`) longer than the grace period whose
-        job is gone — Redis lost its data — are enqueued again. Enqueueing is idempotent (the
-        job id is the delivery's id) and a delivery already attempted is skipped by the
-        deliverer, so a job that finished in between costs one no-op job, never a second POST."""
-        cutoff = self._cutoff()
-        async with system_transaction(self.runtime.database) as db:
-            rows = (
-                await db.execute(
-                    text(
-                        "select id, org_id from webhook_deliveries where status = 'queued' "
-                        "and created_at < :cutoff order by created_at limit :n"
-                    ),
-                    {"cutoff": cutoff, "n": BATCH},
-                )
-            ).all()
-        queue, requeued = self.runtime.webhook_queue, 0
-        for delivery_id, org_id in rows:
-            if await queue.state(delivery_id) == "unknown":
-                await queue.enqueue(delivery_id=delivery_id, org_id=org_id)
-                requeued += 1
-        return requeued
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass. Runs on the privileged role: it looks across every organization."""
@@ -204,7 +121,7 @@ class Reconciler:
         like an orphan. So the job states are read first and the executions whose job looks
         finished are read again after; a worker commits the execution before it completes the
         job, so one still unfinished then is a real orphan."""
-        queue, report = self.runtime.queue, report or ReconcileReport()
+        queue, report = self.queue, report or ReconcileReport()
         states = [(c, await queue.state(c.execution_id)) for c in candidates]
         orphaned = {c.execution_id for c, state in states if state in ("unknown", "completed")}
         unfinished = await self._still_unfinished(orphaned) if orphaned else set()
@@ -229,7 +146,7 @@ class Reconciler:
         self, candidate: Candidate, state: str, place: str | None, report: ReconcileReport
     ) -> None:
         """An unfinished execution whose job is gone (`unknown`) or done (`completed`)."""
-        queue = self.runtime.queue
+        queue = self.queue
         if place == "admitted":  # died between the admission and Queue.add, or Redis lost it
             if state == "unknown":
                 await queue.enqueue(**candidate.job_ids())
@@ -250,7 +167,7 @@ class Reconciler:
         """Executions admitted before `cutoff_ms`: free the slots of those finished or deleted
         in PostgreSQL (their worker died before freeing it), settle the others' jobs like any
         orphan (those `seen` already were)."""
-        admitted = await self.runtime.queue.fair.admitted_before(cutoff_ms, limit=BATCH)
+        admitted = await self.queue.fair.admitted_before(cutoff_ms, limit=BATCH)
         admitted = [(org, execution) for org, execution in admitted if execution not in seen]
         if not admitted:
             return
@@ -268,7 +185,7 @@ class Reconciler:
         unfinished = {row[0]: Candidate(*row[:3]) for row in rows if row[3] in _UNFINISHED}
         for org_id, execution_id in admitted:
             if execution_id not in unfinished:
-                await self.runtime.queue.finished(execution_id=execution_id, org_id=org_id)
+                await self.queue.finished(execution_id=execution_id, org_id=org_id)
                 report.released += 1
         await self.settle(list(unfinished.values()), report)
 
@@ -296,3 +213,13 @@ class Reconciler:
                 )
             )
         log.warning("execution_failed_by_reconciler", execution_id=str(execution_id), reason=reason)
+
+
+async def reconcile(runtime: Runtime) -> None:
+    """One pass of the reconciler, logged when it repaired anything."""
+    report = await Reconciler(runtime).reconcile_once()
+    if report:
+        log.warning("reconciled", **report.__dict__)
+
+
+UPKEEP = Upkeep(name="reconcile_executions", run=reconcile)

@@ -3,10 +3,10 @@ cancelled) whose `finished_at` is older than the retention are deleted in batche
 steps and their events' webhook deliveries; their `ai_usage` rows are first summed per day into
 `ai_usage_daily` (ai/rollup.py). Queued and running executions are never touched, however old.
 
-The workers' housekeeping (executions/reconciler.py, one leader at a time) purges a few batches per
-tick; `taskloom purge` runs it to the end now, and `--dry-run` counts what would go. Privileged
-transactions, one per batch: the purge works across organizations, and a batch's rows are
-locked with SKIP LOCKED so it never waits on (or for) anything else."""
+The executions' upkeep (`UPKEEP`, on the one worker leading the upkeep, queue/upkeep.py) purges
+a few batches per tick; `taskloom purge` runs it to the end now, and `--dry-run` counts what
+would go. Privileged transactions, one per batch: the purge works across organizations, and a
+batch's rows are locked with SKIP LOCKED so it never waits on (or for) anything else."""
 
 from __future__ import annotations
 
@@ -14,16 +14,23 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+import structlog
 from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.ai.rollup import roll_up
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, ExecutionStep, WorkflowExecution
+from taskloom.queue.host import Upkeep
 from taskloom.runtime import Runtime
 from taskloom.webhooks.retention import purge_deliveries
 
+log = structlog.get_logger("taskloom.queue")
+
 BATCH = 500
+# Batches per upkeep tick: a backlog (a first run, a shortened retention) drains over several
+# ticks instead of holding the leader for long.
+BATCHES_PER_TICK = 4
 TERMINAL = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 
 
@@ -127,3 +134,13 @@ async def purge_expired_executions(
         if len(rows) < BATCH and (dry_run or report.ai_usage < BATCH):
             break  # the last batch was not full: nothing is left
     return total
+
+
+async def purge_some(runtime: Runtime) -> None:
+    """The upkeep's tick: a few batches of expired executions, logged when any went."""
+    expired = await purge_expired_executions(runtime, max_batches=BATCHES_PER_TICK)
+    if not expired.empty:
+        log.info("expired_executions_purged", **expired.counts())
+
+
+UPKEEP = Upkeep(name="execution_retention", run=purge_some)

@@ -13,7 +13,12 @@ from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, Viewer
 from taskloom.executions import approvals, service
 from taskloom.executions.models import ExecutionStatus
-from taskloom.executions.queue import after_cancel_commit, enqueue_after_commit, queue_limit
+from taskloom.executions.queue import (
+    ExecutionQueue,
+    after_cancel_commit,
+    enqueue_after_commit,
+    queue_limit,
+)
 from taskloom.executions.schemas import (
     ApprovalOut,
     DecisionRequest,
@@ -211,18 +216,19 @@ async def failed_jobs(
 ) -> list[FailedJobOut]:
     """Failed executions of this organization with what BullMQ recorded about their jobs.
     Retry one with POST /api/executions/{id}/retry."""
-    out = []
+    out: list[FailedJobOut] = []
+    queue = ExecutionQueue(ctx.runtime)
     for execution in await service.failed_executions(
         db=ctx.db, principal=ctx.principal, limit=limit
     ):
-        job = await ctx.runtime.queue.job(execution.id)
+        job = await queue.job(execution.id)
         out.append(
             FailedJobOut(
                 execution_id=execution.id,
                 workflow_id=execution.workflow_id,
                 error=execution.error,
                 finished_at=execution.finished_at,
-                job_state=await ctx.runtime.queue.state(execution.id) if job else "unknown",
+                job_state=await queue.state(execution.id) if job else "unknown",
                 failed_reason=job.failedReason if job else None,
                 attempts_made=job.attemptsMade if job else None,
             )

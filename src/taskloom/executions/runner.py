@@ -10,7 +10,7 @@ Outcomes, as BullMQ sees them:
   scheduler already keeps: a last line of defence); none counts as an attempt or fails it.
 
 A job that completed or failed for good frees its organization's slot in the fair scheduler
-(queue/fairness.py, `release_slot`), which admits the next execution round-robin; its job is
+(queue/fairness.py, `job_done`), which admits the next execution round-robin; its job is
 added in the same breath.
 """
 
@@ -28,14 +28,16 @@ from bullmq import DelayedError, Job, UnrecoverableError
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
+from taskloom.config import Settings
 from taskloom.executions import state
 from taskloom.executions.engine import Engine
+from taskloom.executions.queue import QUEUE, QUEUE_NAME, ExecutionQueue
 from taskloom.executions.state import Claim, Run
 from taskloom.executions.template_process import TemplateRenderer
 from taskloom.observability import tracing
-from taskloom.observability.metrics import QUEUE_EVENTS, QUEUE_JOB_DURATION
+from taskloom.observability.metrics import EXECUTIONS_RUNNING, QUEUE_EVENTS, QUEUE_JOB_DURATION
 from taskloom.observability.request_id import bound_request_id
-from taskloom.queue.jobs import QUEUE_NAME
+from taskloom.queue.host import JobType
 from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
 
@@ -107,7 +109,7 @@ class ExecutionRunner:
                 QUEUE_JOB_DURATION.labels(QUEUE_NAME).observe(time.perf_counter() - started)
                 structlog.contextvars.unbind_contextvars("job_id", "execution_id", "org_id")
 
-    def release_slot(self, job: Job) -> None:
+    def job_done(self, job: Job) -> None:
         """The job completed or failed for good (bullmq's events, sent once the job has left
         `active`): free its organization's slot in the fair scheduler, which admits the next
         execution, and add that one's job. Freed only now, so an organization never has more
@@ -129,7 +131,7 @@ class ExecutionRunner:
             await asyncio.sleep(RELEASE_GATHER_SECONDS)
             batch, self.to_release = self.to_release, []
             try:
-                await self.runtime.queue.finished_many(batch)
+                await ExecutionQueue(self.runtime).finished_many(batch)
             except Exception as error:  # Redis down: the reconciler frees the slots later
                 log.warning("slot_release_failed", executions=len(batch), error=repr(error))
 
@@ -192,7 +194,7 @@ class ExecutionRunner:
         try:
             if await state.wake_parent(self.runtime.database, run):
                 assert run.parent_execution_id is not None
-                await self.runtime.queue.resubmit(
+                await ExecutionQueue(self.runtime).resubmit(
                     execution_id=run.parent_execution_id, org_id=run.org_id
                 )
         except Exception as error:  # PostgreSQL or Redis blinked: the waker retries
@@ -214,6 +216,35 @@ class ExecutionRunner:
     @staticmethod
     async def _delay(job: Job, token: str, delay_ms: int) -> None:
         await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
+
+    # --- what the worker host asks of a drainable processor (queue/host.py) -------------------
+
+    def running(self) -> int:
+        return len(self.active)
+
+    def stop_taking(self) -> None:
+        self.handing_back = True
+
+    async def warm_up(self) -> None:
+        await self.templates.warm_up()  # the first loop template renders at once too
+
+    async def beat(self, *, worker: str, ttl_seconds: float) -> None:
+        """The fair scheduler admits work for live workers' slots only (queue/fairness.py)."""
+        EXECUTIONS_RUNNING.set(len(self.active))
+        await ExecutionQueue(self.runtime).register_worker(
+            worker=worker, slots=self.runtime.settings.worker_concurrency, ttl_seconds=ttl_seconds
+        )
+
+    async def leave(self, *, worker: str) -> None:
+        await ExecutionQueue(self.runtime).deregister_worker(worker=worker)
+
+    async def settle(self, seconds: float) -> None:
+        """Slots being freed by the last jobs (one Redis call each)."""
+        if self.releasing:
+            await asyncio.wait(set(self.releasing), timeout=seconds)
+
+    async def aclose(self) -> None:
+        await self.templates.aclose()  # render processes are killed
 
     def is_running(self, job_id: str) -> bool:
         """Whether this runner is still running the job (and not handing it back)."""
@@ -239,3 +270,17 @@ async def _forget_stalls(job: Job) -> None:
         return
     log.info("stall_count_reset", stalls=job.stalledCounter)
     job.stalledCounter = 0
+
+
+def _worker_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "concurrency": settings.worker_concurrency,
+        "lockDuration": settings.queue_lock_duration_ms,
+        "stalledInterval": settings.queue_stalled_interval_ms,
+        "maxStalledCount": settings.queue_max_stalled_count,
+    }
+
+
+JOB_TYPE = JobType(
+    queue=QUEUE, processor=ExecutionRunner, worker_purpose="worker", worker_options=_worker_options
+)

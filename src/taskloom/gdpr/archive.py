@@ -12,21 +12,29 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
+from bullmq import Job
 from sqlalchemy import delete, select, update
 
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
+from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
 from taskloom.errors import Conflict, Gone, NotFound
 from taskloom.gdpr import export
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
+from taskloom.observability import tracing
+from taskloom.queue.host import JobType, Upkeep
+from taskloom.queue.jobs import QueueSpec
+from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
 
 log = structlog.get_logger("taskloom.gdpr")
 
+EXPORT_QUEUE_NAME = "gdpr"
 LINK_TTL = timedelta(hours=24)
 CHUNK_BYTES = 1_048_576
 
@@ -69,7 +77,9 @@ async def queue_export(
             resource_id=request.id,
             details={"format": "zip", "queued": True},
         )
-    await runtime.gdpr_queue.enqueue(request.id)
+    await runtime.queues[EXPORT_QUEUE_NAME].add(
+        {"request_id": str(request.id)}, job_id=str(request.id)
+    )
     return QueuedExport(request_id=request.id, token=token, expires_at=expires_at)
 
 
@@ -163,7 +173,7 @@ async def _chunks(runtime: Runtime, request_id: uuid.UUID) -> AsyncIterator[byte
 
 
 async def purge_expired(runtime: Runtime) -> int:
-    """Drop archives whose link expired or was used (the reconciler calls this)."""
+    """Drop archives whose link expired or was used (the upkeep below, on the leader)."""
     async with system_transaction(runtime.database) as db:
         stale = select(GdprRequest.id).where(
             (GdprRequest.expires_at <= datetime.now(UTC)) | GdprRequest.downloaded_at.is_not(None)
@@ -172,3 +182,46 @@ async def purge_expired(runtime: Runtime) -> int:
             delete(GdprExportFile).where(GdprExportFile.request_id.in_(stale))
         )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+class ExportBuilder:
+    """The processor of the `gdpr` queue: one job per queued export (job id = the request's
+    id), built by `build`; put back while PostgreSQL is unreachable."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def process(self, job: Job, token: str) -> None:
+        with tracing.job_span(EXPORT_QUEUE_NAME, job.id):
+            async with put_back_on_database_outage(job, token, queue=EXPORT_QUEUE_NAME):
+                await build(self.runtime, uuid.UUID(job.data["request_id"]))
+
+
+async def _purge(runtime: Runtime) -> None:
+    if purged := await purge_expired(runtime):
+        log.info("expired_exports_purged", chunks=purged)
+
+
+def _retries(settings: Settings) -> dict[str, Any]:
+    return {"attempts": 3, "backoff": {"type": "exponential", "delay": 5_000}}
+
+
+def _worker_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "concurrency": 1,
+        "lockDuration": settings.queue_lock_duration_ms,
+        "stalledInterval": settings.queue_stalled_interval_ms,
+    }
+
+
+QUEUE = QueueSpec(
+    name=EXPORT_QUEUE_NAME, job_name="export", purpose="producer-gdpr", retries=_retries
+)
+JOB_TYPE = JobType(
+    queue=QUEUE,
+    processor=ExportBuilder,
+    worker_purpose="worker-gdpr",
+    worker_options=_worker_options,
+    name_suffix=":gdpr",
+)
+EXPORT_PURGE = Upkeep(name="expired_exports", run=_purge)

@@ -22,7 +22,8 @@ from taskloom.auth import ratelimit
 from taskloom.auth.models import User
 from taskloom.db.tenancy import system_transaction
 from taskloom.errors import Busy, Unauthorized
-from taskloom.gdpr import export
+from taskloom.executions.queue import ExecutionQueue
+from taskloom.gdpr import archive, export
 from taskloom.gdpr.erasure import Erasure, erase
 from taskloom.gdpr.models import GdprRequest
 from taskloom.redis import purge_matching
@@ -136,11 +137,12 @@ async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditC
         )
         removed = await purge_matching(runtime.redis, keys("cache", "*", f"user:{user_id}", "*"))
         removed += await purge_matching(runtime.redis, keys("ratelimit", "gdpr", "*", str(user_id)))
+        executions = ExecutionQueue(runtime)
         for org_id, execution_id in [*result.cancelled_executions, *result.leftover_jobs]:
             # The job, and the execution's place in its organization's ready list or slots.
-            await runtime.queue.withdraw(execution_id=execution_id, org_id=org_id)
+            await executions.withdraw(execution_id=execution_id, org_id=org_id)
         for request_id in result.export_requests:
-            await runtime.gdpr_queue.remove(request_id)
+            await runtime.queues[archive.EXPORT_QUEUE_NAME].remove(str(request_id))
         log.info("user_erased", pseudonym=result.pseudonym, redis_keys=removed)
     except (RedisError, OSError):
         log.exception("erasure_redis_cleanup_failed", pseudonym=result.pseudonym)

@@ -90,7 +90,7 @@ async def queue(request: Request) -> dict[str, Any] | JSONResponse:
     runtime: Runtime = request.app.state.runtime
     try:
         workers = await asyncio.wait_for(live_workers(runtime), checks.CHECK_SECONDS)
-        counts = await asyncio.wait_for(runtime.queue.counts(), checks.CHECK_SECONDS)
+        counts = await asyncio.wait_for(runtime.queues.health_counts(), checks.CHECK_SECONDS)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("queue_health_failed", error=repr(exc))
         return JSONResponse(

@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 
 from taskloom.errors import Unauthorized
 from taskloom.observability.metrics import DB_POOL, QUEUE_JOBS, REQUEST_WINDOW
-from taskloom.queue.jobs import GDPR_QUEUE_NAME, QUEUE_NAME, WEBHOOK_QUEUE_NAME
 from taskloom.runtime import Runtime
 
 router = APIRouter(tags=["observability"])
@@ -46,15 +45,10 @@ async def _refresh_queue_gauges(runtime: Runtime) -> None:
         return
     _last_refresh = now
     try:
-        queues: tuple[tuple[str, Any], ...] = (
-            (QUEUE_NAME, runtime.queue),
-            (GDPR_QUEUE_NAME, runtime.gdpr_queue),
-            (WEBHOOK_QUEUE_NAME, runtime.webhook_queue),
-        )
-        for name, queue in queues:
+        for queue in runtime.queues:
             counts = await asyncio.wait_for(queue.counts(), 1.0)
             for state, count in counts.items():
-                QUEUE_JOBS.labels(name, state).set(count)
+                QUEUE_JOBS.labels(queue.name, state).set(count)
     except (RedisError, OSError, TimeoutError):
         log.warning("queue_gauges_unavailable")
 

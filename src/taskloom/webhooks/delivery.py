@@ -19,6 +19,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,13 +31,15 @@ from taskloom import __version__
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
+from taskloom.config import Settings
 from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
 from taskloom.observability import tracing
 from taskloom.observability.request_id import bound_request_id
 from taskloom.outbound import send_bounded
-from taskloom.queue.jobs import WEBHOOK_QUEUE_NAME
+from taskloom.queue.host import JobType, Upkeep
+from taskloom.queue.jobs import QueueSpec
 from taskloom.queue.outage import put_back_on_database_outage
 from taskloom.runtime import Runtime
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -45,7 +48,10 @@ from taskloom.webhooks.signing import signature_header
 
 log = structlog.get_logger("taskloom.webhooks")
 
+WEBHOOK_QUEUE_NAME = "webhooks"
 DISPATCH_BATCH = 500
+WEBHOOK_CONCURRENCY = 10  # deliveries in flight per worker process (mostly waiting on I/O)
+LOST_BATCH = 500
 MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer: only its status matters
 _SYSTEM = AuditContext(user_agent="taskloom-worker")
 
@@ -101,7 +107,7 @@ async def dispatch_pending(runtime: Runtime) -> int:
         await db.execute(text("set local jit = off"))
         rows = (await db.execute(_DISPATCHABLE, {"n": DISPATCH_BATCH, "per_org": per_org})).all()
         for delivery_id, org_id in rows:
-            await runtime.webhook_queue.enqueue(delivery_id=delivery_id, org_id=org_id)
+            await enqueue(runtime, delivery_id=delivery_id, org_id=org_id)
         if rows:
             await db.execute(
                 text("update webhook_deliveries set status = 'queued' where id = any(:ids)"),
@@ -286,3 +292,80 @@ class WebhookDeliverer:
 
 def _ms(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
+
+
+async def enqueue(runtime: Runtime, *, delivery_id: uuid.UUID, org_id: uuid.UUID) -> None:
+    """Add the delivery's job (a no-op while one with its id exists)."""
+    await runtime.queues[WEBHOOK_QUEUE_NAME].add(
+        {"delivery_id": str(delivery_id), "org_id": str(org_id)}, job_id=str(delivery_id)
+    )
+
+
+async def requeue_lost_deliveries(runtime: Runtime) -> int:
+    """Webhook deliveries handed to the queue (`queued`) longer than RECONCILE_GRACE_SECONDS
+    whose job is gone — Redis lost its data — are enqueued again. Enqueueing is idempotent (the
+    job id is the delivery's id) and a delivery already attempted is skipped by the deliverer,
+    so a job that finished in between costs one no-op job, never a second POST."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=runtime.settings.reconcile_grace_seconds)
+    async with system_transaction(runtime.database) as db:
+        rows = (
+            await db.execute(
+                text(
+                    "select id, org_id from webhook_deliveries where status = 'queued' "
+                    "and created_at < :cutoff order by created_at limit :n"
+                ),
+                {"cutoff": cutoff, "n": LOST_BATCH},
+            )
+        ).all()
+    queue, requeued = runtime.queues[WEBHOOK_QUEUE_NAME], 0
+    for delivery_id, org_id in rows:
+        if await queue.state(str(delivery_id)) == "unknown":
+            await enqueue(runtime, delivery_id=delivery_id, org_id=org_id)
+            requeued += 1
+    return requeued
+
+
+async def _requeue_lost(runtime: Runtime) -> None:
+    if requeued := await requeue_lost_deliveries(runtime):
+        log.warning("webhook_deliveries_requeued", deliveries=requeued)
+
+
+async def _dispatch(runtime: Runtime) -> None:
+    await dispatch_pending(runtime)
+
+
+def _retries(settings: Settings) -> dict[str, Any]:
+    return {
+        "attempts": settings.webhook_max_attempts,
+        "backoff": {"type": "exponential", "delay": settings.webhook_backoff_ms},
+    }
+
+
+def _worker_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "concurrency": WEBHOOK_CONCURRENCY,
+        # An attempt is bounded by WEBHOOK_TIMEOUT_SECONDS; the lock outlives it.
+        "lockDuration": max(60_000, int(settings.webhook_timeout_seconds * 4_000)),
+    }
+
+
+# One job per delivery (job id = the first attempt's row id, so enqueueing twice is a no-op);
+# BullMQ retries failed attempts with exponential backoff.
+QUEUE = QueueSpec(
+    name=WEBHOOK_QUEUE_NAME, job_name="deliver", purpose="producer-webhooks", retries=_retries
+)
+JOB_TYPE = JobType(
+    queue=QUEUE,
+    processor=WebhookDeliverer,
+    worker_purpose="worker-webhooks",
+    worker_options=_worker_options,
+    name_suffix=":webhooks",
+)
+# Every worker moves new events from the outbox to the queue, every few moments.
+DISPATCH = Upkeep(
+    name="webhook_dispatch",
+    run=_dispatch,
+    leader_only=False,
+    interval=lambda settings: settings.webhook_dispatch_interval_seconds,
+)
+LOST_DELIVERIES = Upkeep(name="lost_webhook_deliveries", run=_requeue_lost)

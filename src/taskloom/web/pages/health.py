@@ -30,7 +30,7 @@ async def _queue(runtime: Runtime) -> dict[str, Any]:
     """Workers and job counts, within the health checks' time limit (as /health/queue)."""
     try:
         workers = await asyncio.wait_for(live_workers(runtime), checks.CHECK_SECONDS)
-        counts = await asyncio.wait_for(runtime.queue.counts(), checks.CHECK_SECONDS)
+        counts = await asyncio.wait_for(runtime.queues.health_counts(), checks.CHECK_SECONDS)
     except (RedisError, OSError, TimeoutError):
         return {"ok": False, "error": "Redis did not answer", "workers": [], "counts": {}}
     return {"ok": bool(workers), "error": None, "workers": workers, "counts": counts}
