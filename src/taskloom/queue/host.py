@@ -96,3 +96,9 @@ class Upkeep:
     run: Callable[[Runtime], Awaitable[None]]
     leader_only: bool = True
     interval: Callable[[Settings], float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.leader_only == (self.interval is not None):
+            raise ValueError(
+                f"upkeep {self.name!r}: an interval for upkeep on every worker, and only for it"
+            )

@@ -75,7 +75,8 @@ class Upkeeps:
         await _repeat(tick, stop, self.runtime.settings.reconcile_interval_seconds, "reconcile")
 
     async def _every(self, upkeep: Upkeep, stop: asyncio.Event) -> None:
-        interval = upkeep.interval(self.runtime.settings) if upkeep.interval else 60.0
+        assert upkeep.interval is not None  # checked by Upkeep
+        interval = upkeep.interval(self.runtime.settings)
 
         async def tick() -> None:
             await upkeep.run(self.runtime)
