@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # run at once whatever `max_parallel` says, and step + item runs (retries included) in all.
     max_for_each_items: int = Field(default=1_000, ge=1, le=10_000)
     max_parallel_items: int = Field(default=20, ge=1, le=200)
+    # Steps and items of one execution doing work at once, all together (its steps' parallel
+    # branches times their items): one execution's share of a worker, whatever it fans out.
+    max_parallel_per_execution: int = Field(default=20, ge=1, le=1_000)
     max_step_runs_per_execution: int = Field(default=10_000, ge=1, le=1_000_000)
     # Sub-workflow executions one root execution may start, children of children included.
     max_descendant_executions: int = Field(default=1_000, ge=0, le=100_000)

@@ -410,3 +410,34 @@ async def test_for_each_items_outputs_are_bounded_together(
     assert done["error"]["item_index"] == 2  # the third 400 kB output crosses 1 MB
     [step] = done["steps"]
     assert step["items"]["succeeded"] == 3
+
+
+async def test_one_execution_does_at_most_max_parallel_per_execution_at_once(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    """Three parallel branches of four items each, four at a time: twelve calls could run at
+    once, but the execution's budget is five."""
+    group = unique_key("budget")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": f"b{n}",
+                "type": "http",
+                "needs": [],
+                "for_each": "{{ [0, 1, 2, 3] }}",
+                "max_parallel": 4,
+                "args": {"url": counting_server.url(f"{group}-{n}", sleep=0.4, group=group)},
+            }
+            for n in range(3)
+        ],
+    )
+    start_worker(max_parallel_per_execution=5)
+    done = await wait_for_status(api, owner, await execute(api, owner, workflow_id), within=30)
+    assert done["status"] == "succeeded", done
+    assert counting_server.log.max_inflight[group] == 5
+    assert [counting_server.calls(f"{group}-{n}") for n in range(3)] == [4, 4, 4]

@@ -92,11 +92,13 @@ class Engine:
     step_runs: int = 0  # step and item runs of this execution so far (bounded)
     _tasks: dict[asyncio.Task[_Outcome], str] = field(default_factory=dict)
     _ready_rounds: int = 0  # parks refused because something waited for had happened
+    _budget: asyncio.Semaphore = field(init=False)  # step and item runs doing work at once
 
     def __post_init__(self) -> None:
         self.graph = Graph.of(self.run.definition)
         self.plan = Plan(self.graph, dict(self.run.states))
         self.step_runs = self.run.step_runs
+        self._budget = asyncio.Semaphore(self.runtime.settings.max_parallel_per_execution)
 
     # --- the execution --------------------------------------------------------------------------
 
@@ -443,19 +445,25 @@ class Engine:
         timeout = parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
         tolerated = bool(step.get("continue_on_error"))
         while True:
-            attempt = await self._start(step_id, index, step)
-            self.running.add((step_id, index))
             rendered: list[Any] = [None]
-            try:
-                self._count_run()
-                output = await self._attempt(
-                    step_id, index, step, scope, attempt, timeout, rendered
-                )
-            except StepError as error:
-                detail = {**error.as_json(), "step_id": step_id, "attempt": attempt}
+            failure: StepError | None = None
+            # Steps and items of this execution doing work at once, all together, are at most
+            # MAX_PARALLEL_PER_EXECUTION: however it fans out, one execution's load is bounded.
+            async with self._budget:
+                attempt = await self._start(step_id, index, step)
+                self.running.add((step_id, index))
+                try:
+                    self._count_run()
+                    output = await self._attempt(
+                        step_id, index, step, scope, attempt, timeout, rendered
+                    )
+                except StepError as raised:
+                    failure = raised
+            if failure is not None:
+                detail = {**failure.as_json(), "step_id": step_id, "attempt": attempt}
                 if index is not None:
                     detail["item_index"] = index
-                final = not policy.retries(error, attempt)
+                final = not policy.retries(failure, attempt)
                 stored = {"error": detail} if final and tolerated else None
                 await state.record_failure(
                     database,
@@ -469,7 +477,11 @@ class Engine:
                 )
                 self.running.discard((step_id, index))
                 log.warning(
-                    "step_failed", step_id=step_id, item_index=index, final=final, code=error.code
+                    "step_failed",
+                    step_id=step_id,
+                    item_index=index,
+                    final=final,
+                    code=failure.code,
                 )
                 if final:
                     return _Outcome(StepStatus.FAILED, stored, detail, tolerated)
