@@ -55,6 +55,7 @@ SEED_ORDER = (
     "workflow_executions",
     "execution_steps",
     "execution_step_items",
+    "execution_approvals",
     "ai_usage",
     "ai_usage_daily",
     "ai_budget_months",
@@ -82,6 +83,7 @@ OWNER_COLUMN = {
     "workflow_executions": "org_id",
     "execution_steps": "org_id",
     "execution_step_items": "org_id",
+    "execution_approvals": "org_id",
     "ai_usage": "org_id",
     "ai_usage_daily": "org_id",
     "ai_budget_months": "org_id",
@@ -244,6 +246,18 @@ def row_for(
                 "step_id": f"step-{tag}",
                 "item_index": 0,
                 "status": "pending",
+            }
+        case "execution_approvals":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "execution_id": side.execution_id,
+                "step_id": f"step-{tag}",
+                "approvers": {"role": "admin"},
+                "status": "approved",
+                "decided_by": side.user_id,
+                "comment": "looks right",
+                "timeout_at": datetime.now(UTC) + timedelta(hours=1),
             }
         case "ai_usage":
             return {

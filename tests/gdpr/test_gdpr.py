@@ -165,7 +165,13 @@ async def world(
             "tool_connections": "encrypted_credentials",
             "webhook_endpoints": "encrypted_secret",
         }
-        for table in ("ai_usage", "tool_connections", "webhook_endpoints", "gdpr_requests"):
+        for table in (
+            "ai_usage",
+            "tool_connections",
+            "webhook_endpoints",
+            "gdpr_requests",
+            "execution_approvals",
+        ):
             row = row_for(table, side)
             if table in secret:
                 row[secret[table]] = b"\x01ciphertext"
