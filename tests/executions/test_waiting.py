@@ -203,6 +203,41 @@ async def test_approvals_inside_a_for_each_are_decided_per_item_and_can_time_out
     assert timed_out["status"] == "timed_out"
 
 
+async def test_deciding_one_items_approval_parks_the_execution_again_while_the_others_wait(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    """The decided item finishes once; the item still waiting does not make its step look ready
+    (which kept the job re-running the step, and its finished items, until every item was
+    decided)."""
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "each",
+                "type": "approval",
+                "for_each": "{{ input.names }}",
+                "args": {"approvers": {"users": [str(owner.user_id)]}},
+            }
+        ],
+    )
+    worker = start_worker()
+    execution_id = await execute(api, owner, workflow_id, {"names": ["ann", "bob"]})
+    await worker.wait_for_log("execution_waiting", containing=execution_id)
+    assert (await _approve(api, owner, execution_id, "each/items/0")).status_code == 200
+    await worker.wait_for_log("execution_waiting", containing=execution_id, times=2)
+    await asyncio.sleep(1)  # time enough to spin, were it spinning
+    parked = await wait_for_status(api, owner, execution_id, {"waiting"}, within=1)
+    each = next(s for s in parked["steps"] if s["step_id"] == "each")
+    assert (each["items"]["succeeded"], each["items"]["waiting"]) == (1, 1)
+    assert len(worker.logged("execution_waiting", execution_id)) == 2
+
+    assert (await _approve(api, owner, execution_id, "each/items/1", "reject")).status_code == 200
+    done = await wait_for_status(api, owner, execution_id, within=15)
+    assert done["status"] == "succeeded", done
+    assert [o["approved"] for o in done["output"]] == [True, False]
+
+
 async def test_a_sub_workflow_returns_its_output_and_a_failing_child_fails_the_step(
     api: httpx.AsyncClient,
     owner: Account,

@@ -379,6 +379,11 @@ class Engine:
                 waiting[index] = outcome.wake_at
             elif outcome.status == StepStatus.SUCCEEDED or outcome.tolerated:
                 outputs[index] = outcome.output
+                # Finished for good: if the step runs again in this job (a waiting item's
+                # event came before it parked), this item is not run again.
+                self.run.items.setdefault(step_id, {})[index] = state.Item(
+                    status=outcome.status, output=outcome.output
+                )
                 # The step's output is bounded like any step's: stop as soon as its items'
                 # outputs together are over it (not after holding 1,000 of them in memory).
                 size[0] += len(json.dumps(outcome.output))

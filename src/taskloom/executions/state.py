@@ -665,9 +665,16 @@ select exists (
 ) or exists (
     select 1 from execution_approvals a
     where a.execution_id = :execution and a.status <> 'pending'
-      and exists (select 1 from execution_steps s
-                  where s.execution_id = a.execution_id and s.step_id = a.step_id
-                    and s.status = 'waiting')
+      and (a.item_index is null
+           and exists (select 1 from execution_steps s
+                       where s.execution_id = a.execution_id and s.step_id = a.step_id
+                         and s.status = 'waiting')
+           -- a for-each item's approval: its item waits, not just its step (whose other items
+           -- may still wait for theirs)
+           or a.item_index is not null
+           and exists (select 1 from execution_step_items i
+                       where i.execution_id = a.execution_id and i.step_id = a.step_id
+                         and i.item_index = a.item_index and i.status = 'waiting'))
 )
 """
 
