@@ -28,8 +28,9 @@ from tests.factories import Account, add_member, login, make_superuser, register
 ROLE_ORDER = ["viewer", "member", "admin", "owner"]
 # Calls that end the caller's own session run last, each with a fresh sign-in.
 ENDS_SESSION = {("POST", "/auth/logout"), ("POST", "/auth/logout-all")}
-# Path parameters naming global things (not an organization's): no cross-tenant check.
-GLOBAL_PARAMS = {"key", "org_id"}
+# Path parameters that are no organization's id (global things; a step and an item index
+# inside an execution, whose id is checked): no cross-tenant check of their own.
+GLOBAL_PARAMS = {"key", "org_id", "step_id", "index"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ def _random_values() -> dict[str, str]:
         }
     )
     values["key"] = "matrix-no-such-flag"
+    # Not ids: a step of the execution named beside them (the approve/reject routes), and a
+    # for-each item's index.
+    values["step_id"] = "t"
+    values["index"] = "0"
     return values
 
 
