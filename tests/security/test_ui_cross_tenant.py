@@ -15,15 +15,17 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from taskloom.db.tenancy import system_transaction
+from taskloom.executions.models import ApprovalStatus, ExecutionApproval
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member, make_superuser, register, unique_email
 from tests.web.support import csrf_of, sign_in
@@ -36,6 +38,7 @@ TENANT_IDS = {
     "connection_id",
     "webhook_id",
     "invitation_id",
+    "approval_id",
 }
 # Flags are the instance's (docs/FLAGS.md): any organization's admin may set its own override of
 # any flag. Walked too, with A's overridden flag: A's override must not change.
@@ -193,9 +196,25 @@ async def _organization_a(
     for response in created:
         assert response.status_code in (200, 201, 202), response.text
     member = await add_member(client, owner, role="member", label="ui-a-member")
+    execution_id = created[1].json()["execution_id"]
+    async with system_transaction(runtime.database) as db:  # what an approval step asks
+        approval_id = await db.scalar(
+            insert(ExecutionApproval)
+            .values(
+                org_id=owner.org_id,
+                execution_id=uuid.UUID(execution_id),
+                step_id="t",
+                approvers={"role": "member"},  # B's owner would be one, were it A's member
+                message=f"approve {marker}?",
+                status=ApprovalStatus.PENDING,
+                timeout_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+            .returning(ExecutionApproval.id)
+        )
     return owner, {
         "workflow_id": workflow_id,
-        "execution_id": created[1].json()["execution_id"],
+        "execution_id": execution_id,
+        "approval_id": str(approval_id),
         "connection_id": created[2].json()["id"],
         "webhook_id": created[3].json()["id"],
         "user_id": str(member.user_id),
@@ -254,7 +273,11 @@ async def test_another_organizations_ids_are_not_found_on_any_ui_page_and_nothin
     browser_a = stranger_browser
     browser_a.cookies.clear()
     await sign_in(browser_a, owner_a.email)
-    for path in (f"/ui/workflows/{ids['workflow_id']}", f"/ui/admin/webhooks/{ids['webhook_id']}"):
+    for path in (
+        f"/ui/workflows/{ids['workflow_id']}",
+        f"/ui/admin/webhooks/{ids['webhook_id']}",
+        f"/ui/approvals/{ids['approval_id']}",
+    ):
         page = await browser_a.get(path)
         assert page.status_code == 200, path
         assert marker in page.text

@@ -5,6 +5,7 @@ deployment and processes (test_browser_e2e.py)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -16,9 +17,8 @@ from tests.web.support import sign_in
 Browser = Callable[[], Awaitable[httpx.AsyncClient]]
 
 
-@pytest.fixture
-async def new_browser(app: FastAPI) -> AsyncIterator[Browser]:
-    """A factory of clients, each with a cookie jar of its own (one per person)."""
+@asynccontextmanager
+async def _browsers(app: FastAPI) -> AsyncIterator[Browser]:
     opened: list[httpx.AsyncClient] = []
 
     async def open_one() -> httpx.AsyncClient:
@@ -30,6 +30,22 @@ async def new_browser(app: FastAPI) -> AsyncIterator[Browser]:
     yield open_one
     for client in opened:
         await client.aclose()
+
+
+@pytest.fixture
+async def new_browser(app: FastAPI) -> AsyncIterator[Browser]:
+    """A factory of clients, each with a cookie jar of its own (one per person)."""
+    async with _browsers(app) as open_one:
+        yield open_one
+
+
+@pytest.fixture
+async def queue_browser(queue_app: FastAPI) -> AsyncIterator[Browser]:
+    """The same, against the app whose queue real workers serve (tests.workers's `queue_app`,
+    `start_worker`): what a page enqueues is run. The database is the same as `app`'s, so the
+    accounts of `owner` and `client` sign in here too."""
+    async with _browsers(queue_app) as open_one:
+        yield open_one
 
 
 @pytest.fixture

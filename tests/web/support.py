@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Awaitable, Callable
 
 import httpx
 
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, Account
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -33,6 +34,20 @@ async def sign_in(
     response = await post_form(client, "/ui/login", {"email": email, "password": password})
     assert response.status_code == 303, response.text
     return response
+
+
+async def browser_for(
+    new_browser: Callable[[], Awaitable[httpx.AsyncClient]], account: Account
+) -> httpx.AsyncClient:
+    """A new browser signed in to the account's organization (sign-in picks the person's first
+    one, which for people made by `add_member` is their own)."""
+    browser = await new_browser()
+    await sign_in(browser, account.email)
+    switched = await post_form(
+        browser, "/ui/switch-org", {"org_id": str(account.org_id)}, from_page="/ui/privacy"
+    )
+    assert switched.status_code == 303, switched.text
+    return browser
 
 
 def text_of(page: httpx.Response) -> str:

@@ -15,7 +15,7 @@ from taskloom.executions.models import ExecutionStep, WorkflowExecution
 from taskloom.runtime import Runtime
 from tests.factories import PASSWORD, Account, accept, add_member, invite, register
 from tests.web.conftest import Browser
-from tests.web.support import post_form, sign_in, text_of
+from tests.web.support import browser_for, post_form, sign_in, text_of
 
 TRANSFORM = {"steps": [{"id": "t", "type": "transform", "args": {"value": 1}}]}
 ADMIN_PAGES = [
@@ -35,18 +35,6 @@ async def _workflow(
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
-
-
-async def _browser_for(new_browser: Browser, account: Account) -> httpx.AsyncClient:
-    """Signed in to the account's organization (sign-in picks the person's first one, which
-    for people made by `add_member` is their own)."""
-    browser = await new_browser()
-    await sign_in(browser, account.email)
-    switched = await post_form(
-        browser, "/ui/switch-org", {"org_id": str(account.org_id)}, from_page="/ui/privacy"
-    )
-    assert switched.status_code == 303, switched.text
-    return browser
 
 
 async def test_a_failed_sign_in_says_so_and_keeps_the_email(
@@ -103,7 +91,7 @@ async def test_a_viewer_reads_but_gets_403_pages_for_writing_and_administration(
     client: httpx.AsyncClient, new_browser: Browser, owner: Account
 ) -> None:
     workflow_id = await _workflow(client, owner, name="Readable")
-    viewer = await _browser_for(new_browser, await add_member(client, owner, "viewer"))
+    viewer = await browser_for(new_browser, await add_member(client, owner, "viewer"))
     listing = await viewer.get("/ui/workflows")
     assert listing.status_code == 200
     assert "Readable" in listing.text
@@ -125,7 +113,7 @@ async def test_a_viewer_reads_but_gets_403_pages_for_writing_and_administration(
 async def test_a_member_writes_workflows_but_not_administration(
     client: httpx.AsyncClient, new_browser: Browser, owner: Account
 ) -> None:
-    member = await _browser_for(new_browser, await add_member(client, owner, "member"))
+    member = await browser_for(new_browser, await add_member(client, owner, "member"))
     assert "New workflow" in (await member.get("/ui/workflows")).text
     assert (await member.get("/ui/workflows/new")).status_code == 200
     for path in ADMIN_PAGES:
@@ -135,7 +123,7 @@ async def test_a_member_writes_workflows_but_not_administration(
 async def test_an_admin_sees_every_administration_page(
     client: httpx.AsyncClient, new_browser: Browser, owner: Account
 ) -> None:
-    admin = await _browser_for(new_browser, await add_member(client, owner, "admin"))
+    admin = await browser_for(new_browser, await add_member(client, owner, "admin"))
     headings = {
         "/ui/admin/members": "Members of UI Org",
         "/ui/admin/connections": "No connections yet.",
@@ -347,7 +335,7 @@ async def test_switching_organization_changes_what_the_pages_show(
     second = await client.post("/api/orgs", json={"name": "Second Org"}, headers=person.headers)
     assert second.status_code == 201
     await _workflow(client, person, name="Only in the first")
-    browser = await _browser_for(new_browser, person)
+    browser = await browser_for(new_browser, person)
     assert "Only in the first" in (await browser.get("/ui/workflows")).text
     switched = await post_form(
         browser, "/ui/switch-org", {"org_id": second.json()["id"]}, from_page="/ui/workflows"

@@ -99,6 +99,7 @@ async def test_every_form_post_of_the_ui_checks_the_csrf_token(
         "connection_id": str(uuid.uuid4()),
         "webhook_id": str(uuid.uuid4()),
         "invitation_id": str(uuid.uuid4()),
+        "approval_id": str(uuid.uuid4()),
         "key": "no-such-flag",
     }
     paths = _ui_post_routes()

@@ -88,8 +88,11 @@ class ApprovalOut(BaseModel):
     decided_at: datetime | None
 
 
+COMMENT_MAX_LENGTH = 2_000
+
+
 class DecisionRequest(StrictModel):
-    comment: str | None = Field(default=None, max_length=2_000)
+    comment: str | None = Field(default=None, max_length=COMMENT_MAX_LENGTH)
 
 
 class ExecutionAccepted(BaseModel):

@@ -164,6 +164,43 @@ async def items_progress(
     return progress
 
 
+CHILDREN_SHOWN = 100
+
+
+async def list_children(
+    *, db: AsyncSession, execution: WorkflowExecution, limit: int = CHILDREN_SHOWN
+) -> list[WorkflowExecution]:
+    """The sub-workflow executions the execution's `workflow` steps started (at most `limit`),
+    by step and item."""
+    if not any(s.get("type") == "workflow" for s in (execution.definition or {}).get("steps", [])):
+        return []
+    rows = await db.execute(
+        select(WorkflowExecution)
+        .where(WorkflowExecution.parent_execution_id == execution.id)
+        .order_by(
+            WorkflowExecution.parent_step_id,
+            WorkflowExecution.parent_item_index.nulls_first(),
+            WorkflowExecution.created_at,
+        )
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def workflow_names(
+    *, db: AsyncSession, execution_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The name of the workflow each execution runs."""
+    if not execution_ids:
+        return {}
+    rows = await db.execute(
+        select(WorkflowExecution.id, Workflow.name)
+        .join(Workflow, Workflow.id == WorkflowExecution.workflow_id)
+        .where(WorkflowExecution.id.in_(execution_ids))
+    )
+    return {row.id: row.name for row in rows}
+
+
 async def list_executions(
     *,
     db: AsyncSession,

@@ -26,6 +26,8 @@ NOTICES = {
     "workflow-deleted": "Workflow deleted.",
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
+    "approval-approved": "Approved. The execution goes on.",
+    "approval-rejected": "Rejected. The execution goes on with the rejection.",
     "org-switched": "Organization switched.",
     "password-changed": "Password changed. Your other sessions have been signed out.",
     "invitation-created": "Invitation created. The person sees it under Invitations once they "

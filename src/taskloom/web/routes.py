@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from taskloom.web.errors import UiRoute
 from taskloom.web.pages import (
     account,
+    approvals,
     audit,
     connections,
     executions,
@@ -63,6 +64,7 @@ AREAS = (
     account,
     workflows,
     executions,
+    approvals,
     audit,
     password,
     privacy,

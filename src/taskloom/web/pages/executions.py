@@ -1,24 +1,34 @@
 """Executions: a filtered list and one execution with its steps (outputs, and the model,
-tokens and cost of `ai` steps). Pages of unfinished executions reload themselves with
+tokens and cost of `ai` steps), its graph with for-each progress, the approvals it waits for
+(with Approve / Reject for their approvers, posted to pages/approvals.py), and its parent and
+child executions. Pages of unfinished executions reload themselves with
 <meta http-equiv="refresh">, so the status is live without any script."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from taskloom.errors import BadRequest
-from taskloom.executions import service
-from taskloom.executions.models import ExecutionStatus, ExecutionStep
+from taskloom.executions import approvals, service
+from taskloom.executions.models import (
+    ApprovalStatus,
+    ExecutionStatus,
+    ExecutionStep,
+    WorkflowExecution,
+)
 from taskloom.executions.queue import after_cancel_commit, enqueue_after_commit, queue_limit
+from taskloom.executions.schemas import COMMENT_MAX_LENGTH
 from taskloom.orgs.models import Role
 from taskloom.web.errors import UiRoute
 from taskloom.web.graph import StepView, render_graph, render_timeline
+from taskloom.web.pages.approvals import approval_views
 from taskloom.web.rendering import TERMINAL, redirect, render, with_query
-from taskloom.web.session import signed_in
+from taskloom.web.session import Page, signed_in
 from taskloom.workflows import service as workflow_service
 from taskloom.workflows.graph import Graph
 
@@ -101,14 +111,22 @@ def ai_usage(step: ExecutionStep) -> dict[str, Any] | None:
     }
 
 
-def step_views(steps: list[ExecutionStep]) -> dict[str, StepView]:
-    """Each step's status and times for the drawings, from its execution_steps row."""
-    return {
-        step.step_id: StepView(
-            status=str(step.status), started_at=step.started_at, finished_at=step.finished_at
+def step_views(
+    steps: list[ExecutionStep], progress: Mapping[str, Mapping[str, int]] | None = None
+) -> dict[str, StepView]:
+    """Each step's status and times for the drawings, from its execution_steps row, and a
+    for_each step's items finished (succeeded or failed) of its total (`items_progress`)."""
+    views = {}
+    for step in steps:
+        items = (progress or {}).get(step.step_id)
+        views[step.step_id] = StepView(
+            status=str(step.status),
+            done=items["succeeded"] + items["failed"] if items else None,
+            total=items["total"] if items else None,
+            started_at=step.started_at,
+            finished_at=step.finished_at,
         )
-        for step in steps
-    }
+    return views
 
 
 @router.get("/{execution_id}")
@@ -122,7 +140,12 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
         usage = {step.step_id: ai_usage(step) for step in steps}
         planned = [s.get("id") for s in (execution.definition or {}).get("steps", [])]
         graph = Graph.of(execution.definition or {})
-        views = step_views(steps)
+        progress = await service.items_progress(db=page.db, execution=execution)
+        views = step_views(steps, progress)
+        asked = await approval_views(
+            page, await approvals.list_for_execution(db=page.db, execution=execution)
+        )
+        deciding = any(view.may_decide for view in asked)
         return render(
             page,
             "executions/detail.html",
@@ -132,12 +155,28 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             steps=steps,
             usage=usage,
             not_started=[p for p in planned if p not in {s.step_id for s in steps}],
+            progress=progress,
+            pending=[view for view in asked if view.approval.status == ApprovalStatus.PENDING],
+            decided=[view for view in asked if view.approval.status != ApprovalStatus.PENDING],
+            comment_max=COMMENT_MAX_LENGTH,
+            parent=await _parent(page, execution),
+            children=await service.list_children(db=page.db, execution=execution),
+            children_shown=service.CHILDREN_SHOWN,
             graph_svg=render_graph(graph, views),
             timeline_svg=render_timeline(graph, views)
             if any(v.started_at for v in views.values())
             else None,
-            refresh_seconds=None if execution.status in TERMINAL else REFRESH_SECONDS,
+            # Not while a decision form is on the page: a reload would wipe a comment typed.
+            refresh_seconds=None if execution.status in TERMINAL or deciding else REFRESH_SECONDS,
         )
+
+
+async def _parent(page: Page, execution: WorkflowExecution) -> WorkflowExecution | None:
+    """The execution whose `workflow` step started this one, if any."""
+    if execution.parent_execution_id is None:
+        return None
+    parent, _ = await service.get_execution(db=page.db, execution_id=execution.parent_execution_id)
+    return parent
 
 
 @router.post("/{execution_id}/cancel")
