@@ -328,3 +328,55 @@ async def test_a_token_in_a_webhook_url_never_reaches_the_workers_log(
     output = worker.output()
     assert "webhook_attempt" in output  # the worker did log the attempts
     assert token not in output
+
+
+async def test_an_approval_step_sends_approval_requested_with_a_link_to_its_page(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker, receiver: Receiver
+) -> None:
+    hook = await _webhook(api, owner, receiver.url, ["approval.requested"])
+    start_worker(**FAST, public_url="https://taskloom.example.com/")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "ok",
+                "type": "approval",
+                "args": {"approvers": {"role": "admin"}, "message": "Ship {{ input.n }}?"},
+            }
+        ],
+    )
+    response = await api.post(
+        f"/api/workflows/{workflow_id}/execute",
+        json={"input": {"n": 7}},
+        headers=owner.headers,
+    )
+    assert response.status_code == 202, response.text
+    execution_id = response.json()["execution_id"]
+    [sent] = receiver.wait_for(1)
+    assert sent.headers["taskloom-event"] == "approval.requested"
+    assert verify(hook["secret"], sent.headers["taskloom-signature"], sent.body)
+    event = json.loads(sent.body)
+    assert event["type"] == "approval.requested"
+    [pending] = (await api.get("/api/approvals", headers=owner.headers)).json()
+    assert event["data"] == {
+        "approval_id": pending["id"],
+        "execution_id": execution_id,
+        "step_id": "ok",
+        "item_index": None,
+        "url": f"https://taskloom.example.com/ui/approvals/{pending['id']}",
+    }
+    assert "Ship" not in sent.body.decode()  # what is asked stays behind the sign-in
+    # The link authorizes nothing: without a session it leads to the sign-in page.
+    opened = await api.get(f"/ui/approvals/{pending['id']}")
+    assert opened.status_code == 303
+    assert opened.headers["location"].startswith("/ui/login?next=")
+    await _until(lambda: _succeeded(api, owner, hook["id"], 1))
+    # Asked once: the step that runs again once decided finds its approval and sends nothing.
+    decided = await api.post(
+        f"/api/executions/{execution_id}/steps/ok/approve", headers=owner.headers
+    )
+    assert decided.status_code == 200, decided.text
+    assert (await wait_for_status(api, owner, execution_id))["status"] == "succeeded"
+    await asyncio.sleep(0.5)  # two dispatch ticks
+    assert len(receiver.received) == 1
