@@ -368,6 +368,7 @@ class Engine:
                 or (previous.status == StepStatus.FAILED and tolerated)
             ):
                 outputs[index] = previous.output
+                size[0] += len(json.dumps(previous.output))  # counts towards the bound too
                 return
             async with gate:
                 if failures:
