@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
+from taskloom.errors import NotFound
 from taskloom.orgs.models import Role
 
 
@@ -21,3 +22,9 @@ class Principal:
 
     def has_role(self, minimum: Role) -> bool:
         return self.role is not None and self.role.at_least(minimum)
+
+    def current_org(self) -> uuid.UUID:
+        """The organization the request acts in, or NotFound (no rows without one)."""
+        if self.org_id is None:
+            raise NotFound("no current organization")
+        return self.org_id

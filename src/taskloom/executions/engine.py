@@ -427,18 +427,9 @@ class Engine:
             )
             self.running.discard((step_id, None))
             return _Outcome(StepStatus.FAILED, None, detail)
-        last, execution_output = self._finishing(step_id, output)
-        await state.step_succeeded(
-            database,
-            self.run,
-            step_id=step_id,
-            args=None,
-            output=output,
-            last=last,
-            execution_output=execution_output,
-        )
+        succeeded = await self._succeeded(step_id, None, None, output)
         self.running.discard((step_id, None))
-        return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
+        return succeeded
 
     async def _attempts(
         self, step_id: str, index: int | None, step: Mapping[str, Any], scope: dict[str, Any]
@@ -493,30 +484,9 @@ class Engine:
                     return _Outcome(StepStatus.FAILED, stored, detail, tolerated)
                 await asyncio.sleep(policy.delay(attempt))
                 continue
-            if index is not None:
-                await state.item_succeeded(
-                    database,
-                    self.run,
-                    step_id=step_id,
-                    item_index=index,
-                    args=rendered[0],
-                    output=output,
-                )
-                self.running.discard((step_id, index))
-                return _Outcome(StepStatus.SUCCEEDED, output)
-            last, execution_output = self._finishing(step_id, output)
-            await state.step_succeeded(
-                database,
-                self.run,
-                step_id=step_id,
-                args=rendered[0],
-                output=output,
-                last=last,
-                execution_output=execution_output,
-            )
+            succeeded = await self._succeeded(step_id, index, rendered[0], output)
             self.running.discard((step_id, index))
-            log.info("step_succeeded", step_id=step_id, attempt=attempt)
-            return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
+            return succeeded
 
     async def _control(
         self, step_id: str, index: int | None, step: Mapping[str, Any], scope: dict[str, Any]

@@ -122,13 +122,8 @@ class WorkflowExecution(Base, rls=Scope.ORG):
     depth: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
 
 
-class ExecutionStep(Base, rls=Scope.ORG):
-    __tablename__ = "execution_steps"
-    __table_args__ = (
-        UniqueConstraint("execution_id", "step_id"),
-        CheckConstraint(f"status in ({_values(StepStatus)})", name="status_valid"),
-        Index("ix_execution_steps_org_id", "org_id"),
-    )
+class _StepRun:
+    """What a step and a for-each item record of their runs: the columns both tables share."""
 
     id: Mapped[uuid.UUID] = uuid_pk()
     org_id: Mapped[uuid.UUID] = mapped_column(
@@ -140,8 +135,6 @@ class ExecutionStep(Base, rls=Scope.ORG):
         nullable=False,
     )
     step_id: Mapped[str] = mapped_column(String(64), nullable=False)
-    position: Mapped[int] = mapped_column(Integer, nullable=False)
-    type: Mapped[str] = mapped_column(String(32), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     input: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     output: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
@@ -149,11 +142,27 @@ class ExecutionStep(Base, rls=Scope.ORG):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # While waiting: when to look again (a wait's end, an approval's timeout) or the child
+    # execution it waits for.
     wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     child_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
 
 
-class ExecutionStepItem(Base, rls=Scope.ORG):
+class ExecutionStep(_StepRun, Base, rls=Scope.ORG):
+    """One row per step of an execution (its last run)."""
+
+    __tablename__ = "execution_steps"
+    __table_args__ = (
+        UniqueConstraint("execution_id", "step_id"),
+        CheckConstraint(f"status in ({_values(StepStatus)})", name="status_valid"),
+        Index("ix_execution_steps_org_id", "org_id"),
+    )
+
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+
+
+class ExecutionStepItem(_StepRun, Base, rls=Scope.ORG):
     """One item of a `for_each` step (ADR 0008): its own status, attempts and output, so a
     resumed execution re-runs only the items that had not finished."""
 
@@ -165,26 +174,7 @@ class ExecutionStepItem(Base, rls=Scope.ORG):
         Index("ix_execution_step_items_org_id", "org_id"),
     )
 
-    id: Mapped[uuid.UUID] = uuid_pk()
-    org_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
-    )
-    execution_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True),
-        ForeignKey("workflow_executions.id", ondelete="CASCADE"),
-        nullable=False,
-    )
-    step_id: Mapped[str] = mapped_column(String(64), nullable=False)
     item_index: Mapped[int] = mapped_column(Integer, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
-    input: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
-    output: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    child_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
 
 
 class ApprovalStatus(StrEnum):

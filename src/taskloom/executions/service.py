@@ -35,12 +35,6 @@ MAX_PAGE = 200
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 
 
-def _org(principal: Principal) -> uuid.UUID:
-    if principal.org_id is None:
-        raise NotFound("no current organization")
-    return principal.org_id
-
-
 async def _audit(
     db: AsyncSession,
     principal: Principal,
@@ -53,7 +47,7 @@ async def _audit(
         session=db,
         context=context,
         action=action,
-        org_id=_org(principal),
+        org_id=principal.current_org(),
         resource_type=resource_type,
         resource_id=resource_id,
     )
@@ -102,7 +96,7 @@ async def start_execution(
     else:  # the workflow and the organization's queued count in one round trip
         row = (
             await db.execute(
-                select(Workflow, _queued(_org(principal), max_queued)).where(
+                select(Workflow, _queued(principal.current_org(), max_queued)).where(
                     Workflow.id == workflow_id
                 )
             )
@@ -213,7 +207,7 @@ async def list_executions(
     limit: int = 50,
 ) -> tuple[list[WorkflowExecution], str | None]:
     """Newest first; `cursor` continues after the last item of the previous page."""
-    query = select(WorkflowExecution).where(WorkflowExecution.org_id == _org(principal))
+    query = select(WorkflowExecution).where(WorkflowExecution.org_id == principal.current_org())
     if status is not None:
         query = query.where(WorkflowExecution.status == status)
     if workflow_id is not None:
@@ -368,7 +362,7 @@ async def failed_executions(
     rows = await db.execute(
         select(WorkflowExecution)
         .where(
-            WorkflowExecution.org_id == _org(principal),
+            WorkflowExecution.org_id == principal.current_org(),
             WorkflowExecution.status == ExecutionStatus.FAILED,
         )
         .order_by(WorkflowExecution.finished_at.desc().nulls_last())

@@ -229,28 +229,70 @@ async def _start_step(
     position: int,
     type_: str,
 ) -> int:
-    statement = insert(ExecutionStep).values(
-        org_id=org_id,
-        execution_id=execution_id,
-        step_id=step_id,
-        position=position,
-        type=type_,
-        status=StepStatus.RUNNING,
-        attempts=1,
-        started_at=func.now(),
+    started = await _start_run(
+        db, org_id, execution_id, step_id=step_id, item_index=None, position=position, type=type_
     )
-    upsert = statement.on_conflict_do_update(
-        index_elements=["execution_id", "step_id"],
-        set_={
-            "status": StepStatus.RUNNING,
-            "attempts": ExecutionStep.attempts + 1,
-            "started_at": func.now(),
-            "finished_at": None,
-            "error": None,
-        },
-    ).returning(ExecutionStep.attempts)
-    attempt: int = (await db.execute(upsert)).scalar_one()
-    return attempt
+    return started.attempt
+
+
+def _model(item_index: int | None) -> Any:
+    """The table of a step's runs (item_index None) or of a for-each item's."""
+    return ExecutionStep if item_index is None else ExecutionStepItem
+
+
+def _where(execution_id: uuid.UUID, step_id: str, item_index: int | None) -> list[Any]:
+    """The row of the step (or of its item) in its table."""
+    model = _model(item_index)
+    where = [model.execution_id == execution_id, model.step_id == step_id]
+    if item_index is not None:
+        where.append(model.item_index == item_index)
+    return where
+
+
+async def _start_run(
+    db: AsyncSession,
+    org_id: uuid.UUID,
+    execution_id: uuid.UUID,
+    *,
+    step_id: str,
+    item_index: int | None,
+    control: bool = False,
+    **columns: Any,
+) -> Control:
+    """Mark the step (or item) running, its row made on the first run: its attempt number (1
+    the first time) and what it waits for. A run counts as an attempt, and starts afresh;
+    a control step's (`control`) keeps its attempts, its end time and its child: it resumes.
+    `columns`: the step row's position and type."""
+    model = _model(item_index)
+    keys = {"execution_id": execution_id, "step_id": step_id}
+    if item_index is not None:
+        keys["item_index"] = item_index
+    upsert = (
+        insert(model)
+        .values(
+            org_id=org_id,
+            status=StepStatus.RUNNING,
+            attempts=1,
+            started_at=func.now(),
+            **keys,
+            **columns,
+        )
+        .on_conflict_do_update(
+            index_elements=list(keys),
+            set_={"status": StepStatus.RUNNING}
+            if control
+            else {
+                "status": StepStatus.RUNNING,
+                "attempts": model.attempts + 1,
+                "started_at": func.now(),
+                "finished_at": None,
+                "error": None,
+            },
+        )
+        .returning(model.attempts, model.wake_at, model.child_execution_id)
+    )
+    attempt, wake_at, child = (await db.execute(upsert)).one()
+    return Control(attempt=attempt, wake_at=wake_at, child_execution_id=child)
 
 
 async def step_succeeded(
@@ -314,25 +356,11 @@ async def record_failure(
         "finished_at": func.now() if final else None,
     }
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        if item_index is None:
-            await db.execute(
-                update(ExecutionStep)
-                .where(
-                    ExecutionStep.execution_id == run.execution_id,
-                    ExecutionStep.step_id == step_id,
-                )
-                .values(**values)
-            )
-        else:
-            await db.execute(
-                update(ExecutionStepItem)
-                .where(
-                    ExecutionStepItem.execution_id == run.execution_id,
-                    ExecutionStepItem.step_id == step_id,
-                    ExecutionStepItem.item_index == item_index,
-                )
-                .values(**values)
-            )
+        await db.execute(
+            update(_model(item_index))
+            .where(*_where(run.execution_id, step_id, item_index))
+            .values(**values)
+        )
 
 
 async def step_failed(
@@ -361,27 +389,10 @@ async def step_failed(
 async def start_item(database: Database, run: Run, *, step_id: str, item_index: int) -> int:
     """Record that a for-each item starts; returns its attempt number (1 the first time)."""
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        statement = insert(ExecutionStepItem).values(
-            org_id=run.org_id,
-            execution_id=run.execution_id,
-            step_id=step_id,
-            item_index=item_index,
-            status=StepStatus.RUNNING,
-            attempts=1,
-            started_at=func.now(),
+        started = await _start_run(
+            db, run.org_id, run.execution_id, step_id=step_id, item_index=item_index
         )
-        upsert = statement.on_conflict_do_update(
-            index_elements=["execution_id", "step_id", "item_index"],
-            set_={
-                "status": StepStatus.RUNNING,
-                "attempts": ExecutionStepItem.attempts + 1,
-                "started_at": func.now(),
-                "finished_at": None,
-                "error": None,
-            },
-        ).returning(ExecutionStepItem.attempts)
-        attempt: int = (await db.execute(upsert)).scalar_one()
-        return attempt
+        return started.attempt
 
 
 async def item_succeeded(
@@ -390,11 +401,7 @@ async def item_succeeded(
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
         await db.execute(
             update(ExecutionStepItem)
-            .where(
-                ExecutionStepItem.execution_id == run.execution_id,
-                ExecutionStepItem.step_id == step_id,
-                ExecutionStepItem.item_index == item_index,
-            )
+            .where(*_where(run.execution_id, step_id, item_index))
             .values(
                 status=StepStatus.SUCCEEDED,
                 input=redact(args),
@@ -556,30 +563,17 @@ async def start_control(
 ) -> Control:
     """Mark a `wait`, `approval` or `workflow` step (or item) running, keeping what it already
     waits for (its end time, its child) when it runs again after a wake-up or a crash."""
+    columns = {} if item_index is not None else {"position": position, "type": type_}
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        model: Any = ExecutionStep if item_index is None else ExecutionStepItem
-        values: dict[str, Any] = {
-            "org_id": run.org_id,
-            "execution_id": run.execution_id,
-            "step_id": step_id,
-            "status": StepStatus.RUNNING,
-            "attempts": 1,
-            "started_at": func.now(),
-        }
-        if item_index is None:
-            values.update(position=position, type=type_)
-            keys = ["execution_id", "step_id"]
-        else:
-            values["item_index"] = item_index
-            keys = ["execution_id", "step_id", "item_index"]
-        upsert = (
-            insert(model)
-            .values(**values)
-            .on_conflict_do_update(index_elements=keys, set_={"status": StepStatus.RUNNING})
-            .returning(model.attempts, model.wake_at, model.child_execution_id)
+        return await _start_run(
+            db,
+            run.org_id,
+            run.execution_id,
+            step_id=step_id,
+            item_index=item_index,
+            control=True,
+            **columns,
         )
-        attempt, wake_at, child = (await db.execute(upsert)).one()
-        return Control(attempt=attempt, wake_at=wake_at, child_execution_id=child)
 
 
 async def mark_waiting(
@@ -596,22 +590,11 @@ async def mark_waiting(
     values: dict[str, Any] = {"status": StepStatus.WAITING, "wake_at": wake_at}
     if child_execution_id is not None:
         values["child_execution_id"] = child_execution_id
-    if item_index is None:
-        statement = (
-            update(ExecutionStep)
-            .where(ExecutionStep.execution_id == run.execution_id, ExecutionStep.step_id == step_id)
-            .values(**values)
-        )
-    else:
-        statement = (
-            update(ExecutionStepItem)
-            .where(
-                ExecutionStepItem.execution_id == run.execution_id,
-                ExecutionStepItem.step_id == step_id,
-                ExecutionStepItem.item_index == item_index,
-            )
-            .values(**values)
-        )
+    statement = (
+        update(_model(item_index))
+        .where(*_where(run.execution_id, step_id, item_index))
+        .values(**values)
+    )
     if db is not None:
         await db.execute(statement)
         return

@@ -34,12 +34,6 @@ def bound_to(connection_id: uuid.UUID, org_id: uuid.UUID) -> str:
     return f"tool_connections:{org_id}:{connection_id}"
 
 
-def _org(principal: Principal) -> uuid.UUID:
-    if principal.org_id is None:
-        raise NotFound("no current organization")
-    return principal.org_id
-
-
 def _plain(value: Any) -> Any:
     """A validated model's data as JSON, secrets revealed (only ever to be encrypted)."""
     if isinstance(value, SecretStr):
@@ -136,7 +130,7 @@ async def _audit(
 async def list_connections(*, db: AsyncSession, principal: Principal) -> list[ToolConnection]:
     rows = await db.execute(
         select(ToolConnection)
-        .where(ToolConnection.org_id == _org(principal))
+        .where(ToolConnection.org_id == principal.current_org())
         .order_by(ToolConnection.name)
     )
     return list(rows.scalars())
@@ -190,7 +184,7 @@ async def create_connection(
         )
     row = ToolConnection(
         id=uuid.uuid4(),
-        org_id=_org(principal),
+        org_id=principal.current_org(),
         provider=body.provider,
         name=body.name,
         base_url=body.base_url,

@@ -35,12 +35,6 @@ def bound_to(endpoint_id: uuid.UUID, org_id: uuid.UUID) -> str:
     return f"webhook_endpoints:{org_id}:{endpoint_id}"
 
 
-def _org(principal: Principal) -> uuid.UUID:
-    if principal.org_id is None:
-        raise NotFound("no current organization")
-    return principal.org_id
-
-
 def _invalid_url(message: str) -> ValidationFailed:
     return ValidationFailed(
         f"body.url: {message}", details={"errors": [{"loc": ["body", "url"], "message": message}]}
@@ -112,7 +106,7 @@ def signing_secrets(cipher: CredentialCipher, endpoint: WebhookEndpoint) -> list
 async def list_endpoints(*, db: AsyncSession, principal: Principal) -> list[WebhookEndpoint]:
     rows = await db.execute(
         select(WebhookEndpoint)
-        .where(WebhookEndpoint.org_id == _org(principal))
+        .where(WebhookEndpoint.org_id == principal.current_org())
         .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
     )
     return list(rows.scalars())
@@ -158,10 +152,12 @@ async def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """The new endpoint and its secret (returned this once, stored only encrypted)."""
     url = await check_url(settings, body.url)
-    await _check_endpoint_allowance(db, _org(principal), settings.webhook_max_endpoints_per_org)
+    await _check_endpoint_allowance(
+        db, principal.current_org(), settings.webhook_max_endpoints_per_org
+    )
     endpoint = WebhookEndpoint(
         id=uuid.uuid4(),
-        org_id=_org(principal),
+        org_id=principal.current_org(),
         url=url,
         description=body.description,
         events=list(body.events),

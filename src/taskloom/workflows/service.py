@@ -19,12 +19,6 @@ from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate
 
 
-def _org(principal: Principal) -> uuid.UUID:
-    if principal.org_id is None:
-        raise NotFound("no current organization")
-    return principal.org_id
-
-
 async def _audit(
     db: AsyncSession,
     principal: Principal,
@@ -38,7 +32,7 @@ async def _audit(
         session=db,
         context=context,
         action=action,
-        org_id=_org(principal),
+        org_id=principal.current_org(),
         resource_type=resource_type,
         resource_id=resource_id,
         details=details,
@@ -47,7 +41,7 @@ async def _audit(
 
 async def list_workflows(*, db: AsyncSession, principal: Principal) -> list[Workflow]:
     rows = await db.execute(
-        select(Workflow).where(Workflow.org_id == _org(principal)).order_by(Workflow.name)
+        select(Workflow).where(Workflow.org_id == principal.current_org()).order_by(Workflow.name)
     )
     return list(rows.scalars())
 
@@ -64,10 +58,12 @@ async def create_workflow(
     *, db: AsyncSession, principal: Principal, context: AuditContext, body: WorkflowCreate
 ) -> Workflow:
     workflow = Workflow(
-        org_id=_org(principal),
+        org_id=principal.current_org(),
         name=body.name,
         description=body.description,
-        definition=await validate_definition(body.definition, db=db, org_id=_org(principal)),
+        definition=await validate_definition(
+            body.definition, db=db, org_id=principal.current_org()
+        ),
         created_by=principal.user_id,
         updated_by=principal.user_id,
     )
@@ -90,7 +86,9 @@ async def update_workflow(
     workflow = await get_workflow(db=db, workflow_id=workflow_id)
     workflow.name = body.name
     workflow.description = body.description
-    workflow.definition = await validate_definition(body.definition, db=db, org_id=_org(principal))
+    workflow.definition = await validate_definition(
+        body.definition, db=db, org_id=principal.current_org()
+    )
     workflow.version += 1
     workflow.updated_by = principal.user_id
     await db.flush()
