@@ -181,7 +181,17 @@ async def test_approvals_inside_a_for_each_are_decided_per_item_and_can_time_out
 
     assert (await _approve(api, owner, execution_id, "each/items/0")).status_code == 200
     assert (await _approve(api, owner, execution_id, "each/items/1", "reject")).status_code == 200
-    # Item 2's approval times out (made due here rather than waiting 24 h): on_timeout approves.
+    # Both decisions are taken in (the execution woke, ran and parked again) ...
+    deadline = time.monotonic() + 15
+    while True:
+        body = (await api.get(f"/api/executions/{execution_id}", headers=owner.headers)).json()
+        each = next(s for s in body["steps"] if s["step_id"] == "each")
+        if body["status"] == "waiting" and each["items"]["succeeded"] == 2:
+            break
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)
+    # ... then item 2's approval times out (made due here rather than waiting 24 h), and the
+    # waker finds it: on_timeout approves.
     async with system_transaction(queue_runtime.database) as db:
         await db.execute(
             update(ExecutionApproval)

@@ -647,7 +647,8 @@ select exists (
                         and c.status in ('succeeded', 'failed', 'cancelled')))
 ) or exists (
     select 1 from execution_approvals a
-    where a.execution_id = :execution and a.status <> 'pending'
+    where a.execution_id = :execution
+      and (a.status <> 'pending' or a.timeout_at <= now())  -- decided, or its timeout came
       and (a.item_index is null
            and exists (select 1 from execution_steps s
                        where s.execution_id = a.execution_id and s.step_id = a.step_id
