@@ -3,8 +3,12 @@
 On one PostgreSQL and one Redis: a bare bullmq Worker drains N no-op jobs (the queue's
 ceiling); then, with 1 and with 2 `taskloom worker` processes, M executions of a one-step
 `transform` workflow go API call ⇒ worker ⇒ `succeeded` row. The gap is Taskloom's own cost.
+With `--fanout`, each worker count also runs F executions of a 10-step fan-out/fan-in graph
+(one root, 8 parallel `transform` steps, one join: ADR 0008's tasks inside one job) right
+after the one-step run, and prints its steps/s against the one-step run's (one step each).
 
-    python bench/queue_throughput.py [--jobs N] [--executions M] [--quick]
+    python bench/queue_throughput.py [--jobs N] [--executions M] [--fanout [--fanout-executions F]]
+        [--quick]
 
 BENCH_DATABASE_URL (may create databases and roles) and BENCH_REDIS_URL name the servers. The
 run uses a database, role and Redis key prefix of its own and removes them at the end. Prints a
@@ -50,6 +54,29 @@ IN_FLIGHT = 32  # execute calls in flight at once, like a busy API process
 RAW_CONCURRENCY = 50
 POLL_SECONDS = 0.05
 STEPS = [{"id": "t", "type": "transform", "args": {"value": "{{ input.n }}"}}]
+FANOUT_WIDTH = 8
+# One root, FANOUT_WIDTH parallel middle steps reading it, one join of them all: 10 steps.
+FANOUT: dict[str, Any] = {
+    "max_parallel_steps": FANOUT_WIDTH,
+    "steps": [
+        {"id": "root", "type": "transform", "args": {"value": "{{ input.n }}"}},
+        *(
+            {
+                "id": f"m{i}",
+                "type": "transform",
+                "needs": ["root"],
+                "args": {"value": "{{ steps.root.output }}"},
+            }
+            for i in range(1, FANOUT_WIDTH + 1)
+        ),
+        {
+            "id": "join",
+            "type": "transform",
+            "needs": [f"m{i}" for i in range(1, FANOUT_WIDTH + 1)],
+            "args": {"value": "done"},
+        },
+    ],
+}
 # Variables a worker must not inherit from this shell: the bench names its own servers.
 FOREIGN_ENV = ("DATABASE_", "REDIS_", "TASKLOOM_", "JWT_", "TEST_", "CREDENTIAL_", "BENCH_")
 COUNT_BY_STATUS = text(
@@ -66,6 +93,16 @@ class Run:
     api_rate: float  # executions/s, first request to last 202
     statuses: dict[str, int]
     cpu: dict[str, float]
+    executions: int
+    steps: int = 1  # steps per execution
+
+    @property
+    def step_rate(self) -> float:
+        return self.rate * self.steps
+
+    @property
+    def ok(self) -> bool:
+        return self.statuses == {"succeeded": self.executions}
 
 
 def cpu_times(pids: list[int]) -> tuple[float, float, float, float] | None:
@@ -215,11 +252,18 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], workdir: Path) -> None:
 
 
 async def end_to_end(
-    runtime: Runtime, api: httpx.AsyncClient, headers: dict[str, str], workers: int, m: int
+    runtime: Runtime,
+    api: httpx.AsyncClient,
+    headers: dict[str, str],
+    workers: int,
+    m: int,
+    definition: dict[str, Any] | None = None,
 ) -> Run:
     """From the first of M execute calls (IN_FLIGHT at a time) until all M rows are
     `succeeded`. A workflow of its own per run, so its rows are easy to count."""
-    body = {"name": f"bench-{workers}", "definition": {"steps": STEPS}}
+    definition = definition or {"steps": STEPS}
+    name = f"bench-{workers}-{len(definition['steps'])}-steps"
+    body = {"name": name, "definition": definition}
     created = await api.post("/api/workflows", json=body, headers=headers)
     created.raise_for_status()
     url = f"/api/workflows/{created.json()['id']}/execute"
@@ -253,7 +297,8 @@ async def end_to_end(
         seconds = time.perf_counter() - began
         cpu = cpu_usage(cpu_before, cpu_times([p.pid for p in procs]))
         api_seconds = await submitting - began
-        return Run(workers, m / seconds, m / api_seconds, statuses, cpu)
+        steps = len(definition["steps"])
+        return Run(workers, m / seconds, m / api_seconds, statuses, cpu, m, steps)
     finally:
         stop_workers(procs, workdir)
 
@@ -263,6 +308,7 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     runtime = await open_runtime(settings)
     app = create_app(runtime=runtime)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+    fanouts: list[Run] = []
     try:
         async with (
             app.router.lifespan_context(app),
@@ -275,21 +321,36 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             )
             registered.raise_for_status()
             headers = {"Authorization": f"Bearer {registered.json()['access_token']}"}
-            runs = [await end_to_end(runtime, api, headers, k, args.executions) for k in (1, 2)]
+            runs = []
+            for k in (1, 2):
+                runs.append(await end_to_end(runtime, api, headers, k, args.executions))
+                if args.fanout:  # right after the one-step run it is compared with
+                    fanouts.append(
+                        await end_to_end(
+                            runtime, api, headers, k, args.fanout_executions, definition=FANOUT
+                        )
+                    )
     finally:
         await runtime.close()
     rate = {r.workers: r.rate for r in runs}
-    ok = all(r.statuses == {"succeeded": args.executions} for r in runs)
-    print(f"\n{'measurement':<32}{'count':>7}{'per s':>8}{'API-only/s':>12}  CPU during the run")
-    print(f"{'raw bullmq no-op jobs':<32}{args.jobs:>7}{raw:>8.0f}")
-    for r in runs:
-        label = f"end-to-end, {r.workers} worker process" + ("es" if r.workers > 1 else "")
-        figures = f"{args.executions:>7}{r.rate:>8.0f}{r.api_rate:>12.0f}  "
-        print(f"{label:<32}{figures}" + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
-        if r.statuses != {"succeeded": args.executions}:
+    ok = all(r.ok for r in runs + fanouts)
+    print(f"\n{'measurement':<36}{'count':>7}{'per s':>8}{'API-only/s':>12}  CPU during the run")
+    print(f"{'raw bullmq no-op jobs':<36}{args.jobs:>7}{raw:>8.0f}")
+    for r in runs + fanouts:
+        shape = "one-step" if r.steps == 1 else f"{r.steps}-step fan-out"
+        label = f"{shape}, {r.workers} worker process" + ("es" if r.workers > 1 else "")
+        figures = f"{r.executions:>7}{r.rate:>8.0f}{r.api_rate:>12.0f}  "
+        print(f"{label:<36}{figures}" + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
+        if not r.ok:
             print(f"  NOT ALL SUCCEEDED: {r.statuses}")
     print(f"ratio e2e(1)/raw = {rate[1] / raw:.3f}, e2e(2)/e2e(1) = {rate[2] / rate[1]:.2f}")
-    return {
+    for one, fan in zip(runs, fanouts, strict=False):
+        print(
+            f"fan-out, {fan.workers} worker process{'es' if fan.workers > 1 else ''}: "
+            f"{fan.step_rate:.0f} steps/s, {fan.rate:.1f} executions/s; steps/s ÷ the one-step "
+            f"run's = {fan.step_rate / one.step_rate:.2f}"
+        )
+    result = {
         "jobs": args.jobs,
         "executions": args.executions,
         "worker_concurrency": settings.worker_concurrency,
@@ -302,6 +363,20 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "statuses": {f"e2e_{r.workers}": r.statuses for r in runs},
         "ok": ok,
     }
+    if fanouts:
+        result |= {
+            "fanout_executions": args.fanout_executions,
+            "fanout_steps": fanouts[0].steps,
+            **{f"fanout_{r.workers}_per_s": round(r.rate, 1) for r in fanouts},
+            **{f"fanout_{r.workers}_steps_per_s": round(r.step_rate, 1) for r in fanouts},
+            **{
+                f"ratio_fanout_{f.workers}_steps_one_step": round(f.step_rate / o.step_rate, 3)
+                for o, f in zip(runs, fanouts, strict=True)
+            },
+        }
+        result["cpu"] |= {f"fanout_{r.workers}": r.cpu for r in fanouts}
+        result["statuses"] |= {f"fanout_{r.workers}": r.statuses for r in fanouts}
+    return result
 
 
 def main() -> int:
@@ -309,10 +384,18 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20_000, help="raw bullmq no-op jobs")
     parser.add_argument("--executions", type=int, default=2_000, help="per worker count")
     parser.add_argument("--concurrency", type=int, default=10, help="WORKER_CONCURRENCY")
+    parser.add_argument(
+        "--fanout", action="store_true", help="also a 10-step fan-out/fan-in workflow"
+    )
+    parser.add_argument(
+        "--fanout-executions", type=int, default=None, help="per worker count (default M / 5)"
+    )
     parser.add_argument("--quick", action="store_true", help="200 jobs, 50 executions")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.executions = 200, 50
+    if args.fanout_executions is None:
+        args.fanout_executions = max(args.executions // 5, 10)
     pg_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
     redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
 
