@@ -2,9 +2,11 @@
 
 An in-process API (the real app over ASGI) and `taskloom worker` processes share one
 PostgreSQL and a redis-server of the script's own (AOF on, in a temporary directory, so it can
-be restarted). M executions of a workflow of `http` steps are submitted; each step calls a local
-HTTP server that records every call with its `Idempotency-Key` (`<execution id>:<step id>`) and
-answers after a short delay, so kills land mid-step. Meanwhile, every `--kill-every` seconds a
+be restarted). M executions of a chain of `http` steps and, spread among them, D executions of
+issue 18's DAG (a fan-out of 3, a for-each of 5 items with max_parallel 3, a durable wait, a
+join: `dag_workflow`) are submitted; each `http` step or for-each item calls a local HTTP server
+that records every call with its `Idempotency-Key` (`<execution id>:<step id>[:<item index>]`)
+and answers after a short delay, so kills land mid-step. Meanwhile, every `--kill-every` seconds a
 random worker gets SIGKILL or SIGTERM (alternately) and a new one is started at once — a kill
 waits until every worker has been taking jobs for `--min-ready` seconds, since a worker needs
 several seconds to start and faster kills would only leave none running. Once, when half the
@@ -12,7 +14,8 @@ executions are finished, Redis is stopped (SIGTERM) and started again on the sam
 directory, so it reloads its AOF. The run ends when every execution is terminal or at
 `--time-limit`.
 
-    python bench/chaos.py [--executions 2000] [--workers 2] [--kill-every 2.0] [--time-limit 600]
+    python bench/chaos.py [--executions 2000] [--dag-executions 300] [--dag-wait none]
+        [--workers 2] [--kill-every 2.0] [--time-limit 600]
 
 Prints submitted, succeeded, failed, lost (never terminal), step calls, duplicated step calls
 and whether each duplicate is explained by an interruption, and a `RESULT {json}` line. A
@@ -21,8 +24,10 @@ overlaps the time between the two calls — a SIGKILL (the step restarts after t
 a SIGTERM until the process exited (a step interrupted by the hand-back restarts), or the Redis
 restart until a lock could have expired — and each interruption explains at most one duplicate
 per execution it could have been running (WORKER_CONCURRENCY for a worker, every worker's for
-Redis). The workers' logs must also show no step succeeding twice (a finished step run again).
-Exits 0 iff nothing was lost, nothing failed and every duplicate is explained.
+Redis) times the calls one execution can have in flight, and at most one per key. No finished
+step may run again: the workers' logs show no step succeeding twice, and no step or for-each item
+is called after its row was finished. Exits 0 iff nothing was lost, nothing failed, every
+duplicate is explained and no finished step or item ran again.
 
 `--database-url` (default TEST_DATABASE_URL, then BENCH_DATABASE_URL, then the local server)
 must be allowed to create databases and roles: the run uses a database, an application role and
@@ -86,7 +91,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # Variables a worker must not inherit from this shell: the bench names its own servers.
 FOREIGN_ENV = ("DATABASE_", "REDIS_", "TASKLOOM_", "JWT_", "TEST_", "CREDENTIAL_", "BENCH_")
 COUNT_BY_STATUS = text(
-    "select status, count(*) from workflow_executions where workflow_id = :wf group by status"
+    "select status, count(*) from workflow_executions where workflow_id = any(:wfs) group by status"
 )
 # Worker log events worth counting (the console renderer writes `[level    ] event  key=...`).
 LOG_EVENTS = (
@@ -117,9 +122,10 @@ _FIELD = re.compile(r"(execution_id|step_id)=(\S+)")
 
 @dataclass
 class Call:
-    key: str  # the Idempotency-Key: "<execution id>:<step id>"
+    key: str  # the Idempotency-Key: "<execution id>:<step id>[:<item index>]"
     arrived: float  # time.monotonic() when the request arrived
     finished: float | None = None  # ... when its answer was written (or writing failed)
+    arrived_unix: float = 0.0  # time.time() then, to compare with the rows' finished_at
 
 
 class _Server(ThreadingHTTPServer):
@@ -141,7 +147,11 @@ class CallRecorder:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                call = Call(self.headers.get("idempotency-key", ""), time.monotonic())
+                call = Call(
+                    self.headers.get("idempotency-key", ""),
+                    time.monotonic(),
+                    arrived_unix=time.time(),
+                )
                 with recorder.lock:
                     recorder.calls.append(call)
                 query = parse_qs(urlsplit(self.path).query)
@@ -181,6 +191,60 @@ def http_steps(recorder: CallRecorder, steps: int, delay: float) -> list[dict[st
         {"id": f"s{n}", "type": "http", "args": {"url": recorder.url(delay)}}
         for n in range(1, steps + 1)
     ]
+
+
+@dataclass
+class ChaosWorkflow:
+    """A workflow the chaos submits: its definition, the Idempotency-Key suffixes every
+    succeeded execution must have called (`<step id>` or `<step id>:<item index>`), and how
+    many calls one execution can have in flight at once (what one interruption can cut)."""
+
+    name: str
+    definition: dict[str, Any]
+    keys: list[str]
+    width: int
+
+
+def chain_workflow(recorder: CallRecorder, steps: int, delay: float) -> ChaosWorkflow:
+    """`steps` http steps in a chain (no `needs`): one call in flight at a time."""
+    definition = {"steps": http_steps(recorder, steps, delay)}
+    return ChaosWorkflow("chain", definition, [f"s{n}" for n in range(1, steps + 1)], 1)
+
+
+DAG_FANOUT = 3
+DAG_ITEMS, DAG_MAX_PARALLEL = 5, 3
+
+
+def dag_workflow(recorder: CallRecorder, delay: float, wait: str | None) -> ChaosWorkflow:
+    """Issue 18's DAG for the chaos: a root, a fan-out of DAG_FANOUT http steps and beside them
+    an http for-each of DAG_ITEMS items (max_parallel DAG_MAX_PARALLEL; the items' keys are
+    `<execution>:each:<index>`), the for-each followed by a durable `wait` (`wait`, e.g. "1s";
+    None leaves it out), and an http join of them all. Ten calls per execution, at most
+    DAG_FANOUT + DAG_MAX_PARALLEL in flight (max_parallel_steps 4: the fan-out and the
+    for-each)."""
+    url = recorder.url(delay)
+    fanout = [f"f{n}" for n in range(1, DAG_FANOUT + 1)]
+    steps: list[dict[str, Any]] = [
+        {"id": "start", "type": "http", "args": {"url": url}},
+        *({"id": f, "type": "http", "needs": ["start"], "args": {"url": url}} for f in fanout),
+        {
+            "id": "each",
+            "type": "http",
+            "needs": ["start"],
+            "for_each": f"{{{{ range({DAG_ITEMS}) | list }}}}",
+            "max_parallel": DAG_MAX_PARALLEL,
+            "args": {"url": url + "&item={{ item }}"},
+        },
+    ]
+    last = "each"
+    if wait is not None:
+        steps.append({"id": "pause", "type": "wait", "needs": ["each"], "args": {"for": wait}})
+        last = "pause"
+    steps.append({"id": "join", "type": "http", "needs": [*fanout, last], "args": {"url": url}})
+    keys = ["start", *fanout, *(f"each:{i}" for i in range(DAG_ITEMS)), "join"]
+    return ChaosWorkflow(
+        "dag", {"max_parallel_steps": 4, "steps": steps}, keys, DAG_FANOUT + DAG_MAX_PARALLEL
+    )
 
 
 # --- a redis-server that keeps its data in an AOF and can be restarted ------------------------
@@ -279,7 +343,8 @@ def is_ready(worker: WorkerLike) -> bool:
 @dataclass
 class Interruption:
     """Something that may make a running step run again: [start, end] is when it could have
-    interrupted a step; `capacity` the most steps it could have interrupted."""
+    interrupted a step; `capacity` the most step (or for-each item) calls it could have cut:
+    the executions it could have been running times the calls one execution has in flight."""
 
     kind: str  # SIGKILL, SIGTERM, redis_restart, worker_exit (a worker died on its own)
     start: float
@@ -306,6 +371,9 @@ class Monkey:
     restart_redis_when: Callable[[], bool] = lambda: False
     redis_down_seconds: float = 1.0
     min_ready_seconds: float = 1.0
+    # Calls one execution can have in flight (1 for a chain, more for a DAG's branches and
+    # for-each items): an interruption of C executions can cut C x width calls.
+    width: int = 1
     rng: random.Random = field(default_factory=random.Random)
     interruptions: list[Interruption] = field(default_factory=list)
     stopping: dict[int, tuple[WorkerLike, Interruption]] = field(default_factory=dict)
@@ -362,7 +430,7 @@ class Monkey:
                 # Died without being told to: an interruption we did not cause (and a finding).
                 self.workers.remove(worker)
                 self.interruptions.append(
-                    Interruption("worker_exit", last_poll, now, self.concurrency, worker.proc.pid)
+                    Interruption("worker_exit", last_poll, now, self._capacity(), worker.proc.pid)
                 )
                 await self._add_worker()
             last_poll = now
@@ -384,7 +452,7 @@ class Monkey:
         victim.proc.send_signal(sig)
         self.workers.remove(victim)
         self.kills[sig.name] += 1
-        hit = Interruption(sig.name, now, now, self.concurrency, victim.proc.pid)
+        hit = Interruption(sig.name, now, now, self._capacity(), victim.proc.pid)
         self.interruptions.append(hit)
         if sig == signal.SIGTERM:
             hit.end = float("inf")  # until it exits: it hands back what it did not finish
@@ -416,9 +484,13 @@ class Monkey:
                 "redis_restart",
                 restart["stopped"],
                 restart["up"] + self.recovery_seconds + 1.0,
-                alive * self.concurrency,
+                alive * self._capacity(),
             )
         )
+
+    def _capacity(self) -> int:
+        """The most calls one worker's interruption can cut."""
+        return self.concurrency * self.width
 
     async def _time_exit(self, worker: WorkerLike, sent: float, grace: float) -> None:
         """How long a SIGTERMed worker takes to exit, to 10 ms (a thread per wait would queue
@@ -473,9 +545,10 @@ IN_FLIGHT_SECONDS = 0.05
 def judge(calls: list[Call], interruptions: list[Interruption], end: float) -> Duplicates:
     """Match every duplicated call to an interruption that overlaps the time between it and the
     previous call of its key (less IN_FLIGHT_SECONDS), each interruption explaining at most
-    `capacity` of them: a
-    maximum bipartite matching (augmenting paths), so a duplicate is called unexplained only
-    when no assignment at all could explain it."""
+    `capacity` of them and at most one per key (a step, or a for-each item: its key is
+    `<execution>:<step>:<index>`, so each item is judged on its own): a maximum bipartite
+    matching (augmenting paths), so a duplicate is called unexplained only when no assignment
+    at all could explain it."""
     by_key: dict[str, list[Call]] = defaultdict(list)
     for call in calls:
         by_key[call.key].append(call)
@@ -504,17 +577,21 @@ def judge(calls: list[Call], interruptions: list[Interruption], end: float) -> D
     holders: list[list[int]] = [[] for _ in interruptions]  # windows each one explains
 
     def place(window: int, seen: set[int]) -> bool:
+        key = windows[window][2]
         for n in fits[window]:
             if n in seen:
                 continue
             seen.add(n)
-            if len(holders[n]) < interruptions[n].capacity:
-                holders[n].append(window)
+            held = holders[n]
+            # One interruption cuts a given step's (or item's) call once.
+            same = [other for other in held if windows[other][2] == key]
+            if not same and len(held) < interruptions[n].capacity:
+                held.append(window)
                 return True
-            for other in holders[n]:
+            for other in same or list(held):
                 if place(other, seen):  # `other` moved to another interruption
-                    holders[n].remove(other)
-                    holders[n].append(window)
+                    held.remove(other)
+                    held.append(window)
                     return True
         return False
 
@@ -532,15 +609,44 @@ def judge(calls: list[Call], interruptions: list[Interruption], end: float) -> D
     )
 
 
-def missing_calls(calls: list[Call], succeeded: list[str], steps: int) -> list[str]:
-    """Keys of steps of succeeded executions that never called the server (should be none)."""
+def missing_calls(calls: list[Call], succeeded: list[str], keys: list[str]) -> list[str]:
+    """Keys of steps (and for-each items) of succeeded executions that never called the server
+    (should be none); `keys` are the workflow's suffixes (ChaosWorkflow.keys)."""
     seen = {call.key for call in calls}
     return [
-        f"{execution}:s{n}"
+        f"{execution}:{key}"
         for execution in succeeded
-        for n in range(1, steps + 1)
-        if f"{execution}:s{n}" not in seen
+        for key in keys
+        if f"{execution}:{key}" not in seen
     ]
+
+
+_FINISHED_ROWS = text(
+    "select s.execution_id::text || ':' || s.step_id as key,"
+    " extract(epoch from s.finished_at)::float8 as at from execution_steps s"
+    " join workflow_executions e on e.id = s.execution_id"
+    " where e.workflow_id = any(:wfs) and s.status = 'succeeded'"
+    " union all select i.execution_id::text || ':' || i.step_id || ':' || i.item_index,"
+    " extract(epoch from i.finished_at)::float8 from execution_step_items i"
+    " join workflow_executions e on e.id = i.execution_id"
+    " where e.workflow_id = any(:wfs) and i.status = 'succeeded'"
+)
+
+
+async def finished_rows(runtime: Runtime, workflow_ids: list[str]) -> dict[str, float]:
+    """When each succeeded step and for-each item of these workflows' executions was finished
+    (Unix time), by its Idempotency-Key."""
+    async with runtime.database.system_engine.connect() as conn:
+        rows = await conn.execute(_FINISHED_ROWS, {"wfs": workflow_ids})
+        return {row.key: row.at for row in rows}
+
+
+def called_after_finish(calls: list[Call], finished: dict[str, float]) -> list[str]:
+    """Keys of succeeded steps and for-each items called again after their row was finished: a
+    finished step (or item) run again. A row's `finished_at` is its transaction's start, after
+    the answer of the call that finished it; the database and the recorder read the same
+    clock."""
+    return sorted({c.key for c in calls if c.key in finished and c.arrived_unix > finished[c.key]})
 
 
 @dataclass
@@ -671,13 +777,13 @@ def workdir(keep: Path | None) -> Iterator[Path]:
 
 
 async def submit(
-    api: httpx.AsyncClient, url: str, headers: dict[str, str], m: int, ids: list[str]
+    api: httpx.AsyncClient, urls: list[str], headers: dict[str, str], ids: list[str]
 ) -> int:
-    """M execute calls, IN_FLIGHT at a time; returns how many answers were not 202 (each such
-    call is tried again: an error before the commit leaves no row)."""
+    """One execute call per URL, in order, IN_FLIGHT at a time; returns how many answers were
+    not 202 (each such call is tried again: an error before the commit leaves no row)."""
     gate, errors = asyncio.Semaphore(IN_FLIGHT), 0
 
-    async def one(n: int) -> None:
+    async def one(n: int, url: str) -> None:
         nonlocal errors
         for _ in range(20):
             async with gate:
@@ -689,28 +795,33 @@ async def submit(
             await asyncio.sleep(0.5)
         raise RuntimeError(f"execute answered {response.status_code}: {response.text}")
 
-    await asyncio.gather(*(one(n) for n in range(m)))
+    await asyncio.gather(*(one(n, url) for n, url in enumerate(urls)))
     return errors
 
 
-async def statuses(runtime: Runtime, workflow_id: str) -> dict[str, int]:
+def _ids(workflows: str | list[str]) -> list[str]:
+    return [workflows] if isinstance(workflows, str) else list(workflows)
+
+
+async def statuses(runtime: Runtime, workflows: str | list[str]) -> dict[str, int]:
+    """Executions by status, of one workflow or several together."""
     async with runtime.database.system_engine.connect() as conn:
-        rows = await conn.execute(COUNT_BY_STATUS, {"wf": workflow_id})
+        rows = await conn.execute(COUNT_BY_STATUS, {"wfs": _ids(workflows)})
         return {status: int(count) for status, count in rows}
 
 
-async def not_terminal(runtime: Runtime, workflow_id: str) -> list[dict[str, Any]]:
+async def not_terminal(runtime: Runtime, workflows: list[str]) -> list[dict[str, Any]]:
     """The executions that never finished, with their job's state, for the report."""
     query = text(
         "select e.id, e.status, e.attempts, e.error,"
         " (select json_agg(json_build_object('step', s.step_id, 'status', s.status,"
         "  'attempts', s.attempts) order by s.position) from execution_steps s"
         "  where s.execution_id = e.id) as steps"
-        " from workflow_executions e where e.workflow_id = :wf"
+        " from workflow_executions e where e.workflow_id = any(:wfs)"
         " and e.status not in ('succeeded', 'failed', 'cancelled') order by e.created_at"
     )
     async with runtime.database.system_engine.connect() as conn:
-        rows = (await conn.execute(query, {"wf": workflow_id})).mappings().all()
+        rows = (await conn.execute(query, {"wfs": workflows})).mappings().all()
     out = []
     for row in rows:
         state = await ExecutionQueue(runtime).state(row["id"])
@@ -724,25 +835,36 @@ async def not_terminal(runtime: Runtime, workflow_id: str) -> list[dict[str, Any
     return out
 
 
-async def terminal_ids(runtime: Runtime, workflow_id: str) -> dict[str, list[dict[str, Any]]]:
+async def terminal_ids(runtime: Runtime, workflows: list[str]) -> dict[str, list[dict[str, Any]]]:
     query = text(
-        "select id, status, error from workflow_executions where workflow_id = :wf"
-        " and status in ('succeeded', 'failed', 'cancelled')"
+        "select id, workflow_id, status, error from workflow_executions"
+        " where workflow_id = any(:wfs) and status in ('succeeded', 'failed', 'cancelled')"
     )
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     async with runtime.database.system_engine.connect() as conn:
-        for row in (await conn.execute(query, {"wf": workflow_id})).mappings():
-            out[row["status"]].append({"id": str(row["id"]), "error": row["error"]})
+        for row in (await conn.execute(query, {"wfs": workflows})).mappings():
+            out[row["status"]].append(
+                {"id": str(row["id"]), "workflow": str(row["workflow_id"]), "error": row["error"]}
+            )
     return out
 
 
-async def steps_started_again(runtime: Runtime, workflow_id: str) -> int:
+async def steps_started_again(runtime: Runtime, workflows: list[str]) -> int:
+    """Starts beyond the first, of steps and of for-each items (a for-each step's own row
+    counts its starts too: it starts again when its execution resumes)."""
     query = text(
         "select coalesce(sum(s.attempts - 1), 0) from execution_steps s"
-        " join workflow_executions e on e.id = s.execution_id where e.workflow_id = :wf"
+        " join workflow_executions e on e.id = s.execution_id where e.workflow_id = any(:wfs)"
+        " and s.attempts > 0"
+    )
+    items = text(
+        "select coalesce(sum(i.attempts - 1), 0) from execution_step_items i"
+        " join workflow_executions e on e.id = i.execution_id where e.workflow_id = any(:wfs)"
+        " and i.attempts > 0"
     )
     async with runtime.database.system_engine.connect() as conn:
-        return int((await conn.execute(query, {"wf": workflow_id})).scalar_one())
+        steps = int((await conn.execute(query, {"wfs": workflows})).scalar_one())
+        return steps + int((await conn.execute(items, {"wfs": workflows})).scalar_one())
 
 
 async def chaos(
@@ -788,11 +910,28 @@ async def chaos(
             )
             registered.raise_for_status()
             headers = {"Authorization": f"Bearer {registered.json()['access_token']}"}
-            steps = http_steps(recorder, args.steps, args.step_delay)
-            body = {"name": "chaos", "definition": {"steps": steps}}
-            created = await api.post("/api/workflows", json=body, headers=headers)
-            created.raise_for_status()
-            workflow_id = created.json()["id"]
+            flows = [chain_workflow(recorder, args.steps, args.step_delay)]
+            wait = None if args.dag_wait in ("", "none") else args.dag_wait
+            if args.dag_executions:
+                flows.append(dag_workflow(recorder, args.step_delay, wait))
+            counts_by_flow = {"chain": args.executions, "dag": args.dag_executions}
+            workflow_ids: dict[str, str] = {}
+            for flow in flows:
+                body = {"name": f"chaos-{flow.name}", "definition": flow.definition}
+                created = await api.post("/api/workflows", json=body, headers=headers)
+                created.raise_for_status()
+                workflow_ids[flow.name] = created.json()["id"]
+            all_ids = list(workflow_ids.values())
+            total = sum(counts_by_flow[f.name] for f in flows)
+            # Every execution's execute URL, the workflows' evenly interleaved.
+            urls = [
+                url
+                for _, url in sorted(
+                    (n / counts_by_flow[f.name], f"/api/workflows/{workflow_ids[f.name]}/execute")
+                    for f in flows
+                    for n in range(counts_by_flow[f.name])
+                )
+            ]
 
             workers = [await spawn() for _ in range(args.workers)]
             monkey = Monkey(
@@ -803,18 +942,17 @@ async def chaos(
                 recovery_seconds=(args.lock_ms + args.stalled_ms) / 1000,
                 redis=redis,
                 # Mid-run: half the executions finished, workers busy with the rest.
-                restart_redis_when=lambda: progress["terminal"] >= args.executions // 2,
+                restart_redis_when=lambda: progress["terminal"] >= total // 2,
                 redis_down_seconds=args.redis_down,
                 min_ready_seconds=args.min_ready,
                 rng=random.Random(args.seed),
+                width=max(f.width for f in flows),
             )
             await monkey.wait_ready()
             began, began_wall = time.monotonic(), time.time()
             stop = asyncio.Event()
             monkey_task = asyncio.create_task(monkey.run(stop))
-            submitting = asyncio.create_task(
-                submit(api, f"/api/workflows/{workflow_id}/execute", headers, args.executions, ids)
-            )
+            submitting = asyncio.create_task(submit(api, urls, headers, ids))
             submitted_at: float | None = None
             counts: dict[str, int] = {}
             last_report = began
@@ -826,7 +964,7 @@ async def chaos(
                     if submitting.done() and submitted_at is None:
                         submitting.result()
                         submitted_at = time.monotonic()
-                    counts = await statuses(runtime, workflow_id)
+                    counts = await statuses(runtime, all_ids)
                     done = progress["terminal"] = sum(counts.get(s, 0) for s in TERMINAL)
                     if time.monotonic() - last_report >= 10:
                         last_report = time.monotonic()
@@ -836,7 +974,7 @@ async def chaos(
                             file=sys.stderr,
                             flush=True,
                         )
-                    if submitted_at is not None and done >= args.executions:
+                    if submitted_at is not None and done >= total:
                         break
             finally:
                 finished_at = time.monotonic()
@@ -847,16 +985,18 @@ async def chaos(
                 await asyncio.gather(submitting, return_exceptions=True)
                 await monkey.stop_all()
             api_errors = submitting.result() if not submitting.cancelled() else -1
-            counts = await statuses(runtime, workflow_id)
-            lost = await not_terminal(runtime, workflow_id)
-            finished = await terminal_ids(runtime, workflow_id)
-            restarted_steps = await steps_started_again(runtime, workflow_id)
+            counts = await statuses(runtime, all_ids)
+            by_flow = {f.name: await statuses(runtime, workflow_ids[f.name]) for f in flows}
+            lost = await not_terminal(runtime, all_ids)
+            finished = await terminal_ids(runtime, all_ids)
+            restarted_steps = await steps_started_again(runtime, all_ids)
+            calls = recorder.snapshot()
+            run_again = called_after_finish(calls, await finished_rows(runtime, all_ids))
     finally:
         kill_all(spawned)  # after an error: no worker may outlive the run
         await runtime.close()
         recorder.close()
 
-    calls = recorder.snapshot()
     if args.keep is not None:  # for a post-mortem next to the workers' logs
         record = {
             "began_monotonic": began,
@@ -871,12 +1011,21 @@ async def chaos(
     facts = read_logs([w.output() for w in monkey.all_workers])
     failed_stalls = Counter(facts.stalls.get(e["id"], 0) for e in finished.get("failed", []))
     duplicates = judge(calls, monkey.interruptions, finished_at)
-    succeeded_ids = [e["id"] for e in finished.get("succeeded", [])]
-    missing = missing_calls(calls, succeeded_ids, args.steps)
+    succeeded_by_flow: dict[str, list[str]] = defaultdict(list)
+    for execution in finished.get("succeeded", []):
+        succeeded_by_flow[execution["workflow"]].append(execution["id"])
+    missing = [
+        key
+        for flow in flows
+        for key in missing_calls(calls, succeeded_by_flow[workflow_ids[flow.name]], flow.keys)
+    ]
     seconds = finished_at - began
     hits = monkey.interruptions
     return {
-        "executions": args.executions,
+        "executions": total,
+        "by_workflow": {
+            f.name: {"executions": counts_by_flow[f.name], **by_flow[f.name]} for f in flows
+        },
         "submitted": len(ids),
         "api_errors": api_errors,
         "enqueue_failures": enqueue_failures,
@@ -886,7 +1035,7 @@ async def chaos(
         "cancelled": counts.get("cancelled", 0),
         "lost": len(lost),
         "step_calls": duplicates.calls,
-        "step_calls_expected": args.executions * args.steps,
+        "step_calls_expected": sum(counts_by_flow[f.name] * len(f.keys) for f in flows),
         "steps_missing_a_call": len(missing),
         "duplicated_calls": duplicates.duplicated,
         "duplicated_concurrent": duplicates.concurrent,
@@ -926,6 +1075,7 @@ async def chaos(
         },
         "worker_log_events": facts.events,
         "finished_steps_run_again": len(facts.succeeded_twice),
+        "finished_called_again": len(run_again),
         "failed_by_stalls": dict(sorted(failed_stalls.items())),
         "began_utc": datetime.fromtimestamp(began_wall, UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
@@ -935,6 +1085,8 @@ async def chaos(
             "workers": args.workers,
             "concurrency": args.concurrency,
             "steps": args.steps,
+            "dag_executions": args.dag_executions,
+            "dag_wait": wait,
             "step_delay_s": args.step_delay,
             "kill_every_s": args.kill_every,
             "lock_ms": args.lock_ms,
@@ -953,6 +1105,7 @@ async def chaos(
             "unexplained": duplicates.unexplained[:10],
             "missing": missing[:10],
             "finished_steps_run_again": facts.succeeded_twice[:10],
+            "finished_called_again": run_again[:10],
         },
         "interruptions": [
             {
@@ -973,7 +1126,7 @@ def report(result: dict[str, Any]) -> None:
         f"{'submitted':<34}{result['submitted']:>8}   (API errors retried: {result['api_errors']}, "
         f"enqueues failed: {result['enqueue_failures']})"
     )
-    print(f"{'succeeded':<34}{result['succeeded']:>8}")
+    print(f"{'succeeded':<34}{result['succeeded']:>8}   {result['by_workflow']}")
     print(
         f"{'failed':<34}{result['failed']:>8}   "
         f"(by job_stalled events seen for it: {result['failed_by_stalls']})"
@@ -992,6 +1145,10 @@ def report(result: dict[str, Any]) -> None:
     )
     print(f"{'  unexplained':<34}{result['duplicates_unexplained']:>8}")
     print(f"{'finished steps run again (logs)':<34}{result['finished_steps_run_again']:>8}")
+    print(
+        f"{'finished steps/items called again':<34}{result['finished_called_again']:>8}"
+        "   (a call after the row's finished_at)"
+    )
     print(f"{'steps started again (DB attempts)':<34}{result['steps_started_again']:>8}")
     print(
         f"{'kills':<34}{sum(result['kills'].values()):>8}   {result['kills']}, "
@@ -1038,7 +1195,16 @@ def main() -> int:
         help="a PostgreSQL server where databases and roles may be created",
     )
     parser.add_argument("--concurrency", type=int, default=10, help="WORKER_CONCURRENCY")
-    parser.add_argument("--steps", type=int, default=3, help="http steps per execution")
+    parser.add_argument("--steps", type=int, default=3, help="http steps per chain execution")
+    parser.add_argument(
+        "--dag-executions",
+        type=int,
+        default=300,
+        help="executions of the DAG workflow (fan-out, for-each, wait, join), besides the chain's",
+    )
+    parser.add_argument(
+        "--dag-wait", default="none", help="the DAG's wait step's duration ('none': no wait step)"
+    )
     parser.add_argument("--step-delay", type=float, default=0.03, help="server delay per call, s")
     parser.add_argument("--lock-ms", type=int, default=3_000, help="QUEUE_LOCK_DURATION_MS")
     parser.add_argument("--stalled-ms", type=int, default=1_000, help="QUEUE_STALLED_INTERVAL_MS")
@@ -1080,6 +1246,7 @@ def main() -> int:
         and result["duplicates_unexplained"] == 0
         and result["steps_missing_a_call"] == 0
         and result["finished_steps_run_again"] == 0
+        and result["finished_called_again"] == 0
         and result["submitted"] == result["executions"]
     )
     return 0 if ok else 1

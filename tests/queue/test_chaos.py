@@ -1,9 +1,11 @@
 """Chaos, reduced (the full run is bench/chaos.py, figures in docs/PERFORMANCE.md): executions of
-a two-step `http` workflow while a worker is SIGKILLed or SIGTERMed every ~1.5 s (once both are
-up) and replaced, and Redis (AOF on) restarts once. Nothing may be lost or fail, every step
-called twice must have been interrupted by a kill, a hand-back or the Redis restart, and no
-finished step may run again. Then two shutdown races the chaos run found, made deterministic:
-a hand-back between two steps, and a job still being claimed when the shutdown times out."""
+a two-step `http` chain and, among them, of issue 18's DAG (a fan-out of 3, a for-each of 5 items
+with max_parallel 3, and a join) while a worker is SIGKILLed or SIGTERMed every ~1.5 s (once both
+are up) and replaced, and Redis (AOF on) restarts once. Nothing may be lost or fail, every step
+and for-each item called twice must have been interrupted by a kill, a hand-back or the Redis
+restart, and no finished step or item may run again. Then two shutdown races the chaos run
+found, made deterministic: a hand-back between two steps, and a job still being claimed when the
+shutdown times out."""
 
 from __future__ import annotations
 
@@ -19,8 +21,12 @@ import pytest
 from bench.chaos import (
     AofRedis,
     CallRecorder,
+    ChaosWorkflow,
     Monkey,
-    http_steps,
+    called_after_finish,
+    chain_workflow,
+    dag_workflow,
+    finished_rows,
     judge,
     missing_calls,
     read_logs,
@@ -47,6 +53,8 @@ from tests.workers import (
 )
 
 EXECUTIONS = 150
+DAG_EXECUTIONS = 12  # ten calls each, spread among the chain's (about 3 s more)
+DAG_WAIT: str | None = None
 EXTRA = 50  # more, in the rare case all finished before both kinds of kill and the restart
 STEPS = 2
 STEP_DELAY = 0.02  # seconds the recorder takes to answer: kills land mid-step
@@ -129,15 +137,16 @@ def spawn_worker(chaos_settings: Settings, tmp_path: Path) -> Iterator[Callable[
 
 
 async def _submit(
-    api: httpx.AsyncClient, owner: Account, workflow_id: str, ids: list[str], count: int
+    api: httpx.AsyncClient, owner: Account, workflow_ids: list[str], ids: dict[str, list[str]]
 ) -> None:
-    gate, first = asyncio.Semaphore(8), len(ids)
+    """One execution per entry of `workflow_ids`, in order, 8 at a time."""
+    gate = asyncio.Semaphore(8)
 
-    async def one(n: int) -> None:
+    async def one(n: int, workflow_id: str) -> None:
         async with gate:
-            ids.append(await execute(api, owner, workflow_id, {"n": n}))
+            ids[workflow_id].append(await execute(api, owner, workflow_id, {"n": n}))
 
-    await asyncio.gather(*(one(first + n) for n in range(count)))
+    await asyncio.gather(*(one(n, w) for n, w in enumerate(workflow_ids)))
 
 
 def _chaos_done(monkey: Monkey) -> bool:
@@ -157,8 +166,22 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
 ) -> None:
     runtime, api = chaos_api
     owner = await register(api, label="chaos", organization_name="Chaos Org")
-    steps = http_steps(recorder, STEPS, STEP_DELAY)
-    workflow_id = await create_workflow(api, owner, steps, name="chaos")
+    chain, dag = (
+        chain_workflow(recorder, STEPS, STEP_DELAY),
+        dag_workflow(recorder, STEP_DELAY, DAG_WAIT),
+    )
+    flows: dict[str, ChaosWorkflow] = {}
+    for flow in (chain, dag):
+        definition = dict(flow.definition)
+        steps = definition.pop("steps")
+        flows[await create_workflow(api, owner, steps, name=flow.name, **definition)] = flow
+    chain_id, dag_id = list(flows)
+    # The DAG's executions spread evenly among the chain's.
+    order = sorted(
+        [(n / EXECUTIONS, chain_id) for n in range(EXECUTIONS)]
+        + [(n / DAG_EXECUTIONS, dag_id) for n in range(DAG_EXECUTIONS)]
+    )
+    first_batch = [workflow_id for _, workflow_id in order]
 
     async def spawn() -> WorkerProcess:
         return spawn_worker()
@@ -175,24 +198,29 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
         redis_down_seconds=0.5,
         min_ready_seconds=0.5,
         rng=random.Random(20_240_901),
+        width=max(flow.width for flow in flows.values()),
     )
     await monkey.wait_ready()
     began = time.monotonic()
     stop = asyncio.Event()
     chaos = asyncio.create_task(monkey.run(stop))
-    ids: list[str] = []
+    ids: dict[str, list[str]] = {workflow_id: [] for workflow_id in flows}
+
+    def submitted() -> int:
+        return sum(len(i) for i in ids.values())
+
     counts: dict[str, int] = {}
     try:
-        await _submit(api, owner, workflow_id, ids, EXECUTIONS)
+        await _submit(api, owner, first_batch, ids)
         while time.monotonic() - began < WITHIN:
             assert not chaos.done(), chaos.exception()
-            counts = await statuses(runtime, workflow_id)
+            counts = await statuses(runtime, list(flows))
             progress["terminal"] = sum(counts.get(s, 0) for s in TERMINAL)
-            if progress["terminal"] == len(ids):
-                if _chaos_done(monkey) or len(ids) >= 2 * EXECUTIONS:
+            if progress["terminal"] == submitted():
+                if _chaos_done(monkey) or submitted() >= 2 * EXECUTIONS:
                     break
                 # A fast machine finished before every kind of chaos happened: more work.
-                await _submit(api, owner, workflow_id, ids, EXTRA)
+                await _submit(api, owner, [chain_id] * EXTRA, ids)
             await asyncio.sleep(0.25)
     finally:
         ended = time.monotonic()
@@ -203,8 +231,10 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
     calls = recorder.snapshot()
     duplicates = judge(calls, monkey.interruptions, ended)
     facts = read_logs([w.output() for w in monkey.all_workers])
+    finished = await finished_rows(runtime, list(flows))
     print(
-        f"chaos: {len(ids)} executions in {ended - began:.1f} s, {counts}; kills "
+        f"chaos: {submitted()} executions ({len(ids[dag_id])} DAG) in {ended - began:.1f} s, "
+        f"{counts}; kills "
         f"{dict(monkey.kills)}, Redis restart {monkey.redis_restart}; {duplicates.calls} calls, "
         f"{duplicates.duplicated} duplicated ({duplicates.explained}); log events {facts.events}"
     )
@@ -219,10 +249,14 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
     assert monkey.sigterm_exits, "no worker was SIGTERMed"
     assert all(s is not None and s < bound for s in monkey.sigterm_exits), monkey.sigterm_exits
     # Nothing lost, nothing failed.
-    assert counts == {"succeeded": len(ids)}
-    # Every step of every execution was called; calls made twice were interrupted ones.
-    assert missing_calls(calls, ids, STEPS) == []
-    assert facts.succeeded_twice == []  # no finished step ran again
+    assert counts == {"succeeded": submitted()}
+    # Every step (and item) of every execution was called; calls made twice were interrupted.
+    for workflow_id, flow in flows.items():
+        assert missing_calls(calls, ids[workflow_id], flow.keys) == []
+        # ... and has its succeeded row, with the time it was finished.
+        assert {f"{e}:{k}" for e in ids[workflow_id] for k in flow.keys} <= set(finished)
+    assert facts.succeeded_twice == []  # no finished step ran again ...
+    assert called_after_finish(calls, finished) == []  # ... nor a step or item after its row
     assert duplicates.unexplained == []
 
 
