@@ -14,7 +14,7 @@ executions are finished, Redis is stopped (SIGTERM) and started again on the sam
 directory, so it reloads its AOF. The run ends when every execution is terminal or at
 `--time-limit`.
 
-    python bench/chaos.py [--executions 2000] [--dag-executions 300] [--dag-wait none]
+    python bench/chaos.py [--executions 2000] [--dag-executions 300] [--dag-wait 1s]
         [--workers 2] [--kill-every 2.0] [--time-limit 600]
 
 Prints submitted, succeeded, failed, lost (never terminal), step calls, duplicated step calls
@@ -955,6 +955,7 @@ async def chaos(
             submitting = asyncio.create_task(submit(api, urls, headers, ids))
             submitted_at: float | None = None
             counts: dict[str, int] = {}
+            parked = 0  # the most executions seen `waiting` (parked by the DAG's wait) at once
             last_report = began
             try:
                 while time.monotonic() - began < args.time_limit:
@@ -965,6 +966,7 @@ async def chaos(
                         submitting.result()
                         submitted_at = time.monotonic()
                     counts = await statuses(runtime, all_ids)
+                    parked = max(parked, counts.get("waiting", 0))
                     done = progress["terminal"] = sum(counts.get(s, 0) for s in TERMINAL)
                     if time.monotonic() - last_report >= 10:
                         last_report = time.monotonic()
@@ -1034,6 +1036,7 @@ async def chaos(
         "failed": counts.get("failed", 0),
         "cancelled": counts.get("cancelled", 0),
         "lost": len(lost),
+        "waiting_max": parked,
         "step_calls": duplicates.calls,
         "step_calls_expected": sum(counts_by_flow[f.name] * len(f.keys) for f in flows),
         "steps_missing_a_call": len(missing),
@@ -1133,6 +1136,7 @@ def report(result: dict[str, Any]) -> None:
     )
     print(f"{'cancelled':<34}{result['cancelled']:>8}")
     print(f"{'lost (never terminal)':<34}{result['lost']:>8}")
+    print(f"{'most waiting (parked) at once':<34}{result['waiting_max']:>8}")
     expected = result["step_calls_expected"]
     print(f"{'step calls (expected)':<34}{result['step_calls']:>8}   ({expected})")
     print(f"{'steps of succeeded, never called':<34}{result['steps_missing_a_call']:>8}")
@@ -1203,7 +1207,7 @@ def main() -> int:
         help="executions of the DAG workflow (fan-out, for-each, wait, join), besides the chain's",
     )
     parser.add_argument(
-        "--dag-wait", default="none", help="the DAG's wait step's duration ('none': no wait step)"
+        "--dag-wait", default="1s", help="the DAG's wait step's duration ('none': no wait step)"
     )
     parser.add_argument("--step-delay", type=float, default=0.03, help="server delay per call, s")
     parser.add_argument("--lock-ms", type=int, default=3_000, help="QUEUE_LOCK_DURATION_MS")

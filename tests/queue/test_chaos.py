@@ -1,11 +1,11 @@
 """Chaos, reduced (the full run is bench/chaos.py, figures in docs/PERFORMANCE.md): executions of
 a two-step `http` chain and, among them, of issue 18's DAG (a fan-out of 3, a for-each of 5 items
-with max_parallel 3, and a join) while a worker is SIGKILLed or SIGTERMed every ~1.5 s (once both
-are up) and replaced, and Redis (AOF on) restarts once. Nothing may be lost or fail, every step
-and for-each item called twice must have been interrupted by a kill, a hand-back or the Redis
-restart, and no finished step or item may run again. Then two shutdown races the chaos run
-found, made deterministic: a hand-back between two steps, and a job still being claimed when the
-shutdown times out."""
+with max_parallel 3, a durable 1 s wait and a join) while a worker is SIGKILLed or SIGTERMed
+every ~1.5 s (once both are up) and replaced, and Redis (AOF on) restarts once. Nothing may be
+lost or fail, every step and for-each item called twice must have been interrupted by a kill, a
+hand-back or the Redis restart, and no finished step or item may run again. Then two shutdown
+races the chaos run found, made deterministic: a hand-back between two steps, and a job still
+being claimed when the shutdown times out."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from tests.workers import (
 
 EXECUTIONS = 150
 DAG_EXECUTIONS = 12  # ten calls each, spread among the chain's (about 3 s more)
-DAG_WAIT: str | None = None
+DAG_WAIT = "1s"  # durable: the execution parks, its job completes, the waker brings it back
 EXTRA = 50  # more, in the rare case all finished before both kinds of kill and the restart
 STEPS = 2
 STEP_DELAY = 0.02  # seconds the recorder takes to answer: kills land mid-step
@@ -210,11 +210,13 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
         return sum(len(i) for i in ids.values())
 
     counts: dict[str, int] = {}
+    parked = 0  # the most executions seen `waiting` at once (the DAG's wait parks them)
     try:
         await _submit(api, owner, first_batch, ids)
         while time.monotonic() - began < WITHIN:
             assert not chaos.done(), chaos.exception()
             counts = await statuses(runtime, list(flows))
+            parked = max(parked, counts.get("waiting", 0))
             progress["terminal"] = sum(counts.get(s, 0) for s in TERMINAL)
             if progress["terminal"] == submitted():
                 if _chaos_done(monkey) or submitted() >= 2 * EXECUTIONS:
@@ -248,8 +250,10 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
     bound = float(WORKER_SETTINGS["shutdown_timeout_seconds"]) + 2
     assert monkey.sigterm_exits, "no worker was SIGTERMed"
     assert all(s is not None and s < bound for s in monkey.sigterm_exits), monkey.sigterm_exits
-    # Nothing lost, nothing failed.
+    # Nothing lost, nothing failed; the waits parked their executions and ended.
     assert counts == {"succeeded": submitted()}
+    assert parked > 0
+    assert {f"{e}:pause" for e in ids[dag_id]} <= set(finished)
     # Every step (and item) of every execution was called; calls made twice were interrupted.
     for workflow_id, flow in flows.items():
         assert missing_calls(calls, ids[workflow_id], flow.keys) == []
