@@ -141,6 +141,34 @@ async def test_an_approver_decides_and_anyone_else_gets_403(
     assert "execution.approve" in actions
 
 
+async def test_an_approval_nobody_decides_fails_the_step_at_its_timeout_when_asked_to(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "ok",
+                "type": "approval",
+                "args": {"approvers": {"role": "owner"}, "timeout": "1s", "on_timeout": "fail"},
+            },
+            {"id": "never", "type": "transform", "args": {"value": 1}},
+        ],
+    )
+    start_worker()
+    execution_id = await execute(api, owner, workflow_id)
+    await wait_for_status(api, owner, execution_id, {"waiting"}, within=15)
+    done = await wait_for_status(api, owner, execution_id, within=15)
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "approval_timed_out"
+    assert [s["step_id"] for s in done["steps"] if s["status"] == "skipped"] == ["never"]
+    [asked] = done["approvals"]
+    assert asked["status"] == "timed_out"
+    late = await _approve(api, owner, execution_id, "ok")
+    assert late.status_code == 409
+
+
 async def test_approvals_inside_a_for_each_are_decided_per_item_and_can_time_out(
     api: httpx.AsyncClient,
     owner: Account,
@@ -289,7 +317,9 @@ async def test_a_sub_workflow_returns_its_output_and_a_failing_child_fails_the_s
         ],
         name="parent",
     )
-    start_worker()
+    # One running execution for the organization: the parent parks while its child runs, so
+    # the child is never stuck behind the parent that waits for it.
+    start_worker(max_running_per_org=1)
     ok = await wait_for_status(
         api, owner, await execute(api, owner, parent, {"x": 21, "fail": False}), within=20
     )

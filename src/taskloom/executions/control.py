@@ -98,24 +98,25 @@ async def approval(
                 )
             )
         ).scalar_one()
+        on_timeout = args.get("on_timeout") or "reject"
         if row.status == ApprovalStatus.PENDING and row.timeout_at <= datetime.now(UTC):
-            on_timeout = args.get("on_timeout") or "reject"
-            if on_timeout == "fail":
-                row.status = ApprovalStatus.TIMED_OUT
-                row.decided_at = func.now()
-                await db.flush()
-                raise StepError(
-                    f"nobody decided within {args.get('timeout') or '24h'}",
-                    code="approval_timed_out",
-                )
             row.status = ApprovalStatus.TIMED_OUT
             row.decided_at = func.now()
             await db.flush()
             await db.refresh(row)
-            return Done(_decision(row, approved=on_timeout == "approve"))
-        if row.status == ApprovalStatus.PENDING:
+        elif row.status == ApprovalStatus.PENDING:
             return Waiting(row.timeout_at)
-        return Done(_decision(row, approved=row.status == ApprovalStatus.APPROVED))
+        decided = _decision(
+            row,
+            approved=row.status == ApprovalStatus.APPROVED
+            or (row.status == ApprovalStatus.TIMED_OUT and on_timeout == "approve"),
+        )
+    # Raised once the timeout is committed (inside the transaction it would be rolled back).
+    if row.status == ApprovalStatus.TIMED_OUT and on_timeout == "fail":
+        raise StepError(
+            f"nobody decided within {args.get('timeout') or '24h'}", code="approval_timed_out"
+        )
+    return Done(decided)
 
 
 def _decision(row: ExecutionApproval, *, approved: bool) -> dict[str, Any]:
