@@ -212,6 +212,15 @@ def _abuse_checks(c: _Checklist) -> None:
         c.warn(area, "registration", "REGISTRATION=open: anyone may create an account")
     else:
         c.ok(area, "registration", f"REGISTRATION={mode.value}")
+    if s.public_url:
+        c.ok("links", "public URL", f"links in webhook events start with {s.public_url}")
+    elif s.is_production:
+        c.warn(
+            "links",
+            "public URL",
+            "PUBLIC_URL is unset: approval.requested events carry a path (/ui/approvals/…), "
+            "not a link people can open",
+        )
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------

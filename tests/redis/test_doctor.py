@@ -62,6 +62,12 @@ async def test_a_secure_production_configuration_passes(production_values: dict[
     assert checks["limits: rate limits"].status is Status.PASS
     assert checks["limits: registration"].status is Status.PASS
     assert checks["limits: registration"].detail == "REGISTRATION=invite"  # production's default
+    assert checks["links: public URL"].status is Status.WARN  # advised: approval links are paths
+    with_url = _by_name(
+        await run_checks(_unguarded(**production_values, public_url="https://tl.example.com"))
+    )
+    assert with_url["links: public URL"].status is Status.PASS
+    assert "https://tl.example.com" in with_url["links: public URL"].detail
 
 
 async def test_no_rate_limits_or_open_registration_in_production_warn(

@@ -6,6 +6,7 @@ reports how things stand. People decide approvals through executions/approvals.p
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -134,8 +135,6 @@ def _requested(
 ) -> str:
     """The event's data (JSON text): where to decide. The link identifies the approval; it does
     not authorize anything (the page asks for sign-in and the approver's rights)."""
-    import json
-
     base = settings.public_url.rstrip("/") if settings.public_url else ""
     return json.dumps(
         {
