@@ -368,3 +368,31 @@ def proxied_database(queue_settings: Settings) -> Iterator[ProxiedDatabase]:
     through = url.difference_update_query(["host", "port"]).set(host="127.0.0.1", port=proxy.port)
     yield ProxiedDatabase(proxy, through.render_as_string(hide_password=False))
     proxy.close()
+
+
+async def waiting_for_approval(
+    api: httpx.AsyncClient, account: Account, start_worker: StartWorker, name: str
+) -> tuple[str, dict[str, Any]]:
+    """A real worker runs a workflow whose `ok` step asks an admin "Ship <name>?" (1 h timeout)
+    and then `done`; returns the execution id and the execution once it waits for the decision.
+    The output is `{"approved": …}`."""
+    workflow_id = await create_workflow(
+        api,
+        account,
+        [
+            {
+                "id": "ok",
+                "type": "approval",
+                "args": {
+                    "approvers": {"role": "admin"},
+                    "message": "Ship {{ input.name }}?",
+                    "timeout": "1h",
+                },
+            },
+            {"id": "done", "type": "transform", "args": {"value": "{{ steps.ok.output }}"}},
+        ],
+        output={"approved": "{{ steps.ok.output.approved }}"},
+    )
+    start_worker()
+    execution_id = await execute(api, account, workflow_id, {"name": name})
+    return execution_id, await wait_for_status(api, account, execution_id, {"waiting"}, within=15)

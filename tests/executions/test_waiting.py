@@ -15,7 +15,7 @@ from sqlalchemy import update
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionApproval, WorkflowExecution
 from taskloom.runtime import Runtime
-from tests.factories import Account, add_member
+from tests.factories import Account, add_member, register
 from tests.workers import (
     CountingServer,
     StartWorker,
@@ -23,6 +23,7 @@ from tests.workers import (
     execute,
     unique_key,
     wait_for_status,
+    waiting_for_approval,
 )
 
 
@@ -91,26 +92,7 @@ async def test_an_approver_decides_and_anyone_else_gets_403(
     queue_runtime: Runtime,
 ) -> None:
     member = await add_member(api, owner, role="member")
-    workflow_id = await create_workflow(
-        api,
-        owner,
-        [
-            {
-                "id": "ok",
-                "type": "approval",
-                "args": {
-                    "approvers": {"role": "admin"},
-                    "message": "Ship {{ input.name }}?",
-                    "timeout": "1h",
-                },
-            },
-            {"id": "done", "type": "transform", "args": {"value": "{{ steps.ok.output }}"}},
-        ],
-        output={"approved": "{{ steps.ok.output.approved }}"},
-    )
-    start_worker()
-    execution_id = await execute(api, owner, workflow_id, {"name": "v2"})
-    waiting = await wait_for_status(api, owner, execution_id, {"waiting"}, within=15)
+    execution_id, waiting = await waiting_for_approval(api, owner, start_worker, "v2")
     [asked] = waiting["approvals"]
     assert asked["message"] == "Ship v2?"
     assert asked["status"] == "pending"
@@ -122,6 +104,11 @@ async def test_an_approver_decides_and_anyone_else_gets_403(
     assert refused.json()["error"]["code"] == "forbidden"
     missing = await _approve(api, owner, execution_id, "nope")
     assert missing.status_code == 404
+    # Another organization's owner cannot see it, let alone decide it.
+    stranger = await register(api, label="stranger", organization_name="Elsewhere")
+    foreign = await _approve(api, stranger, execution_id, "ok")
+    assert foreign.status_code == 404, foreign.text
+    assert (await api.get("/api/approvals", headers=stranger.headers)).json() == []
 
     approved = await _approve(api, owner, execution_id, "ok", comment="go")
     assert approved.status_code == 200, approved.text
@@ -398,3 +385,35 @@ async def test_sub_workflows_nest_five_deep_at_most(
         depth += 1
     assert depth == 5
     assert current["error"]["code"] == "depth_exceeded"
+
+
+async def test_a_fan_out_of_sub_workflows_stops_at_max_descendant_executions(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker
+) -> None:
+    """A tenant cannot multiply its load through sub-workflows: the third child of a root whose
+    allowance is two fails its item, and the step with it."""
+    child = await create_workflow(
+        api, owner, [{"id": "x", "type": "transform", "args": {"value": 1}}], name="child"
+    )
+    parent = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "each",
+                "type": "workflow",
+                "for_each": "{{ [0, 1, 2] }}",
+                "args": {"workflow": child},
+            }
+        ],
+        name="parent",
+    )
+    start_worker(max_descendant_executions=2)
+    done = await wait_for_status(api, owner, await execute(api, owner, parent), within=20)
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "too_many_descendants"
+    assert done["error"]["item_index"] == 2
+    children = await api.get(
+        "/api/executions", params={"workflow_id": child}, headers=owner.headers
+    )
+    assert len(children.json()["items"]) == 2  # the third was never created

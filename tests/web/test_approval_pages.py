@@ -16,7 +16,13 @@ from tests.factories import PASSWORD, Account, add_member
 from tests.web.conftest import Browser
 from tests.web.support import browser_for, post_form, text_of
 from tests.web.test_graph_pages import SVG, _drawings, _nodes
-from tests.workers import StartWorker, create_workflow, execute, wait_for_status
+from tests.workers import (
+    StartWorker,
+    create_workflow,
+    execute,
+    wait_for_status,
+    waiting_for_approval,
+)
 
 
 async def _page(browser: httpx.AsyncClient, path: str) -> httpx.Response:
@@ -54,26 +60,7 @@ async def test_only_approvers_get_the_buttons_and_approving_on_the_page_resumes_
     api: httpx.AsyncClient, owner: Account, queue_browser: Browser, start_worker: StartWorker
 ) -> None:
     member = await add_member(api, owner, role="member")
-    workflow_id = await create_workflow(
-        api,
-        owner,
-        [
-            {
-                "id": "ok",
-                "type": "approval",
-                "args": {
-                    "approvers": {"role": "admin"},
-                    "message": "Ship {{ input.name }}?",
-                    "timeout": "1h",
-                },
-            },
-            {"id": "done", "type": "transform", "args": {"value": "shipped"}},
-        ],
-        output={"approved": "{{ steps.ok.output.approved }}"},
-    )
-    start_worker()
-    execution_id = await execute(api, owner, workflow_id, {"name": "<b>v2</b>"})
-    waiting = await wait_for_status(api, owner, execution_id, {"waiting"}, within=15)
+    execution_id, waiting = await waiting_for_approval(api, owner, start_worker, "<b>v2</b>")
     [asked] = waiting["approvals"]
     approval_id = asked["id"]
     approve_path = f"/ui/approvals/{approval_id}/approve"

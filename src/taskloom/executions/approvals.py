@@ -68,15 +68,17 @@ async def find_approval(*, db: AsyncSession, approval_id: uuid.UUID) -> Executio
     return approval
 
 
-async def list_pending(
-    *, db: AsyncSession, principal: Principal, execution_id: uuid.UUID | None = None
-) -> list[ExecutionApproval]:
-    """The organization's approvals that wait for a decision (of one execution, if given),
-    oldest first."""
-    query = select(ExecutionApproval).where(ExecutionApproval.status == ApprovalStatus.PENDING)
-    if execution_id is not None:
-        query = query.where(ExecutionApproval.execution_id == execution_id)
-    rows = await db.execute(query.order_by(ExecutionApproval.requested_at).limit(200))
+async def list_pending(*, db: AsyncSession, principal: Principal) -> list[ExecutionApproval]:
+    """The organization's approvals that wait for a decision, oldest first (at most 200)."""
+    rows = await db.execute(
+        select(ExecutionApproval)
+        .where(
+            ExecutionApproval.org_id == principal.current_org(),
+            ExecutionApproval.status == ApprovalStatus.PENDING,
+        )
+        .order_by(ExecutionApproval.requested_at)
+        .limit(200)
+    )
     return list(rows.scalars())
 
 

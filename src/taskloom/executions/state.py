@@ -140,9 +140,10 @@ async def claim(
         await _load_steps(db, run)
         # The first step the plan starts is marked running here, unless its `when` or
         # `for_each` must be rendered first or it is a control step (wait, approval, workflow).
-        start, skip = Plan(Graph.of(run.definition), dict(run.states)).next()
+        graph = Graph.of(run.definition)
+        start, skip = Plan(graph, dict(run.states)).next()
         if start and not skip:
-            first = Graph.of(run.definition).steps[start[0]]
+            first = graph.steps[start[0]]
             if (
                 first.get("when") is None
                 and first.get("for_each") is None
@@ -154,7 +155,7 @@ async def claim(
                     org_id,
                     execution_id,
                     step_id=start[0],
-                    position=[s["id"] for s in run.definition["steps"]].index(start[0]),
+                    position=graph.order.index(start[0]),
                     type_=first["type"],
                 )
         return Claim.RUN, run
