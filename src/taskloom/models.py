@@ -13,12 +13,19 @@ from taskloom.executions.models import (
     ExecutionApproval,
     ExecutionStep,
     ExecutionStepItem,
+    IdempotencyKey,
     WorkflowExecution,
 )
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Invitation, Membership, Organization
 from taskloom.tools.models import ToolConnection
+from taskloom.triggers.models import (
+    ScheduleTick,
+    TriggerDelivery,
+    WorkflowSchedule,
+    WorkflowTrigger,
+)
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
 from taskloom.workflows.models import Workflow
 
@@ -38,17 +45,22 @@ __all__ = [
     "FeatureFlagOverride",
     "GdprExportFile",
     "GdprRequest",
+    "IdempotencyKey",
     "Invitation",
     "Membership",
     "Organization",
     "RefreshToken",
+    "ScheduleTick",
     "SchemaRevision",
     "Session",
     "ToolConnection",
+    "TriggerDelivery",
     "User",
     "WebhookDelivery",
     "WebhookEndpoint",
     "Workflow",
     "WorkflowExecution",
+    "WorkflowSchedule",
+    "WorkflowTrigger",
     "metadata",
 ]

@@ -56,6 +56,11 @@ SEED_ORDER = (
     "execution_steps",
     "execution_step_items",
     "execution_approvals",
+    "idempotency_keys",
+    "workflow_schedules",
+    "schedule_ticks",
+    "workflow_triggers",
+    "trigger_deliveries",
     "ai_usage",
     "ai_usage_daily",
     "ai_budget_months",
@@ -84,6 +89,11 @@ OWNER_COLUMN = {
     "execution_steps": "org_id",
     "execution_step_items": "org_id",
     "execution_approvals": "org_id",
+    "idempotency_keys": "org_id",
+    "workflow_schedules": "org_id",
+    "schedule_ticks": "org_id",
+    "workflow_triggers": "org_id",
+    "trigger_deliveries": "org_id",
     "ai_usage": "org_id",
     "ai_usage_daily": "org_id",
     "ai_budget_months": "org_id",
@@ -112,6 +122,8 @@ class Side:
     workflow_id: uuid.UUID = field(default_factory=uuid.uuid4)
     execution_id: uuid.UUID = field(default_factory=uuid.uuid4)
     endpoint_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    schedule_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    trigger_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def as_co_member(self) -> Side:
         """The same organization seen from its second member (with a session of their own)."""
@@ -258,6 +270,54 @@ def row_for(
                 "decided_by": side.user_id,
                 "comment": "looks right",
                 "timeout_at": datetime.now(UTC) + timedelta(hours=1),
+            }
+        case "idempotency_keys":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "workflow_id": side.workflow_id,
+                "key": f"key-{tag}",
+                "request_hash": "0" * 64,
+                "execution_id": side.execution_id,
+            }
+        case "workflow_schedules":
+            return {
+                "id": preset(side.schedule_id),
+                "org_id": side.org_id,
+                "workflow_id": side.workflow_id,
+                "cron": "*/5 * * * *",
+                "timezone": "Europe/Berlin",
+                "next_tick_at": tomorrow,
+                "created_by": side.user_id,
+            }
+        case "schedule_ticks":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "schedule_id": side.schedule_id,
+                "tick_at": datetime.now(UTC) - timedelta(seconds=secrets.randbelow(10**6)),
+                "status": "started",
+                "execution_id": side.execution_id,
+            }
+        case "workflow_triggers":
+            return {
+                "id": preset(side.trigger_id),
+                "org_id": side.org_id,
+                "workflow_id": side.workflow_id,
+                "kind": "webhook",
+                "verification": "token",
+                "response": "async",
+                "encrypted_secret": b"not-a-real-ciphertext",
+                "created_by": side.user_id,
+            }
+        case "trigger_deliveries":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "trigger_id": side.trigger_id,
+                "status": "accepted",
+                "delivery_id": f"delivery-{tag}",
+                "execution_id": side.execution_id,
             }
         case "ai_usage":
             return {

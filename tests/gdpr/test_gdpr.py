@@ -154,6 +154,7 @@ async def world(
         co_member_id=co_member.user_id,
         flag_id=flag_id,
         execution_id=uuid.UUID(execution.json()["execution_id"]),
+        workflow_id=uuid.UUID(wf.json()["id"]),
     )
     async with runtime.database.system_engine.begin() as conn:
         await conn.execute(
@@ -164,11 +165,14 @@ async def world(
         secret = {
             "tool_connections": "encrypted_credentials",
             "webhook_endpoints": "encrypted_secret",
+            "workflow_triggers": "encrypted_secret",
         }
         for table in (
             "ai_usage",
             "tool_connections",
             "webhook_endpoints",
+            "workflow_schedules",
+            "workflow_triggers",
             "gdpr_requests",
             "execution_approvals",
         ):
@@ -213,7 +217,13 @@ async def test_export_holds_every_row_of_every_table_that_references_users(
         assert table in document["tables"], f"the export omits {table}"
         assert len(document["tables"][table]) + references.count(table) == count, table
     # The subject is still an admin of the shared organization: what they wrote there is whole.
-    for table in ("workflows", "tool_connections", "webhook_endpoints"):
+    for table in (
+        "workflows",
+        "tool_connections",
+        "webhook_endpoints",
+        "workflow_schedules",
+        "workflow_triggers",
+    ):
         assert table not in references, table
     # A flag is the instance's, readable only by instance administrators, which they are not.
     assert references == ["feature_flags"]
@@ -231,6 +241,7 @@ async def test_secrets_are_never_exported(world: World, subject_client: httpx.As
     assert all(t["token_hash"] == "[redacted]" for t in tables["refresh_tokens"])
     assert all(c["encrypted_credentials"] == "[redacted]" for c in tables["tool_connections"])
     assert all(w["encrypted_secret"] == "[redacted]" for w in tables["webhook_endpoints"])
+    assert all(t["encrypted_secret"] == "[redacted]" for t in tables["workflow_triggers"])
     text_of_export = json.dumps(document)
     assert "$argon2" not in text_of_export
     assert tables["users"][0]["email"] == world.subject.email

@@ -120,6 +120,49 @@ class WorkflowExecution(Base, rls=Scope.ORG):
     parent_item_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     root_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     depth: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0", default=0)
+    # What started it (migration 0015): `api`, `schedule`, `webhook` or `event` (None: a child,
+    # or an execution from before), the schedule or trigger's id, and how many event triggers
+    # led to it (a chain stops at triggers.events.MAX_CHAIN).
+    trigger_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    trigger_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    trigger_depth: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default="0", default=0
+    )
+
+
+class IdempotencyKey(Base, rls=Scope.ORG):
+    """A start's idempotency key (`Idempotency-Key` on the API, a webhook delivery's id), kept
+    IDEMPOTENCY_TTL_SECONDS: the same key answers with the same execution. Unique per workflow,
+    so of two concurrent starts with one key the second waits for the first's commit and finds
+    its execution; held in PostgreSQL, so a Redis flush cannot let a duplicate through."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "key"),
+        Index("ix_idempotency_keys_org_id", "org_id"),
+        Index("ix_idempotency_keys_created_at", "created_at"),
+        Index("ix_idempotency_keys_execution_id", "execution_id"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False
+    )
+    key: Mapped[str] = mapped_column(String(300), nullable=False)
+    # SHA-256 of the start's input: the same key with another input is refused.
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Written before the execution row in the same transaction, hence checked at commit.
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey(
+            "workflow_executions.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"
+        ),
+        nullable=False,
+    )
+    created_at: Mapped[datetime] = created_at()
 
 
 class _StepRun:

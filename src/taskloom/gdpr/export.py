@@ -72,6 +72,9 @@ TABLE_NOTES = {
     "admin (credentials are never exported).",
     "webhook_endpoints": "Webhook endpoints you created, in organizations where you are still an "
     "admin (signing secrets are never exported).",
+    "workflow_schedules": "Schedules you created, in organizations you are still a member of.",
+    "workflow_triggers": "Webhook and event triggers you created, in organizations where you are "
+    "still an admin (their secrets are never exported).",
     "feature_flags": "Feature flags you created, while you are an instance administrator.",
     "feature_flag_overrides": "Feature-flag settings that target you, or that you created in "
     "organizations where you are still an admin.",

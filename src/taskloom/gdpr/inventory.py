@@ -60,6 +60,8 @@ AUTHORED: dict[tuple[str, str], Reader] = {
     ("execution_approvals", "decided_by"): Role.VIEWER,  # their decisions and comments
     ("tool_connections", "created_by"): Role.ADMIN,
     ("webhook_endpoints", "created_by"): Role.ADMIN,
+    ("workflow_schedules", "created_by"): Role.VIEWER,
+    ("workflow_triggers", "created_by"): Role.ADMIN,
     ("invitations", "invited_by"): Role.ADMIN,  # other people's addresses
     ("feature_flags", "created_by"): "superuser",
     ("feature_flag_overrides", "created_by"): Role.ADMIN,
