@@ -121,6 +121,18 @@ class Settings(BaseSettings):
     wake_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     # Executions of one organization waiting (queued) at once; beyond it execute answers 429.
     max_queued_per_org: int = Field(default=10_000, ge=1, le=1_000_000)
+    # How long an Idempotency-Key (or a webhook delivery's id) answers with its first execution.
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60, le=7 * 86_400)
+    # Triggers (docs/TRIGGERS.md). How often every worker looks for schedule ticks that are due
+    # (a tick is queued up to this much after its time, plus the time to start it).
+    schedule_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # A tick later than this when a worker first sees it was missed (every worker was down):
+    # the schedule's `catch_up` decides whether it runs.
+    schedule_misfire_seconds: float = Field(default=30.0, ge=1, le=86_400)
+    max_schedules_per_org: int = Field(default=500, ge=0, le=100_000)
+    max_triggers_per_org: int = Field(default=200, ge=0, le=100_000)
+    # Requests one webhook trigger accepts per minute (verified or not), across API processes.
+    trigger_rate_limit_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     # Non-terminal executions younger than this are left alone by the reconciler.
     reconcile_grace_seconds: float = Field(default=60.0, ge=0)

@@ -129,3 +129,19 @@ def best_error(schema: Mapping[str, Any], instance: Any) -> ValidationError | No
     with _budget():
         found: ValidationError | None = best_match(SafeValidator(schema).iter_errors(instance))
         return found
+
+
+def all_errors(
+    schema: Mapping[str, Any], instance: Any, *, limit: int = 50
+) -> list[ValidationError]:
+    """Every validation error of `instance` (at most `limit`, by path), for an answer that
+    lists every failing path. Same assumptions and exceptions as `best_error`."""
+    if (reason := unsupported(schema)) is not None:
+        raise SchemaTooSlowToCheck(reason)
+    found: list[ValidationError] = []
+    with _budget():
+        for error in SafeValidator(schema).iter_errors(instance):
+            found.append(error)
+            if len(found) >= limit:
+                break
+    return sorted(found, key=lambda e: [str(p) for p in e.absolute_path])

@@ -320,15 +320,15 @@ async def test_an_admission_cut_short_by_a_crash_loses_nothing(
             d.runtime.database, org_id=owner.org_id, user_id=owner.user_id
         ) as db:
             for _ in range(6):  # committed rows whose after-commit submission never ran
-                execution = await service.start_execution(
+                started = await service.start_execution(
                     db=db,
-                    principal=principal,
-                    context=AuditContext(request_id="crash"),
+                    org_id=owner.org_id,
                     workflow_id=uuid.UUID(workflow),
                     input={},
                     max_queued=100,
+                    origin=service.api_origin(principal, AuditContext(request_id="crash")),
                 )
-                created.append(execution.id)
+                created.append(started.execution.id)
         fair = d.runtime.fair
         admitted = []
         for execution_id in created[:5]:  # the script ran; the process died before Queue.add

@@ -37,6 +37,13 @@ class AuditAction(StrEnum):
     CONNECTION_TEST = "connection.test"
     CONNECTION_KEYS_ROTATE = "connection.keys_rotate"
     AI_BUDGET_UPDATE = "ai.budget_update"
+    SCHEDULE_CREATE = "schedule.create"
+    SCHEDULE_UPDATE = "schedule.update"  # includes pause and resume
+    SCHEDULE_DELETE = "schedule.delete"
+    TRIGGER_CREATE = "trigger.create"
+    TRIGGER_UPDATE = "trigger.update"
+    TRIGGER_DELETE = "trigger.delete"
+    TRIGGER_ROTATE_SECRET = "trigger.rotate_secret"  # noqa: S105 (an action name)
     WEBHOOK_CREATE = "webhook.create"
     WEBHOOK_UPDATE = "webhook.update"
     WEBHOOK_DELETE = "webhook.delete"

@@ -18,8 +18,9 @@ from opentelemetry.trace import SpanKind
 from taskloom.auth.deps import RequestContext
 from taskloom.config import Settings
 from taskloom.executions.models import WorkflowExecution
-from taskloom.executions.service import Cancellation
+from taskloom.executions.service import Cancellation, Started, StartKind
 from taskloom.observability import tracing
+from taskloom.observability.metrics import TRIGGERS
 from taskloom.queue.fairness import Admitted
 from taskloom.queue.jobs import QueueSpec
 from taskloom.runtime import Runtime
@@ -186,6 +187,16 @@ def enqueue_after_commit(
             await queue.submit(execution_id=execution_id, org_id=org_id, request_id=request_id)
 
     ctx.after_commit.append(enqueue)
+
+
+def count_start_after_commit(ctx: RequestContext, kind: StartKind, started: Started) -> None:
+    """Count the start in `workflow_triggers_total` once its transaction has committed."""
+    result = "started" if started.created else "duplicate"
+
+    async def count() -> None:
+        TRIGGERS.labels(kind, result).inc()
+
+    ctx.after_commit.append(count)
 
 
 def after_cancel_commit(ctx: RequestContext, cancellation: Cancellation) -> None:

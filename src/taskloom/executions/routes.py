@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, Viewer
@@ -16,6 +16,7 @@ from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
     ExecutionQueue,
     after_cancel_commit,
+    count_start_after_commit,
     enqueue_after_commit,
     queue_limit,
 )
@@ -31,6 +32,7 @@ from taskloom.executions.schemas import (
     ItemsProgress,
     StepOut,
 )
+from taskloom.executions.service import StartKind
 from taskloom.locations import located, set_location
 from taskloom.timestamps import UtcDatetime
 from taskloom.workflows.schemas import STEP_ID_PATTERN
@@ -49,17 +51,38 @@ ItemIndex = Annotated[int, Path(ge=0, le=100_000)]
     responses=located(202),
 )
 async def execute_workflow(
-    workflow_id: uuid.UUID, ctx: Member, response: Response, body: ExecuteRequest | None = None
+    workflow_id: uuid.UUID,
+    ctx: Member,
+    response: Response,
+    body: ExecuteRequest | None = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=service.IDEMPOTENCY_KEY_MAX,
+            pattern=r"^[\x21-\x7e]+$",
+            description="The same key and input within 24 h answer 200 with the first "
+            "execution; the same key with another input is refused (422)",
+        ),
+    ] = None,
 ) -> ExecutionAccepted:
-    execution = await service.start_execution(
+    started = await service.start_execution(
         db=ctx.db,
-        principal=ctx.principal,
-        context=ctx.audit,
+        org_id=ctx.principal.current_org(),
         workflow_id=workflow_id,
         input=(body or ExecuteRequest()).input,
         max_queued=queue_limit(ctx),
+        origin=service.api_origin(ctx.principal, ctx.audit),
+        idempotency_key=f"api:{idempotency_key}" if idempotency_key else None,
+        idempotency_ttl_seconds=ctx.runtime.settings.idempotency_ttl_seconds,
     )
-    enqueue_after_commit(ctx, execution, replace=False)
+    execution = started.execution
+    if started.created:
+        enqueue_after_commit(ctx, execution, replace=False)
+    else:
+        response.status_code = status.HTTP_200_OK  # the first execution with this key
+    count_start_after_commit(ctx, StartKind.API, started)
     set_location(response, f"/api/executions/{execution.id}")
     return ExecutionAccepted(execution_id=execution.id, status=execution.status)
 

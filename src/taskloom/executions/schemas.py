@@ -64,6 +64,10 @@ class ExecutionOut(BaseModel):
     parent_execution_id: uuid.UUID | None = None
     parent_step_id: str | None = None
     depth: int = 0
+    trigger_kind: str | None = Field(
+        default=None, description="api, schedule, webhook or event (none: a sub-workflow's)"
+    )
+    trigger_id: uuid.UUID | None = Field(default=None, description="The schedule or trigger")
 
 
 class ExecutionDetail(ExecutionOut):

@@ -3,19 +3,24 @@ tenant transaction, so another organization's rows are simply not there (404).""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskloom import safe_jsonschema
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
-from taskloom.errors import Conflict, NotFound, TooManyQueued
+from taskloom.errors import Conflict, NotFound, TooManyQueued, ValidationFailed
 from taskloom.executions import state
 from taskloom.executions.models import (
     ApprovalStatus,
@@ -23,6 +28,7 @@ from taskloom.executions.models import (
     ExecutionStatus,
     ExecutionStep,
     ExecutionStepItem,
+    IdempotencyKey,
     StepStatus,
     WorkflowExecution,
 )
@@ -78,48 +84,199 @@ def _check_queue_room(queued: int | None, max_queued: int) -> None:
         )
 
 
+class StartKind(StrEnum):
+    """What started an execution (`workflow_executions.trigger_kind`)."""
+
+    API = "api"
+    SCHEDULE = "schedule"
+    WEBHOOK = "webhook"
+    EVENT = "event"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who or what starts an execution: a person or key through the API (`user_id`), or a
+    trigger (its kind and id, and for an event trigger how deep its chain already is)."""
+
+    kind: StartKind = StartKind.API
+    trigger_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    depth: int = 0
+    request_id: str | None = None
+
+
+def api_origin(principal: Principal, context: AuditContext) -> Origin:
+    """A start by a person or an API key, through the API or the web UI."""
+    return Origin(user_id=principal.user_id, request_id=context.request_id)
+
+
+@dataclass(frozen=True)
+class Started:
+    """The execution a start answers with; `created` is False when an idempotency key found
+    an earlier one (nothing to submit then: it was submitted when it was created)."""
+
+    execution: WorkflowExecution
+    created: bool = True
+
+
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def input_digest(input: Any) -> str:
+    """SHA-256 of the input's canonical JSON: what an idempotency key is bound to."""
+    canonical = json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_input(definition: dict[str, Any], input: Any) -> None:
+    """ValidationFailed listing every path where `input` breaks the definition's
+    `input_schema` (nothing when it declares none)."""
+    schema = definition.get("input_schema")
+    if schema is None:
+        return
+    try:
+        errors = safe_jsonschema.all_errors(schema, input)
+    except (safe_jsonschema.PatternTooSlow, safe_jsonschema.SchemaTooSlowToCheck) as slow:
+        raise ValidationFailed(
+            f"the input cannot be checked against the workflow's input_schema: {slow}",
+            code="input_invalid",
+        ) from None
+    if errors:
+        listed = [
+            {"loc": ["input", *[str(p) for p in error.absolute_path]], "message": error.message}
+            for error in errors
+        ]
+        raise ValidationFailed(
+            "the input does not match the workflow's input_schema: "
+            + "; ".join(f"{'.'.join(e['loc'])}: {e['message']}" for e in listed[:5]),
+            code="input_invalid",
+            details={"errors": listed},
+        )
+
+
+async def _claim_key(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    workflow_id: uuid.UUID,
+    key: str,
+    digest: str,
+    ttl_seconds: int,
+) -> uuid.UUID | WorkflowExecution:
+    """Take the idempotency key for a new execution (its id, to create it with), or find the
+    execution an earlier start with the same key and input made. A concurrent start with the
+    key waits here for the other's commit (the unique index), then finds its execution; a key
+    older than the TTL is taken over."""
+    for _ in range(3):  # the earlier execution may be deleted between the two statements
+        execution_id = uuid.uuid4()
+        taken = await db.execute(
+            insert(IdempotencyKey)
+            .values(
+                org_id=org_id,
+                workflow_id=workflow_id,
+                key=key,
+                request_hash=digest,
+                execution_id=execution_id,
+            )
+            .on_conflict_do_update(
+                index_elements=[IdempotencyKey.workflow_id, IdempotencyKey.key],
+                set_={
+                    "request_hash": digest,
+                    "execution_id": execution_id,
+                    "created_at": func.now(),
+                },
+                where=IdempotencyKey.created_at < func.now() - timedelta(seconds=ttl_seconds),
+            )
+            .returning(IdempotencyKey.id)
+        )
+        if taken.first() is not None:
+            return execution_id
+        row = (
+            await db.execute(
+                select(IdempotencyKey.request_hash, WorkflowExecution)
+                .join(WorkflowExecution, WorkflowExecution.id == IdempotencyKey.execution_id)
+                .where(IdempotencyKey.workflow_id == workflow_id, IdempotencyKey.key == key)
+            )
+        ).first()
+        if row is None:
+            continue
+        if row.request_hash != digest:
+            raise ValidationFailed(
+                "this Idempotency-Key was used with a different input in the last "
+                f"{ttl_seconds // 3600} h; use a new key",
+                code="idempotency_key_reused",
+            )
+        found: WorkflowExecution = row.WorkflowExecution
+        return found
+    raise Conflict("the idempotency key is being taken over; retry", code="idempotency_conflict")
+
+
 async def start_execution(
     *,
     db: AsyncSession,
-    principal: Principal,
-    context: AuditContext,
+    org_id: uuid.UUID,
     workflow_id: uuid.UUID,
     input: dict[str, Any],
     max_queued: int | None,
-) -> WorkflowExecution:
-    """A queued execution of the workflow's current definition, or TooManyQueued when its
-    organization has `max_queued` waiting (None: the caller knows it is far below its limit,
-    see `executions.queue.queue_limit`). The caller submits it to the queue after the commit (a
+    origin: Origin,
+    idempotency_key: str | None = None,
+    idempotency_ttl_seconds: int = 86_400,
+) -> Started:
+    """A queued execution of the workflow's current definition, in the caller's tenant
+    transaction. Refused when the workflow is disabled (Conflict), the input breaks its
+    `input_schema` (ValidationFailed), or the organization has `max_queued` waiting
+    (TooManyQueued; None: the caller knows it is far below, see `executions.queue.queue_limit`).
+    With an idempotency key, an earlier start with the same key and input answers instead
+    (`created` False). The caller submits a created execution to the queue after the commit (a
     job must never run ahead of its row)."""
     if max_queued is None:
-        workflow = await get_workflow(db=db, workflow_id=workflow_id)
+        workflow, queued = await get_workflow(db=db, workflow_id=workflow_id), None
     else:  # the workflow and the organization's queued count in one round trip
         row = (
             await db.execute(
-                select(Workflow, _queued(principal.current_org(), max_queued)).where(
-                    Workflow.id == workflow_id
-                )
+                select(Workflow, _queued(org_id, max_queued)).where(Workflow.id == workflow_id)
             )
         ).first()
         if row is None:
             raise NotFound("workflow not found")
         workflow, queued = row
+    if not workflow.enabled:
+        raise Conflict("the workflow is disabled; enable it to start it", code="workflow_disabled")
+    check_input(workflow.definition, input)
+    execution_id = uuid.uuid4()
+    if idempotency_key is not None:
+        found = await _claim_key(
+            db,
+            org_id=workflow.org_id,
+            workflow_id=workflow.id,
+            key=idempotency_key,
+            digest=input_digest(input),
+            ttl_seconds=idempotency_ttl_seconds,
+        )
+        if isinstance(found, WorkflowExecution):
+            return Started(found, created=False)
+        execution_id = found
+    if max_queued is not None:
         _check_queue_room(queued, max_queued)
     execution = WorkflowExecution(
+        id=execution_id,
         org_id=workflow.org_id,
         workflow_id=workflow.id,
         workflow_version=workflow.version,
         definition=workflow.definition,
-        triggered_by=principal.user_id,
+        triggered_by=origin.user_id,
         status=ExecutionStatus.QUEUED,
         input=input,
-        request_id=context.request_id,
+        request_id=origin.request_id,
+        trigger_kind=origin.kind,
+        trigger_id=origin.trigger_id,
+        trigger_depth=origin.depth,
     )
     db.add(execution)
     await db.flush()
-    # Not audited: the execution row is its own record (who, when, request id), and an audit
-    # row per run would serialize every execution of an organization on its chain's lock.
-    return execution
+    # Not audited: the execution row is its own record (who or what, when, request id), and an
+    # audit row per run would serialize every execution of an organization on its chain's lock.
+    return Started(execution)
 
 
 async def get_execution(

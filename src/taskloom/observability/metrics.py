@@ -136,6 +136,23 @@ QUEUE_EVENTS = Counter(
     " database_unavailable (a job put back while PostgreSQL could not be reached).",
     ["event"],
 )
+
+# --- triggers ------------------------------------------------------------------------------------
+TRIGGERS = Counter(
+    "workflow_triggers_total",
+    "Starts asked of triggers, by kind (api, schedule, webhook, event) and result: started,"
+    " duplicate (an idempotency key or delivery id answered with its first execution), skipped"
+    " (a schedule's overlap or missed tick), queued (a tick waiting for its previous execution),"
+    " failed (a tick's input did not render or conform, or the queue was full), rejected (a"
+    " webhook or event delivery refused: verification, rate limit, input schema, queue full).",
+    ["kind", "result"],
+)
+SCHEDULE_LAG = Histogram(
+    "schedule_lag_seconds",
+    "From a schedule tick's time to its execution being queued (its row committed and submitted).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0),
+)
+
 EXECUTIONS_RUNNING = Gauge(
     "taskloom_worker_executions_running",
     "Executions this worker process is running now.",

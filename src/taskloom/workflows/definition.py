@@ -6,15 +6,19 @@ run before them, and child workflows exist. Each problem is a 422 naming its fie
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from jinja2 import Environment, TemplateError, meta, nodes
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskloom import safe_jsonschema
 from taskloom.errors import ValidationFailed
 from taskloom.executions.steps import STEP_TYPES
 from taskloom.executions.templating import TemplateProblem, check_syntax
@@ -54,8 +58,29 @@ async def validate_definition(
     everything = frozenset(graph.order)  # the output is rendered when every step is done
     for where, text in _strings(definition.output, ["output"]):
         _check_template(where, text, graph, readable=everything, dynamic_ok=True, item_ok=False)
+    if definition.input_schema is not None:
+        _check_input_schema(definition.input_schema)
     await _check_children(definition, db=db, org_id=org_id)
     return stored
+
+
+MAX_INPUT_SCHEMA_BYTES = 64 * 1024
+
+
+def _check_input_schema(schema: dict[str, Any]) -> None:
+    """A valid Draft 2020-12 schema that the safe validator can check within its budget."""
+    if len(json.dumps(schema)) > MAX_INPUT_SCHEMA_BYTES:
+        raise _invalid(["input_schema"], f"larger than {MAX_INPUT_SCHEMA_BYTES // 1024} KiB")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as bad:
+        path = ".".join(str(p) for p in bad.path)
+        raise _invalid(
+            ["input_schema"],
+            f"not a valid JSON Schema{f' at {path}' if path else ''}: {bad.message}",
+        ) from None
+    if (reason := safe_jsonschema.unsupported(schema)) is not None:
+        raise _invalid(["input_schema"], reason)
 
 
 def _check_step(at: list[str], step: StepDefinition, positions: dict[str, int]) -> None:

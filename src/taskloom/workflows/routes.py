@@ -10,7 +10,7 @@ from taskloom.auth.access import access
 from taskloom.auth.deps import Member, Viewer
 from taskloom.locations import located, set_location
 from taskloom.workflows import service
-from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowUpdate
+from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
 
 router = APIRouter(prefix="/api", tags=["workflows"])
 
@@ -46,6 +46,19 @@ async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer) -> WorkflowOut:
 async def update_workflow(workflow_id: uuid.UUID, body: WorkflowUpdate, ctx: Member) -> WorkflowOut:
     workflow = await service.update_workflow(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id, body=body
+    )
+    return WorkflowOut.model_validate(workflow)
+
+
+@router.patch("/workflows/{workflow_id}", openapi_extra=access("member"))
+async def patch_workflow(workflow_id: uuid.UUID, body: WorkflowPatch, ctx: Member) -> WorkflowOut:
+    """Enable or disable the workflow without a new version."""
+    workflow = await service.set_enabled(
+        db=ctx.db,
+        principal=ctx.principal,
+        context=ctx.audit,
+        workflow_id=workflow_id,
+        enabled=body.enabled,
     )
     return WorkflowOut.model_validate(workflow)
 

@@ -80,6 +80,11 @@ class WorkflowDefinition(StrictModel):
     )
     deadline: Duration | None = Field(default=None, description="For the whole execution")
     output: Any = Field(default=None, description="The execution's output; templates allowed")
+    input_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Schema (2020-12) every start's input must match (API, web UI, "
+        "webhook and schedule starts); the web UI's run form is made from it",
+    )
 
     def stored(self) -> dict[str, Any]:
         """The definition as stored: plain JSON, absent optional fields left out."""
@@ -90,10 +95,19 @@ class WorkflowCreate(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=5_000)
     definition: WorkflowDefinition
+    enabled: bool = Field(
+        default=True, description="A disabled workflow starts from no trigger (execute: 409)"
+    )
 
 
 class WorkflowUpdate(WorkflowCreate):
-    pass
+    enabled: bool | None = Field(  # type: ignore[assignment]
+        default=None, description="Absent: unchanged"
+    )
+
+
+class WorkflowPatch(StrictModel):
+    enabled: bool = Field(description="false: no trigger starts it, and execute answers 409")
 
 
 class WorkflowOut(BaseModel):
@@ -104,6 +118,7 @@ class WorkflowOut(BaseModel):
     description: str | None
     definition: dict[str, Any]
     version: int
+    enabled: bool
     created_by: uuid.UUID | None
     created_at: datetime
     updated_at: datetime

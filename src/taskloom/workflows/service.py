@@ -16,7 +16,7 @@ from taskloom.auth.principal import Principal
 from taskloom.errors import NotFound
 from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import Workflow
-from taskloom.workflows.schemas import WorkflowCreate
+from taskloom.workflows.schemas import WorkflowCreate, WorkflowUpdate
 
 
 async def _audit(
@@ -64,6 +64,7 @@ async def create_workflow(
         definition=await validate_definition(
             body.definition, db=db, org_id=principal.current_org()
         ),
+        enabled=body.enabled,
         created_by=principal.user_id,
         updated_by=principal.user_id,
     )
@@ -79,7 +80,7 @@ async def update_workflow(
     principal: Principal,
     context: AuditContext,
     workflow_id: uuid.UUID,
-    body: WorkflowCreate,
+    body: WorkflowUpdate,
 ) -> Workflow:
     """Replace name, description and definition; the version goes up by one. Executions
     already accepted keep running the definition they were accepted with."""
@@ -90,6 +91,8 @@ async def update_workflow(
         body.definition, db=db, org_id=principal.current_org()
     )
     workflow.version += 1
+    if body.enabled is not None:
+        workflow.enabled = body.enabled
     workflow.updated_by = principal.user_id
     await db.flush()
     await db.refresh(workflow)
@@ -102,6 +105,35 @@ async def update_workflow(
         workflow.id,
         {"version": workflow.version},
     )
+    return workflow
+
+
+async def set_enabled(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    workflow_id: uuid.UUID,
+    enabled: bool,
+) -> Workflow:
+    """Enable or disable the workflow (its definition and version are unchanged). Disabled, it
+    starts from no schedule or trigger and a manual start answers 409; executions already
+    accepted run on."""
+    workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    if workflow.enabled != enabled:
+        workflow.enabled = enabled
+        workflow.updated_by = principal.user_id
+        await db.flush()
+        await db.refresh(workflow)
+        await _audit(
+            db,
+            principal,
+            context,
+            AuditAction.WORKFLOW_UPDATE,
+            "workflow",
+            workflow.id,
+            {"enabled": enabled},
+        )
     return workflow
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -32,7 +32,7 @@ from taskloom.web.session import Page, signed_in
 from taskloom.workflows import service
 from taskloom.workflows.graph import Graph
 from taskloom.workflows.models import Workflow
-from taskloom.workflows.schemas import WorkflowCreate
+from taskloom.workflows.schemas import WorkflowCreate, WorkflowUpdate
 
 router = APIRouter(prefix="/ui/workflows", route_class=UiRoute, include_in_schema=False)
 
@@ -62,8 +62,12 @@ def _definition_text(definition: Any) -> str:
     return json.dumps(definition, indent=2, ensure_ascii=False)
 
 
-def _parsed(form_values: dict[str, Any], definition: Any) -> WorkflowCreate:
-    return WorkflowCreate.model_validate(
+_Body = TypeVar("_Body", bound=WorkflowCreate)
+
+
+def _parsed(form_values: dict[str, Any], definition: Any, model: type[_Body]) -> _Body:
+    """The form as a create or update body (an update leaves `enabled` as it is)."""
+    return model.model_validate(
         {
             "name": form_values["name"],
             "description": form_values["description"],
@@ -103,7 +107,7 @@ async def create_workflow(request: Request) -> Response:
         page.require_role(Role.MEMBER)
         values = _posted(form)
         try:
-            body = _parsed(values, json_field(form, "definition"))
+            body = _parsed(values, json_field(form, "definition"), WorkflowCreate)
             async with page.db.begin_nested():
                 workflow = await service.create_workflow(
                     db=page.db, principal=page.principal, context=page.audit, body=body
@@ -183,7 +187,7 @@ async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
         workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
         values = _posted(form)
         try:
-            body = _parsed(values, json_field(form, "definition"))
+            body = _parsed(values, json_field(form, "definition"), WorkflowUpdate)
             # A savepoint: a refused definition leaves nothing half-changed behind.
             async with page.db.begin_nested():
                 await service.update_workflow(
@@ -210,14 +214,15 @@ async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
         workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
         try:
             body = ExecuteRequest.model_validate({"input": json_field(form, "input", default={})})
-            execution = await execution_service.start_execution(
+            started = await execution_service.start_execution(
                 db=page.db,
-                principal=page.principal,
-                context=page.audit,
+                org_id=page.principal.current_org(),
                 workflow_id=workflow_id,
                 input=body.input,
                 max_queued=queue_limit(page.signed_in),
+                origin=execution_service.api_origin(page.principal, page.audit),
             )
+            execution = started.execution
         except (FormProblem, ValidationError, TooManyQueued) as problem:
             errors = [FieldError("input", e.message) for e in _errors(problem)]
             shown = await _workflow_page(
