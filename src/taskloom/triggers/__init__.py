@@ -1,0 +1,1 @@
+"""Triggers: what starts a workflow by itself (schedules, inbound webhooks, events)."""
