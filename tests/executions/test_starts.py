@@ -221,3 +221,34 @@ async def test_an_invalid_input_schema_is_refused_at_save(
         message = answer.json()["error"]["message"]
         assert message.startswith("body.definition.input_schema: "), message
         assert words in message
+
+
+async def test_the_housekeeping_deletes_expired_keys_only(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    from taskloom.executions.retention import purge_expired_keys
+
+    workflow_id = await create_workflow(api, owner, STEPS)
+    for key in ("old-1", "old-2", "fresh"):
+        assert (await _execute(api, owner, workflow_id, {}, key)).status_code == 202
+    async with system_transaction(queue_runtime.database) as db:
+        await db.execute(
+            text(
+                "update idempotency_keys set created_at = now() - interval '25 hours' "
+                "where workflow_id = :w and key like 'api:old-%'"
+            ),
+            {"w": workflow_id},
+        )
+
+    assert await purge_expired_keys(queue_runtime) >= 2
+
+    async with system_transaction(queue_runtime.database) as db:
+        left = (
+            await db.execute(
+                select(IdempotencyKey.key).where(
+                    IdempotencyKey.workflow_id == uuid.UUID(workflow_id)
+                )
+            )
+        ).scalars()
+        assert list(left) == ["api:fresh"]
+    assert await _executions_of(queue_runtime, workflow_id) == 3  # executions stay
