@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 
+from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import IdempotencyKey, WorkflowExecution
 from taskloom.runtime import Runtime
-from tests.factories import Account, add_member
+from tests.cli_support import deployment_env, serve_api
+from tests.factories import Account, add_member, register
+from tests.servers import free_port
 from tests.workers import create_workflow
 
 STEPS = [{"id": "echo", "type": "transform", "args": {"value": "{{ input }}"}}]
@@ -252,3 +256,32 @@ async def test_the_housekeeping_deletes_expired_keys_only(
         ).scalars()
         assert list(left) == ["api:fresh"]
     assert await _executions_of(queue_runtime, workflow_id) == 3  # executions stay
+
+
+async def test_two_api_processes_racing_on_one_key_make_one_execution(
+    settings: Settings, client: httpx.AsyncClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    """The key is arbitrated by PostgreSQL's unique index, not by a process: starts with one
+    key spread over two `taskloom api` processes still make one execution."""
+    owner = await register(client, label="keys", organization_name="Keys Org")
+    workflow_id = await create_workflow(client, owner, STEPS)
+    env = deployment_env(settings, JWT_SECRET=settings.jwt_secret.get_secret_value())
+    ports = [free_port(), free_port()]
+    servers = [serve_api(env, port, tmp_path / f"api-{port}.log") for port in ports]
+    try:
+        async with httpx.AsyncClient(timeout=20) as http:
+
+            async def start(n: int) -> httpx.Response:
+                url = f"http://127.0.0.1:{ports[n % 2]}/api/workflows/{workflow_id}/execute"
+                headers = {**owner.headers, "Idempotency-Key": "two-processes"}
+                return await http.post(url, json={"input": {"n": 1}}, headers=headers)
+
+            answers = await asyncio.gather(*(start(n) for n in range(16)))
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=15)
+    assert sorted(a.status_code for a in answers) == [200] * 15 + [202], [a.text for a in answers]
+    assert len({a.json()["execution_id"] for a in answers}) == 1
+    assert await _executions_of(runtime, workflow_id) == 1
