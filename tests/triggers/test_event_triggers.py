@@ -225,3 +225,29 @@ async def test_a_trigger_row_of_another_organization_is_never_fed(
     answer = await api.post(f"/api/executions/{cancelled}/cancel", headers=other.headers)
     assert answer.status_code in (200, 202), answer.text
     assert await deliveries_of(queue_runtime, str(planted.id)) == []
+
+
+async def test_the_executions_one_start_causes_are_bounded_however_many_triggers_listen(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime, start_worker: StartWorker
+) -> None:
+    source = await create_workflow(api, owner, ECHO, name="source")
+    target = await create_workflow(api, owner, ECHO, name="target")
+    triggers = [await listen(api, owner, target, source, ["succeeded"]) for _ in range(5)]
+    start_worker(max_descendant_executions=3)
+
+    source_run = await execute(api, owner, source, {})
+
+    async def handled() -> list[TriggerDelivery]:
+        found = [d for t in triggers for d in await deliveries_of(queue_runtime, t)]
+        return found if all(d.status != "pending" for d in found) and len(found) == 5 else []
+
+    deliveries = await eventually(handled)
+    assert sorted(d.status for d in deliveries) == ["accepted"] * 3 + ["rejected"] * 2
+    assert all(
+        "already caused 3 executions" in (d.reason or "")
+        for d in deliveries
+        if d.status == "rejected"
+    )
+    started = await executions_of(queue_runtime, target)
+    assert len(started) == 3
+    assert {e.root_execution_id for e in started} == {uuid.UUID(source_run)}

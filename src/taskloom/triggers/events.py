@@ -7,7 +7,10 @@ turns pending deliveries into executions, each in the transaction that marks its
 
 A chain of event-started executions stops at MAX_CHAIN (two workflows that trigger each other
 run MAX_CHAIN times, then the next delivery is rejected), since every execution carries how
-many event triggers led to it (`trigger_depth`)."""
+many event triggers led to it (`trigger_depth`); and all the executions one outside start
+causes, through sub-workflows and event triggers together (many triggers may listen to one
+workflow), are at most MAX_DESCENDANT_EXECUTIONS: event-started executions share their chain's
+`root_execution_id`."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.db.tenancy import system_transaction, tenant_transaction
@@ -56,6 +59,16 @@ async def _orgs_with_pending(runtime: Runtime) -> list[uuid.UUID]:
         return [org_id for (org_id,) in rows]
 
 
+async def _caused(db: AsyncSession, root: uuid.UUID) -> int:
+    """Executions the chain's first start has caused so far: sub-workflows and event starts."""
+    count = await db.scalar(
+        select(func.count())
+        .select_from(WorkflowExecution)
+        .where(WorkflowExecution.root_execution_id == root)
+    )
+    return int(count or 0)
+
+
 async def _handle(
     db: AsyncSession, runtime: Runtime, delivery: TriggerDelivery, handled: _Handled
 ) -> None:
@@ -68,6 +81,10 @@ async def _handle(
         reason = "the trigger or the execution that ended is gone"
     elif source.trigger_depth + 1 > MAX_CHAIN:
         reason = f"an event chain stops after {MAX_CHAIN} executions (loop protection)"
+    elif (caused := await _caused(db, root := source.root_execution_id or source.id)) >= (
+        limit := runtime.settings.max_descendant_executions
+    ):
+        reason = f"the start of this chain already caused {caused} executions (at most {limit})"
     else:
         try:
             async with db.begin_nested():
@@ -87,6 +104,7 @@ async def _handle(
                         kind=StartKind.EVENT,
                         trigger_id=trigger.id,
                         depth=source.trigger_depth + 1,
+                        root_execution_id=root,
                     ),
                 )
         except DomainError as refused:  # disabled, input_schema, queue full
