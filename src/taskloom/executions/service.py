@@ -103,6 +103,9 @@ class Origin:
     user_id: uuid.UUID | None = None
     depth: int = 0
     request_id: str | None = None
+    # An event-started execution counts towards the executions its chain's first start caused
+    # (MAX_DESCENDANT_EXECUTIONS, as sub-workflows do).
+    root_execution_id: uuid.UUID | None = None
 
 
 def api_origin(principal: Principal, context: AuditContext) -> Origin:
@@ -274,6 +277,7 @@ async def start_execution(
         trigger_kind=origin.kind,
         trigger_id=origin.trigger_id,
         trigger_depth=origin.depth,
+        root_execution_id=origin.root_execution_id,
     )
     db.add(execution)
     await db.flush()
