@@ -127,7 +127,7 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
     assert "0 re-encrypted, 4 already current" in again.stderr
     async with system_transaction((runtime := await open_runtime(deployment)).database) as db:
         webhook_keys = (await db.execute(text("select secret_key_id from webhook_endpoints"))).all()
-        trigger = (
+        stored = (
             await db.execute(
                 text(
                     "select id, org_id, secret_key_id, encrypted_secret, "
@@ -137,9 +137,9 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
         ).one()
     await runtime.close()
     assert [tuple(r) for r in webhook_keys] == [("k2",)]
-    trigger_at = trigger_bound_to(trigger.id, trigger.org_id)
-    assert trigger.secret_key_id == "k2"
-    for blob in (trigger.encrypted_secret, trigger.encrypted_previous_secret):
+    trigger_at = trigger_bound_to(stored.id, stored.org_id)
+    assert stored.secret_key_id == "k2"
+    for blob in (stored.encrypted_secret, stored.encrypted_previous_secret):
         assert only_new.decrypt("k2", blob, bound_to=trigger_at)["secret"].startswith("whsec_")
 
     # k2 is listed with the wrong bytes: the rows under k2 cannot move to k3.

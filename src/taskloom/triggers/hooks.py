@@ -215,8 +215,15 @@ def _refused(runtime: Runtime, hook: _Hook | None, reason: str) -> Response:
     if hook is None:
         TRIGGERS.labels(StartKind.WEBHOOK, "rejected").inc()
     else:
-        response.background = BackgroundTask(_record_rejection, runtime, hook, reason, None)
+        response.background = BackgroundTask(_record_rejection_later, runtime, hook, reason)
     return response
+
+
+async def _record_rejection_later(runtime: Runtime, hook: _Hook, reason: str) -> None:
+    try:
+        await _record_rejection(runtime, hook, reason, None)
+    except Exception:  # the answer has gone; only the record is lost
+        log.exception("hook_rejection_not_recorded", trigger_id=str(hook.id), reason=reason)
 
 
 async def _record_rejection(
