@@ -7,10 +7,12 @@ replayed delivery answers with the first execution."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -706,3 +708,60 @@ async def test_sync_mode_answers_with_the_end_of_the_execution_or_202_after_its_
         f"/api/executions/{timed_out.json()['execution_id']}", headers=owner.headers
     )
     assert still.json()["status"] in ("queued", "running", "waiting")
+
+
+SENDER_SECRETS: dict[str, Callable[[], str]] = {
+    "stripe": lambda: "whsec_" + secrets.token_hex(16),  # Stripe's endpoint secrets: not base64
+    "slack": lambda: secrets.token_hex(16),  # a Slack app's signing secret: 32 hex characters
+    "standard": lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),  # Svix
+}
+
+
+@pytest.mark.parametrize("scheme", list(SENDER_SECRETS))
+async def test_a_trigger_takes_the_senders_own_secret_on_create_and_rotation(
+    api: httpx.AsyncClient, owner: Account, scheme: str
+) -> None:
+    """Stripe, Slack and Svix make their senders' secrets: the admin pastes it in."""
+    workflow_id = await _workflow(api, owner)
+    theirs = SENDER_SECRETS[scheme]()
+    trigger_id, shown = await _trigger(api, owner, workflow_id, scheme, secret=theirs)
+    assert shown == theirs
+    body, headers = SIGNERS[scheme](theirs, _delivery(scheme), int(time.time()))
+    assert (await _post(api, trigger_id, body, headers)).status_code == 202
+
+    rotated_to = SENDER_SECRETS[scheme]()
+    rotated = await api.post(
+        f"/api/triggers/{trigger_id}/rotate-secret",
+        json={"secret": rotated_to, "overlap_seconds": 3600},
+        headers=owner.headers,
+    )
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["secret"] == rotated_to
+    for secret in (rotated_to, theirs):  # the new one, and the old one during the overlap
+        body, headers = SIGNERS[scheme](secret, _delivery(scheme), int(time.time()))
+        assert (await _post(api, trigger_id, body, headers)).status_code == 202
+    audit = await api.get(
+        "/api/audit-logs",
+        params={"action": "trigger.create", "scope": "org"},
+        headers=owner.headers,
+    )
+    [details] = [e["details"] for e in audit.json()["items"] if e["resource_id"] == trigger_id]
+    assert (details["verification"], details["secret_source"]) == (scheme, "sender")
+    assert theirs not in audit.text
+
+
+async def test_an_unusable_sender_secret_is_refused(api: httpx.AsyncClient, owner: Account) -> None:
+    workflow_id = await _workflow(api, owner)
+    for scheme, secret in (
+        ("standard", "whsec_not-base64!!!!!!!!"),  # Standard Webhooks decodes it as base64
+        ("standard", "no-prefix-" + "A" * 40),
+        ("stripe", "short"),
+        ("github", "tab\tinside-the-secret"),
+    ):
+        created = await api.post(
+            f"/api/workflows/{workflow_id}/triggers",
+            json={"kind": "webhook", "verification": scheme, "secret": secret},
+            headers=owner.headers,
+        )
+        assert created.status_code == 422, (scheme, secret, created.text)
+        assert "secret" in created.json()["error"]["message"], created.text

@@ -48,7 +48,14 @@ ItemIndex = Annotated[int, Path(ge=0, le=100_000)]
     "/workflows/{workflow_id}/execute",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=access("member"),
-    responses=located(202),
+    responses={
+        **located(202),
+        200: {
+            "model": ExecutionAccepted,
+            "description": "An Idempotency-Key seen with the same input: the first execution",
+            **located(200)[200],
+        },
+    },
 )
 async def execute_workflow(
     workflow_id: uuid.UUID,

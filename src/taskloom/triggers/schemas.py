@@ -38,9 +38,29 @@ class EventOn(StrictModel):
     _status = field_validator("status")(_unique)
 
 
+SENDER_KEY_HELP = " ".join(
+    (
+        "The sender's signing secret when the sender makes its own (Stripe's endpoint secret",
+        "whsec_…, a Slack app's signing secret, a Standard Webhooks secret whsec_<base64>);",
+        "absent: Taskloom makes one. Never shown again",
+    )
+)
+
+
+def _check_secret(secret: str | None) -> str | None:
+    if secret is not None and not (secret.isascii() and secret.isprintable()):
+        raise ValueError("must be printable ASCII")
+    return secret
+
+
 class WebhookTriggerCreate(StrictModel):
     kind: Literal["webhook"]
     verification: Scheme = Field(description="How `POST /hooks/{id}` requests are verified")
+    secret: str | None = Field(
+        default=None, min_length=16, max_length=512, description=SENDER_KEY_HELP
+    )
+
+    _secret = field_validator("secret")(_check_secret)
     response: Response = Field(
         default="async",
         description="async: 202 at once; sync: wait for the execution's output (up to the timeout)",
@@ -82,6 +102,11 @@ class TriggerUpdate(StrictModel):
 class RotateSecret(StrictModel):
     # How long the old secret still verifies requests; max 7 days.
     overlap_seconds: int = Field(default=86_400, ge=0, le=7 * 86_400)
+    secret: str | None = Field(
+        default=None, min_length=16, max_length=512, description=SENDER_KEY_HELP
+    )
+
+    _secret = field_validator("secret")(_check_secret)
 
 
 class EventOnOut(BaseModel):

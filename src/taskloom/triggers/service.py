@@ -8,6 +8,8 @@ runs in the caller's tenant transaction, so another organization's triggers are 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +32,7 @@ from taskloom.triggers.schemas import (
     TriggerUpdate,
     WebhookTriggerCreate,
 )
-from taskloom.triggers.verification import new_secret
+from taskloom.triggers.verification import SECRET_PREFIX, Scheme, new_secret
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.service import get_workflow
 
@@ -171,9 +173,12 @@ async def create_trigger(
         trigger.verification = body.verification
         trigger.response = body.response
         trigger.sync_timeout_seconds = body.sync_timeout_seconds
-        secret = new_secret()
+        secret = _chosen_secret(body.verification, body.secret)
         trigger.encrypted_secret = _seal(cipher, trigger, secret)
-        details: dict[str, Any] = {"verification": body.verification}
+        details: dict[str, Any] = {
+            "verification": body.verification,
+            "secret_source": "sender" if body.secret else "generated",
+        }
     else:
         trigger.event_workflow_id = await _watched_workflow(db, body.on.workflow)
         trigger.event_statuses = list(body.on.status)
@@ -184,6 +189,27 @@ async def create_trigger(
     await db.refresh(trigger)
     await _audit(db, context, AuditAction.TRIGGER_CREATE, trigger, details)
     return trigger, secret
+
+
+def _chosen_secret(scheme: Scheme, provided: str | None) -> str:
+    """The sender's own secret when given (checked to be usable by the scheme), else a new one.
+    Stripe, Slack and Svix make their senders' secrets; GitHub and the others take ours."""
+    if provided is None:
+        return new_secret()
+    if scheme == Scheme.STANDARD and not _standard_secret(provided):
+        raise _invalid(
+            ["body", "secret"], "a Standard Webhooks secret is whsec_ and base64 of 24+ bytes"
+        )
+    return provided
+
+
+def _standard_secret(secret: str) -> bool:
+    if not secret.startswith(SECRET_PREFIX):
+        return False
+    try:
+        return len(base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)) >= 24
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _apply_webhook_fields(trigger: WorkflowTrigger, body: TriggerUpdate) -> None:
@@ -251,7 +277,7 @@ async def rotate_secret(
     if trigger.kind != TriggerKind.WEBHOOK:
         raise Conflict("event triggers have no secret", code="trigger_has_no_secret")
     current = verifying_secrets(cipher, trigger)[0]
-    secret = new_secret()
+    secret = _chosen_secret(Scheme(str(trigger.verification)), body.secret)
     trigger.encrypted_secret = _seal(cipher, trigger, secret)
     trigger.encrypted_previous_secret = cipher.encrypt(
         {"secret": current}, bound_to=bound_to(trigger.id, trigger.org_id)
@@ -264,7 +290,10 @@ async def rotate_secret(
         context,
         AuditAction.TRIGGER_ROTATE_SECRET,
         trigger,
-        {"overlap_seconds": body.overlap_seconds},
+        {
+            "overlap_seconds": body.overlap_seconds,
+            "secret_source": "sender" if body.secret else "generated",
+        },
     )
     return trigger, secret
 
