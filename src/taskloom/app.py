@@ -30,6 +30,7 @@ from taskloom.operation_ids import operation_id
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.tools.routes import router as connections_router
+from taskloom.triggers.schedule_routes import router as schedules_router
 from taskloom.web.routes import router as web_router
 from taskloom.web.security_headers import SecurityHeadersMiddleware
 from taskloom.webhooks.routes import router as webhooks_router
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(connections_router)
     app.include_router(ai_router)
     app.include_router(flags_router)
+    app.include_router(schedules_router)
     app.include_router(webhooks_router)
     app.include_router(metrics_router)
     app.include_router(web_router)
