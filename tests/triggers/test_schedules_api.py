@@ -4,6 +4,7 @@ who may do what, pause and resume, the per-organization cap, and the audit trail
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,9 +74,7 @@ async def test_a_schedule_answers_with_its_next_five_runs_and_is_read_at_its_loc
     runs = _times(body)
     berlin = [t.astimezone(ZoneInfo("Europe/Berlin")) for t in runs]
     assert all((t.hour, t.minute, t.second) == (2, 30, 0) for t in berlin), berlin
-    assert [b.date() - a.date() for a, b in zip(berlin, berlin[1:], strict=False)] == [
-        timedelta(days=1)
-    ] * 4
+    assert [b.date() - a.date() for a, b in itertools.pairwise(berlin)] == [timedelta(days=1)] * 4
     assert before < runs[0] <= before + timedelta(days=1)
 
     read = await api.get(created.headers["location"], headers=owner.headers)
@@ -92,10 +91,10 @@ async def test_six_fields_put_the_seconds_first_and_five_fields_run_on_whole_min
     workflow_id = await create_workflow(api, owner, STEPS)
     seconds = _times(await _schedule(api, owner, workflow_id, cron="*/10 * * * * *"))
     assert all(t.second % 10 == 0 and t.microsecond == 0 for t in seconds), seconds
-    assert {b - a for a, b in zip(seconds, seconds[1:], strict=False)} == {timedelta(seconds=10)}
+    assert {b - a for a, b in itertools.pairwise(seconds)} == {timedelta(seconds=10)}
     minutes = _times(await _schedule(api, owner, workflow_id, cron="*/5 * * * *"))
     assert all(t.second == 0 and t.minute % 5 == 0 for t in minutes), minutes
-    assert {b - a for a, b in zip(minutes, minutes[1:], strict=False)} == {timedelta(minutes=5)}
+    assert {b - a for a, b in itertools.pairwise(minutes)} == {timedelta(minutes=5)}
     # Six fields with seconds LAST would be croniter's reading: here "0 0 12 * * *" is noon.
     noon = _times(await _schedule(api, owner, workflow_id, cron="0 0 12 * * *"))
     assert all((t.hour, t.minute, t.second) == (12, 0, 0) for t in noon), noon

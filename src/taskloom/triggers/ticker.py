@@ -1,0 +1,497 @@
+"""Fires the schedules (docs/TRIGGERS.md, Schedules): `UPKEEP` runs on every worker, every
+SCHEDULE_INTERVAL_SECONDS, and until that interval is over waits for the next tick due within
+it, so a tick is queued moments after its time rather than up to an interval later.
+
+Exactly once per tick, however many workers look, comes from PostgreSQL. A round takes the due
+schedules with `FOR UPDATE SKIP LOCKED` (another worker's round takes the others), and in that
+one transaction records each tick (unique per schedule and tick time: a second guard, the
+insert skips a tick already recorded and nothing starts for it), creates the executions and
+moves `next_tick_at` past the ticks it handled. A worker that dies mid-round rolls all of it
+back and the next round does it again; once committed, no round sees those ticks again. Each
+created execution is submitted to the fair scheduler after the commit; if the process dies in
+between, the execution is `queued` without a job and the reconciler submits it
+(executions/reconciler.py, "not in the scheduler at all").
+
+A round runs on the privileged role (system_transaction): the due schedules of every
+organization are found and locked in one statement, which the tenant role cannot do. Every row
+it writes names its organization explicitly (the schedule's; the execution takes its
+workflow's, and only a schedule whose workflow is in its own organization is taken), so nothing
+crosses tenants; it reads and writes schedules, their ticks, and executions through
+`start_execution`, nothing else.
+
+For each tick: the input templates are rendered with `schedule.tick` and `schedule.id`
+(in-process: they were checked cheap when saved); `overlap` decides against the previous
+execution of the schedule (`skip`, `allow`, `queue` up to MAX_QUEUED_TICKS waiting ticks, which
+`drain_queued` starts one at a time as the previous execution ends); a tick that fails to
+render, conform to the workflow's input_schema, or find room in the organization's queue is
+recorded `failed` with the reason (the start runs in a savepoint: the tick's row survives).
+Ticks later than SCHEDULE_MISFIRE_SECONDS when first seen were missed (no worker ran): the
+schedule's `catch_up` decides, for the newest MAX_CATCH_UP of them (older ones are only
+counted). A disabled workflow's schedules fire nothing and pile nothing up: their next tick
+moves on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import distinct_on, insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskloom.db.tenancy import system_transaction
+from taskloom.errors import DomainError
+from taskloom.executions import templating
+from taskloom.executions.models import ExecutionStatus, WorkflowExecution
+from taskloom.executions.queue import ExecutionQueue
+from taskloom.executions.service import Origin, StartKind, start_execution
+from taskloom.observability.metrics import SCHEDULE_LAG, TRIGGERS
+from taskloom.queue.host import Upkeep
+from taskloom.runtime import Runtime
+from taskloom.triggers.cron import CronError, CronSchedule
+from taskloom.triggers.models import CatchUp, Overlap, ScheduleTick, TickStatus, WorkflowSchedule
+from taskloom.triggers.schedules import rfc3339, tick_scope
+from taskloom.workflows.models import Workflow
+
+log = structlog.get_logger("taskloom.triggers")
+
+BATCH = 100  # schedules per round (one transaction)
+PER_ROUND = 100  # on-time ticks of one schedule per round; more wait for the next round
+MAX_CATCH_UP = 100  # missed ticks of one schedule recorded (and, catch_up `all`, run)
+MAX_COUNTED = 10_000  # older missed ticks are counted up to this, then "more than"
+MAX_QUEUED_TICKS = 10  # overlap `queue`: ticks waiting for the previous execution
+_ACTIVE = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING)
+_ENDED = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
+_MIN_SLEEP = 0.02  # a due tick another worker holds: look again this much later
+_MISSED = "missed: no worker was running"
+_STILL_RUNNING = "the previous execution is still running"
+_WAITS = "waits for the previous execution to end"
+
+
+@dataclass
+class _Schedule:
+    """A locked schedule and what this round changes of it."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    workflow_id: uuid.UUID
+    cron: str
+    timezone: str
+    input: dict[str, Any]
+    overlap: str
+    catch_up: str
+    next_tick_at: datetime
+    last_execution_id: uuid.UUID | None
+    queued_ticks: int
+    workflow_enabled: bool
+    previous_active: bool  # its last execution is queued, running or waiting
+    enabled: bool = True
+
+
+@dataclass
+class _Tick:
+    schedule: _Schedule
+    tick_at: datetime
+    status: TickStatus  # final for skipped ticks; provisional (started) for ticks to run
+    reason: str | None = None
+    run: bool = False
+    execution_id: uuid.UUID | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "org_id": self.schedule.org_id,
+            "schedule_id": self.schedule.id,
+            "tick_at": self.tick_at,
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class _Fired:
+    """What a committed round did: executions to submit, counts and lags to report."""
+
+    started: list[_Tick] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, result: str, n: int = 1) -> None:
+        if n:
+            self.counts[result] = self.counts.get(result, 0) + n
+
+
+# --- planning: which ticks a due schedule has, and what becomes of missed ones ---------------
+
+
+def _first_at_or_after(cron: CronSchedule, moment: datetime) -> datetime:
+    return cron.next_after(moment - timedelta(microseconds=1))
+
+
+def _missed(
+    schedule: _Schedule, cron: CronSchedule, cutoff: datetime, fired: _Fired
+) -> list[_Tick]:
+    """The newest MAX_CATCH_UP ticks from next_tick_at to `cutoff` (oldest first), run or
+    skipped as `catch_up` says; older ones are counted in the first one's reason."""
+    newest = cron.previous_before(cutoff, MAX_CATCH_UP, schedule.next_tick_at)
+    ticks = [_Tick(schedule, t, TickStatus.SKIPPED, _MISSED) for t in reversed(newest)]
+    if not ticks:
+        return ticks
+    if schedule.catch_up == CatchUp.ALL:
+        for tick in ticks:
+            tick.status, tick.reason, tick.run = TickStatus.STARTED, None, True
+    elif schedule.catch_up == CatchUp.ONE:
+        ticks[-1].status, ticks[-1].reason, ticks[-1].run = TickStatus.STARTED, None, True
+    older, at = 0, _first_at_or_after(cron, schedule.next_tick_at)
+    while at < ticks[0].tick_at and older < MAX_COUNTED:
+        older, at = older + 1, cron.next_after(at)
+    if older:
+        counted = f"{older}" if at >= ticks[0].tick_at else f"more than {MAX_COUNTED}"
+        since = rfc3339(schedule.next_tick_at)
+        note = f"{counted} earlier missed ticks since {since} were skipped and not recorded"
+        ticks[0].reason = f"{ticks[0].reason}; {note}" if ticks[0].reason else note
+        fired.count("skipped", older)
+    return ticks
+
+
+def _plan(schedule: _Schedule, now: datetime, misfire: float, fired: _Fired) -> list[_Tick]:
+    """The ticks of a due schedule this round handles, oldest first; moves its next_tick_at
+    past them. A disabled workflow's schedule handles none: its next tick moves past now."""
+    try:
+        cron = CronSchedule.parse(schedule.cron, schedule.timezone)
+    except CronError as error:  # stored before a rule changed: pause it, say why once
+        schedule.enabled = False
+        reason = f"the schedule was paused: its {error.field} is no longer valid ({error})"
+        return [_Tick(schedule, schedule.next_tick_at, TickStatus.FAILED, reason)]
+    if not schedule.workflow_enabled:
+        schedule.next_tick_at = cron.next_after(now)
+        return []
+    cutoff = now - timedelta(seconds=misfire)
+    ticks = []
+    if schedule.next_tick_at < cutoff:
+        ticks = _missed(schedule, cron, cutoff, fired)
+        at = _first_at_or_after(cron, cutoff)
+    else:
+        at = schedule.next_tick_at
+    on_time = 0
+    while at <= now and on_time < PER_ROUND:
+        ticks.append(_Tick(schedule, at, TickStatus.STARTED, run=True))
+        at, on_time = cron.next_after(at), on_time + 1
+    schedule.next_tick_at = at
+    return ticks
+
+
+# --- a round ----------------------------------------------------------------------------------
+
+
+def _due_query(now: Any, *, queued: bool) -> Any:
+    """Due schedules (or, `queued`, those whose waiting ticks may start: their previous execution
+    ended) with their workflow's state and their previous execution's, locked, skipping the
+    rows another round holds."""
+    previous = WorkflowExecution
+    query = (
+        select(
+            WorkflowSchedule.id,
+            WorkflowSchedule.org_id,
+            WorkflowSchedule.workflow_id,
+            WorkflowSchedule.cron,
+            WorkflowSchedule.timezone,
+            WorkflowSchedule.input,
+            WorkflowSchedule.overlap,
+            WorkflowSchedule.catch_up,
+            WorkflowSchedule.next_tick_at,
+            WorkflowSchedule.last_execution_id,
+            WorkflowSchedule.queued_ticks,
+            Workflow.enabled.label("workflow_enabled"),
+            previous.status.in_(_ACTIVE).label("previous_active"),
+            now.label("now"),
+        )
+        .join(
+            Workflow,
+            (Workflow.id == WorkflowSchedule.workflow_id)
+            & (Workflow.org_id == WorkflowSchedule.org_id),
+        )
+        .outerjoin(previous, previous.id == WorkflowSchedule.last_execution_id)
+    )
+    if queued:
+        query = query.where(
+            WorkflowSchedule.queued_ticks > 0,
+            WorkflowSchedule.enabled,
+            Workflow.enabled,
+            previous.id.is_(None) | previous.status.in_(_ENDED),
+        ).order_by(WorkflowSchedule.id)
+    else:
+        query = query.where(
+            WorkflowSchedule.enabled, WorkflowSchedule.next_tick_at <= now
+        ).order_by(WorkflowSchedule.next_tick_at)
+    return query.limit(BATCH).with_for_update(of=WorkflowSchedule, skip_locked=True)
+
+
+async def _lock(db: AsyncSession, *, queued: bool) -> tuple[list[_Schedule], datetime]:
+    rows = (await db.execute(_due_query(func.now(), queued=queued))).all()
+    schedules = [
+        _Schedule(
+            id=row.id,
+            org_id=row.org_id,
+            workflow_id=row.workflow_id,
+            cron=row.cron,
+            timezone=row.timezone,
+            input=row.input,
+            overlap=row.overlap,
+            catch_up=row.catch_up,
+            next_tick_at=row.next_tick_at,
+            last_execution_id=row.last_execution_id,
+            queued_ticks=row.queued_ticks,
+            workflow_enabled=row.workflow_enabled,
+            previous_active=bool(row.previous_active),  # NULL: no previous execution
+        )
+        for row in rows
+    ]
+    return schedules, (rows[0].now if rows else datetime.now(UTC))
+
+
+async def _record(db: AsyncSession, ticks: list[_Tick]) -> list[_Tick]:
+    """Insert the ticks' rows; those already recorded (a second guard: a round never sees a
+    committed tick again) are left out, and nothing starts for them."""
+    if not ticks:
+        return []
+    inserted = set(
+        (
+            await db.execute(
+                insert(ScheduleTick)
+                .on_conflict_do_nothing(index_elements=["schedule_id", "tick_at"])
+                .returning(ScheduleTick.id),
+                [tick.row() for tick in ticks],
+            )
+        ).scalars()
+    )
+    if len(inserted) < len(ticks):
+        log.warning("schedule_ticks_already_recorded", count=len(ticks) - len(inserted))
+    return [tick for tick in ticks if tick.id in inserted]
+
+
+async def _start(db: AsyncSession, runtime: Runtime, tick: _Tick) -> None:
+    """Create the tick's execution, or mark the tick failed with the reason (the savepoint
+    undoes whatever the refused start wrote)."""
+    schedule = tick.schedule
+    try:
+        if not templating.is_cheap(schedule.input):  # refused when saved; a rule may change
+            raise templating.TemplateProblem("input", "too expensive to render in the ticker")
+        rendered = templating.render(schedule.input, tick_scope(schedule.id, tick.tick_at), "input")
+        limit = runtime.settings.max_queued_per_org
+        async with db.begin_nested():
+            started = await start_execution(
+                db=db,
+                org_id=schedule.org_id,
+                workflow_id=schedule.workflow_id,
+                input=rendered,
+                max_queued=None if runtime.fair.surely_below(schedule.org_id, limit) else limit,
+                origin=Origin(kind=StartKind.SCHEDULE, trigger_id=schedule.id),
+            )
+    except templating.TemplateProblem as problem:
+        tick.status, tick.reason = TickStatus.FAILED, f"the input did not render: {problem}"
+        return
+    except DomainError as refused:  # input_schema, queue full, workflow disabled meanwhile
+        tick.status, tick.reason = TickStatus.FAILED, refused.message
+        return
+    except DBAPIError:
+        log.exception("schedule_tick_start_failed", schedule_id=str(schedule.id))
+        tick.status, tick.reason = TickStatus.FAILED, "the execution could not be created"
+        return
+    tick.status, tick.execution_id = TickStatus.STARTED, started.execution.id
+    schedule.last_execution_id, schedule.previous_active = tick.execution_id, True
+
+
+async def _decide(db: AsyncSession, runtime: Runtime, tick: _Tick) -> None:
+    """Start a tick due to run, or skip or queue it as the schedule's overlap says."""
+    schedule = tick.schedule
+    if schedule.overlap == Overlap.SKIP and schedule.previous_active:
+        tick.status, tick.reason = TickStatus.SKIPPED, _STILL_RUNNING
+    elif schedule.overlap == Overlap.QUEUE and (
+        schedule.previous_active or schedule.queued_ticks > 0
+    ):
+        if schedule.queued_ticks < MAX_QUEUED_TICKS:
+            tick.status, tick.reason = TickStatus.QUEUED, _WAITS
+            schedule.queued_ticks += 1
+        else:
+            tick.status, tick.reason = TickStatus.SKIPPED, "queue of ticks full"
+    else:
+        await _start(db, runtime, tick)
+
+
+_UPDATE_TICK = text(
+    "update schedule_ticks set status = :status, reason = :reason, execution_id = :execution_id"
+    " where id = :id"
+)
+# The ticker's bookkeeping is no change of the schedule: updated_at stays.
+_UPDATE_SCHEDULE = text(
+    "update workflow_schedules set next_tick_at = :next_tick_at, enabled = :enabled,"
+    " last_execution_id = :last_execution_id, queued_ticks = :queued_ticks where id = :id"
+)
+
+
+async def _save(db: AsyncSession, schedules: list[_Schedule], ran: list[_Tick]) -> None:
+    if ran:
+        await db.execute(
+            _UPDATE_TICK,
+            [
+                {"id": t.id, "status": t.status, "reason": t.reason, "execution_id": t.execution_id}
+                for t in ran
+            ],
+        )
+    await db.execute(
+        _UPDATE_SCHEDULE,
+        [
+            {
+                "id": s.id,
+                "next_tick_at": s.next_tick_at,
+                "enabled": s.enabled,
+                "last_execution_id": s.last_execution_id,
+                "queued_ticks": s.queued_ticks,
+            }
+            for s in schedules
+        ],
+    )
+
+
+async def _drop_queued(db: AsyncSession, schedules: list[_Schedule]) -> None:
+    """A disabled workflow starts nothing: its schedules' waiting ticks are skipped."""
+    dropping = [s for s in schedules if not s.workflow_enabled and s.queued_ticks > 0]
+    if not dropping:
+        return
+    await db.execute(
+        text(
+            "update schedule_ticks set status = 'skipped', reason = 'the workflow is disabled'"
+            " where schedule_id = any(:ids) and status = 'queued'"
+        ),
+        {"ids": [s.id for s in dropping]},
+    )
+    for schedule in dropping:
+        schedule.queued_ticks = 0
+
+
+async def _preload_workflows(db: AsyncSession, schedules: list[_Schedule]) -> None:
+    """The workflows to start, in the session's identity map: start_execution finds each there
+    instead of asking PostgreSQL once per tick."""
+    ids = {s.workflow_id for s in schedules if s.workflow_enabled}
+    if ids:
+        await db.execute(select(Workflow).where(Workflow.id.in_(ids)))
+
+
+async def fire_round(runtime: Runtime) -> tuple[_Fired, int]:
+    """One round: the due schedules (at most BATCH) handled and committed. Returns what to do
+    after the commit and how many schedules it took."""
+    fired, misfire = _Fired(), runtime.settings.schedule_misfire_seconds
+    async with system_transaction(runtime.database) as db:
+        schedules, now = await _lock(db, queued=False)
+        if not schedules:
+            return fired, 0
+        planned = [t for s in schedules for t in _plan(s, now, misfire, fired)]
+        ticks = await _record(db, planned)
+        await _preload_workflows(db, schedules)
+        ran = [t for t in ticks if t.run]
+        for tick in ran:
+            await _decide(db, runtime, tick)
+        await _drop_queued(db, schedules)
+        await _save(db, schedules, ran)
+    for tick in ticks:
+        fired.count(tick.status)
+    fired.started = [t for t in ran if t.status == TickStatus.STARTED]
+    return fired, len(schedules)
+
+
+async def drain_queued(runtime: Runtime) -> _Fired:
+    """Overlap `queue`: for each schedule whose previous execution has ended, start its oldest
+    waiting tick (one per schedule and round)."""
+    fired = _Fired()
+    async with system_transaction(runtime.database) as db:
+        schedules, _ = await _lock(db, queued=True)
+        if not schedules:
+            return fired
+        waiting = func.count().over(partition_by=ScheduleTick.schedule_id)
+        oldest = await db.execute(
+            select(ScheduleTick.id, ScheduleTick.schedule_id, ScheduleTick.tick_at, waiting)
+            .where(
+                ScheduleTick.schedule_id.in_([s.id for s in schedules]),
+                ScheduleTick.status == TickStatus.QUEUED,
+            )
+            .order_by(ScheduleTick.schedule_id, ScheduleTick.tick_at)
+            .ext(distinct_on(ScheduleTick.schedule_id))
+        )
+        by_id = {s.id: s for s in schedules}
+        for schedule in schedules:  # counted again from the ticks really waiting
+            schedule.queued_ticks = 0
+        ran = []
+        for tick_id, schedule_id, tick_at, count in oldest.all():
+            schedule = by_id[schedule_id]
+            schedule.queued_ticks = count - 1
+            tick = _Tick(schedule, tick_at, TickStatus.STARTED, id=tick_id)
+            await _start(db, runtime, tick)
+            ran.append(tick)
+        await _save(db, schedules, ran)
+    for tick in ran:
+        fired.count(tick.status)
+    fired.started = [t for t in ran if t.status == TickStatus.STARTED]
+    return fired
+
+
+async def _after_commit(runtime: Runtime, fired: _Fired, *, on_time: bool) -> None:
+    """Submit the created executions to the fair scheduler, then count and time the ticks. A
+    failed submission leaves its execution queued without a job: the reconciler submits it."""
+    queue = ExecutionQueue(runtime)
+    try:
+        for tick in fired.started:
+            assert tick.execution_id is not None
+            await queue.submit(execution_id=tick.execution_id, org_id=tick.schedule.org_id)
+    except Exception:
+        log.exception("schedule_submit_failed", executions=len(fired.started))
+    now = datetime.now(UTC)
+    if on_time:  # a waiting tick's lateness is its overlap's, not the ticker's
+        for tick in fired.started:
+            SCHEDULE_LAG.observe(max(0.0, (now - tick.tick_at).total_seconds()))
+    for result, n in fired.counts.items():
+        TRIGGERS.labels(StartKind.SCHEDULE, result).inc(n)
+    if fired.counts:
+        log.info("schedule_ticks", **fired.counts)
+
+
+async def _seconds_to_next_tick(runtime: Runtime) -> float | None:
+    """Until the earliest next tick of any enabled schedule (negative: due, held by another
+    worker's round), or None when there is none."""
+    async with system_transaction(runtime.database) as db:
+        wait = await db.scalar(
+            select(
+                func.extract("epoch", func.min(WorkflowSchedule.next_tick_at) - func.now())
+            ).where(WorkflowSchedule.enabled)
+        )
+    return None if wait is None else float(wait)
+
+
+async def fire_schedules(runtime: Runtime) -> None:
+    """The upkeep: start the waiting ticks whose turn has come, then fire due ticks, round after
+    round, until SCHEDULE_INTERVAL_SECONDS from now (waiting for a tick due before then)."""
+    deadline = time.monotonic() + runtime.settings.schedule_interval_seconds
+    await _after_commit(runtime, await drain_queued(runtime), on_time=False)
+    while True:
+        fired, taken = await fire_round(runtime)
+        await _after_commit(runtime, fired, on_time=True)
+        if taken == BATCH:
+            continue  # more may be due now
+        wait = await _seconds_to_next_tick(runtime)
+        if wait is None or time.monotonic() + wait >= deadline:
+            return
+        await asyncio.sleep(max(wait, _MIN_SLEEP))
+
+
+UPKEEP = Upkeep(
+    name="schedule_ticks",
+    run=fire_schedules,
+    leader_only=False,
+    interval=lambda settings: settings.schedule_interval_seconds,
+)
