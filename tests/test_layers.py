@@ -19,6 +19,7 @@ DOMAINS = {
     "gdpr",
     "orgs",
     "tools",
+    "triggers",
     "web",
     "webhooks",
     "workflows",

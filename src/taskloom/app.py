@@ -30,6 +30,8 @@ from taskloom.operation_ids import operation_id
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.tools.routes import router as connections_router
+from taskloom.triggers.hooks import router as hooks_router
+from taskloom.triggers.routes import router as triggers_router
 from taskloom.triggers.schedule_routes import router as schedules_router
 from taskloom.web.routes import router as web_router
 from taskloom.web.security_headers import SecurityHeadersMiddleware
@@ -85,13 +87,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(flags_router)
     app.include_router(schedules_router)
     app.include_router(webhooks_router)
+    app.include_router(triggers_router)
+    app.include_router(hooks_router)
     app.include_router(metrics_router)
     app.include_router(web_router)
     # Added first = innermost; the request id (added last) wraps everything, including the 413
     # for oversized bodies. Unexpected errors become JSON 500s inside the request-id scope;
     # input is checked for what PostgreSQL cannot store (NUL, NaN, surrogates) after the limit.
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(InputGuardMiddleware)
+    app.add_middleware(InputGuardMiddleware, raw_body_paths=("/hooks/",))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, production=settings.is_production)

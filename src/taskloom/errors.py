@@ -78,6 +78,10 @@ class PayloadTooLarge(DomainError):
     status_code, code = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(DomainError):
+    status_code, code = 415, "unsupported_media_type"
+
+
 class ValidationFailed(DomainError):
     status_code, code = 422, "validation_failed"
 

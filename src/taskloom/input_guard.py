@@ -145,8 +145,13 @@ async def _check_body(scope: Scope, kind: str, body: bytes) -> None:
 
 
 class InputGuardMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """`raw_body_paths`: path prefixes whose routes read and check their bodies themselves
+    (webhook triggers: the signature covers the raw bytes, and a request refused before it is
+    verified must not have cost a parse); their query string and path are still checked."""
+
+    def __init__(self, app: ASGIApp, *, raw_body_paths: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.raw_body_paths = raw_body_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,7 +166,11 @@ class InputGuardMiddleware:
             await error_response(422, "invalid_characters", str(bad))(scope, receive, send)
             return
         kind = _body_kind(_media_type(scope))
-        if kind is None or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        if (
+            kind is None
+            or scope.get("method") in ("GET", "HEAD", "OPTIONS")
+            or scope.get("path", "").startswith(self.raw_body_paths)
+        ):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []

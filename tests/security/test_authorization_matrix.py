@@ -103,6 +103,7 @@ def _random_values() -> dict[str, str]:
                 "org_id",
                 "override_id",
                 "invitation_id",
+                "trigger_id",
             )
         }
     )
@@ -122,9 +123,12 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "definition": {"steps": [{"id": "t", "type": "transform", "args": {"value": 1}}]},
     },
     ("POST", "/api/workflows/{workflow_id}/execute"): {"input": {}},
+    ("PATCH", "/api/workflows/{workflow_id}"): {"enabled": True},
     ("PATCH", "/api/members/{user_id}"): {"role": "member"},
     ("PUT", "/api/flags/{key}/overrides/users/{user_id}"): {"enabled": True},
     ("POST", "/api/webhooks/{webhook_id}/rotate-secret"): {"overlap_seconds": 0},
+    ("POST", "/api/workflows/{workflow_id}/triggers"): {"kind": "webhook", "verification": "token"},
+    ("POST", "/api/triggers/{trigger_id}/rotate-secret"): {"overlap_seconds": 0},
 }
 
 
@@ -248,13 +252,18 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
         json={"url": "https://example.com/hook", "events": ["ping"]},
         headers=headers,
     )
+    trigger = await client.post(
+        f"/api/workflows/{workflow_id}/triggers",
+        json={"kind": "webhook", "verification": "github"},
+        headers=headers,
+    )
     key = await client.post("/auth/api-keys", json={"name": "k"}, headers=headers)
     export = await client.post("/api/user/data-export", headers=headers)
     # An invitation of A's to someone else: B's owner can neither answer nor revoke it.
     invitation = await client.post(
         "/api/members", json={"email": "matrix-invitee@example.test"}, headers=headers
     )
-    for response in (workflow, execution, connection, webhook, key, export, invitation):
+    for response in (workflow, execution, connection, webhook, trigger, key, export, invitation):
         assert response.status_code in (201, 202), response.text
     member = callers["member"].account
     assert member is not None
@@ -267,6 +276,7 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
         "request_id": export.json()["request_id"],
         "user_id": str(member.user_id),
         "invitation_id": invitation.json()["invitation_id"],
+        "trigger_id": trigger.json()["id"],
     }
 
 
@@ -293,5 +303,6 @@ async def test_another_organizations_ids_are_not_found_anywhere(
     for path in (
         f"/api/workflows/{values['workflow_id']}",
         f"/api/webhooks/{values['webhook_id']}",
+        f"/api/triggers/{values['trigger_id']}",
     ):
         assert (await client.get(path, headers=owner.headers)).status_code == 200

@@ -18,6 +18,7 @@ from taskloom.crypto import CredentialCipher, CredentialKeyError
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import open_runtime
 from taskloom.tools.service import bound_to
+from taskloom.triggers.service import bound_to as trigger_bound_to
 from tests.cli_support import clean_env, run_taskloom
 from tests.conftest import fresh_deployment
 from tests.factories import register
@@ -67,6 +68,28 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
                     headers=owner.headers,
                 )
                 assert hook.status_code == 201, hook.text
+                workflow = await client.post(
+                    "/api/workflows",
+                    json={
+                        "name": "w",
+                        "definition": {
+                            "steps": [{"id": "t", "type": "transform", "args": {"value": 1}}]
+                        },
+                    },
+                    headers=owner.headers,
+                )
+                trigger = await client.post(
+                    f"/api/workflows/{workflow.json()['id']}/triggers",
+                    json={"kind": "webhook", "verification": "github"},
+                    headers=owner.headers,
+                )
+                assert trigger.status_code == 201, trigger.text
+                rotated_secret = await client.post(
+                    f"/api/triggers/{trigger.json()['id']}/rotate-secret",
+                    json={},
+                    headers=owner.headers,
+                )
+                assert rotated_secret.status_code == 200, rotated_secret.text
     finally:
         await runtime.close()
     before = await _stored(deployment)
@@ -88,7 +111,7 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
     )
     rotated = await run_taskloom("keys", "rotate", env=env, cwd=tmp_path)
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-    assert "current key 'k2': 3 re-encrypted, 0 already current" in rotated.stderr
+    assert "current key 'k2': 4 re-encrypted, 0 already current" in rotated.stderr
 
     after = await _stored(deployment)
     assert {row[3] for row in after} == {"k2"}
@@ -101,11 +124,23 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
             )
 
     again = await run_taskloom("keys", "rotate", env=env, cwd=tmp_path)
-    assert "0 re-encrypted, 3 already current" in again.stderr
+    assert "0 re-encrypted, 4 already current" in again.stderr
     async with system_transaction((runtime := await open_runtime(deployment)).database) as db:
         webhook_keys = (await db.execute(text("select secret_key_id from webhook_endpoints"))).all()
+        stored = (
+            await db.execute(
+                text(
+                    "select id, org_id, secret_key_id, encrypted_secret, "
+                    "encrypted_previous_secret from workflow_triggers"
+                )
+            )
+        ).one()
     await runtime.close()
     assert [tuple(r) for r in webhook_keys] == [("k2",)]
+    trigger_at = trigger_bound_to(stored.id, stored.org_id)
+    assert stored.secret_key_id == "k2"
+    for blob in (stored.encrypted_secret, stored.encrypted_previous_secret):
+        assert only_new.decrypt("k2", blob, bound_to=trigger_at)["secret"].startswith("whsec_")
 
     # k2 is listed with the wrong bytes: the rows under k2 cannot move to k3.
     wrong_keys = (

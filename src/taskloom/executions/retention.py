@@ -20,7 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.ai.rollup import roll_up
 from taskloom.db.tenancy import system_transaction
-from taskloom.executions.models import ExecutionStatus, ExecutionStep, WorkflowExecution
+from taskloom.executions.models import (
+    ExecutionStatus,
+    ExecutionStep,
+    IdempotencyKey,
+    WorkflowExecution,
+)
 from taskloom.queue.host import Upkeep
 from taskloom.runtime import Runtime
 from taskloom.webhooks.retention import purge_deliveries
@@ -136,11 +141,30 @@ async def purge_expired_executions(
     return total
 
 
+async def purge_expired_keys(runtime: Runtime, *, limit: int = BATCH * BATCHES_PER_TICK) -> int:
+    """Delete up to `limit` idempotency keys older than IDEMPOTENCY_TTL_SECONDS (a start with
+    one takes it over anyway: this only keeps the table small)."""
+    ttl = timedelta(seconds=runtime.settings.idempotency_ttl_seconds)
+    async with system_transaction(runtime.database) as db:
+        expired = (
+            select(IdempotencyKey.id)
+            .where(IdempotencyKey.created_at < func.now() - ttl)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        deleted = await db.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(expired)))
+        return int(getattr(deleted, "rowcount", 0) or 0)
+
+
 async def purge_some(runtime: Runtime) -> None:
-    """The upkeep's tick: a few batches of expired executions, logged when any went."""
+    """The upkeep's tick: a few batches of expired executions, and expired idempotency keys,
+    logged when any went."""
     expired = await purge_expired_executions(runtime, max_batches=BATCHES_PER_TICK)
     if not expired.empty:
         log.info("expired_executions_purged", **expired.counts())
+    if keys := await purge_expired_keys(runtime):
+        log.info("expired_idempotency_keys_purged", count=keys)
 
 
 UPKEEP = Upkeep(name="execution_retention", run=purge_some)

@@ -103,6 +103,9 @@ class Origin:
     user_id: uuid.UUID | None = None
     depth: int = 0
     request_id: str | None = None
+    # An event-started execution counts towards the executions its chain's first start caused
+    # (MAX_DESCENDANT_EXECUTIONS, as sub-workflows do).
+    root_execution_id: uuid.UUID | None = None
 
 
 def api_origin(principal: Principal, context: AuditContext) -> Origin:
@@ -221,14 +224,17 @@ async def start_execution(
     origin: Origin,
     idempotency_key: str | None = None,
     idempotency_ttl_seconds: int = 86_400,
+    idempotency_digest: str | None = None,
 ) -> Started:
     """A queued execution of the workflow's current definition, in the caller's tenant
     transaction. Refused when the workflow is disabled (Conflict), the input breaks its
     `input_schema` (ValidationFailed), or the organization has `max_queued` waiting
     (TooManyQueued; None: the caller knows it is far below, see `executions.queue.queue_limit`).
     With an idempotency key, an earlier start with the same key and input answers instead
-    (`created` False). The caller submits a created execution to the queue after the commit (a
-    job must never run ahead of its row)."""
+    (`created` False); `idempotency_digest` binds the key to something else than the whole
+    input (a webhook delivery: its body and query, as a sender's retry re-stamps its headers).
+    The caller submits a created execution to the queue after the commit (a job must never run
+    ahead of its row)."""
     if max_queued is None:
         workflow, queued = await get_workflow(db=db, workflow_id=workflow_id), None
     else:  # the workflow and the organization's queued count in one round trip
@@ -250,7 +256,7 @@ async def start_execution(
             org_id=workflow.org_id,
             workflow_id=workflow.id,
             key=idempotency_key,
-            digest=input_digest(input),
+            digest=idempotency_digest or input_digest(input),
             ttl_seconds=idempotency_ttl_seconds,
         )
         if isinstance(found, WorkflowExecution):
@@ -271,6 +277,7 @@ async def start_execution(
         trigger_kind=origin.kind,
         trigger_id=origin.trigger_id,
         trigger_depth=origin.depth,
+        root_execution_id=origin.root_execution_id,
     )
     db.add(execution)
     await db.flush()

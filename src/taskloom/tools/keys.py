@@ -1,7 +1,7 @@
 """`taskloom keys rotate`: re-encrypt every stored secret (connections' credentials, webhook
-secrets) under the current key, the first of CREDENTIAL_ENCRYPTION_KEYS. Old keys keep
-decrypting until then, so rotation is: put the new key first, keep the old one, deploy, run
-this, remove the old key, deploy."""
+and webhook trigger secrets) under the current key, the first of CREDENTIAL_ENCRYPTION_KEYS.
+Old keys keep decrypting until then, so rotation is: put the new key first, keep the old one,
+deploy, run this, remove the old key, deploy."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction
 from taskloom.tools.models import ToolConnection
 from taskloom.tools.service import bound_to
+from taskloom.triggers.models import WorkflowTrigger
+from taskloom.triggers.service import bound_to as trigger_bound_to
 from taskloom.webhooks.models import WebhookEndpoint
 from taskloom.webhooks.service import bound_to as webhook_bound_to
 
@@ -60,15 +62,21 @@ SEALED = (
         ("encrypted_secret", "encrypted_previous_secret"),
         lambda row: webhook_bound_to(row.id, row.org_id),
     ),
+    _Sealed(
+        WorkflowTrigger,
+        "secret_key_id",
+        ("encrypted_secret", "encrypted_previous_secret"),
+        lambda row: trigger_bound_to(row.id, row.org_id),
+    ),
 )
 
 
 async def rotate_keys(
     database: Database, cipher: CredentialCipher, *, context: AuditContext
 ) -> RotationReport:
-    """Re-encrypt, in batches, every stored secret (connections' credentials, webhook secrets)
-    not under the current key. Runs across organizations on the privileged engine. Rows that do
-    not decrypt are reported, not changed."""
+    """Re-encrypt, in batches, every stored secret (connections' credentials, webhook and
+    trigger secrets) not under the current key. Runs across organizations on the privileged
+    engine. Rows that do not decrypt are reported, not changed."""
     report = RotationReport(current_key_id=cipher.current_key_id)
     for table in SEALED:
         await _rotate_table(database, cipher, table, report)
