@@ -132,6 +132,7 @@ async def test_an_invalid_schedule_gets_a_422_naming_the_field(
         ("{{ schedule.owner }}", "owner"),
         ("{{ schedule.tick ", "template error"),
         ("{% for i in range(9) %}{{ i }}{% endfor %}", "only look values up"),
+        ("{{ '\\u0000' }}", "NUL character"),
     ],
 )
 async def test_input_templates_may_only_read_the_tick_and_the_schedule_id(

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import WorkflowExecution
@@ -362,6 +362,48 @@ async def test_a_tick_whose_input_does_not_render_or_conform_or_find_room_fails_
             .where(WorkflowExecution.id == uuid.UUID(waiting))
             .values(status="cancelled")
         )
+
+
+_REFUSE_BOOM = [
+    """create function taskloom_test_refuse_boom() returns trigger language plpgsql as $$
+       begin raise exception 'refused by the test'; end $$""",
+    """create trigger taskloom_test_refuse_boom before insert on workflow_executions
+       for each row when (new.input ->> 'x' = 'boom')
+       execute function taskloom_test_refuse_boom()""",
+]
+_ALLOW_BOOM = [
+    "drop trigger if exists taskloom_test_refuse_boom on workflow_executions",
+    "drop function if exists taskloom_test_refuse_boom()",
+]
+
+
+async def test_a_start_the_database_refuses_fails_only_its_own_tick(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    workflow_id = await create_workflow(api, owner, ECHO)
+    doomed = await create_schedule(api, owner, workflow_id, cron="* * * * * *", input={"x": "boom"})
+    fine = await create_schedule(api, owner, workflow_id, cron="* * * * * *", input={"x": "ok"})
+    now = (await database_now(queue_runtime)).replace(microsecond=0)
+    async with system_transaction(queue_runtime.database) as db:
+        for statement in _REFUSE_BOOM:
+            await db.execute(text(statement))
+    try:
+        for schedule_id in (doomed, fine):
+            await set_schedule(queue_runtime, schedule_id, next_tick_at=now)
+        await _fire(queue_runtime)
+    finally:
+        async with system_transaction(queue_runtime.database) as db:
+            for statement in _ALLOW_BOOM:
+                await db.execute(text(statement))
+    for schedule_id in (doomed, fine):
+        await pause(api, owner, schedule_id)
+    [refused, *_] = await ticks_of(queue_runtime, doomed)
+    assert (refused.status, refused.reason) == ("failed", "the execution could not be created")
+    assert await executions_of(queue_runtime, doomed) == []
+    [started, *_] = await ticks_of(queue_runtime, fine)
+    assert started.status == "started"
+    [execution, *_] = await executions_of(queue_runtime, fine)
+    assert execution.id == started.execution_id
 
 
 async def _previous(runtime: Runtime, schedule_id: uuid.UUID, status: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskloom import input_guard
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
@@ -73,7 +74,7 @@ def parse_cron(expression: str, timezone: str) -> CronSchedule:
 def check_input(schedule_id: uuid.UUID, value: dict[str, Any]) -> None:
     """ValidationFailed unless every template in `value` parses, is cheap enough to render in
     the ticker's process (executions/templating.is_cheap), reads only `schedule.tick` and
-    `schedule.id`, and renders for a sample tick."""
+    `schedule.id`, and renders for a sample tick to something PostgreSQL can store."""
     try:
         templating.check_syntax(value, "input")
     except templating.TemplateProblem as problem:
@@ -92,9 +93,13 @@ def check_input(schedule_id: uuid.UUID, value: dict[str, Any]) -> None:
             f"not {', '.join(sorted(unknown))}",
         )
     try:  # reading anything else under `schedule` fails here, not at every tick
-        templating.render(value, tick_scope(schedule_id, _SAMPLE_TICK), "input")
+        rendered = templating.render(value, tick_scope(schedule_id, _SAMPLE_TICK), "input")
     except templating.TemplateProblem as problem:
         raise _invalid(["body", *problem.path.split(".")], problem.message) from None
+    try:  # `{{ '\u0000' }}` renders what PostgreSQL cannot store, at every tick
+        input_guard.check_decoded(rendered, "body.input")
+    except input_guard.BadInput as bad:
+        raise _invalid(bad.where.split("."), f"renders to a value that {bad.problem}") from None
 
 
 def upcoming(
