@@ -233,14 +233,15 @@ async def test_viewers_read_members_manage_and_other_organizations_get_404(
         answer = await api.request(verb, path, json=body, headers=viewer.headers)
         assert answer.status_code == 403, answer.text
 
-    for verb, url, body in (
+    foreign: list[tuple[str, str, dict[str, Any] | None]] = [
         ("GET", path, None),
         ("GET", f"{path}/ticks", None),
         ("PATCH", path, {"enabled": False}),
         ("DELETE", path, None),
         ("GET", f"/api/workflows/{workflow_id}/schedules", None),
         ("POST", f"/api/workflows/{workflow_id}/schedules", {"cron": "* * * * *"}),
-    ):
+    ]
+    for verb, url, body in foreign:
         answer = await api.request(verb, url, json=body, headers=stranger.headers)
         assert answer.status_code == 404, (verb, url, answer.text)
     assert (await api.get(path, headers=owner.headers)).json()["enabled"] is True

@@ -25,19 +25,16 @@ execution of the schedule (`skip`, `allow`, `queue` up to MAX_QUEUED_TICKS waiti
 `drain_queued` starts one at a time as the previous execution ends); a tick that fails to
 render, conform to the workflow's input_schema, or find room in the organization's queue is
 recorded `failed` with the reason (a refused start writes nothing; see `_start`).
-Ticks later than SCHEDULE_MISFIRE_SECONDS when first seen were missed (no worker ran): the
-schedule's `catch_up` decides, for the newest MAX_CATCH_UP of them (older ones are only
-counted). A disabled workflow's schedules fire nothing and pile nothing up: their next tick
-moves on."""
+Which ticks a round handles, missed ones included, is tick_plan.py's. A disabled workflow's
+schedules fire nothing and pile nothing up: their next tick moves on."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -56,137 +53,32 @@ from taskloom.executions.service import Origin, StartKind, start_execution
 from taskloom.observability.metrics import SCHEDULE_LAG, TRIGGERS
 from taskloom.queue.host import Upkeep
 from taskloom.runtime import Runtime
-from taskloom.triggers.cron import CronError, CronSchedule
-from taskloom.triggers.models import CatchUp, Overlap, ScheduleTick, TickStatus, WorkflowSchedule
-from taskloom.triggers.schedules import rfc3339, tick_scope
+from taskloom.triggers.models import Overlap, ScheduleTick, TickStatus, WorkflowSchedule
+from taskloom.triggers.schedules import tick_scope
+from taskloom.triggers.tick_plan import DueSchedule, Tick, plan
 from taskloom.workflows.models import Workflow
 
 log = structlog.get_logger("taskloom.triggers")
 
 BATCH = 100  # schedules per round (one transaction)
-PER_ROUND = 100  # on-time ticks of one schedule per round; more wait for the next round
-MAX_CATCH_UP = 100  # missed ticks of one schedule recorded (and, catch_up `all`, run)
-MAX_COUNTED = 10_000  # older missed ticks are counted up to this, then "more than"
 MAX_QUEUED_TICKS = 10  # overlap `queue`: ticks waiting for the previous execution
 _ACTIVE = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING)
 _ENDED = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 _MIN_SLEEP = 0.02  # a due tick another worker holds: look again this much later
-_MISSED = "missed: no worker was running"
 _STILL_RUNNING = "the previous execution is still running"
 _WAITS = "waits for the previous execution to end"
-
-
-@dataclass
-class _Schedule:
-    """A locked schedule and what this round changes of it."""
-
-    id: uuid.UUID
-    org_id: uuid.UUID
-    workflow_id: uuid.UUID
-    cron: str
-    timezone: str
-    input: dict[str, Any]
-    overlap: str
-    catch_up: str
-    next_tick_at: datetime
-    last_execution_id: uuid.UUID | None
-    queued_ticks: int
-    workflow_enabled: bool
-    previous_active: bool  # its last execution is queued, running or waiting
-    enabled: bool = True
-
-
-@dataclass
-class _Tick:
-    schedule: _Schedule
-    tick_at: datetime
-    status: TickStatus  # final for skipped ticks; provisional (started) for ticks to run
-    reason: str | None = None
-    run: bool = False
-    execution_id: uuid.UUID | None = None
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "org_id": self.schedule.org_id,
-            "schedule_id": self.schedule.id,
-            "tick_at": self.tick_at,
-            "status": self.status,
-            "reason": self.reason,
-        }
 
 
 @dataclass
 class _Fired:
     """What a committed round did: executions to submit, counts and lags to report."""
 
-    started: list[_Tick] = field(default_factory=list)
+    started: list[Tick] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     def count(self, result: str, n: int = 1) -> None:
         if n:
             self.counts[result] = self.counts.get(result, 0) + n
-
-
-# --- planning: which ticks a due schedule has, and what becomes of missed ones ---------------
-
-
-def _first_at_or_after(cron: CronSchedule, moment: datetime) -> datetime:
-    return cron.next_after(moment - timedelta(microseconds=1))
-
-
-def _missed(
-    schedule: _Schedule, cron: CronSchedule, cutoff: datetime, fired: _Fired
-) -> list[_Tick]:
-    """The newest MAX_CATCH_UP ticks from next_tick_at to `cutoff` (oldest first), run or
-    skipped as `catch_up` says; older ones are counted in the first one's reason."""
-    newest = cron.previous_before(cutoff, MAX_CATCH_UP, schedule.next_tick_at)
-    ticks = [_Tick(schedule, t, TickStatus.SKIPPED, _MISSED) for t in reversed(newest)]
-    if not ticks:
-        return ticks
-    if schedule.catch_up == CatchUp.ALL:
-        for tick in ticks:
-            tick.status, tick.reason, tick.run = TickStatus.STARTED, None, True
-    elif schedule.catch_up == CatchUp.ONE:
-        ticks[-1].status, ticks[-1].reason, ticks[-1].run = TickStatus.STARTED, None, True
-    older, at = 0, _first_at_or_after(cron, schedule.next_tick_at)
-    while at < ticks[0].tick_at and older < MAX_COUNTED:
-        older, at = older + 1, cron.next_after(at)
-    if older:
-        counted = f"{older}" if at >= ticks[0].tick_at else f"more than {MAX_COUNTED}"
-        since = rfc3339(schedule.next_tick_at)
-        note = f"{counted} earlier missed ticks since {since} were skipped and not recorded"
-        ticks[0].reason = f"{ticks[0].reason}; {note}" if ticks[0].reason else note
-        fired.count("skipped", older)
-    return ticks
-
-
-def _plan(schedule: _Schedule, now: datetime, misfire: float, fired: _Fired) -> list[_Tick]:
-    """The ticks of a due schedule this round handles, oldest first; moves its next_tick_at
-    past them. A disabled workflow's schedule handles none: its next tick moves past now."""
-    try:
-        cron = CronSchedule.parse(schedule.cron, schedule.timezone)
-    except CronError as error:  # stored before a rule changed: pause it, say why once
-        schedule.enabled = False
-        reason = f"the schedule was paused: its {error.field} is no longer valid ({error})"
-        return [_Tick(schedule, schedule.next_tick_at, TickStatus.FAILED, reason)]
-    if not schedule.workflow_enabled:
-        schedule.next_tick_at = cron.next_after(now)
-        return []
-    cutoff = now - timedelta(seconds=misfire)
-    ticks = []
-    if schedule.next_tick_at < cutoff:
-        ticks = _missed(schedule, cron, cutoff, fired)
-        at = _first_at_or_after(cron, cutoff)
-    else:
-        at = schedule.next_tick_at
-    on_time = 0
-    while at <= now and on_time < PER_ROUND:
-        ticks.append(_Tick(schedule, at, TickStatus.STARTED, run=True))
-        at, on_time = cron.next_after(at), on_time + 1
-    schedule.next_tick_at = at
-    return ticks
 
 
 # --- a round ----------------------------------------------------------------------------------
@@ -235,10 +127,10 @@ def _due_query(now: Any, *, queued: bool) -> Any:
     return query.limit(BATCH).with_for_update(of=WorkflowSchedule, skip_locked=True)
 
 
-async def _lock(db: AsyncSession, *, queued: bool) -> tuple[list[_Schedule], datetime]:
+async def _lock(db: AsyncSession, *, queued: bool) -> tuple[list[DueSchedule], datetime]:
     rows = (await db.execute(_due_query(func.now(), queued=queued))).all()
     schedules = [
-        _Schedule(
+        DueSchedule(
             id=row.id,
             org_id=row.org_id,
             workflow_id=row.workflow_id,
@@ -258,7 +150,7 @@ async def _lock(db: AsyncSession, *, queued: bool) -> tuple[list[_Schedule], dat
     return schedules, (rows[0].now if rows else datetime.now(UTC))
 
 
-async def _record(db: AsyncSession, ticks: list[_Tick]) -> list[_Tick]:
+async def _record(db: AsyncSession, ticks: list[Tick]) -> list[Tick]:
     """Insert the ticks' rows; those already recorded (a second guard: a round never sees a
     committed tick again) are left out, and nothing starts for them."""
     if not ticks:
@@ -278,7 +170,7 @@ async def _record(db: AsyncSession, ticks: list[_Tick]) -> list[_Tick]:
     return [tick for tick in ticks if tick.id in inserted]
 
 
-async def _start(db: AsyncSession, runtime: Runtime, tick: _Tick, *, careful: bool) -> None:
+async def _start(db: AsyncSession, runtime: Runtime, tick: Tick, *, careful: bool) -> None:
     """Create the tick's execution, or mark the tick failed with the reason. start_execution
     refuses (workflow disabled, input_schema, queue full) before it writes anything when given
     no idempotency key, so a refusal needs no savepoint (one per start made a round of starts
@@ -319,7 +211,7 @@ async def _start(db: AsyncSession, runtime: Runtime, tick: _Tick, *, careful: bo
     schedule.last_execution_id, schedule.previous_active = tick.execution_id, True
 
 
-async def _decide(db: AsyncSession, runtime: Runtime, tick: _Tick, *, careful: bool) -> None:
+async def _decide(db: AsyncSession, runtime: Runtime, tick: Tick, *, careful: bool) -> None:
     """Start a tick due to run, or skip or queue it as the schedule's overlap says."""
     schedule = tick.schedule
     if schedule.overlap == Overlap.SKIP and schedule.previous_active:
@@ -347,7 +239,7 @@ _UPDATE_SCHEDULE = text(
 )
 
 
-async def _save(db: AsyncSession, schedules: list[_Schedule], ran: list[_Tick]) -> None:
+async def _save(db: AsyncSession, schedules: list[DueSchedule], ran: list[Tick]) -> None:
     if ran:
         await db.execute(
             _UPDATE_TICK,
@@ -371,7 +263,7 @@ async def _save(db: AsyncSession, schedules: list[_Schedule], ran: list[_Tick]) 
     )
 
 
-async def _drop_queued(db: AsyncSession, schedules: list[_Schedule]) -> None:
+async def _drop_queued(db: AsyncSession, schedules: list[DueSchedule]) -> None:
     """A disabled workflow starts nothing: its schedules' waiting ticks are skipped."""
     dropping = [s for s in schedules if not s.workflow_enabled and s.queued_ticks > 0]
     if not dropping:
@@ -387,7 +279,7 @@ async def _drop_queued(db: AsyncSession, schedules: list[_Schedule]) -> None:
         schedule.queued_ticks = 0
 
 
-async def _preload_workflows(db: AsyncSession, schedules: list[_Schedule]) -> None:
+async def _preload_workflows(db: AsyncSession, schedules: list[DueSchedule]) -> None:
     """The workflows to start, in the session's identity map: start_execution finds each there
     instead of asking PostgreSQL once per tick."""
     ids = {s.workflow_id for s in schedules if s.workflow_enabled}
@@ -413,7 +305,11 @@ async def _round(runtime: Runtime, *, careful: bool) -> tuple[_Fired, int]:
         schedules, now = await _lock(db, queued=False)
         if not schedules:
             return fired, 0
-        planned = [t for s in schedules for t in _plan(s, now, misfire, fired)]
+        planned = []
+        for schedule in schedules:
+            ticks, uncounted = plan(schedule, now, misfire)
+            planned += ticks
+            fired.count(TickStatus.SKIPPED, uncounted)
         ticks = await _record(db, planned)
         await _preload_workflows(db, schedules)
         ran = [t for t in ticks if t.run]
@@ -452,7 +348,7 @@ async def drain_queued(runtime: Runtime) -> _Fired:
         for tick_id, schedule_id, tick_at, count in oldest.all():
             schedule = by_id[schedule_id]
             schedule.queued_ticks = count - 1
-            tick = _Tick(schedule, tick_at, TickStatus.STARTED, id=tick_id)
+            tick = Tick(schedule, tick_at, TickStatus.STARTED, id=tick_id)
             await _start(db, runtime, tick, careful=True)  # a few at most: no hurry
             ran.append(tick)
         await _save(db, schedules, ran)
