@@ -32,6 +32,7 @@ from taskloom.runtime import Runtime, open_runtime
 from taskloom.tools.routes import router as connections_router
 from taskloom.triggers.hooks import router as hooks_router
 from taskloom.triggers.routes import router as triggers_router
+from taskloom.triggers.schedule_routes import router as schedules_router
 from taskloom.web.routes import router as web_router
 from taskloom.web.security_headers import SecurityHeadersMiddleware
 from taskloom.webhooks.routes import router as webhooks_router
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(connections_router)
     app.include_router(ai_router)
     app.include_router(flags_router)
+    app.include_router(schedules_router)
     app.include_router(webhooks_router)
     app.include_router(triggers_router)
     app.include_router(hooks_router)

@@ -10,7 +10,7 @@ from taskloom.queue.host import JobType, Upkeep
 from taskloom.queue.jobs import QueueSpec
 from taskloom.queue.worker import WorkerService
 from taskloom.runtime import Runtime
-from taskloom.triggers import events
+from taskloom.triggers import events, ticker
 from taskloom.webhooks import delivery
 
 JOB_TYPES: tuple[JobType, ...] = (runner.JOB_TYPE, archive.JOB_TYPE, delivery.JOB_TYPE)
@@ -27,6 +27,7 @@ UPKEEPS: tuple[Upkeep, ...] = (
     delivery.DISPATCH,
     waker.WAKE_DUE,  # every worker, every WAKE_INTERVAL_SECONDS
     events.EVENT_TRIGGERS,  # every worker, every WAKE_INTERVAL_SECONDS
+    ticker.UPKEEP,  # every worker, every SCHEDULE_INTERVAL_SECONDS
 )
 
 

@@ -104,6 +104,7 @@ def _random_values() -> dict[str, str]:
                 "override_id",
                 "invitation_id",
                 "trigger_id",
+                "schedule_id",
             )
         }
     )
@@ -129,6 +130,7 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/webhooks/{webhook_id}/rotate-secret"): {"overlap_seconds": 0},
     ("POST", "/api/workflows/{workflow_id}/triggers"): {"kind": "webhook", "verification": "token"},
     ("POST", "/api/triggers/{trigger_id}/rotate-secret"): {"overlap_seconds": 0},
+    ("POST", "/api/workflows/{workflow_id}/schedules"): {"cron": "0 0 1 1 *"},
 }
 
 
@@ -257,13 +259,17 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
         json={"kind": "webhook", "verification": "github"},
         headers=headers,
     )
+    schedule = await client.post(
+        f"/api/workflows/{workflow_id}/schedules", json={"cron": "0 0 1 1 *"}, headers=headers
+    )
     key = await client.post("/auth/api-keys", json={"name": "k"}, headers=headers)
     export = await client.post("/api/user/data-export", headers=headers)
     # An invitation of A's to someone else: B's owner can neither answer nor revoke it.
     invitation = await client.post(
         "/api/members", json={"email": "matrix-invitee@example.test"}, headers=headers
     )
-    for response in (workflow, execution, connection, webhook, trigger, key, export, invitation):
+    created = (workflow, execution, connection, webhook, trigger, schedule, key, export, invitation)
+    for response in created:
         assert response.status_code in (201, 202), response.text
     member = callers["member"].account
     assert member is not None
@@ -277,6 +283,7 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
         "user_id": str(member.user_id),
         "invitation_id": invitation.json()["invitation_id"],
         "trigger_id": trigger.json()["id"],
+        "schedule_id": schedule.json()["id"],
     }
 
 
@@ -304,5 +311,6 @@ async def test_another_organizations_ids_are_not_found_anywhere(
         f"/api/workflows/{values['workflow_id']}",
         f"/api/webhooks/{values['webhook_id']}",
         f"/api/triggers/{values['trigger_id']}",
+        f"/api/schedules/{values['schedule_id']}",
     ):
         assert (await client.get(path, headers=owner.headers)).status_code == 200
