@@ -6,14 +6,14 @@
    trigger of the same workflow signed with Taskloom's HMAC scheme, each with its own delivery
    id; then the same again (execute, hooks) so that neither is favoured by going first. Prints
    accepted/s of each and their ratio (hooks ÷ execute).
-2. Schedules. S schedules (default 500) over 10 organizations, each a six-field cron firing
-   every 10 s at a second of its own (`<s>/10 * * * * *`, s = 0…9), run for D seconds (default
-   120) with 2 `taskloom worker` processes. Then, for every schedule, the ticks between its
-   first and last recorded tick must each have exactly one tick row, `started`, with exactly one
-   execution whose input names that tick. Lag is measured from the tick's time to its
-   execution row (`created_at`: queued, and submitted in the same moment) and to its bullmq job
-   (the job's `timestamp`), and to the execution starting (`started_at`, which depends on
-   throughput: issue 20).
+2. Schedules. With 2 `taskloom worker` processes up, S schedules (default 500) are created
+   over 10 organizations, each a six-field cron firing every 10 s at a second of its own
+   (`<s>/10 * * * * *`, s = 0…9), and run for D seconds (default 120). Then, for every
+   schedule, the ticks between its first and last recorded tick must each have exactly one
+   tick row, `started`, with exactly one execution whose input names that tick. Lag is
+   measured from the tick's time to its execution row (`created_at`: queued, and submitted in
+   the same moment) and to its bullmq job (the job's `timestamp`), and to the execution
+   starting (`started_at`, which depends on throughput: issue 20).
 
     python bench/triggers.py [--deliveries M] [--schedules S] [--seconds D] [--quick]
 
@@ -225,26 +225,27 @@ async def job_timestamps(runtime: Runtime, execution_ids: list[str]) -> dict[str
 async def schedules(
     runtime: Runtime, api: httpx.AsyncClient, count: int, seconds: float
 ) -> dict[str, Any]:
-    per_org = count // ORGS
-    for org in range(ORGS):
-        headers = await register(api, f"bench-sched-{org}")
-        workflow_id = await workflow(api, headers, "ticks")
-        for i in range(per_org):
-            created = await api.post(
-                f"/api/workflows/{workflow_id}/schedules",
-                json={
-                    "cron": f"{(org * per_org + i) % 10}/10 * * * * *",
-                    "timezone": "UTC",
-                    "input": {"tick": "{{ schedule.tick }}"},
-                },
-                headers=headers,
-            )
-            if created.status_code != 201:
-                raise RuntimeError(f"schedule refused: {created.status_code} {created.text}")
     workdir = Path(tempfile.mkdtemp(prefix="taskloom-bench-"))
     procs = [start_worker(runtime.settings, workdir / f"worker-{i}.log") for i in range(2)]
     try:
+        # The workers first: ticks that fell while they started would be late by their start.
         await wait_until_started(runtime, procs)
+        per_org = count // ORGS
+        for org in range(ORGS):
+            headers = await register(api, f"bench-sched-{org}")
+            workflow_id = await workflow(api, headers, "ticks")
+            for i in range(per_org):
+                created = await api.post(
+                    f"/api/workflows/{workflow_id}/schedules",
+                    json={
+                        "cron": f"{(org * per_org + i) % 10}/10 * * * * *",
+                        "timezone": "UTC",
+                        "input": {"tick": "{{ schedule.tick }}"},
+                    },
+                    headers=headers,
+                )
+                if created.status_code != 201:
+                    raise RuntimeError(f"schedule refused: {created.status_code} {created.text}")
         cpu_before = cpu_times([p.pid for p in procs])
         await asyncio.sleep(seconds)
         cpu = cpu_usage(cpu_before, cpu_times([p.pid for p in procs]))

@@ -22,7 +22,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,13 +31,14 @@ from urllib.parse import parse_qsl
 import structlog
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.background import BackgroundTask
 
 from taskloom.auth.access import access
 from taskloom.auth.ratelimit import Rate, take
 from taskloom.crypto import CredentialKeyError
-from taskloom.db.tenancy import system_transaction, tenant_transaction
+from taskloom.db.tenancy import tenant_transaction
 from taskloom.errors import (
     BadRequest,
     DomainError,
@@ -60,6 +62,7 @@ from taskloom.triggers import service
 from taskloom.triggers.models import DeliveryStatus, TriggerKind, WorkflowTrigger
 from taskloom.triggers.schemas import HookAccepted, HookError, HookResult
 from taskloom.triggers.verification import Rejected, Scheme, dummy_verify, verify
+from taskloom.workflows.models import Workflow
 
 log = structlog.get_logger("taskloom.triggers")
 
@@ -117,20 +120,19 @@ async def receive_hook(trigger_id: uuid.UUID, request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     await _limit(runtime, trigger_id)
     body = await _read_body(request)
-    hook = await _find(runtime, trigger_id)
-    if hook is None or not hook.enabled:
-        dummy_verify(body)  # the time a failed verification takes
-        return _refused(runtime, hook, "trigger_disabled")
-    verdict = verify(hook.scheme, hook.secrets, request.headers, body)
-    if isinstance(verdict, Rejected):
-        return _refused(runtime, hook, verdict.reason)
-    delivery_id = verdict.delivery_id
     try:
-        payload = _input(request, body)
-        started = await _start(runtime, hook, payload, delivery_id)
-    except DomainError as refused:
-        await _record_rejection(runtime, hook, _reason(refused), delivery_id)
-        raise
+        async with _hook_transaction(runtime, trigger_id) as (db, hook):
+            if hook is None or not hook.enabled:
+                dummy_verify(body)  # the time a failed verification takes
+                return _refused(runtime, hook, "trigger_disabled")
+            verdict = verify(hook.scheme, hook.secrets, request.headers, body)
+            if isinstance(verdict, Rejected):
+                return _refused(runtime, hook, verdict.reason)
+            delivery_id = verdict.delivery_id
+            started = await _start(db, runtime, hook, lambda: _input(request, body), delivery_id)
+    except _Refused as refused:  # the start's writes are rolled back; the rejection is kept
+        await _record_rejection(runtime, refused.hook, _reason(refused.error), refused.delivery)
+        raise refused.error from None
     execution = started.execution
     if started.created:
         await _submit(runtime, execution)
@@ -143,6 +145,15 @@ async def receive_hook(trigger_id: uuid.UUID, request: Request) -> Response:
     accepted = HookAccepted(execution_id=execution.id).model_dump(mode="json")
     code = status.HTTP_202_ACCEPTED if started.created else status.HTTP_200_OK
     return JSONResponse(accepted, status_code=code, headers=location)
+
+
+class _Refused(Exception):
+    """A verified request refused while starting (415, 400, 422, 409, 429): `error` is the
+    answer, recorded once the start's transaction has rolled back."""
+
+    def __init__(self, error: DomainError, hook: _Hook, delivery: str | None) -> None:
+        super().__init__(str(error))
+        self.error, self.hook, self.delivery = error, hook, delivery
 
 
 async def _limit(runtime: Runtime, trigger_id: uuid.UUID) -> None:
@@ -174,23 +185,41 @@ async def _read_body(request: Request) -> bytes:
     return bytes(body)
 
 
-async def _find(runtime: Runtime, trigger_id: uuid.UUID) -> _Hook | None:
-    """The webhook trigger, or None. The request names no organization (it carries no
-    credentials, only the trigger's id), so the trigger's organization is read on the
-    privileged role, that column alone; everything else is read under the organization's
-    row-level security. An unknown id runs the same two queries (the second finds nothing)."""
-    async with system_transaction(runtime.database) as db:
-        org_id = await db.scalar(
-            select(WorkflowTrigger.org_id).where(WorkflowTrigger.id == trigger_id)
-        )
-    async with tenant_transaction(runtime.database, org_id=org_id, user_id=None) as db:
-        trigger = await db.scalar(
-            select(WorkflowTrigger).where(
-                WorkflowTrigger.id == trigger_id, WorkflowTrigger.kind == TriggerKind.WEBHOOK
+@asynccontextmanager
+async def _hook_transaction(
+    runtime: Runtime, trigger_id: uuid.UUID
+) -> AsyncIterator[tuple[AsyncSession, _Hook | None]]:
+    """One transaction on the application role for the whole request: the trigger's
+    organization, from `taskloom_webhook_trigger_org` (SECURITY DEFINER, migration 0015: the
+    request names no organization, only the trigger's id, and that function answers with the
+    organization alone), then the tenant set to it and everything else under its row-level
+    security. An unknown id runs the same statements (the tenant is none: nothing is found)."""
+    async with runtime.database.app_sessions() as db, db.begin():
+        await db.execute(_SET_TENANT, {"trigger": trigger_id, "request_id": current_request_id()})
+        # The workflow comes along: start_execution then finds it in the session (no query).
+        row = (
+            await db.execute(
+                select(WorkflowTrigger, Workflow)
+                .join(Workflow, Workflow.id == WorkflowTrigger.workflow_id)
+                .where(
+                    WorkflowTrigger.id == trigger_id, WorkflowTrigger.kind == TriggerKind.WEBHOOK
+                )
             )
-        )
-    if trigger is None:
-        return None
+        ).first()
+        yield db, None if row is None else _hook(runtime, row.WorkflowTrigger)
+
+
+# set_tenant's settings, the organization read by taskloom_webhook_trigger_org, in one statement
+# (no user: the request is the sender's, not a person's).
+_SET_TENANT = text(
+    "select set_config('app.org_id', "
+    "coalesce(taskloom_webhook_trigger_org(:trigger)::text, ''), true), "
+    "set_config('app.user_id', '', true), "
+    "set_config('app.request_id', coalesce(:request_id, ''), true)"
+)
+
+
+def _hook(runtime: Runtime, trigger: WorkflowTrigger) -> _Hook:
     try:
         secrets = service.verifying_secrets(runtime.cipher, trigger)
     except CredentialKeyError:  # its key was removed from CREDENTIAL_ENCRYPTION_KEYS
@@ -311,14 +340,19 @@ def _delivery_digest(payload: dict[str, Any]) -> str:
 
 
 async def _start(
-    runtime: Runtime, hook: _Hook, payload: dict[str, Any], delivery_id: str | None
+    db: AsyncSession,
+    runtime: Runtime,
+    hook: _Hook,
+    request_input: Callable[[], dict[str, Any]],
+    delivery_id: str | None,
 ) -> Started:
-    """The execution, and the accepted delivery, in one tenant transaction. A delivery id seen
-    in the last IDEMPOTENCY_TTL_SECONDS finds its first execution (kept in PostgreSQL: a Redis
-    flush cannot let it run twice)."""
+    """The execution, and the accepted delivery, in the request's transaction (refusals raise
+    _Refused). A delivery id seen in the last IDEMPOTENCY_TTL_SECONDS finds its first
+    execution (kept in PostgreSQL: a Redis flush cannot let it run twice)."""
     settings = runtime.settings
     limit = settings.max_queued_per_org
-    async with tenant_transaction(runtime.database, org_id=hook.org_id, user_id=None) as db:
+    try:
+        payload = request_input()
         started = await start_execution(
             db=db,
             org_id=hook.org_id,
@@ -333,14 +367,16 @@ async def _start(
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             idempotency_digest=_delivery_digest(payload) if delivery_id else None,
         )
-        await service.record_delivery(
-            db=db,
-            org_id=hook.org_id,
-            trigger_id=hook.id,
-            status=DeliveryStatus.ACCEPTED,
-            delivery_id=delivery_id,
-            execution_id=started.execution.id,
-        )
+    except DomainError as refused:
+        raise _Refused(refused, hook, delivery_id) from None
+    await service.record_delivery(
+        db=db,
+        org_id=hook.org_id,
+        trigger_id=hook.id,
+        status=DeliveryStatus.ACCEPTED,
+        delivery_id=delivery_id,
+        execution_id=started.execution.id,
+    )
     return started
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -37,6 +38,8 @@ from taskloom.workflows.models import Workflow
 from taskloom.workflows.service import get_workflow
 
 MAX_DELIVERIES_KEPT = 1_000  # per trigger and outcome (accepted, rejected)
+ACCEPTED_PRUNE_EVERY = 16
+_accepted_writes = itertools.count(1)
 MAX_DELIVERIES_SHOWN = 200
 
 
@@ -335,10 +338,13 @@ async def record_delivery(
 ) -> None:
     """Write one delivery of the trigger (never a request's body) and drop those of the same
     outcome beyond the newest MAX_DELIVERIES_KEPT, so a flood of forged requests cannot grow
-    the table. The cut is by time: the (MAX_DELIVERIES_KEPT + 1)-th newest and every row as old
-    go, so rows written in the same instant as it may keep fewer, never more."""
-    db.add(
-        TriggerDelivery(
+    the table: after every rejected delivery, and after one accepted delivery in
+    ACCEPTED_PRUNE_EVERY of this process (accepted ones are the hot path, and their number only
+    grows as fast as executions are accepted). The cut is by time: the (MAX_DELIVERIES_KEPT +
+    1)-th newest and every row as old go, so rows written in the same instant as it may keep
+    fewer."""
+    await db.execute(
+        insert(TriggerDelivery).values(
             org_id=org_id,
             trigger_id=trigger_id,
             status=status,
@@ -347,8 +353,9 @@ async def record_delivery(
             execution_id=execution_id,
         )
     )
-    await db.flush()
     outcome = (TriggerDelivery.trigger_id == trigger_id, TriggerDelivery.status == status)
+    if status == DeliveryStatus.ACCEPTED and next(_accepted_writes) % ACCEPTED_PRUNE_EVERY:
+        return
     # An index-only walk of (trigger_id, status, created_at): about MAX_DELIVERIES_KEPT entries.
     cut = (
         select(TriggerDelivery.created_at)
@@ -358,8 +365,16 @@ async def record_delivery(
         .limit(1)
         .scalar_subquery()
     )
+    # SKIP LOCKED: concurrent deliveries of one trigger each drop the old rows nobody else is
+    # dropping, instead of queueing behind each other's deletes.
+    old = (
+        select(TriggerDelivery.id)
+        .where(*outcome, TriggerDelivery.created_at <= cut)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
     await db.execute(
         delete(TriggerDelivery)
-        .where(*outcome, TriggerDelivery.created_at <= cut)
+        .where(TriggerDelivery.id.in_(old))
         .execution_options(synchronize_session=False)
     )

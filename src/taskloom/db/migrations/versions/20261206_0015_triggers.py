@@ -4,7 +4,8 @@
 one execution however many workers look); `workflow_triggers` (webhook and event) and their
 `trigger_deliveries`. An event trigger is fed by an outbox trigger on `workflow_executions`: the
 transaction that ends an execution writes one `pending` delivery per event trigger listening to
-its workflow, so no end is lost between a commit and a worker.
+its workflow, so no end is lost between a commit and a worker. `taskloom_webhook_trigger_org`
+tells `POST /hooks/{id}` (which carries no credentials) its trigger's organization, nothing else.
 
 Revision ID: 0015
 Revises: 0014
@@ -51,6 +52,18 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$
+"""
+
+# POST /hooks/{id} carries no credentials, only the trigger's id: this answers with the
+# trigger's organization and nothing else, so the request's one transaction can set its tenant
+# and read the rest under row-level security. SECURITY DEFINER: it runs as its owner, the
+# migrating role, which bypasses row-level security (db/engine.py checks it does); search_path
+# pinned so no caller's schema can stand in for the table.
+_TRIGGER_ORG = """
+CREATE FUNCTION taskloom_webhook_trigger_org(p_trigger uuid) RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT org_id FROM public.workflow_triggers WHERE id = p_trigger AND kind = 'webhook'
+$$
 """
 
 
@@ -391,6 +404,7 @@ def upgrade() -> None:
             "USING (org_id = app_current_org()) WITH CHECK (org_id = app_current_org())"
         )
     op.execute(_EVENT_OUTBOX)
+    op.execute(_TRIGGER_ORG)
     op.execute(
         "CREATE TRIGGER event_triggers_on_execution_status AFTER UPDATE OF status "
         "ON workflow_executions FOR EACH ROW EXECUTE FUNCTION taskloom_event_triggers()"
@@ -400,6 +414,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER event_triggers_on_execution_status ON workflow_executions")
     op.execute("DROP FUNCTION taskloom_event_triggers()")
+    op.execute("DROP FUNCTION taskloom_webhook_trigger_org(uuid)")
     op.drop_column("workflows", "enabled")
     op.drop_column("workflow_executions", "trigger_depth")
     op.drop_column("workflow_executions", "trigger_id")
