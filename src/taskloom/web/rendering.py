@@ -24,6 +24,9 @@ NOTICES = {
     "workflow-created": "Workflow created.",
     "workflow-saved": "Workflow saved.",
     "workflow-deleted": "Workflow deleted.",
+    "workflow-enabled": "Workflow enabled: it can be run, and its schedules and triggers start it.",
+    "workflow-disabled": "Workflow disabled: no schedule or trigger starts it until it is "
+    "enabled again.",
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
     "approval-approved": "Approved. The execution goes on.",
