@@ -126,7 +126,9 @@ class Forms:
 # --- reading -------------------------------------------------------------------------------------
 
 
-async def _last_ticks(page: Page, schedule_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+async def _last_ticks(
+    page: Page, schedule_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[ScheduleTick]]:
     """Each schedule's last TICKS_SHOWN ticks, newest first, in one query."""
     if not schedule_ids:
         return {}
@@ -144,13 +146,13 @@ async def _last_ticks(page: Page, schedule_ids: list[uuid.UUID]) -> dict[uuid.UU
     rows = await page.db.execute(
         select(tick).where(ranked.c.n <= TICKS_SHOWN).order_by(ranked.c.tick_at.desc())
     )
-    found: dict[uuid.UUID, list[Any]] = {i: [] for i in schedule_ids}
+    found: dict[uuid.UUID, list[ScheduleTick]] = {i: [] for i in schedule_ids}
     for row in rows.scalars():
         found[row.schedule_id].append(row)
     return found
 
 
-async def _deliveries(page: Page, workflow_id: uuid.UUID) -> list[Any]:
+async def _deliveries(page: Page, workflow_id: uuid.UUID) -> list[tuple[TriggerDelivery, str]]:
     """The last DELIVERIES_SHOWN deliveries to the workflow's triggers, newest first, each with
     its trigger's kind."""
     rows = await page.db.execute(
@@ -160,25 +162,24 @@ async def _deliveries(page: Page, workflow_id: uuid.UUID) -> list[Any]:
         .order_by(TriggerDelivery.created_at.desc(), TriggerDelivery.id.desc())
         .limit(DELIVERIES_SHOWN)
     )
-    return list(rows.all())
+    return [(delivery, kind) for delivery, kind in rows]
 
 
-def _base_url(page: Page) -> str:
-    return str(page.request.base_url)
+def _curl(page: Page, trigger: WorkflowTrigger, secret: str | None = None) -> str:
+    """The example command, on the address this page was reached at unless PUBLIC_URL is set."""
+    url = trigger_help.absolute_url(
+        triggers.hook_url(page.runtime.settings, trigger.id), str(page.request.base_url)
+    )
+    return trigger_help.curl_example(trigger.verification or "", url, secret)
 
 
 def _hook(page: Page, trigger: WorkflowTrigger) -> HookRow:
     url = triggers.hook_url(page.runtime.settings, trigger.id)
-    absolute = trigger_help.absolute_url(url, _base_url(page))
-    return HookRow(trigger, url, trigger_help.curl_example(trigger.verification or "", absolute))
+    return HookRow(trigger, url, _curl(page, trigger))
 
 
 def _created(page: Page, trigger: WorkflowTrigger, secret: str, *, rotated: bool) -> CreatedSecret:
-    absolute = trigger_help.absolute_url(
-        triggers.hook_url(page.runtime.settings, trigger.id), _base_url(page)
-    )
-    curl = trigger_help.curl_example(trigger.verification or "", absolute, secret)
-    return CreatedSecret(trigger, secret, curl, rotated)
+    return CreatedSecret(trigger, secret, _curl(page, trigger, secret), rotated)
 
 
 async def _tab(
