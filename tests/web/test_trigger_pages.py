@@ -472,12 +472,11 @@ async def test_an_admin_sees_a_webhook_triggers_secret_once_and_its_curl_example
     assert "rejected" in deliveries
     assert "signature_mismatch" in deliveries  # the wrong token's reason
 
-    rotated = await post_form(
-        admin,
-        f"/ui/workflows/{workflow_id}/triggers/{trigger['id']}/rotate-secret",
-        {"overlap_hours": "1"},
-        from_page=tab,
-    )
+    rotate = f"/ui/workflows/{workflow_id}/triggers/{trigger['id']}/rotate-secret"
+    too_long = await post_form(admin, rotate, {"overlap_hours": "200"}, from_page=tab)
+    assert too_long.status_code == 422
+    assert _error_under(too_long, "overlap_hours") == "a whole number of hours from 0 to 168"
+    rotated = await post_form(admin, rotate, {"overlap_hours": "1"}, from_page=tab)
     assert rotated.status_code == 200
     new_secret = _found(r'id="new-secret"[^>]*value="([^"]+)"', rotated)
     assert new_secret not in (secret, "")
