@@ -5,10 +5,13 @@ triggers, deliveries), as each role sees them."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import html
 import itertools
 import re
 import shlex
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -492,6 +495,62 @@ async def test_an_admin_sees_a_webhook_triggers_secret_once_and_its_curl_example
     assert "No webhook triggers." in text_of(await admin.get(tab))
 
 
+async def test_an_admin_gives_a_trigger_the_senders_own_secret_and_it_is_not_echoed(
+    client: httpx.AsyncClient, owner_browser: httpx.AsyncClient, owner: Account
+) -> None:
+    workflow_id = await _workflow(client, owner, name="Invoices")
+    tab = f"/ui/workflows/{workflow_id}/triggers"
+    create = f"/ui/workflows/{workflow_id}/triggers"
+    not_standard = await post_form(
+        owner_browser,
+        create,
+        {"kind": "webhook", "verification": "standard", "secret": "s" * 20},
+        from_page=tab,
+    )
+    assert not_standard.status_code == 422
+    assert "whsec_ and base64" in _error_under(not_standard, "secret")
+    assert "s" * 20 not in not_standard.text  # a secret is never shown back
+    stripe_secret = "whsec_" + "k" * 32
+    created = await post_form(
+        owner_browser,
+        create,
+        {"kind": "webhook", "verification": "stripe", "secret": stripe_secret},
+        from_page=tab,
+    )
+    assert created.status_code == 201, created.text
+    assert "with the signing secret you gave" in text_of(created)
+    assert stripe_secret not in created.text
+    [trigger] = (
+        await client.get(f"/api/workflows/{workflow_id}/triggers", headers=owner.headers)
+    ).json()
+    body = b'{"id": "evt_1", "type": "invoice.paid"}'
+    stamp = int(time.time())
+    signature = hmac.new(
+        stripe_secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256
+    ).hexdigest()
+    accepted = await client.post(
+        f"/hooks/{trigger['id']}",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "Stripe-Signature": f"t={stamp},v1={signature}",
+        },
+    )
+    assert accepted.status_code == 202, accepted.text
+    rotate = f"/ui/workflows/{workflow_id}/triggers/{trigger['id']}/rotate-secret"
+    too_short = await post_form(
+        owner_browser, rotate, {"overlap_hours": "0", "secret": "short"}, from_page=tab
+    )
+    assert too_short.status_code == 422
+    assert "at least 16 characters" in _error_under(too_short, "secret")
+    rotated = await post_form(
+        owner_browser, rotate, {"overlap_hours": "0", "secret": "whsec_" + "n" * 32}, from_page=tab
+    )
+    assert rotated.status_code == 200
+    assert "now verifies requests with the signing secret you gave" in text_of(rotated)
+    assert "n" * 32 not in rotated.text
+
+
 async def test_a_member_sees_no_webhook_trigger_controls_but_manages_event_triggers(
     client: httpx.AsyncClient, new_browser: Browser, owner: Account
 ) -> None:
@@ -509,7 +568,7 @@ async def test_a_member_sees_no_webhook_trigger_controls_but_manages_event_trigg
     text = text_of(page)
     assert f"/hooks/{hook_id}" in page.text  # the URL is no secret
     assert "X-Hub-Signature-256: sha256=" in text
-    for control in ("New webhook trigger", "Rotate secret", "Delete webhook trigger"):
+    for control in ("New webhook trigger", "Rotate the secret", "Delete webhook trigger"):
         assert control not in text, control
     assert hook.json()["secret"] not in page.text
     refused = await post_form(

@@ -43,7 +43,7 @@ SCHEMES: dict[str, SchemeHelp] = {
     Scheme.STRIPE: SchemeHelp(
         "Stripe",
         'Stripe-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>, keyed with '
-        "this secret (Stripe makes its own signing secret, which a trigger cannot take yet).",
+        "the endpoint's signing secret, which Stripe makes: give it to the trigger.",
         "the event's id in the body (evt_…)",
         ("Stripe-Signature: t=<t>,v1=<signature>",),
     ),
@@ -56,9 +56,9 @@ SCHEMES: dict[str, SchemeHelp] = {
     ),
     Scheme.SLACK: SchemeHelp(
         "Slack",
-        'X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:<timestamp>:" + body>, keyed with this '
-        "secret, and X-Slack-Request-Timestamp: <unix seconds> (Slack makes its own signing "
-        "secret, which a trigger cannot take yet).",
+        'X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:<timestamp>:" + body> and '
+        "X-Slack-Request-Timestamp: <unix seconds>, keyed with the app's signing secret, which "
+        "Slack makes: give it to the trigger.",
         "the Events API's event_id in the body",
         ("X-Slack-Request-Timestamp: <t>", "X-Slack-Signature: v0=<signature>"),
     ),
@@ -66,7 +66,8 @@ SCHEMES: dict[str, SchemeHelp] = {
         "Standard Webhooks",
         "webhook-id, webhook-timestamp (unix seconds) and webhook-signature: v1,<base64 "
         'HMAC-SHA256 of "<id>.<timestamp>." + body, keyed with the base64 after whsec_>, as '
-        "the Standard Webhooks libraries sign with this secret.",
+        "the Standard Webhooks libraries sign (a Svix-hosted sender makes its own secret: give "
+        "it to the trigger).",
         "the webhook-id header",
         ("webhook-id: <id>", "webhook-timestamp: <t>", "webhook-signature: v1,<signature>"),
     ),

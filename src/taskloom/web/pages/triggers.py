@@ -88,7 +88,7 @@ class CreatedSecret:
     """The secret of a webhook trigger just created or rotated: on this page only."""
 
     trigger: WorkflowTrigger
-    secret: str
+    secret: str | None  # None: the admin gave the sender's own secret
     curl: str
     rotated: bool
 
@@ -178,7 +178,13 @@ def _hook(page: Page, trigger: WorkflowTrigger) -> HookRow:
     return HookRow(trigger, url, _curl(page, trigger))
 
 
-def _created(page: Page, trigger: WorkflowTrigger, secret: str, *, rotated: bool) -> CreatedSecret:
+def _created(
+    page: Page, trigger: WorkflowTrigger, secret: str, *, rotated: bool, given: bool
+) -> CreatedSecret:
+    """What the page answering a creation or rotation shows: the secret Taskloom made, once; a
+    secret the admin gave (the sender's own) is not echoed back."""
+    if given:
+        return CreatedSecret(trigger, None, _curl(page, trigger), rotated)
     return CreatedSecret(trigger, secret, _curl(page, trigger, secret), rotated)
 
 
@@ -338,6 +344,7 @@ def _webhook_body(form: FormData, values: dict[str, Any]) -> WebhookTriggerCreat
             "response": values["response"],
             "sync_timeout_seconds": values["timeout"] or 10,
             "description": optional_text(form, "description"),
+            "secret": optional_text(form, "secret"),
         }
     )
 
@@ -394,7 +401,8 @@ async def create_trigger(workflow_id: uuid.UUID, request: Request) -> Response:
         if secret is None:
             return _to_tab(workflow_id, "trigger-created")
         # Rendered, not redirected: the secret is shown this once.
-        created = _created(page, trigger, secret, rotated=False)
+        given = isinstance(body, WebhookTriggerCreate) and body.secret is not None
+        created = _created(page, trigger, secret, rotated=False, given=given)
         return await _tab(page, workflow, status=201, created=created)
 
 
@@ -418,23 +426,35 @@ async def rotate_secret(
         page.require_role(Role.ADMIN)
         workflow, _ = await _own_trigger(page, workflow_id, trigger_id)
         try:
-            body = RotateSecret.model_validate(
-                {"overlap_seconds": int(text(form, "overlap_hours") or 24) * 3600}
-            )
-        except (ValueError, ValidationError):
+            body = _rotation(form)
+            async with page.db.begin_nested():
+                trigger, secret = await triggers.rotate_secret(
+                    db=page.db,
+                    principal=page.principal,
+                    context=page.audit,
+                    cipher=page.runtime.cipher,
+                    trigger_id=trigger_id,
+                    body=body,
+                )
+        except (FormProblem, ValidationError, DomainError) as problem:
+            status, errors = _refusal(problem)
             forms = Forms.empty()
-            message = "a whole number of hours from 0 to 168"
-            forms.errors = {f"rotate-{trigger_id}": [FieldError("overlap_hours", message)]}
-            return await _tab(page, workflow, status=422, forms=forms)
-        trigger, secret = await triggers.rotate_secret(
-            db=page.db,
-            principal=page.principal,
-            context=page.audit,
-            cipher=page.runtime.cipher,
-            trigger_id=trigger_id,
-            body=body,
-        )
-        return await _tab(page, workflow, created=_created(page, trigger, secret, rotated=True))
+            forms.errors = {f"rotate-{trigger_id}": errors}
+            return await _tab(page, workflow, status=status, forms=forms)
+        created = _created(page, trigger, secret, rotated=True, given=body.secret is not None)
+        return await _tab(page, workflow, created=created)
+
+
+def _rotation(form: FormData) -> RotateSecret:
+    try:
+        hours = int(text(form, "overlap_hours") or 24)
+    except ValueError:
+        hours = -1
+    if not 0 <= hours <= 168:
+        raise FormProblem([FieldError("overlap_hours", "a whole number of hours from 0 to 168")])
+    return RotateSecret.model_validate(
+        {"overlap_seconds": hours * 3600, "secret": optional_text(form, "secret")}
+    )
 
 
 @router.post("/{workflow_id}/triggers/{trigger_id}/delete")
