@@ -39,6 +39,8 @@ TENANT_IDS = {
     "webhook_id",
     "invitation_id",
     "approval_id",
+    "schedule_id",
+    "trigger_id",
 }
 # Flags are the instance's (docs/FLAGS.md): any organization's admin may set its own override of
 # any flag. Walked too, with A's overridden flag: A's override must not change.
@@ -53,6 +55,13 @@ FORMS: dict[tuple[str, str], dict[str, str]] = {
         "definition": '{"steps": [{"id": "t", "type": "transform", "args": {"value": 2}}]}',
     },
     ("POST", "/ui/workflows/{workflow_id}/run"): {"input": "{}"},
+    ("POST", "/ui/workflows/{workflow_id}/enabled"): {"enabled": "false"},
+    ("POST", "/ui/workflows/{workflow_id}/schedules"): {"cron": "* * * * *", "input": "{}"},
+    ("POST", "/ui/workflows/{workflow_id}/schedules/{schedule_id}/enabled"): {"enabled": "false"},
+    ("POST", "/ui/workflows/{workflow_id}/triggers"): {"kind": "webhook", "verification": "token"},
+    ("POST", "/ui/workflows/{workflow_id}/triggers/{trigger_id}/rotate-secret"): {
+        "overlap_hours": "1"
+    },
     ("POST", "/ui/admin/members/{user_id}/role"): {"role": "viewer"},
     ("POST", "/ui/admin/webhooks/{webhook_id}/enabled"): {"enabled": "false"},
     ("POST", "/ui/admin/webhooks/{webhook_id}/rotate-secret"): {"overlap_hours": "1"},
@@ -193,6 +202,20 @@ async def _organization_a(
             headers=headers,
         )
     )
+    created.append(
+        await client.post(
+            f"/api/workflows/{workflow_id}/schedules",
+            json={"cron": "0 3 * * *", "input": {"m": marker}},
+            headers=headers,
+        )
+    )
+    created.append(
+        await client.post(
+            f"/api/workflows/{workflow_id}/triggers",
+            json={"kind": "webhook", "verification": "token", "description": marker},
+            headers=headers,
+        )
+    )
     for response in created:
         assert response.status_code in (200, 201, 202), response.text
     member = await add_member(client, owner, role="member", label="ui-a-member")
@@ -219,6 +242,8 @@ async def _organization_a(
         "webhook_id": created[3].json()["id"],
         "user_id": str(member.user_id),
         "invitation_id": created[6].json()["invitation_id"],
+        "schedule_id": created[7].json()["id"],
+        "trigger_id": created[8].json()["id"],
         "key": flag_key,
     }
 
@@ -277,6 +302,7 @@ async def test_another_organizations_ids_are_not_found_on_any_ui_page_and_nothin
         f"/ui/workflows/{ids['workflow_id']}",
         f"/ui/admin/webhooks/{ids['webhook_id']}",
         f"/ui/approvals/{ids['approval_id']}",
+        f"/ui/workflows/{ids['workflow_id']}/triggers",
     ):
         page = await browser_a.get(path)
         assert page.status_code == 200, path

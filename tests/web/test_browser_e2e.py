@@ -232,3 +232,71 @@ async def _journey(page: Page, email: str, tmp_path: Path) -> None:
     await page.get_by_label("Password").press("Enter")  # submitting from the keyboard
     await expect(page.get_by_role("alert")).to_contain_text("invalid email or password")
     assert refused == []
+
+
+async def test_a_person_creates_a_schedule_on_the_triggers_tab_and_sees_its_next_runs(
+    chromium: str, base_url: str
+) -> None:
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=args
+        )
+        context = await browser.new_context(base_url=base_url)
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+        context.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+        page = await context.new_page()
+        try:
+            await _schedule_journey(page)
+        finally:
+            await context.close()
+            await browser.close()
+
+
+async def _schedule_journey(page: Page) -> None:
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    await page.goto("/ui/register")
+    await page.get_by_label("Email").fill(unique_email("e2e-sched"))
+    await page.get_by_label("Your name").fill("Sam Scheduler")
+    await page.get_by_label("Organization name").fill("Cron Works")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await page.get_by_role("link", name="New workflow").click()
+    await page.get_by_label("Name").fill("Nightly report")
+    await page.get_by_label("Definition (JSON)").fill(json.dumps(DEFINITION))
+    await page.get_by_role("button", name="Create workflow").click()
+    await expect(page.get_by_role("status")).to_have_text("Workflow created.")
+
+    await page.get_by_role("link", name="Triggers").click()
+    await expect(page.get_by_text("No schedules.")).to_be_visible()
+    await page.get_by_label("Cron expression").fill("30 2 * * *")
+    await page.get_by_label("Time zone").fill("Europe/Berlin")
+    await page.get_by_label("Input (JSON object)").fill('{"name": "{{ schedule.tick }}"}')
+    await page.get_by_role("button", name="Create schedule").click()
+    await expect(page.get_by_role("status")).to_have_text("Schedule created.")
+    schedule = page.locator("article.schedule")
+    await expect(schedule.locator("h3")).to_have_text("30 2 * * * in Europe/Berlin enabled")
+    runs = schedule.locator("ol.next-runs li")
+    await expect(runs).to_have_count(5)
+    for text in await runs.all_inner_texts():  # 02:30 in Berlin (03:00 on a spring-forward day)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d 0(2:30|3:00):00 CES?T \(.* UTC\)", text), text
+    await _shot(page, "workflow-triggers")
+
+    # A webhook trigger: the secret once, a copy button that works under the CSP.
+    await page.get_by_role("button", name="Create webhook trigger").click()
+    secret = await page.get_by_label("Secret", exact=True).input_value()
+    assert secret.startswith("whsec_")
+    await page.locator("#secret-once").get_by_role("button", name="Copy", exact=True).click()
+    await expect(page.locator("#secret-once").get_by_text("Copied.")).to_be_visible()
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await page.get_by_role("link", name="Triggers").click()
+    await expect(page.get_by_label("URL")).to_have_value(re.compile(r"^/hooks/"))
+    assert secret not in await page.content()
+    assert refused == []

@@ -100,6 +100,8 @@ async def test_every_form_post_of_the_ui_checks_the_csrf_token(
         "webhook_id": str(uuid.uuid4()),
         "invitation_id": str(uuid.uuid4()),
         "approval_id": str(uuid.uuid4()),
+        "schedule_id": str(uuid.uuid4()),
+        "trigger_id": str(uuid.uuid4()),
         "key": "no-such-flag",
     }
     paths = _ui_post_routes()

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.requests import Request
@@ -24,6 +25,15 @@ NOTICES = {
     "workflow-created": "Workflow created.",
     "workflow-saved": "Workflow saved.",
     "workflow-deleted": "Workflow deleted.",
+    "workflow-enabled": "Workflow enabled: it can be run, and its schedules and triggers start it.",
+    "workflow-disabled": "Workflow disabled: no schedule or trigger starts it until it is "
+    "enabled again.",
+    "schedule-created": "Schedule created.",
+    "schedule-paused": "Schedule paused: it fires no ticks until it is resumed.",
+    "schedule-resumed": "Schedule resumed from now (ticks missed while paused do not run).",
+    "schedule-deleted": "Schedule deleted.",
+    "trigger-created": "Trigger created.",
+    "trigger-deleted": "Trigger deleted.",
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
     "approval-approved": "Approved. The execution goes on.",
@@ -67,6 +77,17 @@ def _when(value: datetime | float | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _when_in(value: datetime | None, zone: str) -> str:
+    """A moment on the wall clock of an IANA zone, with the zone's abbreviation."""
+    if value is None:
+        return "—"
+    try:
+        local = value.astimezone(ZoneInfo(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return _when(value)
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def _duration(started: datetime | None, finished: datetime | None) -> str:
     if started is None or finished is None:
         return "—"
@@ -84,6 +105,7 @@ def _environment() -> Environment:
     )
     env.filters["pretty_json"] = _pretty_json
     env.filters["when"] = _when
+    env.filters["when_in"] = _when_in
     env.globals["duration"] = _duration
     env.globals["errors_for"] = errors_for
     env.globals["TERMINAL"] = TERMINAL

@@ -22,6 +22,7 @@ from taskloom.web.pages import (
     members,
     password,
     privacy,
+    triggers,
     webhooks,
     workflows,
 )
@@ -29,7 +30,10 @@ from taskloom.web.rendering import render_error
 
 STATIC = Path(__file__).parent / "static"
 # Served by name from a fixed list: no path from the request ever reaches the file system.
-STATIC_FILES = {"app.css": "text/css; charset=utf-8"}
+STATIC_FILES = {
+    "app.css": "text/css; charset=utf-8",
+    "copy.js": "text/javascript; charset=utf-8",
+}
 
 _assets = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
 _fallback = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
@@ -63,6 +67,7 @@ async def home() -> RedirectResponse:
 AREAS = (
     account,
     workflows,
+    triggers,
     executions,
     approvals,
     audit,

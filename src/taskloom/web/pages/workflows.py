@@ -1,5 +1,6 @@
 """Workflows: list, create, edit the definition as JSON (with the service's own validation
-messages next to the field), run with JSON input, delete."""
+messages next to the field), enable or disable, run (with the form the workflow's input schema
+describes, else JSON input), delete."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from taskloom.errors import DomainError, TooManyQueued
+from taskloom.errors import DomainError, TooManyQueued, ValidationFailed
 from taskloom.executions import service as execution_service
 from taskloom.executions.queue import enqueue_after_commit, queue_limit
 from taskloom.executions.schemas import ExecuteRequest
 from taskloom.orgs.models import Role
+from taskloom.web import schema_form
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import (
     FieldError,
@@ -146,6 +148,7 @@ async def _workflow_page(
     values: dict[str, Any] | None = None,
     errors: list[FieldError] | None = None,
     run_input: str = "{}",
+    run_values: dict[str, str] | None = None,
     run_errors: list[FieldError] | None = None,
 ) -> Response:
     executions, _ = await execution_service.list_executions(
@@ -156,15 +159,19 @@ async def _workflow_page(
         "description": workflow.description or "",
         "definition": _definition_text(workflow.definition),
     }
+    run_fields = schema_form.fields_of(workflow.definition.get("input_schema"))
     return render(
         page,
         "workflows/edit.html",
         status=status,
         title=workflow.name,
+        tab="workflow",
         workflow=workflow,
         values=shown,
         errors=errors or [],
         run_input=run_input,
+        run_fields=run_fields,
+        run_values=run_values or schema_form.initial_values(run_fields or []),
         run_errors=run_errors or [],
         executions=executions,
         graph_svg=render_graph(Graph.of(workflow.definition)),
@@ -206,37 +213,74 @@ async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
         return redirect(f"/ui/workflows/{workflow_id}?notice=workflow-saved")
 
 
+def _run_input(fields: list[schema_form.Field] | None, form: Any) -> dict[str, Any]:
+    """The input the run form describes: typed from the schema's fields, else the JSON text."""
+    if fields is not None:
+        return schema_form.read_input(fields, form)
+    return ExecuteRequest.model_validate({"input": json_field(form, "input", default={})}).input
+
+
+def _run_errors(problem: Exception) -> list[FieldError]:
+    """The run form's errors; those of the raw JSON textarea all belong to it, the schema's
+    name their field (`input.<property>`)."""
+    errors = _errors(problem)
+    if isinstance(problem, FormProblem | ValidationFailed):
+        return [e if _under_input(e.field) else FieldError("input", e.message) for e in errors]
+    return [FieldError("input", e.message) for e in errors]
+
+
+def _under_input(path: str) -> bool:
+    return path == "input" or path.startswith(schema_form.PREFIX)
+
+
 @router.post("/{workflow_id}/run")
 async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
     async with signed_in(request) as page:
         form = await page.form()
         page.require_role(Role.MEMBER)
         workflow = await service.get_workflow(db=page.db, workflow_id=workflow_id)
+        fields = schema_form.fields_of(workflow.definition.get("input_schema"))
         try:
-            body = ExecuteRequest.model_validate({"input": json_field(form, "input", default={})})
             started = await execution_service.start_execution(
                 db=page.db,
                 org_id=page.principal.current_org(),
                 workflow_id=workflow_id,
-                input=body.input,
+                input=_run_input(fields, form),
                 max_queued=queue_limit(page.signed_in),
                 origin=execution_service.api_origin(page.principal, page.audit),
             )
             execution = started.execution
-        except (FormProblem, ValidationError, TooManyQueued) as problem:
-            errors = [FieldError("input", e.message) for e in _errors(problem)]
+        except (FormProblem, ValidationError, ValidationFailed, TooManyQueued) as problem:
             shown = await _workflow_page(
                 page,
                 workflow,
                 status=_status(problem),
                 run_input=text(form, "input"),
-                run_errors=errors,
+                run_values=schema_form.posted_values(fields, form) if fields else None,
+                run_errors=_run_errors(problem),
             )
             if isinstance(problem, TooManyQueued) and problem.headers:
                 shown.headers.update(problem.headers)  # Retry-After
             return shown
         enqueue_after_commit(page.signed_in, execution, replace=False)
     return redirect(f"/ui/executions/{execution.id}")
+
+
+@router.post("/{workflow_id}/enabled")
+async def set_enabled(workflow_id: uuid.UUID, request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.MEMBER)
+        enabled = text(form, "enabled") == "true"
+        await service.set_enabled(
+            db=page.db,
+            principal=page.principal,
+            context=page.audit,
+            workflow_id=workflow_id,
+            enabled=enabled,
+        )
+    notice = "workflow-enabled" if enabled else "workflow-disabled"
+    return redirect(f"/ui/workflows/{workflow_id}?notice={notice}")
 
 
 @router.post("/{workflow_id}/delete")
