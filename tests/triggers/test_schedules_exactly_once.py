@@ -12,7 +12,7 @@ import itertools
 import signal
 import statistics
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +27,6 @@ from tests.servers import free_port
 from tests.triggers.schedule_support import (
     create_schedule,
     database_now,
-    delete_all_schedules,
     eventually,
     executions_of,
     pause,
@@ -37,12 +36,6 @@ from tests.workers import TERMINAL, StartWorker, create_workflow, worker_env
 
 ECHO = [{"id": "t", "type": "transform", "args": {"value": "{{ input }}"}}]
 SECOND = timedelta(seconds=1)
-
-
-@pytest.fixture(autouse=True)
-async def _no_schedule_outlives_its_test(queue_runtime: Runtime) -> AsyncIterator[None]:
-    yield
-    await delete_all_schedules(queue_runtime)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -23,12 +24,12 @@ from taskloom.executions.models import WorkflowExecution
 from taskloom.runtime import Runtime
 from taskloom.triggers import ticker
 from taskloom.triggers.cron import CronSchedule
+from taskloom.triggers.models import WorkflowSchedule
 from taskloom.triggers.schedules import rfc3339
-from tests.factories import Account
+from tests.factories import Account, register
 from tests.triggers.schedule_support import (
     create_schedule,
     database_now,
-    delete_all_schedules,
     eventually,
     executions_of,
     pause,
@@ -40,12 +41,6 @@ from tests.workers import StartWorker, create_workflow, execute, wait_for_status
 
 ECHO = [{"id": "t", "type": "transform", "args": {"value": "{{ input }}"}}]
 SLOW = [{"id": "pause", "type": "wait", "args": {"for": "3s"}}]
-
-
-@pytest.fixture(autouse=True)
-async def _no_schedule_outlives_its_test(queue_runtime: Runtime) -> AsyncIterator[None]:
-    yield
-    await delete_all_schedules(queue_runtime)
 
 
 def _metric(result: str) -> float:
@@ -512,3 +507,38 @@ async def test_a_disabled_workflows_schedules_record_nothing_and_move_on(
     assert await ticks_of(queue_runtime, schedule_id) == []
     assert (await schedule_row(queue_runtime, schedule_id)).next_tick_at > now
     assert await executions_of(queue_runtime, schedule_id) == []
+
+
+async def test_erasing_the_last_owner_stops_the_organizations_schedules(
+    api: httpx.AsyncClient, queue_runtime: Runtime, start_worker: StartWorker
+) -> None:
+    """GDPR erasure of an organization's only member deletes the organization: its schedules go
+    with it, and no tick fires for it again."""
+    alone = await register(api, label="alone", organization_name="Solo Org")
+    workflow_id = await create_workflow(api, alone, ECHO)
+    schedule_id = await create_schedule(
+        api, alone, workflow_id, cron="* * * * * *", overlap="allow"
+    )
+    start_worker()
+    await eventually(
+        lambda: _some(executions_of(queue_runtime, schedule_id)), within=30, what="a tick"
+    )
+
+    erased = await api.request(
+        "DELETE",
+        "/api/user/account",
+        json={"confirm": "DELETE", "password": alone.password},
+        headers=alone.headers,
+    )
+    assert erased.status_code == 200, erased.text
+
+    async with system_transaction(queue_runtime.database) as db:
+        left = await db.get(WorkflowSchedule, schedule_id)
+    assert left is None
+    await asyncio.sleep(2.5)  # a few seconds of this every-second schedule: nothing fires
+    assert await ticks_of(queue_runtime, schedule_id) == []
+    assert await executions_of(queue_runtime, schedule_id) == []
+
+
+async def _some(found: Awaitable[list[Any]]) -> list[Any] | None:
+    return (await found) or None

@@ -27,6 +27,7 @@ from taskloom.runtime import Runtime
 from taskloom.triggers.models import ScheduleTick
 from tests.factories import Account, add_member
 from tests.in_process import asgi_client
+from tests.triggers.schedule_support import delete_all_schedules
 from tests.web.conftest import Browser
 from tests.web.support import browser_for, csrf_of, post_form, sign_in, text_of
 
@@ -247,6 +248,13 @@ async def test_a_viewer_sees_the_state_but_no_enable_button(
 
 
 # --- the Triggers tab: schedules -----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+async def _no_schedule_outlives_its_test(runtime: Runtime) -> AsyncIterator[None]:
+    """Later tests' workers would fire a schedule left here (the database is shared)."""
+    yield
+    await delete_all_schedules(runtime)
 
 
 async def _schedule(

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from taskloom.errors import DomainError, TooManyQueued, ValidationFailed
 from taskloom.executions import service as execution_service
-from taskloom.executions.queue import enqueue_after_commit, queue_limit
+from taskloom.executions.queue import count_start_after_commit, enqueue_after_commit, queue_limit
 from taskloom.executions.schemas import ExecuteRequest
 from taskloom.orgs.models import Role
 from taskloom.web import schema_form
@@ -263,6 +263,7 @@ async def run_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
                 shown.headers.update(problem.headers)  # Retry-After
             return shown
         enqueue_after_commit(page.signed_in, execution, replace=False)
+        count_start_after_commit(page.signed_in, execution_service.StartKind.API, started)
     return redirect(f"/ui/executions/{execution.id}")
 
 
