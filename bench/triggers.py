@@ -2,10 +2,11 @@
 500 schedules fire every tick exactly once, on time.
 
 1. Acceptance. On an in-process API (32 calls in flight, no worker: the executions stay queued),
-   M `POST /api/workflows/{id}/execute` calls, then M `POST /hooks/{id}` deliveries to a webhook
-   trigger of the same workflow signed with Taskloom's HMAC scheme, each with its own delivery
-   id; then the same again (execute, hooks) so that neither is favoured by going first. Prints
-   accepted/s of each and their ratio (hooks ÷ execute).
+   M `POST /api/workflows/{id}/execute` calls with a person's access token, M with an API key,
+   then M `POST /hooks/{id}` deliveries to a webhook trigger of the same workflow signed with
+   Taskloom's HMAC scheme, each with its own delivery id; then the same again, so that none is
+   favoured by going first. Prints accepted/s of each (the better of the two runs) and the
+   ratios hooks ÷ execute.
 2. Schedules. With 2 `taskloom worker` processes up, S schedules (default 500) are created
    over 10 organizations, each a six-field cron firing every 10 s at a second of its own
    (`<s>/10 * * * * *`, s = 0…9), and run for D seconds (default 120). Then, for every
@@ -121,6 +122,9 @@ async def accepted_per_second(
 
 async def acceptance(api: httpx.AsyncClient, m: int) -> dict[str, Any]:
     headers = await register(api, "bench-accept")
+    key = await api.post("/auth/api-keys", json={"name": "bench"}, headers=headers)
+    key.raise_for_status()
+    key_headers = {"Authorization": f"Bearer {key.json()['key']}"}
     workflow_id = await workflow(api, headers, "accept")
     created = await api.post(
         f"/api/workflows/{workflow_id}/triggers",
@@ -131,8 +135,11 @@ async def acceptance(api: httpx.AsyncClient, m: int) -> dict[str, Any]:
     trigger, secret = created.json()["id"], created.json()["secret"]
     url = f"/api/workflows/{workflow_id}/execute"
 
-    async def execute(n: int) -> httpx.Response:
+    async def execute(n: int) -> httpx.Response:  # a person's session (access token)
         return await api.post(url, json={"input": {"n": n}}, headers=headers)
+
+    async def execute_key(n: int) -> httpx.Response:  # a program's API key
+        return await api.post(url, json={"input": {"n": n}}, headers=key_headers)
 
     async def deliver(n: int) -> httpx.Response:
         body = json.dumps({"n": n}).encode()
@@ -147,16 +154,19 @@ async def acceptance(api: httpx.AsyncClient, m: int) -> dict[str, Any]:
             },
         )
 
-    rates: dict[str, list[float]] = {"execute": [], "hooks": []}
-    for _ in range(2):  # interleaved: execute, hooks, execute, hooks
-        rates["execute"].append(await accepted_per_second(api, m, execute))
-        rates["hooks"].append(await accepted_per_second(api, m, deliver))
+    senders = {"execute": execute, "execute_key": execute_key, "hooks": deliver}
+    rates: dict[str, list[float]] = {name: [] for name in senders}
+    for _ in range(2):  # interleaved, so that none is favoured by going first
+        for name, send in senders.items():
+            rates[name].append(await accepted_per_second(api, m, send))
     best = {k: max(v) for k, v in rates.items()}
     return {
         "deliveries": m,
         "execute_per_s": round(best["execute"], 1),
+        "execute_key_per_s": round(best["execute_key"], 1),
         "hooks_per_s": round(best["hooks"], 1),
         "ratio_hooks_execute": round(best["hooks"] / best["execute"], 3),
+        "ratio_hooks_execute_key": round(best["hooks"] / best["execute_key"], 3),
         "runs": {k: [round(r, 1) for r in v] for k, v in rates.items()},
     }
 
@@ -319,9 +329,13 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     finally:
         await runtime.close()
     print(f"\n{'acceptance (no worker)':<40}{'per s':>10}")
-    print(f"{'POST /api/workflows/{id}/execute':<40}{accept['execute_per_s']:>10.0f}")
+    print(f"{'POST …/execute (access token)':<40}{accept['execute_per_s']:>10.0f}")
+    print(f"{'POST …/execute (API key)':<40}{accept['execute_key_per_s']:>10.0f}")
     print(f"{'POST /hooks/{id} (taskloom HMAC)':<40}{accept['hooks_per_s']:>10.0f}")
-    print(f"ratio hooks / execute = {accept['ratio_hooks_execute']:.3f}")
+    print(
+        f"ratio hooks / execute = {accept['ratio_hooks_execute']:.3f} (access token), "
+        f"{accept['ratio_hooks_execute_key']:.3f} (API key)"
+    )
     print(f"\nschedules: {ticks['schedules']} for {ticks['seconds']:.0f} s, {ticks['ticks']} ticks")
     for name in ("lag_row_s", "lag_job_s", "lag_started_s"):
         s = ticks[name]
