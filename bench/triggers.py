@@ -41,18 +41,18 @@ from sqlalchemy import text
 
 try:
     from bench.queue_throughput import (
-        FOREIGN_ENV,
         cpu_times,
         cpu_usage,
+        start_worker,
         stop_workers,
         wait_until_started,
     )
     from bench.scratch import scratch_deployment
 except ModuleNotFoundError:  # run as `python bench/<script>.py`: bench/ is on sys.path
     from queue_throughput import (  # type: ignore[no-redef]
-        FOREIGN_ENV,
         cpu_times,
         cpu_usage,
+        start_worker,
         stop_workers,
         wait_until_started,
     )
@@ -172,26 +172,6 @@ async def acceptance(api: httpx.AsyncClient, m: int) -> dict[str, Any]:
 
 
 # --- 2. schedules --------------------------------------------------------------------------------
-
-
-def start_worker(settings: Settings, log_path: Path) -> Any:
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
-    env |= {
-        "TASKLOOM_ENV": "test",
-        "DATABASE_URL": settings.database_url or "",
-        "DATABASE_APP_ROLE": settings.database_app_role,
-        "REDIS_URL": settings.redis_url or "",
-        "REDIS_KEY_PREFIX": settings.key_prefix,
-        "WORKER_CONCURRENCY": str(settings.worker_concurrency),
-        "MAX_RUNNING_PER_ORG": str(settings.max_running_per_org),
-        "LOG_LEVEL": "warning",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("wb") as log:
-        command = [sys.executable, "-m", "taskloom", "worker"]
-        return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=log_path.parent)
 
 
 TICKS = text(

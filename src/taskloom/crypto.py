@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -67,3 +68,37 @@ class CredentialCipher:
 
     def needs_rotation(self, key_id: str) -> bool:
         return key_id != self.current_key_id
+
+
+# --- signing secrets with a rotation overlap (outgoing webhooks, webhook triggers) ---------------
+# A row holding one: `secret_key_id`, `encrypted_secret`, `encrypted_previous_secret` and
+# `previous_secret_expires_at`, both secrets under the key named by `secret_key_id`.
+
+
+def seal_secret(cipher: CredentialCipher, row: Any, secret: str, *, bound_to: str) -> None:
+    """Store `secret` as the row's current secret (under the current key)."""
+    row.secret_key_id, row.encrypted_secret = cipher.encrypt({"secret": secret}, bound_to=bound_to)
+
+
+def live_secrets(cipher: CredentialCipher, row: Any, *, bound_to: str) -> list[str]:
+    """The row's secrets valid now: the current one, then the previous one while its overlap
+    lasts ([] when it has none)."""
+    if row.encrypted_secret is None:
+        return []
+    key_id = row.secret_key_id or ""
+    found = [cipher.decrypt(key_id, row.encrypted_secret, bound_to=bound_to)["secret"]]
+    expires = row.previous_secret_expires_at
+    if row.encrypted_previous_secret and expires and expires > datetime.now(UTC):
+        previous = cipher.decrypt(key_id, row.encrypted_previous_secret, bound_to=bound_to)
+        found.append(previous["secret"])
+    return [str(s) for s in found]
+
+
+def rotate_sealed_secret(
+    cipher: CredentialCipher, row: Any, secret: str, *, bound_to: str, overlap_seconds: int
+) -> None:
+    """`secret` becomes current; the current one stays valid for `overlap_seconds`."""
+    current = live_secrets(cipher, row, bound_to=bound_to)[0]
+    seal_secret(cipher, row, secret, bound_to=bound_to)
+    row.encrypted_previous_secret = cipher.encrypt({"secret": current}, bound_to=bound_to)[1]
+    row.previous_secret_expires_at = datetime.now(UTC) + timedelta(seconds=overlap_seconds)

@@ -12,7 +12,6 @@ import base64
 import binascii
 import itertools
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text
@@ -23,7 +22,7 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.config import Settings
-from taskloom.crypto import CredentialCipher
+from taskloom.crypto import CredentialCipher, live_secrets, rotate_sealed_secret, seal_secret
 from taskloom.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from taskloom.orgs.models import Role
 from taskloom.triggers.models import DeliveryStatus, TriggerDelivery, TriggerKind, WorkflowTrigger
@@ -83,24 +82,10 @@ async def _audit(
     )
 
 
-def _seal(cipher: CredentialCipher, trigger: WorkflowTrigger, secret: str) -> bytes:
-    key_id, blob = cipher.encrypt({"secret": secret}, bound_to=bound_to(trigger.id, trigger.org_id))
-    trigger.secret_key_id = key_id
-    return blob
-
-
 def verifying_secrets(cipher: CredentialCipher, trigger: WorkflowTrigger) -> list[str]:
     """The secrets a request may be signed with now: the current one, and the previous one
-    while its overlap lasts."""
-    if trigger.encrypted_secret is None:
-        return []
-    where, key_id = bound_to(trigger.id, trigger.org_id), trigger.secret_key_id or ""
-    found = [cipher.decrypt(key_id, trigger.encrypted_secret, bound_to=where)["secret"]]
-    expires = trigger.previous_secret_expires_at
-    if trigger.encrypted_previous_secret and expires and expires > datetime.now(UTC):
-        previous = cipher.decrypt(key_id, trigger.encrypted_previous_secret, bound_to=where)
-        found.append(previous["secret"])
-    return [str(s) for s in found]
+    while its overlap lasts (none for an event trigger)."""
+    return live_secrets(cipher, trigger, bound_to=bound_to(trigger.id, trigger.org_id))
 
 
 async def list_triggers(*, db: AsyncSession, workflow_id: uuid.UUID) -> list[WorkflowTrigger]:
@@ -177,7 +162,7 @@ async def create_trigger(
         trigger.response = body.response
         trigger.sync_timeout_seconds = body.sync_timeout_seconds
         secret = _chosen_secret(body.verification, body.secret)
-        trigger.encrypted_secret = _seal(cipher, trigger, secret)
+        seal_secret(cipher, trigger, secret, bound_to=bound_to(trigger.id, trigger.org_id))
         details: dict[str, Any] = {
             "verification": body.verification,
             "secret_source": "sender" if body.secret else "generated",
@@ -279,13 +264,14 @@ async def rotate_secret(
     _require_admin_for(principal, trigger.kind)
     if trigger.kind != TriggerKind.WEBHOOK:
         raise Conflict("event triggers have no secret", code="trigger_has_no_secret")
-    current = verifying_secrets(cipher, trigger)[0]
     secret = _chosen_secret(Scheme(str(trigger.verification)), body.secret)
-    trigger.encrypted_secret = _seal(cipher, trigger, secret)
-    trigger.encrypted_previous_secret = cipher.encrypt(
-        {"secret": current}, bound_to=bound_to(trigger.id, trigger.org_id)
-    )[1]
-    trigger.previous_secret_expires_at = datetime.now(UTC) + timedelta(seconds=body.overlap_seconds)
+    rotate_sealed_secret(
+        cipher,
+        trigger,
+        secret,
+        bound_to=bound_to(trigger.id, trigger.org_id),
+        overlap_seconds=body.overlap_seconds,
+    )
     await db.flush()
     await db.refresh(trigger)
     await _audit(

@@ -8,7 +8,7 @@ time by the delivering worker, so a DNS change cannot sneak past)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.config import Settings
-from taskloom.crypto import CredentialCipher
+from taskloom.crypto import CredentialCipher, live_secrets, rotate_sealed_secret, seal_secret
 from taskloom.errors import Conflict, NotFound, ValidationFailed
 from taskloom.net import AddressPolicy, TargetNotAllowed
 from taskloom.pagination import decode_cursor, encode_cursor
@@ -83,24 +83,10 @@ async def _audit(
     )
 
 
-def _seal(cipher: CredentialCipher, endpoint: WebhookEndpoint, secret: str) -> bytes:
-    key_id, blob = cipher.encrypt(
-        {"secret": secret}, bound_to=bound_to(endpoint.id, endpoint.org_id)
-    )
-    endpoint.secret_key_id = key_id
-    return blob
-
-
 def signing_secrets(cipher: CredentialCipher, endpoint: WebhookEndpoint) -> list[str]:
     """The secrets deliveries are signed with now: the current one, and the previous one while
     its overlap lasts."""
-    where, key_id = bound_to(endpoint.id, endpoint.org_id), endpoint.secret_key_id or ""
-    found = [cipher.decrypt(key_id, endpoint.encrypted_secret, bound_to=where)["secret"]]
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.encrypted_previous_secret and expires and expires > datetime.now(UTC):
-        previous = cipher.decrypt(key_id, endpoint.encrypted_previous_secret, bound_to=where)
-        found.append(previous["secret"])
-    return [str(s) for s in found]
+    return live_secrets(cipher, endpoint, bound_to=bound_to(endpoint.id, endpoint.org_id))
 
 
 async def list_endpoints(*, db: AsyncSession, principal: Principal) -> list[WebhookEndpoint]:
@@ -165,7 +151,7 @@ async def create_endpoint(
         created_by=principal.user_id,
     )
     secret = new_secret()
-    endpoint.encrypted_secret = _seal(cipher, endpoint, secret)
+    seal_secret(cipher, endpoint, secret, bound_to=bound_to(endpoint.id, endpoint.org_id))
     db.add(endpoint)
     await db.flush()
     await db.refresh(endpoint)
@@ -214,14 +200,13 @@ async def rotate_secret(
 ) -> tuple[WebhookEndpoint, str]:
     """A new secret; the old one keeps signing (as a second signature) for the overlap."""
     endpoint = await get_endpoint(db=db, endpoint_id=endpoint_id)
-    current = signing_secrets(cipher, endpoint)[0]
     secret = new_secret()
-    endpoint.encrypted_secret = _seal(cipher, endpoint, secret)
-    endpoint.encrypted_previous_secret = cipher.encrypt(
-        {"secret": current}, bound_to=bound_to(endpoint.id, endpoint.org_id)
-    )[1]
-    endpoint.previous_secret_expires_at = datetime.now(UTC) + timedelta(
-        seconds=body.overlap_seconds
+    rotate_sealed_secret(
+        cipher,
+        endpoint,
+        secret,
+        bound_to=bound_to(endpoint.id, endpoint.org_id),
+        overlap_seconds=body.overlap_seconds,
     )
     await db.flush()
     await db.refresh(endpoint)
