@@ -352,7 +352,7 @@ def main() -> int:
             rate_limit_execute=100_000_000,
             trigger_rate_limit_per_minute=1_000_000,
             max_running_per_org=10_000,
-            max_queued_per_org=1_000_000,  # the acceptance runs leave 6 × M executions queued
+            max_queued_per_org=1_000_000,  # the acceptance runs leave 6 * M executions queued
         ) as settings:
             configure_logging(settings)
             return await bench(args, settings)
