@@ -447,16 +447,21 @@ class Engine:
             # Steps and items of this execution doing work at once, all together, are at most
             # MAX_PARALLEL_PER_EXECUTION: however it fans out, one execution's load is bounded.
             async with self._budget:
-                attempt = await self._start(step_id, index, step)
+                # A step without I/O (`transform`) records its run with its result, one round
+                # trip instead of two; one that fails records its start first (below).
+                started = not (index is None and _without_io(step))
+                attempt = await self._start(step_id, index, step) if started else 0
                 self.running.add((step_id, index))
                 try:
                     self._count_run()
                     output = await self._attempt(
-                        step_id, index, step, scope, attempt, timeout, rendered
+                        step_id, index, step, scope, attempt or 1, timeout, rendered
                     )
                 except StepError as raised:
                     failure = raised
             if failure is not None:
+                if not started:
+                    attempt = await self._start(step_id, index, step)
                 detail = {**failure.as_json(), "step_id": step_id, "attempt": attempt}
                 if index is not None:
                     detail["item_index"] = index
@@ -484,7 +489,7 @@ class Engine:
                     return _Outcome(StepStatus.FAILED, stored, detail, tolerated)
                 await asyncio.sleep(policy.delay(attempt))
                 continue
-            succeeded = await self._succeeded(step_id, index, rendered[0], output)
+            succeeded = await self._succeeded(step_id, index, rendered[0], output, started=started)
             self.running.discard((step_id, index))
             return succeeded
 
@@ -575,8 +580,11 @@ class Engine:
         finally:
             self.running.discard(key)
 
-    async def _succeeded(self, step_id: str, index: int | None, args: Any, output: Any) -> _Outcome:
-        """Record a success of a step (or item); the step's may end the execution too."""
+    async def _succeeded(
+        self, step_id: str, index: int | None, args: Any, output: Any, *, started: bool = True
+    ) -> _Outcome:
+        """Record a success of a step (or item); the step's may end the execution too.
+        `started`: its start was recorded (not for a step without I/O)."""
         database = self.runtime.database
         if index is not None:
             await state.item_succeeded(
@@ -588,6 +596,9 @@ class Engine:
             database,
             self.run,
             step_id=step_id,
+            position=self.graph.order.index(step_id),
+            type_=str(self.graph.steps[step_id]["type"]),
+            started=started,
             args=args,
             output=output,
             last=last,
@@ -600,9 +611,6 @@ class Engine:
         database = self.runtime.database
         if index is not None:
             return await state.start_item(database, self.run, step_id=step_id, item_index=index)
-        if self.run.first_step == step_id and self.run.first_attempt is not None:
-            attempt, self.run.first_attempt = self.run.first_attempt, None  # marked by the claim
-            return attempt
         position = self.graph.order.index(step_id)
         return await state.start_step(
             database, self.run, step_id=step_id, position=position, type_=step["type"]
@@ -734,6 +742,12 @@ def _checked_output(output: Any) -> Any:
             f"the step's output is larger than {MAX_OUTPUT_BYTES} bytes", code="output_too_large"
         )
     return output
+
+
+def _without_io(step: Mapping[str, Any]) -> bool:
+    """Whether the step's type does no I/O (`transform`): running it again after a crash does
+    nothing twice, so its start need not be recorded apart from its result."""
+    return bool(getattr(STEP_TYPES.get(step["type"]), "without_io", False))
 
 
 def _first_error(invalid: ValidationError) -> str:

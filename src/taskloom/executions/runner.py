@@ -206,8 +206,6 @@ class ExecutionRunner:
         after the 300 s lock expires."""
         engine = self.engines.pop(run.execution_id, None)
         running = set(engine.running) if engine is not None else set()
-        if run.first_step is not None and run.first_attempt is not None:
-            running.add((run.first_step, None))  # marked running by the claim, never started
         await state.interrupted(self.runtime.database, run, running)
         await state.back_to_queue(self.runtime.database, run)
         await self._delay(job, token, 0)

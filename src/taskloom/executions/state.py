@@ -10,6 +10,7 @@ that runs again (after a crash, a hand-back or a retry) resumes at the first unf
 from __future__ import annotations
 
 import enum
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskloom.db.driver import app_connection
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.executions.models import (
@@ -29,9 +31,8 @@ from taskloom.executions.models import (
     StepStatus,
     WorkflowExecution,
 )
-from taskloom.executions.plan import Plan, StepState
-from taskloom.workflows.control import CONTROL_ARGS
-from taskloom.workflows.graph import Graph
+from taskloom.executions.plan import StepState
+from taskloom.observability.request_id import current_request_id
 
 TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 WAKE_BATCH = 200  # waiting executions the waker moves back to the queue per round
@@ -68,9 +69,6 @@ class Run:
     items: dict[str, dict[int, Item]] = field(default_factory=dict)
     step_runs: int = 0  # step and item runs so far (each start counts)
     started_at: datetime | None = None
-    # The first step to start was marked running by the claim itself (one transaction fewer).
-    first_step: str | None = None
-    first_attempt: int | None = None
     triggered_by: uuid.UUID | None = None
     # A child execution's parent (woken when the child ends), its root and depth (0: a root).
     parent_execution_id: uuid.UUID | None = None
@@ -83,98 +81,38 @@ class Run:
         return {k: v.output for k, v in self.states.items() if v.status == StepStatus.SUCCEEDED}
 
 
+_CLAIM = "select taskloom_claim($1, $2, $3, $4)"
+_STEP_STARTED = "select taskloom_step_started($1, $2, $3, $4, $5, $6)"
+_STEP_SUCCEEDED = "select taskloom_step_succeeded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+
+
 async def claim(
     database: Database, *, execution_id: uuid.UUID, org_id: uuid.UUID, max_running: int
 ) -> tuple[Claim, Run | None]:
-    """Mark the execution running if its organization has a free slot. The per-org advisory lock
-    makes count-then-update atomic across workers."""
-    async with tenant_transaction(database, org_id=org_id, user_id=None) as db:
-        await db.execute(
-            text(
-                "select pg_advisory_xact_lock(hashtextextended('taskloom.org_slots:' || :org, 0))"
-            ),
-            {"org": str(org_id)},
+    """Mark the execution running if its organization has a free slot (one call of
+    `taskloom_claim`, migration 0016: a per-org advisory lock makes count-then-update atomic
+    across workers) and read what running it needs: its definition, input and the steps' and
+    items' rows."""
+    async with app_connection(database) as connection:
+        found = await connection.fetchval(
+            _CLAIM, org_id, execution_id, max_running, current_request_id()
         )
-        execution = (
-            await db.execute(
-                select(WorkflowExecution)
-                .where(WorkflowExecution.id == execution_id)
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
-        if execution is None:
-            return Claim.GONE, None
-        if execution.status in TERMINAL:
-            return Claim.FINISHED, None
-        if execution.cancel_requested_at is not None:
-            _finish(execution, ExecutionStatus.CANCELLED)
-            return Claim.CANCELLED, None
-        if execution.status != ExecutionStatus.RUNNING:
-            running = (
-                await db.execute(
-                    select(func.count())
-                    .select_from(WorkflowExecution)
-                    .where(
-                        WorkflowExecution.org_id == org_id,
-                        WorkflowExecution.status == ExecutionStatus.RUNNING,
-                    )
-                )
-            ).scalar_one()
-            if running >= max_running:
-                return Claim.DEFER, None
-        started_at = execution.started_at or datetime.now(UTC)
-        execution.status = ExecutionStatus.RUNNING
-        execution.started_at = execution.started_at or func.now()
-        execution.attempts += 1
-        run = Run(
-            execution_id=execution.id,
-            org_id=org_id,
-            definition=execution.definition,
-            input=execution.input,
-            started_at=started_at,
-            triggered_by=execution.triggered_by,
-            parent_execution_id=execution.parent_execution_id,
-            root_execution_id=execution.root_execution_id or execution.id,
-            depth=execution.depth,
-        )
-        await _load_steps(db, run)
-        # The first step the plan starts is marked running here, unless its `when` or
-        # `for_each` must be rendered first or it is a control step (wait, approval, workflow).
-        graph = Graph.of(run.definition)
-        start, skip = Plan(graph, dict(run.states)).next()
-        if start and not skip:
-            first = graph.steps[start[0]]
-            if (
-                first.get("when") is None
-                and first.get("for_each") is None
-                and first.get("type") not in CONTROL_ARGS
-            ):
-                run.first_step = start[0]
-                run.first_attempt = await _start_step(
-                    db,
-                    org_id,
-                    execution_id,
-                    step_id=start[0],
-                    position=graph.order.index(start[0]),
-                    type_=first["type"],
-                )
-        return Claim.RUN, run
-
-
-async def _load_steps(db: AsyncSession, run: Run) -> None:
-    """The steps' (and for-each items') states from their rows."""
-    tolerant = {s["id"] for s in run.definition.get("steps", []) if s.get("continue_on_error")}
-    steps = await db.execute(
-        select(
-            ExecutionStep.step_id,
-            ExecutionStep.status,
-            ExecutionStep.output,
-            ExecutionStep.error,
-            ExecutionStep.attempts,
-            ExecutionStep.finished_at,
-        ).where(ExecutionStep.execution_id == run.execution_id)
+    claimed = Claim(found["claim"])
+    if claimed is not Claim.RUN:
+        return claimed, None
+    run = Run(
+        execution_id=execution_id,
+        org_id=org_id,
+        definition=found["definition"],
+        input=found["input"],
+        started_at=datetime.fromtimestamp(found["started_at"], UTC),
+        triggered_by=_uuid(found["triggered_by"]),
+        parent_execution_id=_uuid(found["parent_execution_id"]),
+        root_execution_id=_uuid(found["root_execution_id"]),
+        depth=found["depth"],
     )
-    for step_id, status, output, error, attempts, finished_at in steps:
+    tolerant = {s["id"] for s in run.definition.get("steps", []) if s.get("continue_on_error")}
+    for step_id, status, output, error, attempts, finished_at in found["steps"]:
         run.step_runs += attempts
         if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED):
             continue  # pending or interrupted: it runs (again)
@@ -183,22 +121,16 @@ async def _load_steps(db: AsyncSession, run: Run) -> None:
             output=output,
             error=error,
             tolerated=status == StepStatus.FAILED and step_id in tolerant,
-            finished=finished_at.timestamp() if finished_at else 0.0,
+            finished=finished_at or 0.0,
         )
-    if not any(s.get("for_each") is not None for s in run.definition.get("steps", [])):
-        return
-    items = await db.execute(
-        select(
-            ExecutionStepItem.step_id,
-            ExecutionStepItem.item_index,
-            ExecutionStepItem.status,
-            ExecutionStepItem.output,
-            ExecutionStepItem.attempts,
-        ).where(ExecutionStepItem.execution_id == run.execution_id)
-    )
-    for step_id, index, status, output, attempts in items:
+    for step_id, index, status, output, attempts in found["items"]:
         run.step_runs += attempts
         run.items.setdefault(step_id, {})[index] = Item(status=status, output=output)
+    return Claim.RUN, run
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
 
 
 async def cancel_requested(database: Database, run: Run) -> bool:
@@ -215,25 +147,17 @@ async def start_step(
     database: Database, run: Run, *, step_id: str, position: int, type_: str
 ) -> int:
     """Record that the step starts; returns its attempt number (1 the first time)."""
-    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        return await _start_step(
-            db, run.org_id, run.execution_id, step_id=step_id, position=position, type_=type_
+    async with app_connection(database) as connection:
+        attempt: int = await connection.fetchval(
+            _STEP_STARTED,
+            run.org_id,
+            run.execution_id,
+            step_id,
+            position,
+            type_,
+            current_request_id(),
         )
-
-
-async def _start_step(
-    db: AsyncSession,
-    org_id: uuid.UUID,
-    execution_id: uuid.UUID,
-    *,
-    step_id: str,
-    position: int,
-    type_: str,
-) -> int:
-    started = await _start_run(
-        db, org_id, execution_id, step_id=step_id, item_index=None, position=position, type=type_
-    )
-    return started.attempt
+    return attempt
 
 
 def _model(item_index: int | None) -> Any:
@@ -301,39 +225,33 @@ async def step_succeeded(
     run: Run,
     *,
     step_id: str,
+    position: int,
+    type_: str,
     args: Any,
     output: Any,
+    started: bool = True,
     last: bool = False,
     execution_output: Any = None,
 ) -> None:
-    """Commit the step's output; when its success ends the execution (`last`), the execution's
-    success with `execution_output` in the same transaction (one round trip fewer)."""
-    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        await db.execute(
-            update(ExecutionStep)
-            .where(ExecutionStep.execution_id == run.execution_id, ExecutionStep.step_id == step_id)
-            .values(
-                status=StepStatus.SUCCEEDED,
-                input=redact(args),
-                output=output,
-                error=None,
-                finished_at=func.now(),
-            )
+    """Commit the step's output, in one call of `taskloom_step_succeeded` (migration 0016).
+    `started` False: the step's start was not recorded (a step without I/O: its row is made
+    or updated here, as one more attempt). When its success ends the execution (`last`), the
+    execution's success with `execution_output` in the same transaction."""
+    async with app_connection(database) as connection:
+        await connection.execute(
+            _STEP_SUCCEEDED,
+            run.org_id,
+            run.execution_id,
+            step_id,
+            position,
+            type_,
+            json.dumps(redact(args)),
+            json.dumps(output),
+            started,
+            last,
+            json.dumps(execution_output),
+            current_request_id(),
         )
-        if last:
-            await db.execute(
-                update(WorkflowExecution)
-                .where(
-                    WorkflowExecution.id == run.execution_id,
-                    WorkflowExecution.status == ExecutionStatus.RUNNING,
-                )
-                .values(
-                    status=ExecutionStatus.SUCCEEDED,
-                    output=execution_output,
-                    error=None,
-                    finished_at=func.now(),
-                )
-            )
 
 
 async def record_failure(

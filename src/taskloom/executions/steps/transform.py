@@ -15,6 +15,8 @@ class TransformArgs(StepArgs):
 class TransformStep:
     name: ClassVar[str] = "transform"
     Args: ClassVar[type[StepArgs]] = TransformArgs
+    # No I/O: the engine records its run with its result (executions/engine.py).
+    without_io: ClassVar[bool] = True
 
     async def run(self, args: TransformArgs, ctx: StepContext) -> Any:
         return args.value

@@ -1,0 +1,203 @@
+"""The worker's hot path (migration 0016, executions/state.py): the claim and a step's writes are
+one call each, run as the application role under row-level security with the tenant the call
+sets. Called here directly, as the runner calls them, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import text
+
+from taskloom.db.driver import app_connection
+from taskloom.db.tenancy import system_transaction
+from taskloom.executions import state
+from taskloom.executions.state import Claim
+from taskloom.runtime import Runtime
+from tests.factories import Account, register
+from tests.workers import create_workflow, execute
+
+STEP = {"id": "t", "type": "transform", "args": {"value": "{{ input.n * 2 }}"}}
+
+
+async def _rows(runtime: Runtime, execution_id: uuid.UUID) -> tuple[dict, list[dict]]:
+    async with system_transaction(runtime.database) as db:
+        execution = (
+            (
+                await db.execute(
+                    text(
+                        "select status, attempts, output, started_at, finished_at "
+                        "from workflow_executions where id = :id"
+                    ),
+                    {"id": execution_id},
+                )
+            )
+            .mappings()
+            .one()
+        )
+        steps = (
+            (
+                await db.execute(
+                    text(
+                        "select org_id, step_id, status, attempts, input, output, started_at, "
+                        "finished_at from execution_steps where execution_id = :id"
+                    ),
+                    {"id": execution_id},
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return dict(execution), [dict(s) for s in steps]
+
+
+async def _queued(api: httpx.AsyncClient, owner: Account, n: int = 21) -> uuid.UUID:
+    workflow_id = await create_workflow(api, owner, [STEP])
+    return uuid.UUID(await execute(api, owner, workflow_id, {"n": n}))
+
+
+async def test_a_claim_marks_the_execution_running_and_reads_what_it_needs(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    execution_id = await _queued(api, owner)
+    assert owner.org_id is not None
+    claimed, run = await state.claim(
+        queue_runtime.database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert claimed is Claim.RUN
+    assert run is not None
+    assert run.definition["steps"] == [STEP]
+    assert run.input == {"n": 21}
+    assert run.root_execution_id == execution_id
+    assert run.parent_execution_id is None
+    assert run.states == {}
+    assert run.step_runs == 0
+    execution, steps = await _rows(queue_runtime, execution_id)
+    assert execution["status"] == "running"
+    assert execution["attempts"] == 1
+    assert run.started_at == execution["started_at"]
+    assert steps == []  # a step's start is recorded by the step, not by the claim
+
+
+async def test_a_one_step_transform_is_recorded_and_finished_in_one_call(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    execution_id = await _queued(api, owner)
+    assert owner.org_id is not None
+    _, run = await state.claim(
+        queue_runtime.database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert run is not None
+    await state.step_succeeded(
+        queue_runtime.database,
+        run,
+        step_id="t",
+        position=0,
+        type_="transform",
+        args={"value": 42, "api_key": "hidden"},
+        output=42,
+        started=False,
+        last=True,
+        execution_output={"t": 42},
+    )
+    execution, steps = await _rows(queue_runtime, execution_id)
+    assert execution["status"] == "succeeded"
+    assert execution["output"] == {"t": 42}
+    [step] = steps
+    assert step["status"] == "succeeded"
+    assert step["attempts"] == 1
+    assert step["output"] == 42
+    assert step["input"] == {"value": 42, "api_key": "***"}  # redacted as before
+    assert step["org_id"] == owner.org_id
+    assert step["started_at"] is not None
+    assert step["finished_at"] is not None
+
+
+async def test_a_step_started_then_succeeded_counts_one_attempt_and_a_rerun_another(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    execution_id = await _queued(api, owner)
+    assert owner.org_id is not None
+    database = queue_runtime.database
+    _, run = await state.claim(
+        database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert run is not None
+    started = {"step_id": "t", "position": 0, "type_": "transform"}
+    assert await state.start_step(database, run, **started) == 1
+    assert await state.start_step(database, run, **started) == 2  # a crash, then a re-run
+    await state.step_succeeded(database, run, **started, args={}, output=1, started=True)
+    execution, [step] = await _rows(queue_runtime, execution_id)
+    assert step["attempts"] == 2
+    assert step["status"] == "succeeded"
+    assert execution["status"] == "running"  # not `last`: the execution goes on
+    # The next claim (the job run again) reads the finished step and its attempts.
+    _, again = await state.claim(
+        database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert again is not None
+    assert again.step_runs == 2
+    assert again.states["t"].status == "succeeded"
+    assert again.states["t"].output == 1
+
+
+async def test_another_organization_can_neither_claim_nor_write_steps_of_an_execution(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    """The org a call names is its tenant: with another's, the execution is not there, and no
+    step row is written against it (the foreign key alone would not stop that)."""
+    execution_id = await _queued(api, owner)
+    intruder = await register(api, label="intruder", organization_name="Other Org")
+    assert intruder.org_id is not None
+    database = queue_runtime.database
+    claimed, run = await state.claim(
+        database, execution_id=execution_id, org_id=intruder.org_id, max_running=5
+    )
+    assert (claimed, run) == (Claim.GONE, None)
+    async with app_connection(database) as connection:
+        with pytest.raises(asyncpg.NoDataFoundError):
+            await connection.fetchval(
+                state._STEP_STARTED, intruder.org_id, execution_id, "t", 0, "transform", None
+            )
+        with pytest.raises(asyncpg.NoDataFoundError):
+            await connection.execute(
+                state._STEP_SUCCEEDED,
+                intruder.org_id,
+                execution_id,
+                "t",
+                0,
+                "transform",
+                "{}",
+                "1",
+                False,
+                True,
+                "1",
+                None,
+            )
+    execution, steps = await _rows(queue_runtime, execution_id)
+    assert execution["status"] == "queued"
+    assert execution["attempts"] == 0
+    assert steps == []
+
+
+async def test_a_claim_defers_at_the_organizations_cap_and_finds_a_cancel(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    first, second = await _queued(api, owner), await _queued(api, owner)
+    assert owner.org_id is not None
+    database = queue_runtime.database
+    claimed, _ = await state.claim(database, execution_id=first, org_id=owner.org_id, max_running=1)
+    assert claimed is Claim.RUN
+    claimed, _ = await state.claim(
+        database, execution_id=second, org_id=owner.org_id, max_running=1
+    )
+    assert claimed is Claim.DEFER
+    assert (await _rows(queue_runtime, second))[0]["status"] == "queued"
+    response = await api.post(f"/api/executions/{second}/cancel", headers=owner.headers)
+    assert response.status_code == 200, response.text
+    claimed, _ = await state.claim(
+        database, execution_id=second, org_id=owner.org_id, max_running=1
+    )
+    assert claimed is Claim.FINISHED  # cancelled while queued: nothing to run
