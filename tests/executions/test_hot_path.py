@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from taskloom.db.driver import app_connection
 from taskloom.db.tenancy import system_transaction
@@ -156,13 +156,13 @@ async def test_another_organization_can_neither_claim_nor_write_steps_of_an_exec
         database, execution_id=execution_id, org_id=intruder.org_id, max_running=5
     )
     assert (claimed, run) == (Claim.GONE, None)
-    async with app_connection(database) as connection:
-        with pytest.raises(asyncpg.NoDataFoundError):
-            await connection.fetchval(
+    async with app_connection(database) as statements:
+        with pytest.raises(DBAPIError, match="not found"):
+            await statements.fetchval(
                 state._STEP_STARTED, intruder.org_id, execution_id, "t", 0, "transform", None
             )
-        with pytest.raises(asyncpg.NoDataFoundError):
-            await connection.execute(
+        with pytest.raises(DBAPIError, match="not found"):
+            await statements.execute(
                 state._STEP_SUCCEEDED,
                 intruder.org_id,
                 execution_id,

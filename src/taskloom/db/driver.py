@@ -1,34 +1,80 @@
-"""The asyncpg connection itself, for the few statements on the hot path (a worker's claim and
-its steps' writes). SQLAlchemy costs about 1 ms of CPU per statement around asyncpg's 0.1 ms;
-there the statements are plain SQL functions that set the tenant themselves (migration 0016),
-each called in autocommit: one round trip, one transaction, row-level security forced as
-everywhere else (the application role's connections, from the same pool).
+"""The asyncpg connection itself, for the few statements on the hot path (an execution's start,
+a worker's claim and its steps' writes). SQLAlchemy costs about 1 ms of CPU per statement
+around asyncpg's 0.1 ms; these statements are plain SQL, and the worker's are SQL functions that
+set the tenant themselves (migration 0016), each called in autocommit: one round trip, one
+transaction, row-level security forced as everywhere else (the application role's connections,
+from the same pool). Errors are raised as SQLAlchemy's (`IntegrityError`, `DBAPIError`, ...),
+as every caller expects.
 
 Everything else goes through SQLAlchemy: this is for statements that run once or more per
 execution, where the difference is the product's throughput."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
 from taskloom.db.engine import Database
 
 
+class Statements:
+    """asyncpg's `fetchrow`, `fetchval` and `execute` on one pooled connection, raising
+    SQLAlchemy's exceptions. JSON parameters are passed as JSON text; JSON results come
+    decoded."""
+
+    def __init__(self, adapted: Any) -> None:
+        self._adapted = adapted  # SQLAlchemy's adapter of the asyncpg connection
+        self.connection = adapted.driver_connection
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self._call(self.connection.fetchrow, query, args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._call(self.connection.fetchval, query, args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        return await self._call(self.connection.execute, query, args)
+
+    async def _call(
+        self, method: Callable[..., Awaitable[Any]], query: str, args: tuple[Any, ...]
+    ) -> Any:
+        try:
+            return await method(query, *args)
+        except Exception as error:
+            try:
+                self._adapted._handle_exception(error)  # raises the DB-API error for it
+            except Exception as translated:
+                raise DBAPIError.instance(
+                    query, args, translated, self._adapted.dbapi.Error
+                ) from error
+            raise  # pragma: no cover - _handle_exception always raises
+
+
 @asynccontextmanager
-async def app_connection(database: Database) -> AsyncIterator[Any]:
-    """An application-role asyncpg connection from the pool, outside any transaction (each
-    statement commits on its own). A connection that broke is discarded, not pooled again."""
+async def app_connection(database: Database) -> AsyncIterator[Statements]:
+    """An application-role connection from the pool, outside any transaction (each statement
+    commits on its own). A connection that broke is discarded, not pooled again."""
     proxied = await database.app_engine.raw_connection()
-    connection = proxied.driver_connection
+    statements = Statements(proxied.dbapi_connection)
     try:
-        yield connection
+        yield statements
     except BaseException:
-        if connection is None or connection.is_closed():
+        if statements.connection.is_closed():
             await greenlet_spawn(proxied.invalidate)
         raise
     finally:
         await greenlet_spawn(proxied.close)
+
+
+async def session_connection(session: AsyncSession) -> Statements:
+    """The connection under `session`'s transaction (begun, with its tenant set): a statement
+    sent on it is part of that transaction, committed or rolled back with it, and unseen by
+    the session's ORM state."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return Statements(raw.dbapi_connection)

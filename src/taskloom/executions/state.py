@@ -93,8 +93,8 @@ async def claim(
     `taskloom_claim`, migration 0016: a per-org advisory lock makes count-then-update atomic
     across workers) and read what running it needs: its definition, input and the steps' and
     items' rows."""
-    async with app_connection(database) as connection:
-        found = await connection.fetchval(
+    async with app_connection(database) as statements:
+        found = await statements.fetchval(
             _CLAIM, org_id, execution_id, max_running, current_request_id()
         )
     claimed = Claim(found["claim"])
@@ -147,8 +147,8 @@ async def start_step(
     database: Database, run: Run, *, step_id: str, position: int, type_: str
 ) -> int:
     """Record that the step starts; returns its attempt number (1 the first time)."""
-    async with app_connection(database) as connection:
-        attempt: int = await connection.fetchval(
+    async with app_connection(database) as statements:
+        attempt: int = await statements.fetchval(
             _STEP_STARTED,
             run.org_id,
             run.execution_id,
@@ -237,8 +237,8 @@ async def step_succeeded(
     `started` False: the step's start was not recorded (a step without I/O: its row is made
     or updated here, as one more attempt). When its success ends the execution (`last`), the
     execution's success with `execution_output` in the same transaction."""
-    async with app_connection(database) as connection:
-        await connection.execute(
+    async with app_connection(database) as statements:
+        await statements.execute(
             _STEP_SUCCEEDED,
             run.org_id,
             run.execution_id,
