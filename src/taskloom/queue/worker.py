@@ -31,6 +31,7 @@ from taskloom.observability.metrics import (
     QUEUE_STALLED,
     WORKER_HEARTBEAT,
 )
+from taskloom.queue.fetching import FetchingWorker
 from taskloom.queue.host import Drainable, JobType, Processor, Upkeep
 from taskloom.queue.shutdown import CLOSE_SECONDS, Deadline
 from taskloom.queue.upkeep import Upkeeps
@@ -110,7 +111,7 @@ class WorkerService:
             await drainable.warm_up()  # e.g. the first loop template renders at once too
         for plugged in self.plugged:
             job_type = plugged.type
-            worker = Worker(
+            worker = FetchingWorker(
                 job_type.queue.name,
                 plugged.processor.process,
                 bullmq_options(
