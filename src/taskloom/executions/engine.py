@@ -348,10 +348,10 @@ class Engine:
             )
             return await self._failed_without_run(step_id, error)
         position = self.graph.order.index(step_id)
+        self.running.add((step_id, None))  # before its start is recorded, as in _attempts
         await state.start_step(
             database, self.run, step_id=step_id, position=position, type_=step["type"]
         )
-        self.running.add((step_id, None))
         before = self.run.items.get(step_id, {})
         tolerated = bool(step.get("continue_on_error"))
         outputs: list[Any] = [None] * len(items)
@@ -450,8 +450,10 @@ class Engine:
                 # A step without I/O (`transform`) records its run with its result, one round
                 # trip instead of two; one that fails records its start first (below).
                 started = not (index is None and _without_io(step))
-                attempt = await self._start(step_id, index, step) if started else 0
+                # Running before its start is recorded: a start interrupted mid-call (a deadline,
+                # a cancel) may have committed, and its row must not stay `running`.
                 self.running.add((step_id, index))
+                attempt = await self._start(step_id, index, step) if started else 0
                 try:
                     self._count_run()
                     output = await self._attempt(
