@@ -13,10 +13,16 @@ stops at 401/403: the SDK folds every HTTP error into one JSON-RPC error, so the
 only way to tell a bad token from a broken server.
 
 Each `tools`/`call`/`check` opens its own session (negotiate, work, close): simple, stateless
-and correct for servers that keep per-session state; pooling sessions is left for when latency
-asks for it. `call` lists the tools first, because the arguments are checked against the tool's
-input schema before anything is sent and because 2026-07-28 servers want a tool listed before
-it is called.
+and correct for servers that keep per-session state. The caller's client reuses kept-alive
+connections (taskloom/outbound_pool.py), so a session costs its requests, not a TCP and TLS
+handshake. Sessions themselves are not pooled: the SDK's `Client` holds anyio task groups that
+must be left by the task that entered them (a pooled one would need an owner task and a relay),
+the last-POST status and size cap kept here are per session and would mix concurrent calls'
+errors, the X-Request-ID header is fixed per session, and a server's per-session state would
+pass from one execution to the next.
+
+`call` lists the tools first, because the arguments are checked against the tool's input schema
+before anything is sent and because 2026-07-28 servers want a tool listed before it is called.
 """
 
 from __future__ import annotations
