@@ -195,6 +195,20 @@ async def test_idle_clients_are_closed_after_the_idle_timeout(server: _Server) -
     await pool.aclose()
 
 
+async def test_a_client_in_use_is_never_closed_as_idle(server: _Server) -> None:
+    pool = OutboundPool(max_clients=8, idle_seconds=0.1)
+    async with (
+        pool.transport(_key()) as transport,
+        httpx.AsyncClient(transport=transport, trust_env=False) as client,
+    ):
+        assert (await client.get(_url(server))).status_code == 200
+        await asyncio.sleep(0.3)  # idle past the timeout, but borrowed
+        assert await pool.sweep() == 0
+        assert (await client.get(_url(server))).status_code == 200
+        assert (pool.size, pool.opened) == (1, 1)  # the same transport (its idle socket expired)
+    await pool.aclose()
+
+
 async def test_the_least_recently_used_client_is_evicted_and_closed(server: _Server) -> None:
     pool = OutboundPool(max_clients=2)
     await _get(pool, _key(owner="a"), _url(server))

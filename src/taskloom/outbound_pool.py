@@ -223,22 +223,27 @@ class OutboundPool:
     async def discard(self, *, owner: str) -> int:
         """Close every entry of `owner` (a connection or endpoint changed or was deleted);
         one in use closes when its call returns. Returns how many were dropped."""
-        keys = [key for key in self._entries if key.owner == owner]
-        for key in keys:
-            entry = self._entries.pop(key)
+        # Taken out all at once: closing awaits, and the dict may change meanwhile.
+        dropped = [self._entries.pop(key) for key in list(self._entries) if key.owner == owner]
+        for entry in dropped:
             entry.retired = True
             if entry.in_use == 0:
                 await self._close_entry(entry)
             else:
                 self._retired_entries.append(entry)
-        return len(keys)
+        return len(dropped)
 
     async def sweep(self) -> int:
         """Close entries idle for longer than idle_seconds; returns how many."""
         cutoff = time.monotonic() - self.idle_seconds
-        idle = [k for k, e in self._entries.items() if e.in_use == 0 and e.last_used <= cutoff]
-        for key in idle:
-            await self._close_entry(self._entries.pop(key))
+        # Taken out all at once, before any await: a call may borrow an entry meanwhile.
+        idle = [
+            self._entries.pop(key)
+            for key, entry in list(self._entries.items())
+            if entry.in_use == 0 and entry.last_used <= cutoff
+        ]
+        for entry in idle:
+            await self._close_entry(entry)
         return len(idle)
 
     def _ensure_sweeper(self) -> None:
