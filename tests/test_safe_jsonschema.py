@@ -14,7 +14,7 @@ from taskloom import safe_jsonschema
 from taskloom.ai.executor import AiStepError, _parse_json
 from taskloom.executions.steps.ai import AiArgs
 from taskloom.tools.base import ToolError
-from taskloom.tools.providers.mcp import _check_args
+from taskloom.tools.providers.mcp_args import check_args
 
 # With Python's `re` this pair backtracks for minutes.
 EVIL = "^(a|aa)+$"
@@ -83,14 +83,14 @@ def test_the_mcp_argument_check_fails_fast_on_a_hostile_schema() -> None:
 
     def check() -> None:
         with pytest.raises(ToolError) as caught:
-            _check_args("search", schema, {"q": EVIL_TEXT})
+            check_args("search", schema, {"q": EVIL_TEXT})
         assert caught.value.code == "mcp_protocol_error"
         assert "cannot be checked" in caught.value.message
 
     assert _timed(check) < WITHIN_SECONDS
     # A combination checked only by the server is passed on, not refused.
     unchecked = {"patternProperties": {"^a": {}}, "unevaluatedProperties": False}
-    _check_args("search", unchecked, {"zzz": 1})
+    check_args("search", unchecked, {"zzz": 1})
 
 
 def test_an_ai_steps_json_schema_is_bounded_too() -> None:
@@ -110,3 +110,18 @@ def test_an_ai_steps_json_schema_is_bounded_too() -> None:
                 "json_schema": {"patternProperties": {"^a": {}}, "unevaluatedProperties": False},
             }
         )
+
+
+def test_an_invalid_input_schema_is_refused_every_time_though_its_verdict_is_remembered() -> None:
+    """check_args remembers whether a schema is valid (by digest): the verdict, not the check
+    of the arguments, is what is cached."""
+    invalid = {"type": "object", "properties": {"q": {"type": 5}}}
+    for _ in range(2):
+        with pytest.raises(ToolError) as caught:
+            check_args("search", invalid, {"q": "x"})
+        assert caught.value.code == "mcp_protocol_error"
+    valid = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    check_args("search", valid, {"q": "x"})
+    with pytest.raises(ToolError) as wrong:
+        check_args("search", valid, {"q": 1})  # same (cached) schema, other arguments
+    assert wrong.value.code == "invalid_args"

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     # connections' base URLs) may reach although they are private, loopback or link-local
     # (comma-separated), e.g. "127.0.0.1,10.1.0.0/16,crm.internal".
     outbound_allowed_hosts: str = ""
+    # Outbound connection reuse (src/taskloom/outbound_pool.py): HTTP clients kept per process,
+    # per organization and per connection / webhook endpoint / http-step origin, least recently
+    # used closed beyond the maximum; 0 turns reuse off (every call opens its own connection).
+    outbound_pool_max_clients: int = Field(default=256, ge=0, le=100_000)
+    outbound_pool_max_connections: int = Field(default=10, ge=1, le=1_000)  # sockets per client
+    outbound_pool_idle_seconds: float = Field(default=60.0, gt=0, le=3_600)  # then closed
     # Templates other than plain lookups render in a child process, killed past this long
     # (the step fails with template_too_expensive) and capped at this much memory.
     template_render_timeout_seconds: float = Field(default=1.0, gt=0, le=60)

@@ -253,45 +253,59 @@ def tls_context2() -> ssl.SSLContext:
     return httpx2.create_ssl_context(trust_env=False)
 
 
-def plain_transport2() -> httpx2.AsyncHTTPTransport:
+def plain_transport2(
+    *, max_connections: int = 10, keepalive_expiry: float = 5.0
+) -> httpx2.AsyncHTTPTransport:
     """An httpx2 transport without the address guard (instance-level endpoints the operator
     configured), on the shared TLS context and with no proxy from the environment."""
-    return httpx2.AsyncHTTPTransport(verify=tls_context2(), trust_env=False)
+    limits = httpx2.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_expiry,
+    )
+    return httpx2.AsyncHTTPTransport(verify=tls_context2(), trust_env=False, limits=limits)
 
 
 def guarded_transport(
-    policy: AddressPolicy, *, inner: httpcore.AsyncNetworkBackend | None = None
+    policy: AddressPolicy,
+    *,
+    inner: httpcore.AsyncNetworkBackend | None = None,
+    max_connections: int = 10,
+    keepalive_expiry: float = 5.0,
 ) -> httpx.AsyncHTTPTransport:
     """An httpx transport whose every connection goes through GuardedBackend, with no proxy.
 
     httpx 0.28 offers no public way to give AsyncHTTPTransport a network backend, so this builds
     a normal transport and replaces its private `_pool` with a public httpcore
     AsyncConnectionPool that uses our backend. It fails closed (RuntimeError) if httpx stops
-    having that attribute; tests/executions/test_http_step.py checks it still works."""
+    having that attribute; tests/executions/test_http_step.py checks it still works.
+    `keepalive_expiry`: how long an idle connection is kept for reuse (outbound_pool.py)."""
     transport = httpx.AsyncHTTPTransport(verify=tls_context(), trust_env=False)
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
         raise RuntimeError("httpx.AsyncHTTPTransport changed: cannot install the address guard")
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=tls_context(),
-        max_connections=10,
-        max_keepalive_connections=5,
-        keepalive_expiry=5.0,
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_expiry,
         network_backend=GuardedBackend(policy, inner),
     )
     return transport
 
 
-def guarded_transport2(policy: AddressPolicy) -> httpx2.AsyncHTTPTransport:
+def guarded_transport2(
+    policy: AddressPolicy, *, max_connections: int = 10, keepalive_expiry: float = 5.0
+) -> httpx2.AsyncHTTPTransport:
     """guarded_transport for httpx2 (the SDKs' client); the same private-attribute swap, the same
     fail-closed check (tests/tools/test_outbound_guard.py checks it still works)."""
-    transport = plain_transport2()
+    transport = plain_transport2(max_connections=1)  # its own pool is replaced below
     if not isinstance(getattr(transport, "_pool", None), httpcore2.AsyncConnectionPool):
         raise RuntimeError("httpx2.AsyncHTTPTransport changed: cannot install the address guard")
     transport._pool = httpcore2.AsyncConnectionPool(
         ssl_context=tls_context2(),
-        max_connections=10,
-        max_keepalive_connections=5,
-        keepalive_expiry=5.0,
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_expiry,
         network_backend=GuardedBackend2(policy),
     )
     return transport

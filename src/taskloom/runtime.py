@@ -1,6 +1,6 @@
 """The long-lived resources of one process (engines, Redis client, password hasher, the queues'
-producers and the fair scheduler), created once at start-up and reached by routes through
-`request.app.state.runtime`."""
+producers, the fair scheduler, the outbound HTTP pool), created once at start-up and reached by
+routes through `request.app.state.runtime`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from taskloom.config import Settings, redact_url
 from taskloom.crypto import CredentialCipher
 from taskloom.db.engine import Database, check_roles, create_database
 from taskloom.observability import tracing
+from taskloom.outbound_pool import OutboundPool
 from taskloom.queue.fairness import FairScheduler
 from taskloom.queue.jobs import Queues, QueueSpec
 from taskloom.redis import Keys, connect_redis
@@ -34,8 +35,10 @@ class Runtime:
     cipher: CredentialCipher
     queues: Queues  # every declared queue's producer, by name (`runtime.queues[name]`)
     fair: FairScheduler  # per-organization admission to the queues (queue/fairness.py)
+    outbound: OutboundPool  # kept-alive HTTP clients for tools, AI, webhooks, http steps
 
     async def close(self) -> None:
+        await self.outbound.aclose()
         await self.queues.close()
         await self.redis.aclose()
         await self.database.dispose()
@@ -74,4 +77,5 @@ async def open_runtime(settings: Settings, queues: Sequence[QueueSpec] | None = 
         cipher=CredentialCipher.from_settings(settings),
         queues=Queues(queues, settings),
         fair=FairScheduler(redis, keys, settings),
+        outbound=OutboundPool.from_settings(settings),
     )

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from taskloom.ai.executor import AiCall, AiStepError, run_ai
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
-from tests.factories import Account
+from tests.factories import Account, register
 from tests.fakes.ai_apis import FakeAnthropic, FakeOpenAI
 from tests.tools.conftest import connect
 
@@ -264,3 +264,23 @@ async def test_an_instance_key_allowance_of_zero_sends_nothing_with_the_instance
     assert refused.value.code == "budget_exhausted"
     assert "add an anthropic or openai connection" in refused.value.message
     assert fake_anthropic.requests == []
+
+
+async def test_calls_reuse_the_keys_connection_and_organizations_never_share_one(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    """The outbound pool (taskloom/outbound_pool.py): an organization's calls go over one
+    kept-alive connection; another organization on the same instance key gets its own."""
+    runtime = _with_instance_key(tools_runtime, fake_anthropic, "100")
+    other = await register(tools_api, label="ai-reuse", organization_name="AI Reuse Org")
+    fake_anthropic.reply("Hi")
+    for _ in range(3):
+        await run_ai(runtime, _call(admin, provider="anthropic"))
+    assert fake_anthropic.connections == 1
+    for _ in range(2):
+        await run_ai(runtime, _call(other, provider="anthropic"))
+    assert fake_anthropic.connections == 2
+    assert len(fake_anthropic.requests) == 5

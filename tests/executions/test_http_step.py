@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import socket
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import httpcore
 import httpx
@@ -33,6 +34,8 @@ from taskloom.net import (
     refusal_reason,
     tls_context,
 )
+from taskloom.outbound_pool import OutboundPool
+from taskloom.runtime import Runtime
 from tests.pki import make_pki
 from tests.servers import free_port
 
@@ -41,6 +44,7 @@ SECRET = "s3cr3t-t0ken-never-shown"
 
 class _Server(ThreadingHTTPServer):
     calls: Counter[str]
+    connections = 0  # TCP connections accepted
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up early
@@ -52,6 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -549,3 +557,30 @@ async def test_header_values_never_appear_in_errors(remote: Remote) -> None:
             {"url": "http://example.com/", "headers": {"X-Api-Key": f"{SECRET}\r\nX: y"}}
         )
     assert SECRET not in str(caught.value)
+
+
+async def test_steps_reuse_a_connection_per_organization_and_origin_carrying_nothing_over(
+    remote: Remote, runtime: Runtime
+) -> None:
+    """With a worker's runtime the step borrows the organization's pooled client for the URL's
+    origin (taskloom/outbound_pool.py): one socket for one organization's calls, another for
+    another organization's, and no cookie or header of one call in the next."""
+    pooled = dataclasses.replace(runtime, outbound=OutboundPool(max_clients=8))
+    org_a, org_b = uuid4(), uuid4()
+    before = remote.server.connections
+
+    def ctx(org: UUID) -> StepContext:
+        return dataclasses.replace(make_ctx(), org_id=org, runtime=pooled)
+
+    first = await run(
+        {"url": remote.url("/json"), "headers": {"Authorization": "Bearer A"}}, ctx(org_a)
+    )
+    assert first["body"]["hello"] == "world"  # and it set a cookie
+    echoed = (await run({"url": remote.url("/echo")}, ctx(org_a)))["body"]["headers"]
+    assert "cookie" not in echoed
+    assert "authorization" not in echoed
+    await run({"url": remote.url("/text")}, ctx(org_a))
+    for _ in range(2):
+        await run({"url": remote.url("/text")}, ctx(org_b))
+    assert remote.server.connections - before == 2
+    await pooled.outbound.aclose()

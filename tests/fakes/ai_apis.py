@@ -80,6 +80,7 @@ class _FakeApi:
         self.api_key = api_key
         self.delay_seconds = 0.0
         self.requests: list[RecordedRequest] = []
+        self.connections = 0  # TCP connections accepted
         self._reply: Callable[[RecordedRequest], Reply] = lambda _request: Reply("ok")
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
@@ -157,6 +158,13 @@ class _FakeApi:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+
+            def setup(self) -> None:
+                super().setup()
+                with fake._lock:
+                    fake.connections += 1
+
             def do_POST(self) -> None:
                 fake._handle(self)
 

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -43,15 +44,22 @@ class SearchResult(BaseModel):
 class RunningMcpServer:
     """A started server. `calls` holds (tool name, arguments) for every tool the server ran;
     `methods` every JSON-RPC method that reached the MCP layer (past the token check);
-    `http_requests` (HTTP method, headers with lower-case names) of every HTTP request."""
+    `http_requests` (HTTP method, headers with lower-case names) of every HTTP request;
+    `peers` the client (address, port) of each, so distinct peers are TCP connections."""
 
     url: str
     calls: list[tuple[str, dict[str, Any]]]
     methods: list[str]
     http_requests: list[tuple[str, dict[str, str]]]
+    peers: list[tuple[str, int]]
     _server: uvicorn.Server = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     _socket: socket.socket = field(repr=False)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections that carried at least one request."""
+        return len(set(self.peers))
 
     def stop(self) -> None:
         """Stop serving and wait for the thread; idempotent."""
@@ -125,16 +133,22 @@ class _Gate:
     `Authorization: Bearer <token>` (when a token is set)."""
 
     def __init__(
-        self, app: ASGIApp, token: str | None, seen: list[tuple[str, dict[str, str]]]
+        self,
+        app: ASGIApp,
+        token: str | None,
+        seen: list[tuple[str, dict[str, str]]],
+        peers: list[tuple[str, int]],
     ) -> None:
         self.app = app
         self.expected = None if token is None else f"Bearer {token}".encode()
         self.seen = seen
+        self.peers = peers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             self.seen.append((scope["method"], headers))
+            self.peers.append(tuple(scope["client"]))
             given = headers.get("authorization", "").encode("latin-1")
             if self.expected is not None and not hmac.compare_digest(given, self.expected):
                 await send(
@@ -153,11 +167,15 @@ class _Gate:
 
 
 def start_mcp_server(
-    token: str | None = "test-mcp-token", *, legacy_only: bool = False
+    token: str | None = "test-mcp-token",
+    *,
+    legacy_only: bool = False,
+    tls: tuple[Path, Path] | None = None,
 ) -> RunningMcpServer:
     """Serve the notes MCP server on a free 127.0.0.1 port; with a token, require it. With
     `legacy_only` it refuses `server/discover` as a 2025-era server does, so clients use the
-    initialize handshake and a stateful session (session id, GET stream, DELETE at the end)."""
+    initialize handshake and a stateful session (session id, GET stream, DELETE at the end).
+    With `tls` (certificate file, key file) it serves HTTPS (bench/outbound.py)."""
     calls: list[tuple[str, dict[str, Any]]] = []
     methods: list[str] = []
     mcp = _notes_server(calls, methods, legacy_only=legacy_only)
@@ -172,7 +190,8 @@ def start_mcp_server(
         ),
     )
     http_requests: list[tuple[str, dict[str, str]]] = []
-    app = _Gate(app, token, http_requests)
+    peers: list[tuple[str, int]] = []
+    app = _Gate(app, token, http_requests, peers)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,6 +202,8 @@ def start_mcp_server(
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=1,
+        ssl_certfile=None if tls is None else str(tls[0]),
+        ssl_keyfile=None if tls is None else str(tls[1]),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
@@ -198,10 +219,11 @@ def start_mcp_server(
             raise RuntimeError("the fake MCP server did not start")
         time.sleep(0.01)
     return RunningMcpServer(
-        url=f"http://127.0.0.1:{port}{MCP_PATH}",
+        url=f"{'http' if tls is None else 'https'}://127.0.0.1:{port}{MCP_PATH}",
         calls=calls,
         methods=methods,
         http_requests=http_requests,
+        peers=peers,
         _server=server,
         _thread=thread,
         _socket=sock,

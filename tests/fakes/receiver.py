@@ -25,10 +25,18 @@ class Receiver:
         self.received: list[Received] = []
         self.statuses: list[int] = []  # answers for the next requests, then `default_status`
         self.default_status = 200
+        self.connections = 0  # TCP connections accepted (keep-alive lets a sender reuse one)
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)

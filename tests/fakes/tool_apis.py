@@ -61,6 +61,17 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     fake: ClassVar[FakeApi]
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs: a client may reuse a socket
+
+    def setup(self) -> None:
+        super().setup()
+        with self.fake._lock:
+            self.fake.connections += 1  # one handler per accepted TCP connection
+
+    def finish(self) -> None:
+        super().finish()
+        with self.fake._lock:
+            self.fake.closed += 1  # the connection ended (the client closed it)
 
     def do_GET(self) -> None:
         self.fake._handle(self)
@@ -81,6 +92,8 @@ class FakeApi:
         self.token = token or self.default_token
         self.path_prefix = path_prefix.rstrip("/")
         self.requests: list[RecordedRequest] = []
+        self.connections = 0  # TCP connections accepted so far
+        self.closed = 0  # and ended
         self.delay_seconds = 0.0
         self.origin = ""  # http://127.0.0.1:<port>, once started
         self._planned: list[Answer] = []

@@ -380,3 +380,17 @@ async def test_an_approval_step_sends_approval_requested_with_a_link_to_its_page
     assert (await wait_for_status(api, owner, execution_id))["status"] == "succeeded"
     await asyncio.sleep(0.5)  # two dispatch ticks
     assert len(receiver.received) == 1
+
+
+async def test_deliveries_to_one_endpoint_reuse_one_kept_alive_connection(
+    api: httpx.AsyncClient, owner: Account, start_worker: StartWorker, receiver: Receiver
+) -> None:
+    """The worker's outbound pool keeps the endpoint's client (taskloom/outbound_pool.py):
+    deliveries one after another go over the socket the first one opened."""
+    await _webhook(api, owner, receiver.url, ["workflow.created"])
+    start_worker(**FAST)
+    for n in range(1, 5):
+        await create_workflow(api, owner, STEPS)
+        receiver.wait_for(n)
+    assert len(receiver.received) == 4
+    assert receiver.connections == 1

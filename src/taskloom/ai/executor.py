@@ -40,10 +40,10 @@ from taskloom.ai.providers.base import (
 )
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.db.tenancy import tenant_transaction
-from taskloom.net import AddressPolicy, guarded_transport2, plain_transport2
 from taskloom.observability import tracing
 from taskloom.observability.metrics import AI_COST, AI_DURATION, AI_REQUESTS, AI_TOKENS
 from taskloom.observability.request_id import current_request_id
+from taskloom.outbound_pool import PoolKey, fingerprint
 from taskloom.runtime import Runtime
 from taskloom.tools.base import Connection, ToolError
 from taskloom.tools.executor import load_connection
@@ -184,15 +184,24 @@ async def _credential(runtime: Runtime, call: AiCall, provider: str) -> _Credent
 
 @asynccontextmanager
 async def _provider(
-    runtime: Runtime, provider: str, credential: _Credential
+    runtime: Runtime, org_id: uuid.UUID, provider: str, credential: _Credential
 ) -> AsyncIterator[AiProvider]:
+    """The provider's SDK on a client of this call's own, over the pooled transport of this
+    organization's key (an instance key too is pooled per organization)."""
     settings = runtime.settings
-    transport = (
-        guarded_transport2(AddressPolicy.from_setting(settings.outbound_allowed_hosts))
-        if credential.guarded
-        else plain_transport2()
+    key = PoolKey(
+        org=str(org_id),
+        kind="ai",
+        owner=credential.breaker.removeprefix("ai:"),  # the connection id, or instance:<provider>
+        fingerprint=fingerprint(provider, credential.base_url, credential.api_key),
+        flavor="httpx2",
+        guarded=credential.guarded,
+        policy=settings.outbound_allowed_hosts,
     )
-    async with httpx2.AsyncClient(transport=transport, trust_env=False) as http:
+    async with (
+        runtime.outbound.transport(key) as transport,
+        httpx2.AsyncClient(transport=transport, trust_env=False) as http,
+    ):
         yield _provider_class(provider)(
             api_key=credential.api_key,
             base_url=credential.base_url,
@@ -203,7 +212,11 @@ async def _provider(
 
 
 async def _complete(
-    runtime: Runtime, provider_name: str, credential: _Credential, request: AiRequest
+    runtime: Runtime,
+    org_id: uuid.UUID,
+    provider_name: str,
+    credential: _Credential,
+    request: AiRequest,
 ) -> AiResponse:
     """The provider's answer, in a `chat <model>` span with the OpenTelemetry GenAI attributes
     (provider, models, token counts; never the prompt, the answer or the key), parent of the
@@ -226,7 +239,7 @@ async def _complete(
     )
     with span_cm as span:
         try:
-            async with _provider(runtime, provider_name, credential) as provider:
+            async with _provider(runtime, org_id, provider_name, credential) as provider:
                 response = await provider.complete(request)
         except Exception as error:
             code = error.code if isinstance(error, AiProviderError) else type(error).__qualname__
@@ -349,7 +362,7 @@ async def _call(
     started = time.perf_counter()
     labels = (model.name, category or "none")
     try:
-        response = await _complete(runtime, model.provider, credential, request)
+        response = await _complete(runtime, call.org_id, model.provider, credential, request)
     except AiProviderError as error:
         elapsed = time.perf_counter() - started
         if error.retryable or error.status in _BREAKER_STATUSES:

@@ -145,7 +145,7 @@ async def call_tool(
         )
     provider = PROVIDERS[connection.provider]
     breaker = breaker_for(settings, connection.id)
-    async with provider_client(settings, connection.provider) as http:
+    async with provider_client(settings, connection, pool=services.outbound) as http:
         if connection.provider in DYNAMIC_TOOL_PROVIDERS:  # listing asks the server
             tools = await _guarded(services, connection, breaker, provider.tools(connection, http))
         else:

@@ -61,8 +61,10 @@ async def update_connection(
         db=ctx.db, context=ctx.audit, cipher=_cipher(ctx), connection_id=connection_id, body=body
     )
     # New credentials or URL: this process's breaker starts afresh (workers' breakers close
-    # on their next successful trial).
+    # on their next successful trial), and its pooled clients close (workers' no longer match
+    # the new fingerprint and idle out: outbound_pool.py).
     BREAKERS.remove(f"tool:{row.id}")
+    await ctx.runtime.outbound.discard(owner=str(row.id))
     return service.to_out(row, _cipher(ctx))
 
 
@@ -72,6 +74,7 @@ async def update_connection(
 async def delete_connection(connection_id: uuid.UUID, ctx: Admin) -> Response:
     row = await service.delete_connection(db=ctx.db, context=ctx.audit, connection_id=connection_id)
     BREAKERS.remove(f"tool:{row.id}")
+    await ctx.runtime.outbound.discard(owner=str(row.id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -286,7 +286,7 @@ async def list_tools(
     provider = PROVIDERS[row.provider]
     timeout = settings.tool_timeout_seconds
     try:
-        async with asyncio.timeout(timeout), provider_client(settings, row.provider) as http:
+        async with asyncio.timeout(timeout), provider_client(settings, connection) as http:
             return await provider.tools(connection, http)
     except TimeoutError:
         raise Conflict(_too_slow(row, timeout), code="tool_timeout") from None
@@ -313,7 +313,7 @@ async def check_connection(
     result: dict[str, Any]
     try:
         connection = _usable(row, cipher, allow_disabled=True)
-        async with asyncio.timeout(timeout), provider_client(settings, row.provider) as http:
+        async with asyncio.timeout(timeout), provider_client(settings, connection) as http:
             details = await PROVIDERS[row.provider].check(connection, http)
         result = {"ok": True, "details": details}
     except TimeoutError:

@@ -34,10 +34,11 @@ from taskloom.audit.service import AuditContext
 from taskloom.config import Settings
 from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import system_transaction, tenant_transaction
-from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
+from taskloom.net import TargetNotAllowed
 from taskloom.observability import tracing
 from taskloom.observability.request_id import bound_request_id
 from taskloom.outbound import send_bounded
+from taskloom.outbound_pool import PoolKey, fingerprint
 from taskloom.queue.host import JobType, Upkeep
 from taskloom.queue.jobs import QueueSpec
 from taskloom.queue.outage import put_back_on_database_outage
@@ -159,8 +160,19 @@ class WebhookDeliverer:
                 return {"skipped": "secret undecryptable"}
             url, payload = endpoint.url, dict(first.payload or {})
             event_type, event_id, request_id = first.event_type, first.event_id, first.request_id
+            # The endpoint's pooled client: never another organization's, nor another URL's.
+            pool_key = PoolKey(
+                org=str(org_id),
+                kind="webhook",
+                owner=str(endpoint.id),
+                fingerprint=fingerprint(url),
+                flavor="httpx",
+                policy=self.runtime.settings.outbound_allowed_hosts,
+            )
         with bound_request_id(request_id):
-            outcome = await self._send(url, payload, secrets, event_type, event_id, request_id)
+            outcome = await self._send(
+                pool_key, url, payload, secrets, event_type, event_id, request_id
+            )
         async with tenant_transaction(self.runtime.database, org_id=org_id, user_id=None) as db:
             first = await db.get(WebhookDelivery, delivery_id)
             endpoint = (
@@ -186,6 +198,7 @@ class WebhookDeliverer:
 
     async def _send(
         self,
+        pool_key: PoolKey,
         url: str,
         payload: dict[str, Any],
         secrets: list[str],
@@ -204,16 +217,18 @@ class WebhookDeliverer:
         }
         if request_id:
             headers["X-Request-ID"] = request_id
-        policy = AddressPolicy.from_setting(settings.outbound_allowed_hosts)
         timeout = settings.webhook_timeout_seconds
         started = time.perf_counter()
         try:
-            async with httpx.AsyncClient(
-                transport=guarded_transport(policy),
-                timeout=timeout,
-                follow_redirects=False,  # a redirect could lead the signed body anywhere
-                trust_env=False,
-            ) as client:
+            async with (
+                self.runtime.outbound.transport(pool_key) as transport,
+                httpx.AsyncClient(
+                    transport=transport,
+                    timeout=timeout,
+                    follow_redirects=False,  # a redirect could lead the signed body anywhere
+                    trust_env=False,
+                ) as client,
+            ):
                 request = client.build_request("POST", url, content=body, headers=headers)
                 # The whole attempt, not each read, is bounded; the body is only drained.
                 response = await send_bounded(

@@ -15,9 +15,10 @@ from pydantic import ConfigDict, Field, field_validator
 
 from taskloom import __version__
 from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
-from taskloom.net import AddressPolicy, TargetNotAllowed, guarded_transport
+from taskloom.net import TargetNotAllowed
 from taskloom.observability.request_id import current_request_id
 from taskloom.outbound import ResponseTooLarge, read_at_most
+from taskloom.outbound_pool import OutboundPool, PoolKey
 
 MAX_REDIRECTS = 5
 ERROR_BODY_CHARS = 500
@@ -167,6 +168,24 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return None
 
 
+_UNPOOLED = OutboundPool(max_clients=0)  # a step run outside a worker (no runtime)
+
+
+def _pool_key(ctx: StepContext, url: httpx.URL) -> PoolKey:
+    """The organization's pooled client for the URL's origin. Each call still has a client of
+    its own (headers, cookies); only kept-alive connections are shared, and only within one
+    organization. Redirects to another host open sockets in the same client, guarded alike."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return PoolKey(
+        org=str(ctx.org_id),
+        kind="http",
+        owner=f"{url.scheme}://{url.host}:{port}",
+        fingerprint="",
+        flavor="httpx",
+        policy=ctx.settings.outbound_allowed_hosts,
+    )
+
+
 class HttpStep:
     """Sends one request (following up to 5 redirects) and returns status, headers, body."""
 
@@ -183,13 +202,16 @@ class HttpStep:
             headers["Idempotency-Key"] = ctx.idempotency_key
         if "x-request-id" not in headers and (request_id := current_request_id()):
             headers["X-Request-ID"] = request_id  # the API request that started the execution
-        transport = guarded_transport(AddressPolicy.from_setting(settings.outbound_allowed_hosts))
-        async with httpx.AsyncClient(
-            transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
-        ) as client:
-            # `query` adds to (or replaces keys of) the URL's own query; httpx's `params=`
-            # would drop the URL's query entirely.
-            url = httpx.URL(args.url).copy_merge_params(args.query)
+        # `query` adds to (or replaces keys of) the URL's own query; httpx's `params=` would
+        # drop the URL's query entirely.
+        url = httpx.URL(args.url).copy_merge_params(args.query)
+        pool = ctx.runtime.outbound if ctx.runtime is not None else _UNPOOLED
+        async with (
+            pool.transport(_pool_key(ctx, url)) as transport,
+            httpx.AsyncClient(
+                transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+            ) as client,
+        ):
             request = client.build_request(args.method, url, headers=headers, json=args.json_body)
             hops = [request]
             try:

@@ -13,10 +13,16 @@ stops at 401/403: the SDK folds every HTTP error into one JSON-RPC error, so the
 only way to tell a bad token from a broken server.
 
 Each `tools`/`call`/`check` opens its own session (negotiate, work, close): simple, stateless
-and correct for servers that keep per-session state; pooling sessions is left for when latency
-asks for it. `call` lists the tools first, because the arguments are checked against the tool's
-input schema before anything is sent and because 2026-07-28 servers want a tool listed before
-it is called.
+and correct for servers that keep per-session state. The caller's client reuses kept-alive
+connections (taskloom/outbound_pool.py), so a session costs its requests, not a TCP and TLS
+handshake. Sessions themselves are not pooled: the SDK's `Client` holds anyio task groups that
+must be left by the task that entered them (a pooled one would need an owner task and a relay),
+the last-POST status and size cap kept here are per session and would mix concurrent calls'
+errors, the X-Request-ID header is fixed per session, and a server's per-session state would
+pass from one execution to the next.
+
+`call` lists the tools first, because the arguments are checked against the tool's input schema
+before anything is sent and because 2026-07-28 servers want a tool listed before it is called.
 """
 
 from __future__ import annotations
@@ -27,8 +33,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import httpx2
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,9 +43,10 @@ from pydantic import (
     model_validator,
 )
 
-from taskloom import __version__, safe_jsonschema
+from taskloom import __version__
 from taskloom.tools.base import Connection, Tool, ToolError
 from taskloom.tools.providers._rest import MAX_RESPONSE_BYTES, validated
+from taskloom.tools.providers.mcp_args import MESSAGE_LIMIT, check_args
 
 if TYPE_CHECKING:  # the SDK is imported by the first session (over a second of import time)
     import mcp_types
@@ -63,7 +68,6 @@ _RESERVED_HEADERS = frozenset(
     }
 )
 _MAX_PAGES = 100  # tools/list pages followed before giving up on a paginator that never ends
-_MESSAGE_LIMIT = 300
 
 
 class McpCredentials(BaseModel):
@@ -215,7 +219,7 @@ class McpProvider:
             listed = {t.name: t for t in await _list_tools(client)}
             if tool not in listed:
                 raise ToolError(f"the MCP server has no tool {tool[:100]!r}", code="unknown_tool")
-            _check_args(tool, listed[tool].input_schema, args)
+            check_args(tool, listed[tool].input_schema, args)
             result = await client.call_tool(tool, args)
         if result.is_error:
             import mcp_types
@@ -224,7 +228,7 @@ class McpProvider:
                 block.text for block in result.content if isinstance(block, mcp_types.TextContent)
             ).strip()
             raise ToolError(
-                f"{tool} failed: {text or 'the server gave no reason'}"[:_MESSAGE_LIMIT],
+                f"{tool} failed: {text or 'the server gave no reason'}"[:MESSAGE_LIMIT],
                 code="mcp_tool_error",
             )
         if result.structured_content is not None:
@@ -322,31 +326,6 @@ async def _list_tools(client: Client) -> list[mcp_types.Tool]:
     )
 
 
-def _check_args(tool: str, schema: dict[str, Any], args: dict[str, Any]) -> None:
-    """Raise `invalid_args` naming the JSON path of the worst problem in `args`."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
-        raise ToolError(
-            f"the MCP server published an invalid input schema for {tool}",
-            code="mcp_protocol_error",
-        ) from None
-    try:
-        error = safe_jsonschema.best_error(schema, args)
-    except safe_jsonschema.PatternTooSlow as slow:
-        raise ToolError(
-            f"the MCP server's input schema for {tool} cannot be checked: {slow}"[:_MESSAGE_LIMIT],
-            code="mcp_protocol_error",
-        ) from None
-    except safe_jsonschema.SchemaTooSlowToCheck:
-        return  # the server checks its own arguments
-    if error is not None:
-        raise ToolError(
-            f"invalid arguments for {tool} at {error.json_path}: {error.message}"[:_MESSAGE_LIMIT],
-            code="invalid_args",
-        )
-
-
 def _content_json(block: mcp_types.ContentBlock) -> dict[str, Any]:
     """A content block as JSON for a workflow: text kept, binary data replaced by its size."""
     import mcp_types
@@ -427,7 +406,7 @@ def _as_tool_error(exc: BaseException, last_post_status: int | None) -> ToolErro
             return _unreachable(f"the MCP server answered HTTP {status}", status=status)
         prefix = f"HTTP {status}: " if status is not None and status >= 400 else ""
         return ToolError(
-            f"the MCP server answered {prefix}{exc.message}"[:_MESSAGE_LIMIT],
+            f"the MCP server answered {prefix}{exc.message}"[:MESSAGE_LIMIT],
             code="mcp_protocol_error",
             status=status if prefix else None,
         )
