@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     database_app_password: SecretStr | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Prepared statements kept per connection (by asyncpg for the hot path's statements, by
+    # SQLAlchemy for the rest). 0: none kept, for a pooler that cannot keep a named statement on
+    # one server connection (PgBouncer in transaction mode before 1.21). docs/PERFORMANCE.md has
+    # the cost of each.
+    database_statement_cache_size: int = Field(default=100, ge=0, le=10_000)
     # Ping a pooled connection before use only after it sat idle this long (docs/ARCHITECTURE.md).
     database_ping_after_idle_seconds: float = Field(default=10.0, ge=0, le=3_600)
 

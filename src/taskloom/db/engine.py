@@ -57,8 +57,9 @@ def _engine(
     pool_timeout: float = 30.0,
     server_settings: dict[str, str] | None = None,
 ) -> AsyncEngine:
+    cached = str(settings.database_statement_cache_size)
     engine = create_async_engine(
-        async_url(url),
+        async_url(url).update_query_dict({"prepared_statement_cache_size": cached}),
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_timeout=pool_timeout,
@@ -70,6 +71,7 @@ def _engine(
                 **(server_settings or {}),
             },
             "timeout": 10,
+            "statement_cache_size": settings.database_statement_cache_size,
         },
     )
     _ping_after_idle(engine, settings.database_ping_after_idle_seconds)
