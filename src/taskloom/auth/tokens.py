@@ -27,6 +27,7 @@ class AccessClaims:
     user_id: uuid.UUID
     session_id: uuid.UUID
     org_id: uuid.UUID | None
+    expires_at: float = 0.0  # the token's `exp` (Unix time)
 
 
 def sha256_hex(value: str) -> str:
@@ -72,6 +73,7 @@ def decode_access_token(*, settings: Settings, token: str) -> AccessClaims:
             user_id=uuid.UUID(claims["sub"]),
             session_id=uuid.UUID(claims["sid"]),
             org_id=uuid.UUID(org) if org else None,
+            expires_at=float(claims["exp"]),
         )
     except (ValueError, TypeError) as exc:
         raise Unauthorized("invalid access token", code="invalid_token") from exc
