@@ -6,11 +6,14 @@ A bearer token (access JWT or API key) costs a PostgreSQL lookup the first time;
 of the token, in a bounded LRU. Every later request runs one Redis script that both counts the
 request against its rate limit (GCRA, as `ratelimit.take`) and returns:
 
-- the user's revocation stamp, `auth:stamp:<user id>`: every change that can end or reduce a
-  person's access (sign-out, revoked sessions, role change, removal, key revocation, erasure)
-  increments it once committed (taskloom/auth/revocation.py);
-- the Redis server's `run_id`, which changes when the server restarts or another one takes over
-  (failover): then Redis may have lost increments, so no entry filled before is trusted.
+- the user's revocation stamp, a field of the hash `auth:stamps`: every change that can end or
+  reduce a person's access (sign-out, revoked sessions, role change, removal, key revocation,
+  erasure) increments it once committed (taskloom/auth/revocation.py);
+- the lineage: the Redis server's `run_id`, which changes when the server restarts or another
+  takes over (failover), and the hash's `epoch` field, a value written when the hash is created,
+  which changes when the hash was lost (FLUSHALL, eviction, a deleted key). Either change means
+  Redis may have lost increments, so no entry filled before it is trusted. (The stamps live in
+  one hash so that no single stamp can vanish on its own while the epoch stays.)
 
 An entry is used only when both equal what they were when it was filled (read *before* the
 PostgreSQL lookup that filled it, so a revocation committed during the lookup is never missed),
@@ -35,9 +38,10 @@ from taskloom.auth.principal import Principal
 from taskloom.auth.ratelimit import Allowance, Rate
 from taskloom.redis import Keys
 
-# GCRA as in ratelimit._GCRA when ARGV[1] > 0 (else no counting), then the stamp (KEYS[2], when
-# given) and the server's run_id. KEYS: the rate-limit counter, [the user's stamp].
-# Returns {allowed, remaining, microseconds, run_id, stamp or false}.
+# GCRA as in ratelimit._GCRA when ARGV[1] > 0 (else no counting), then the lineage (run_id and
+# the stamps' epoch, created here if the hash is new) and the user's stamp (ARGV[3], when given).
+# KEYS: the rate-limit counter, the stamps hash.
+# Returns {allowed, remaining, microseconds, lineage, stamp or false}.
 _CHECK = """
 local allowed, remaining, micros = 1, 0, 0
 local interval, window = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -55,17 +59,43 @@ if interval > 0 then
     remaining, micros = math.floor((window - (new_tat - now)) / interval), new_tat - now
   end
 end
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local info = redis.pcall('INFO', 'server')
+local run_id = type(info) == 'string' and string.match(info, 'run_id:(%w+)')
+if not run_id then return {allowed, remaining, micros, false, false} end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  local clock = redis.call('TIME')
+  epoch = clock[1] .. '.' .. clock[2]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
 local stamp = false
-if #KEYS > 1 then stamp = redis.call('GET', KEYS[2]) end
-return {allowed, remaining, micros, run_id, stamp}
+if ARGV[3] ~= '' then stamp = redis.call('HGET', KEYS[2], ARGV[3]) end
+return {allowed, remaining, micros, run_id .. '/' .. epoch, stamp}
+"""
+# Increments the stamps of the users in ARGV[2..]. A hash grown past ARGV[1] fields (people whose
+# access changed since it was created) is dropped instead: every entry is then distrusted once.
+_BUMP = """
+for i = 2, #ARGV do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], 1)
+end
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+end
 """
 # EVALSHA names a script by its SHA-1 (Redis's choice; an identifier, not a security measure).
 _CHECK_SHA = hashlib.sha1(_CHECK.encode(), usedforsecurity=False).hexdigest()
 
 
-def stamp_key(keys: Keys, user_id: uuid.UUID) -> str:
-    return keys("auth", "stamp", str(user_id))
+MAX_STAMPS = 100_000
+
+
+def stamps_key(keys: Keys) -> str:
+    return keys("auth", "stamps")
+
+
+async def bump(*, redis: Redis, keys: Keys, user_ids: set[uuid.UUID]) -> None:
+    """Increment these users' stamps: their entries in every process stop being trusted."""
+    await redis.eval(_BUMP, 1, stamps_key(keys), MAX_STAMPS, *(str(u) for u in user_ids))
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,7 @@ class Vouch:
     state an entry must match to be trusted."""
 
     allowance: Allowance | None
-    run_id: str
+    lineage: str | None  # None: the server's run_id could not be read (INFO renamed): no trust
     stamp: str | None
 
 
@@ -82,18 +112,18 @@ async def check(
     *, redis: Redis, keys: Keys, rate: Rate | None, rate_key: str, user_id: uuid.UUID | None
 ) -> Vouch:
     """One round trip: count the request at `rate` (None: rate limits are off) and read the
-    user's stamp (when the user is known) and the server's run_id."""
-    script_keys = [rate_key] if user_id is None else [rate_key, stamp_key(keys, user_id)]
+    lineage and the user's stamp (when the user is known)."""
     if rate is None:
-        args: tuple[int, int] = (0, 0)
+        interval, window = 0, 0
     else:
         window = rate.window_seconds * 1_000_000
-        args = (max(window // rate.quota, 1), window)
+        interval = max(window // rate.quota, 1)
+    args = (rate_key, stamps_key(keys), interval, window, str(user_id) if user_id else "")
     try:
-        reply = await redis.evalsha(_CHECK_SHA, len(script_keys), *script_keys, *args)
+        reply = await redis.evalsha(_CHECK_SHA, 2, *args)
     except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): load it
-        reply = await redis.eval(_CHECK, len(script_keys), *script_keys, *args)
-    allowed, remaining, micros, run_id, stamp = reply
+        reply = await redis.eval(_CHECK, 2, *args)
+    allowed, remaining, micros, lineage, stamp = reply
     allowance = None
     if rate is not None:
         allowance = Allowance(
@@ -102,7 +132,11 @@ async def check(
             remaining=int(remaining),
             reset_seconds=max(math.ceil(int(micros) / 1_000_000), 0 if allowed else 1),
         )
-    return Vouch(allowance=allowance, run_id=_text(run_id), stamp=_text(stamp) if stamp else None)
+    return Vouch(
+        allowance=allowance,
+        lineage=_text(lineage) if lineage else None,
+        stamp=_text(stamp) if stamp else None,
+    )
 
 
 def _text(value: bytes | str) -> str:
@@ -118,7 +152,7 @@ class Entry:
     user_id: uuid.UUID
     org_id: uuid.UUID | None
     principal: Principal | None
-    run_id: str
+    lineage: str | None
     stamp: str | None
     expires: float  # time.time(): the earliest of token, session or key, and entry expiry
 
@@ -166,7 +200,7 @@ class PrincipalCache:
             user_id=user_id,
             org_id=org_id,
             principal=principal if vouch is not None else None,
-            run_id=vouch.run_id if vouch else "",
+            lineage=vouch.lineage if vouch else None,
             stamp=vouch.stamp if vouch else None,
             expires=min(expires, time.time() + self.ttl_seconds),
         )
@@ -194,6 +228,7 @@ def vouched(entry: Entry, vouch: Vouch | None) -> bool:
     return (
         entry.principal is not None
         and vouch is not None
-        and entry.run_id == vouch.run_id
+        and vouch.lineage is not None
+        and entry.lineage == vouch.lineage
         and entry.stamp == vouch.stamp
     )

@@ -24,7 +24,7 @@ import structlog
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskloom.auth.principal_cache import stamp_key
+from taskloom.auth import principal_cache
 
 if TYPE_CHECKING:
     from taskloom.runtime import Runtime
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskloom.auth")
 
 _MARKS = "taskloom.auth.revoked_users"
-# Longer than any entry lives (AUTH_CACHE_TTL_SECONDS is at most an hour): a stamp that expired
-# and reads as absent again can only match entries that have expired too.
-STAMP_TTL_SECONDS = 86_400
 
 
 def mark(db: AsyncSession, *user_ids: uuid.UUID) -> None:
@@ -61,12 +58,7 @@ async def publish(runtime: Runtime, user_ids: Iterable[uuid.UUID]) -> None:
         return
     runtime.principals.forget_users(users)
     try:
-        async with runtime.redis.pipeline(transaction=False) as pipe:
-            for user_id in users:
-                key = stamp_key(runtime.keys, user_id)
-                pipe.incr(key)
-                pipe.expire(key, STAMP_TTL_SECONDS)
-            await pipe.execute()
+        await principal_cache.bump(redis=runtime.redis, keys=runtime.keys, user_ids=users)
     except RedisError:
         # Committed all the same; this process trusts no cached principal until Redis answers.
         runtime.principals.clear()
