@@ -56,7 +56,8 @@ async def warm(client: httpx.AsyncClient, runtime: Runtime, token: str) -> dict[
         answer = await me(client, token)
         assert answer.status_code == 200, answer.text
     entry = runtime.principals.get(PrincipalCache.digest(token))
-    assert entry is not None and entry.principal is not None, "the cache is not warm"
+    assert entry is not None, "the cache is not warm"
+    assert entry.principal is not None, "the cache is not warm"
     body: dict[str, object] = answer.json()
     return body
 
