@@ -95,7 +95,12 @@ async def test_a_warm_entry_answers_without_postgresql_until_the_users_stamp_mov
         )
     assert (await me(other, account.access_token)).status_code == 200
     # Moving the stamp in Redis (what every revocation path does) is enough, in any process.
-    await principal_cache.bump(redis=runtime.redis, keys=runtime.keys, user_ids={account.user_id})
+    await principal_cache.bump(
+        redis=runtime.redis,
+        keys=runtime.keys,
+        settings=runtime.settings,
+        user_ids={account.user_id},
+    )
     refused = await me(other, account.access_token)
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "session_revoked"

@@ -245,5 +245,10 @@ def test_the_cache_is_bounded_and_entries_expire() -> None:
 
 async def test_stamps_never_expire_one_by_one(api: Api) -> None:
     """A stamp can only go back with the whole hash (and its epoch), never on its own."""
-    await bump(redis=api.runtime.redis, keys=api.runtime.keys, user_ids={uuid.uuid4()})
+    await bump(
+        redis=api.runtime.redis,
+        keys=api.runtime.keys,
+        settings=api.runtime.settings,
+        user_ids={uuid.uuid4()},
+    )
     assert await api.runtime.redis.ttl(stamps_key(api.runtime.keys)) == -1

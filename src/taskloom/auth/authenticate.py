@@ -132,6 +132,7 @@ async def _check(
         vouch = await principal_cache.check(
             redis=runtime.redis,
             keys=runtime.keys,
+            settings=runtime.settings,
             rate=limit[0] if limit else None,
             rate_key=limit[1] if limit else runtime.keys("auth", "uncounted"),
             user_id=user_id,

@@ -24,6 +24,7 @@ PostgreSQL lookup exactly as without the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -36,6 +37,7 @@ from redis.exceptions import NoScriptError
 
 from taskloom.auth.principal import Principal
 from taskloom.auth.ratelimit import Allowance, Rate
+from taskloom.config import Settings
 from taskloom.redis import Keys
 
 # GCRA as in ratelimit._GCRA when ARGV[1] > 0 (else no counting), then the lineage (run_id and
@@ -93,9 +95,22 @@ def stamps_key(keys: Keys) -> str:
     return keys("auth", "stamps")
 
 
-async def bump(*, redis: Redis, keys: Keys, user_ids: set[uuid.UUID]) -> None:
+@functools.lru_cache(maxsize=4)
+def _field_key(secret: str) -> bytes:
+    return hashlib.sha256(b"taskloom.auth.stamps|" + secret.encode()).digest()
+
+
+def stamp_field(settings: Settings, user_id: uuid.UUID) -> str:
+    """A user's field in the stamps hash: a keyed hash of the id, so that the hash names
+    nobody (it outlives an erased account's rows; a Redis dump shows no user ids)."""
+    key = _field_key(settings.jwt_secret.get_secret_value())
+    return hashlib.blake2b(user_id.bytes, key=key, digest_size=12).hexdigest()
+
+
+async def bump(*, redis: Redis, keys: Keys, settings: Settings, user_ids: set[uuid.UUID]) -> None:
     """Increment these users' stamps: their entries in every process stop being trusted."""
-    await redis.eval(_BUMP, 1, stamps_key(keys), MAX_STAMPS, *(str(u) for u in user_ids))
+    fields = (stamp_field(settings, u) for u in user_ids)
+    await redis.eval(_BUMP, 1, stamps_key(keys), MAX_STAMPS, *fields)
 
 
 @dataclass(frozen=True)
@@ -109,7 +124,13 @@ class Vouch:
 
 
 async def check(
-    *, redis: Redis, keys: Keys, rate: Rate | None, rate_key: str, user_id: uuid.UUID | None
+    *,
+    redis: Redis,
+    keys: Keys,
+    settings: Settings,
+    rate: Rate | None,
+    rate_key: str,
+    user_id: uuid.UUID | None,
 ) -> Vouch:
     """One round trip: count the request at `rate` (None: rate limits are off) and read the
     lineage and the user's stamp (when the user is known)."""
@@ -118,7 +139,8 @@ async def check(
     else:
         window = rate.window_seconds * 1_000_000
         interval = max(window // rate.quota, 1)
-    args = (rate_key, stamps_key(keys), interval, window, str(user_id) if user_id else "")
+    field = stamp_field(settings, user_id) if user_id else ""
+    args = (rate_key, stamps_key(keys), interval, window, field)
     try:
         reply = await redis.evalsha(_CHECK_SHA, 2, *args)
     except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): load it

@@ -58,7 +58,9 @@ async def publish(runtime: Runtime, user_ids: Iterable[uuid.UUID]) -> None:
         return
     runtime.principals.forget_users(users)
     try:
-        await principal_cache.bump(redis=runtime.redis, keys=runtime.keys, user_ids=users)
+        await principal_cache.bump(
+            redis=runtime.redis, keys=runtime.keys, settings=runtime.settings, user_ids=users
+        )
     except RedisError:
         # Committed all the same; this process trusts no cached principal until Redis answers.
         runtime.principals.clear()
