@@ -30,7 +30,8 @@ async def _revoke_sessions(
     db: AsyncSession, *, user_id: uuid.UUID, keep: uuid.UUID | None, reason: str
 ) -> int:
     """Revoke the user's live sessions but `keep`; their refresh tokens die with them (a refresh
-    of a revoked session is refused) and so do their access tokens (checked on every request)."""
+    of a revoked session is refused) and so do their access tokens (the person is marked for the
+    principal caches: auth/revocation.py)."""
     statement = update(Session).where(Session.user_id == user_id, Session.revoked_at.is_(None))
     if keep is not None:
         statement = statement.where(Session.id != keep)

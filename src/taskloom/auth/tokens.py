@@ -1,7 +1,8 @@
 """Access tokens (short JWTs, `typ=access`), opaque refresh tokens and API keys.
 
 Refresh tokens and API keys are random strings shown once; only their SHA-256 is stored. A
-JWT's role claim is never trusted: the role is read from the database on every request.
+JWT's role claim is never trusted: the role is read from the database (or from a principal
+the database gave and Redis vouches for: taskloom/auth/principal_cache.py).
 """
 
 from __future__ import annotations
