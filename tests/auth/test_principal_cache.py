@@ -26,6 +26,7 @@ from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
 from tests.factories import PASSWORD, Account, add_member, login, register
 from tests.in_process import asgi_client, opened_runtime, running_app
+from tests.orgs.test_invitations import statements_of
 
 
 @pytest.fixture
@@ -300,3 +301,20 @@ def _now() -> datetime:
 
 def _cli() -> AuditContext:
     return AuditContext(user_agent="taskloom-cli")
+
+
+async def test_a_cached_caller_costs_postgresql_no_authentication_statement(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    owner = await register(client, label="statements")
+    key = (await new_key(client, owner))["key"]
+    for token in (owner.access_token, key):
+        await warm(client, runtime, token)
+        with (
+            statements_of(runtime.database.app_engine.sync_engine) as on_app,
+            statements_of(runtime.database.system_engine.sync_engine) as on_system,
+        ):
+            assert (await client.get("/api/workflows", headers=bearer(token))).status_code == 200
+        assert on_system == []  # no privileged transaction for an API key
+        assert not [s for s in on_app if "sessions" in s or "api_keys" in s]
+        assert len(on_app) == 2  # the tenant's set_config and the list itself
