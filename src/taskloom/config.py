@@ -257,6 +257,15 @@ class Settings(BaseSettings):
     rate_limit_execute: int = Field(default=600, ge=1)
     rate_limit_auth_per_ip: int = Field(default=300, ge=1)
 
+    # --- principal cache (docs/SECURITY.md "Principal cache") ----------------------------------
+    # Authenticated principals kept per API process (LRU of AUTH_CACHE_SIZE tokens) and trusted
+    # again only when Redis vouches for them: a request then needs no PostgreSQL lookup to
+    # authenticate. An entry is looked up again after AUTH_CACHE_TTL_SECONDS (this is also the
+    # longest a revocation could go unnoticed if Redis was unreachable when it was published).
+    # 0 for either: no cache, every request looks its principal up in PostgreSQL.
+    auth_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    auth_cache_ttl_seconds: float = Field(default=60.0, ge=0, le=3_600)
+
     # --- secrets at rest -------------------------------------------------------------------------
     # AES-256-GCM keys for stored credentials, "id:base64key[,id:base64key...]": the first
     # encrypts, all decrypt (rotation: put the new key first, run `taskloom keys rotate`).

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from redis.asyncio import Redis
 
 import taskloom.models  # noqa: F401  (every model mapped, whichever command runs)
 from taskloom.auth.passwords import Passwords
+from taskloom.auth.principal_cache import PrincipalCache
 from taskloom.config import Settings, redact_url
 from taskloom.crypto import CredentialCipher
 from taskloom.db.engine import Database, check_roles, create_database
@@ -36,6 +37,10 @@ class Runtime:
     queues: Queues  # every declared queue's producer, by name (`runtime.queues[name]`)
     fair: FairScheduler  # per-organization admission to the queues (queue/fairness.py)
     outbound: OutboundPool  # kept-alive HTTP clients for tools, AI, webhooks, http steps
+    # Authenticated principals, trusted while Redis vouches for them (auth/principal_cache.py).
+    principals: PrincipalCache = field(
+        default_factory=lambda: PrincipalCache(size=0, ttl_seconds=0)
+    )
 
     async def close(self) -> None:
         await self.outbound.aclose()
@@ -78,4 +83,7 @@ async def open_runtime(settings: Settings, queues: Sequence[QueueSpec] | None = 
         queues=Queues(queues, settings),
         fair=FairScheduler(redis, keys, settings),
         outbound=OutboundPool.from_settings(settings),
+        principals=PrincipalCache(
+            size=settings.auth_cache_size, ttl_seconds=settings.auth_cache_ttl_seconds
+        ),
     )

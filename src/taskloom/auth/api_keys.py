@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
+from taskloom.auth import revocation
 from taskloom.auth.models import ApiKey
 from taskloom.auth.principal import Principal
 from taskloom.auth.tokens import new_api_key
@@ -111,6 +112,7 @@ async def revoke_api_key(
         raise NotFound("API key not found")
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
+    revocation.mark(db, key.user_id)
     await audit.record(
         session=db,
         context=context,

@@ -60,6 +60,12 @@ def route_class(request: Request) -> str:
 
 async def _count(request: Request, runtime: Runtime, key: str, name: str) -> None:
     allowance = await ratelimit.take(redis=runtime.redis, key=key, rate=rate(runtime, name))
+    enforce(request, allowance)
+
+
+def enforce(request: Request, allowance: Allowance) -> None:
+    """Note the allowance for the response's fields; RateLimited if it refused the request."""
+    name = allowance.rate.name
     found: dict[str, Allowance] = getattr(request.state, _STATE, None) or {}
     found[name] = allowance  # a UI page that refreshed its token is counted once per try
     setattr(request.state, _STATE, found)
@@ -71,13 +77,15 @@ async def _count(request: Request, runtime: Runtime, key: str, name: str) -> Non
         )
 
 
-async def limit_principal(
+def principal_limit(
     request: Request, runtime: Runtime, *, api_key: str | None, session_id: uuid.UUID | None
-) -> None:
-    """Count the request against its API key (by a keyed hash of it, before the database is
-    asked) or its session, in the route's class; RateLimited past the limit."""
+) -> tuple[Rate, str] | None:
+    """The rate and counter an authenticated request is counted against: its API key's (by a
+    keyed hash of it, before the database is asked) or its session's, in the route's class.
+    None when rate limits are off. The count itself is taken together with the principal
+    cache's check (taskloom/auth/principal_cache.py), in one round trip."""
     if not runtime.settings.rate_limits_enabled:
-        return
+        return None
     name = route_class(request)
     if api_key is not None:
         key = ratelimit.api_key_key(
@@ -86,7 +94,7 @@ async def limit_principal(
     else:
         assert session_id is not None
         key = ratelimit.session_key(keys=runtime.keys, rate=name, session_id=session_id)
-    await _count(request, runtime, key, name)
+    return rate(runtime, name), key
 
 
 async def limit_auth_ip(request: Request) -> None:

@@ -14,10 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit.service import AuditContext
-from taskloom.auth import service
-from taskloom.auth.api_limits import limit_principal
+from taskloom.auth import revocation
+from taskloom.auth.authenticate import authenticate
 from taskloom.auth.principal import Principal
-from taskloom.auth.tokens import API_KEY_PREFIX, decode_access_token
 from taskloom.db.tenancy import tenant_transaction
 from taskloom.errors import Forbidden, Unauthorized
 from taskloom.observability.request_id import current_request_id
@@ -74,20 +73,16 @@ async def open_request_context(request: Request, token: str) -> AsyncIterator[Re
     principal's org and user set, and run the `after_commit` hooks once it has committed. The
     bearer dependency below and the web UI's cookie session (taskloom/web) both build their
     RequestContext here. The request is counted against its API key's or session's rate limit
-    first: one past it does no work (no database lookup, no transaction)."""
+    first: one past it does no work (no database lookup, no transaction). Changes to someone's
+    access marked on the transaction are published to the principal caches once committed,
+    before the hooks and the response (taskloom/auth/revocation.py)."""
     runtime = get_runtime(request)
-    key_principal = None
-    if token.startswith(API_KEY_PREFIX):
-        await limit_principal(request, runtime, api_key=token, session_id=None)
-        key_principal = await service.resolve_api_key(runtime=runtime, key=token)
-        org_id, user_id = key_principal.org_id, key_principal.user_id
-    else:
-        claims = decode_access_token(settings=runtime.settings, token=token)
-        await limit_principal(request, runtime, api_key=None, session_id=claims.session_id)
-        org_id, user_id = claims.org_id, claims.user_id
+    caller = await authenticate(request, runtime, token)
     hooks: list[Callable[[], Awaitable[None]]] = []
-    async with tenant_transaction(runtime.database, org_id=org_id, user_id=user_id) as db:
-        principal = key_principal or await service.load_session_principal(db=db, claims=claims)
+    async with tenant_transaction(
+        runtime.database, org_id=caller.org_id, user_id=caller.user_id
+    ) as db:
+        principal = caller.principal or await caller.load(db)
         client = client_context(request)
         yield RequestContext(
             runtime=runtime,
@@ -102,6 +97,9 @@ async def open_request_context(request: Request, token: str) -> AsyncIterator[Re
             ),
             after_commit=hooks,
         )
+        revoked = revocation.marked(db)
+    if revoked:  # committed: every process's cached principals of these people stop now
+        await revocation.publish(runtime, revoked)
     for hook in hooks:
         try:
             await hook()

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
-from taskloom.auth import ratelimit
+from taskloom.auth import ratelimit, revocation
 from taskloom.auth.models import Session, User
 from taskloom.auth.principal import Principal
 from taskloom.auth.service import check_password_policy
@@ -30,11 +30,13 @@ async def _revoke_sessions(
     db: AsyncSession, *, user_id: uuid.UUID, keep: uuid.UUID | None, reason: str
 ) -> int:
     """Revoke the user's live sessions but `keep`; their refresh tokens die with them (a refresh
-    of a revoked session is refused) and so do their access tokens (checked on every request)."""
+    of a revoked session is refused) and so do their access tokens (the person is marked for the
+    principal caches: auth/revocation.py)."""
     statement = update(Session).where(Session.user_id == user_id, Session.revoked_at.is_(None))
     if keep is not None:
         statement = statement.where(Session.id != keep)
     result = await db.execute(statement.values(revoked_at=datetime.now(UTC), revoked_reason=reason))
+    revocation.mark(db, user_id)
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -161,4 +163,5 @@ async def set_password(
             resource_id=user.id,
             details={"source": "cli", "sessions_revoked": revoked},
         )
+    await revocation.publish(runtime, {user.id})
     return revoked

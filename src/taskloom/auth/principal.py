@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from taskloom.errors import NotFound
@@ -19,6 +20,7 @@ class Principal:
     session_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
     is_superuser: bool = False
+    expires_at: datetime | None = None  # when the session or API key stops being valid
 
     def has_role(self, minimum: Role) -> bool:
         return self.role is not None and self.role.at_least(minimum)

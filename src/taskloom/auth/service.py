@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
-from taskloom.auth import ratelimit
+from taskloom.auth import ratelimit, revocation
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.auth.principal import Principal
 from taskloom.auth.tokens import (
@@ -371,6 +371,7 @@ async def refresh(*, runtime: Runtime, refresh_token: str, client: AuditContext)
                 resource_id=session.id,
             )
     if reused:
+        await revocation.publish(runtime, {session.user_id})
         raise Unauthorized(
             "refresh token was already used; the session has been revoked",
             code="refresh_token_reused",
@@ -412,6 +413,7 @@ async def load_session_principal(*, db: AsyncSession, claims: AccessClaims) -> P
         kind="session",
         session_id=claims.session_id,
         is_superuser=row.is_superuser,
+        expires_at=row.expires_at,
     )
 
 
@@ -448,6 +450,7 @@ async def resolve_api_key(*, runtime: Runtime, key: str) -> Principal:
         kind="api_key",
         api_key_id=api_key.id,
         is_superuser=False,  # instance administration needs a signed-in person
+        expires_at=api_key.expires_at,
     )
 
 
@@ -463,6 +466,7 @@ async def logout(
         .where(Session.id == principal.session_id, Session.revoked_at.is_(None))
         .values(revoked_at=_now(), revoked_reason="logout")
     )
+    revocation.mark(db, principal.user_id)
     await _audit_for(
         runtime, db, principal, context, AuditAction.AUTH_LOGOUT, "session", principal.session_id
     )
@@ -477,6 +481,7 @@ async def logout_all(
         .where(Session.user_id == principal.user_id, Session.revoked_at.is_(None))
         .values(revoked_at=_now(), revoked_reason="logout_all")
     )
+    revocation.mark(db, principal.user_id)
     count = int(result.rowcount or 0)  # type: ignore[attr-defined]
     await _audit_for(
         runtime,
@@ -508,6 +513,7 @@ async def switch_org(
     await db.execute(
         update(Session).where(Session.id == principal.session_id).values(org_id=org_id)
     )
+    revocation.mark(db, principal.user_id)  # the session's older access tokens stop working
     await set_tenant(db, org_id=org_id, user_id=principal.user_id)
     await audit.record(
         session=db,

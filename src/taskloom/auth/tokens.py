@@ -1,7 +1,8 @@
 """Access tokens (short JWTs, `typ=access`), opaque refresh tokens and API keys.
 
 Refresh tokens and API keys are random strings shown once; only their SHA-256 is stored. A
-JWT's role claim is never trusted: the role is read from the database on every request.
+JWT's role claim is never trusted: the role is read from the database (or from a principal
+the database gave and Redis vouches for: taskloom/auth/principal_cache.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class AccessClaims:
     user_id: uuid.UUID
     session_id: uuid.UUID
     org_id: uuid.UUID | None
+    expires_at: float = 0.0  # the token's `exp` (Unix time)
 
 
 def sha256_hex(value: str) -> str:
@@ -72,6 +74,7 @@ def decode_access_token(*, settings: Settings, token: str) -> AccessClaims:
             user_id=uuid.UUID(claims["sub"]),
             session_id=uuid.UUID(claims["sid"]),
             org_id=uuid.UUID(org) if org else None,
+            expires_at=float(claims["exp"]),
         )
     except (ValueError, TypeError) as exc:
         raise Unauthorized("invalid access token", code="invalid_token") from exc

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
-from taskloom.auth import ratelimit
+from taskloom.auth import ratelimit, revocation
 from taskloom.auth.models import User
 from taskloom.db.tenancy import system_transaction
 from taskloom.errors import Busy, Unauthorized
@@ -130,6 +130,7 @@ async def erase_account(runtime: Runtime, *, user_id: uuid.UUID, context: AuditC
     expire on their own."""
     async with system_transaction(runtime.database) as db:
         result = await erase(db, settings=runtime.settings, user_id=user_id, context=context)
+    await revocation.publish(runtime, {user_id})  # their cached sessions and keys, everywhere
     try:
         keys = runtime.keys
         await runtime.redis.delete(

@@ -7,6 +7,8 @@ Methods are client-chosen too: anything but the standard ones counts as `OTHER`.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -24,12 +26,54 @@ access_log = structlog.get_logger("taskloom.access")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+class _Series:
+    """One (method, path, status)'s counter child and (method, path)'s histogram child, observed
+    the way `Counter.inc(1)` and `Histogram.observe(d)` do it, minus their per-call checks: the
+    value objects' `inc` are bound once, and the bucket is found by bisection (the first bound
+    >= d, the same `le` rule; the last bound is +Inf). Works with the multiprocess values too."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_sum")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self._count: Callable[[float], None] = counter._value.inc
+        self._sum: Callable[[float], None] = histogram._sum.inc
+        self._buckets: list[Callable[[float], None]] = [b.inc for b in histogram._buckets]
+        self._bounds: list[float] = list(histogram._upper_bounds)
+
+    def observe(self, duration: float) -> None:
+        self._count(1)
+        self._sum(duration)
+        self._buckets[bisect_left(self._bounds, duration)](1)
+
+
+class _PublicSeries:
+    """The same through the public API (a prometheus_client whose internals differ)."""
+
+    __slots__ = ("_counter", "_histogram")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self._counter, self._histogram = counter, histogram
+
+    def observe(self, duration: float) -> None:
+        self._counter.inc()
+        self._histogram.observe(duration)
+
+
+def _series(method: str, path: str, status: int) -> _Series | _PublicSeries:
+    counter = HTTP_REQUESTS.labels(method, path, str(status))
+    histogram = HTTP_DURATION.labels(method, path)
+    try:
+        return _Series(counter, histogram)
+    except AttributeError:
+        return _PublicSeries(counter, histogram)
+
+
 class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
         self.app = app
         self.log_requests = log_requests
         # The labelled children, cached: `labels()` costs more than the observation itself.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str, int], _Series | _PublicSeries] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,21 +91,19 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            duration = time.perf_counter() - started
+            ended = time.perf_counter()
+            duration = ended - started
             route = scope.get("route")
             path = getattr(route, "path", None) or UNMATCHED_PATH
-            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            method = scope["method"]
+            if method not in METHODS:
+                method = "OTHER"
             key = (method, path, status)
-            children = self._children.get(key)
-            if children is None:
-                children = (
-                    HTTP_REQUESTS.labels(method, path, str(status)),
-                    HTTP_DURATION.labels(method, path),
-                )
-                self._children[key] = children
-            children[0].inc()
-            children[1].observe(duration)
-            REQUEST_WINDOW.observe(duration, status >= 500)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _series(method, path, status)
+            series.observe(duration)
+            REQUEST_WINDOW.observe(duration, status >= 500, ended)
             if self.log_requests:
                 access_log.info(
                     "request",

@@ -195,16 +195,21 @@ class RequestWindow(Collector):
         self._lock = threading.Lock()
 
     def observe(self, duration: float, server_error: bool, now: float | None = None) -> None:
-        moment = now if now is not None else time.monotonic()
-        with self._lock:
+        # The clock is time.perf_counter (monotonic): the middleware passes the end it measured.
+        moment = now if now is not None else time.perf_counter()
+        with self._lock:  # plain statements: this runs once per HTTP request
             i = self._next
-            self._times[i], self._durations[i], self._errors[i] = moment, duration, server_error
-            self._next = (i + 1) % self._capacity
-            self._filled = min(self._filled + 1, self._capacity)
+            self._times[i] = moment
+            self._durations[i] = duration
+            self._errors[i] = server_error
+            i += 1
+            self._next = 0 if i == self._capacity else i
+            if self._filled < self._capacity:
+                self._filled += 1
 
     def snapshot(self, now: float | None = None) -> tuple[list[float], int]:
         """Durations (sorted) and the 5xx count of the requests inside the window."""
-        cutoff = (now if now is not None else time.monotonic()) - self.window_seconds
+        cutoff = (now if now is not None else time.perf_counter()) - self.window_seconds
         with self._lock:
             start = (self._next - self._filled) % self._capacity
             indexes = [(start + k) % self._capacity for k in range(self._filled)]

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
+from taskloom.auth import revocation
 from taskloom.auth.models import User
 from taskloom.auth.principal import Principal
 from taskloom.db.tenancy import set_tenant
@@ -199,6 +200,7 @@ async def change_role(
         await _ensure_another_owner(db, org_id, user_id)
     membership.role = role.value
     await db.flush()
+    revocation.mark(db, user_id)  # their sessions and API keys act at the new role at once
     await audit.record(
         session=db,
         context=context,
@@ -226,6 +228,7 @@ async def remove_member(
         await _ensure_another_owner(db, org_id, user_id)
     await db.delete(membership)
     await db.flush()
+    revocation.mark(db, user_id)  # their sessions and API keys here stop at once
     await audit.record(
         session=db,
         context=context,
