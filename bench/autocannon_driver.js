@@ -30,6 +30,7 @@ console.log("READY");
 const rl = readline.createInterface({ input: process.stdin });
 rl.once("line", () => {
   rl.close();
+  process.stdin.destroy(); // nothing more to read; an open stdin would keep node alive
   const cpuBefore = process.cpuUsage();
   const began = monotonicSeconds();
   const statuses = {};
