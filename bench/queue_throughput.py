@@ -8,7 +8,12 @@ With `--fanout`, each worker count also runs F executions of a 10-step fan-out/f
 after the one-step run, and prints its steps/s against the one-step run's (one step each).
 
     python bench/queue_throughput.py [--jobs N] [--executions M] [--fanout [--fanout-executions F]]
-        [--quick]
+        [--steps K] [--workers-list 1,2] [--quick]
+    python bench/queue_throughput.py --http [--api-workers-list 1] [--workers-list 1,2] [--steps K]
+        [--generator loadgen,autocannon] [--connections C] [--target-rate R] [--executions M]
+
+`--steps K` makes the workflow a chain of K `transform` steps, each needing the one before.
+`--http` measures over real HTTP instead, every rate limit at its default (bench/queue_http.py).
 
 BENCH_DATABASE_URL (may create databases and roles) and BENCH_REDIS_URL name the servers. The
 run uses a database, role and Redis key prefix of its own and removes them at the end. Prints a
@@ -82,6 +87,23 @@ FOREIGN_ENV = ("DATABASE_", "REDIS_", "TASKLOOM_", "JWT_", "TEST_", "CREDENTIAL_
 COUNT_BY_STATUS = text(
     "select status, count(*) from workflow_executions where workflow_id = :wf group by status"
 )
+
+
+def chain(k: int) -> dict[str, Any]:
+    """A workflow of K `transform` steps, each needing the one before (K = 1: STEPS)."""
+    if k == 1:
+        return {"steps": STEPS}
+    steps = [{"id": "s1", "type": "transform", "args": {"value": "{{ input.n }}"}}]
+    steps += [
+        {
+            "id": f"s{i}",
+            "type": "transform",
+            "needs": [f"s{i - 1}"],
+            "args": {"value": f"{{{{ steps.s{i - 1}.output }}}}"},
+        }
+        for i in range(2, k + 1)
+    ]
+    return {"steps": steps}
 
 
 @dataclass
@@ -322,8 +344,12 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             registered.raise_for_status()
             headers = {"Authorization": f"Bearer {registered.json()['access_token']}"}
             runs = []
-            for k in (1, 2):
-                runs.append(await end_to_end(runtime, api, headers, k, args.executions))
+            for k in args.workers_list:
+                runs.append(
+                    await end_to_end(
+                        runtime, api, headers, k, args.executions, definition=chain(args.steps)
+                    )
+                )
                 if args.fanout:  # right after the one-step run it is compared with
                     fanouts.append(
                         await end_to_end(
@@ -338,12 +364,16 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     print(f"{'raw bullmq no-op jobs':<36}{args.jobs:>7}{raw:>8.0f}")
     for r in runs + fanouts:
         shape = "one-step" if r.steps == 1 else f"{r.steps}-step fan-out"
+        if r.steps > 1 and r not in fanouts:
+            shape = f"{r.steps}-step chain"
         label = f"{shape}, {r.workers} worker process" + ("es" if r.workers > 1 else "")
         figures = f"{r.executions:>7}{r.rate:>8.0f}{r.api_rate:>12.0f}  "
         print(f"{label:<36}{figures}" + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
         if not r.ok:
             print(f"  NOT ALL SUCCEEDED: {r.statuses}")
-    print(f"ratio e2e(1)/raw = {rate[1] / raw:.3f}, e2e(2)/e2e(1) = {rate[2] / rate[1]:.2f}")
+    if 1 in rate:
+        ratios = f"ratio e2e(1)/raw = {rate[1] / raw:.3f}"
+        print(ratios + (f", e2e(2)/e2e(1) = {rate[2] / rate[1]:.2f}" if 2 in rate else ""))
     for one, fan in zip(runs, fanouts, strict=False):
         print(
             f"fan-out, {fan.workers} worker process{'es' if fan.workers > 1 else ''}: "
@@ -357,8 +387,9 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "raw_jobs_per_s": round(raw, 1),
         **{f"e2e_{r.workers}_per_s": round(r.rate, 1) for r in runs},
         **{f"api_{r.workers}_per_s": round(r.api_rate, 1) for r in runs},
-        "ratio_e2e1_raw": round(rate[1] / raw, 4),
-        "ratio_e2e2_e2e1": round(rate[2] / rate[1], 3),
+        **({"ratio_e2e1_raw": round(rate[1] / raw, 4)} if 1 in rate else {}),
+        **({"ratio_e2e2_e2e1": round(rate[2] / rate[1], 3)} if {1, 2} <= set(rate) else {}),
+        **({"steps": args.steps} if args.steps != 1 else {}),
         "cpu": {f"e2e_{r.workers}": r.cpu for r in runs},
         "statuses": {f"e2e_{r.workers}": r.statuses for r in runs},
         "ok": ok,
@@ -379,6 +410,13 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result
 
 
+def _counts(value: str) -> list[int]:
+    counts = [int(v) for v in value.split(",")]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of counts >= 1")
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Raw bullmq vs end-to-end executions per second")
     parser.add_argument("--jobs", type=int, default=20_000, help="raw bullmq no-op jobs")
@@ -391,7 +429,23 @@ def main() -> int:
         "--fanout-executions", type=int, default=None, help="per worker count (default M / 5)"
     )
     parser.add_argument("--quick", action="store_true", help="200 jobs, 50 executions")
+    parser.add_argument("--steps", type=int, default=1, help="a chain of K transform steps")
+    parser.add_argument("--workers-list", type=_counts, default=[1, 2], help="e.g. 1,2")
+    parser.add_argument("--http", action="store_true", help="over HTTP, limits at defaults")
+    parser.add_argument("--api-workers-list", type=_counts, default=[1], help="--http: e.g. 1,2")
+    parser.add_argument(
+        "--generator",
+        type=lambda v: v.split(","),
+        default=["loadgen"],
+        help="--http: loadgen and/or autocannon (npm), e.g. loadgen,autocannon",
+    )
+    parser.add_argument("--connections", type=int, default=IN_FLIGHT, help="--http")
+    parser.add_argument(
+        "--target-rate", type=float, default=1000.0, help="--http: executions/s to size keys for"
+    )
     args = parser.parse_args()
+    if args.steps < 1 or not set(args.generator) <= {"loadgen", "autocannon"}:
+        parser.error("--steps is at least 1; --generator is loadgen and/or autocannon")
     if args.quick:
         args.jobs, args.executions = 200, 50
     if args.fanout_executions is None:
@@ -400,6 +454,17 @@ def main() -> int:
     redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
 
     async def run() -> dict[str, Any]:
+        if args.http:
+            try:
+                from bench.queue_http import http_bench
+            except ModuleNotFoundError:
+                from queue_http import http_bench  # type: ignore[no-redef]
+            # Every limit at its default: only the worker concurrency is this run's.
+            async with scratch_deployment(
+                pg_url, redis_url, label="bench", worker_concurrency=args.concurrency
+            ) as settings:
+                configure_logging(settings)
+                return await http_bench(args, settings)
         async with environment(pg_url, redis_url, args.concurrency) as settings:
             return await bench(args, settings)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -93,7 +94,13 @@ def _announce(settings: Settings, event: str, text: str | None, **fields: Any) -
 
 
 async def _serve(
-    settings: Settings, *, host: str, port: int, bootstrap: bool, with_worker: bool
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    bootstrap: bool,
+    with_worker: bool,
+    listen_fd: int | None = None,
 ) -> None:
     from taskloom.app import create_app
     from taskloom.auth.accounts import create_account, instance_has_users
@@ -153,7 +160,9 @@ async def _serve(
                 loop.add_signal_handler(sig, server.handle_exit, sig, None)
             if worker is not None:
                 await worker.start()
-            await server.serve()
+            # Under `api --workers N` the supervisor has bound the socket (api_processes.py).
+            inherited = None if listen_fd is None else [socket.socket(fileno=listen_fd)]
+            await server.serve(sockets=inherited)
         finally:
             if worker is not None:
                 await worker.shutdown()
@@ -201,17 +210,44 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
     )
 
 
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=64,
+        help="API processes on one port, their /metrics shared (PROMETHEUS_MULTIPROC_DIR, "
+        "else a directory of this run's own).",
+    ),
+]
+# Set by `api --workers N` on the processes it starts: the listening socket they inherit.
+ListenFdOption = Annotated[int | None, typer.Option(hidden=True)]
+
+
 @app.command()
-def api(host: HostOption = None, port: PortOption = None) -> None:
+def api(
+    host: HostOption = None,
+    port: PortOption = None,
+    workers: WorkersOption = 1,
+    listen_fd: ListenFdOption = None,
+) -> None:
     """Serve the API. It does not migrate: run `taskloom migrate` first (docs/OPERATIONS.md)."""
     settings = get_settings()
+    host, port = host or settings.api_host, port or settings.api_port
+    if workers > 1:
+        if not (settings.database_url and settings.redis_url):
+            console.print(
+                "[red]--workers needs DATABASE_URL and REDIS_URL:[/red] the embedded servers "
+                "belong to one process"
+            )
+            raise typer.Exit(2)
+        from taskloom.api_processes import serve_processes
+        from taskloom.observability.logging import configure_logging
+
+        configure_logging(settings)
+        raise typer.Exit(serve_processes(settings=settings, host=host, port=port, workers=workers))
     _run_service(
         _serve(
-            settings,
-            host=host or settings.api_host,
-            port=port or settings.api_port,
-            bootstrap=False,
-            with_worker=False,
+            settings, host=host, port=port, bootstrap=False, with_worker=False, listen_fd=listen_fd
         )
     )
 
