@@ -118,7 +118,8 @@ async def start_api(
     """`taskloom api --workers N` on a free port, once /health/ready answers 200."""
     port = free_port()
     command = [sys.executable, "-m", "taskloom", "api", "--port", str(port)]
-    command += ["--workers", str(processes_)]
+    if processes_ > 1:  # (one: the plain command, which a commit before --workers also has)
+        command += ["--workers", str(processes_)]
     proc = _spawn(command, server_env(settings), log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
