@@ -441,6 +441,12 @@ def main() -> int:
     )
     parser.add_argument("--connections", type=int, default=IN_FLIGHT, help="--http")
     parser.add_argument(
+        "--statement-cache-size",
+        type=int,
+        help="--http: DATABASE_STATEMENT_CACHE_SIZE (0: no prepared statements kept, as behind "
+        "PgBouncer in transaction mode)",
+    )
+    parser.add_argument(
         "--target-rate", type=float, default=1000.0, help="--http: executions/s to size keys for"
     )
     args = parser.parse_args()
@@ -460,8 +466,11 @@ def main() -> int:
             except ModuleNotFoundError:
                 from queue_http import http_bench  # type: ignore[no-redef]
             # Every limit at its default: only the worker concurrency is this run's.
+            extra: dict[str, Any] = {}
+            if args.statement_cache_size is not None:
+                extra["database_statement_cache_size"] = args.statement_cache_size
             async with scratch_deployment(
-                pg_url, redis_url, label="bench", worker_concurrency=args.concurrency
+                pg_url, redis_url, label="bench", worker_concurrency=args.concurrency, **extra
             ) as settings:
                 configure_logging(settings)
                 return await http_bench(args, settings)
