@@ -480,7 +480,7 @@ async def scope_to(
 ) -> None:
     """`set_tenant` on a bare connection (it only calls `.execute`), so that a test can keep one
     server connection across several transactions."""
-    await set_tenant(conn, org_id=org_id, user_id=user_id)  # type: ignore[arg-type]
+    await set_tenant(conn, org_id=org_id, user_id=user_id)
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
 from taskloom.db.engine import Database
@@ -71,10 +71,14 @@ async def app_connection(database: Database) -> AsyncIterator[Statements]:
         await greenlet_spawn(proxied.close)
 
 
-async def session_connection(session: AsyncSession) -> Statements:
-    """The connection under `session`'s transaction (begun, with its tenant set): a statement
-    sent on it is part of that transaction, committed or rolled back with it, and unseen by
-    the session's ORM state."""
-    connection = await session.connection()
+async def session_connection(session: AsyncSession | AsyncConnection) -> Statements:
+    """The connection under `session`'s transaction: a statement sent on it is part of that
+    transaction, committed or rolled back with it, and unseen by the session's ORM state.
+    SQLAlchemy sends BEGIN only with its first statement; if none has gone yet, BEGIN goes now
+    (a statement sent before it would commit on its own, outside the transaction)."""
+    connection = await session.connection() if isinstance(session, AsyncSession) else session
     raw = await connection.get_raw_connection()
-    return Statements(raw.dbapi_connection)
+    adapted: Any = raw.dbapi_connection  # SQLAlchemy's adapter of the asyncpg connection
+    if adapted._transaction is None and not adapted.autocommit:
+        await adapted._start_transaction()
+    return Statements(adapted)
