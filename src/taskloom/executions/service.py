@@ -308,11 +308,28 @@ async def start_execution(
         )
         if created_at is None:  # its definition changed since the check: check it again
             raise Conflict("the workflow changed while starting; retry", code="workflow_changed")
-    execution = WorkflowExecution(
+    execution = _queued_execution(
+        execution_id, row["org_id"], workflow_id, row["version"], input, origin
+    )
+    execution.created_at = created_at
+    # Not audited: the execution row is its own record (who or what, when, request id), and an
+    # audit row per run would serialize every execution of an organization on its chain's lock.
+    return Started(execution)
+
+
+def _queued_execution(
+    execution_id: uuid.UUID,
+    org_id: uuid.UUID,
+    workflow_id: uuid.UUID,
+    version: int,
+    input: dict[str, Any],
+    origin: Origin,
+) -> WorkflowExecution:
+    return WorkflowExecution(
         id=execution_id,
-        org_id=row["org_id"],
+        org_id=org_id,
         workflow_id=workflow_id,
-        workflow_version=row["version"],
+        workflow_version=version,
         triggered_by=origin.user_id,
         status=ExecutionStatus.QUEUED,
         input=input,
@@ -321,11 +338,7 @@ async def start_execution(
         trigger_id=origin.trigger_id,
         trigger_depth=origin.depth,
         root_execution_id=origin.root_execution_id,
-        created_at=created_at,
     )
-    # Not audited: the execution row is its own record (who or what, when, request id), and an
-    # audit row per run would serialize every execution of an organization on its chain's lock.
-    return Started(execution)
 
 
 def _insert_values(execution_id: uuid.UUID, input: Any, origin: Origin) -> tuple[Any, ...]:
@@ -381,21 +394,10 @@ async def _start_with_key(
         return Started(found, created=False)
     if max_queued is not None:
         _check_queue_room(queued, max_queued)
-    execution = WorkflowExecution(
-        id=found,
-        org_id=workflow.org_id,
-        workflow_id=workflow.id,
-        workflow_version=workflow.version,
-        definition=workflow.definition,
-        triggered_by=origin.user_id,
-        status=ExecutionStatus.QUEUED,
-        input=input,
-        request_id=origin.request_id,
-        trigger_kind=origin.kind,
-        trigger_id=origin.trigger_id,
-        trigger_depth=origin.depth,
-        root_execution_id=origin.root_execution_id,
+    execution = _queued_execution(
+        found, workflow.org_id, workflow.id, workflow.version, input, origin
     )
+    execution.definition = workflow.definition
     db.add(execution)
     await db.flush()
     return Started(execution)
