@@ -11,7 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from taskloom.config import Settings
+from taskloom.db.driver import app_connection
 from taskloom.db.engine import Database, create_database
+from taskloom.errors import unavailable_dependency
 
 
 async def _backend_pid(database: Database) -> int:
@@ -65,5 +67,26 @@ async def test_a_connection_used_moments_ago_is_not_pinged_and_recovers_after_on
         assert failed.value.connection_invalidated
         # ...and the pool, having invalidated it, hands out a fresh one next.
         assert await _backend_pid(database) != first
+    finally:
+        await database.dispose()
+
+
+async def test_a_hot_path_call_on_a_dead_connection_fails_once_as_unavailable_then_recovers(
+    settings: Settings,
+) -> None:
+    """db/driver.py: the asyncpg connection used directly fails like SQLAlchemy's own would
+    (PostgreSQL unavailable: a 503, a job put back), and is not pooled again."""
+    database = await _pool_of_one(settings, idle_seconds=3600)
+    try:
+        async with app_connection(database) as statements:
+            first = await statements.fetchval("select pg_backend_pid()")
+        await _terminate(settings, first)
+        with pytest.raises(DBAPIError) as failed:
+            async with app_connection(database) as statements:
+                await statements.fetchval("select 1")
+        assert failed.value.connection_invalidated
+        assert unavailable_dependency(failed.value) == "PostgreSQL"
+        async with app_connection(database) as statements:
+            assert await statements.fetchval("select pg_backend_pid()") != first
     finally:
         await database.dispose()

@@ -78,9 +78,10 @@ async def test_jobs_arriving_one_by_one_cost_about_one_fetch_each(redis_url: str
     ours = await _run(FetchingWorker, redis_url)
     theirs = await _run(Worker, redis_url)
     assert ours["processed"] == theirs["processed"] == ARRIVALS
-    # Each arrival: the waiting slot's fetch (the job), one that finds the queue empty, and the
-    # marker's wake-ups (measured: 4 in all; bullmq's Worker: 13, every free slot asking).
-    assert ours["fetches"] <= 5 * ARRIVALS
+    # Each arrival: the wake-up's fetch (the job), one that finds the queue empty, and one for
+    # the marker the job's move leaves (measured: 3; bullmq's Worker: about 13, every free slot
+    # asking); the margin is for the waits' 1 s timeouts on a slow machine.
+    assert ours["fetches"] <= 4 * ARRIVALS
     assert theirs["fetches"] > 2 * ours["fetches"]
 
 

@@ -25,10 +25,13 @@ from taskloom.db.engine import Database
 class Statements:
     """asyncpg's `fetchrow`, `fetchval` and `execute` on one pooled connection, raising
     SQLAlchemy's exceptions. JSON parameters are passed as JSON text; JSON results come
-    decoded."""
+    decoded. A connection found closed is invalidated (`invalidate`: not pooled again) and
+    its error says so (`connection_invalidated`: PostgreSQL unavailable, a 503 or a job put
+    back, errors.unavailable_dependency), as SQLAlchemy does for its own statements."""
 
-    def __init__(self, adapted: Any) -> None:
+    def __init__(self, adapted: Any, invalidate: Callable[[], Awaitable[Any]]) -> None:
         self._adapted = adapted  # SQLAlchemy's adapter of the asyncpg connection
+        self._invalidate = invalidate
         self.connection = adapted.driver_connection
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
@@ -40,17 +43,28 @@ class Statements:
     async def execute(self, query: str, *args: Any) -> Any:
         return await self._call(self.connection.execute, query, args)
 
+    async def begin(self) -> None:
+        """BEGIN, as SQLAlchemy's adapter sends it (and then commits or rolls back)."""
+        await self._call(lambda _query: self._adapted._start_transaction(), "BEGIN", ())
+
     async def _call(
         self, method: Callable[..., Awaitable[Any]], query: str, args: tuple[Any, ...]
     ) -> Any:
         try:
             return await method(query, *args)
         except Exception as error:
+            closed = self.connection.is_closed()
+            if closed:
+                await self._invalidate()
             try:
                 self._adapted._handle_exception(error)  # raises the DB-API error for it
             except Exception as translated:
                 raise DBAPIError.instance(
-                    query, args, translated, self._adapted.dbapi.Error
+                    query,
+                    args,
+                    translated,
+                    self._adapted.dbapi.Error,
+                    connection_invalidated=closed,
                 ) from error
             raise  # pragma: no cover - _handle_exception always raises
 
@@ -60,12 +74,16 @@ async def app_connection(database: Database) -> AsyncIterator[Statements]:
     """An application-role connection from the pool, outside any transaction (each statement
     commits on its own). A connection that broke is discarded, not pooled again."""
     proxied = await database.app_engine.raw_connection()
-    statements = Statements(proxied.dbapi_connection)
+
+    async def invalidate() -> None:
+        await greenlet_spawn(proxied.invalidate)
+
+    statements = Statements(proxied.dbapi_connection, invalidate)
     try:
         yield statements
     except BaseException:
-        if statements.connection.is_closed():
-            await greenlet_spawn(proxied.invalidate)
+        if statements.connection.is_closed() and proxied.is_valid:
+            await invalidate()
         raise
     finally:
         await greenlet_spawn(proxied.close)
@@ -79,6 +97,7 @@ async def session_connection(session: AsyncSession | AsyncConnection) -> Stateme
     connection = await session.connection() if isinstance(session, AsyncSession) else session
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection  # SQLAlchemy's adapter of the asyncpg connection
+    statements = Statements(adapted, connection.invalidate)
     if adapted._transaction is None and not adapted.autocommit:
-        await adapted._start_transaction()
-    return Statements(adapted)
+        await statements.begin()
+    return statements
