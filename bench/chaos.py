@@ -730,9 +730,9 @@ def worker_environment(settings: Settings) -> dict[str, str]:
         "REDIS_KEY_PREFIX": settings.key_prefix,
         "OUTBOUND_ALLOWED_HOSTS": settings.outbound_allowed_hosts,
         "WORKER_CONCURRENCY": str(settings.worker_concurrency),
-        # Up to 2 x pool per process: old, new and stopping workers together must stay well
+        # Up to the pool per process: old, new and stopping workers together must stay well
         # under PostgreSQL's max_connections (100 by default), which others may be using too.
-        "DATABASE_POOL_SIZE": "5",
+        "DATABASE_POOL_SIZE": "10",
         "MAX_RUNNING_PER_ORG": str(settings.max_running_per_org),
         "QUEUE_LOCK_DURATION_MS": str(settings.queue_lock_duration_ms),
         "QUEUE_STALLED_INTERVAL_MS": str(settings.queue_stalled_interval_ms),

@@ -362,11 +362,11 @@ def show_logs(workdir: Path) -> None:
 
 async def connection_headroom(deploy: Deployment, pool_size: int) -> str:
     """PostgreSQL connections other clients use now, the server's limit, and the most this run
-    holds at once: an API process up to 2 x pool size (app engine, with overflow) + 2 x max(2,
-    pool size // 4) (system engine), a bare process up to 2 x pool size (kept open once opened),
-    the client two."""
+    holds at once: an API process up to pool size (app engine) + max(2, pool size // 4)
+    (system engine), a bare process up to pool size (each kept open once opened), the client
+    two."""
     system = max(2, pool_size // 4)
-    most = PROCESSES * (2 * pool_size + 2 * system) + PROCESSES * 2 * pool_size + 2
+    most = PROCESSES * (pool_size + system) + PROCESSES * pool_size + 2
     admin = await asyncpg.connect(deploy.admin_dsn)
     try:
         used = await admin.fetchval(
@@ -760,8 +760,8 @@ async def bench(args: argparse.Namespace, pg_url: str, redis_url: str) -> dict[s
         await start_taskloom(deploy, args.pool_size, args.profile)
         tenant = await seed(deploy, args.workflows, args.executions)
         sql = await list_sql(deploy, tenant)
-        # The same connection limit as one Taskloom app engine: pool size + as many overflow.
-        await start_bare(deploy, tenant.org_id, sql, 2 * args.pool_size)
+        # The same connection limit as one Taskloom app engine.
+        await start_bare(deploy, tenant.org_id, sql, args.pool_size)
         list_targets = [
             ("GET /api/workflows", "/api/workflows"),
             ("GET /api/executions?limit=50", "/api/executions?limit=50"),
@@ -797,8 +797,8 @@ async def bench(args: argparse.Namespace, pg_url: str, redis_url: str) -> dict[s
             "execute phases, run last, add more; no worker runs, so their jobs stay queued). "
             f"{args.warmup:g} s warm-up + {args.duration:g} s per phase. "
             f"Load average before: {' '.join(f'{v:.2f}' for v in load_before)}.\n"
-            f"DATABASE_POOL_SIZE={args.pool_size} (+ as many overflow) in each API process, the "
-            f"same maximum ({2 * args.pool_size}) for each bare pool. {headroom}\n",
+            f"DATABASE_POOL_SIZE={args.pool_size} in each API process, the same maximum for "
+            f"each bare pool. {headroom}\n",
             flush=True,
         )
         print(HEADER, flush=True)
@@ -882,9 +882,9 @@ def main() -> int:
     parser.add_argument(
         "--pool-size",
         type=int,
-        default=10,
-        help="DATABASE_POOL_SIZE of each API process (+ as many overflow; default 10, Taskloom's "
-        "default); each bare pool gets the same maximum. Lower it when the PostgreSQL server "
+        default=20,
+        help="DATABASE_POOL_SIZE of each API process (default 20, Taskloom's default); each "
+        "bare pool gets the same maximum. Lower it when the PostgreSQL server "
         "is short of connections",
     )
     parser.add_argument(

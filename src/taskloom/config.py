@@ -77,7 +77,10 @@ class Settings(BaseSettings):
     database_app_url: str | None = None
     database_app_role: str = Field(default="taskloom_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     database_app_password: SecretStr | None = None
-    database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Connections the application engine keeps per process, opened as needed and then kept (no
+    # overflow: one opened past the pool and closed on return costs a PostgreSQL backend per
+    # burst; a request beyond the pool waits for a connection). docs/ARCHITECTURE.md.
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     database_statement_timeout_ms: int = Field(default=30_000, ge=0)
     # Prepared statements kept per connection (by asyncpg for the hot path's statements, by
     # SQLAlchemy for the rest). 0: none kept, for a pooler that cannot keep a named statement on

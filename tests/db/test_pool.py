@@ -1,5 +1,6 @@
 """Pooled connections against a real PostgreSQL: one that died while idle is replaced without
-the caller noticing; one that died in busy use fails one transaction, then the pool recovers."""
+the caller noticing; one that died in busy use fails one transaction, then the pool recovers;
+more callers than the pool holds wait for its connections rather than opening and closing more."""
 
 from __future__ import annotations
 
@@ -88,5 +89,27 @@ async def test_a_hot_path_call_on_a_dead_connection_fails_once_as_unavailable_th
         assert unavailable_dependency(failed.value) == "PostgreSQL"
         async with app_connection(database) as statements:
             assert await statements.fetchval("select pg_backend_pid()") != first
+    finally:
+        await database.dispose()
+
+
+async def test_more_callers_than_the_pool_holds_share_its_connections_and_none_is_reopened(
+    settings: Settings,
+) -> None:
+    """Overflow connections were closed on return under steady concurrency: a PostgreSQL
+    backend forked (and TLS tried) per burst. Now the pool's connections are all there is."""
+    database = create_database(settings.model_copy(update={"database_pool_size": 2}))
+    backends: set[int] = set()
+
+    async def call() -> None:
+        async with database.app_engine.connect() as conn:
+            backends.add(int((await conn.execute(text("select pg_backend_pid()"))).scalar_one()))
+            await conn.execute(text("select pg_sleep(0.02)"))
+
+    try:
+        for _ in range(3):  # three bursts of six callers on a pool of two
+            await asyncio.gather(*(call() for _ in range(6)))
+        assert len(backends) == 2
+        assert database.app_engine.pool.checkedin() == 2  # type: ignore[attr-defined]
     finally:
         await database.dispose()

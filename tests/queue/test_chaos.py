@@ -64,7 +64,8 @@ KILL_EVERY = 1.5
 WITHIN = 150  # seconds for every execution to finish (about 30 s is usual)
 WORKER_SETTINGS: dict[str, object] = {
     "worker_concurrency": CONCURRENCY,
-    "database_pool_size": CONCURRENCY,  # replaced workers overlap: keep connections modest
+    # Replaced workers overlap: keep connections modest (the pool has no overflow: 2 per slot).
+    "database_pool_size": 2 * CONCURRENCY,
     "max_running_per_org": 1_000,  # the per-org cap is tested elsewhere
     "queue_lock_duration_ms": LOCK_MS,
     "queue_stalled_interval_ms": STALLED_MS,
