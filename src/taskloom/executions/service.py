@@ -20,7 +20,8 @@ from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
-from taskloom.db.driver import session_connection
+from taskloom.db.driver import Statements, app_connection, session_connection
+from taskloom.db.engine import Database
 from taskloom.errors import Conflict, NotFound, TooManyQueued, ValidationFailed
 from taskloom.executions import state
 from taskloom.executions.models import (
@@ -217,42 +218,9 @@ async def _claim_key(
 
 # The workflow, the organization's queued count (up to the limit) and, when nothing refuses
 # the start (disabled, an input_schema to check first, a full queue), the execution itself: one
-# round trip for the usual start. `$3` NULL: the caller knows the queue is far below its limit.
-_START = """
-with w as (
-    select id, org_id, version, enabled, definition,
-           case when $3::int is null then 0 else (
-               select count(*) from (
-                   select 1 from workflow_executions as e
-                   where e.org_id = workflows.org_id and e.status = 'queued' limit $3::int
-               ) as q
-           ) end as queued
-    from workflows where id = $1
-), made as (
-    insert into workflow_executions (
-        id, org_id, workflow_id, workflow_version, definition, triggered_by, status, input,
-        request_id, trigger_kind, trigger_id, trigger_depth, root_execution_id
-    )
-    select $2, org_id, id, version, definition, $4, 'queued', $5, $6, $7, $8, $9, $10
-    from w
-    where enabled and coalesce(definition -> 'input_schema', 'null'::jsonb) = 'null'::jsonb
-      and ($3::int is null or queued < $3::int)
-    returning created_at
-)
-select org_id, version, enabled, definition -> 'input_schema' as input_schema, queued,
-       (select created_at from made) as created_at
-from w
-"""
-# The insert alone, once the input has been checked against the workflow's input_schema.
-_INSERT = """
-insert into workflow_executions (
-    id, org_id, workflow_id, workflow_version, definition, triggered_by, status, input,
-    request_id, trigger_kind, trigger_id, trigger_depth, root_execution_id
-)
-select $2, org_id, id, version, definition, $4, 'queued', $5, $6, $7, $8, $9, $10
-from workflows where id = $1 and version = $3
-returning created_at
-"""
+# call of `taskloom_start` (migration 0017) for the usual start, a second with the version whose
+# input_schema the input was checked against.
+_START = "select taskloom_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
 async def start_execution(
@@ -275,8 +243,8 @@ async def start_execution(
     (`created` False); `idempotency_digest` binds the key to something else than the whole
     input (a webhook delivery: its body and query, as a sender's retry re-stamps its headers).
     The caller submits a created execution to the queue after the commit (a job must never run
-    ahead of its row). The usual start is one statement on the session's connection (the hot
-    path: no ORM unit of work); the execution returned is not in the session."""
+    ahead of its row). The usual start is one call on the session's connection (the hot path:
+    no ORM unit of work); the execution returned is not in the session."""
     if idempotency_key is not None:
         return await _start_with_key(
             db=db,
@@ -289,29 +257,73 @@ async def start_execution(
             ttl_seconds=idempotency_ttl_seconds,
             digest=idempotency_digest or input_digest(input),
         )
-    connection = await session_connection(db)
+    statements = await session_connection(db)
+    return await _start(statements, None, workflow_id, input, max_queued, origin)
+
+
+async def start_execution_alone(
+    *,
+    database: Database,
+    org_id: uuid.UUID,
+    workflow_id: uuid.UUID,
+    input: dict[str, Any],
+    max_queued: int | None,
+    origin: Origin,
+) -> Started:
+    """`start_execution` (without an idempotency key) in a transaction of its own: the call
+    sets the tenant (`org_id`, `origin.user_id`, `origin.request_id`) for itself, so a start
+    is one round trip and commits when it returns (the execute route's lane)."""
+    async with app_connection(database) as statements:
+        return await _start(statements, org_id, workflow_id, input, max_queued, origin)
+
+
+async def _start(
+    statements: Statements,
+    tenant: uuid.UUID | None,
+    workflow_id: uuid.UUID,
+    input: dict[str, Any],
+    max_queued: int | None,
+    origin: Origin,
+) -> Started:
     execution_id = uuid.uuid4()
-    values = _insert_values(execution_id, input, origin)
-    row = await connection.fetchrow(_START, workflow_id, execution_id, max_queued, *values)
-    if row is None:
-        raise NotFound("workflow not found")
-    if not row["enabled"]:
-        raise Conflict("the workflow is disabled; enable it to start it", code="workflow_disabled")
-    created_at = row["created_at"]
-    if created_at is None:  # refused by the statement: say why, or insert after the check
-        if row["input_schema"] is not None:
-            check_input({"input_schema": row["input_schema"]}, input)
-        if max_queued is not None:
-            _check_queue_room(row["queued"], max_queued)
-        created_at = await connection.fetchval(
-            _INSERT, workflow_id, execution_id, row["version"], *values
+    payload = json.dumps(input)
+
+    async def call(max_queued: int | None, version: int | None) -> Any:
+        return await statements.fetchval(
+            _START,
+            tenant,
+            origin.user_id,
+            origin.request_id,
+            workflow_id,
+            execution_id,
+            max_queued,
+            version,
+            payload,
+            str(origin.kind),
+            origin.trigger_id,
+            origin.depth,
+            origin.root_execution_id,
         )
+
+    found = await call(max_queued, None)
+    if found is None:
+        raise NotFound("workflow not found")
+    if not found["enabled"]:
+        raise Conflict("the workflow is disabled; enable it to start it", code="workflow_disabled")
+    created_at = found["created_at"]
+    if created_at is None:  # refused by the call: say why, or insert after the check
+        if found["input_schema"] is not None:
+            check_input({"input_schema": found["input_schema"]}, input)
+        if max_queued is not None:
+            _check_queue_room(found["queued"], max_queued)
+        again = await call(None, found["version"])
+        created_at = again["created_at"] if again is not None else None
         if created_at is None:  # its definition changed since the check: check it again
             raise Conflict("the workflow changed while starting; retry", code="workflow_changed")
     execution = _queued_execution(
-        execution_id, row["org_id"], workflow_id, row["version"], input, origin
+        execution_id, uuid.UUID(found["org_id"]), workflow_id, found["version"], input, origin
     )
-    execution.created_at = created_at
+    execution.created_at = datetime.fromtimestamp(created_at, UTC)
     # Not audited: the execution row is its own record (who or what, when, request id), and an
     # audit row per run would serialize every execution of an organization on its chain's lock.
     return Started(execution)
@@ -338,19 +350,6 @@ def _queued_execution(
         trigger_id=origin.trigger_id,
         trigger_depth=origin.depth,
         root_execution_id=origin.root_execution_id,
-    )
-
-
-def _insert_values(execution_id: uuid.UUID, input: Any, origin: Origin) -> tuple[Any, ...]:
-    """$4 to $10 of _START and _INSERT."""
-    return (
-        origin.user_id,
-        json.dumps(input),
-        origin.request_id,
-        str(origin.kind),
-        origin.trigger_id,
-        origin.depth,
-        origin.root_execution_id,
     )
 
 
