@@ -14,6 +14,7 @@ from taskloom.auth.api_limits import RateLimitHeadersMiddleware
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
 from taskloom.errors import ERROR_RESPONSES, UnexpectedErrorMiddleware, install_error_handlers
+from taskloom.executions.lane import ExecuteLane
 from taskloom.executions.routes import router as executions_router
 from taskloom.flags.routes import router as flags_router
 from taskloom.gdpr.routes import router as gdpr_router
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # Added first = innermost; the request id (added last) wraps everything, including the 413
     # for oversized bodies. Unexpected errors become JSON 500s inside the request-id scope;
     # input is checked for what PostgreSQL cannot store (NUL, NaN, surrogates) after the limit.
+    app.add_middleware(ExecuteLane)  # answers the usual POST …/execute itself (executions/lane.py)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(InputGuardMiddleware, raw_body_paths=("/hooks/",))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

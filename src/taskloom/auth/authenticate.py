@@ -18,6 +18,7 @@ from taskloom.auth.api_limits import enforce, principal_limit
 from taskloom.auth.principal import Principal
 from taskloom.auth.principal_cache import Entry, Vouch, vouched
 from taskloom.auth.tokens import API_KEY_PREFIX, AccessClaims, decode_access_token
+from taskloom.db.tenancy import tenant_transaction
 from taskloom.runtime import Runtime
 
 
@@ -41,6 +42,15 @@ class Authentication:
         principal = await service.load_session_principal(db=db, claims=self.claims)
         self._remember(principal, self.vouch, token_expires=self.claims.expires_at)
         return principal
+
+    async def resolve(self) -> Principal:
+        """The principal, known already or read in a tenant transaction of its own (for a
+        caller that opens none: the execute route's lane)."""
+        if self.principal is not None:
+            return self.principal
+        database = self.runtime.database
+        async with tenant_transaction(database, org_id=self.org_id, user_id=self.user_id) as db:
+            return await self.load(db)
 
     def _remember(self, principal: Principal, vouch: Vouch | None, token_expires: float) -> None:
         if self.digest is None:

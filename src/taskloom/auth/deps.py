@@ -155,11 +155,16 @@ def require_role(minimum: Role) -> Callable[..., Coroutine[Any, Any, RequestCont
     """Dependency factory: the caller must have at least `minimum` in the current org."""
 
     async def _check(ctx: Context) -> RequestContext:
-        if not ctx.principal.has_role(minimum):
-            raise Forbidden(f"this action needs the {minimum.value} role or higher")
+        check_role(ctx.principal, minimum)
         return ctx
 
     return _check
+
+
+def check_role(principal: Principal, minimum: Role) -> None:
+    """Forbidden unless the principal has at least `minimum` in its current organization."""
+    if not principal.has_role(minimum):
+        raise Forbidden(f"this action needs the {minimum.value} role or higher")
 
 
 Viewer = Annotated[RequestContext, Depends(require_role(Role.VIEWER))]

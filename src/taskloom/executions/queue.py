@@ -162,12 +162,16 @@ class ExecutionQueue:
 
 
 def queue_limit(ctx: RequestContext) -> int | None:
+    """`queue_limit_of` the request's organization."""
+    return queue_limit_of(ctx.runtime, ctx.principal.org_id)
+
+
+def queue_limit_of(runtime: Runtime, org_id: uuid.UUID | None) -> int | None:
     """MAX_QUEUED_PER_ORG for the service to check with an exact count, or None when the fair
     scheduler's note from this process's last submission for the organization, a moment ago,
     says it is far below it (a flooding organization's requests then cost no count)."""
-    limit = ctx.runtime.settings.max_queued_per_org
-    org_id = ctx.principal.org_id
-    if org_id is not None and ctx.runtime.fair.surely_below(org_id, limit):
+    limit = runtime.settings.max_queued_per_org
+    if org_id is not None and runtime.fair.surely_below(org_id, limit):
         return None
     return limit
 
@@ -191,12 +195,16 @@ def enqueue_after_commit(
 
 def count_start_after_commit(ctx: RequestContext, kind: StartKind, started: Started) -> None:
     """Count the start in `workflow_triggers_total` once its transaction has committed."""
-    result = "started" if started.created else "duplicate"
 
     async def count() -> None:
-        TRIGGERS.labels(kind, result).inc()
+        count_start(kind, started)
 
     ctx.after_commit.append(count)
+
+
+def count_start(kind: StartKind, started: Started) -> None:
+    """A committed start in `workflow_triggers_total`."""
+    TRIGGERS.labels(kind, "started" if started.created else "duplicate").inc()
 
 
 def after_cancel_commit(ctx: RequestContext, cancellation: Cancellation) -> None:

@@ -1,0 +1,197 @@
+"""`POST /api/workflows/{id}/execute` without FastAPI's per-request machinery: the one route
+every execution started through the API takes, answered by a plain ASGI handler at about half
+the CPU (docs/PERFORMANCE.md, issue 20).
+
+It takes only the usual request (a bearer token, a JSON object with nothing but an `input`
+object, or no body at all; no Idempotency-Key) and hands anything else, before doing any work,
+to the route in executions/routes.py, which stays the documented operation and answers what is
+unusual (a malformed body, a missing token, an idempotent retry) as ever. Once it has taken a
+request it answers it as the route would: the same authentication and rate limit
+(auth/authenticate.py), role, start (`service.start_execution_alone`, one call that sets the
+tenant and commits), submission to the fair scheduler after the commit, metric, status, body
+and Location; refusals are the same DomainErrors in the same JSON. It sits inside every
+middleware (request id, metrics under the route's own path, security and rate-limit headers,
+body limit, input guard, unexpected errors), so those apply to it unchanged."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import structlog
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskloom.audit.service import AuditContext
+from taskloom.auth.authenticate import authenticate
+from taskloom.auth.deps import check_role
+from taskloom.errors import DomainError, error_response
+from taskloom.executions import routes, service
+from taskloom.executions.queue import ExecutionQueue, count_start, queue_limit_of
+from taskloom.observability.request_id import current_request_id
+from taskloom.orgs.models import Role
+from taskloom.runtime import Runtime
+
+log = structlog.get_logger("taskloom.executions")
+
+# The route it stands in for: HTTP metrics and the rate limit's class read it from the scope.
+ROUTE = next(
+    route
+    for route in routes.router.routes
+    if isinstance(route, APIRoute) and route.endpoint is routes.execute_workflow
+)
+_PREFIX, _SUFFIX = ROUTE.path.split("{workflow_id}")
+_UUID_LENGTH = 36
+
+
+class ExecuteLane:
+    """The ASGI middleware (innermost) that answers the usual execute request itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        taken = _taken(scope)
+        if taken is None:
+            await self.app(scope, receive, send)
+            return
+        workflow_id, token, json_body = taken
+        messages: list[Message] = []
+        body: Any = {}
+        if json_body:
+            raw = await _read(receive, messages)
+            body = _parsed(raw) if raw is not None else None
+        if body is None:  # not the usual body: the route answers, with the body replayed
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        scope["route"] = ROUTE
+        try:
+            status, headers, content = await _execute(scope, receive, workflow_id, token, body)
+        except DomainError as refused:
+            response = error_response(
+                refused.status_code,
+                refused.code,
+                refused.message,
+                refused.details,
+                refused.headers,
+            )
+            await response(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _taken(scope: Scope) -> tuple[uuid.UUID, str, bool] | None:
+    """(workflow id, bearer token, whether a JSON body follows) of a request the lane answers;
+    None for anything else."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    if (
+        len(path) != len(_PREFIX) + _UUID_LENGTH + len(_SUFFIX)
+        or not path.startswith(_PREFIX)
+        or not path.endswith(_SUFFIX)
+    ):
+        return None
+    try:
+        workflow_id = uuid.UUID(path[len(_PREFIX) : -len(_SUFFIX)])
+    except ValueError:
+        return None
+    token = media = length = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                token = credentials.strip()
+        elif name == b"content-type":
+            media = value.decode("latin-1").split(";")[0].strip().lower()
+        elif name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"idempotency-key":
+            return None
+    if not token:
+        return None
+    if media == "application/json":
+        return workflow_id, token, True
+    if media is None and (length == b"0" or (length is None and not chunked)):
+        return workflow_id, token, False  # no body: no input
+    return None
+
+
+async def _read(receive: Receive, messages: list[Message]) -> bytes | None:
+    """The whole body (already buffered and checked by the input guard), kept in `messages`
+    for a replay; None if the client went away."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _parsed(raw: bytes) -> dict[str, Any] | None:
+    """`{}` or `{"input": {...}}`: the input; anything else (malformed, other fields, another
+    type) is None, for the route to refuse in its own words."""
+    try:
+        decoded = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(decoded, dict) or not decoded.keys() <= {"input"}:
+        return None
+    input = decoded.get("input", {})
+    return input if isinstance(input, dict) else None
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def _execute(
+    scope: Scope, receive: Receive, workflow_id: uuid.UUID, token: str, input: dict[str, Any]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """What `routes.execute_workflow` does for a request without an idempotency key."""
+    runtime: Runtime = scope["app"].state.runtime
+    caller = await authenticate(Request(scope, receive), runtime, token)
+    principal = await caller.resolve()
+    check_role(principal, Role.MEMBER)
+    org_id = principal.current_org()
+    request_id = current_request_id()
+    started = await service.start_execution_alone(
+        database=runtime.database,
+        org_id=org_id,
+        workflow_id=workflow_id,
+        input=input,
+        max_queued=queue_limit_of(runtime, org_id),
+        origin=service.api_origin(principal, AuditContext(request_id=request_id)),
+    )
+    execution = started.execution
+    try:  # committed: a submission that fails is the reconciler's to make (as after_commit)
+        await ExecutionQueue(runtime).submit(
+            execution_id=execution.id, org_id=execution.org_id, request_id=request_id
+        )
+    except Exception:
+        log.exception("execution_submit_failed", execution_id=str(execution.id))
+    count_start(service.StartKind.API, started)
+    content = json.dumps(
+        {"execution_id": str(execution.id), "status": str(execution.status)},
+        separators=(",", ":"),
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        (b"location", f"/api/executions/{execution.id}".encode()),
+    ]
+    return 202, headers, content

@@ -1,0 +1,219 @@
+"""executions/lane.py: the usual `POST …/execute` is answered without FastAPI's machinery, and
+every answer is the route's own. Each request goes to the app (lane in front) and to the same
+app without the lane (the route alone), on one runtime, and the two answers are compared."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event, select
+
+from taskloom.app import create_app
+from taskloom.config import Settings
+from taskloom.db.tenancy import system_transaction
+from taskloom.executions.lane import ExecuteLane
+from taskloom.executions.models import WorkflowExecution
+from taskloom.runtime import Runtime
+from tests.factories import Account, add_member
+from tests.in_process import asgi_client, opened_runtime, running_app
+from tests.workers import create_workflow
+
+STEPS = [{"id": "echo", "type": "transform", "args": {"value": "{{ input }}"}}]
+SCHEMA = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+
+
+@asynccontextmanager
+async def _route_alone(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    application: FastAPI = create_app(runtime=runtime)
+    application.user_middleware = [
+        m for m in application.user_middleware if m.cls is not ExecuteLane
+    ]
+    async with (
+        application.router.lifespan_context(application),
+        asgi_client(application, ip="203.0.113.8") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def route(queue_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    async with _route_alone(queue_runtime) as client:
+        yield client
+
+
+@contextmanager
+def _transactions(runtime: Runtime) -> Iterator[list[object]]:
+    """SQLAlchemy transactions begun on the application engine meanwhile."""
+    begun: list[object] = []
+
+    def began(connection: object) -> None:
+        begun.append(connection)
+
+    engine = runtime.database.app_engine.sync_engine
+    event.listen(engine, "begin", began)
+    try:
+        yield begun
+    finally:
+        event.remove(engine, "begin", began)
+
+
+def _shape(response: httpx.Response) -> dict[str, Any]:
+    """What must be the same whichever answered: status, error code and message (or the
+    accepted body's shape), and the headers a client reads."""
+    body = response.json()
+    shape: dict[str, Any] = {"status": response.status_code}
+    if "error" in body:
+        error = dict(body["error"])
+        assert error.pop("request_id") == response.headers["x-request-id"]
+        shape["error"] = error
+    else:
+        assert set(body) == {"execution_id", "status"}
+        assert response.headers["location"] == f"/api/executions/{body['execution_id']}"
+        shape["accepted"] = body["status"]
+    shape["headers"] = {
+        name: response.headers.get(name) is not None
+        for name in ("ratelimit", "ratelimit-policy", "retry-after", "location")
+    }
+    shape["content-type"] = response.headers["content-type"]
+    return shape
+
+
+Send = Callable[[httpx.AsyncClient], Any]
+
+
+async def _both(lane: httpx.AsyncClient, route: httpx.AsyncClient, send: Send) -> dict[str, Any]:
+    by_lane, by_route = _shape(await send(lane)), _shape(await send(route))
+    assert by_lane == by_route
+    return by_lane
+
+
+async def test_every_answer_is_the_routes_own(
+    api: httpx.AsyncClient, route: httpx.AsyncClient, owner: Account
+) -> None:
+    workflow = await create_workflow(api, owner, STEPS)
+    schema = await create_workflow(api, owner, STEPS, name="schema", input_schema=SCHEMA)
+    disabled = await create_workflow(api, owner, STEPS, name="off")
+    off = await api.patch(
+        f"/api/workflows/{disabled}", json={"enabled": False}, headers=owner.headers
+    )
+    assert off.status_code == 200, off.text
+    viewer = await add_member(api, owner, "viewer")
+    auth = owner.headers
+
+    def post(workflow_id: str, headers: dict[str, str] | None = None, **kw: Any) -> Send:
+        path = f"/api/workflows/{workflow_id}/execute"
+        return lambda client: client.post(path, headers=auth if headers is None else headers, **kw)
+
+    cases: list[tuple[Send, int, str | None]] = [
+        (post(workflow, json={"input": {"n": 1}}), 202, None),
+        (post(workflow), 202, None),  # no body: no input
+        (post(workflow, json={}), 202, None),
+        (post(schema, json={"input": {"n": 2}}), 202, None),
+        (post(schema, json={"input": {"n": "two"}}), 422, "input_invalid"),
+        (post(disabled, json={"input": {}}), 409, "workflow_disabled"),
+        (post(str(uuid.uuid4()), json={"input": {}}), 404, "not_found"),
+        (post(workflow, headers=viewer.headers, json={"input": {}}), 403, "forbidden"),
+        (post(workflow, headers={"Authorization": "Bearer nope"}, json={}), 401, "invalid_token"),
+        (post(workflow, headers={}, json={}), 401, "unauthorized"),
+        # Not the usual request: the lane hands these to the route untouched.
+        (post(workflow, json={"input": {}, "extra": 1}), 422, "validation_failed"),
+        (post(workflow, json={"input": [1]}), 422, "validation_failed"),
+        (post(workflow, content=b"{nope", headers={**auth, "Content-Type": "application/json"}),
+         400, "malformed_json"),
+        (post("not-a-uuid", json={}), 422, "validation_failed"),
+    ]  # fmt: skip
+    for send, status, code in cases:
+        shape = await _both(api, route, send)
+        assert shape["status"] == status, shape
+        assert shape.get("error", {}).get("code") == code, shape
+
+
+async def test_the_usual_start_opens_no_transaction_and_writes_the_same_row(
+    api: httpx.AsyncClient, route: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    workflow = await create_workflow(api, owner, STEPS)
+    path = f"/api/workflows/{workflow}/execute"
+    warm = await api.post(path, json={"input": {}}, headers=owner.headers)  # principal cached
+    assert warm.status_code == 202, warm.text
+
+    with _transactions(queue_runtime) as begun:
+        by_lane = await api.post(path, json={"input": {"n": 1}}, headers=owner.headers)
+    assert by_lane.status_code == 202, by_lane.text
+    assert begun == []  # one autocommit call of taskloom_start, no ORM transaction
+    with _transactions(queue_runtime) as begun:
+        by_route = await route.post(path, json={"input": {"n": 1}}, headers=owner.headers)
+    assert by_route.status_code == 202, by_route.text
+    assert len(begun) == 1
+
+    rows = {}
+    async with system_transaction(queue_runtime.database) as db:
+        for name, response in (("lane", by_lane), ("route", by_route)):
+            rows[name] = await db.scalar(
+                select(WorkflowExecution).where(
+                    WorkflowExecution.id == uuid.UUID(response.json()["execution_id"])
+                )
+            )
+    lane_row, route_row = rows["lane"], rows["route"]
+    assert lane_row is not None
+    assert route_row is not None
+    for row, response in ((lane_row, by_lane), (route_row, by_route)):
+        assert row.request_id == response.headers["x-request-id"]
+        assert row.org_id == owner.org_id
+        assert row.triggered_by == owner.user_id
+        assert row.input == {"n": 1}
+        assert row.trigger_kind == "api"
+        assert row.workflow_version == 1
+        assert row.definition["steps"] == STEPS
+
+
+async def test_an_idempotent_retry_goes_to_the_route(
+    api: httpx.AsyncClient, owner: Account
+) -> None:
+    workflow = await create_workflow(api, owner, STEPS)
+    headers = {**owner.headers, "Idempotency-Key": "lane-key"}
+    path = f"/api/workflows/{workflow}/execute"
+
+    first = await api.post(path, json={"input": {"n": 1}}, headers=headers)
+    again = await api.post(path, json={"input": {"n": 1}}, headers=headers)
+
+    assert first.status_code == 202, first.text
+    assert again.status_code == 200, again.text
+    assert again.json()["execution_id"] == first.json()["execution_id"]
+
+
+def _remaining(response: httpx.Response) -> int:
+    """`r` of the RateLimit field (`"execute";r=…;t=…`)."""
+    return int(response.headers["ratelimit"].split(";r=")[1].split(";")[0])
+
+
+async def test_a_request_is_counted_once_whether_the_lane_or_the_route_answers(
+    api: httpx.AsyncClient, owner: Account, queue_settings: Settings
+) -> None:
+    workflow = await create_workflow(api, owner, STEPS)
+    path = f"/api/workflows/{workflow}/execute"
+    usual = {"json": {"input": {}}}
+    handed_on = {"json": {"input": {}, "extra": 1}}  # the lane reads it, then the route answers
+
+    # Ten an hour: none comes back during the test.
+    limited = queue_settings.model_copy(
+        update={"rate_limit_execute": 10, "rate_limit_window_seconds": 3600}
+    )
+    async with (
+        opened_runtime(limited) as runtime,
+        running_app(runtime) as app,
+        asgi_client(app, ip="203.0.113.8") as client,
+    ):
+        answers = [
+            await client.post(path, headers=owner.headers, **kw)  # type: ignore[arg-type]
+            for kw in (usual, handed_on, usual, handed_on, usual)
+        ]
+
+    assert [a.status_code for a in answers] == [202, 422, 202, 422, 202]
+    remaining = [_remaining(a) for a in answers]
+    assert remaining == list(range(remaining[0], remaining[0] - 5, -1))
