@@ -4,6 +4,7 @@ app without the lane (the route alone), on one runtime, and the two answers are 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,7 +21,7 @@ from taskloom.db.tenancy import system_transaction
 from taskloom.executions.lane import ExecuteLane
 from taskloom.executions.models import WorkflowExecution
 from taskloom.runtime import Runtime
-from tests.factories import Account, add_member
+from tests.factories import Account, add_member, register
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.workers import create_workflow
 
@@ -217,3 +218,62 @@ async def test_a_request_is_counted_once_whether_the_lane_or_the_route_answers(
     assert [a.status_code for a in answers] == [202, 422, 202, 422, 202]
     remaining = [_remaining(a) for a in answers]
     assert remaining == list(range(remaining[0], remaining[0] - 5, -1))
+
+
+async def test_starts_arriving_together_go_in_one_call_each_under_its_own_tenant(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    """Grouped starts share a transaction, never a tenant: another organization's workflow is
+    not found even right after a start of that organization in the same call, and each refusal
+    stays its own request's."""
+    other = await register(api, label="other", organization_name="Other Org")
+    plain = await create_workflow(api, owner, STEPS)
+    schema = await create_workflow(api, owner, STEPS, name="schema", input_schema=SCHEMA)
+    theirs = await create_workflow(api, other, STEPS, name="theirs")
+    expected: list[tuple[Account, str, dict[str, Any], int]] = []
+    for i in range(6):
+        expected += [
+            (owner, plain, {"i": i}, 202),
+            (other, plain, {"i": i}, 404),  # the owner's workflow, asked by the other org
+            (other, theirs, {"i": i}, 202),
+            (owner, schema, {"n": "bad"}, 422),
+            (owner, schema, {"n": i}, 202),
+        ]
+    checkouts: list[object] = []
+
+    def checkout(*_: object) -> None:
+        checkouts.append(_)
+
+    pool = queue_runtime.database.app_engine.sync_engine.pool
+    event.listen(pool, "checkout", checkout)
+    try:
+        answers = await asyncio.gather(
+            *(
+                api.post(
+                    f"/api/workflows/{workflow}/execute",
+                    json={"input": input},
+                    headers=account.headers,
+                )
+                for account, workflow, input, _ in expected
+            )
+        )
+    finally:
+        event.remove(pool, "checkout", checkout)
+
+    assert [a.status_code for a in answers] == [status for *_, status in expected]
+    assert len(checkouts) < len(expected) / 2  # grouped: far fewer calls than starts
+    made = [
+        (account, input, uuid.UUID(answer.json()["execution_id"]))
+        for (account, _, input, _), answer in zip(expected, answers, strict=True)
+        if answer.status_code == 202
+    ]
+    async with system_transaction(queue_runtime.database) as db:
+        rows = {
+            row.id: row
+            for row in await db.scalars(
+                select(WorkflowExecution).where(WorkflowExecution.id.in_([m[2] for m in made]))
+            )
+        }
+    for account, input, execution_id in made:
+        assert rows[execution_id].org_id == account.org_id
+        assert rows[execution_id].input == input

@@ -7,14 +7,17 @@ object, or no body at all; no Idempotency-Key) and hands anything else, before d
 to the route in executions/routes.py, which stays the documented operation and answers what is
 unusual (a malformed body, a missing token, an idempotent retry) as ever. Once it has taken a
 request it answers it as the route would: the same authentication and rate limit
-(auth/authenticate.py), role, start (`service.start_execution_alone`, one call that sets the
-tenant and commits), submission to the fair scheduler after the commit, metric, status, body
-and Location; refusals are the same DomainErrors in the same JSON. It sits inside every
-middleware (request id, metrics under the route's own path, security and rate-limit headers,
-body limit, input guard, unexpected errors), so those apply to it unchanged."""
+(auth/authenticate.py), role, start (`service.start_executions_alone`: one call that sets each
+start's tenant and commits, for the starts that arrive together, `Starts`), submission to the
+fair scheduler after the commit, metric, status, body and Location; refusals are the same
+DomainErrors in the same JSON. It sits inside every middleware (request id, metrics under the
+route's own path, security and rate-limit headers, body limit, input guard, unexpected
+errors), so those apply to it unchanged."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import uuid
 from typing import Any
@@ -51,6 +54,7 @@ class ExecuteLane:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.starts = Starts()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         taken = _taken(scope)
@@ -68,7 +72,9 @@ class ExecuteLane:
             return
         scope["route"] = ROUTE
         try:
-            status, headers, content = await _execute(scope, receive, workflow_id, token, body)
+            status, headers, content = await _execute(
+                scope, receive, self.starts, workflow_id, token, body
+            )
         except DomainError as refused:
             response = error_response(
                 refused.status_code,
@@ -160,7 +166,12 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 async def _execute(
-    scope: Scope, receive: Receive, workflow_id: uuid.UUID, token: str, input: dict[str, Any]
+    scope: Scope,
+    receive: Receive,
+    starts: Starts,
+    workflow_id: uuid.UUID,
+    token: str,
+    input: dict[str, Any],
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """What `routes.execute_workflow` does for a request without an idempotency key."""
     runtime: Runtime = scope["app"].state.runtime
@@ -169,22 +180,16 @@ async def _execute(
     check_role(principal, Role.MEMBER)
     org_id = principal.current_org()
     request_id = current_request_id()
-    started = await service.start_execution_alone(
-        database=runtime.database,
-        org_id=org_id,
+    start = service.Start(
         workflow_id=workflow_id,
         input=input,
         max_queued=queue_limit_of(runtime, org_id),
         origin=service.api_origin(principal, AuditContext(request_id=request_id)),
     )
-    execution = started.execution
-    try:  # committed: a submission that fails is the reconciler's to make (as after_commit)
-        await ExecutionQueue(runtime).submit(
-            execution_id=execution.id, org_id=execution.org_id, request_id=request_id
-        )
-    except Exception:
-        log.exception("execution_submit_failed", execution_id=str(execution.id))
+    data = ExecutionQueue(runtime).job_data_sent(start.execution_id, org_id, request_id)
+    started = await starts.start(runtime, org_id, start, data)
     count_start(service.StartKind.API, started)
+    execution = started.execution
     content = json.dumps(
         {"execution_id": str(execution.id), "status": str(execution.status)},
         separators=(",", ":"),
@@ -195,3 +200,60 @@ async def _execute(
         (b"location", f"/api/executions/{execution.id}".encode()),
     ]
     return 202, headers, content
+
+
+_Waiting = tuple[uuid.UUID, service.Start, dict[str, Any], "asyncio.Future[service.Started]"]
+
+
+class Starts:
+    """The starts of the requests in flight in this process. One group is made at a time: a
+    start that finds none being made goes at once; those arriving meanwhile wait for it and go
+    together next, in one call (`service.start_executions_alone`: one transaction, each start
+    under its own tenant) and one submission to the fair scheduler. Nothing waits longer than
+    the group before it takes; under load the groups grow and the round trips, transactions
+    and script calls per start shrink. A start's answer is its own, refusals and errors alike."""
+
+    MOST = 64  # starts in one group
+
+    def __init__(self) -> None:
+        self._waiting: list[_Waiting] = []
+        self._making: asyncio.Task[None] | None = None
+
+    async def start(
+        self, runtime: Runtime, org_id: uuid.UUID, start: service.Start, data: dict[str, Any]
+    ) -> service.Started:
+        future: asyncio.Future[service.Started] = asyncio.get_running_loop().create_future()
+        self._waiting.append((org_id, start, data, future))
+        if self._making is None or self._making.done():
+            # A context of its own: no request's ids in what its groups log.
+            self._making = asyncio.create_task(self._make(runtime), context=contextvars.Context())
+        return await future
+
+    async def _make(self, runtime: Runtime) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[: self.MOST], self._waiting[self.MOST :]
+            try:
+                answers = await service.start_executions_alone(
+                    runtime.database, [(org_id, start) for org_id, start, _, _ in group]
+                )
+            except Exception as failed:  # PostgreSQL unavailable: every start in it says so
+                for *_, future in group:
+                    if not future.done():
+                        future.set_exception(failed)
+                continue
+            made = [
+                (answer.execution.org_id, answer.execution.id, data)
+                for answer, (_, _, data, _) in zip(answers, group, strict=True)
+                if isinstance(answer, service.Started)
+            ]
+            try:  # committed: a submission that fails is the reconciler's to make again
+                await ExecutionQueue(runtime).submit_many(made)
+            except Exception:
+                log.exception("execution_submit_failed", executions=len(made))
+            for answer, (*_, future) in zip(answers, group, strict=True):
+                if future.done():  # its request went away; its execution stands
+                    continue
+                if isinstance(answer, service.Started):
+                    future.set_result(answer)
+                else:
+                    future.set_exception(answer)

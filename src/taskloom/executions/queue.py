@@ -75,6 +75,20 @@ class ExecutionQueue:
             admitted = await self.fair.accept(org_id=org_id, execution_id=execution_id, data=data)
             await self.add(admitted)
 
+    def job_data_sent(
+        self, execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None
+    ) -> dict[str, Any]:
+        """`job_data` made under the job's producer span in the caller's own context, for a
+        submission sent later with others' (`submit_many`)."""
+        with self._sending(execution_id):
+            return self.job_data(execution_id, org_id, request_id)
+
+    async def submit_many(
+        self, submitted: list[tuple[uuid.UUID, uuid.UUID, dict[str, Any]]]
+    ) -> None:
+        """`submit` for several (org, execution, job data) at once: one script call, one add."""
+        await self.add(await self.fair.accept_many(submitted))
+
     async def finished(self, *, execution_id: uuid.UUID, org_id: uuid.UUID) -> None:
         """The execution is done with the queue (finished, or withdrawn): free its
         organization's slot and add the jobs of what the scheduler admits in its place."""

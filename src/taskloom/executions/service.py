@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom import safe_jsonschema
@@ -22,7 +23,13 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.db.driver import Statements, app_connection, session_connection
 from taskloom.db.engine import Database
-from taskloom.errors import Conflict, NotFound, TooManyQueued, ValidationFailed
+from taskloom.errors import (
+    Conflict,
+    NotFound,
+    TooManyQueued,
+    ValidationFailed,
+    unavailable_dependency,
+)
 from taskloom.executions import state
 from taskloom.executions.models import (
     ApprovalStatus,
@@ -221,6 +228,43 @@ async def _claim_key(
 # call of `taskloom_start` (migration 0017) for the usual start, a second with the version whose
 # input_schema the input was checked against.
 _START = "select taskloom_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_START_MANY = "select taskloom_start_many($1)"
+
+
+@dataclass(frozen=True)
+class Start:
+    """One start without an idempotency key: what `start_execution` is given, and the id its
+    execution will have (known before, so its job's data can be made in the caller's context)."""
+
+    workflow_id: uuid.UUID
+    input: dict[str, Any]
+    max_queued: int | None
+    origin: Origin
+    execution_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def arguments(self, tenant: uuid.UUID | None, version: int | None) -> list[Any]:
+        """`taskloom_start`'s arguments (the input as JSON text); `version` given: the second
+        call, after the check."""
+        arguments = self.values(tenant, version)
+        arguments[7] = json.dumps(arguments[7])
+        return arguments
+
+    def values(self, tenant: uuid.UUID | None, version: int | None) -> list[Any]:
+        origin = self.origin
+        return [
+            tenant,
+            origin.user_id,
+            origin.request_id,
+            self.workflow_id,
+            self.execution_id,
+            self.max_queued if version is None else None,
+            version,
+            self.input,
+            str(origin.kind),
+            origin.trigger_id,
+            origin.depth,
+            origin.root_execution_id,
+        ]
 
 
 async def start_execution(
@@ -257,55 +301,53 @@ async def start_execution(
             ttl_seconds=idempotency_ttl_seconds,
             digest=idempotency_digest or input_digest(input),
         )
-    statements = await session_connection(db)
-    return await _start(statements, None, workflow_id, input, max_queued, origin)
+    start = Start(workflow_id=workflow_id, input=input, max_queued=max_queued, origin=origin)
+    return await _start(await session_connection(db), None, start)
 
 
-async def start_execution_alone(
-    *,
-    database: Database,
-    org_id: uuid.UUID,
-    workflow_id: uuid.UUID,
-    input: dict[str, Any],
-    max_queued: int | None,
-    origin: Origin,
-) -> Started:
-    """`start_execution` (without an idempotency key) in a transaction of its own: the call
-    sets the tenant (`org_id`, `origin.user_id`, `origin.request_id`) for itself, so a start
-    is one round trip and commits when it returns (the execute route's lane)."""
+async def start_executions_alone(
+    database: Database, starts: list[tuple[uuid.UUID, Start]]
+) -> list[Started | Exception]:
+    """Several `start_execution`s, each of an (organization, start), in one transaction of their
+    own: each start sets its tenant (the organization, `origin.user_id`, `origin.request_id`)
+    for its own statements, and all commit when the call returns (the execute route's lane:
+    one round trip for the starts that arrived together). Each answer is its start's
+    execution or what refused it. Should the call fail as a whole, each start is made alone,
+    so one start's error is only its own."""
     async with app_connection(database) as statements:
-        return await _start(statements, org_id, workflow_id, input, max_queued, origin)
+        try:
+            found: list[Any] | None = await statements.fetchval(
+                _START_MANY,
+                json.dumps(
+                    [start.values(tenant, None) for tenant, start in starts], default=str
+                ),
+            )
+        except DBAPIError as failed:
+            if unavailable_dependency(failed):
+                raise
+            found = None
+        answers: list[Started | Exception] = []
+        for i, (tenant, start) in enumerate(starts):
+            try:
+                if found is None:
+                    answers.append(await _start(statements, tenant, start))
+                else:
+                    answers.append(await _conclude(statements, tenant, start, found[i]))
+            except Exception as refused:  # this start's answer, whatever it is
+                answers.append(refused)
+        return answers
 
 
-async def _start(
-    statements: Statements,
-    tenant: uuid.UUID | None,
-    workflow_id: uuid.UUID,
-    input: dict[str, Any],
-    max_queued: int | None,
-    origin: Origin,
+async def _start(statements: Statements, tenant: uuid.UUID | None, start: Start) -> Started:
+    found = await statements.fetchval(_START, *start.arguments(tenant, None))
+    return await _conclude(statements, tenant, start, found)
+
+
+async def _conclude(
+    statements: Statements, tenant: uuid.UUID | None, start: Start, found: Any
 ) -> Started:
-    execution_id = uuid.uuid4()
-    payload = json.dumps(input)
-
-    async def call(max_queued: int | None, version: int | None) -> Any:
-        return await statements.fetchval(
-            _START,
-            tenant,
-            origin.user_id,
-            origin.request_id,
-            workflow_id,
-            execution_id,
-            max_queued,
-            version,
-            payload,
-            str(origin.kind),
-            origin.trigger_id,
-            origin.depth,
-            origin.root_execution_id,
-        )
-
-    found = await call(max_queued, None)
+    """The start's execution from `taskloom_start`'s answer, or why it was refused; a start
+    refused only for its input to be checked is made after the check."""
     if found is None:
         raise NotFound("workflow not found")
     if not found["enabled"]:
@@ -313,15 +355,20 @@ async def _start(
     created_at = found["created_at"]
     if created_at is None:  # refused by the call: say why, or insert after the check
         if found["input_schema"] is not None:
-            check_input({"input_schema": found["input_schema"]}, input)
-        if max_queued is not None:
-            _check_queue_room(found["queued"], max_queued)
-        again = await call(None, found["version"])
+            check_input({"input_schema": found["input_schema"]}, start.input)
+        if start.max_queued is not None:
+            _check_queue_room(found["queued"], start.max_queued)
+        again = await statements.fetchval(_START, *start.arguments(tenant, found["version"]))
         created_at = again["created_at"] if again is not None else None
         if created_at is None:  # its definition changed since the check: check it again
             raise Conflict("the workflow changed while starting; retry", code="workflow_changed")
     execution = _queued_execution(
-        execution_id, uuid.UUID(found["org_id"]), workflow_id, found["version"], input, origin
+        start.execution_id,
+        uuid.UUID(found["org_id"]),
+        start.workflow_id,
+        found["version"],
+        start.input,
+        start.origin,
     )
     execution.created_at = datetime.fromtimestamp(created_at, UTC)
     # Not audited: the execution row is its own record (who or what, when, request id), and an

@@ -119,16 +119,20 @@ local function admit()
   return out
 end
 
-if op == 'accept' then
-  local org, id = ARGV[5], ARGV[6]
-  if not redis.call('ZSCORE', running(org), id) then
-    redis.call('ZADD', ready(org), 'NX', redis.call('HINCRBY', META, 'seq', 1), id)
-    redis.call('HSET', JOBS, id, ARGV[7])
-    enlist(org)
+if op == 'accept' then  -- ARGV[5..]: org, id, data, org, id, data, ...
+  for i = 5, #ARGV, 3 do
+    local org, id = ARGV[i], ARGV[i + 1]
+    if not redis.call('ZSCORE', running(org), id) then
+      redis.call('ZADD', ready(org), 'NX', redis.call('HINCRBY', META, 'seq', 1), id)
+      redis.call('HSET', JOBS, id, ARGV[i + 2])
+      enlist(org)
+    end
   end
   local out = admit()
-  -- The organization's executions in Redis, for the caller's MAX_QUEUED_PER_ORG hint.
-  out[#out + 1] = redis.call('ZCARD', ready(org)) + redis.call('ZCARD', running(org))
+  -- Each one's organization's executions in Redis, for the caller's MAX_QUEUED_PER_ORG hint.
+  for i = 5, #ARGV, 3 do
+    out[#out + 1] = redis.call('ZCARD', ready(ARGV[i])) + redis.call('ZCARD', running(ARGV[i]))
+  end
   return out
 elseif op == 'release' then  -- ARGV[5..]: org, id, org, id, ...
   for i = 5, #ARGV, 2 do
@@ -190,9 +194,24 @@ class FairScheduler:
     ) -> list[Admitted]:
         """Put the execution in its organization's ready list (a no-op if it is there or
         admitted already) and admit what may run."""
-        reply = await self._call("accept", str(org_id), str(execution_id), json.dumps(data))
-        self._note_queued(org_id, int(reply.pop()))
-        return _admitted(reply)
+        return await self.accept_many([(org_id, execution_id, data)])
+
+    async def accept_many(
+        self, accepted: list[tuple[uuid.UUID, uuid.UUID, dict[str, Any]]]
+    ) -> list[Admitted]:
+        """`accept` for several (org, execution, data) at once: one script call."""
+        if not accepted:
+            return []
+        parts = [
+            str(part)
+            for org_id, execution_id, data in accepted
+            for part in (org_id, execution_id, json.dumps(data))
+        ]
+        reply = await self._call("accept", *parts)
+        counts = reply[len(reply) - len(accepted) :]
+        for (org_id, _, _), count in zip(accepted, counts, strict=True):
+            self._note_queued(org_id, int(count))
+        return _admitted(reply[: len(reply) - len(accepted)])
 
     def surely_below(self, org_id: uuid.UUID, limit: int) -> bool:
         """Whether the organization had far fewer than `limit` executions waiting or admitted

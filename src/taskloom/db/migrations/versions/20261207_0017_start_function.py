@@ -80,12 +80,35 @@ BEGIN
 END $$
 """
 
+# Several starts in one transaction (the API groups the starts that arrive while one is being
+# made): `taskloom_start` for each element of `p_starts`, an array of its arguments, answering
+# the array of its answers. Each start sets its own tenant, so its statements see only its
+# organization's rows, whatever the others' are.
+_START_MANY = """
+CREATE FUNCTION taskloom_start_many(p_starts jsonb) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s jsonb;
+    answers jsonb := '[]'::jsonb;
+BEGIN
+    FOR s IN SELECT value FROM jsonb_array_elements(p_starts) LOOP
+        answers := answers || jsonb_build_array(taskloom_start(
+            (s ->> 0)::uuid, (s ->> 1)::uuid, s ->> 2, (s ->> 3)::uuid, (s ->> 4)::uuid,
+            (s ->> 5)::integer, (s ->> 6)::integer, s -> 7, s ->> 8, (s ->> 9)::uuid,
+            (s ->> 10)::integer, (s ->> 11)::uuid
+        ));
+    END LOOP;
+    RETURN answers;
+END $$
+"""
+
 
 def upgrade() -> None:
     op.execute(_START)
+    op.execute(_START_MANY)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION taskloom_start_many(jsonb)")
     op.execute(
         "DROP FUNCTION taskloom_start(uuid, uuid, text, uuid, uuid, integer, integer, jsonb, "
         "text, uuid, integer, uuid)"
