@@ -18,8 +18,9 @@ from sqlalchemy import event, select
 from taskloom.app import create_app
 from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
-from taskloom.executions.lane import ExecuteLane
+from taskloom.executions.lane import ExecuteLane, Starts, _Waiting
 from taskloom.executions.models import WorkflowExecution
+from taskloom.executions.service import Origin, Start
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member, register
 from tests.in_process import asgi_client, opened_runtime, running_app
@@ -277,3 +278,28 @@ async def test_starts_arriving_together_go_in_one_call_each_under_its_own_tenant
     for account, input, execution_id in made:
         assert rows[execution_id].org_id == account.org_id
         assert rows[execution_id].input == input
+
+
+async def test_a_group_is_bounded_in_starts_and_in_bytes() -> None:
+    """An organization sending large inputs shares a group with few others."""
+    loop = asyncio.get_running_loop()
+    starts = Starts()
+    kib = 1024
+
+    def waiting(size: int) -> _Waiting:
+        start = Start(workflow_id=uuid.uuid4(), input={}, max_queued=None, origin=Origin())
+        return _Waiting(uuid.uuid4(), start, {}, size, loop.create_future())
+
+    sizes = [100 * kib, 100 * kib, 100 * kib, 1, 1, 300 * kib, *([1] * 70)]
+    starts._waiting = [waiting(size) for size in sizes]
+    groups = []
+    while starts._waiting:
+        groups.append([w.size for w in starts._next_group()])
+
+    assert groups == [
+        [100 * kib, 100 * kib],  # a third would pass 256 KiB
+        [100 * kib, 1, 1],
+        [300 * kib],  # larger than a group: alone
+        [1] * Starts.MOST,
+        [1] * 6,
+    ]

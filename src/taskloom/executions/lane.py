@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -64,6 +65,7 @@ class ExecuteLane:
         workflow_id, token, json_body = taken
         messages: list[Message] = []
         body: Any = {}
+        raw: bytes | None = b""
         if json_body:
             raw = await _read(receive, messages)
             body = _parsed(raw) if raw is not None else None
@@ -73,7 +75,7 @@ class ExecuteLane:
         scope["route"] = ROUTE
         try:
             status, headers, content = await _execute(
-                scope, receive, self.starts, workflow_id, token, body
+                scope, receive, self.starts, workflow_id, token, body, len(raw or b"")
             )
         except DomainError as refused:
             response = error_response(
@@ -172,6 +174,7 @@ async def _execute(
     workflow_id: uuid.UUID,
     token: str,
     input: dict[str, Any],
+    size: int,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """What `routes.execute_workflow` does for a request without an idempotency key."""
     runtime: Runtime = scope["app"].state.runtime
@@ -187,7 +190,7 @@ async def _execute(
         origin=service.api_origin(principal, AuditContext(request_id=request_id)),
     )
     data = ExecutionQueue(runtime).job_data_sent(start.execution_id, org_id, request_id)
-    started = await starts.start(runtime, org_id, start, data)
+    started = await starts.start(runtime, org_id, start, data, size)
     count_start(service.StartKind.API, started)
     execution = started.execution
     content = json.dumps(
@@ -202,7 +205,13 @@ async def _execute(
     return 202, headers, content
 
 
-_Waiting = tuple[uuid.UUID, service.Start, dict[str, Any], "asyncio.Future[service.Started]"]
+@dataclass
+class _Waiting:
+    org_id: uuid.UUID
+    start: service.Start
+    data: dict[str, Any]  # its job's
+    size: int  # bytes of its request's body
+    future: asyncio.Future[service.Started]
 
 
 class Starts:
@@ -211,49 +220,73 @@ class Starts:
     together next, in one call (`service.start_executions_alone`: one transaction, each start
     under its own tenant) and one submission to the fair scheduler. Nothing waits longer than
     the group before it takes; under load the groups grow and the round trips, transactions
-    and script calls per start shrink. A start's answer is its own, refusals and errors alike."""
+    and script calls per start shrink. A start's answer is its own, refusals and errors alike.
+    A group is bounded in starts and in bytes, so an organization sending large inputs delays
+    the others in its group by little."""
 
     MOST = 64  # starts in one group
+    MOST_BYTES = 256 * 1024  # of their bodies together (a larger one goes alone)
 
     def __init__(self) -> None:
         self._waiting: list[_Waiting] = []
         self._making: asyncio.Task[None] | None = None
 
     async def start(
-        self, runtime: Runtime, org_id: uuid.UUID, start: service.Start, data: dict[str, Any]
+        self,
+        runtime: Runtime,
+        org_id: uuid.UUID,
+        start: service.Start,
+        data: dict[str, Any],
+        size: int,
     ) -> service.Started:
         future: asyncio.Future[service.Started] = asyncio.get_running_loop().create_future()
-        self._waiting.append((org_id, start, data, future))
+        self._waiting.append(_Waiting(org_id, start, data, size, future))
         if self._making is None or self._making.done():
             # A context of its own: no request's ids in what its groups log.
             self._making = asyncio.create_task(self._make(runtime), context=contextvars.Context())
         return await future
 
+    def _next_group(self) -> list[_Waiting]:
+        taken = size = 0
+        for waiting in self._waiting:
+            if taken and (taken == self.MOST or size + waiting.size > self.MOST_BYTES):
+                break
+            taken, size = taken + 1, size + waiting.size
+        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return group
+
     async def _make(self, runtime: Runtime) -> None:
         while self._waiting:
-            group, self._waiting = self._waiting[: self.MOST], self._waiting[self.MOST :]
+            group = self._next_group()
             try:
-                answers = await service.start_executions_alone(
-                    runtime.database, [(org_id, start) for org_id, start, _, _ in group]
-                )
-            except Exception as failed:  # PostgreSQL unavailable: every start in it says so
-                for *_, future in group:
-                    if not future.done():
-                        future.set_exception(failed)
+                answers = await self._group(runtime, group)
+            except BaseException as failed:  # PostgreSQL unavailable: each start says so
+                for waiting in group:
+                    if not waiting.future.done():
+                        waiting.future.set_exception(failed)
+                if not isinstance(failed, Exception):
+                    raise
                 continue
-            made = [
-                (answer.execution.org_id, answer.execution.id, data)
-                for answer, (_, _, data, _) in zip(answers, group, strict=True)
-                if isinstance(answer, service.Started)
-            ]
-            try:  # committed: a submission that fails is the reconciler's to make again
-                await ExecutionQueue(runtime).submit_many(made)
-            except Exception:
-                log.exception("execution_submit_failed", executions=len(made))
-            for answer, (*_, future) in zip(answers, group, strict=True):
-                if future.done():  # its request went away; its execution stands
+            for answer, waiting in zip(answers, group, strict=True):
+                if waiting.future.done():  # its request went away; its execution stands
                     continue
                 if isinstance(answer, service.Started):
-                    future.set_result(answer)
+                    waiting.future.set_result(answer)
                 else:
-                    future.set_exception(answer)
+                    waiting.future.set_exception(answer)
+
+    @staticmethod
+    async def _group(runtime: Runtime, group: list[_Waiting]) -> list[service.Started | Exception]:
+        answers = await service.start_executions_alone(
+            runtime.database, [(waiting.org_id, waiting.start) for waiting in group]
+        )
+        made = [
+            (answer.execution.org_id, answer.execution.id, waiting.data)
+            for answer, waiting in zip(answers, group, strict=True)
+            if isinstance(answer, service.Started)
+        ]
+        try:  # committed: a submission that fails is the reconciler's to make again
+            await ExecutionQueue(runtime).submit_many(made)
+        except Exception:
+            log.exception("execution_submit_failed", executions=len(made))
+        return answers

@@ -318,9 +318,7 @@ async def start_executions_alone(
         try:
             found: list[Any] | None = await statements.fetchval(
                 _START_MANY,
-                json.dumps(
-                    [start.values(tenant, None) for tenant, start in starts], default=str
-                ),
+                json.dumps([start.values(tenant, None) for tenant, start in starts], default=str),
             )
         except DBAPIError as failed:
             if unavailable_dependency(failed):
