@@ -298,7 +298,10 @@ async def http_run(
             while statuses.get("succeeded", 0) < executions and time.monotonic() < deadline:
                 if _finished(output, executions):
                     break
-                await asyncio.sleep(0.05)
+                # Every count reads each of the run's rows: often only near the end, where the
+                # moment matters (polling 20 times a second throughout took a tenth of a core).
+                left = executions - statuses.get("succeeded", 0)
+                await asyncio.sleep(0.05 if left < executions // 10 else 0.5)
                 rows = await poll.fetch(STATUS_COUNTS, workflows)
                 statuses = {row[0]: int(row[1]) for row in rows}
             return time.monotonic(), statuses
