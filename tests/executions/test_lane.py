@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from taskloom.app import create_app
 from taskloom.config import Settings
@@ -303,3 +303,51 @@ async def test_a_group_is_bounded_in_starts_and_in_bytes() -> None:
         [1] * Starts.MOST,
         [1] * 6,
     ]
+
+
+async def test_a_start_the_database_refuses_fails_alone_in_its_group(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    """The group's call fails as a whole; its starts are then made one by one, so only the
+    refused one answers 500."""
+    workflow = await create_workflow(api, owner, STEPS)
+    async with queue_runtime.database.system_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "create function refuse_me_for_a_test() returns trigger language plpgsql as $$ "
+                "begin if new.input ? 'refuse_me' then raise exception 'refused by a test'; end if;"
+                " return new; end $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "create trigger refuse_me before insert on workflow_executions for each row "
+                "execute function refuse_me_for_a_test()"
+            )
+        )
+    try:
+        inputs = [{"i": i} for i in range(5)] + [{"refuse_me": True}] + [{"i": 5}]
+        answers = await asyncio.gather(
+            *(
+                api.post(
+                    f"/api/workflows/{workflow}/execute",
+                    json={"input": input},
+                    headers=owner.headers,
+                )
+                for input in inputs
+            )
+        )
+    finally:
+        async with queue_runtime.database.system_engine.begin() as conn:
+            await conn.execute(text("drop trigger refuse_me on workflow_executions"))
+            await conn.execute(text("drop function refuse_me_for_a_test()"))
+
+    assert [a.status_code for a in answers] == [202] * 5 + [500] + [202]
+    assert answers[5].json()["error"]["code"] == "internal_error"
+    async with system_transaction(queue_runtime.database) as db:
+        stored = await db.scalars(
+            select(WorkflowExecution.input).where(
+                WorkflowExecution.workflow_id == uuid.UUID(workflow)
+            )
+        )
+        assert sorted(s["i"] for s in stored) == list(range(6))
