@@ -328,7 +328,7 @@ async def end_to_end(
 
 
 async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    raw = await raw_bullmq(settings, args.jobs)
+    raw = await raw_bullmq(settings, args.jobs) if args.jobs else None
     runtime = await open_runtime(settings)
     app = create_app(runtime=runtime)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
@@ -363,7 +363,8 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     rate = {r.workers: r.rate for r in runs}
     ok = all(r.ok for r in runs + fanouts)
     print(f"\n{'measurement':<36}{'count':>7}{'per s':>8}{'API-only/s':>12}  CPU during the run")
-    print(f"{'raw bullmq no-op jobs':<36}{args.jobs:>7}{raw:>8.0f}")
+    if raw is not None:
+        print(f"{'raw bullmq no-op jobs':<36}{args.jobs:>7}{raw:>8.0f}")
     for r in runs + fanouts:
         shape = "one-step" if r.steps == 1 else f"{r.steps}-step fan-out"
         if r.steps > 1 and r not in fanouts:
@@ -373,7 +374,7 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         print(f"{label:<36}{figures}" + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
         if not r.ok:
             print(f"  NOT ALL SUCCEEDED: {r.statuses}")
-    if 1 in rate:
+    if 1 in rate and raw is not None:
         ratios = f"ratio e2e(1)/raw = {rate[1] / raw:.3f}"
         print(ratios + (f", e2e(2)/e2e(1) = {rate[2] / rate[1]:.2f}" if 2 in rate else ""))
     for one, fan in zip(runs, fanouts, strict=False):
@@ -386,10 +387,10 @@ async def bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "jobs": args.jobs,
         "executions": args.executions,
         "worker_concurrency": settings.worker_concurrency,
-        "raw_jobs_per_s": round(raw, 1),
+        "raw_jobs_per_s": round(raw, 1) if raw is not None else None,
         **{f"e2e_{r.workers}_per_s": round(r.rate, 1) for r in runs},
         **{f"api_{r.workers}_per_s": round(r.api_rate, 1) for r in runs},
-        **({"ratio_e2e1_raw": round(rate[1] / raw, 4)} if 1 in rate else {}),
+        **({"ratio_e2e1_raw": round(rate[1] / raw, 4)} if 1 in rate and raw else {}),
         **({"ratio_e2e2_e2e1": round(rate[2] / rate[1], 3)} if {1, 2} <= set(rate) else {}),
         **({"steps": args.steps} if args.steps != 1 else {}),
         "cpu": {f"e2e_{r.workers}": r.cpu for r in runs},
