@@ -251,6 +251,8 @@ async def n8n_round(
     count = max(succeeded, 1)
     server = sum(used.values())
     busy = after.busy - start.busy
+    client = gen["client_cpu_ms_per_request"] * gen["requests"] / 1000
+    other = busy / os.sysconf("SC_CLK_TCK") - server - client  # other sessions' load, mostly
     return {
         "requests": args.requests,
         "http_statuses": gen["statuses"],
@@ -260,7 +262,10 @@ async def n8n_round(
         "latency_ms": gen["latency_ms"],
         "client_cpu_ms_per_request": gen["client_cpu_ms_per_request"],
         "cpu_ms_per_execution": {f"{k}_ms": round(1000 * v / count, 3) for k, v in used.items()}
-        | {"server_ms": round(1000 * server / count, 3)},
+        | {
+            "server_ms": round(1000 * server / count, 3),
+            "other_ms": round(1000 * other / count, 3),
+        },
         "machine_busy_pct": round(100 * busy / (after.total - start.total), 1),
         "ok": gen["statuses"] == {"200": args.requests}
         and succeeded == args.requests
@@ -317,14 +322,15 @@ def compare(n8n: list[dict[str, Any]], taskloom: list[dict[str, Any]]) -> dict[s
 def print_n8n(runs: list[dict[str, Any]]) -> None:
     print(
         f"\n{'n8n round':<10}{'execs':>7}{'per s':>8}  CPU ms per execution: n8n postgres = server"
-        " | client ms/req, p50/p99 ms, busy %"
+        " | client ms/req, other ms, p50/p99 ms, busy %"
     )
     for i, r in enumerate(runs, 1):
         cpu = r["cpu_ms_per_execution"]
         print(
             f"{i:<10}{r['succeeded']:>7}{r['per_s']:>8.0f}  {cpu['n8n_ms']:.2f} "
             f"{cpu['postgres_ms']:.2f} = {cpu['server_ms']:.2f} | "
-            f"{r['client_cpu_ms_per_request']:.3f}, {r['latency_ms']['p50']}/"
+            f"{r['client_cpu_ms_per_request']:.3f}, {cpu['other_ms']:.2f}, "
+            f"{r['latency_ms']['p50']}/"
             f"{r['latency_ms']['p99']}, {r['machine_busy_pct']}"
         )
         if not r["ok"]:
