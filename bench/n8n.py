@@ -201,6 +201,10 @@ SUCCEEDED_SINCE = (
     " count(*) filter (where status <> 'success'), max(\"stoppedAt\")"
     ' from execution_entity where "stoppedAt" >= $1'
 )
+NOT_SUCCEEDED_SINCE = (
+    'select id, status, mode, "startedAt", "stoppedAt" from execution_entity'
+    " where \"stoppedAt\" >= $1 and status <> 'success' order by id limit 5"
+)
 
 
 async def n8n_round(
@@ -219,14 +223,16 @@ async def n8n_round(
             await output
 
         warm = spec | {"requests": args.warmup}
-        await generate(args.generator, warm, workdir, lambda: None, just_wait)
+        warmed, _ = await generate(args.generator, warm, workdir, lambda: None, just_wait)
         wall = time.time() - time.monotonic()  # CLOCK_MONOTONIC to wall clock, this machine
         before: list[Snapshot] = []
+        window: list[datetime] = []
 
         async def watch(output: asyncio.Task[bytes]) -> tuple[Snapshot, tuple[int, int, Any]]:
             """Until every answered execution's row has landed (n8n may save after answering)."""
             gen = json.loads((await output).decode().strip().splitlines()[-1])
             since = datetime.fromtimestamp(wall + gen["first_sent"], UTC)
+            window.append(since)
             deadline, rows = time.monotonic() + 15, (0, 0, None)
             while time.monotonic() < deadline:
                 record = await conn.fetchrow(SUCCEEDED_SINCE, since)
@@ -241,6 +247,7 @@ async def n8n_round(
             args.generator, measured, workdir, lambda: before.append(Snapshot.take()), watch
         )
         activity = await conn.fetch("select pid, datname, backend_type from pg_stat_activity")
+        unsuccessful = [dict(r) for r in await conn.fetch(NOT_SUCCEEDED_SINCE, window[0])]
         own_pid = await conn.fetchval("select pg_backend_pid()")
     finally:
         stop_n8n(proc)
@@ -265,6 +272,7 @@ async def n8n_round(
     return {
         "requests": args.requests,
         "http_statuses": gen["statuses"],
+        "warmup_http_statuses": warmed["statuses"],
         "succeeded": succeeded,
         "failed": failed,
         "per_s": round(succeeded / (ended - gen["first_sent"]), 1),
@@ -280,6 +288,10 @@ async def n8n_round(
         and succeeded == args.requests
         and failed == 0,
         "sample_error": gen.get("sample_error"),
+        "unsuccessful_sample": [
+            {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+            for row in unsuccessful
+        ],
     }
 
 
@@ -343,8 +355,12 @@ def print_n8n(runs: list[dict[str, Any]]) -> None:
             f"{r['latency_ms']['p99']}, {r['machine_busy_pct']}"
         )
         if not r["ok"]:
-            print(f"  NOT ALL SUCCEEDED: http {r['http_statuses']}, rows ok {r['succeeded']}")
+            print(
+                f"  NOT ALL SUCCEEDED: http {r['http_statuses']} (warm-up "
+                f"{r['warmup_http_statuses']}), rows ok {r['succeeded']}"
+            )
             print(f"  failed rows {r['failed']}; first error: {r['sample_error']}")
+            print(*(f"  {row}" for row in r["unsuccessful_sample"]), sep="\n")
 
 
 def print_comparison(table: dict[str, Any]) -> None:
