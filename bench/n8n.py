@@ -9,21 +9,21 @@ saved in PostgreSQL (n8n's default), database pool 2, everything else at n8n's d
         [--generator loadgen|autocannon] [--no-with-taskloom] [--n8n-dir DIR]
 
 n8n is installed with npm on first use into `--n8n-dir` (default N8N_BENCH_DIR, else
-~/.cache/taskloom-bench/n8n-2.8.4), outside the repository. Each round: a scratch database for
-n8n (the workflow imported and published once), `n8n start` on a free port, `--warmup` requests,
-then `--requests` measured ones from the generator `queue_throughput.py --http` uses
+~/.cache/taskloom-bench/n8n-2.8.4), outside the repository. Once: a scratch database for n8n, the
+workflow imported and published with n8n's CLI. Each round: `n8n start` on a free port, `--warmup`
+requests, then `--requests` measured ones from the generator `queue_throughput.py --http` uses
 (bench/queue_http.py `generate`, `--connections` in flight); executions/s = successful rows of
-`execution_entity` that stopped after the first measured request, over the time from that request
-to the last answer or stopped row, whichever is later (Taskloom's e2e figure is the same: first
-request to last `succeeded` row). CPU per execution by process group from /proc (bench/proc_cpu.py):
-n8n (the `n8n start` process and its task runner), PostgreSQL (n8n's database's backends plus the
-WAL writer, checkpointer and background writer), the generator (its own figure). n8n is stopped
-after each round. With `--with-taskloom` (the default) each round then runs
-`bench/queue_throughput.py --http` (1 API process + 1 worker, one-step `transform`, its defaults,
-`--requests` executions, same generator and connections), and a side-by-side table gives the
-ratios Taskloom/n8n per round and their medians. Prints `RESULT {json}`; exits 1 if a request or
-execution failed on either side. BENCH_DATABASE_URL names the PostgreSQL server (default the local
-one); n8n's database is dropped at the end.
+`execution_entity` that stopped after the first measured request, over the time from that request to
+the last answer or stopped row, whichever is later (Taskloom's e2e figure is the same: first request
+to last `succeeded` row). CPU per execution by process group from /proc (bench/proc_cpu.py): n8n
+(the `n8n start` process and its task runner), PostgreSQL (n8n's database's backends plus the WAL
+writer, checkpointer and background writer), the generator (its own figure) and the rest of the
+machine ("other": on a shared machine, other sessions' load). n8n is stopped after each round. With
+`--with-taskloom` (the default) each round then runs `bench/queue_throughput.py --http` (1 API
+process + 1 worker, one-step `transform`, its defaults, `--requests` executions, same generator and
+connections), and a side-by-side table gives the ratios Taskloom/n8n per round and their medians.
+Prints `RESULT {json}`; exits 1 if a request or execution failed on either side. BENCH_DATABASE_URL
+names the PostgreSQL server (default the local one); n8n's database is dropped at the end.
 """
 
 from __future__ import annotations
