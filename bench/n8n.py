@@ -212,7 +212,11 @@ async def n8n_round(
 ) -> dict[str, Any]:
     """Start n8n, warm it up, measure `args.requests` webhook calls, stop it."""
     workdir = Path(tempfile.mkdtemp(prefix="taskloom-bench-n8n-"))
-    proc, url = await start_n8n(entry, env, workdir / "n8n.log")
+    try:
+        proc, url = await start_n8n(entry, env, workdir / "n8n.log")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         spec = {
             "targets": [{"url": url, "token": None, "body": BODY}],
