@@ -78,10 +78,11 @@ async def test_jobs_arriving_one_by_one_cost_about_one_fetch_each(redis_url: str
     ours = await _run(FetchingWorker, redis_url)
     theirs = await _run(Worker, redis_url)
     assert ours["processed"] == theirs["processed"] == ARRIVALS
-    # Each arrival: the wake-up's fetch (the job), one that finds the queue empty, and one for
-    # the marker the job's move leaves (measured: 3; bullmq's Worker: about 13, every free slot
-    # asking); the margin is for the waits' 1 s timeouts on a slow machine.
-    assert ours["fetches"] <= 4 * ARRIVALS
+    # Each arrival: the wake-up's fetch (the job), and the one the marker the job's move leaves
+    # wakes, which finds the queue empty (measured: 2; 3 when the free slots also asked at once;
+    # bullmq's Worker: about 13, every free slot asking); the margin is for the waits' 1 s
+    # timeouts on a slow machine.
+    assert ours["fetches"] <= 2 * ARRIVALS + 5
     assert theirs["fetches"] > 2 * ours["fetches"]
 
 

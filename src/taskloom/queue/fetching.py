@@ -6,15 +6,15 @@ arrives, every free slot asks again at once, and all but one find nothing: at a 
 rate (rather than a backlog), 3.5 script calls per job at concurrency 1, 13-16 at 20 (measured,
 ../shared/research/python-floor.md). Here the slots ask one at a time, and once one found the
 queue empty the others do not ask (they return empty-handed, and one of them waits for the
-marker): one fetch answers each wake-up, it takes the job, and the free slots ask again, on and
-on while they find jobs; 3 fetches per job at any concurrency (tests/queue/test_fetching.py).
-No job waits longer than before: an arrival always wakes the waiting slot, and a backlog is
-fetched slot after slot, a round trip each.
+marker): one fetch answers each wake-up and takes the job; bullmq's move of the job leaves a
+marker, which wakes a free slot to ask again, on and on while they find jobs: 2 fetches per job
+at any concurrency (tests/queue/test_fetching.py). No job waits longer than before: an arrival
+always wakes a waiting slot, and a backlog is fetched slot after slot, a round trip or two each.
 
 A completed job's slot asks for the next job in the completion's own script call
 (`moveToFinished` with `fetchNext`, as bullmq's Node worker does; the Python one never asks):
 while there is a backlog, a job costs the worker one Redis round trip fewer. Not while the
-worker is paused or closing (a shutdown takes no new job), nor after the queue was found
+worker is paused or closing (a shutdown takes no new job), nor after the queue was last found
 empty (the slot then waits for the marker, as above).
 """
 
@@ -33,6 +33,8 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
         super().__init__(*args, **kwargs)
         self._asking = asyncio.Lock()
         self._answered: Any = None  # the wait whose wake-up a fetch has already answered
+        self._empty = False  # the last fetch (or completion) found no job
+        self.drained: bool = self.drained  # bullmq's: the queue was found empty (typed here)
 
     async def moveToActive(self, token: str) -> Any:
         async with self._asking:
@@ -44,10 +46,19 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
                 self._answered = waiting
             elif self.drained:
                 return None  # found empty a moment ago: wait for the marker instead
-            return await super().moveToActive(token)
+            job = await super().moveToActive(token)
+            if woken and job is not None:
+                # bullmq's move of a job leaves a marker, so more jobs are looked for by the
+                # slot it wakes: the free slots wait for it rather than ask now as well.
+                self.drained = True
+            return job
+
+    async def nextJobFromJobData(self, job_data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self._empty = not job_data
+        return await super().nextJobFromJobData(job_data, *args, **kwargs)
 
     def _fetches_next(self) -> bool:
-        return not (self.closing or self.paused or self.forceClosing or self.drained)
+        return not (self.closing or self.paused or self.forceClosing or self._empty)
 
     async def processJob(self, job: Job, token: str) -> Job | None:
         """bullmq 3.4's `Worker.processJob`, completing with `fetchNext`: returns the next job
