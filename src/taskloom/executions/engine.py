@@ -287,8 +287,12 @@ class Engine:
 
     async def _step(self, step_id: str) -> _Outcome:
         step = self.graph.steps[step_id]
-        with tracing.tracer().start_as_current_span(
-            f"step {step['type']}", attributes={"taskloom.step_id": step_id}
+        with (
+            tracing.tracer().start_as_current_span(
+                f"step {step['type']}", attributes={"taskloom.step_id": step_id}
+            )
+            if tracing.enabled()
+            else contextlib.nullcontext()
         ):
             scope = self._scope()
             if (when := step.get("when")) is not None:
