@@ -64,7 +64,7 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
         """bullmq 3.4's `Worker.processJob`, completing with `fetchNext`: returns the next job
         (its lock taken with the same token), which bullmq's run loop then processes in this
         slot, or None."""
-        next_job: Job | None = None
+        fetched: list[Any] | None = None  # what the completion fetched, when it asked
         try:
             if "removeOnComplete" not in job.opts and "removeOnComplete" in self.opts:
                 job.opts["removeOnComplete"] = self.opts["removeOnComplete"]
@@ -93,7 +93,7 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
                 job.returnvalue = result
                 job.attemptsMade = job.attemptsMade + 1
                 if fetch:
-                    next_job = await self._next(moved.get("result"), token)
+                    fetched = moved.get("result") or [None, None, 0, 0]
             self.emit("completed", job, result)
         except (DelayedError, WaitingChildrenError):
             return None
@@ -107,12 +107,18 @@ class FetchingWorker(Worker):  # type: ignore[misc]  # bullmq is untyped
         finally:
             self.jobs.discard((job, token))
             self.lockManager.untrack_job(job.id)
-        return next_job
+        if fetched is None:
+            return None
+        try:  # the completed job stays completed whatever happens to the next one
+            return await self._next(fetched, token)
+        except Exception as err:  # its lock expires and the stalled check gives it back
+            self.emit("error", err)
+            return None
 
-    async def _next(self, fetched: list[Any] | None, token: str) -> Job | None:
+    async def _next(self, fetched: list[Any], token: str) -> Job | None:
         """The job the completion fetched, as `moveToActive` would have returned it (marking
         the queue drained when there was none)."""
-        job_data, job_id, limit_until, delay_until = fetched or (None, None, 0, 0)
+        job_data, job_id, limit_until, delay_until = fetched
         found = await self.nextJobFromJobData(
             job_data, job_id, limit_until or 0, delay_until or 0, token
         )
