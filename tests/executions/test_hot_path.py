@@ -1,20 +1,28 @@
-"""The worker's hot path (migration 0016, executions/state.py): the claim and a step's writes are
-one call each, run as the application role under row-level security with the tenant the call
-sets. Called here directly, as the runner calls them, against real PostgreSQL."""
+"""The worker's hot path (migrations 0016 and 0017, executions/state.py): the claim and a step's
+writes are one call each, run as the application role under row-level security with the tenant
+the call sets; a step's success also answers whether a cancel was requested, so a chain of
+`transform` steps costs one call per step boundary. Called here directly, as the runner calls
+them, and through the engine, against real PostgreSQL."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from taskloom.db import driver
 from taskloom.db.driver import app_connection
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions import state
+from taskloom.executions.engine import Engine
 from taskloom.executions.state import Claim
+from taskloom.executions.template_process import TemplateRenderer
 from taskloom.runtime import Runtime
 from tests.factories import Account, register
 from tests.workers import create_workflow, execute
@@ -163,7 +171,7 @@ async def test_another_organization_can_neither_claim_nor_write_steps_of_an_exec
             )
         with pytest.raises(DBAPIError, match="not found"):
             await statements.execute(
-                state._STEP_SUCCEEDED,
+                state._STEP_DONE,
                 intruder.org_id,
                 execution_id,
                 "t",
@@ -176,6 +184,11 @@ async def test_another_organization_can_neither_claim_nor_write_steps_of_an_exec
                 "1",
                 None,
             )
+        # Nor does it learn whether a cancel was requested: the execution is not there.
+        assert (
+            await statements.fetchval(state._CANCEL_REQUESTED, intruder.org_id, execution_id, None)
+            is False
+        )
     execution, steps = await _rows(queue_runtime, execution_id)
     assert execution["status"] == "queued"
     assert execution["attempts"] == 0
@@ -201,3 +214,148 @@ async def test_a_claim_defers_at_the_organizations_cap_and_finds_a_cancel(
         database, execution_id=second, org_id=owner.org_id, max_running=1
     )
     assert claimed is Claim.FINISHED  # cancelled while queued: nothing to run
+
+
+CHAIN = [
+    {"id": "a", "type": "transform", "args": {"value": "{{ input.n + 1 }}"}},
+    {"id": "b", "type": "transform", "args": {"value": "{{ steps.a.output * 2 }}"}},
+    {"id": "c", "type": "transform", "args": {"value": "{{ steps.b.output + 3 }}"}},
+]
+
+
+class _Calls:
+    """What the engine sends PostgreSQL: hot-path calls (one round trip each), SQLAlchemy
+    tenant transactions (four or more each), and separate cancel checks."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.hot: list[str] = []
+        self.transactions = 0
+        self.cancel_checks = 0
+        call, transaction, check = (
+            driver.Statements._call,
+            state.tenant_transaction,
+            state.cancel_requested,
+        )
+
+        async def counted_call(statements: Any, method: Any, query: str, args: Any) -> Any:
+            self.hot.append(query.split("(")[0].removeprefix("select "))
+            return await call(statements, method, query, args)
+
+        @asynccontextmanager
+        async def counted_transaction(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            self.transactions += 1
+            async with transaction(*args, **kwargs) as db:
+                yield db
+
+        async def counted_check(*args: Any, **kwargs: Any) -> bool:
+            self.cancel_checks += 1
+            return await check(*args, **kwargs)
+
+        monkeypatch.setattr(driver.Statements, "_call", counted_call)
+        monkeypatch.setattr(state, "tenant_transaction", counted_transaction)
+        monkeypatch.setattr(state, "cancel_requested", counted_check)
+
+
+async def _run_chain(
+    runtime: Runtime, owner: Account, execution_id: uuid.UUID, calls: _Calls
+) -> str:
+    """Claim the execution and run its graph in this process, as the runner does."""
+    assert owner.org_id is not None
+    _, run = await state.claim(
+        runtime.database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert run is not None
+    calls.hot.clear()
+    templates = TemplateRenderer.from_settings(runtime.settings)
+
+    async def progressed() -> None:
+        return None
+
+    try:
+        finished = await Engine(runtime, templates, run, on_progress=progressed).execute()
+    finally:
+        await templates.aclose()
+    return finished.status
+
+
+async def test_a_chain_of_transforms_costs_one_call_per_step_and_no_other_transaction(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each step's success is committed on its own, before the next step starts, in one call
+    that also says whether a cancel was requested: no separate cancel check, no SQLAlchemy
+    transaction; the last one ends the execution."""
+    workflow_id = await create_workflow(api, owner, CHAIN)
+    execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 1}))
+    calls = _Calls(monkeypatch)
+    assert await _run_chain(queue_runtime, owner, execution_id, calls) == "succeeded"
+    assert calls.hot == ["taskloom_step_done"] * 3
+    assert calls.transactions == 0
+    assert calls.cancel_checks == 0
+    execution, steps = await _rows(queue_runtime, execution_id)
+    assert execution["status"] == "succeeded"
+    assert {s["step_id"]: (s["status"], s["output"]) for s in steps} == {
+        "a": ("succeeded", 2),
+        "b": ("succeeded", 4),
+        "c": ("succeeded", 7),
+    }
+    assert execution["output"] == 7  # the last step's
+
+
+async def test_a_cancel_requested_while_a_step_runs_stops_the_chain_before_the_next_step(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first step's success reads the request in its own call: the second never starts,
+    the execution ends cancelled."""
+    workflow_id = await create_workflow(api, owner, CHAIN)
+    execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 1}))
+    calls = _Calls(monkeypatch)
+    assert owner.org_id is not None
+    _, run = await state.claim(
+        queue_runtime.database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert run is not None
+    response = await api.post(f"/api/executions/{execution_id}/cancel", headers=owner.headers)
+    assert response.status_code == 200, response.text
+    calls.hot.clear()
+    templates = TemplateRenderer.from_settings(queue_runtime.settings)
+
+    async def progressed() -> None:
+        return None
+
+    try:
+        finished = await Engine(queue_runtime, templates, run, on_progress=progressed).execute()
+    finally:
+        await templates.aclose()
+    assert finished.status == "cancelled"
+    # The first step's success, then the execution's end (its own tenant transaction).
+    assert calls.hot[0] == "taskloom_step_done"
+    assert calls.hot.count("taskloom_step_done") == 1
+    assert calls.cancel_checks == 0
+    execution, steps = await _rows(queue_runtime, execution_id)
+    assert execution["status"] == "cancelled"
+    assert [(s["step_id"], s["status"]) for s in steps] == [("a", "succeeded")]
+
+
+async def test_a_steps_success_answers_whether_a_cancel_was_requested(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    execution_id = await _queued(api, owner)
+    assert owner.org_id is not None
+    database = queue_runtime.database
+    _, run = await state.claim(
+        database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert run is not None
+    step = {"position": 0, "type_": "transform", "args": {}, "output": 1, "started": False}
+    assert await state.step_succeeded(database, run, step_id="t", **step) is False
+    assert await state.cancel_requested(database, run) is False
+    response = await api.post(f"/api/executions/{execution_id}/cancel", headers=owner.headers)
+    assert response.status_code == 200, response.text
+    assert await state.cancel_requested(database, run) is True
+    assert await state.step_succeeded(database, run, step_id="t", **step) is True

@@ -35,7 +35,7 @@ from bench.chaos import (
 
 from taskloom.app import create_app
 from taskloom.config import Settings
-from taskloom.executions import state
+from taskloom.executions import runner, state
 from taskloom.jobs import worker_service
 from taskloom.runtime import Runtime, open_runtime
 from tests.conftest import fresh_deployment
@@ -274,7 +274,8 @@ async def test_a_hand_back_between_steps_does_not_run_the_finished_step_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The shutdown's hand-back used to reset "the current step" even when that step had just
-    succeeded and the runner was between steps (in the cancel check), so it ran again."""
+    succeeded and the runner was between steps (then in the cancel check; since a step's
+    success answers that, in the progress callback, made slow here), so it ran again."""
     first, second = unique_key("first"), unique_key("second")
     workflow_id = await create_workflow(
         api,
@@ -284,13 +285,13 @@ async def test_a_hand_back_between_steps_does_not_run_the_finished_step_again(
             {"id": "second", "type": "http", "args": {"url": counting_server.url(second)}},
         ],
     )
-    cancel_requested = state.cancel_requested
+    forget_stalls = runner._forget_stalls
 
-    async def slow_cancel_check(*args: Any, **kwargs: Any) -> bool:
+    async def slow_progress(*args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(2)  # a slow round trip between the two steps
-        return await cancel_requested(*args, **kwargs)
+        await forget_stalls(*args, **kwargs)
 
-    monkeypatch.setattr(state, "cancel_requested", slow_cancel_check)
+    monkeypatch.setattr(runner, "_forget_stalls", slow_progress)
     runtime = await open_runtime(
         queue_settings.model_copy(update={"shutdown_timeout_seconds": 0.2})
     )
@@ -302,7 +303,7 @@ async def test_a_hand_back_between_steps_does_not_run_the_finished_step_again(
         while counting_server.calls(first) < 1:
             assert time.monotonic() < deadline, "the first step was never called"
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # `first` has committed; the runner is in the cancel check
+        await asyncio.sleep(0.5)  # `first` has committed; the runner is between the steps
         await service.shutdown()  # hands the execution back
     finally:
         await runtime.close()

@@ -546,3 +546,37 @@ async def test_erasing_the_last_owner_stops_the_organizations_schedules(
 
 async def _some(found: Awaitable[list[Any]]) -> list[Any] | None:
     return (await found) or None
+
+
+async def test_a_round_with_nothing_due_or_waiting_costs_one_transaction(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker runs the ticker every SCHEDULE_INTERVAL_SECONDS: while no tick is due and
+    none waits, a round is one statement, not the three rounds' transactions; a due tick still
+    fires in the same round."""
+    workflow_id = await create_workflow(api, owner, ECHO)
+    schedule_id = await create_schedule(api, owner, workflow_id, cron="0 0 0 1 1 *")
+    now = await database_now(queue_runtime)
+    await set_schedule(queue_runtime, schedule_id, next_tick_at=now + timedelta(days=1))
+    transactions = [0]
+    opened = ticker.system_transaction
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        transactions[0] += 1
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(ticker, "system_transaction", counted)
+    await _fire(queue_runtime)
+    assert transactions[0] == 1
+    assert await ticks_of(queue_runtime, schedule_id) == []
+    due = now.replace(microsecond=0) - timedelta(seconds=1)
+    await set_schedule(queue_runtime, schedule_id, next_tick_at=due, cron="* * * * * *")
+    await _fire(queue_runtime)
+    await pause(api, owner, schedule_id)
+    ticks = await ticks_of(queue_runtime, schedule_id)
+    assert ticks
+    assert ticks[0].tick_at == due
+    assert ticks[0].status == "started"

@@ -77,6 +77,8 @@ class _Outcome:
     error: dict[str, Any] | None = None
     tolerated: bool = False
     finished_execution: bool = False  # the step's transaction also finished the execution
+    # Whether a cancel was requested, as the step's own last call read it (None: not read)
+    cancel_requested: bool | None = None
     wake_at: datetime | None = None  # waiting: when to look again (None: an event wakes it)
 
 
@@ -125,7 +127,9 @@ class Engine:
     async def _drive(self) -> Finished:
         database = self.runtime.database
         limit = int(self.run.definition.get("max_parallel_steps") or DEFAULT_MAX_PARALLEL_STEPS)
-        checked_cancel = True  # the claim has just checked for a cancel request
+        # Whether a cancel was requested, as last read (None: ask before starting steps): the
+        # claim has just looked, and so has the success of each step (migration 0017).
+        cancel: bool | None = False
         while True:
             start, skip = self.plan.next()
             if skip:
@@ -135,9 +139,11 @@ class Engine:
                     self.plan.states[step_id] = StepState(StepStatus.SKIPPED, finished=now)
                 continue
             start = start[: max(limit - len(self._tasks), 0)]
-            if start and not checked_cancel and await state.cancel_requested(database, self.run):
+            if start and cancel is None:
+                cancel = await state.cancel_requested(database, self.run)
+            if start and cancel:
                 raise Cancelled()
-            checked_cancel = False
+            cancel = None
             for step_id in start:
                 self.plan.state(step_id).status = StepStatus.RUNNING
                 task = asyncio.ensure_future(self._step(step_id))
@@ -153,10 +159,11 @@ class Engine:
                 if await state.cancel_requested(database, self.run):
                     raise Cancelled()
                 continue
-            checked_cancel = False
+            answers = set()
             for task in done:
                 step_id = self._tasks.pop(task)
                 outcome = task.result()  # a task raises only for infrastructure: propagate
+                answers.add(outcome.cancel_requested)
                 self.plan.states[step_id] = StepState(
                     status=outcome.status,
                     output=outcome.output,
@@ -167,6 +174,8 @@ class Engine:
                 )
                 if outcome.finished_execution:
                     return Finished("succeeded")
+            # Known only when every step that just ended read it; a request any one saw counts.
+            cancel = True if True in answers else (False if answers == {False} else None)
             await self.on_progress()
 
     async def _end(self) -> Finished | None:
@@ -278,8 +287,12 @@ class Engine:
 
     async def _step(self, step_id: str) -> _Outcome:
         step = self.graph.steps[step_id]
-        with tracing.tracer().start_as_current_span(
-            f"step {step['type']}", attributes={"taskloom.step_id": step_id}
+        with (
+            tracing.tracer().start_as_current_span(
+                f"step {step['type']}", attributes={"taskloom.step_id": step_id}
+            )
+            if tracing.enabled()
+            else contextlib.nullcontext()
         ):
             scope = self._scope()
             if (when := step.get("when")) is not None:
@@ -594,7 +607,7 @@ class Engine:
             )
             return _Outcome(StepStatus.SUCCEEDED, output)
         last, execution_output = self._finishing(step_id, output)
-        await state.step_succeeded(
+        cancel = await state.step_succeeded(
             database,
             self.run,
             step_id=step_id,
@@ -607,7 +620,9 @@ class Engine:
             execution_output=execution_output,
         )
         log.info("step_succeeded", step_id=step_id)
-        return _Outcome(StepStatus.SUCCEEDED, output, finished_execution=last)
+        return _Outcome(
+            StepStatus.SUCCEEDED, output, finished_execution=last, cancel_requested=cancel
+        )
 
     async def _start(self, step_id: str, index: int | None, step: Mapping[str, Any]) -> int:
         database = self.runtime.database

@@ -83,7 +83,8 @@ class Run:
 
 _CLAIM = "select taskloom_claim($1, $2, $3, $4)"
 _STEP_STARTED = "select taskloom_step_started($1, $2, $3, $4, $5, $6)"
-_STEP_SUCCEEDED = "select taskloom_step_succeeded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_STEP_DONE = "select taskloom_step_done($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_CANCEL_REQUESTED = "select taskloom_cancel_requested($1, $2, $3)"
 
 
 async def claim(
@@ -134,13 +135,13 @@ def _uuid(value: str | None) -> uuid.UUID | None:
 
 
 async def cancel_requested(database: Database, run: Run) -> bool:
-    async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        requested = await db.scalar(
-            select(WorkflowExecution.cancel_requested_at).where(
-                WorkflowExecution.id == run.execution_id
-            )
+    """Whether a cancel was requested (one call of `taskloom_cancel_requested`, migration
+    0017; False when the execution is gone)."""
+    async with app_connection(database) as statements:
+        requested: bool = await statements.fetchval(
+            _CANCEL_REQUESTED, run.org_id, run.execution_id, current_request_id()
         )
-    return requested is not None
+    return requested
 
 
 async def start_step(
@@ -232,14 +233,16 @@ async def step_succeeded(
     started: bool = True,
     last: bool = False,
     execution_output: Any = None,
-) -> None:
-    """Commit the step's output, in one call of `taskloom_step_succeeded` (migration 0016).
-    `started` False: the step's start was not recorded (a step without I/O: its row is made
-    or updated here, as one more attempt). When its success ends the execution (`last`), the
-    execution's success with `execution_output` in the same transaction."""
+) -> bool:
+    """Commit the step's output, in one call of `taskloom_step_done` (migration 0017), and
+    return whether a cancel was requested (read in the same transaction: the worker need not
+    ask again before it starts the next steps). `started` False: the step's start was not
+    recorded (a step without I/O: its row is made or updated here, as one more attempt). When
+    its success ends the execution (`last`), the execution's success with `execution_output`
+    in the same transaction."""
     async with app_connection(database) as statements:
-        await statements.execute(
-            _STEP_SUCCEEDED,
+        cancel: bool = await statements.fetchval(
+            _STEP_DONE,
             run.org_id,
             run.execution_id,
             step_id,
@@ -252,6 +255,7 @@ async def step_succeeded(
             json.dumps(execution_output),
             current_request_id(),
         )
+    return cancel
 
 
 async def record_failure(

@@ -378,32 +378,41 @@ async def _after_commit(runtime: Runtime, fired: _Fired, *, on_time: bool) -> No
         log.info("schedule_ticks", **fired.counts)
 
 
-async def _seconds_to_next_tick(runtime: Runtime) -> float | None:
-    """Until the earliest next tick of any enabled schedule (negative: due, held by another
-    worker's round), or None when there is none."""
+async def _outlook(runtime: Runtime) -> tuple[bool, float | None]:
+    """Whether any enabled schedule has waiting ticks (those `drain_queued` may start), and the
+    seconds until the earliest next tick of any (negative: due, or held by another worker's
+    round; None: no schedule): one statement, so an idle ticker costs one transaction a round."""
     async with system_transaction(runtime.database) as db:
-        wait = await db.scalar(
-            select(
-                func.extract("epoch", func.min(WorkflowSchedule.next_tick_at) - func.now())
-            ).where(WorkflowSchedule.enabled)
-        )
-    return None if wait is None else float(wait)
+        queued, wait = (
+            await db.execute(
+                select(
+                    func.coalesce(func.bool_or(WorkflowSchedule.queued_ticks > 0), False),
+                    func.extract("epoch", func.min(WorkflowSchedule.next_tick_at) - func.now()),
+                ).where(WorkflowSchedule.enabled)
+            )
+        ).one()
+    return bool(queued), None if wait is None else float(wait)
 
 
 async def fire_schedules(runtime: Runtime) -> None:
     """The upkeep: start the waiting ticks whose turn has come, then fire due ticks, round after
-    round, until SCHEDULE_INTERVAL_SECONDS from now (waiting for a tick due before then)."""
+    round, until SCHEDULE_INTERVAL_SECONDS from now (waiting for a tick due before then). The
+    rounds that would find nothing (no waiting tick, nothing due) are not run."""
     deadline = time.monotonic() + runtime.settings.schedule_interval_seconds
-    await _after_commit(runtime, await drain_queued(runtime), on_time=False)
+    queued, wait = await _outlook(runtime)
+    if queued:
+        await _after_commit(runtime, await drain_queued(runtime), on_time=False)
     while True:
-        fired, taken = await fire_round(runtime)
-        await _after_commit(runtime, fired, on_time=True)
-        if taken == BATCH:
-            continue  # more may be due now
-        wait = await _seconds_to_next_tick(runtime)
+        if wait is not None and wait <= 0:
+            fired, taken = await fire_round(runtime)
+            await _after_commit(runtime, fired, on_time=True)
+            if taken == BATCH:
+                continue  # more may be due now
+            _, wait = await _outlook(runtime)
         if wait is None or time.monotonic() + wait >= deadline:
             return
         await asyncio.sleep(max(wait, _MIN_SLEEP))
+        wait = 0.0  # the tick waited for is due now
 
 
 UPKEEP = Upkeep(
