@@ -1,4 +1,4 @@
-"""The worker's hot path (migrations 0016 and 0017, executions/state.py): the claim and a step's
+"""The worker's hot path (migrations 0016 and 0018, executions/state.py): the claim and a step's
 writes are one call each, run as the application role under row-level security with the tenant
 the call sets; a step's success also answers whether a cancel was requested, so a chain of
 `transform` steps costs one call per step boundary. Called here directly, as the runner calls

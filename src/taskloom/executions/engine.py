@@ -128,7 +128,7 @@ class Engine:
         database = self.runtime.database
         limit = int(self.run.definition.get("max_parallel_steps") or DEFAULT_MAX_PARALLEL_STEPS)
         # Whether a cancel was requested, as last read (None: ask before starting steps): the
-        # claim has just looked, and so has the success of each step (migration 0017).
+        # claim has just looked, and so has the success of each step (migration 0018).
         cancel: bool | None = False
         while True:
             start, skip = self.plan.next()

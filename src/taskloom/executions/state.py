@@ -136,7 +136,7 @@ def _uuid(value: str | None) -> uuid.UUID | None:
 
 async def cancel_requested(database: Database, run: Run) -> bool:
     """Whether a cancel was requested (one call of `taskloom_cancel_requested`, migration
-    0017; False when the execution is gone)."""
+    0018; False when the execution is gone)."""
     async with app_connection(database) as statements:
         requested: bool = await statements.fetchval(
             _CANCEL_REQUESTED, run.org_id, run.execution_id, current_request_id()
@@ -234,7 +234,7 @@ async def step_succeeded(
     last: bool = False,
     execution_output: Any = None,
 ) -> bool:
-    """Commit the step's output, in one call of `taskloom_step_done` (migration 0017), and
+    """Commit the step's output, in one call of `taskloom_step_done` (migration 0018), and
     return whether a cancel was requested (read in the same transaction: the worker need not
     ask again before it starts the next steps). `started` False: the step's start was not
     recorded (a step without I/O: its row is made or updated here, as one more attempt). When
