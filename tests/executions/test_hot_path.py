@@ -359,3 +359,41 @@ async def test_a_steps_success_answers_whether_a_cancel_was_requested(
     assert response.status_code == 200, response.text
     assert await state.cancel_requested(database, run) is True
     assert await state.step_succeeded(database, run, step_id="t", **step) is True
+
+
+async def test_a_claim_after_a_retry_reads_the_steps_that_finished_before(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    """Migration 0019: a queued execution is claimed in one write, and reads no step rows on
+    its first run only; one queued again (a retry) has run before and reads them."""
+    execution_id = await _queued(api, owner)
+    assert owner.org_id is not None
+    database = queue_runtime.database
+    _, run = await state.claim(
+        database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert run is not None
+    await state.step_succeeded(
+        database,
+        run,
+        step_id="t",
+        position=0,
+        type_="transform",
+        args={},
+        output=7,
+        started=False,
+    )
+    async with system_transaction(database) as db:  # failed later, then retried: queued again
+        await db.execute(
+            text("update workflow_executions set status = 'queued' where id = :id"),
+            {"id": execution_id},
+        )
+    claimed, again = await state.claim(
+        database, execution_id=execution_id, org_id=owner.org_id, max_running=5
+    )
+    assert claimed is Claim.RUN
+    assert again is not None
+    assert again.states["t"].status == "succeeded"
+    assert again.states["t"].output == 7
+    execution, _ = await _rows(queue_runtime, execution_id)
+    assert execution["attempts"] == 2
