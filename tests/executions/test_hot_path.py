@@ -7,7 +7,7 @@ them, and through the engine, against real PostgreSQL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -257,14 +257,21 @@ class _Calls:
 
 
 async def _run_chain(
-    runtime: Runtime, owner: Account, execution_id: uuid.UUID, calls: _Calls
+    runtime: Runtime,
+    owner: Account,
+    execution_id: uuid.UUID,
+    calls: _Calls,
+    claimed: Callable[[], Awaitable[None]] | None = None,
 ) -> str:
-    """Claim the execution and run its graph in this process, as the runner does."""
+    """Claim the execution (then await `claimed`, if given) and run its graph in this process,
+    as the runner does."""
     assert owner.org_id is not None
     _, run = await state.claim(
         runtime.database, execution_id=execution_id, org_id=owner.org_id, max_running=5
     )
     assert run is not None
+    if claimed is not None:
+        await claimed()
     calls.hot.clear()
     templates = TemplateRenderer.from_settings(runtime.settings)
 
@@ -315,24 +322,13 @@ async def test_a_cancel_requested_while_a_step_runs_stops_the_chain_before_the_n
     workflow_id = await create_workflow(api, owner, CHAIN)
     execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 1}))
     calls = _Calls(monkeypatch)
-    assert owner.org_id is not None
-    _, run = await state.claim(
-        queue_runtime.database, execution_id=execution_id, org_id=owner.org_id, max_running=5
-    )
-    assert run is not None
-    response = await api.post(f"/api/executions/{execution_id}/cancel", headers=owner.headers)
-    assert response.status_code == 200, response.text
-    calls.hot.clear()
-    templates = TemplateRenderer.from_settings(queue_runtime.settings)
 
-    async def progressed() -> None:
-        return None
+    async def cancel() -> None:
+        response = await api.post(f"/api/executions/{execution_id}/cancel", headers=owner.headers)
+        assert response.status_code == 200, response.text
 
-    try:
-        finished = await Engine(queue_runtime, templates, run, on_progress=progressed).execute()
-    finally:
-        await templates.aclose()
-    assert finished.status == "cancelled"
+    status = await _run_chain(queue_runtime, owner, execution_id, calls, claimed=cancel)
+    assert status == "cancelled"
     # The first step's success, then the execution's end (its own tenant transaction).
     assert calls.hot[0] == "taskloom_step_done"
     assert calls.hot.count("taskloom_step_done") == 1

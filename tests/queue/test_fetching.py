@@ -16,6 +16,19 @@ CONCURRENCY = 10
 ARRIVALS = 20
 
 
+def _counting_fetches(worker: Worker) -> list[int]:
+    """Count bullmq's fetches (`moveToActive`, its call to Redis) in the list's one element."""
+    fetches = [0]
+    fetch = worker.backend.moveToActive
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        fetches[0] += 1
+        return await fetch(*args, **kwargs)
+
+    worker.backend.moveToActive = counted
+    return fetches
+
+
 async def _run(worker_class: type[Worker], redis_url: str, *, burst: int = 0) -> dict[str, Any]:
     """Fetches that reached Redis and what was processed: ARRIVALS jobs one at a time (each
     waited for), then `burst` jobs at once."""
@@ -44,14 +57,7 @@ async def _run(worker_class: type[Worker], redis_url: str, *, burst: int = 0) ->
         process,
         {"connection": redis_url, "concurrency": CONCURRENCY, "autorun": False, "drainDelay": 1},
     )
-    fetches = [0]
-    fetch = worker.backend.moveToActive  # bullmq's call to Redis, counted
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        fetches[0] += 1
-        return await fetch(*args, **kwargs)
-
-    worker.backend.moveToActive = counted
+    fetches = _counting_fetches(worker)
     running = asyncio.create_task(worker.run())
     try:
         await asyncio.sleep(0.3)  # drained: one slot waits for the marker
@@ -118,14 +124,7 @@ async def test_a_backlog_is_fetched_by_the_completions_not_by_one_call_each(
     worker = FetchingWorker(
         name, process, {"connection": redis_url, "concurrency": 2, "autorun": False}
     )
-    fetches = [0]
-    fetch = worker.backend.moveToActive
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        fetches[0] += 1
-        return await fetch(*args, **kwargs)
-
-    worker.backend.moveToActive = counted
+    fetches = _counting_fetches(worker)
     running = asyncio.create_task(worker.run())
     try:
         async with asyncio.timeout(10):
