@@ -24,7 +24,7 @@ client shares the machine with the servers, so absolute throughput is understate
 fewer the cores); the ratios, above all of CPU per request, are the useful numbers.
 
     python bench/load.py [--levels 1,4,16,64] [--duration 10] [--warmup 2] [--workflows 50]
-        [--executions 1000] [--pool-size 10] [--profile DIR] [--quick]
+        [--executions 1000] [--pool-size 20] [--profile DIR] [--quick]
 
 The defaults take about 4.5 minutes (setup, then 20 phases of 12 s); --quick about 1 minute.
 
