@@ -112,7 +112,13 @@ async def test_a_backlog_is_fetched_by_the_completions_not_by_one_call_each(
 
     async def process(job: Job, token: str) -> None:
         processed.append(job.id)
-        if len(processed) >= backlog:
+
+    completed: list[str] = []
+
+    def on_completed(job: Job, result: object) -> None:
+        # After its completion's script call (the job's own move, and the next job's fetch).
+        completed.append(job.id)
+        if len(completed) >= backlog:
             done.set()
 
     await queue.addBulk(
@@ -124,6 +130,7 @@ async def test_a_backlog_is_fetched_by_the_completions_not_by_one_call_each(
     worker = FetchingWorker(
         name, process, {"connection": redis_url, "concurrency": 2, "autorun": False}
     )
+    worker.on("completed", on_completed)
     fetches = _counting_fetches(worker)
     running = asyncio.create_task(worker.run())
     try:
