@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +66,9 @@ MAX_QUEUED_TICKS = 10  # overlap `queue`: ticks waiting for the previous executi
 _ACTIVE = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING)
 _ENDED = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 _MIN_SLEEP = 0.02  # a due tick another worker holds: look again this much later
+# Each worker wakes for a due tick up to this much late, at random: which worker takes the
+# round is then a fair draw each time, not decided by the phase of their upkeep loops.
+_WAKE_JITTER = 0.025
 _STILL_RUNNING = "the previous execution is still running"
 _WAITS = "waits for the previous execution to end"
 
@@ -396,9 +400,11 @@ async def _outlook(runtime: Runtime) -> tuple[bool, float | None]:
 
 async def fire_schedules(runtime: Runtime) -> None:
     """The upkeep: start the waiting ticks whose turn has come, then fire due ticks, round after
-    round, until SCHEDULE_INTERVAL_SECONDS from now (waiting for a tick due before then). The
-    rounds that would find nothing (no waiting tick, nothing due) are not run."""
-    deadline = time.monotonic() + runtime.settings.schedule_interval_seconds
+    round, until SCHEDULE_INTERVAL_SECONDS from now, waiting for a tick due before then or within
+    the next interval (so every worker is awake when a tick falls due, whatever the phase of its
+    upkeep loop). The rounds that would find nothing (no waiting tick, nothing due) are not run."""
+    interval = runtime.settings.schedule_interval_seconds
+    deadline = time.monotonic() + interval
     queued, wait = await _outlook(runtime)
     if queued:
         await _after_commit(runtime, await drain_queued(runtime), on_time=False)
@@ -409,9 +415,9 @@ async def fire_schedules(runtime: Runtime) -> None:
             if taken == BATCH:
                 continue  # more may be due now
             _, wait = await _outlook(runtime)
-        if wait is None or time.monotonic() + wait >= deadline:
+        if wait is None or time.monotonic() + wait >= deadline + interval:
             return
-        await asyncio.sleep(max(wait, _MIN_SLEEP))
+        await asyncio.sleep(max(wait, _MIN_SLEEP) + random.uniform(0, _WAKE_JITTER))
         wait = 0.0  # the tick waited for is due now
 
 
