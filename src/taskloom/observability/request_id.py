@@ -13,7 +13,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "x-request-id"
-_VALID = re.compile(r"^[A-Za-z0-9._:\-]{8,128}$")
+_VALID = re.compile(r"[A-Za-z0-9._:\-]{8,128}")
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
@@ -21,11 +21,17 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def is_valid_request_id(candidate: str) -> bool:
+    """8-128 characters of letters, digits and `._:-`: nothing a log line, a header or an SQL
+    literal (db/tenancy.py) could be confused by."""
+    return _VALID.fullmatch(candidate) is not None
+
+
 @contextmanager
 def bound_request_id(request_id: str | None) -> Iterator[None]:
     """Restore a request id outside a request (a worker running the job the request queued):
     log lines carry it and outgoing HTTP calls send it."""
-    if not request_id or not _VALID.match(request_id):
+    if not request_id or not is_valid_request_id(request_id):
         yield
         return
     token = _request_id.set(request_id)
@@ -39,7 +45,7 @@ def bound_request_id(request_id: str | None) -> Iterator[None]:
 
 def accept_or_make(candidate: str | None) -> str:
     """The incoming id when it is 8-128 safe characters, otherwise a fresh one."""
-    if candidate and _VALID.match(candidate):
+    if candidate and is_valid_request_id(candidate):
         return candidate
     return uuid.uuid4().hex
 

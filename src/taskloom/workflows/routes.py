@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Member, Viewer
+from taskloom.auth.deps import Member, Viewer, ViewerReads
 from taskloom.locations import located, set_location
 from taskloom.workflows import service
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
@@ -16,9 +16,8 @@ router = APIRouter(prefix="/api", tags=["workflows"])
 
 
 @router.get("/workflows", openapi_extra=access("viewer"))
-async def list_workflows(ctx: Viewer) -> list[WorkflowOut]:
-    workflows = await service.list_workflows(db=ctx.db, principal=ctx.principal)
-    return [WorkflowOut.model_validate(w) for w in workflows]
+async def list_workflows(ctx: ViewerReads) -> list[WorkflowOut]:
+    return await service.list_workflows(reads=ctx.reads, principal=ctx.principal)
 
 
 @router.post(
