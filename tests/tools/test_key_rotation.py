@@ -1,5 +1,6 @@
 """`taskloom keys rotate` in a deployment of its own: a new key put first, the command
-re-encrypts every connection (and organization secret), old ciphertexts decrypt until then, and a wrong key fails clearly."""
+re-encrypts every connection (and organization secret), old ciphertexts decrypt until then, and
+a wrong key fails clearly."""
 
 from __future__ import annotations
 
