@@ -1,6 +1,6 @@
 """A local HTTP server that records every request it receives (method, path, headers, body)
-and echoes it back as JSON: the allowed host of the secrets tests, and the host a member tries
-to send a secret to."""
+and echoes it back as JSON, or redirects (`/redirect?to=<url>`): the allowed host of the
+secrets tests, and the host a member tries to send a secret to."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -48,6 +49,12 @@ class _Handler(BaseHTTPRequestHandler):
         seen = Received(self.command, self.path, dict(self.headers.items()), body)
         with self.server_state.lock:
             self.server_state.received.append(seen)
+        if self.path.startswith("/redirect?to="):  # `/redirect?to=<url>`: a 307 to the URL
+            self.send_response(307)
+            self.send_header("location", unquote(self.path.removeprefix("/redirect?to=")))
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         try:
             parsed: Any = json.loads(body) if body else None
         except ValueError:
