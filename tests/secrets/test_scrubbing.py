@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from taskloom.config import Settings
-from taskloom.observability import secret_values
+from taskloom.observability import secret_values, sentry
 from taskloom.observability.logging import configure_logging
 from taskloom.observability.span_scrubbing import scrub_attributes, scrub_text
 
@@ -67,3 +67,19 @@ def test_spans_carry_the_name_and_values_are_forgotten_after_the_grace_period(
     later = time.monotonic() + secret_values.GRACE_SECONDS + 1
     monkeypatch.setattr(secret_values.time, "monotonic", lambda: later)
     assert scrub_text("tl-span-value-1") == "tl-span-value-1"
+
+
+def test_a_sentry_event_carries_the_name_of_a_held_secret_never_its_value() -> None:
+    secret_values.hold({"REPORTED": "tl-sentry-value-9"})
+    try:
+        event = {
+            "exception": {"values": [{"type": "ValueError", "value": "bad tl-sentry-value-9"}]},
+            "tags": {"step_id": "call"},
+            "extra": [1, "tl-sentry-value-9"],
+        }
+        sent = sentry._without_secret_values(event, {})
+    finally:
+        secret_values.release({"REPORTED": "tl-sentry-value-9"})
+    assert sent["exception"]["values"][0]["value"] == "bad [secret:REPORTED]"
+    assert sent["extra"] == [1, "[secret:REPORTED]"]
+    assert sent["tags"] == {"step_id": "call"}
