@@ -15,6 +15,8 @@ import httpx
 
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member, register
+from tests.fakes.ai_apis import FakeAnthropic
+from tests.fakes.tool_apis import FakeGitHub
 from tests.gdpr.traces import scan_binary, scan_columns, scan_redis
 from tests.secrets.conftest import EchoServer
 from tests.workers import StartWorker, create_workflow, execute, wait_for_status
@@ -267,3 +269,63 @@ async def test_a_secret_with_no_allowed_hosts_is_sent_nowhere_and_an_unknown_one
     assert missing["error"]["code"] == "secret_not_found"
     assert missing["error"]["details"] == {"names": ["NOT_THERE"]}
     assert missing["error"]["step_id"] == "use"
+
+
+async def test_tool_and_ai_steps_carrying_a_secret_reach_only_hosts_it_allows(
+    api: httpx.AsyncClient,
+    start_worker: StartWorker,
+    fake_github: FakeGitHub,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    owner = await register(api, label="tool-secret", organization_name="Tool Secret Org")
+    await _secret(api, owner, "ELSEWHERE", "tl-tool-value-42", ["api.github.com"])
+    for body in (
+        {
+            "provider": "github",
+            "name": "gh",
+            "base_url": fake_github.base_url,
+            "credentials": {"token": fake_github.token},
+            "config": {"owner": "octocat", "repo": "hello-world"},
+        },
+        {
+            "provider": "anthropic",
+            "name": "claude",
+            "base_url": fake_anthropic.base_url,
+            "credentials": {"api_key": fake_anthropic.api_key},
+        },
+    ):
+        created = await api.post("/api/connections", json=body, headers=owner.headers)
+        assert created.status_code == 201, created.text
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "issue",
+                "type": "tool",
+                "needs": [],
+                "continue_on_error": True,
+                "args": {
+                    "connection": "gh",
+                    "tool": "createIssue",
+                    "args": {"title": "{{ secrets.ELSEWHERE }}"},
+                },
+            },
+            {
+                "id": "ask",
+                "type": "ai",
+                "needs": [],
+                "continue_on_error": True,
+                "args": {"category": "quick", "prompt": "Say {{ secrets.ELSEWHERE }}"},
+            },
+        ],
+    )
+    start_worker()
+    done = await wait_for_status(api, owner, await execute(api, owner, workflow_id))
+    steps = {step["step_id"]: step for step in done["steps"]}
+    for step_id in ("issue", "ask"):
+        assert steps[step_id]["status"] == "failed"
+        assert steps[step_id]["error"]["code"] == "secret_host_not_allowed", steps[step_id]
+        assert steps[step_id]["error"]["details"]["host"] == "127.0.0.1"
+    assert fake_github.connections == 0
+    assert fake_anthropic.requests == []

@@ -297,8 +297,11 @@ class SecretMisused(TemplateProblem):
 
 def secret_references(value: Any, path: str = "") -> frozenset[str]:
     """The secret names the templates in `value` read (`secrets.NAME`). Raises SecretMisused for
-    any other use of `secrets`. Cheap for the usual template: those that do not mention
-    `secrets` are not parsed."""
+    any other use of `secrets`. Cheap for the usual definition, which mentions no secret: one
+    walk over its strings, nothing parsed or allocated (the worker asks for every step of every
+    execution it runs)."""
+    if not _mentions_secrets(value):
+        return frozenset()
     names: set[str] = set()
     for where, text in _strings(value, path):
         if "secrets" in text and "{" in text:
@@ -310,6 +313,16 @@ def secret_references(value: Any, path: str = "") -> frozenset[str]:
                 raise SecretMisused(where, problem)
             names |= found
     return frozenset(names)
+
+
+def _mentions_secrets(value: Any) -> bool:
+    if isinstance(value, str):
+        return "secrets" in value
+    if isinstance(value, dict):
+        return any(_mentions_secrets(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_mentions_secrets(item) for item in value)
+    return False
 
 
 _PLAIN_BLOCKS = (nodes.Template, nodes.If, nodes.For, nodes.Output)
