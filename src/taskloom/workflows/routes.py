@@ -7,9 +7,10 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Member, Viewer, ViewerReads
+from taskloom.auth.deps import Member, RequestContext, Viewer, ViewerReads
 from taskloom.locations import located, set_location
 from taskloom.workflows import service
+from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
 
 router = APIRouter(prefix="/api", tags=["workflows"])
@@ -31,7 +32,7 @@ async def create_workflow(body: WorkflowCreate, ctx: Member, response: Response)
         db=ctx.db, principal=ctx.principal, context=ctx.audit, body=body
     )
     set_location(response, f"/api/workflows/{workflow.id}")
-    return WorkflowOut.model_validate(workflow)
+    return await _with_warnings(ctx, workflow)
 
 
 @router.get("/workflows/{workflow_id}", openapi_extra=access("viewer"))
@@ -46,7 +47,15 @@ async def update_workflow(workflow_id: uuid.UUID, body: WorkflowUpdate, ctx: Mem
     workflow = await service.update_workflow(
         db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id, body=body
     )
-    return WorkflowOut.model_validate(workflow)
+    return await _with_warnings(ctx, workflow)
+
+
+async def _with_warnings(ctx: RequestContext, workflow: Workflow) -> WorkflowOut:
+    answer = WorkflowOut.model_validate(workflow)
+    answer.warnings = await service.warnings(
+        db=ctx.db, org_id=workflow.org_id, definition=workflow.definition
+    )
+    return answer
 
 
 @router.patch("/workflows/{workflow_id}", openapi_extra=access("member"))
