@@ -27,6 +27,7 @@ from taskloom.runtime import Runtime
 from tests.factories import PASSWORD, Account, add_member, login, register
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.orgs.test_invitations import statements_of
+from tests.workers import create_workflow
 
 
 @pytest.fixture
@@ -308,15 +309,19 @@ async def test_a_cached_caller_costs_postgresql_no_authentication_statement(
 ) -> None:
     owner = await register(client, label="statements")
     key = (await new_key(client, owner))["key"]
+    workflow = await create_workflow(
+        client, owner, [{"id": "a", "type": "transform", "args": {"value": 1}}]
+    )
     for token in (owner.access_token, key):
         await warm(client, runtime, token)
         with (
             statements_of(runtime.database.app_engine.sync_engine) as on_app,
             statements_of(runtime.database.system_engine.sync_engine) as on_system,
         ):
-            assert (await client.get("/api/workflows", headers=bearer(token))).status_code == 200
+            answer = await client.get(f"/api/workflows/{workflow}", headers=bearer(token))
+            assert answer.status_code == 200
         assert on_system == []  # no privileged transaction for an API key
         assert not [s for s in on_app if "sessions" in s or "api_keys" in s]
-        # The list itself (the tenant's set_config goes on the asyncpg connection directly,
+        # The workflow itself (the tenant's set_config goes on the asyncpg connection directly,
         # db/tenancy.py, unseen by SQLAlchemy's events).
         assert len(on_app) == 1

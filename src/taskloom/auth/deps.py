@@ -3,8 +3,9 @@ enforce roles. The tenant always comes from the authenticated principal."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -154,28 +155,31 @@ Session = Annotated[RequestContext, Depends(_session_only)]
 
 @dataclass
 class ReadContext:
-    """A request that only reads: its principal and a read-only tenant transaction on the
-    asyncpg connection (db/tenancy.tenant_reads), without an ORM session. For the API's hot
-    reads (the list endpoints): a third of the CPU of a RequestContext's transaction."""
+    """A request that only reads, authenticated and its role checked: `reads()` opens its
+    read-only tenant transaction on the asyncpg connection (db/tenancy.tenant_reads), without
+    an ORM session. For the API's hot reads (the list endpoints): a third of the CPU of a
+    RequestContext's transaction. The route ends the transaction itself (`async with`), before
+    its answer is serialized."""
 
     runtime: Runtime
     principal: Principal
-    reads: Statements
+    org_id: uuid.UUID | None
+    user_id: uuid.UUID
+
+    def reads(self) -> AbstractAsyncContextManager[Statements]:
+        return tenant_reads(self.runtime.database, org_id=self.org_id, user_id=self.user_id)
 
 
-async def _viewer_reads(request: Request, bearer: Bearer) -> AsyncIterator[ReadContext]:
+async def _viewer_reads(request: Request, bearer: Bearer) -> ReadContext:
     runtime = get_runtime(request)
     caller = await authenticate(request, runtime, _bearer_token(bearer))
     principal = await caller.resolve()
     check_role(principal, Role.VIEWER)
-    async with tenant_reads(
-        runtime.database, org_id=caller.org_id, user_id=caller.user_id
-    ) as reads:
-        yield ReadContext(runtime=runtime, principal=principal, reads=reads)
+    return ReadContext(runtime, principal, caller.org_id, caller.user_id)
 
 
-# Read-only routes for viewers and up (the role is checked before the transaction opens).
-ViewerReads = Annotated[ReadContext, Depends(_viewer_reads, scope="function")]
+# Read-only routes for viewers and up (the role is checked before any transaction opens).
+ViewerReads = Annotated[ReadContext, Depends(_viewer_reads)]
 
 
 def require_role(minimum: Role) -> Callable[..., Coroutine[Any, Any, RequestContext]]:

@@ -104,16 +104,17 @@ async def list_executions(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
 ) -> ExecutionPage:
-    items, next_cursor = await service.list_executions(
-        reads=ctx.reads,
-        principal=ctx.principal,
-        status=status_filter,
-        workflow_id=workflow_id,
-        since=since,
-        until=until,
-        cursor=cursor,
-        limit=limit,
-    )
+    async with ctx.reads() as reads:
+        items, next_cursor = await service.list_executions(
+            reads=reads,
+            principal=ctx.principal,
+            status=status_filter,
+            workflow_id=workflow_id,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
     return ExecutionPage(items=items, next_cursor=next_cursor)
 
 

@@ -18,7 +18,8 @@ router = APIRouter(prefix="/api", tags=["workflows"])
 
 @router.get("/workflows", openapi_extra=access("viewer"))
 async def list_workflows(ctx: ViewerReads) -> list[WorkflowOut]:
-    return await service.list_workflows(reads=ctx.reads, principal=ctx.principal)
+    async with ctx.reads() as reads:
+        return await service.list_workflows(reads=reads, principal=ctx.principal)
 
 
 @router.post(
