@@ -37,8 +37,8 @@ def decode_position(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, number = raw.partition("|")
-        if kind != "n" or not number.isdigit() or len(number) > 10:
-            raise ValueError(cursor)
+        if kind != "n" or not number.isascii() or not number.isdigit() or len(number) > 9:
+            raise ValueError(cursor)  # 9 digits: within a PostgreSQL integer
         return int(number)
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("invalid cursor", code="invalid_cursor") from exc

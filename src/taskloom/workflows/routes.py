@@ -39,7 +39,11 @@ async def create_workflow(body: WorkflowCreate, ctx: Member, response: Response)
     return WorkflowOut.model_validate(workflow)
 
 
-@router.get("/workflows/{workflow_id}", openapi_extra=access("viewer"))
+@router.get(
+    "/workflows/{workflow_id}",
+    openapi_extra=access("viewer"),
+    responses={200: {"headers": versions.ETAG}},
+)
 async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer, response: Response) -> WorkflowOut:
     """The `ETag` is the version, for `If-Match` on `PUT`."""
     workflow = await service.get_workflow(db=ctx.db, workflow_id=workflow_id)
@@ -47,7 +51,11 @@ async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer, response: Response) 
     return WorkflowOut.model_validate(workflow)
 
 
-@router.put("/workflows/{workflow_id}", openapi_extra=access("member"))
+@router.put(
+    "/workflows/{workflow_id}",
+    openapi_extra=access("member"),
+    responses={200: {"headers": versions.ETAG}, **versions.PRECONDITION_FAILED},
+)
 async def update_workflow(
     workflow_id: uuid.UUID,
     body: WorkflowUpdate,

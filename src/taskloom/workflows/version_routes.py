@@ -73,7 +73,7 @@ async def diff_workflow_versions(
     "/workflows/{workflow_id}/versions/{version}/restore",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=access("member"),
-    responses=located(201),
+    responses={**located(201), **versions.PRECONDITION_FAILED},
 )
 async def restore_workflow_version(
     workflow_id: uuid.UUID,

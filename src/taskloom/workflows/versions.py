@@ -16,7 +16,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML ships no type hints
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskloom.errors import NotFound, PreconditionFailed
+from taskloom.errors import ErrorResponse, NotFound, PreconditionFailed
 from taskloom.pagination import decode_position, encode_position
 from taskloom.triggers.snapshot import Snapshot, take
 from taskloom.workflows.models import Workflow, WorkflowVersion
@@ -24,6 +24,13 @@ from taskloom.workflows.models import Workflow, WorkflowVersion
 MAX_PAGE = 100
 NOTHING = Snapshot(triggers=[], schedules=[])  # a workflow just created has no trigger yet
 _ENTITY_TAG = re.compile(r'^"(\d{1,10})"$')
+# OpenAPI: the routes that honour If-Match document its 412, those that answer an ETag say so.
+PRECONDITION_FAILED: dict[int | str, dict[str, Any]] = {
+    412: {"model": ErrorResponse, "description": "If-Match names a version it is no longer at"}
+}
+ETAG = {
+    "ETag": {"description": 'The workflow\'s version, quoted: "3"', "schema": {"type": "string"}}
+}
 
 
 def entity_tag(version: int) -> str:
