@@ -74,6 +74,7 @@ def _parsed(form_values: dict[str, Any], definition: Any, model: type[_Body]) ->
             "name": form_values["name"],
             "description": form_values["description"],
             "definition": definition,
+            "message": form_values["message"],
         }
     )
 
@@ -83,6 +84,7 @@ def _posted(form: Any) -> dict[str, Any]:
         "name": text(form, "name").strip(),
         "description": optional_text(form, "description"),
         "definition": text(form, "definition"),
+        "message": optional_text(form, "message"),
     }
 
 
@@ -98,7 +100,12 @@ async def list_workflows(request: Request) -> Response:
 async def new_workflow(request: Request) -> Response:
     async with signed_in(request) as page:
         page.require_role(Role.MEMBER)
-        values = {"name": "", "description": "", "definition": _definition_text(EXAMPLE_DEFINITION)}
+        values = {
+            "name": "",
+            "description": "",
+            "definition": _definition_text(EXAMPLE_DEFINITION),
+            "message": "",
+        }
         return render(page, "workflows/new.html", title="New workflow", values=values, errors=[])
 
 
@@ -158,6 +165,7 @@ async def _workflow_page(
         "name": workflow.name,
         "description": workflow.description or "",
         "definition": _definition_text(workflow.definition),
+        "message": "",
     }
     run_fields = schema_form.fields_of(workflow.definition.get("input_schema"))
     return render(
