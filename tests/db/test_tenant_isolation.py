@@ -10,8 +10,8 @@ table by table:
 - the tenant setting ends with its transaction, so a pooled connection never leaks it.
 
 The catalog is checked too (every table is isolated and FORCEd, or declared shared), and so is the
-application role itself (no superuser, no BYPASSRLS, owns nothing, cannot rewrite `audit_logs` or
-`alembic_version`).
+application role itself (no superuser, no BYPASSRLS, owns nothing, cannot rewrite `audit_logs`,
+`workflow_versions` or `alembic_version`).
 
 The test database is shared by the whole test session, so rows are always counted among the ids
 seeded here, except where "no tenant" must mean "no rows at all".

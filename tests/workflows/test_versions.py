@@ -6,6 +6,7 @@ executions record the version they ran; another organization's ids are not found
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -431,3 +432,42 @@ async def test_a_message_is_bounded(client: httpx.AsyncClient, owner: Account) -
     )
     assert too_long.status_code == 422
     assert too_long.json()["error"]["code"] == "validation_failed"
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "where"),
+    [
+        ("definition", {"steps": []}, "steps"),
+        ("triggers", [{"id": str(uuid.uuid4()), "kind": "webhook", "verification": "nope"}], ""),
+    ],
+    ids=["definition", "trigger"],
+)
+async def test_a_version_todays_checks_refuse_is_not_restored_and_answers_422(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, column: str, value: Any, where: str
+) -> None:
+    """Saved under older, looser rules (planted here as such a row would be): a clear 422."""
+    workflow_id = await _create(client, owner)
+    saved = {"definition": {"steps": [STEP_A]}, "triggers": [], column: value}
+    async with runtime.database.system_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "insert into workflow_versions (id, org_id, workflow_id, number, name, definition, "
+                "triggers) values (gen_random_uuid(), :o, :w, 7, 'old', cast(:d as jsonb), "
+                "cast(:t as jsonb))"
+            ),
+            {
+                "o": owner.org_id,
+                "w": uuid.UUID(workflow_id),
+                "d": json.dumps(saved["definition"]),
+                "t": json.dumps(saved["triggers"]),
+            },
+        )
+    answer = await client.post(
+        f"/api/workflows/{workflow_id}/versions/7/restore", headers=owner.headers
+    )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "version_not_restorable"
+    assert error["message"].startswith(f"version 7 can no longer be restored: {where}")
+    workflow = (await client.get(f"/api/workflows/{workflow_id}", headers=owner.headers)).json()
+    assert (workflow["version"], workflow["name"]) == (1, "wf")

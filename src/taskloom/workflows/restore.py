@@ -6,7 +6,10 @@ stored as a new version, `restored_from` the old one. Audited as `workflow.resto
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -15,6 +18,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.config import Settings
 from taskloom.crypto import CredentialCipher
+from taskloom.errors import ValidationFailed
 from taskloom.triggers import restore as trigger_restore
 from taskloom.triggers.snapshot import Snapshot
 from taskloom.workflows import versions
@@ -22,6 +26,26 @@ from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import WorkflowVersion
 from taskloom.workflows.schemas import WorkflowDefinition
 from taskloom.workflows.service import lock_workflow
+
+_T = TypeVar("_T")
+
+
+async def _still_valid(number: int, step: Awaitable[_T]) -> _T:
+    """`step`, with a saved body that today's schemas refuse (they may have tightened since
+    the version was saved) answered as a 422 naming the version, never a 500."""
+    try:
+        return await step
+    except ValidationError as invalid:
+        errors = [
+            {"loc": [str(part) for part in e["loc"]], "message": e["msg"]} for e in invalid.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "message": "invalid"}
+        raise ValidationFailed(
+            f"version {number} can no longer be restored: "
+            f"{'.'.join(first['loc']) or 'value'}: {first['message']}",
+            code="version_not_restorable",
+            details={"errors": errors},
+        ) from None
 
 
 async def restore_version(
@@ -40,19 +64,18 @@ async def restore_version(
     workflow = await lock_workflow(db=db, workflow_id=workflow_id)
     versions.check_if_match(if_match, workflow)
     source = await versions.get_version(db=db, workflow_id=workflow_id, number=number)
-    definition = await validate_definition(
-        WorkflowDefinition.model_validate(source.definition),
-        db=db,
-        org_id=principal.current_org(),
-    )
-    restored = await trigger_restore.restore(
-        db=db,
-        principal=principal,
-        context=context,
-        settings=settings,
-        cipher=cipher,
-        workflow_id=workflow_id,
-        snapshot=Snapshot(triggers=source.triggers, schedules=source.schedules),
+    definition = await _still_valid(number, _checked(db, principal, source.definition))
+    restored = await _still_valid(
+        number,
+        trigger_restore.restore(
+            db=db,
+            principal=principal,
+            context=context,
+            settings=settings,
+            cipher=cipher,
+            workflow_id=workflow_id,
+            snapshot=Snapshot(triggers=source.triggers, schedules=source.schedules),
+        ),
     )
     workflow.name = source.name
     workflow.description = source.description
@@ -78,3 +101,12 @@ async def restore_version(
         details={"version": workflow.version, "restored_from": number},
     )
     return version, restored
+
+
+async def _checked(
+    db: AsyncSession, principal: Principal, definition: dict[str, Any]
+) -> dict[str, Any]:
+    """The saved definition checked again as a save would check it, as stored."""
+    return await validate_definition(
+        WorkflowDefinition.model_validate(definition), db=db, org_id=principal.current_org()
+    )
