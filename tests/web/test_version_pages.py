@@ -63,13 +63,14 @@ async def test_the_history_lists_versions_newest_first_with_notes_and_the_latest
     assert "3 (current)" in shown
     for note in ("first", "scripted", "third"):
         assert note in shown
+    assert "Owner" in page.text.split('id="version-1"')[1].split("</tr>")[0]  # by name
     assert 'aria-current="page">History</a>' in page.text
     # By default: the newest version against the one before, each line marked.
     diff = page.text.split('id="diff"')[1].split("</pre>")[0]
-    assert '<span class="diff-file">--- version 2</span>' in diff
+    assert '<span class="diff-file">--- version 2\n</span>' in diff
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
-    assert f'<span class="diff-del">-      value: {escaped}</span>' in diff
-    assert '<span class="diff-add">+      value: 3</span>' in diff
+    assert f'<span class="diff-del">-      value: {escaped}\n</span>' in diff
+    assert '<span class="diff-add">+      value: 3\n</span>' in diff
     assert SCRIPT not in page.text  # escaped everywhere
     # Members see a Restore button on every version but the current one.
     assert page.text.count("/restore") == 2
@@ -84,8 +85,8 @@ async def test_any_two_versions_are_compared_and_equal_ones_say_so(
     page = await owner_browser.get(path, params={"from": "1", "to": "3"})
     diff = page.text.split('id="diff"')[1].split("</pre>")[0]
     assert "--- version 1" in diff
-    assert '<span class="diff-del">-      value: 1</span>' in diff
-    assert '<span class="diff-add">+      value: 3</span>' in diff
+    assert '<span class="diff-del">-      value: 1\n</span>' in diff
+    assert '<span class="diff-add">+      value: 3\n</span>' in diff
     same = await owner_browser.get(path, params={"from": "2", "to": "2"})
     assert 'id="diff-empty"' in same.text
     missing = await owner_browser.get(path, params={"from": "1", "to": "9"})

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.responses import Response
 
+from taskloom.auth.models import User
 from taskloom.errors import DomainError, NotFound
 from taskloom.orgs.models import Role
 from taskloom.triggers.service import hook_url
@@ -80,6 +82,16 @@ async def _comparison(
     return Comparison(before.number if before else None, after.number, lines)
 
 
+async def _authors(page: Page, items: list[WorkflowVersion]) -> dict[uuid.UUID, str]:
+    """The names of the people who saved these versions, among those the caller may see (the
+    organization's members, by row-level security); the others are shown by id."""
+    ids = {v.created_by for v in items if v.created_by is not None}
+    if not ids:
+        return {}
+    rows = await page.db.execute(select(User.id, User.display_name).where(User.id.in_(ids)))
+    return {row.id: row.display_name for row in rows}
+
+
 async def _tab(
     page: Page,
     workflow: Workflow,
@@ -95,6 +107,7 @@ async def _tab(
     items, next_cursor = await versions.list_versions(
         db=page.db, workflow_id=workflow.id, cursor=cursor, limit=VERSIONS_SHOWN
     )
+    authors = await _authors(page, items)
     try:
         comparison = await _comparison(page, workflow, old, new)
         compare_error = None
@@ -108,6 +121,7 @@ async def _tab(
         tab="versions",
         workflow=workflow,
         versions=items,
+        authors=authors,
         next_cursor=next_cursor,
         comparison=comparison,
         compare_error=compare_error,
