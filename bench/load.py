@@ -11,8 +11,8 @@ load balancer), for a fixed time per concurrency level after a warm-up. Measured
   `GET /api/executions?limit=50` (newest first), on Taskloom and on the bare app: both run the
   SQL the real service functions emit (captured from them at start-up) and answer the same JSON
   (checked before measuring), so the ratio Taskloom / bare is what Taskloom adds per request:
-  token check, session lookup, tenant transaction (pre-ping, BEGIN, set_config, COMMIT) under
-  row-level security, the ORM, and the middleware (request id, metrics, security headers, body
+  token check, session lookup, tenant transaction (BEGIN and set_config, COMMIT) under
+  row-level security, and the middleware (request id, metrics, security headers, body
   limit, input guard, error handling);
 - `POST /api/workflows/{id}/execute` on Taskloom: the time to accept an execution (row + job,
   202). No worker runs, so the queue only grows (its keys are removed at the end).
@@ -65,7 +65,6 @@ import httpx
 import psutil
 import uvicorn
 from fastapi import FastAPI, Query
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from taskloom.executions.schemas import ExecutionOut, ExecutionPage
@@ -443,48 +442,32 @@ async def seed(deploy: Deployment, workflows: int, executions: int) -> Tenant:
     return Tenant(headers, row["org_id"], row["user_id"], ids)
 
 
-async def list_sql(deploy: Deployment, tenant: Tenant) -> dict[str, str]:
-    """The SQL Taskloom's list endpoints run: the real service functions, on the app role in a
-    tenant transaction, with the statements captured as the driver receives them."""
+async def list_sql(tenant: Tenant) -> dict[str, str]:
+    """The SQL Taskloom's list endpoints run: the real service functions, called with a
+    connection stand-in that records the statement and its parameters (they read through
+    db/driver.Statements.fetch, on the asyncpg connection)."""
     from taskloom.auth.principal import Principal
-    from taskloom.db.engine import create_database
-    from taskloom.db.tenancy import tenant_transaction
     from taskloom.executions import service as executions
     from taskloom.orgs.models import Role
     from taskloom.workflows import service
 
-    database = create_database(deploy.settings)
-    seen: list[tuple[str, Any]] = []
+    seen: list[tuple[str, tuple[Any, ...]]] = []
 
-    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        seen.append((statement, params))
+    class Recorder:
+        async def fetch(self, query: str, *args: Any) -> list[Any]:
+            seen.append((query, args))
+            return []
 
-    event.listen(database.app_engine.sync_engine, "before_cursor_execute", capture)
+    reads: Any = Recorder()
     principal = Principal(
         user_id=tenant.user_id, org_id=tenant.org_id, role=Role.OWNER, kind="session"
     )
-    sql: dict[str, str] = {}
-    try:
-        for name, call in (
-            ("workflows", lambda db: service.list_workflows(db=db, principal=principal)),
-            ("executions", lambda db: executions.list_executions(db=db, principal=principal)),
-        ):
-            async with tenant_transaction(
-                database, org_id=tenant.org_id, user_id=tenant.user_id
-            ) as db:
-                await call(db)
-            statement, params = seen[-1]
-            if f"FROM {'workflows' if name == 'workflows' else 'workflow_executions'}" not in (
-                statement
-            ):
-                raise RuntimeError(f"unexpected last statement for {name}: {statement}")
-            expected = (tenant.org_id,) if name == "workflows" else (tenant.org_id, 51)
-            if tuple(params) != expected:
-                raise RuntimeError(f"unexpected parameters for {name}: {params}")
-            sql[name] = statement
-    finally:
-        await database.dispose()
-    return sql
+    await service.list_workflows(reads=reads, principal=principal)
+    await executions.list_executions(reads=reads, principal=principal)
+    (workflows, workflow_args), (executions_sql, execution_args) = seen
+    if workflow_args != (tenant.org_id,) or execution_args != (tenant.org_id, 51):
+        raise RuntimeError(f"unexpected parameters: {workflow_args}, {execution_args}")
+    return {"workflows": workflows, "executions": executions_sql}
 
 
 async def same_answers(deploy: Deployment, tenant: Tenant, paths: list[str]) -> None:
@@ -759,7 +742,7 @@ async def bench(args: argparse.Namespace, pg_url: str, redis_url: str) -> dict[s
     async with deployment(pg_url, redis_url) as deploy:
         await start_taskloom(deploy, args.pool_size, args.profile)
         tenant = await seed(deploy, args.workflows, args.executions)
-        sql = await list_sql(deploy, tenant)
+        sql = await list_sql(tenant)
         # The same connection limit as one Taskloom app engine.
         await start_bare(deploy, tenant.org_id, sql, args.pool_size)
         list_targets = [

@@ -22,10 +22,9 @@ from taskloom.health.routes import router as health_router
 from taskloom.input_guard import InputGuardMiddleware
 from taskloom.observability import sentry, tracing
 from taskloom.observability.body_limit import BodySizeLimitMiddleware
-from taskloom.observability.http_metrics import HttpMetricsMiddleware
 from taskloom.observability.logging import configure_logging
 from taskloom.observability.metrics import configure_slos
-from taskloom.observability.request_id import RequestIdMiddleware
+from taskloom.observability.requests import ObservedRequests
 from taskloom.observability.routes import router as metrics_router
 from taskloom.operation_ids import operation_id
 from taskloom.orgs.routes import router as orgs_router
@@ -103,7 +102,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, production=settings.is_production)
-    app.add_middleware(HttpMetricsMiddleware, log_requests=settings.access_log)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ObservedRequests, log_requests=settings.access_log)
     tracing.instrument_app(app)
     return app

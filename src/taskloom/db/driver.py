@@ -34,6 +34,10 @@ class Statements:
         self._invalidate = invalidate
         self.connection = adapted.driver_connection
 
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        rows: list[Any] = await self._call(self.connection.fetch, query, args)
+        return rows
+
     async def fetchrow(self, query: str, *args: Any) -> Any:
         return await self._call(self.connection.fetchrow, query, args)
 
@@ -42,6 +46,10 @@ class Statements:
 
     async def execute(self, query: str, *args: Any) -> Any:
         return await self._call(self.connection.execute, query, args)
+
+    async def invalidate(self) -> None:
+        """Close the connection and keep it out of the pool."""
+        await self._invalidate()
 
     async def begin(self) -> None:
         """BEGIN, as SQLAlchemy's adapter sends it (and then commits or rolls back)."""

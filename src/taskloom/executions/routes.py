@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Admin, Member, Viewer
+from taskloom.auth.deps import Admin, Member, Viewer, ViewerReads
 from taskloom.executions import approvals, service
 from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
@@ -96,7 +96,7 @@ async def execute_workflow(
 
 @router.get("/executions", openapi_extra=access("viewer"))
 async def list_executions(
-    ctx: Viewer,
+    ctx: ViewerReads,
     status_filter: Annotated[ExecutionStatus | None, Query(alias="status")] = None,
     workflow_id: uuid.UUID | None = None,
     since: UtcDatetime | None = None,
@@ -105,7 +105,7 @@ async def list_executions(
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
 ) -> ExecutionPage:
     items, next_cursor = await service.list_executions(
-        db=ctx.db,
+        reads=ctx.reads,
         principal=ctx.principal,
         status=status_filter,
         workflow_id=workflow_id,
@@ -114,9 +114,7 @@ async def list_executions(
         cursor=cursor,
         limit=limit,
     )
-    return ExecutionPage(
-        items=[ExecutionOut.model_validate(e) for e in items], next_cursor=next_cursor
-    )
+    return ExecutionPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/executions/{execution_id}", openapi_extra=access("viewer"))

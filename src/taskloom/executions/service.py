@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,6 +41,7 @@ from taskloom.executions.models import (
     StepStatus,
     WorkflowExecution,
 )
+from taskloom.executions.schemas import ExecutionOut
 from taskloom.executions.state import TERMINAL
 from taskloom.pagination import decode_cursor, encode_cursor
 from taskloom.workflows.models import Workflow
@@ -520,9 +521,18 @@ async def workflow_names(
     return {row.id: row.name for row in rows}
 
 
+# The columns an execution shows in a list (ExecutionOut), read on the asyncpg connection
+# (db/driver.py): the API's list endpoint is one of its hottest reads.
+_LISTED = (
+    "id, workflow_id, workflow_version, status, input, output, error, attempts, triggered_by, "
+    "created_at, started_at, finished_at, cancel_requested_at, wake_at, parent_execution_id, "
+    "parent_step_id, depth, trigger_kind, trigger_id"
+)
+
+
 async def list_executions(
     *,
-    db: AsyncSession,
+    reads: Statements,
     principal: Principal,
     status: ExecutionStatus | None = None,
     workflow_id: uuid.UUID | None = None,
@@ -530,34 +540,36 @@ async def list_executions(
     until: datetime | None = None,
     cursor: str | None = None,
     limit: int = 50,
-) -> tuple[list[WorkflowExecution], str | None]:
-    """Newest first; `cursor` continues after the last item of the previous page."""
-    query = select(WorkflowExecution).where(WorkflowExecution.org_id == principal.current_org())
+) -> tuple[list[ExecutionOut], str | None]:
+    """Newest first; `cursor` continues after the last item of the previous page. `reads` is
+    the caller's tenant transaction: db/tenancy.tenant_reads, or a session's connection
+    (db/driver.session_connection)."""
+    args: list[Any] = [principal.current_org()]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = ["org_id = $1"]
     if status is not None:
-        query = query.where(WorkflowExecution.status == status)
+        where.append(f"status = {arg(status.value)}")
     if workflow_id is not None:
-        query = query.where(WorkflowExecution.workflow_id == workflow_id)
+        where.append(f"workflow_id = {arg(workflow_id)}")
     if since is not None:
-        query = query.where(WorkflowExecution.created_at >= since)
+        where.append(f"created_at >= {arg(since)}")
     if until is not None:
-        query = query.where(WorkflowExecution.created_at < until)
+        where.append(f"created_at < {arg(until)}")
     if cursor:
         after_time, after_id = decode_cursor(cursor)
-        query = query.where(
-            or_(
-                WorkflowExecution.created_at < after_time,
-                and_(WorkflowExecution.created_at == after_time, WorkflowExecution.id < after_id),
-            )
-        )
+        where.append(f"(created_at, id) < ({arg(after_time)}, {arg(after_id)})")
     limit = max(1, min(limit, MAX_PAGE))
-    rows = await db.execute(
-        query.order_by(WorkflowExecution.created_at.desc(), WorkflowExecution.id.desc()).limit(
-            limit + 1
-        )
+    rows = await reads.fetch(  # fixed fragments and $n placeholders only: no value in the text
+        f"select {_LISTED} from workflow_executions where {' and '.join(where)} "  # noqa: S608
+        f"order by created_at desc, id desc limit {arg(limit + 1)}",
+        *args,
     )
-    items = list(rows.scalars())
-    more = len(items) > limit
-    items = items[:limit]
+    items = [ExecutionOut(**row) for row in rows[:limit]]
+    more = len(rows) > limit
     return items, (encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
 

@@ -1,18 +1,19 @@
-"""Plain ASGI middleware that counts and times every HTTP request, and writes its access log
-line (ACCESS_LOG). The `path` label is the route template (`/api/workflows/{workflow_id}`) that
-FastAPI matched, or one shared value for unmatched paths, so random URLs cannot grow the number
-of series; query strings never count and are never logged (a download link's token is one).
-Methods are client-chosen too: anything but the standard ones counts as `OTHER`."""
+"""Every HTTP request counted and timed, and its access log line (ACCESS_LOG), recorded by the
+outermost middleware (observability/requests.py) once the request has been answered. The `path`
+label is the route template (`/api/workflows/{workflow_id}`) that FastAPI matched, or one shared
+value for unmatched paths, so random URLs cannot grow the number of series; query strings never
+count and are never logged (a download link's token is one). Methods are client-chosen too:
+anything but the standard ones counts as `OTHER`."""
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client.values import MutexValue
+from starlette.types import Scope
 
 from taskloom.observability.metrics import (
     HTTP_DURATION,
@@ -26,11 +27,33 @@ access_log = structlog.get_logger("taskloom.access")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class _Series:
+class _InPlaceSeries:
     """One (method, path, status)'s counter child and (method, path)'s histogram child, observed
-    the way `Counter.inc(1)` and `Histogram.observe(d)` do it, minus their per-call checks: the
-    value objects' `inc` are bound once, and the bucket is found by bisection (the first bound
-    >= d, the same `le` rule; the last bound is +Inf). Works with the multiprocess values too."""
+    as `Counter.inc(1)` and `Histogram.observe(d)` would, for this process's own values
+    (prometheus_client's MutexValue): incremented in place, without their per-call checks and
+    locks. The bucket is found by bisection (the first bound >= d, the same `le` rule; the last
+    bound is +Inf). Safe because one thread alone records HTTP requests, the event loop's (the
+    middleware runs on it, and nothing else writes these metrics), so no increment can race
+    another; a scrape reads each value whole."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_sum")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self._count, self._sum = counter._value, histogram._sum
+        self._buckets: list[Any] = list(histogram._buckets)
+        if any(type(v) is not MutexValue for v in (self._count, self._sum, *self._buckets)):
+            raise TypeError("not this process's own values")
+        self._bounds: list[float] = list(histogram._upper_bounds)
+
+    def observe(self, duration: float) -> None:
+        self._count._value += 1
+        self._sum._value += duration
+        self._buckets[bisect_left(self._bounds, duration)]._value += 1
+
+
+class _Series:
+    """The same through the values' own `inc` (bound once): multiprocess values (files shared
+    by the API processes, PROMETHEUS_MULTIPROC_DIR), which must write through."""
 
     __slots__ = ("_bounds", "_buckets", "_count", "_sum")
 
@@ -59,56 +82,47 @@ class _PublicSeries:
         self._histogram.observe(duration)
 
 
-def _series(method: str, path: str, status: int) -> _Series | _PublicSeries:
+Series = _InPlaceSeries | _Series | _PublicSeries
+
+
+def _series(method: str, path: str, status: int) -> Series:
     counter = HTTP_REQUESTS.labels(method, path, str(status))
     histogram = HTTP_DURATION.labels(method, path)
-    try:
-        return _Series(counter, histogram)
-    except AttributeError:
-        return _PublicSeries(counter, histogram)
+    for kind in (_InPlaceSeries, _Series):
+        try:
+            return kind(counter, histogram)
+        except (AttributeError, TypeError):
+            continue
+    return _PublicSeries(counter, histogram)
 
 
-class HttpMetricsMiddleware:
-    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
-        self.app = app
+class HttpMetrics:
+    """The request metrics (and access log) of one app."""
+
+    def __init__(self, *, log_requests: bool = True) -> None:
         self.log_requests = log_requests
         # The labelled children, cached: `labels()` costs more than the observation itself.
-        self._series: dict[tuple[str, str, int], _Series | _PublicSeries] = {}
+        self._series: dict[tuple[str, str, int], Series] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # if the app dies before answering, the client sees a 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            ended = time.perf_counter()
-            duration = ended - started
-            route = scope.get("route")
-            path = getattr(route, "path", None) or UNMATCHED_PATH
-            method = scope["method"]
-            if method not in METHODS:
-                method = "OTHER"
-            key = (method, path, status)
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _series(method, path, status)
-            series.observe(duration)
-            REQUEST_WINDOW.observe(duration, status >= 500, ended)
-            if self.log_requests:
-                access_log.info(
-                    "request",
-                    method=method,
-                    path=path,
-                    status=status,
-                    duration_ms=round(duration * 1000, 2),
-                )
+    def record(self, scope: Scope, status: int, duration: float, ended: float) -> None:
+        """One answered request: `status` sent (500 if none was), `duration` seconds, ended
+        at `ended` (time.perf_counter)."""
+        route = scope.get("route")
+        path = getattr(route, "path", None) or UNMATCHED_PATH
+        method = scope["method"]
+        if method not in METHODS:
+            method = "OTHER"
+        key = (method, path, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _series(method, path, status)
+        series.observe(duration)
+        REQUEST_WINDOW.observe(duration, status >= 500, ended)
+        if self.log_requests:
+            access_log.info(
+                "request",
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=round(duration * 1000, 2),
+            )

@@ -192,30 +192,29 @@ class RequestWindow(Collector):
         self._errors = bytearray(max_requests)
         self._next = 0
         self._filled = 0
-        self._lock = threading.Lock()
 
     def observe(self, duration: float, server_error: bool, now: float | None = None) -> None:
         # The clock is time.perf_counter (monotonic): the middleware passes the end it measured.
+        # No lock: one thread writes (the event loop's, where the middleware runs), and the
+        # scrape's snapshot is a statistic: a slot read while half-written is one sample off.
         moment = now if now is not None else time.perf_counter()
-        with self._lock:  # plain statements: this runs once per HTTP request
-            i = self._next
-            self._times[i] = moment
-            self._durations[i] = duration
-            self._errors[i] = server_error
-            i += 1
-            self._next = 0 if i == self._capacity else i
-            if self._filled < self._capacity:
-                self._filled += 1
+        i = self._next
+        self._times[i] = moment
+        self._durations[i] = duration
+        self._errors[i] = server_error
+        i += 1
+        self._next = 0 if i == self._capacity else i
+        if self._filled < self._capacity:
+            self._filled += 1
 
     def snapshot(self, now: float | None = None) -> tuple[list[float], int]:
         """Durations (sorted) and the 5xx count of the requests inside the window."""
         cutoff = (now if now is not None else time.perf_counter()) - self.window_seconds
-        with self._lock:
-            start = (self._next - self._filled) % self._capacity
-            indexes = [(start + k) % self._capacity for k in range(self._filled)]
-            recent = [i for i in indexes if self._times[i] >= cutoff]
-            durations = sorted(self._durations[i] for i in recent)
-            errors = sum(self._errors[i] for i in recent)
+        start = (self._next - self._filled) % self._capacity
+        indexes = [(start + k) % self._capacity for k in range(self._filled)]
+        recent = [i for i in indexes if self._times[i] >= cutoff]
+        durations = sorted(self._durations[i] for i in recent)
+        errors = sum(self._errors[i] for i in recent)
         return durations, errors
 
     def collect(self, now: float | None = None) -> Iterator[GaugeMetricFamily]:

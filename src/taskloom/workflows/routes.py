@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Member, Viewer
+from taskloom.auth.deps import Member, Viewer, ViewerReads
 from taskloom.locations import located, set_location
 from taskloom.workflows import service, versions
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
@@ -19,9 +19,8 @@ router = APIRouter(prefix="/api", tags=["workflows"])
 
 
 @router.get("/workflows", openapi_extra=access("viewer"))
-async def list_workflows(ctx: Viewer) -> list[WorkflowOut]:
-    workflows = await service.list_workflows(db=ctx.db, principal=ctx.principal)
-    return [WorkflowOut.model_validate(w) for w in workflows]
+async def list_workflows(ctx: ViewerReads) -> list[WorkflowOut]:
+    return await service.list_workflows(reads=ctx.reads, principal=ctx.principal)
 
 
 @router.post(

@@ -8,18 +8,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
 from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
+from taskloom.db.driver import Statements
 from taskloom.errors import NotFound
 from taskloom.workflows import versions
 from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import Workflow
-from taskloom.workflows.schemas import WorkflowCreate, WorkflowUpdate
+from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowUpdate
 
 
 async def _audit(
@@ -42,11 +42,18 @@ async def _audit(
     )
 
 
-async def list_workflows(*, db: AsyncSession, principal: Principal) -> list[Workflow]:
-    rows = await db.execute(
-        select(Workflow).where(Workflow.org_id == principal.current_org()).order_by(Workflow.name)
-    )
-    return list(rows.scalars())
+# The columns a workflow shows in a list (WorkflowOut), read on the asyncpg connection
+# (db/driver.py): the API's list endpoint is one of its hottest reads.
+_LIST = (
+    "select id, name, description, definition, version, enabled, created_by, created_at, "
+    "updated_at from workflows where org_id = $1 order by name, id"
+)
+
+
+async def list_workflows(*, reads: Statements, principal: Principal) -> list[WorkflowOut]:
+    """The organization's workflows by name. `reads` is the caller's tenant transaction:
+    db/tenancy.tenant_reads, or a session's connection (db/driver.session_connection)."""
+    return [WorkflowOut(**row) for row in await reads.fetch(_LIST, principal.current_org())]
 
 
 async def get_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from taskloom.db.driver import session_connection
 from taskloom.errors import BadRequest
 from taskloom.executions import approvals, service
 from taskloom.executions.models import (
@@ -68,14 +69,16 @@ async def list_executions(
         page.require_role(Role.VIEWER)
         wanted_status, wanted_workflow = _status(status), _workflow_id(workflow_id)
         items, next_cursor = await service.list_executions(
-            db=page.db,
+            reads=await session_connection(page.db),
             principal=page.principal,
             status=wanted_status,
             workflow_id=wanted_workflow,
             cursor=cursor,
             limit=PAGE_SIZE,
         )
-        workflows = await workflow_service.list_workflows(db=page.db, principal=page.principal)
+        workflows = await workflow_service.list_workflows(
+            reads=await session_connection(page.db), principal=page.principal
+        )
         names = {w.id: w.name for w in workflows}
         live = any(e.status not in TERMINAL for e in items)
         next_url = with_query(request, cursor=next_cursor) if next_cursor else None

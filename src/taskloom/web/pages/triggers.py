@@ -25,6 +25,7 @@ from sqlalchemy.orm import aliased
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
+from taskloom.db.driver import session_connection
 from taskloom.errors import DomainError, NotFound
 from taskloom.orgs.models import Role
 from taskloom.triggers import schedules
@@ -201,7 +202,9 @@ async def _tab(
     listed = await triggers.list_triggers(db=page.db, workflow_id=workflow.id)
     hooks = [_hook(page, t) for t in listed if t.kind == TriggerKind.WEBHOOK]
     events = [t for t in listed if t.kind == TriggerKind.EVENT]
-    org_workflows = await workflows.list_workflows(db=page.db, principal=page.principal)
+    org_workflows = await workflows.list_workflows(
+        reads=await session_connection(page.db), principal=page.principal
+    )
     return render(
         page,
         "workflows/triggers.html",

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from taskloom.db.driver import session_connection
 from taskloom.errors import DomainError, TooManyQueued, ValidationFailed
 from taskloom.executions import service as execution_service
 from taskloom.executions.queue import count_start_after_commit, enqueue_after_commit, queue_limit
@@ -92,7 +93,9 @@ def _posted(form: Any) -> dict[str, Any]:
 async def list_workflows(request: Request) -> Response:
     async with signed_in(request) as page:
         page.require_role(Role.VIEWER)
-        workflows = await service.list_workflows(db=page.db, principal=page.principal)
+        workflows = await service.list_workflows(
+            reads=await session_connection(page.db), principal=page.principal
+        )
         return render(page, "workflows/list.html", title="Workflows", workflows=workflows)
 
 
@@ -159,7 +162,10 @@ async def _workflow_page(
     run_errors: list[FieldError] | None = None,
 ) -> Response:
     executions, _ = await execution_service.list_executions(
-        db=page.db, principal=page.principal, workflow_id=workflow.id, limit=10
+        reads=await session_connection(page.db),
+        principal=page.principal,
+        workflow_id=workflow.id,
+        limit=10,
     )
     shown = values or {
         "name": workflow.name,
