@@ -207,3 +207,32 @@ async def test_the_edit_forms_change_note_is_kept_with_the_version(
     version = await client.get(f"/api/workflows/{workflow_id}/versions/4", headers=owner.headers)
     assert version.json()["message"] == "from the form"
     assert version.json()["created_by"] == str(owner.user_id)
+
+
+async def test_a_save_after_someone_elses_is_refused_and_keeps_what_was_typed(
+    client: httpx.AsyncClient, owner_browser: httpx.AsyncClient, owner: Account
+) -> None:
+    created = await client.post("/api/workflows", json=_body("wf", 1), headers=owner.headers)
+    workflow_id = created.json()["id"]
+    path = f"/ui/workflows/{workflow_id}"
+    form_page = await owner_browser.get(path)
+    assert 'name="version" value="1"' in form_page.text
+    # Someone else saves in the meantime.
+    await client.put(path.replace("/ui/", "/api/"), json=_body("theirs", 2), headers=owner.headers)
+    mine = '{"steps": [{"id": "a", "type": "transform", "args": {"value": 9}}]}'
+    refused = await owner_browser.post(
+        path,
+        data={
+            "csrf_token": csrf_of(form_page),
+            "version": "1",
+            "name": "mine",
+            "description": "",
+            "definition": mine,
+        },
+    )
+    assert refused.status_code == 412, refused.text
+    assert "the workflow is at version 2" in text_of(refused)
+    assert '"value": 9' in refused.text.replace("&#34;", '"')  # what was typed is kept
+    assert 'name="version" value="2"' in refused.text  # saving again overwrites, knowingly
+    current = (await client.get(f"/api/workflows/{workflow_id}", headers=owner.headers)).json()
+    assert (current["version"], current["name"]) == (2, "theirs")

@@ -1,5 +1,6 @@
 """Workflows: list, create, edit the definition as JSON (with the service's own validation
-messages next to the field), enable or disable, run (with the form the workflow's input schema
+messages next to the field; a save after someone else's since the page was read is refused,
+as `If-Match` would be), enable or disable, run (with the form the workflow's input schema
 describes, else JSON input), delete."""
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
         try:
             body = _parsed(values, json_field(form, "definition"), WorkflowUpdate)
             # A savepoint: a refused definition leaves nothing half-changed behind.
+            read_at = text(form, "version")  # the version the form was read at
             async with page.db.begin_nested():
                 await service.update_workflow(
                     db=page.db,
@@ -217,6 +219,7 @@ async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
                     context=page.audit,
                     workflow_id=workflow_id,
                     body=body,
+                    if_match=f'"{read_at}"' if read_at else None,
                 )
         except (FormProblem, ValidationError, DomainError) as problem:
             await page.db.refresh(workflow)  # the savepoint's rollback expired its changes
