@@ -29,6 +29,7 @@ from taskloom.observability.routes import router as metrics_router
 from taskloom.operation_ids import operation_id
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
+from taskloom.secrets.routes import router as secrets_router
 from taskloom.tools.routes import router as connections_router
 from taskloom.triggers.hooks import router as hooks_router
 from taskloom.triggers.routes import router as triggers_router
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(gdpr_router)
     app.include_router(audit_router)
     app.include_router(connections_router)
+    app.include_router(secrets_router)
     app.include_router(ai_router)
     app.include_router(flags_router)
     app.include_router(schedules_router)

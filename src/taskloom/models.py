@@ -19,6 +19,7 @@ from taskloom.executions.models import (
 from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Invitation, Membership, Organization
+from taskloom.secrets.models import OrgSecret
 from taskloom.tools.models import ToolConnection
 from taskloom.triggers.models import (
     ScheduleTick,
@@ -48,6 +49,7 @@ __all__ = [
     "IdempotencyKey",
     "Invitation",
     "Membership",
+    "OrgSecret",
     "Organization",
     "RefreshToken",
     "ScheduleTick",

@@ -9,11 +9,13 @@ every address is checked, and the socket is opened to a checked address. A secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,60 @@ class TargetNotAllowed(ValueError):
         self.host = host
         self.address = address
         self.reason = reason
+
+
+class SecretHostNotAllowed(ValueError):
+    """A request that may carry organization secrets is addressed to a host that is not on
+    every such secret's `allowed_hosts`. Nothing was sent."""
+
+    def __init__(self, host: str, names: tuple[str, ...]) -> None:
+        listed = ", ".join(names)
+        super().__init__(
+            f"refusing to send to {host}: the step uses secrets ({listed}) whose allowed_hosts "
+            "do not all include it"
+        )
+        self.host = host
+        self.names = names
+
+
+@dataclass
+class HostRestriction:
+    """Where the requests of one step may go: the hosts allowed for every secret it uses.
+    `refused` remembers a refusal, whatever a client library makes of the exception."""
+
+    hosts: frozenset[str]
+    names: tuple[str, ...]
+    refused: SecretHostNotAllowed | None = None
+
+    def check(self, host: str) -> None:
+        if _normalise_host(host) not in self.hosts:
+            self.refused = SecretHostNotAllowed(_normalise_host(host), self.names)
+            raise self.refused
+
+
+_RESTRICTION: ContextVar[HostRestriction | None] = ContextVar("outbound_restriction", default=None)
+
+
+@contextlib.contextmanager
+def restricted_to(hosts: Iterable[str], names: Iterable[str]) -> Iterator[HostRestriction]:
+    """Within the block (the task of one step), every outbound request through the process's
+    transports (outbound_pool.py) must be addressed to one of `hosts`; others fail with
+    SecretHostNotAllowed before anything is sent, redirects included."""
+    restriction = HostRestriction(
+        frozenset(_normalise_host(h) for h in hosts), tuple(sorted(names))
+    )
+    token = _RESTRICTION.set(restriction)
+    try:
+        yield restriction
+    finally:
+        _RESTRICTION.reset(token)
+
+
+def check_restriction(host: str) -> None:
+    """Raise SecretHostNotAllowed if the current task's requests may not go to `host`."""
+    restriction = _RESTRICTION.get()
+    if restriction is not None:
+        restriction.check(host)
 
 
 def refusal_reason(address: IPAddress) -> str | None:

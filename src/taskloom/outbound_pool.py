@@ -20,6 +20,9 @@ connections alive) and wraps it in a client of its own:
   checked address. A kept-alive connection was checked when it was opened and still goes to
   that address; a new one is checked when it is opened, so a host that now resolves to a
   forbidden address is refused on the next new socket.
+- A step's secrets hold for every request. Each request a borrowed (or own) transport is handed
+  is first checked against the calling task's host restriction (net.restricted_to: the hosts
+  every organization secret the step uses allows), before any connection is taken or opened.
 - Bounds. At most OUTBOUND_POOL_MAX_CLIENTS entries (least recently used evicted and closed;
   one in use is closed when its last call returns), OUTBOUND_POOL_MAX_CONNECTIONS sockets per
   entry, and entries idle for OUTBOUND_POOL_IDLE_SECONDS closed by a sweeper task. With
@@ -44,7 +47,13 @@ import httpx
 import httpx2
 import structlog
 
-from taskloom.net import AddressPolicy, guarded_transport, guarded_transport2, plain_transport2
+from taskloom.net import (
+    AddressPolicy,
+    check_restriction,
+    guarded_transport,
+    guarded_transport2,
+    plain_transport2,
+)
 
 log = structlog.get_logger("taskloom.outbound_pool")
 
@@ -87,6 +96,7 @@ class _Borrowed(httpx.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        check_restriction(request.url.host)  # a step's secrets' allowed hosts (net.py)
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -100,6 +110,7 @@ class _Borrowed2(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        check_restriction(request.url.host)
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -165,7 +176,7 @@ class OutboundPool:
             own = _open(key, max_connections=self.max_connections, keepalive_seconds=5.0)
             self.opened += 1
             try:
-                yield own
+                yield _Borrowed2(own) if key.flavor == "httpx2" else _Borrowed(own)
             finally:
                 await own.aclose()
             return

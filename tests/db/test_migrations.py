@@ -180,14 +180,14 @@ async def test_downgrade_to_base_then_upgrade_again(empty_database: Settings) ->
         await database.dispose()
 
 
-async def test_migration_0020_gives_every_workflow_its_current_version(
+async def test_migration_0021_gives_every_workflow_its_current_version(
     empty_database: Settings,
 ) -> None:
     """Existing workflows get their current state as their current version, with the triggers'
     and schedules' snapshot in the very form a save takes it (triggers/snapshot.py)."""
     url = empty_database.database_url
     assert url
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0019")
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0020")
     org, user, workflow, watched = (uuid.uuid4() for _ in range(4))
     definition = {"steps": [{"id": "t", "type": "transform", "args": {"value": 1}}]}
     async with connected(url) as conn:

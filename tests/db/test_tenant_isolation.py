@@ -66,6 +66,7 @@ SEED_ORDER = (
     "ai_usage_daily",
     "ai_budget_months",
     "tool_connections",
+    "org_secrets",
     "webhook_endpoints",
     "webhook_deliveries",
     "feature_flag_overrides",
@@ -99,6 +100,7 @@ OWNER_COLUMN = {
     "ai_usage_daily": "org_id",
     "ai_budget_months": "org_id",
     "tool_connections": "org_id",
+    "org_secrets": "org_id",
     "webhook_endpoints": "org_id",
     "webhook_deliveries": "org_id",
     "feature_flag_overrides": "org_id",
@@ -365,6 +367,15 @@ def row_for(
                 "org_id": side.org_id,
                 "provider": "github",
                 "name": f"github-{tag}",
+                "created_by": side.user_id,
+            }
+        case "org_secrets":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "name": f"SEED_{tag.upper().replace('-', '_')}",
+                "key_id": "k",
+                "encrypted_value": b"\x01sealed",
                 "created_by": side.user_id,
             }
         case "webhook_endpoints":

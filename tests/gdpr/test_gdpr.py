@@ -135,6 +135,16 @@ async def world(
         headers=in_shared.headers,
     )
     assert wf.status_code == 201, wf.text
+    org_secret = await subject_client.post(
+        "/api/secrets",
+        json={
+            "name": "SUBJECT_SECRET",
+            "value": "gdpr-secret-value",
+            "allowed_hosts": ["a.example"],
+        },
+        headers=in_shared.headers,
+    )
+    assert org_secret.status_code == 201, org_secret.text
     execution = await subject_client.post(
         f"/api/workflows/{wf.json()['id']}/execute",
         json={"input": {"contact": subject.email, "who": name}},
@@ -223,6 +233,7 @@ async def test_export_holds_every_row_of_every_table_that_references_users(
         "webhook_endpoints",
         "workflow_schedules",
         "workflow_triggers",
+        "org_secrets",
     ):
         assert table not in references, table
     # A flag is the instance's, readable only by instance administrators, which they are not.
@@ -242,7 +253,11 @@ async def test_secrets_are_never_exported(world: World, subject_client: httpx.As
     assert all(c["encrypted_credentials"] == "[redacted]" for c in tables["tool_connections"])
     assert all(w["encrypted_secret"] == "[redacted]" for w in tables["webhook_endpoints"])
     assert all(t["encrypted_secret"] == "[redacted]" for t in tables["workflow_triggers"])
+    [org_secret] = tables["org_secrets"]
+    assert org_secret["name"] == "SUBJECT_SECRET"
+    assert org_secret["encrypted_value"] == "[redacted]"
     text_of_export = json.dumps(document)
+    assert "gdpr-secret-value" not in text_of_export
     assert "$argon2" not in text_of_export
     assert tables["users"][0]["email"] == world.subject.email
 

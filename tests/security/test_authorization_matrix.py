@@ -110,6 +110,7 @@ def _random_values() -> dict[str, str]:
         }
     )
     values["key"] = "matrix-no-such-flag"
+    values["secret_name"] = "MATRIX_NO_SUCH_SECRET"
     # Not ids: a step of the execution named beside them (the approve/reject routes), a
     # for-each item's index, and a workflow's version number.
     values["step_id"] = "t"
@@ -133,6 +134,7 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/workflows/{workflow_id}/triggers"): {"kind": "webhook", "verification": "token"},
     ("POST", "/api/triggers/{trigger_id}/rotate-secret"): {"overlap_seconds": 0},
     ("POST", "/api/workflows/{workflow_id}/schedules"): {"cron": "0 0 1 1 *"},
+    ("PUT", "/api/secrets/{secret_name}"): {"value": "matrix-value", "allowed_hosts": []},
 }
 
 
@@ -264,13 +266,27 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
     schedule = await client.post(
         f"/api/workflows/{workflow_id}/schedules", json={"cron": "0 0 1 1 *"}, headers=headers
     )
+    secret = await client.post(
+        "/api/secrets", json={"name": "MATRIX_SECRET", "value": "matrix-value"}, headers=headers
+    )
     key = await client.post("/auth/api-keys", json={"name": "k"}, headers=headers)
     export = await client.post("/api/user/data-export", headers=headers)
     # An invitation of A's to someone else: B's owner can neither answer nor revoke it.
     invitation = await client.post(
         "/api/members", json={"email": "matrix-invitee@example.test"}, headers=headers
     )
-    created = (workflow, execution, connection, webhook, trigger, schedule, key, export, invitation)
+    created = (
+        workflow,
+        execution,
+        connection,
+        webhook,
+        trigger,
+        schedule,
+        key,
+        export,
+        invitation,
+        secret,
+    )
     for response in created:
         assert response.status_code in (201, 202), response.text
     member = callers["member"].account
@@ -286,6 +302,7 @@ async def _resources_of_a(client: httpx.AsyncClient, callers: dict[str, Caller])
         "invitation_id": invitation.json()["invitation_id"],
         "trigger_id": trigger.json()["id"],
         "schedule_id": schedule.json()["id"],
+        "secret_name": secret.json()["name"],
     }
 
 
@@ -314,5 +331,6 @@ async def test_another_organizations_ids_are_not_found_anywhere(
         f"/api/webhooks/{values['webhook_id']}",
         f"/api/triggers/{values['trigger_id']}",
         f"/api/schedules/{values['schedule_id']}",
+        f"/api/secrets/{values['secret_name']}",
     ):
         assert (await client.get(path, headers=owner.headers)).status_code == 200

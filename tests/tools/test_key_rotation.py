@@ -1,5 +1,6 @@
 """`taskloom keys rotate` in a deployment of its own: a new key put first, the command
-re-encrypts every connection, old ciphertexts decrypt until then, and a wrong key fails clearly."""
+re-encrypts every connection (and organization secret), old ciphertexts decrypt until then, and
+a wrong key fails clearly."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from taskloom.config import Settings
 from taskloom.crypto import CredentialCipher, CredentialKeyError
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import open_runtime
+from taskloom.secrets.service import bound_to as secret_bound_to
 from taskloom.tools.service import bound_to
 from taskloom.triggers.service import bound_to as trigger_bound_to
 from tests.cli_support import clean_env, run_taskloom
@@ -90,6 +92,12 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
                     headers=owner.headers,
                 )
                 assert rotated_secret.status_code == 200, rotated_secret.text
+                org_secret = await client.post(
+                    "/api/secrets",
+                    json={"name": "ROTATED", "value": "rotated-value-1"},
+                    headers=owner.headers,
+                )
+                assert org_secret.status_code == 201, org_secret.text
     finally:
         await runtime.close()
     before = await _stored(deployment)
@@ -111,7 +119,7 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
     )
     rotated = await run_taskloom("keys", "rotate", env=env, cwd=tmp_path)
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-    assert "current key 'k2': 4 re-encrypted, 0 already current" in rotated.stderr
+    assert "current key 'k2': 5 re-encrypted, 0 already current" in rotated.stderr
 
     after = await _stored(deployment)
     assert {row[3] for row in after} == {"k2"}
@@ -124,7 +132,7 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
             )
 
     again = await run_taskloom("keys", "rotate", env=env, cwd=tmp_path)
-    assert "0 re-encrypted, 4 already current" in again.stderr
+    assert "0 re-encrypted, 5 already current" in again.stderr
     async with system_transaction((runtime := await open_runtime(deployment)).database) as db:
         webhook_keys = (await db.execute(text("select secret_key_id from webhook_endpoints"))).all()
         stored = (
@@ -135,7 +143,15 @@ async def test_rotation_re_encrypts_under_the_new_key_and_old_keys_decrypt_until
                 )
             )
         ).one()
+        kept = (
+            await db.execute(text("select id, org_id, key_id, encrypted_value from org_secrets"))
+        ).one()
     await runtime.close()
+    assert kept.key_id == "k2"
+    secret_at = secret_bound_to(kept.id, kept.org_id)
+    assert only_new.decrypt("k2", kept.encrypted_value, bound_to=secret_at) == {
+        "value": "rotated-value-1"
+    }
     assert [tuple(r) for r in webhook_keys] == [("k2",)]
     trigger_at = trigger_bound_to(stored.id, stored.org_id)
     assert stored.secret_key_id == "k2"

@@ -37,6 +37,9 @@ class AuditAction(StrEnum):
     CONNECTION_DELETE = "connection.delete"
     CONNECTION_TEST = "connection.test"
     CONNECTION_KEYS_ROTATE = "connection.keys_rotate"
+    SECRET_CREATE = "secret.create"  # noqa: S105 (an action name)
+    SECRET_REPLACE = "secret.replace"  # noqa: S105 (an action name)
+    SECRET_DELETE = "secret.delete"  # noqa: S105 (an action name)
     AI_BUDGET_UPDATE = "ai.budget_update"
     SCHEDULE_CREATE = "schedule.create"
     SCHEDULE_UPDATE = "schedule.update"  # includes pause and resume

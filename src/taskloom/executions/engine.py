@@ -34,9 +34,11 @@ from taskloom.executions.queue import ExecutionQueue
 from taskloom.executions.state import Run
 from taskloom.executions.steps import STEP_TYPES, RetryableStepError, StepContext, StepError
 from taskloom.executions.template_process import TemplateRenderer
-from taskloom.executions.templating import TemplateProblem
+from taskloom.executions.templating import TemplateProblem, secret_references
+from taskloom.net import SecretHostNotAllowed, restricted_to
 from taskloom.observability import sentry, tracing
 from taskloom.runtime import Runtime
+from taskloom.secrets.resolution import ExecutionSecrets, SecretNotFound
 from taskloom.workflows.control import CONTROL_ARGS
 from taskloom.workflows.durations import parse_duration
 from taskloom.workflows.graph import Graph
@@ -95,12 +97,36 @@ class Engine:
     _tasks: dict[asyncio.Task[_Outcome], str] = field(default_factory=dict)
     _ready_rounds: int = 0  # parks refused because something waited for had happened
     _budget: asyncio.Semaphore = field(init=False)  # step and item runs doing work at once
+    # The organization secrets each step's templates read (only steps that read any), and the
+    # execution's resolved ones: None when the definition reads none (the usual case costs
+    # nothing more than the scan below, and nothing is redacted).
+    _secret_refs: dict[str, frozenset[str]] = field(init=False)
+    secrets: ExecutionSecrets | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.graph = Graph.of(self.run.definition)
         self.plan = Plan(self.graph, dict(self.run.states))
         self.step_runs = self.run.step_runs
         self._budget = asyncio.Semaphore(self.runtime.settings.max_parallel_per_execution)
+        self._secret_refs = {}
+        for step_id, step in self.graph.steps.items():
+            try:
+                names = secret_references(step)
+            except TemplateProblem:
+                names = frozenset({""})  # refused at save time; fails the step when it runs
+            if names:
+                self._secret_refs[step_id] = names
+        try:
+            output_names = secret_references(self.run.definition.get("output"))
+        except TemplateProblem:
+            output_names = frozenset({""})
+        if output_names:
+            self._secret_refs[""] = output_names  # "": the execution's output template
+        if self._secret_refs:
+            self.secrets = ExecutionSecrets(
+                database=self.runtime.database, cipher=self.runtime.cipher, org_id=self.run.org_id
+            )
+            self.run.redact_secrets = self.secrets.redact
 
     # --- the execution --------------------------------------------------------------------------
 
@@ -123,6 +149,8 @@ class Engine:
             return Finished("cancelled")
         finally:
             await self._stop_tasks()
+            if self.secrets is not None:
+                self.secrets.release()
 
     async def _drive(self) -> Finished:
         database = self.runtime.database
@@ -224,11 +252,14 @@ class Engine:
         template = self.run.definition.get("output")
         if template is None:
             return self.plan.default_output()
+        scope = self._scope()
+        if "" in self._secret_refs:
+            scope["secrets"] = await self._secret_values("")
         try:
-            rendered = await self.templates.render(template, self._scope(), path="output")
+            rendered = await self.templates.render(template, scope, path="output")
         except TemplateProblem as problem:
             raise StepError(str(problem), code=problem.code) from problem
-        return _checked_output(rendered)
+        return _checked_output(self._redact(rendered))
 
     def _finishing(self, step_id: str, output: Any) -> tuple[bool, Any]:
         """Whether the success of `step_id` ends the execution (nothing else running or left to
@@ -295,6 +326,11 @@ class Engine:
             else contextlib.nullcontext()
         ):
             scope = self._scope()
+            if step_id in self._secret_refs:
+                try:
+                    scope["secrets"] = await self._secret_values(step_id)
+                except StepError as error:
+                    return await self._failed_without_run(step_id, error)
             if (when := step.get("when")) is not None:
                 try:
                     go = _boolean(
@@ -328,7 +364,7 @@ class Engine:
             position=self.graph.order.index(step_id),
             type_=step["type"],
         )
-        detail = {**error.as_json(), "step_id": step_id}
+        detail = self._redact({**error.as_json(), "step_id": step_id})
         tolerated = bool(step.get("continue_on_error"))
         stored = {"error": detail} if tolerated else None
         await state.step_failed(
@@ -477,7 +513,7 @@ class Engine:
             if failure is not None:
                 if not started:
                     attempt = await self._start(step_id, index, step)
-                detail = {**failure.as_json(), "step_id": step_id, "attempt": attempt}
+                detail = self._redact({**failure.as_json(), "step_id": step_id, "attempt": attempt})
                 if index is not None:
                     detail["item_index"] = index
                 final = not policy.retries(failure, attempt)
@@ -533,6 +569,9 @@ class Engine:
                 )
             except TemplateProblem as problem:
                 raise StepError(str(problem), code=problem.code) from problem
+            # No request leaves a control step: what it passes on (an approval's message, a
+            # child's input) carries secrets redacted.
+            args = self._redact(args)
             if step["type"] == "wait":
                 # Its end was fixed when it first started (a resumed wait keeps it).
                 until = started.wake_at or control.wait_until(args)
@@ -575,7 +614,7 @@ class Engine:
             )
             return _Outcome(StepStatus.WAITING, wake_at=found.wake_at)
         except StepError as error:
-            detail = {**error.as_json(), "step_id": step_id}
+            detail = self._redact({**error.as_json(), "step_id": step_id})
             if index is not None:
                 detail["item_index"] = index
             tolerated = bool(step.get("continue_on_error"))
@@ -670,9 +709,13 @@ class Engine:
                 triggered_by=self.run.triggered_by,
                 runtime=self.runtime,
             )
+            names = self._secret_refs.get(step_id)
             try:
-                async with asyncio.timeout(limit):
-                    output = await step_type.run(parsed, context)
+                if names and self.secrets is not None:
+                    output = await self._run_restricted(step_type, parsed, context, limit, names)
+                else:
+                    async with asyncio.timeout(limit):
+                        output = await step_type.run(parsed, context)
             except TimeoutError as error:
                 if limit is None:
                     raise
@@ -680,7 +723,7 @@ class Engine:
                     f"the step took longer than its timeout ({step['timeout']})",
                     code="step_timeout",
                 ) from error
-            return _checked_output(output)
+            return _checked_output(self._redact(output))
         except StepError:
             raise
         except (OSError, TimeoutError, DBAPIError, RedisError) as error:
@@ -694,6 +737,55 @@ class Engine:
             raise StepError(
                 f"internal error ({type(error).__name__})", code="internal_error"
             ) from error
+
+    # --- organization secrets (docs/SECRETS.md) -------------------------------------------------
+
+    async def _secret_values(self, step_id: str) -> dict[str, str]:
+        """The values a step's (or, for "", the output's) templates read, or StepError
+        `secret_not_found` (also for a template that misuses `secrets`)."""
+        names = self._secret_refs[step_id]
+        where = "the output" if step_id == "" else f"step {step_id!r}"
+        if "" in names or self.secrets is None:
+            raise StepError(
+                f"{where} uses secrets other than as {{{{ secrets.NAME }}}}",
+                code="secret_misused",
+            )
+        try:
+            return await self.secrets.values(names)
+        except SecretNotFound as missing:
+            raise StepError(
+                f"{where} reads secrets the organization does not have: "
+                + ", ".join(missing.names),
+                code="secret_not_found",
+                details={"names": missing.names},
+            ) from None
+
+    async def _run_restricted(
+        self, step_type: Any, parsed: Any, context: StepContext, limit: float | None, names: Any
+    ) -> Any:
+        """Run a step that reads secrets: every request it sends, through any outbound client,
+        must go to a host all of them allow (checked by the transports before anything is sent,
+        net.restricted_to); a refusal fails it with `secret_host_not_allowed` whatever the
+        step's client made of it."""
+        assert self.secrets is not None
+        hosts = self.secrets.allowed_hosts(names)
+        with restricted_to(hosts, names) as restriction:
+            try:
+                async with asyncio.timeout(limit):
+                    return await step_type.run(parsed, context)
+            except SecretHostNotAllowed as refused:
+                raise _not_allowed(refused) from None
+            except StepError:
+                if restriction.refused is not None:
+                    raise _not_allowed(restriction.refused) from None
+                raise
+            except Exception:
+                if restriction.refused is not None:
+                    raise _not_allowed(restriction.refused) from None
+                raise
+
+    def _redact(self, value: Any) -> Any:
+        return value if self.secrets is None else self.secrets.redact(value)
 
     def _count_run(self) -> None:
         """Each run of a step or item counts towards MAX_STEP_RUNS_PER_EXECUTION."""
@@ -736,6 +828,14 @@ class _RetryPolicy:
     def delay(self, attempt: int) -> float:
         factor = 2 ** (attempt - 1) if self.exponential else 1
         return min(self.delay_seconds * factor, MAX_BACKOFF_SECONDS)
+
+
+def _not_allowed(refused: SecretHostNotAllowed) -> StepError:
+    return StepError(
+        str(refused),
+        code="secret_host_not_allowed",
+        details={"host": refused.host, "secrets": list(refused.names)},
+    )
 
 
 def _boolean(value: Any) -> bool:

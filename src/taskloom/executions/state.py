@@ -13,6 +13,7 @@ import enum
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +75,14 @@ class Run:
     parent_execution_id: uuid.UUID | None = None
     root_execution_id: uuid.UUID | None = None
     depth: int = 0
+    # Replaces the values of the organization secrets this execution resolved by
+    # `[secret:NAME]` (secrets/resolution.py); None while it resolved none. Every write below
+    # of a step's or the execution's input, output or error passes through `scrubbed`: this
+    # module is the one boundary where results are persisted (docs/SECRETS.md).
+    redact_secrets: Callable[[Any], Any] | None = None
+
+    def scrubbed(self, value: Any) -> Any:
+        return value if self.redact_secrets is None else self.redact_secrets(value)
 
     @property
     def done(self) -> dict[str, Any]:
@@ -248,11 +257,11 @@ async def step_succeeded(
             step_id,
             position,
             type_,
-            json.dumps(redact(args)),
-            json.dumps(output),
+            json.dumps(run.scrubbed(redact(args))),
+            json.dumps(run.scrubbed(output)),
             started,
             last,
-            json.dumps(execution_output),
+            json.dumps(run.scrubbed(execution_output)),
             current_request_id(),
         )
     return cancel
@@ -273,9 +282,9 @@ async def record_failure(
     `output`, `{"error": …}` under continue_on_error); otherwise it waits for the retry."""
     values: dict[str, Any] = {
         "status": StepStatus.FAILED if final else StepStatus.PENDING,
-        "input": redact(args) if args is not None else None,
-        "error": error,
-        "output": output,
+        "input": run.scrubbed(redact(args)) if args is not None else None,
+        "error": run.scrubbed(error),
+        "output": run.scrubbed(output),
         "finished_at": func.now() if final else None,
     }
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
@@ -327,8 +336,8 @@ async def item_succeeded(
             .where(*_where(run.execution_id, step_id, item_index))
             .values(
                 status=StepStatus.SUCCEEDED,
-                input=redact(args),
-                output=output,
+                input=run.scrubbed(redact(args)),
+                output=run.scrubbed(output),
                 error=None,
                 finished_at=func.now(),
             )
@@ -378,7 +387,11 @@ async def interrupted(
         return
     values: dict[str, Any] = {"status": StepStatus.PENDING}
     if error is not None:
-        values = {"status": StepStatus.FAILED, "error": error, "finished_at": func.now()}
+        values = {
+            "status": StepStatus.FAILED,
+            "error": run.scrubbed(error),
+            "finished_at": func.now(),
+        }
     steps = sorted({step_id for step_id, index in running if index is None})
     items = sorted((s, i) for s, i in running if i is not None)
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
@@ -417,7 +430,7 @@ async def finish(
         execution = await db.get(WorkflowExecution, run.execution_id, with_for_update=True)
         if execution is None or execution.status in TERMINAL:
             return
-        _finish(execution, status, output=output, error=error)
+        _finish(execution, status, output=run.scrubbed(output), error=run.scrubbed(error))
 
 
 async def back_to_queue(
@@ -427,7 +440,7 @@ async def back_to_queue(
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
         values: dict[str, Any] = {"status": ExecutionStatus.QUEUED}
         if error is not None:
-            values["error"] = error
+            values["error"] = run.scrubbed(error)
         await db.execute(
             update(WorkflowExecution)
             .where(

@@ -283,3 +283,81 @@ def _cheap_call(node: nodes.Filter | nodes.Test) -> bool:
         and node.dyn_kwargs is None
         and all(isinstance(argument, nodes.Const) for argument in arguments)
     )
+
+
+# --- which secrets a template reads ---------------------------------------------------------
+# A template may read a secret only as `secrets.NAME`, written out as it is: alone in `{{ }}`
+# or joined to text with `~`. Redaction recognises a value only as it is stored, so a filter, a
+# slice or a comparison would let a step's output carry it (or a test reveal it) unrecognised.
+
+
+class SecretMisused(TemplateProblem):
+    code = "secret_misused"
+
+
+def secret_references(value: Any, path: str = "") -> frozenset[str]:
+    """The secret names the templates in `value` read (`secrets.NAME`). Raises SecretMisused for
+    any other use of `secrets`. Cheap for the usual definition, which mentions no secret: one
+    walk over its strings, nothing parsed or allocated (the worker asks for every step of every
+    execution it runs)."""
+    if not _mentions_secrets(value):
+        return frozenset()
+    names: set[str] = set()
+    for where, text in _strings(value, path):
+        if "secrets" in text and "{" in text:
+            try:
+                found, problem = _secret_refs(text)
+            except (TemplateError, RecursionError):
+                continue  # check_syntax refuses it; rendering would fail alike
+            if problem is not None:
+                raise SecretMisused(where, problem)
+            names |= found
+    return frozenset(names)
+
+
+def _mentions_secrets(value: Any) -> bool:
+    if isinstance(value, str):
+        return "secrets" in value
+    if isinstance(value, dict):
+        return any(_mentions_secrets(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_mentions_secrets(item) for item in value)
+    return False
+
+
+_PLAIN_BLOCKS = (nodes.Template, nodes.If, nodes.For, nodes.Output)
+
+
+@lru_cache(maxsize=1024)
+def _secret_refs(text: str) -> tuple[frozenset[str], str | None]:
+    tree = _ENV.parse(text)
+    found: set[str] = set()
+
+    def walk(node: nodes.Node, ancestors: tuple[nodes.Node, ...]) -> str | None:
+        if isinstance(node, nodes.Name) and node.name == "secrets":
+            parent = ancestors[-1] if ancestors else None
+            if not isinstance(parent, nodes.Getattr) or parent.node is not node:
+                return "read a secret as secrets.NAME (not `secrets` itself, nor secrets[...])"
+            for depth in range(len(ancestors) - 2, -1, -1):
+                above = ancestors[depth]
+                if isinstance(above, nodes.Output):
+                    # Written straight into the text: not inside a {% set %}, {% filter %},
+                    # macro or call block, which would capture it for something else.
+                    if all(isinstance(a, _PLAIN_BLOCKS) for a in ancestors[:depth]):
+                        found.add(parent.attr)
+                        return None
+                    return f"secrets.{parent.attr} may not be captured by a block"
+                if not isinstance(above, nodes.Concat):
+                    return (
+                        f"secrets.{parent.attr} may only be output as it is "
+                        "({{ secrets.NAME }}, or joined to text with ~): a filter, test, "
+                        "operator or lookup on it would hide it from redaction"
+                    )
+            return f"secrets.{parent.attr} may only be output as it is"
+        for child in node.iter_child_nodes():
+            if (problem := walk(child, (*ancestors, node))) is not None:
+                return problem
+        return None
+
+    problem = walk(tree, ())
+    return frozenset(found), problem

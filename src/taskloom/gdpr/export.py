@@ -73,6 +73,8 @@ TABLE_NOTES = {
     "ai_usage": "AI model calls made on your behalf: model, tokens, cost.",
     "tool_connections": "Tool connections you created, in organizations where you are still an "
     "admin (credentials are never exported).",
+    "org_secrets": "Organization secrets you created or last replaced, in organizations where "
+    "you are still an admin: name, description, allowed hosts (values are never exported).",
     "webhook_endpoints": "Webhook endpoints you created, in organizations where you are still an "
     "admin (signing secrets are never exported).",
     "workflow_schedules": "Schedules you created, in organizations you are still a member of.",

@@ -60,6 +60,8 @@ AUTHORED: dict[tuple[str, str], Reader] = {
     ("workflow_versions", "created_by"): Role.VIEWER,  # the versions they saved
     ("execution_approvals", "decided_by"): Role.VIEWER,  # their decisions and comments
     ("tool_connections", "created_by"): Role.ADMIN,
+    ("org_secrets", "created_by"): Role.ADMIN,
+    ("org_secrets", "updated_by"): Role.ADMIN,
     ("webhook_endpoints", "created_by"): Role.ADMIN,
     ("workflow_schedules", "created_by"): Role.VIEWER,
     ("workflow_triggers", "created_by"): Role.ADMIN,

@@ -15,6 +15,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict
 
 from taskloom.config import Settings
+from taskloom.observability import secret_values
 
 _HANDLER_NAME = "taskloom"
 # These log every request's full URL at INFO; tenants' URLs (webhooks, http steps, MCP servers)
@@ -76,9 +77,21 @@ def _shared_processors() -> list[structlog.typing.Processor]:
     ]
 
 
+def _scrubbed(render: Any) -> structlog.typing.Processor:
+    """The renderer, then every secret value a running execution holds replaced by its name
+    (observability/secret_values.py): a line may quote a value from anywhere (an exception, a
+    library's message), so the finished line is what is scrubbed."""
+
+    def renderer(logger: Any, method: str, event_dict: EventDict) -> Any:
+        line = render(logger, method, event_dict)
+        return secret_values.scrub(line) if isinstance(line, str) else line
+
+    return renderer
+
+
 def configure_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level.upper())
-    renderer: structlog.typing.Processor = (
+    renderer: structlog.typing.Processor = _scrubbed(
         structlog.processors.JSONRenderer()
         if settings.uses_json_logs
         else structlog.dev.ConsoleRenderer(colors=False)

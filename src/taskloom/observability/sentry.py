@@ -8,6 +8,7 @@ from typing import Any
 
 from taskloom import __version__
 from taskloom.config import Settings
+from taskloom.observability import secret_values
 
 _enabled = False
 
@@ -30,9 +31,26 @@ def configure(settings: Settings, *, service: str) -> bool:
         max_request_body_size="never",
         default_integrations=False,
         traces_sample_rate=0.0,
+        before_send=_without_secret_values,
     )
     _enabled = True
     return True
+
+
+def _without_secret_values(event: Any, hint: Any) -> Any:
+    """The event with organization secrets' values a running execution holds replaced by
+    `[secret:NAME]` in every string (an exception's message may quote one)."""
+    return _scrubbed(event)
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return secret_values.scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrubbed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(item) for item in value]
+    return value
 
 
 def capture(error: BaseException, **tags: Any) -> None:

@@ -1,4 +1,5 @@
-"""Spans leave without secrets: query strings and userinfo are cut from every URL in them.
+"""Spans leave without secrets: query strings and userinfo are cut from every URL in them, and
+organization secrets' values held by a running execution are replaced by `[secret:NAME]`.
 
 The instrumentations record what they see: a server span's `http.target` / `url.query` carry
 the GDPR download's `?token=`, a client span's `http.url` / `url.full` an organization's full
@@ -18,6 +19,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
+from taskloom.observability import secret_values
+
 # scheme://[userinfo@]host/path[?query][#fragment], inside any text (a message may quote one).
 _URL = re.compile(
     r"(?P<keep>[A-Za-z][A-Za-z0-9+.\-]*://)(?:[^/?#\s@'\"<>]*@)?"
@@ -28,13 +31,14 @@ _TARGETS = frozenset({"http.target"})  # a path and its query string, no scheme
 
 
 def scrub_text(text: str) -> str:
-    """`text` with every URL in it cut to scheme, host and path."""
-    return _URL.sub(lambda match: match["keep"] + match["rest"], text)
+    """`text` with every URL in it cut to scheme, host and path, and every secret value a
+    running execution holds replaced by its name (observability/secret_values.py)."""
+    return secret_values.scrub(_URL.sub(lambda match: match["keep"] + match["rest"], text))
 
 
 def _scrub_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
-        return value.split("?", 1)[0] if key in _TARGETS else scrub_text(value)
+        return secret_values.scrub(value.split("?", 1)[0]) if key in _TARGETS else scrub_text(value)
     if isinstance(value, Sequence) and not isinstance(value, bytes):
         return tuple(_scrub_value(key, item) for item in value)
     return value

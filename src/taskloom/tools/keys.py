@@ -1,7 +1,7 @@
-"""`taskloom keys rotate`: re-encrypt every stored secret (connections' credentials, webhook
-and webhook trigger secrets) under the current key, the first of CREDENTIAL_ENCRYPTION_KEYS.
-Old keys keep decrypting until then, so rotation is: put the new key first, keep the old one,
-deploy, run this, remove the old key, deploy."""
+"""`taskloom keys rotate`: re-encrypt every stored secret (connections' credentials,
+organization secrets, webhook and webhook trigger secrets) under the current key, the first of
+CREDENTIAL_ENCRYPTION_KEYS. Old keys keep decrypting until then, so rotation is: put the new
+key first, keep the old one, deploy, run this, remove the old key, deploy."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from taskloom.audit.service import AuditContext
 from taskloom.crypto import CredentialCipher, CredentialKeyError
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction
+from taskloom.secrets.models import OrgSecret
+from taskloom.secrets.service import bound_to as secret_bound_to
 from taskloom.tools.models import ToolConnection
 from taskloom.tools.service import bound_to
 from taskloom.triggers.models import WorkflowTrigger
@@ -57,6 +59,12 @@ SEALED = (
         lambda row: bound_to(row.id, row.org_id),
     ),
     _Sealed(
+        OrgSecret,
+        "key_id",
+        ("encrypted_value",),
+        lambda row: secret_bound_to(row.id, row.org_id),
+    ),
+    _Sealed(
         WebhookEndpoint,
         "secret_key_id",
         ("encrypted_secret", "encrypted_previous_secret"),
@@ -74,9 +82,9 @@ SEALED = (
 async def rotate_keys(
     database: Database, cipher: CredentialCipher, *, context: AuditContext
 ) -> RotationReport:
-    """Re-encrypt, in batches, every stored secret (connections' credentials, webhook and
-    trigger secrets) not under the current key. Runs across organizations on the privileged
-    engine. Rows that do not decrypt are reported, not changed."""
+    """Re-encrypt, in batches, every stored secret (connections' credentials, organization
+    secrets, webhook and trigger secrets) not under the current key. Runs across organizations
+    on the privileged engine. Rows that do not decrypt are reported, not changed."""
     report = RotationReport(current_key_id=cipher.current_key_id)
     for table in SEALED:
         await _rotate_table(database, cipher, table, report)

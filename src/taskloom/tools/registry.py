@@ -5,6 +5,7 @@ from __future__ import annotations
 from taskloom.ai.connections import AnthropicKeys, OpenAIKeys
 from taskloom.tools.base import ToolProvider
 from taskloom.tools.providers.github import GitHubProvider
+from taskloom.tools.providers.http import HttpConnectionProvider
 from taskloom.tools.providers.linear import LinearProvider
 from taskloom.tools.providers.mcp import McpProvider
 from taskloom.tools.providers.notion import NotionProvider
@@ -14,6 +15,7 @@ PROVIDERS: dict[str, ToolProvider] = {
     "linear": LinearProvider(),
     "github": GitHubProvider(),
     "mcp": McpProvider(),
+    "http": HttpConnectionProvider(),
     "anthropic": AnthropicKeys(),
     "openai": OpenAIKeys(),
 }

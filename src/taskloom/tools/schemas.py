@@ -10,7 +10,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Provider = Literal["notion", "linear", "github", "mcp", "anthropic", "openai"]
+Provider = Literal["notion", "linear", "github", "mcp", "http", "anthropic", "openai"]
 
 
 class StrictModel(BaseModel):

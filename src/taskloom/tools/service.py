@@ -28,6 +28,9 @@ from taskloom.tools.models import ToolConnection
 from taskloom.tools.registry import PROVIDERS
 from taskloom.tools.schemas import ConnectionCreate, ConnectionOut, ConnectionUpdate
 
+# Providers without a default base URL: the connection names its own.
+_NEEDS_BASE_URL = frozenset({"mcp", "http"})
+
 
 def bound_to(connection_id: uuid.UUID, org_id: uuid.UUID) -> str:
     """The associated data of a connection's ciphertext: it decrypts only in its own row."""
@@ -177,10 +180,14 @@ async def create_connection(
     provider = PROVIDERS[body.provider]
     credentials = _validated(provider.Credentials, body.credentials, "credentials")
     config = _validated(provider.Config, body.config, "config")
-    if body.provider == "mcp" and body.base_url is None:
+    if body.provider in _NEEDS_BASE_URL and body.base_url is None:
         raise ValidationFailed(
-            "body.base_url: an mcp connection needs the server's endpoint URL",
-            details={"errors": [{"loc": ["body", "base_url"], "message": "required for mcp"}]},
+            f"body.base_url: an {body.provider} connection needs its URL",
+            details={
+                "errors": [
+                    {"loc": ["body", "base_url"], "message": f"required for {body.provider}"}
+                ]
+            },
         )
     row = ToolConnection(
         id=uuid.uuid4(),
@@ -231,8 +238,8 @@ async def update_connection(
     if "name" in body.model_fields_set and body.name is not None:
         row.name = body.name
     if "base_url" in body.model_fields_set:
-        if body.base_url is None and row.provider == "mcp":
-            raise ValidationFailed("body.base_url: an mcp connection needs the endpoint URL")
+        if body.base_url is None and row.provider in _NEEDS_BASE_URL:
+            raise ValidationFailed(f"body.base_url: an {row.provider} connection needs its URL")
         row.base_url = body.base_url
     if body.config is not None:
         row.config = _validated(provider.Config, body.config, "config")

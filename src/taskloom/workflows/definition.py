@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom import safe_jsonschema
 from taskloom.errors import ValidationFailed
 from taskloom.executions.steps import STEP_TYPES
-from taskloom.executions.templating import TemplateProblem, check_syntax
+from taskloom.executions.templating import TemplateProblem, check_syntax, secret_references
 from taskloom.workflows.control import CONTROL_ARGS, ENABLED_CONTROL_TYPES
 from taskloom.workflows.graph import Graph
 from taskloom.workflows.models import Workflow
@@ -163,6 +163,7 @@ def _check_template(
     path = ".".join(["body", "definition", *where])
     try:
         check_syntax(text, path)
+        secret_references(text, path)  # only `secrets.NAME`, output as it is
     except TemplateProblem as problem:
         raise ValidationFailed(
             f"{problem.path}: {problem.message}",

@@ -10,9 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Member, Viewer, ViewerReads
+from taskloom.auth.deps import Member, RequestContext, Viewer, ViewerReads
 from taskloom.locations import located, set_location
 from taskloom.workflows import service, versions
+from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
 
 router = APIRouter(prefix="/api", tags=["workflows"])
@@ -35,7 +36,7 @@ async def create_workflow(body: WorkflowCreate, ctx: Member, response: Response)
     )
     set_location(response, f"/api/workflows/{workflow.id}")
     response.headers["ETag"] = versions.entity_tag(workflow.version)
-    return WorkflowOut.model_validate(workflow)
+    return await _with_warnings(ctx, workflow)
 
 
 @router.get(
@@ -74,7 +75,15 @@ async def update_workflow(
         if_match=if_match,
     )
     response.headers["ETag"] = versions.entity_tag(workflow.version)
-    return WorkflowOut.model_validate(workflow)
+    return await _with_warnings(ctx, workflow)
+
+
+async def _with_warnings(ctx: RequestContext, workflow: Workflow) -> WorkflowOut:
+    answer = WorkflowOut.model_validate(workflow)
+    answer.warnings = await service.warnings(
+        db=ctx.db, org_id=workflow.org_id, definition=workflow.definition
+    )
+    return answer
 
 
 @router.patch("/workflows/{workflow_id}", openapi_extra=access("member"))

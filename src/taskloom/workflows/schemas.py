@@ -117,6 +117,12 @@ class WorkflowPatch(StrictModel):
     enabled: bool = Field(description="false: no trigger starts it, and execute answers 409")
 
 
+class WorkflowWarning(BaseModel):
+    code: str
+    message: str
+    names: list[str] = Field(default_factory=list)
+
+
 class WorkflowOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -129,6 +135,9 @@ class WorkflowOut(BaseModel):
     created_by: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
+    # What saving it noticed but allowed (create and PUT answers only): e.g. `unknown_secrets`,
+    # secrets its templates read that the organization does not have (yet).
+    warnings: list[WorkflowWarning] = Field(default_factory=list)
 
 
 class VersionSummary(BaseModel):

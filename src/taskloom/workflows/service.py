@@ -17,10 +17,12 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.db.driver import Statements
 from taskloom.errors import NotFound
+from taskloom.executions.templating import secret_references
+from taskloom.secrets import service as secrets
 from taskloom.workflows import versions
 from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import Workflow
-from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowUpdate
+from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowUpdate, WorkflowWarning
 
 
 async def _audit(
@@ -192,3 +194,25 @@ async def delete_workflow(
         workflow_id,
         {"name": workflow.name},
     )
+
+
+async def warnings(
+    *, db: AsyncSession, org_id: uuid.UUID, definition: dict[str, Any]
+) -> list[WorkflowWarning]:
+    """What a saved definition may trip on when it runs: secrets it reads that the organization
+    does not have (saving is allowed: they may be created later; the step fails with
+    `secret_not_found` until then)."""
+    names = secret_references(definition)
+    if not names:
+        return []
+    unknown = sorted(names - await secrets.known_names(db=db, org_id=org_id, names=names))
+    if not unknown:
+        return []
+    return [
+        WorkflowWarning(
+            code="unknown_secrets",
+            message="the definition reads secrets the organization does not have: "
+            + ", ".join(unknown),
+            names=unknown,
+        )
+    ]

@@ -1,6 +1,12 @@
 """`http`: call an outside HTTP API. Every connection, redirects included, goes through the
 address guard in `taskloom.net`, so a workflow cannot reach the worker's own network. Error
-messages name the host, never header values or the URL (both may carry tokens)."""
+messages name the host, never header values or the URL (both may carry tokens).
+
+With `connection` (an `http` connection's name or id: a base URL and auth headers, stored
+encrypted), `url` is a path under the connection's base URL (or an absolute URL under it), and
+the connection's headers are added to the request. The request may not leave the base URL; its
+headers are dropped on a redirect to another host, like any credential header; and their values
+are replaced by `[connection:NAME]` in what the step returns or reports."""
 
 from __future__ import annotations
 
@@ -8,17 +14,22 @@ import asyncio
 import json
 import re
 import ssl
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from taskloom import __version__
+from taskloom.crypto import CredentialKeyError
+from taskloom.db.tenancy import tenant_transaction
 from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 from taskloom.net import TargetNotAllowed
 from taskloom.observability.request_id import current_request_id
+from taskloom.observability.secret_values import forms, replace_all
 from taskloom.outbound import ResponseTooLarge, read_at_most
-from taskloom.outbound_pool import OutboundPool, PoolKey
+from taskloom.outbound_pool import OutboundPool, PoolKey, fingerprint
+from taskloom.tools import service as connections
 
 MAX_REDIRECTS = 5
 ERROR_BODY_CHARS = 500
@@ -40,6 +51,7 @@ class HttpArgs(StepArgs):
 
     method: Method = "GET"
     url: str
+    connection: str | None = Field(default=None, min_length=1, max_length=200)
     headers: dict[str, str] = Field(default_factory=dict)
     query: dict[str, str | int | float | bool] = Field(default_factory=dict)
     json_body: Any = Field(default=None, alias="json")
@@ -51,16 +63,17 @@ class HttpArgs(StepArgs):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
+    @model_validator(mode="after")
+    def _http_url(self) -> HttpArgs:
         try:
-            url = httpx.URL(value)
+            url = httpx.URL(self.url)
         except httpx.InvalidURL:
             raise ValueError("url is not a valid URL") from None
+        if self.connection is not None and not url.is_absolute_url:
+            return self  # a path under the connection's base URL
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("url must be an absolute http:// or https:// URL")
-        return value
+        return self
 
     @field_validator("headers")
     @classmethod
@@ -171,18 +184,91 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
 _UNPOOLED = OutboundPool(max_clients=0)  # a step run outside a worker (no runtime)
 
 
-def _pool_key(ctx: StepContext, url: httpx.URL) -> PoolKey:
-    """The organization's pooled client for the URL's origin. Each call still has a client of
-    its own (headers, cookies); only kept-alive connections are shared, and only within one
-    organization. Redirects to another host open sockets in the same client, guarded alike."""
+def _pool_key(ctx: StepContext, url: httpx.URL, via: _Via | None = None) -> PoolKey:
+    """The organization's pooled client for the URL's origin (or its http connection's, keyed
+    like every connection: a changed base URL or header never reuses the old one). Each call
+    still has a client of its own (headers, cookies); only kept-alive connections are shared,
+    and only within one organization. Redirects to another host open sockets in the same
+    client, guarded alike."""
     port = url.port or (443 if url.scheme == "https" else 80)
     return PoolKey(
         org=str(ctx.org_id),
         kind="http",
-        owner=f"{url.scheme}://{url.host}:{port}",
-        fingerprint="",
+        owner=via.id if via is not None else f"{url.scheme}://{url.host}:{port}",
+        fingerprint=via.fingerprint if via is not None else "",
         flavor="httpx",
         policy=ctx.settings.outbound_allowed_hosts,
+    )
+
+
+@dataclass(frozen=True)
+class _Via:
+    """The `http` connection a step sends through: its base URL and its headers."""
+
+    id: str
+    name: str
+    base_url: httpx.URL
+    headers: dict[str, str]
+    fingerprint: str
+
+    def url(self, target: str) -> httpx.URL:
+        """`target` under the base URL, or StepError if it would leave it."""
+        base = self.base_url
+        url = (
+            httpx.URL(target)
+            if httpx.URL(target).is_absolute_url
+            else base.join(target.lstrip("/"))
+        )
+        prefix = base.raw_path.split(b"?")[0]
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port) or not (
+            url.raw_path.split(b"?")[0].startswith(prefix)
+        ):
+            raise StepError(
+                f"url is not under the base URL of connection {self.name!r}",
+                code="url_outside_connection",
+            )
+        return url
+
+    def hide(self, value: Any) -> Any:
+        """`value` with the connection's header values replaced by `[connection:NAME]`."""
+        pairs = [
+            (form, f"[connection:{self.name}]")
+            for secret in self.headers.values()
+            if len(secret) >= 4
+            for form in forms(secret)
+        ]
+        return _hidden(value, sorted(pairs, key=lambda pair: -len(pair[0])))
+
+
+def _hidden(value: Any, pairs: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+        return replace_all(value, pairs)
+    if isinstance(value, dict):
+        return {replace_all(str(k), pairs): _hidden(v, pairs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hidden(item, pairs) for item in value]
+    return value
+
+
+async def _via(ref: str, ctx: StepContext) -> _Via:
+    runtime = ctx.require_runtime()
+    async with tenant_transaction(runtime.database, org_id=ctx.org_id, user_id=None) as db:
+        row = await connections.find_connection(db=db, org_id=ctx.org_id, ref=ref, provider="http")
+    if row is None:
+        raise StepError(f"no http connection {ref!r}", code="connection_not_found")
+    if not row.enabled:
+        raise StepError(f"connection {row.name!r} is disabled", code="connection_disabled")
+    try:
+        found = connections.decrypted(row, runtime.cipher)
+    except CredentialKeyError as error:
+        raise StepError(str(error), code="credentials_undecryptable") from None
+    headers = {str(k): str(v) for k, v in found.credentials.get("headers", {}).items()}
+    return _Via(
+        id=str(row.id),
+        name=row.name,
+        base_url=httpx.URL(found.base_url + "/"),
+        headers=headers,
+        fingerprint=fingerprint(found.base_url, headers),
     )
 
 
@@ -193,21 +279,38 @@ class HttpStep:
     Args: ClassVar[type[StepArgs]] = HttpArgs
 
     async def run(self, args: HttpArgs, ctx: StepContext) -> Any:
+        if args.connection is None:
+            return await self._send(args, ctx, None)
+        via = await _via(args.connection, ctx)
+        try:
+            return via.hide(await self._send(args, ctx, via))
+        except StepError as error:
+            error.message = via.hide(error.message)
+            error.details = via.hide(error.details)
+            raise
+
+    async def _send(self, args: HttpArgs, ctx: StepContext, via: _Via | None) -> Any:
         settings = ctx.settings
         cap = settings.http_step_timeout_seconds
         timeout = min(args.timeout_seconds or cap, cap)
         headers = httpx.Headers({"User-Agent": f"Taskloom/{__version__}"})
         headers.update(args.headers)
+        if via is not None:
+            headers.update(via.headers)  # the connection's own win over the step's
         if "idempotency-key" not in headers:
             headers["Idempotency-Key"] = ctx.idempotency_key
         if "x-request-id" not in headers and (request_id := current_request_id()):
             headers["X-Request-ID"] = request_id  # the API request that started the execution
         # `query` adds to (or replaces keys of) the URL's own query; httpx's `params=` would
         # drop the URL's query entirely.
-        url = httpx.URL(args.url).copy_merge_params(args.query)
+        target = via.url(args.url) if via is not None else httpx.URL(args.url)
+        url = target.copy_merge_params(args.query)
+        credentials = {name.lower() for name in args.headers}
+        if via is not None:
+            credentials |= {name.lower() for name in via.headers}
         pool = ctx.runtime.outbound if ctx.runtime is not None else _UNPOOLED
         async with (
-            pool.transport(_pool_key(ctx, url)) as transport,
+            pool.transport(_pool_key(ctx, url, via)) as transport,
             httpx.AsyncClient(
                 transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
             ) as client,
@@ -217,7 +320,7 @@ class HttpStep:
             try:
                 async with asyncio.timeout(timeout):  # the whole exchange, redirects included
                     return await self._exchange(
-                        client, hops, args, settings.http_step_max_response_bytes
+                        client, hops, args, credentials, settings.http_step_max_response_bytes
                     )
             except StepError:
                 raise
@@ -225,10 +328,15 @@ class HttpStep:
                 raise _translate(exc, hops[-1].url.host, timeout) from None
 
     async def _exchange(
-        self, client: httpx.AsyncClient, hops: list[httpx.Request], args: HttpArgs, limit: int
+        self,
+        client: httpx.AsyncClient,
+        hops: list[httpx.Request],
+        args: HttpArgs,
+        user_headers: set[str],
+        limit: int,
     ) -> Any:
-        """Send hops[-1], following redirects (each appended to `hops`) up to MAX_REDIRECTS."""
-        user_headers = {name.lower() for name in args.headers}
+        """Send hops[-1], following redirects (each appended to `hops`) up to MAX_REDIRECTS.
+        `user_headers`: the step's and its connection's headers (lower case)."""
         while True:
             response = await client.send(hops[-1], stream=True)
             try:

@@ -5,8 +5,8 @@ application role may only insert and read it (`taskloom migrate` revokes UPDATE 
 the model's `AppAccess.APPEND_ONLY`). Every existing workflow gets its current state as its
 current version, so no history is empty.
 
-Revision ID: 0020
-Revises: 0019
+Revision ID: 0021
+Revises: 0020
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0020"
-down_revision = "0019"
+revision = "0021"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 # A new table: the previous release never reads it, and its saves simply store no version

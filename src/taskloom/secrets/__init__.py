@@ -1,0 +1,1 @@
+"""Organization secrets: encrypted values steps read as `{{ secrets.NAME }}` (docs/SECRETS.md)."""
