@@ -38,6 +38,7 @@ from taskloom.web.routes import router as web_router
 from taskloom.web.security_headers import SecurityHeadersMiddleware
 from taskloom.webhooks.routes import router as webhooks_router
 from taskloom.workflows.routes import router as workflows_router
+from taskloom.workflows.version_routes import router as versions_router
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # (tests/test_routes.py), so the order changes nothing else.
     app.include_router(workflows_router)
     app.include_router(executions_router)
+    app.include_router(versions_router)
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(orgs_router)

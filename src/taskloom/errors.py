@@ -74,6 +74,12 @@ class Gone(DomainError):
     status_code, code = 410, "gone"
 
 
+class PreconditionFailed(DomainError):
+    """A conditional request's precondition (`If-Match`) does not hold."""
+
+    status_code, code = 412, "precondition_failed"
+
+
 class PayloadTooLarge(DomainError):
     status_code, code = 413, "payload_too_large"
 

@@ -28,7 +28,7 @@ from taskloom.triggers.models import (
     WorkflowTrigger,
 )
 from taskloom.webhooks.models import WebhookDelivery, WebhookEndpoint
-from taskloom.workflows.models import Workflow
+from taskloom.workflows.models import Workflow, WorkflowVersion
 
 metadata = Base.metadata
 
@@ -64,5 +64,6 @@ __all__ = [
     "WorkflowExecution",
     "WorkflowSchedule",
     "WorkflowTrigger",
+    "WorkflowVersion",
     "metadata",
 ]

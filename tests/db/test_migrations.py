@@ -4,6 +4,8 @@ deploy without changing anything; and the initial migration can be undone and re
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pprint import pformat
@@ -12,9 +14,9 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskloom.config import Settings
@@ -24,6 +26,8 @@ from taskloom.db.rls import isolated_tables, shared_tables
 from taskloom.db.urls import async_url
 from taskloom.models import metadata
 from taskloom.runtime import Runtime
+from taskloom.triggers.snapshot import take
+from taskloom.workflows.models import WorkflowVersion
 
 
 def _drift(sync_conn: Connection) -> list[Any]:
@@ -174,3 +178,83 @@ async def test_downgrade_to_base_then_upgrade_again(empty_database: Settings) ->
         await check_roles(database)
     finally:
         await database.dispose()
+
+
+async def test_migration_0021_gives_every_workflow_its_current_version(
+    empty_database: Settings,
+) -> None:
+    """Existing workflows get their current state as their current version, with the triggers'
+    and schedules' snapshot in the very form a save takes it (triggers/snapshot.py)."""
+    url = empty_database.database_url
+    assert url
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0020")
+    org, user, workflow, watched = (uuid.uuid4() for _ in range(4))
+    definition = {"steps": [{"id": "t", "type": "transform", "args": {"value": 1}}]}
+    async with connected(url) as conn:
+        await conn.execute(
+            text("insert into organizations (id, name, slug) values (:o, 'Old', :slug)"),
+            {"o": org, "slug": f"old-{org.hex[:8]}"},
+        )
+        await conn.execute(
+            text("insert into users (id, email, display_name) values (:u, :e, 'Old')"),
+            {"u": user, "e": f"old-{user.hex[:8]}@example.test"},
+        )
+        for workflow_id, version in ((workflow, 3), (watched, 1)):
+            await conn.execute(
+                text(
+                    "insert into workflows (id, org_id, name, description, definition, version, "
+                    "created_by, updated_by) values (:w, :o, 'old', 'd', "
+                    "cast(:d as jsonb), :v, :u, :u)"
+                ),
+                {"w": workflow_id, "o": org, "d": json.dumps(definition), "v": version, "u": user},
+            )
+        await conn.execute(
+            text(
+                "insert into workflow_triggers (id, org_id, workflow_id, kind, verification, "
+                "response, sync_timeout_seconds, encrypted_secret, created_at) values "
+                "(:t, :o, :w, 'webhook', 'github', 'sync', 5, 'sealed', now() - interval '1 hour')"
+            ),
+            {"t": uuid.uuid4(), "o": org, "w": workflow},
+        )
+        await conn.execute(
+            text(
+                "insert into workflow_triggers (id, org_id, workflow_id, kind, enabled, "
+                "description, event_workflow_id, event_statuses) values (:t, :o, :w, 'event', "
+                "false, 'on failure', :x, '[\"failed\", \"cancelled\"]')"
+            ),
+            {"t": uuid.uuid4(), "o": org, "w": workflow, "x": watched},
+        )
+        await conn.execute(
+            text(
+                "insert into workflow_schedules (id, org_id, workflow_id, cron, timezone, input, "
+                "overlap, next_tick_at) values (:s, :o, :w, '0 0 1 1 *', 'Europe/Berlin', "
+                "'{\"n\": 1}', 'queue', now() + interval '1 day')"
+            ),
+            {"s": uuid.uuid4(), "o": org, "w": workflow},
+        )
+        await conn.commit()
+
+    await migrate(empty_database)
+
+    engine = create_async_engine(async_url(url), poolclass=NullPool)
+    try:
+        async with AsyncSession(engine) as db:
+            rows = (await db.execute(select(WorkflowVersion))).scalars().all()
+            by_workflow = {row.workflow_id: row for row in rows}
+            assert set(by_workflow) == {workflow, watched}
+            version = by_workflow[workflow]
+            assert (version.number, version.name, version.description) == (3, "old", "d")
+            assert (version.definition, version.created_by) == (definition, user)
+            assert version.message == "Recorded when version history began"
+            taken = await take(db, workflow)
+            assert version.triggers == taken.triggers
+            assert version.schedules == taken.schedules
+            assert [t["kind"] for t in version.triggers] == ["webhook", "event"]
+            assert version.triggers[1]["on"] == {
+                "workflow": str(watched),
+                "status": ["cancelled", "failed"],
+            }
+            assert "sealed" not in json.dumps(version.triggers)
+            assert by_workflow[watched].triggers == by_workflow[watched].schedules == []
+    finally:
+        await engine.dispose()

@@ -10,8 +10,8 @@ table by table:
 - the tenant setting ends with its transaction, so a pooled connection never leaks it.
 
 The catalog is checked too (every table is isolated and FORCEd, or declared shared), and so is the
-application role itself (no superuser, no BYPASSRLS, owns nothing, cannot rewrite `audit_logs` or
-`alembic_version`).
+application role itself (no superuser, no BYPASSRLS, owns nothing, cannot rewrite `audit_logs`,
+`workflow_versions` or `alembic_version`).
 
 The test database is shared by the whole test session, so rows are always counted among the ids
 seeded here, except where "no tenant" must mean "no rows at all".
@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskloom.config import Settings
 from taskloom.db.migrate import head_revision
-from taskloom.db.rls import isolated_tables, shared_tables
+from taskloom.db.rls import AppAccess, isolated_tables, shared_tables, tables_with_access
 from taskloom.db.tenancy import set_tenant
 from taskloom.models import metadata
 from taskloom.runtime import Runtime
@@ -52,6 +52,7 @@ SEED_ORDER = (
     "api_keys",
     "gdpr_requests",
     "workflows",
+    "workflow_versions",
     "workflow_executions",
     "execution_steps",
     "execution_step_items",
@@ -107,6 +108,8 @@ OWNER_COLUMN = {
 }
 
 ISOLATED_TABLES = isolated_tables(metadata)  # declared on the models (db/rls.py)
+# Tables the application role may not update or delete at all (tested on their own below).
+APPEND_ONLY = frozenset(tables_with_access(metadata, AppAccess.APPEND_ONLY))
 SHARED_TABLES = shared_tables(metadata)
 TABLES = sorted(ISOLATED_TABLES)
 
@@ -228,6 +231,16 @@ def row_for(
             return {
                 "id": preset(side.workflow_id),
                 "org_id": side.org_id,
+                "name": f"wf-{tag}",
+                "definition": {"steps": []},
+                "created_by": side.user_id,
+            }
+        case "workflow_versions":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "workflow_id": side.workflow_id,
+                "number": secrets.randbelow(10**9) + 1,
                 "name": f"wf-{tag}",
                 "definition": {"steps": []},
                 "created_by": side.user_id,
@@ -643,7 +656,7 @@ async def test_app_role_may_insert_a_row_of_its_own_tenant(
         assert await visible_ids(conn, table, [row["id"]]) == {row["id"]}
 
 
-@pytest.mark.parametrize("table", [t for t in TABLES if t != "audit_logs"])
+@pytest.mark.parametrize("table", [t for t in TABLES if t not in APPEND_ONLY])
 async def test_app_role_cannot_change_or_delete_rows_of_another_organization(
     runtime: Runtime, seed: Seed, table: str
 ) -> None:
@@ -914,6 +927,27 @@ async def test_app_role_cannot_change_audit_logs_even_of_its_own_organization(
     runtime: Runtime, seed: Seed, statement: str
 ) -> None:
     own = seed.ids("audit_logs", "A")
+    error = await rejected(
+        runtime, text(statement), {"ids": own}, org_id=seed.a.org_id, user_id=seed.a.user_id
+    )
+    assert_permission_denied(error)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "update workflow_versions set definition = '{\"steps\": []}' where id = any(:ids)",
+        "update workflow_versions set message = 'rewritten' where id = any(:ids)",
+        "delete from workflow_versions where id = any(:ids)",
+        "truncate workflow_versions",
+    ],
+    ids=["update-definition", "update-message", "delete", "truncate"],
+)
+async def test_app_role_cannot_change_workflow_versions_even_of_its_own_organization(
+    runtime: Runtime, seed: Seed, statement: str
+) -> None:
+    """A version is immutable: history that its own organization could rewrite is no history."""
+    own = seed.ids("workflow_versions", "A")
     error = await rejected(
         runtime, text(statement), {"ids": own}, org_id=seed.a.org_id, user_id=seed.a.user_id
     )

@@ -182,6 +182,9 @@ async def test_a_current_member_still_exports_what_they_wrote_whole(
     assert document["references"] == []
     [workflow] = document["tables"]["workflows"]
     assert workflow["definition"] == _definition(author.marks["definition"])
+    [version] = document["tables"]["workflow_versions"]  # the version they saved
+    assert (version["number"], version["workflow_id"]) == (1, author.workflow_id)
+    assert version["definition"] == _definition(author.marks["definition"])
     [connection] = document["tables"]["tool_connections"]
     assert connection["config"] == {"project": author.marks["config"]}
     assert connection["encrypted_credentials"] == "[redacted]"
@@ -230,7 +233,14 @@ async def test_a_zip_export_lists_references_in_their_own_file(
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     references = json.loads(archive.read("references.json"))
     manifest = json.loads(archive.read("manifest.json"))
-    assert manifest["reference_count"] == len(references) == 3
+    # The workflow, the version of it they saved, the connection and the webhook.
+    assert manifest["reference_count"] == len(references) == 4
+    assert sorted(r["type"] for r in references) == [
+        "tool_connections",
+        "webhook_endpoints",
+        "workflow_versions",
+        "workflows",
+    ]
     assert json.loads(archive.read("tables/workflows.json")) == []
     assert "references.json" in archive.read("README.md").decode()
     for mark in author.marks.values():

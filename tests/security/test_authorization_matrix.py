@@ -29,8 +29,9 @@ ROLE_ORDER = ["viewer", "member", "admin", "owner"]
 # Calls that end the caller's own session run last, each with a fresh sign-in.
 ENDS_SESSION = {("POST", "/auth/logout"), ("POST", "/auth/logout-all")}
 # Path parameters that are no organization's id (global things; a step and an item index
-# inside an execution, whose id is checked): no cross-tenant check of their own.
-GLOBAL_PARAMS = {"key", "org_id", "step_id", "index"}
+# inside an execution, and a version number inside a workflow, whose id is checked): no
+# cross-tenant check of their own.
+GLOBAL_PARAMS = {"key", "org_id", "step_id", "index", "version"}
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,11 @@ def _random_values() -> dict[str, str]:
     )
     values["key"] = "matrix-no-such-flag"
     values["secret_name"] = "MATRIX_NO_SUCH_SECRET"
-    # Not ids: a step of the execution named beside them (the approve/reject routes), and a
-    # for-each item's index.
+    # Not ids: a step of the execution named beside them (the approve/reject routes), a
+    # for-each item's index, and a workflow's version number.
     values["step_id"] = "t"
     values["index"] = "0"
+    values["version"] = "1"  # every workflow has its version 1
     return values
 
 

@@ -45,8 +45,13 @@ TENANT_IDS = {
 # Flags are the instance's (docs/FLAGS.md): any organization's admin may set its own override of
 # any flag. Walked too, with A's overridden flag: A's override must not change.
 GLOBAL_IDS = {"key"}
-# Not ids at all: the stylesheet's file name and the "no such page" fallback.
-NOT_IDS = {("/ui/static/{name}", "name"), ("/ui/{rest}", "rest")}
+# Not ids at all: the stylesheet's file name, the "no such page" fallback, and a version number
+# within a workflow (whose id is the one checked; A's workflow has a version 1).
+NOT_IDS = {
+    ("/ui/static/{name}", "name"),
+    ("/ui/{rest}", "rest"),
+    ("/ui/workflows/{workflow_id}/versions/{number}/restore", "number"),
+}
 
 # Valid forms, so that each check reaches the lookup (a form refused first would answer 422).
 FORMS: dict[tuple[str, str], dict[str, str]] = {
@@ -245,6 +250,7 @@ async def _organization_a(
         "schedule_id": created[7].json()["id"],
         "trigger_id": created[8].json()["id"],
         "key": flag_key,
+        "number": "1",
     }
 
 

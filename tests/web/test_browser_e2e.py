@@ -179,6 +179,22 @@ async def _journey(page: Page, email: str, tmp_path: Path) -> None:
     assert await page.evaluate(_NODE_FILLS) == ["rgb(218, 251, 225)"]
     await _shot(page, "workflow-edit")
 
+    # Change it with a note, see the change on the History tab, and restore the first version.
+    changed = json.dumps(DEFINITION).replace("Hello", "Bye")
+    await page.get_by_label("Definition (JSON)").fill(changed)
+    await page.get_by_label("Change note").fill("say bye")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_role("status")).to_have_text("Workflow saved.")
+    await page.get_by_role("link", name="History", exact=True).click()
+    await expect(page.locator("#version-2")).to_contain_text("say bye")
+    await expect(page.locator("#diff .diff-add")).to_contain_text("Bye, {{ input.name }}!")
+    await expect(page.locator("#diff .diff-del")).to_contain_text("Hello, {{ input.name }}!")
+    await _shot(page, "workflow-history")
+    await page.get_by_role("button", name="Restore", exact=True).click()
+    await expect(page.get_by_role("status")).to_contain_text("Version restored")
+    await expect(page.locator("#version-3")).to_contain_text("Restored version 1")
+    await page.get_by_role("link", name="Workflow", exact=True).click()
+
     # Run it; the execution page reloads itself until the worker has finished.
     await page.get_by_label("Input (JSON object)").fill('{"name": "Ada"}')
     await page.get_by_role("button", name="Run workflow").click()

@@ -27,6 +27,7 @@ class AuditAction(StrEnum):
     WORKFLOW_CREATE = "workflow.create"
     WORKFLOW_UPDATE = "workflow.update"
     WORKFLOW_DELETE = "workflow.delete"
+    WORKFLOW_RESTORE = "workflow.restore"  # a new version equal to an earlier one
     EXECUTION_CANCEL = "execution.cancel"
     EXECUTION_RETRY = "execution.retry"
     EXECUTION_APPROVE = "execution.approve"  # an approval step's decision

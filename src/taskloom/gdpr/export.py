@@ -61,6 +61,9 @@ TABLE_NOTES = {
     "audit_logs": "Audit events where you were the actor.",
     "workflows": "Workflows you created or last changed, in organizations you are still a "
     "member of.",
+    "workflow_versions": "Versions of workflows you saved (created, changed or restored), with "
+    "the definition and the triggers' and schedules' settings they kept, in organizations you "
+    "are still a member of.",
     "workflow_executions": "Executions you started, with their input and output (the workflow "
     "definition they ran only while you may still read the workflow).",
     "execution_steps": "The steps of the executions you started.",

@@ -57,6 +57,7 @@ AUTHORED: dict[tuple[str, str], Reader] = {
     ("memberships", "invited_by"): Role.VIEWER,  # other people's memberships
     ("workflows", "created_by"): Role.VIEWER,
     ("workflows", "updated_by"): Role.VIEWER,
+    ("workflow_versions", "created_by"): Role.VIEWER,  # the versions they saved
     ("execution_approvals", "decided_by"): Role.VIEWER,  # their decisions and comments
     ("tool_connections", "created_by"): Role.ADMIN,
     ("org_secrets", "created_by"): Role.ADMIN,

@@ -34,6 +34,8 @@ NOTICES = {
     "schedule-deleted": "Schedule deleted.",
     "trigger-created": "Trigger created.",
     "trigger-deleted": "Trigger deleted.",
+    "version-restored": "Version restored: it is now the newest version, with its triggers and "
+    "schedules.",
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
     "approval-approved": "Approved. The execution goes on.",

@@ -23,6 +23,7 @@ from taskloom.web.pages import (
     password,
     privacy,
     triggers,
+    versions,
     webhooks,
     workflows,
 )
@@ -68,6 +69,7 @@ AREAS = (
     account,
     workflows,
     triggers,
+    versions,
     executions,
     approvals,
     audit,

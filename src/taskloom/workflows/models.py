@@ -1,4 +1,5 @@
-"""Workflows: the definitions an organization saves (their executions are in executions/)."""
+"""Workflows: the definitions an organization saves, and the immutable version stored by each
+create and replacement (their executions are in executions/)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from taskloom.db.base import Base, created_at, updated_at, uuid_pk
-from taskloom.db.rls import Scope
+from taskloom.db.rls import AppAccess, Scope
 
 
 class Workflow(Base, rls=Scope.ORG):
@@ -38,3 +39,41 @@ class Workflow(Base, rls=Scope.ORG):
     )
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
+
+
+class WorkflowVersion(Base, rls=Scope.ORG, app_access=AppAccess.APPEND_ONLY):
+    """What one create, `PUT` or restore of a workflow saved: its name, description and
+    definition, and a snapshot of its triggers and schedules (triggers/snapshot.py; never a
+    secret). Append-only: the application role may insert and read, never change or delete
+    (a workflow's deletion removes its versions through the foreign key)."""
+
+    __tablename__ = "workflow_versions"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "number"),
+        Index("ix_workflow_versions_org_id", "org_id"),
+        Index("ix_workflow_versions_created_by", "created_by"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)  # the workflow's `version`
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    triggers: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default="[]"
+    )
+    schedules: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default="[]"
+    )
+    message: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    restored_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = created_at()

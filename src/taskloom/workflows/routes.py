@@ -1,15 +1,18 @@
-"""/api/workflows: viewers read, members write (running one is in executions/routes.py)."""
+"""/api/workflows: viewers read, members write (running one is in executions/routes.py; the
+versions each save stores are in version_routes.py). `GET` answers with `ETag: "<version>"`,
+and `PUT` honours `If-Match` with it (412 when the workflow has moved on)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Member, RequestContext, Viewer, ViewerReads
 from taskloom.locations import located, set_location
-from taskloom.workflows import service
+from taskloom.workflows import service, versions
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
 
@@ -33,21 +36,46 @@ async def create_workflow(body: WorkflowCreate, ctx: Member, response: Response)
         db=ctx.db, principal=ctx.principal, context=ctx.audit, body=body
     )
     set_location(response, f"/api/workflows/{workflow.id}")
+    response.headers["ETag"] = versions.entity_tag(workflow.version)
     return await _with_warnings(ctx, workflow)
 
 
-@router.get("/workflows/{workflow_id}", openapi_extra=access("viewer"))
-async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer) -> WorkflowOut:
-    return WorkflowOut.model_validate(
-        await service.get_workflow(db=ctx.db, workflow_id=workflow_id)
-    )
+@router.get(
+    "/workflows/{workflow_id}",
+    openapi_extra=access("viewer"),
+    responses={200: {"headers": versions.ETAG}},
+)
+async def get_workflow(workflow_id: uuid.UUID, ctx: Viewer, response: Response) -> WorkflowOut:
+    """The `ETag` is the version, for `If-Match` on `PUT`."""
+    workflow = await service.get_workflow(db=ctx.db, workflow_id=workflow_id)
+    response.headers["ETag"] = versions.entity_tag(workflow.version)
+    return WorkflowOut.model_validate(workflow)
 
 
-@router.put("/workflows/{workflow_id}", openapi_extra=access("member"))
-async def update_workflow(workflow_id: uuid.UUID, body: WorkflowUpdate, ctx: Member) -> WorkflowOut:
+@router.put(
+    "/workflows/{workflow_id}",
+    openapi_extra=access("member"),
+    responses={200: {"headers": versions.ETAG}, **versions.PRECONDITION_FAILED},
+)
+async def update_workflow(
+    workflow_id: uuid.UUID,
+    body: WorkflowUpdate,
+    ctx: Member,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(description='"<version>" (the ETag of GET): 412 if it has moved on')
+    ] = None,
+) -> WorkflowOut:
+    """Replace the workflow; stores a new version (with `message`)."""
     workflow = await service.update_workflow(
-        db=ctx.db, principal=ctx.principal, context=ctx.audit, workflow_id=workflow_id, body=body
+        db=ctx.db,
+        principal=ctx.principal,
+        context=ctx.audit,
+        workflow_id=workflow_id,
+        body=body,
+        if_match=if_match,
     )
+    response.headers["ETag"] = versions.entity_tag(workflow.version)
     return await _with_warnings(ctx, workflow)
 
 

@@ -19,6 +19,7 @@ MAX_PARALLEL_CAP = 20  # a for_each step's `max_parallel` at most
 MAX_PARALLEL_STEPS = 20  # a definition's `max_parallel_steps` at most
 DEFAULT_PARALLEL_STEPS = 4
 MAX_TEMPLATE_CHARS = 10_000  # `when` and `for_each`
+MAX_VERSION_MESSAGE = 500  # workflow_versions.message
 
 # Optional fields are None when absent and left out of the stored JSON (`stored()`), so a
 # definition is stored as it was written and today's `{id, type, args}` lists stay byte-equal.
@@ -98,6 +99,12 @@ class WorkflowCreate(StrictModel):
     enabled: bool = Field(
         default=True, description="A disabled workflow starts from no trigger (execute: 409)"
     )
+    message: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_VERSION_MESSAGE,
+        description="What this change is, kept with the version it stores",
+    )
 
 
 class WorkflowUpdate(WorkflowCreate):
@@ -131,3 +138,67 @@ class WorkflowOut(BaseModel):
     # What saving it noticed but allowed (create and PUT answers only): e.g. `unknown_secrets`,
     # secrets its templates read that the organization does not have (yet).
     warnings: list[WorkflowWarning] = Field(default_factory=list)
+
+
+class VersionSummary(BaseModel):
+    """A version in the list: who saved it, when, and why."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    name: str
+    message: str | None
+    restored_from: int | None = Field(description="The version this one restored, if any")
+    created_by: uuid.UUID | None
+    created_at: datetime
+
+
+class VersionOut(VersionSummary):
+    """Everything the version saved; `triggers` and `schedules` as their creation bodies
+    (with their ids, never a secret)."""
+
+    workflow_id: uuid.UUID
+    description: str | None
+    definition: dict[str, Any]
+    triggers: list[dict[str, Any]]
+    schedules: list[dict[str, Any]]
+
+
+class VersionPage(BaseModel):
+    items: list[VersionSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class VersionDiff(BaseModel):
+    from_version: int | None = Field(description="null: version 1 compared with nothing")
+    to_version: int
+    diff: str = Field(description="Unified diff of the two versions' canonical YAML; empty: equal")
+
+
+class RestoreRequest(StrictModel):
+    message: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_VERSION_MESSAGE,
+        description='Kept with the new version (default "Restored version <n>")',
+    )
+
+
+class RecreatedSecret(BaseModel):
+    """A webhook trigger the restore created again: its new URL and secret, shown this once."""
+
+    trigger_id: uuid.UUID
+    url: str
+    secret: str
+
+
+class SkippedTrigger(BaseModel):
+    id: uuid.UUID = Field(description="The trigger's id in the restored version")
+    kind: str
+    reason: str
+
+
+class RestoreOut(BaseModel):
+    version: VersionOut
+    new_trigger_secrets: list[RecreatedSecret]
+    skipped_triggers: list[SkippedTrigger]

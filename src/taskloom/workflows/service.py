@@ -1,11 +1,14 @@
 """Workflows (definitions), as the API sees them. Every query runs in the
-caller's tenant transaction, so another organization's rows are simply not there (404)."""
+caller's tenant transaction, so another organization's rows are simply not there (404).
+Creating or replacing one stores a version (workflows/versions.py); enabling or disabling it
+does not."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -16,6 +19,7 @@ from taskloom.db.driver import Statements
 from taskloom.errors import NotFound
 from taskloom.executions.templating import secret_references
 from taskloom.secrets import service as secrets
+from taskloom.workflows import versions
 from taskloom.workflows.definition import validate_definition
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowUpdate, WorkflowWarning
@@ -63,9 +67,25 @@ async def get_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow:
     return workflow
 
 
+async def lock_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow:
+    """The workflow, locked until the commit and read afresh (a change committed meanwhile is
+    seen), or NotFound: two saves of one workflow take their version numbers one after the
+    other."""
+    workflow = await db.scalar(
+        select(Workflow)
+        .where(Workflow.id == workflow_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if workflow is None:
+        raise NotFound("workflow not found")
+    return workflow
+
+
 async def create_workflow(
     *, db: AsyncSession, principal: Principal, context: AuditContext, body: WorkflowCreate
 ) -> Workflow:
+    """The new workflow, at version 1 (stored with the body's `message`)."""
     workflow = Workflow(
         org_id=principal.current_org(),
         name=body.name,
@@ -79,6 +99,13 @@ async def create_workflow(
     )
     db.add(workflow)
     await db.flush()
+    await versions.record(
+        db=db,
+        workflow=workflow,
+        author=principal.user_id,
+        message=body.message,
+        snapshot=versions.NOTHING,
+    )
     await _audit(db, principal, context, AuditAction.WORKFLOW_CREATE, "workflow", workflow.id)
     return workflow
 
@@ -90,10 +117,14 @@ async def update_workflow(
     context: AuditContext,
     workflow_id: uuid.UUID,
     body: WorkflowUpdate,
+    if_match: str | None = None,
 ) -> Workflow:
-    """Replace name, description and definition; the version goes up by one. Executions
-    already accepted keep running the definition they were accepted with."""
-    workflow = await get_workflow(db=db, workflow_id=workflow_id)
+    """Replace name, description and definition; the version goes up by one and is stored
+    with the workflow's triggers and schedules as they are. With `if_match` (the `If-Match`
+    header), only while the workflow is still at that version (else 412). Executions already
+    accepted keep running the definition they were accepted with."""
+    workflow = await lock_workflow(db=db, workflow_id=workflow_id)
+    versions.check_if_match(if_match, workflow)
     workflow.name = body.name
     workflow.description = body.description
     workflow.definition = await validate_definition(
@@ -105,6 +136,7 @@ async def update_workflow(
     workflow.updated_by = principal.user_id
     await db.flush()
     await db.refresh(workflow)
+    await versions.record(db=db, workflow=workflow, author=principal.user_id, message=body.message)
     await _audit(
         db,
         principal,

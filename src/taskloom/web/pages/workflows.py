@@ -1,5 +1,6 @@
 """Workflows: list, create, edit the definition as JSON (with the service's own validation
-messages next to the field), enable or disable, run (with the form the workflow's input schema
+messages next to the field; a save after someone else's since the page was read is refused,
+as `If-Match` would be), enable or disable, run (with the form the workflow's input schema
 describes, else JSON input), delete."""
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def _parsed(form_values: dict[str, Any], definition: Any, model: type[_Body]) ->
             "name": form_values["name"],
             "description": form_values["description"],
             "definition": definition,
+            "message": form_values["message"],
         }
     )
 
@@ -84,6 +86,7 @@ def _posted(form: Any) -> dict[str, Any]:
         "name": text(form, "name").strip(),
         "description": optional_text(form, "description"),
         "definition": text(form, "definition"),
+        "message": optional_text(form, "message"),
     }
 
 
@@ -101,7 +104,12 @@ async def list_workflows(request: Request) -> Response:
 async def new_workflow(request: Request) -> Response:
     async with signed_in(request) as page:
         page.require_role(Role.MEMBER)
-        values = {"name": "", "description": "", "definition": _definition_text(EXAMPLE_DEFINITION)}
+        values = {
+            "name": "",
+            "description": "",
+            "definition": _definition_text(EXAMPLE_DEFINITION),
+            "message": "",
+        }
         return render(page, "workflows/new.html", title="New workflow", values=values, errors=[])
 
 
@@ -164,6 +172,7 @@ async def _workflow_page(
         "name": workflow.name,
         "description": workflow.description or "",
         "definition": _definition_text(workflow.definition),
+        "message": "",
     }
     run_fields = schema_form.fields_of(workflow.definition.get("input_schema"))
     return render(
@@ -202,6 +211,7 @@ async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
         try:
             body = _parsed(values, json_field(form, "definition"), WorkflowUpdate)
             # A savepoint: a refused definition leaves nothing half-changed behind.
+            read_at = text(form, "version")  # the version the form was read at
             async with page.db.begin_nested():
                 await service.update_workflow(
                     db=page.db,
@@ -209,6 +219,7 @@ async def update_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
                     context=page.audit,
                     workflow_id=workflow_id,
                     body=body,
+                    if_match=f'"{read_at}"' if read_at else None,
                 )
         except (FormProblem, ValidationError, DomainError) as problem:
             await page.db.refresh(workflow)  # the savepoint's rollback expired its changes
