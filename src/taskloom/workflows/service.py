@@ -16,7 +16,7 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.db.driver import Statements
-from taskloom.errors import NotFound
+from taskloom.errors import Conflict, NotFound
 from taskloom.executions.templating import secret_references
 from taskloom.secrets import service as secrets
 from taskloom.workflows import versions
@@ -48,7 +48,7 @@ async def _audit(
 # The columns a workflow shows in a list (WorkflowOut), read on the asyncpg connection
 # (db/driver.py): the API's list endpoint is one of its hottest reads.
 _LIST = (
-    "select id, name, description, definition, version, enabled, created_by, created_at, "
+    "select id, key, name, description, definition, version, enabled, created_by, created_at, "
     "updated_at from workflows where org_id = $1 order by name, id"
 )
 
@@ -82,12 +82,24 @@ async def lock_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow
     return workflow
 
 
+async def _check_key_free(db: AsyncSession, key: str | None, own: uuid.UUID | None) -> None:
+    """Conflict when another workflow of the organization has `key` (the partial unique index
+    is the fence for two saves racing; this gives the usual case a clear 409)."""
+    if key is None:
+        return
+    taken = await db.scalar(select(Workflow.id).where(Workflow.key == key, Workflow.id != own))
+    if taken is not None:
+        raise Conflict(f"another workflow already has the key {key!r}", code="key_taken")
+
+
 async def create_workflow(
     *, db: AsyncSession, principal: Principal, context: AuditContext, body: WorkflowCreate
 ) -> Workflow:
     """The new workflow, at version 1 (stored with the body's `message`)."""
+    await _check_key_free(db, body.key, None)
     workflow = Workflow(
         org_id=principal.current_org(),
+        key=body.key,
         name=body.name,
         description=body.description,
         definition=await validate_definition(
@@ -125,6 +137,9 @@ async def update_workflow(
     accepted keep running the definition they were accepted with."""
     workflow = await lock_workflow(db=db, workflow_id=workflow_id)
     versions.check_if_match(if_match, workflow)
+    if body.key is not None and body.key != workflow.key:
+        await _check_key_free(db, body.key, workflow.id)
+        workflow.key = body.key
     workflow.name = body.name
     workflow.description = body.description
     workflow.definition = await validate_definition(
