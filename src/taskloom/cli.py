@@ -627,6 +627,29 @@ def workflows_validate(
     typer.echo(f"{len(found)} workflow file(s) valid")
 
 
+@workflows_app.command("init")
+def workflows_init(
+    directory: Path,
+    template: Annotated[str, typer.Option("--template", help="A template's name.")],
+    url: UrlOption = None,
+) -> None:
+    """Copy a template into DIRECTORY as `<name>.yaml` (never over an existing file); its
+    schema line points at the server of TASKLOOM_URL when set."""
+    from taskloom.workflows import templates
+
+    try:
+        written = templates.copy(template, directory, server=url)
+    except templates.UnknownTemplate:
+        typer.echo(f"error: no template is named {template!r}; the templates:", err=True)
+        for name, known in templates.available().items():
+            typer.echo(f"  {name}: {known.workflow.description}", err=True)
+        raise typer.Exit(2) from None
+    except FileExistsError:
+        typer.echo(f"error: {directory / (template + '.yaml')} exists; not overwritten", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {written}; read its first lines for what it needs, then push it")
+
+
 @workflows_app.command("pull")
 def workflows_pull(directory: Path, url: UrlOption = None, api_key: KeyOption = None) -> None:
     """Write the organization's workflows to DIRECTORY (`<key>.yaml`, and the state file)."""
