@@ -368,6 +368,21 @@ async def test_two_step_approval_needs_an_admin_then_an_owner(
     assert done["status"] == "succeeded", done
     assert done["output"] == {"request": "New laptop", "approved": True}
 
+    # A rejection by the first approver ends it there: nobody else is asked.
+    refused_id = await execute(api, owner, template.key, {"request": "Yacht", "amount": 9e6})
+    await wait_for_status(api, owner, refused_id, {"waiting"}, within=20)
+    rejected = await api.post(
+        f"/api/executions/{refused_id}/steps/manager/reject",
+        json={"comment": "no"},
+        headers=owner.headers,
+    )
+    assert rejected.status_code == 200, rejected.text
+    refused = await wait_for_status(api, owner, refused_id)
+    assert refused["status"] == "succeeded", refused
+    assert {s["step_id"]: s["status"] for s in refused["steps"]}["finance"] == "skipped"
+    assert [a["step_id"] for a in refused["approvals"]] == ["manager"]
+    assert refused["output"] == {"request": "Yacht", "approved": False}
+
 
 # --- init and the UI --------------------------------------------------------------------------
 
