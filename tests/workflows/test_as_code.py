@@ -18,7 +18,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from taskloom.config import Settings
-from taskloom.workflows import files
+from taskloom.workflows import files, templates
 from tests.cli_support import clean_env, run_taskloom, serve_api
 from tests.factories import PASSWORD, unique_email
 from tests.servers import free_port
@@ -108,6 +108,10 @@ def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture
 def org(server: Server) -> Org:
+    return _new_org(server)
+
+
+def _new_org(server: Server) -> Org:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         registered = client.post(
             "/auth/register",
@@ -447,7 +451,9 @@ async def test_run_wait_streams_step_statuses_and_exits_0_only_on_success(
 # --- the key on the API -----------------------------------------------------------------------
 
 
-def test_a_key_is_unique_in_its_organization_and_kept_when_a_put_leaves_it_out(org: Org) -> None:
+def test_a_key_is_unique_in_its_organization_and_kept_when_a_put_leaves_it_out(
+    org: Org, server: Server
+) -> None:
     with org.api() as api:
         first = api.post("/api/workflows", json=GOOD)
         assert first.status_code == 201, first.text
@@ -467,4 +473,41 @@ def test_a_key_is_unique_in_its_organization_and_kept_when_a_put_leaves_it_out(o
         moved = api.put(f"/api/workflows/{other['id']}", json={**GOOD, "key": "greet"})
         assert moved.status_code == 409
         listed = {w["id"]: w["key"] for w in api.get("/api/workflows").json()}
+        keyless = [api.post("/api/workflows", json={**GOOD, "key": None}) for _ in range(2)]
     assert listed == {first.json()["id"]: "greet", other["id"]: "other"}
+    assert [made.status_code for made in keyless] == [201, 201]  # any number without a key
+    with _new_org(server).api() as elsewhere:  # another organization may use the same key
+        assert elsewhere.post("/api/workflows", json=GOOD).status_code == 201
+
+
+# --- templates through push ------------------------------------------------------------------
+
+
+async def test_every_template_initialised_then_pushed_is_accepted_with_its_triggers(
+    org: Org, tmp_path: Path
+) -> None:
+    for name in templates.available():
+        made = await _cli(org, tmp_path, "init", "--template", name, "flows")
+        assert made.returncode == 0, made.stderr
+    pushed = await _cli(org, tmp_path, "push", "flows", "--message", "from the templates")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "Plan: 5 to create, 0 to update, 0 to delete, 0 unchanged." in pushed.stdout
+    workflows = _by_key(org)
+    assert set(workflows) == set(templates.available())
+    with org.api() as api:
+        kinds = {
+            key: sorted(
+                [t["kind"] for t in api.get(f"/api/workflows/{w['id']}/triggers").json()]
+                + ["schedule" for _ in api.get(f"/api/workflows/{w['id']}/schedules").json()]
+            )
+            for key, w in workflows.items()
+        }
+    assert kinds == {
+        "github-issue-triage": ["webhook"],
+        "linear-to-github": ["schedule"],
+        "notion-daily-digest": ["schedule"],
+        "two-step-approval": [],
+        "webhook-ai-router": ["webhook"],
+    }
+    again = await _cli(org, tmp_path, "push", "flows")
+    assert "Plan: 0 to create, 0 to update, 0 to delete, 5 unchanged." in again.stdout

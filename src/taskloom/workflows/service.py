@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -92,6 +93,19 @@ async def _check_key_free(db: AsyncSession, key: str | None, own: uuid.UUID | No
         raise Conflict(f"another workflow already has the key {key!r}", code="key_taken")
 
 
+async def _flush_keyed(db: AsyncSession, key: str | None) -> None:
+    """Flush; when the save sets a key, in a savepoint, so that losing a race for the key to
+    another save (the unique index) is the same 409 as the check before it."""
+    if key is None:
+        await db.flush()
+        return
+    try:
+        async with db.begin_nested():
+            await db.flush()
+    except IntegrityError:
+        raise Conflict(f"another workflow already has the key {key!r}", code="key_taken") from None
+
+
 async def create_workflow(
     *, db: AsyncSession, principal: Principal, context: AuditContext, body: WorkflowCreate
 ) -> Workflow:
@@ -110,7 +124,7 @@ async def create_workflow(
         updated_by=principal.user_id,
     )
     db.add(workflow)
-    await db.flush()
+    await _flush_keyed(db, body.key)
     await versions.record(
         db=db,
         workflow=workflow,
@@ -137,9 +151,10 @@ async def update_workflow(
     accepted keep running the definition they were accepted with."""
     workflow = await lock_workflow(db=db, workflow_id=workflow_id)
     versions.check_if_match(if_match, workflow)
-    if body.key is not None and body.key != workflow.key:
-        await _check_key_free(db, body.key, workflow.id)
-        workflow.key = body.key
+    new_key = body.key if body.key is not None and body.key != workflow.key else None
+    if new_key is not None:
+        await _check_key_free(db, new_key, workflow.id)
+        workflow.key = new_key
     workflow.name = body.name
     workflow.description = body.description
     workflow.definition = await validate_definition(
@@ -149,7 +164,7 @@ async def update_workflow(
     if body.enabled is not None:
         workflow.enabled = body.enabled
     workflow.updated_by = principal.user_id
-    await db.flush()
+    await _flush_keyed(db, new_key)
     await db.refresh(workflow)
     await versions.record(db=db, workflow=workflow, author=principal.user_id, message=body.message)
     await _audit(
