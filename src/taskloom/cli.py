@@ -700,7 +700,7 @@ def workflows_push(
             for conflict in plan.conflicts:
                 typer.echo(f"error: {conflict}", err=True)
             raise typer.Exit(1)
-        if dry_run or not plan.changes:
+        if dry_run:
             return
         try:
             sync.apply(

@@ -179,6 +179,10 @@ async def test_validate_accepts_good_yaml_and_json_and_exits_1_with_field_paths(
             "definition": {"steps": [{"id": "a", "type": "transform", "args": {"nope": 1}}]},
         },
     )
+    _write(
+        bad / "trigger.yaml",
+        {**GOOD, "key": "trigger", "triggers": [{"kind": "webhook", "verification": "md5"}]},
+    )
     _write(bad / "a-dup.yaml", {**GOOD, "key": "dup"})
     _write(bad / "b-dup.json", {**GOOD, "key": "dup"})
     (bad / "broken.yaml").write_text("key: [unclosed\n", "utf-8")
@@ -195,6 +199,9 @@ async def test_validate_accepts_good_yaml_and_json_and_exits_1_with_field_paths(
     )
     assert any(line.startswith(f"{bad / 'broken.yaml'}: cannot be read") for line in lines)
     assert f"{bad / 'b-dup.json'}:key: 'dup' is also the key of {bad / 'a-dup.yaml'}" in lines
+    assert any(
+        line.startswith(f"{bad / 'trigger.yaml'}:triggers.0.verification: ") for line in lines
+    )
     assert str(good) not in result.stderr
 
 
@@ -509,5 +516,10 @@ async def test_every_template_initialised_then_pushed_is_accepted_with_its_trigg
         "two-step-approval": [],
         "webhook-ai-router": ["webhook"],
     }
+    # Without a state file (a fresh clone that never pulled), files equal to the server are
+    # unchanged, and the push records their versions so a later edit may be pushed.
+    state = _state(tmp_path / "flows")
+    (tmp_path / "flows" / ".taskloom-state.json").unlink()
     again = await _cli(org, tmp_path, "push", "flows")
     assert "Plan: 0 to create, 0 to update, 0 to delete, 5 unchanged." in again.stdout
+    assert _state(tmp_path / "flows") == state

@@ -155,7 +155,7 @@ def check(data: Any, path: Path) -> tuple[WorkflowFile | None, list[Problem]]:
         workflow = WorkflowFile.model_validate(data)
     except ValidationError as invalid:
         return None, [
-            Problem(path, ".".join(str(part) for part in error["loc"]), error["msg"])
+            Problem(path, ".".join(str(part) for part in _file_loc(error["loc"])), error["msg"])
             for error in invalid.errors()
         ]
     try:
@@ -167,6 +167,17 @@ def check(data: Any, path: Path) -> tuple[WorkflowFile | None, list[Problem]]:
             for error in errors
         ] or [Problem(path, "definition", failed.message)]
     return workflow, []
+
+
+_KINDS = frozenset(("schedule", "webhook", "event"))
+
+
+def _file_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The field path as written in the file: pydantic puts the trigger's kind (the union's
+    tag) after its index, `triggers.0.webhook.verification`, which no file has."""
+    if len(loc) > 2 and loc[0] == "triggers" and loc[2] in _KINDS:
+        return loc[:2] + loc[3:]
+    return loc
 
 
 def load(path: Path) -> tuple[WorkflowFile | None, list[Problem]]:

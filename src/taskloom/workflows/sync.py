@@ -206,8 +206,9 @@ class Change:
 @dataclass
 class Plan:
     changes: list[Change] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
+    unchanged: dict[str, ServerWorkflow] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
+    server_ids: dict[str, str] = field(default_factory=dict)  # every server workflow by key
 
 
 def make_plan(
@@ -219,7 +220,7 @@ def make_plan(
     force: bool,
 ) -> Plan:
     """What push would do, and the workflows changed on the server since the last pull."""
-    plan = Plan()
+    plan = Plan(server_ids={w.key: w.id for w in server})
     by_key = {w.key: w for w in server if w.has_key}
     by_id = {w.id: w for w in server}
     matched: set[str] = set()
@@ -232,7 +233,7 @@ def make_plan(
         matched.add(there.id)
         local = workflow.document()
         if local == there.document and there.has_key:
-            plan.unchanged.append(key)
+            plan.unchanged[key] = there
             continue
         if not force and (known is None or known["id"] != there.id):
             plan.conflicts.append(
@@ -295,15 +296,16 @@ def apply(
 ) -> dict[str, dict[str, Any]]:
     """Carry the plan out (creates first, so event triggers may name a new workflow); the new
     state. Stops at the first refusal, with the state of what was done recorded by the caller."""
-    ids = {w.key: w.id for c in plan.changes if (w := c.server) is not None}
+    for key, same in plan.unchanged.items():  # the file is what the server has: in step
+        state[key] = {"id": same.id, "version": same.version}
+    ids = dict(plan.server_ids)  # key -> id, for event triggers naming a workflow by key
+    ids.update({c.key: c.server.id for c in plan.changes if c.server is not None})
     for change in plan.changes:
         if change.action == "create":
             assert change.file is not None
             created = remote.post("/api/workflows", _body(change.file, message))
             ids[change.key] = created["id"]
             state[change.key] = {"id": created["id"], "version": created["version"]}
-    for key in state:
-        ids.setdefault(key, state[key]["id"])
     for change in plan.changes:
         if change.action == "delete":
             assert change.server is not None
