@@ -147,6 +147,8 @@ async def create_workflow(request: Request) -> Response:
                 title="New workflow",
                 values={**values, "description": values["description"] or ""},
                 errors=errors,
+                templates=templates.available().values(),
+                chosen=None,
             )
         return redirect(f"/ui/workflows/{workflow.id}?notice=workflow-created")
 
