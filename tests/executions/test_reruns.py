@@ -317,3 +317,49 @@ async def test_a_rerun_is_refused_clearly(
     old = (await api.get(f"/api/executions/{failed_id}", headers=owner.headers)).json()
     assert old["status"] == "failed"
     assert len(old["reruns"]) == 1
+
+
+async def test_a_kept_for_each_step_keeps_its_items_and_a_skipped_step_stays_skipped(
+    api: httpx.AsyncClient,
+    owner: Account,
+    counting_server: CountingServer,
+    start_worker: StartWorker,
+) -> None:
+    key = unique_key("kept-item")
+    workflow_id = await create_workflow(
+        api,
+        owner,
+        [
+            {
+                "id": "each",
+                "type": "http",
+                "for_each": "{{ input.names }}",
+                "args": {"url": counting_server.url(key + "-{{ index }}")},
+            },
+            {"id": "never", "type": "transform", "when": "{{ false }}", "args": {"value": 1}},
+            {
+                "id": "names",
+                "type": "transform",
+                "args": {"value": "{{ steps.each.output | map(attribute='body.call') | list }}"},
+            },
+        ],
+    )
+    start_worker()
+    old_id = await execute(api, owner, workflow_id, {"names": ["ann", "bob", "cy"]})
+    assert (await wait_for_status(api, owner, old_id))["status"] == "succeeded"
+
+    new = await _rerun_done(api, owner, old_id, from_step="names")
+
+    assert new["status"] == "succeeded", new
+    assert [counting_server.calls(f"{key}-{i}") for i in range(3)] == [1, 1, 1]
+    steps = _steps(new)
+    assert steps["each"]["reused"] is True
+    assert steps["each"]["items"] == {
+        "total": 3,
+        "succeeded": 3,
+        "failed": 0,
+        "running": 0,
+        "waiting": 0,
+    }
+    assert [steps["never"]["status"], steps["never"]["reused"]] == ["skipped", True]
+    assert new["output"] == [1, 1, 1]

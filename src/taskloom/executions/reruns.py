@@ -77,7 +77,8 @@ async def rerun_execution(
     definition no longer has upstream of `from_step`, kept steps with no result to reuse, or
     an input the current definition's `input_schema` refuses; TooManyQueued as for any start.
     The caller submits it to the queue after the commit."""
-    old = await db.get(WorkflowExecution, execution_id)
+    # Shared lock: a purge or a plain retry cannot change it while its rows are copied.
+    old = await db.get(WorkflowExecution, execution_id, with_for_update={"read": True})
     if old is None:
         raise NotFound("execution not found")
     if old.status not in TERMINAL:
