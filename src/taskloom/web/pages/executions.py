@@ -22,7 +22,12 @@ from taskloom.executions.models import (
     ExecutionStep,
     WorkflowExecution,
 )
-from taskloom.executions.queue import after_cancel_commit, enqueue_after_commit, queue_limit
+from taskloom.executions.queue import (
+    after_cancel_commit,
+    count_start_after_commit,
+    enqueue_after_commit,
+    queue_limit,
+)
 from taskloom.executions.schemas import COMMENT_MAX_LENGTH
 from taskloom.orgs.models import Role
 from taskloom.web import forms
@@ -216,8 +221,8 @@ async def retry_execution(execution_id: uuid.UUID, request: Request) -> Response
 
 @router.post("/{execution_id}/rerun")
 async def rerun_execution(execution_id: uuid.UUID, request: Request) -> Response:
-    """ "Re-run from step": a new execution of a finished one, from the step chosen (none: all
-    of it), on its original definition or the workflow's current one."""
+    """The Re-run from step form: a new execution of a finished one, from the step chosen
+    (none: all of it), on its original definition or the workflow's current one."""
     async with signed_in(request) as page:
         form = await page.form()
         page.require_role(Role.MEMBER)
@@ -233,4 +238,7 @@ async def rerun_execution(execution_id: uuid.UUID, request: Request) -> Response
             max_queued=queue_limit(page.signed_in),
         )
         enqueue_after_commit(page.signed_in, execution, replace=False)
+        count_start_after_commit(
+            page.signed_in, service.StartKind.RETRY, service.Started(execution)
+        )
     return redirect(f"/ui/executions/{execution.id}?notice=execution-rerun")
