@@ -249,6 +249,23 @@ async def test_a_rerun_on_the_current_definition_records_its_version_and_refuses
     # The original definition still re-runs from b.
     assert (await _rerun(api, owner, old_id, from_step="b")).status_code == 202
 
+    # The current definition's input_schema is checked against the old input.
+    put = await api.put(
+        f"/api/workflows/{workflow_id}",
+        json={
+            "name": "wf",
+            "definition": {
+                "steps": dag,
+                "input_schema": {"type": "object", "required": ["m"]},
+            },
+        },
+        headers=owner.headers,
+    )
+    assert put.status_code == 200, put.text
+    refused = await _rerun(api, owner, old_id, definition="current")
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "input_invalid"
+
 
 async def test_a_rerun_is_refused_clearly(
     api: httpx.AsyncClient,
@@ -306,6 +323,15 @@ async def test_a_rerun_is_refused_clearly(
     assert busy.status_code == 409, busy.text
     assert busy.json()["error"]["code"] == "execution_not_finished"
     assert (await wait_for_status(api, owner, running_id))["status"] == "succeeded"
+    assert counting_server.calls(slow) == 1
+    # A disabled workflow is not started by a re-run either.
+    disabled = await api.patch(
+        f"/api/workflows/{slow_workflow}", json={"enabled": False}, headers=owner.headers
+    )
+    assert disabled.status_code == 200, disabled.text
+    off = await _rerun(api, owner, running_id, from_step="a")
+    assert off.status_code == 409
+    assert off.json()["error"]["code"] == "workflow_disabled"
     assert counting_server.calls(slow) == 1
 
     # From the failed step: it runs again (the counting server now answers 200).
