@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, Viewer, ViewerReads
+from taskloom.auth.read_lane import lane_of
 from taskloom.executions import approvals, reruns, service
 from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
@@ -117,6 +118,29 @@ async def list_executions(
             limit=limit,
         )
     return ExecutionPage(items=items, next_cursor=next_cursor)
+
+
+def _list_arguments(query: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The lane takes `limit` (plain digits within bounds) and `cursor`, each once; filters
+    and anything else go to the route, which also refuses what is malformed."""
+    arguments: dict[str, Any] = {}
+    for name, value in query:
+        if name in arguments or name not in ("limit", "cursor"):
+            return None
+        if name == "cursor":
+            arguments["cursor"] = value
+            continue
+        if not (value.isascii() and value.isdigit() and len(value) <= 4):
+            return None
+        arguments["limit"] = int(value)
+        if not 1 <= arguments["limit"] <= service.MAX_PAGE:
+            return None
+    return arguments
+
+
+# Its usual request (a page, no filters) is answered without FastAPI's machinery
+# (auth/read_lane.py).
+LIST_LANE = lane_of(router, list_executions, _list_arguments)
 
 
 @router.get("/executions/{execution_id}", openapi_extra=access("viewer"))
