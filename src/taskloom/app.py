@@ -11,9 +11,11 @@ from taskloom import __version__
 from taskloom.ai.routes import router as ai_router
 from taskloom.audit.routes import router as audit_router
 from taskloom.auth.api_limits import RateLimitHeadersMiddleware
+from taskloom.auth.read_lane import ReadLane
 from taskloom.auth.routes import router as auth_router
 from taskloom.config import Settings, get_settings
 from taskloom.errors import ERROR_RESPONSES, UnexpectedErrorMiddleware, install_error_handlers
+from taskloom.executions import routes as execution_routes
 from taskloom.executions.lane import ExecuteLane
 from taskloom.executions.routes import router as executions_router
 from taskloom.flags.routes import router as flags_router
@@ -37,6 +39,7 @@ from taskloom.triggers.schedule_routes import router as schedules_router
 from taskloom.web.routes import router as web_router
 from taskloom.web.security_headers import SecurityHeadersMiddleware
 from taskloom.webhooks.routes import router as webhooks_router
+from taskloom.workflows import routes as workflow_routes
 from taskloom.workflows.routes import router as workflows_router
 from taskloom.workflows.version_routes import router as versions_router
 
@@ -101,7 +104,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # Added first = innermost; the request id (added last) wraps everything, including the 413
     # for oversized bodies. Unexpected errors become JSON 500s inside the request-id scope;
     # input is checked for what PostgreSQL cannot store (NUL, NaN, surrogates) after the limit.
-    app.add_middleware(ExecuteLane)  # answers the usual POST …/execute itself (executions/lane.py)
+    # The usual list request and POST …/execute are answered without FastAPI's machinery
+    # (auth/read_lane.py, executions/lane.py).
+    app.add_middleware(ReadLane, lanes=(workflow_routes.LIST_LANE, execution_routes.LIST_LANE))
+    app.add_middleware(ExecuteLane)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(InputGuardMiddleware, raw_body_paths=("/hooks/",))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)

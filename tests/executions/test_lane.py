@@ -161,6 +161,23 @@ async def test_every_answer_is_the_routes_own(
         assert shape.get("error", {}).get("code") == code, shape
 
 
+async def test_two_authorization_headers_are_read_as_the_route_reads_them(
+    api: httpx.AsyncClient, route: httpx.AsyncClient, owner: Account
+) -> None:
+    """The first counts (Starlette's rule): the owner's token first, a viewer's second, is a
+    start; the other way round, a refusal. The lane hands such requests to the route."""
+    workflow = await create_workflow(api, owner, STEPS)
+    viewer = await add_member(api, owner, "viewer")
+    path = f"/api/workflows/{workflow}/execute"
+    for first, second, status in ((owner, viewer, 202), (viewer, owner, 403)):
+        headers = [
+            ("Authorization", first.headers["Authorization"]),
+            ("Authorization", second.headers["Authorization"]),
+        ]
+        shape = await _both(api, route, lambda c, h=headers: c.post(path, headers=h, json={}))
+        assert shape["status"] == status, shape
+
+
 async def test_the_usual_start_opens_no_transaction_and_writes_the_same_row(
     api: httpx.AsyncClient, route: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
 ) -> None:

@@ -95,6 +95,12 @@ async def _seed(runtime: Runtime, client: httpx.AsyncClient) -> Seeded:
                 at=finished[name],
                 id=ids[name],
             )
+        # The recent execution re-runs the old one (a re-run outlives what it re-ran).
+        await run(
+            "update workflow_executions set retry_of = :old where id = :recent",
+            old=ids["old_ok"],
+            recent=ids["recent"],
+        )
         # Sent deliveries, one with a second attempt (no payload, the same event); the old
         # cancelled execution's delivery is still pending, and stays.
         await run(
@@ -184,6 +190,14 @@ async def _left(runtime: Runtime, org: uuid.UUID) -> dict[str, object]:
         }
 
 
+async def _retry_of(runtime: Runtime, execution_id: uuid.UUID) -> uuid.UUID | None:
+    async with system_transaction(runtime.database) as db:
+        link: uuid.UUID | None = await db.scalar(
+            text("select retry_of from workflow_executions where id = :id"), {"id": execution_id}
+        )
+    return link
+
+
 async def test_purge_deletes_old_finished_executions_and_keeps_the_rest(
     settings: Settings, runtime: Runtime, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -202,12 +216,14 @@ async def test_purge_deletes_old_finished_executions_and_keeps_the_rest(
     assert counts["webhook_deliveries"] >= 3  # two first attempts and a retry
     assert counts["ai_usage"] >= 5  # four finished calls and the old orphan
 
+    assert await _retry_of(runtime, seeded.kept["recent"]) == seeded.old["old_ok"]
     purged = await run_taskloom("purge", env=env, cwd=tmp_path)
     assert purged.returncode == 0, purged.stderr
     assert _counts(purged.stdout)["workflow_executions"] == counts["workflow_executions"]
 
     after = await _left(runtime, seeded.org_id)
     assert after["executions"] == set(seeded.kept.values())
+    assert await _retry_of(runtime, seeded.kept["recent"]) is None  # stays, unlinked
     assert after["steps"] == 3
     assert after["deliveries"] == 2  # the recent execution's, and the old pending one
     # Left: the pending call (9), the recent (3), the running execution's (4), the new orphan (5).

@@ -275,6 +275,15 @@ async def test_beyond_max_queued_per_org_executing_answers_429_with_retry_after_
         assert retried.status_code == 429, retried.text
         assert retried.json()["error"]["code"] == "too_many_queued_executions"
         assert "retry-after" in retried.headers
+        # A re-run (a new execution) too, and nothing of it is left behind.
+        rerun = await d.api.post(
+            f"/api/executions/{ids[0]}/retry", json={"from_step": "t"}, headers=owner.headers
+        )
+        assert rerun.status_code == 429, rerun.text
+        assert rerun.json()["error"]["code"] == "too_many_queued_executions"
+        assert "retry-after" in rerun.headers
+        old = await d.api.get(f"/api/executions/{ids[0]}", headers=owner.headers)
+        assert old.json()["reruns"] == []
 
         # The web UI's run button.
         transport = d.api._transport  # the same app

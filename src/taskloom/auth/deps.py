@@ -170,12 +170,18 @@ class ReadContext:
         return tenant_reads(self.runtime.database, org_id=self.org_id, user_id=self.user_id)
 
 
-async def _viewer_reads(request: Request, bearer: Bearer) -> ReadContext:
+async def viewer_reads(request: Request, token: str) -> ReadContext:
+    """Authenticate `token` (counted against its rate limit), check the viewer role: the
+    ViewerReads dependency's work, for the read lane (auth/read_lane.py) too."""
     runtime = get_runtime(request)
-    caller = await authenticate(request, runtime, _bearer_token(bearer))
+    caller = await authenticate(request, runtime, token)
     principal = await caller.resolve()
     check_role(principal, Role.VIEWER)
     return ReadContext(runtime, principal, caller.org_id, caller.user_id)
+
+
+async def _viewer_reads(request: Request, bearer: Bearer) -> ReadContext:
+    return await viewer_reads(request, _bearer_token(bearer))
 
 
 # Read-only routes for viewers and up (the role is checked before any transaction opens).

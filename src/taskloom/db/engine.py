@@ -7,10 +7,12 @@ never waits for them."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from sqlalchemy import event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -59,6 +61,7 @@ def _engine(
     cached = str(settings.database_statement_cache_size)
     engine = create_async_engine(
         async_url(url).update_query_dict({"prepared_statement_cache_size": cached}),
+        json_deserializer=json_value,
         # Every connection is kept once opened: with overflow, each one opened past the pool under
         # steady concurrency was closed again on return, a PostgreSQL backend forked (and TLS
         # tried) per burst: about a tenth of the API's CPU at 150 executions/s.
@@ -78,6 +81,19 @@ def _engine(
     )
     _ping_after_idle(engine, settings.database_ping_after_idle_seconds)
     return engine
+
+
+_JSON = msgspec.json.Decoder()
+
+
+def json_value(text: str) -> Any:
+    """A JSON column's value, as `json.loads` gives it, about four times faster (msgspec): a
+    list of 50 workflows spent a fifth of its CPU decoding definitions. Numbers a double cannot
+    hold, which jsonb keeps as numeric, are left to `json` (inf, as ever); integers stay exact."""
+    try:
+        return _JSON.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
 
 
 def _ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:

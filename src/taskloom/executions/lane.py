@@ -108,9 +108,12 @@ def _taken(scope: Scope) -> tuple[uuid.UUID, str, bool] | None:
     except ValueError:
         return None
     token = media = length = None
-    chunked = False
+    chunked = authorized = False
     for name, value in scope["headers"]:
         if name == b"authorization":
+            if authorized:
+                return None  # two: the route reads the first, as Starlette does
+            authorized = True
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer":
                 token = credentials.strip()

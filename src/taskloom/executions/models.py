@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -79,6 +80,11 @@ class WorkflowExecution(Base, rls=Scope.ORG):
             "root_execution_id",
             postgresql_where="root_execution_id IS NOT NULL",
         ),
+        Index(
+            "ix_workflow_executions_retry_of",
+            "retry_of",
+            postgresql_where="retry_of IS NOT NULL",
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -127,6 +133,13 @@ class WorkflowExecution(Base, rls=Scope.ORG):
     trigger_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     trigger_depth: Mapped[int] = mapped_column(
         Integer, nullable=False, server_default="0", default=0
+    )
+    # A re-run (migration 0022): the execution it re-runs, whose steps upstream of the step it
+    # re-runs from were copied into this one at its start (`reused`).
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("workflow_executions.id", ondelete="SET NULL"),
+        nullable=True,
     )
 
 
@@ -189,6 +202,11 @@ class _StepRun:
     # execution it waits for.
     wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     child_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    # Copied from the execution a re-run re-runs (`retry_of`), its recorded result kept: it
+    # did not run in this execution (attempts 0).
+    reused: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default="false", default=False
+    )
 
 
 class ExecutionStep(_StepRun, Base, rls=Scope.ORG):

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Member, Viewer, ViewerReads
-from taskloom.executions import approvals, service
+from taskloom.auth.read_lane import lane_of
+from taskloom.executions import approvals, reruns, service
 from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
     ExecutionQueue,
@@ -30,6 +31,7 @@ from taskloom.executions.schemas import (
     ExecutionPage,
     FailedJobOut,
     ItemsProgress,
+    RerunRequest,
     StepOut,
 )
 from taskloom.executions.service import StartKind
@@ -118,6 +120,29 @@ async def list_executions(
     return ExecutionPage(items=items, next_cursor=next_cursor)
 
 
+def _list_arguments(query: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The lane takes `limit` (plain digits within bounds) and `cursor`, each once; filters
+    and anything else go to the route, which also refuses what is malformed."""
+    arguments: dict[str, Any] = {}
+    for name, value in query:
+        if name in arguments or name not in ("limit", "cursor"):
+            return None
+        if name == "cursor":
+            arguments["cursor"] = value
+            continue
+        if not (value.isascii() and value.isdigit() and len(value) <= 4):
+            return None
+        arguments["limit"] = int(value)
+        if not 1 <= arguments["limit"] <= service.MAX_PAGE:
+            return None
+    return arguments
+
+
+# Its usual request (a page, no filters) is answered without FastAPI's machinery
+# (auth/read_lane.py).
+LIST_LANE = lane_of(router, list_executions, _list_arguments)
+
+
 @router.get("/executions/{execution_id}", openapi_extra=access("viewer"))
 async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail:
     execution, steps = await service.get_execution(db=ctx.db, execution_id=execution_id)
@@ -134,6 +159,7 @@ async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail
             for s in steps
         ],
         approvals=[ApprovalOut.model_validate(a) for a in asked],
+        reruns=[r.id for r in await reruns.list_reruns(db=ctx.db, execution=execution)],
     )
 
 
@@ -226,15 +252,31 @@ async def cancel_execution(execution_id: uuid.UUID, ctx: Member) -> ExecutionOut
     openapi_extra=access("member"),
     responses=located(202),
 )
-async def retry_execution(execution_id: uuid.UUID, ctx: Member, response: Response) -> ExecutionOut:
-    execution = await service.retry_execution(
-        db=ctx.db,
-        principal=ctx.principal,
-        context=ctx.audit,
-        execution_id=execution_id,
-        max_queued=queue_limit(ctx),
-    )
-    enqueue_after_commit(ctx, execution, replace=True)
+async def retry_execution(
+    execution_id: uuid.UUID, ctx: Member, response: Response, body: RerunRequest | None = None
+) -> ExecutionOut:
+    """Without a body: queue the failed or cancelled execution again; it resumes at its first
+    unfinished step. With a body: re-run the finished execution as a new one (`retry_of`),
+    the steps upstream of `from_step` keeping their recorded outputs (docs/WORKFLOWS.md)."""
+    if body is None:
+        execution = await service.retry_execution(
+            db=ctx.db,
+            principal=ctx.principal,
+            context=ctx.audit,
+            execution_id=execution_id,
+            max_queued=queue_limit(ctx),
+        )
+    else:
+        execution = await reruns.rerun_execution(
+            db=ctx.db,
+            principal=ctx.principal,
+            context=ctx.audit,
+            execution_id=execution_id,
+            rerun=reruns.Rerun(reruns.Definition(body.definition), body.from_step),
+            max_queued=queue_limit(ctx),
+        )
+        count_start_after_commit(ctx, StartKind.RETRY, service.Started(execution))
+    enqueue_after_commit(ctx, execution, replace=body is None)
     set_location(response, f"/api/executions/{execution.id}")
     return ExecutionOut.model_validate(execution)
 

@@ -5,15 +5,32 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskloom.auth.schemas import StrictModel
+from taskloom.workflows.schemas import STEP_ID_PATTERN
 
 
 class ExecuteRequest(StrictModel):
     input: dict[str, Any] = Field(default_factory=dict)
+
+
+class RerunRequest(StrictModel):
+    """A body for POST /api/executions/{id}/retry: re-run the finished execution as a new one."""
+
+    definition: Literal["original", "current"] = Field(
+        default="original",
+        description="original: the definition the execution ran; current: the workflow's now",
+    )
+    from_step: str | None = Field(
+        default=None,
+        pattern=STEP_ID_PATTERN,
+        max_length=64,
+        description="The steps upstream of it keep their recorded outputs; it and everything "
+        "else runs again. Absent: every step runs again",
+    )
 
 
 class StepOut(BaseModel):
@@ -31,6 +48,11 @@ class StepOut(BaseModel):
     finished_at: datetime | None
     wake_at: datetime | None = None
     child_execution_id: uuid.UUID | None = None
+    reused: bool = Field(
+        default=False,
+        description="Copied with its recorded result from the execution this one re-runs "
+        "(`retry_of`): it did not run here (attempts 0)",
+    )
     items: ItemsProgress | None = Field(
         default=None, description="A for_each step's items by status (None for other steps)"
     )
@@ -65,14 +87,21 @@ class ExecutionOut(BaseModel):
     parent_step_id: str | None = None
     depth: int = 0
     trigger_kind: str | None = Field(
-        default=None, description="api, schedule, webhook or event (none: a sub-workflow's)"
+        default=None,
+        description="api, schedule, webhook, event or retry (a re-run; none: a sub-workflow's)",
     )
     trigger_id: uuid.UUID | None = Field(default=None, description="The schedule or trigger")
+    retry_of: uuid.UUID | None = Field(
+        default=None, description="The execution this one re-runs (POST …/retry with a body)"
+    )
 
 
 class ExecutionDetail(ExecutionOut):
     steps: list[StepOut]
     approvals: list[ApprovalOut] = Field(default_factory=list)
+    reruns: list[uuid.UUID] = Field(
+        default_factory=list, description="Its re-runs' ids, oldest first (at most 100)"
+    )
 
 
 class ApprovalOut(BaseModel):

@@ -69,7 +69,7 @@ async def _audit(
     )
 
 
-def _queued(org_id: uuid.UUID, max_queued: int) -> Any:
+def queued_count(org_id: uuid.UUID, max_queued: int) -> Any:
     """How many executions the organization has queued, counted up to `max_queued` only (a
     flooded organization costs at most that many index entries of `(org_id, status)`)."""
     waiting = (
@@ -83,7 +83,7 @@ def _queued(org_id: uuid.UUID, max_queued: int) -> Any:
     return select(func.count()).select_from(waiting).scalar_subquery()
 
 
-def _check_queue_room(queued: int | None, max_queued: int) -> None:
+def check_queue_room(queued: int | None, max_queued: int) -> None:
     """TooManyQueued (429) when the organization already has `max_queued` executions queued.
     Requests racing at the limit may each pass: it may be exceeded by the number of that
     organization's calls in flight, never more."""
@@ -101,6 +101,7 @@ class StartKind(StrEnum):
     SCHEDULE = "schedule"
     WEBHOOK = "webhook"
     EVENT = "event"
+    RETRY = "retry"  # a re-run of a finished execution (executions/reruns.py)
 
 
 @dataclass(frozen=True)
@@ -356,12 +357,12 @@ async def _conclude(
         if found["input_schema"] is not None:
             check_input({"input_schema": found["input_schema"]}, start.input)
         if start.max_queued is not None:
-            _check_queue_room(found["queued"], start.max_queued)
+            check_queue_room(found["queued"], start.max_queued)
         again = await statements.fetchval(_START, *start.arguments(tenant, found["version"]))
         created_at = again["created_at"] if again is not None else None
         if created_at is None:  # its definition changed since the check: check it again
             raise Conflict("the workflow changed while starting; retry", code="workflow_changed")
-    execution = _queued_execution(
+    execution = queued_execution(
         start.execution_id,
         uuid.UUID(found["org_id"]),
         start.workflow_id,
@@ -375,7 +376,7 @@ async def _conclude(
     return Started(execution)
 
 
-def _queued_execution(
+def queued_execution(
     execution_id: uuid.UUID,
     org_id: uuid.UUID,
     workflow_id: uuid.UUID,
@@ -383,6 +384,7 @@ def _queued_execution(
     input: dict[str, Any],
     origin: Origin,
 ) -> WorkflowExecution:
+    """A new queued execution's row (its definition is the caller's to set)."""
     return WorkflowExecution(
         id=execution_id,
         org_id=org_id,
@@ -418,7 +420,7 @@ async def _start_with_key(
     else:  # the workflow and the organization's queued count in one round trip
         row = (
             await db.execute(
-                select(Workflow, _queued(org_id, max_queued)).where(Workflow.id == workflow_id)
+                select(Workflow, queued_count(org_id, max_queued)).where(Workflow.id == workflow_id)
             )
         ).first()
         if row is None:
@@ -438,8 +440,8 @@ async def _start_with_key(
     if isinstance(found, WorkflowExecution):
         return Started(found, created=False)
     if max_queued is not None:
-        _check_queue_room(queued, max_queued)
-    execution = _queued_execution(
+        check_queue_room(queued, max_queued)
+    execution = queued_execution(
         found, workflow.org_id, workflow.id, workflow.version, input, origin
     )
     execution.definition = workflow.definition
@@ -526,7 +528,7 @@ async def workflow_names(
 _LISTED = (
     "id, workflow_id, workflow_version, status, input, output, error, attempts, triggered_by, "
     "created_at, started_at, finished_at, cancel_requested_at, wake_at, parent_execution_id, "
-    "parent_step_id, depth, trigger_kind, trigger_id"
+    "parent_step_id, depth, trigger_kind, trigger_id, retry_of"
 )
 
 
@@ -663,8 +665,8 @@ async def retry_execution(
             f"only failed or cancelled executions can be retried, not {execution.status}"
         )
     if max_queued is not None:
-        queued = await db.scalar(select(_queued(execution.org_id, max_queued)))
-        _check_queue_room(queued, max_queued)
+        queued = await db.scalar(select(queued_count(execution.org_id, max_queued)))
+        check_queue_room(queued, max_queued)
     execution.status = ExecutionStatus.QUEUED
     execution.error = None
     execution.output = None

@@ -140,7 +140,7 @@ QUEUE_EVENTS = Counter(
 # --- triggers ------------------------------------------------------------------------------------
 TRIGGERS = Counter(
     "workflow_triggers_total",
-    "Starts asked of triggers, by kind (api, schedule, webhook, event) and result: started,"
+    "Starts asked of triggers, by kind (api, schedule, webhook, event, retry) and result: started,"
     " duplicate (an idempotency key or delivery id answered with its first execution), skipped"
     " (a schedule's overlap or missed tick), queued (a tick waiting for its previous execution),"
     " failed (a tick's input did not render or conform, or the queue was full), rejected (a"

@@ -38,6 +38,8 @@ NOTICES = {
     "schedules.",
     "execution-cancelled": "Cancellation requested.",
     "execution-retried": "Execution queued again.",
+    "execution-rerun": "Re-run queued: this new execution keeps the outputs of the steps "
+    "upstream of the step it re-runs from.",
     "approval-approved": "Approved. The execution goes on.",
     "approval-rejected": "Rejected. The execution goes on with the rejection.",
     "org-switched": "Organization switched.",

@@ -15,16 +15,22 @@ from starlette.responses import Response
 
 from taskloom.db.driver import session_connection
 from taskloom.errors import BadRequest
-from taskloom.executions import approvals, service
+from taskloom.executions import approvals, reruns, service
 from taskloom.executions.models import (
     ApprovalStatus,
     ExecutionStatus,
     ExecutionStep,
     WorkflowExecution,
 )
-from taskloom.executions.queue import after_cancel_commit, enqueue_after_commit, queue_limit
+from taskloom.executions.queue import (
+    after_cancel_commit,
+    count_start_after_commit,
+    enqueue_after_commit,
+    queue_limit,
+)
 from taskloom.executions.schemas import COMMENT_MAX_LENGTH
 from taskloom.orgs.models import Role
+from taskloom.web import forms
 from taskloom.web.errors import UiRoute
 from taskloom.web.graph import StepView, render_graph, render_timeline
 from taskloom.web.pages.approvals import approval_views
@@ -163,6 +169,9 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             decided=[view for view in asked if view.approval.status != ApprovalStatus.PENDING],
             comment_max=COMMENT_MAX_LENGTH,
             parent=await _parent(page, execution),
+            retry_of=execution.retry_of,
+            reruns=await reruns.list_reruns(db=page.db, execution=execution),
+            step_ids=graph.order,
             children=await service.list_children(db=page.db, execution=execution),
             children_shown=service.CHILDREN_SHOWN,
             graph_svg=render_graph(graph, views),
@@ -208,3 +217,28 @@ async def retry_execution(execution_id: uuid.UUID, request: Request) -> Response
         )
         enqueue_after_commit(page.signed_in, execution, replace=True)
     return redirect(f"/ui/executions/{execution_id}?notice=execution-retried")
+
+
+@router.post("/{execution_id}/rerun")
+async def rerun_execution(execution_id: uuid.UUID, request: Request) -> Response:
+    """The Re-run from step form: a new execution of a finished one, from the step chosen
+    (none: all of it), on its original definition or the workflow's current one."""
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.MEMBER)
+        chosen = forms.text(form, "definition") or reruns.Definition.ORIGINAL
+        if chosen not in set(reruns.Definition):
+            raise BadRequest("choose the original or the current definition")
+        execution = await reruns.rerun_execution(
+            db=page.db,
+            principal=page.principal,
+            context=page.audit,
+            execution_id=execution_id,
+            rerun=reruns.Rerun(reruns.Definition(chosen), forms.optional_text(form, "from_step")),
+            max_queued=queue_limit(page.signed_in),
+        )
+        enqueue_after_commit(page.signed_in, execution, replace=False)
+        count_start_after_commit(
+            page.signed_in, service.StartKind.RETRY, service.Started(execution)
+        )
+    return redirect(f"/ui/executions/{execution.id}?notice=execution-rerun")
