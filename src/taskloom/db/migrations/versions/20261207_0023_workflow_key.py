@@ -4,7 +4,7 @@ organization where set (a partial unique index). The table's row-level security 
 cover the new column as they cover the others.
 
 Revision ID: 0023
-Revises: 0021
+Revises: 0022
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0023"
-down_revision = "0021"
+down_revision = "0022"
 branch_labels = None
 depends_on = None
 breaks_previous = False  # a nullable column the previous release neither reads nor writes
