@@ -1,4 +1,4 @@
-"""Workflow templates: five real workflows shipped as files (workflows/templates/*.yaml),
+"""Workflow templates: five real workflows shipped as files (workflows/template_files/*.yaml),
 copied by `taskloom workflows init --template NAME DIR` and offered by the web UI's "New
 workflow" page (docs/WORKFLOWS-AS-CODE.md, Templates). Each is checked like any workflow file
 and tested end to end against the suite's fakes."""
@@ -25,7 +25,7 @@ class Template:
 @cache
 def available() -> dict[str, Template]:
     """Every shipped template by name, in name order."""
-    folder = resources.files("taskloom.workflows").joinpath("templates")
+    folder = resources.files("taskloom.workflows").joinpath("template_files")
     found: dict[str, Template] = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".yaml"):
