@@ -579,6 +579,179 @@ def keys_rotate() -> None:
     raise typer.Exit(asyncio.run(_run()))
 
 
+workflows_app = typer.Typer(
+    help="Workflows as code: validate, pull, push and run workflow files "
+    "(docs/WORKFLOWS-AS-CODE.md).",
+    no_args_is_help=True,
+)
+app.add_typer(workflows_app, name="workflows")
+UrlOption = Annotated[
+    str | None, typer.Option("--url", envvar="TASKLOOM_URL", help="The server.", show_default=False)
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(envvar="TASKLOOM_API_KEY", help="An API key (env only).", hidden=True),
+]
+
+
+@contextmanager
+def _remote(url: str | None, api_key: str | None) -> Iterator[Any]:
+    """The server's client; a refusal ends the command with its message (exit 1), a missing
+    setting with exit 2."""
+    from taskloom.workflows.remote import Remote, RemoteError, UsageError
+
+    try:
+        with Remote.connect(url, api_key) as remote:
+            yield remote
+    except UsageError as wrong:
+        typer.echo(f"error: {wrong}", err=True)
+        raise typer.Exit(2) from None
+    except RemoteError as refused:
+        typer.echo(f"error: {refused}", err=True)
+        raise typer.Exit(1) from None
+
+
+@workflows_app.command("validate")
+def workflows_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Files, or directories of them.")],
+) -> None:
+    """Check workflow files offline with the API's validation; exit 1 on any problem
+    (`file:field.path: message` lines)."""
+    from taskloom.workflows.files import load_all
+
+    found, problems = load_all(paths)
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{len(found)} workflow file(s) valid")
+
+
+@workflows_app.command("init")
+def workflows_init(
+    directory: Path,
+    template: Annotated[str, typer.Option("--template", help="A template's name.")],
+    url: UrlOption = None,
+) -> None:
+    """Copy a template into DIRECTORY as `<name>.yaml` (never over an existing file); its
+    schema line points at the server of TASKLOOM_URL when set."""
+    from taskloom.workflows import templates
+
+    try:
+        written = templates.copy(template, directory, server=url)
+    except templates.UnknownTemplate:
+        typer.echo(f"error: no template is named {template!r}; the templates:", err=True)
+        for name, known in templates.available().items():
+            typer.echo(f"  {name}: {known.workflow.description}", err=True)
+        raise typer.Exit(2) from None
+    except FileExistsError:
+        typer.echo(f"error: {directory / (template + '.yaml')} exists; not overwritten", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {written}; read its first lines for what it needs, then push it")
+
+
+@workflows_app.command("pull")
+def workflows_pull(directory: Path, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Write the organization's workflows to DIRECTORY (`<key>.yaml`, and the state file)."""
+    from taskloom.workflows import sync
+
+    with _remote(url, api_key) as remote:
+        count = sync.pull(remote, directory, typer.echo)
+    typer.echo(f"{count} workflow(s) pulled into {directory}")
+
+
+@workflows_app.command("push")
+def workflows_push(
+    directory: Path,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete server workflows with no file here.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite workflows changed since the last pull.")
+    ] = False,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="Kept with each version stored.")
+    ] = None,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Print the plan (create / update with a diff / delete with --prune), then apply it."""
+    from taskloom.workflows import sync
+    from taskloom.workflows.files import load_all
+
+    found, problems = load_all([directory])
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        raise typer.Exit(1)
+    with _remote(url, api_key) as remote:
+        state = sync.read_state(directory)
+        server = sync.server_workflows(remote, state)
+        plan = sync.make_plan(
+            {key: workflow for key, (_, workflow) in found.items()},
+            server,
+            state,
+            prune=prune,
+            force=force,
+        )
+        sync.show(plan, typer.echo)
+        if plan.conflicts:
+            for conflict in plan.conflicts:
+                typer.echo(f"error: {conflict}", err=True)
+            raise typer.Exit(1)
+        if dry_run:
+            return
+        try:
+            sync.apply(
+                remote,
+                plan,
+                state,
+                message=message,
+                say=typer.echo,
+                show_secret=sys.stdout.isatty(),
+            )
+        finally:  # what was done is recorded, whether or not all of it was
+            sync.write_state(directory, remote.url, state)
+
+
+@workflows_app.command("run")
+def workflows_run(
+    name: Annotated[str, typer.Argument(help="The workflow's key, or its (unique) name.")],
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="The input: a JSON or YAML file.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the execution; exit 0 only on succeeded.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 600,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Start the workflow; with --wait, print each step's status as it changes."""
+    from taskloom.workflows import remote_run
+    from taskloom.workflows.files import parse
+    from taskloom.workflows.remote import UsageError
+
+    data: Any = {}
+    if input_file is not None:
+        try:
+            data = parse(input_file.read_text(encoding="utf-8"), input_file)
+        except (OSError, ValueError) as unreadable:
+            typer.echo(f"error: {input_file}: cannot be read: {unreadable}", err=True)
+            raise typer.Exit(2) from None
+        if not isinstance(data, dict):
+            typer.echo(f"error: {input_file}: the input must be an object", err=True)
+            raise typer.Exit(2)
+    with _remote(url, api_key) as remote:
+        try:
+            code = remote_run.run(remote, name, data, wait=wait, say=typer.echo, timeout=timeout)
+        except UsageError as wrong:
+            typer.echo(f"error: {wrong}", err=True)
+            raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """The `taskloom` entry point: configuration and connection problems end the process with
     one readable sentence and exit status 1 instead of a traceback."""

@@ -43,6 +43,14 @@ async def validate_definition(
     definition: WorkflowDefinition, *, db: AsyncSession, org_id: uuid.UUID
 ) -> dict[str, Any]:
     """The definition as stored (plain JSON), or ValidationFailed for its first problem."""
+    stored = check_offline(definition)
+    await _check_children(definition, db=db, org_id=org_id)
+    return stored
+
+
+def check_offline(definition: WorkflowDefinition) -> dict[str, Any]:
+    """Every check that needs no database (all but the child workflows' existence): what
+    `taskloom workflows validate` runs on files. The definition as stored, or ValidationFailed."""
     positions: dict[str, int] = {}
     for index, step in enumerate(definition.steps):
         if step.id in positions:
@@ -60,7 +68,6 @@ async def validate_definition(
         _check_template(where, text, graph, readable=everything, dynamic_ok=True, item_ok=False)
     if definition.input_schema is not None:
         _check_input_schema(definition.input_schema)
-    await _check_children(definition, db=db, org_id=org_id)
     return stored
 
 

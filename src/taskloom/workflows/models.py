@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -17,12 +17,24 @@ from taskloom.db.rls import AppAccess, Scope
 
 class Workflow(Base, rls=Scope.ORG):
     __tablename__ = "workflows"
-    __table_args__ = (Index("ix_workflows_org_id_created_at", "org_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_workflows_org_id_created_at", "org_id", "created_at"),
+        # `key` names the workflow in files (workflows as code): unique in its organization
+        # when set; existing workflows have none until a push or an edit gives them one.
+        Index(
+            "uq_workflows_org_id_key",
+            "org_id",
+            "key",
+            unique=True,
+            postgresql_where=text("key is not null"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     org_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
     )
+    key: Mapped[str | None] = mapped_column(String(63), nullable=True)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     definition: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)

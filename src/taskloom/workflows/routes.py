@@ -8,12 +8,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
+from fastapi.responses import JSONResponse
 
 from taskloom.auth.access import access
 from taskloom.auth.deps import Member, RequestContext, Viewer, ViewerReads
 from taskloom.auth.read_lane import lane_of, no_query
 from taskloom.locations import located, set_location
-from taskloom.workflows import service, versions
+from taskloom.workflows import files, service, versions
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowOut, WorkflowPatch, WorkflowUpdate
 
@@ -82,6 +83,25 @@ async def update_workflow(
     )
     response.headers["ETag"] = versions.entity_tag(workflow.version)
     return await _with_warnings(ctx, workflow)
+
+
+@router.get(
+    "/schema/workflow.json",
+    openapi_extra=access("public"),
+    response_class=JSONResponse,
+    responses={200: {"content": {"application/schema+json": {}}}},
+)
+async def get_workflow_file_schema() -> Response:
+    """The JSON Schema of a workflow file (docs/WORKFLOWS-AS-CODE.md), as shipped in the
+    package: editors point at it (`# yaml-language-server: $schema=...`). Public, cacheable."""
+    return Response(
+        content=_SCHEMA,
+        media_type="application/schema+json",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+_SCHEMA = files.shipped_schema().encode()
 
 
 async def _with_warnings(ctx: RequestContext, workflow: Workflow) -> WorkflowOut:

@@ -20,6 +20,11 @@ MAX_PARALLEL_STEPS = 20  # a definition's `max_parallel_steps` at most
 DEFAULT_PARALLEL_STEPS = 4
 MAX_TEMPLATE_CHARS = 10_000  # `when` and `for_each`
 MAX_VERSION_MESSAGE = 500  # workflow_versions.message
+KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_KEY_HELP = (
+    "A stable slug naming the workflow in files (docs/WORKFLOWS-AS-CODE.md); unique in the "
+    "organization"
+)
 
 # Optional fields are None when absent and left out of the stored JSON (`stored()`), so a
 # definition is stored as it was written and today's `{id, type, args}` lists stay byte-equal.
@@ -93,6 +98,7 @@ class WorkflowDefinition(StrictModel):
 
 
 class WorkflowCreate(StrictModel):
+    key: str | None = Field(default=None, pattern=KEY_PATTERN, description=_KEY_HELP)
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=5_000)
     definition: WorkflowDefinition
@@ -108,6 +114,9 @@ class WorkflowCreate(StrictModel):
 
 
 class WorkflowUpdate(WorkflowCreate):
+    key: str | None = Field(
+        default=None, pattern=KEY_PATTERN, description=f"{_KEY_HELP}. Absent: unchanged"
+    )
     enabled: bool | None = Field(  # type: ignore[assignment]
         default=None, description="Absent: unchanged"
     )
@@ -127,6 +136,7 @@ class WorkflowOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    key: str | None = None
     name: str
     description: str | None
     definition: dict[str, Any]

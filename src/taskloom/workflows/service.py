@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.audit import service as audit
@@ -16,7 +17,7 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.db.driver import Statements
-from taskloom.errors import NotFound
+from taskloom.errors import Conflict, NotFound
 from taskloom.executions.templating import secret_references
 from taskloom.secrets import service as secrets
 from taskloom.workflows import versions
@@ -48,7 +49,7 @@ async def _audit(
 # The columns a workflow shows in a list (WorkflowOut), read on the asyncpg connection
 # (db/driver.py): the API's list endpoint is one of its hottest reads.
 _LIST = (
-    "select id, name, description, definition, version, enabled, created_by, created_at, "
+    "select id, key, name, description, definition, version, enabled, created_by, created_at, "
     "updated_at from workflows where org_id = $1 order by name, id"
 )
 
@@ -82,12 +83,37 @@ async def lock_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow
     return workflow
 
 
+async def _check_key_free(db: AsyncSession, key: str | None, own: uuid.UUID | None) -> None:
+    """Conflict when another workflow of the organization has `key` (the partial unique index
+    is the fence for two saves racing; this gives the usual case a clear 409)."""
+    if key is None:
+        return
+    taken = await db.scalar(select(Workflow.id).where(Workflow.key == key, Workflow.id != own))
+    if taken is not None:
+        raise Conflict(f"another workflow already has the key {key!r}", code="key_taken")
+
+
+async def _flush_keyed(db: AsyncSession, key: str | None) -> None:
+    """Flush; when the save sets a key, in a savepoint, so that losing a race for the key to
+    another save (the unique index) is the same 409 as the check before it."""
+    if key is None:
+        await db.flush()
+        return
+    try:
+        async with db.begin_nested():
+            await db.flush()
+    except IntegrityError:
+        raise Conflict(f"another workflow already has the key {key!r}", code="key_taken") from None
+
+
 async def create_workflow(
     *, db: AsyncSession, principal: Principal, context: AuditContext, body: WorkflowCreate
 ) -> Workflow:
     """The new workflow, at version 1 (stored with the body's `message`)."""
+    await _check_key_free(db, body.key, None)
     workflow = Workflow(
         org_id=principal.current_org(),
+        key=body.key,
         name=body.name,
         description=body.description,
         definition=await validate_definition(
@@ -98,7 +124,7 @@ async def create_workflow(
         updated_by=principal.user_id,
     )
     db.add(workflow)
-    await db.flush()
+    await _flush_keyed(db, body.key)
     await versions.record(
         db=db,
         workflow=workflow,
@@ -125,6 +151,10 @@ async def update_workflow(
     accepted keep running the definition they were accepted with."""
     workflow = await lock_workflow(db=db, workflow_id=workflow_id)
     versions.check_if_match(if_match, workflow)
+    new_key = body.key if body.key is not None and body.key != workflow.key else None
+    if new_key is not None:
+        await _check_key_free(db, new_key, workflow.id)
+        workflow.key = new_key
     workflow.name = body.name
     workflow.description = body.description
     workflow.definition = await validate_definition(
@@ -134,7 +164,7 @@ async def update_workflow(
     if body.enabled is not None:
         workflow.enabled = body.enabled
     workflow.updated_by = principal.user_id
-    await db.flush()
+    await _flush_keyed(db, new_key)
     await db.refresh(workflow)
     await versions.record(db=db, workflow=workflow, author=principal.user_id, message=body.message)
     await _audit(

@@ -33,7 +33,7 @@ from taskloom.web.forms import (
 from taskloom.web.graph import render_graph
 from taskloom.web.rendering import redirect, render
 from taskloom.web.session import Page, signed_in
-from taskloom.workflows import service
+from taskloom.workflows import service, templates
 from taskloom.workflows.graph import Graph
 from taskloom.workflows.models import Workflow
 from taskloom.workflows.schemas import WorkflowCreate, WorkflowUpdate
@@ -101,16 +101,29 @@ async def list_workflows(request: Request) -> Response:
 
 
 @router.get("/new")
-async def new_workflow(request: Request) -> Response:
+async def new_workflow(request: Request, template: str | None = None) -> Response:
+    """The form, empty but for an example definition, or filled from a template
+    (`?template=<name>`, workflows/templates.py; its triggers are made on the Triggers tab)."""
     async with signed_in(request) as page:
         page.require_role(Role.MEMBER)
+        chosen = templates.available().get(template or "")
         values = {
-            "name": "",
-            "description": "",
-            "definition": _definition_text(EXAMPLE_DEFINITION),
-            "message": "",
+            "name": chosen.workflow.name if chosen else "",
+            "description": (chosen.workflow.description or "") if chosen else "",
+            "definition": _definition_text(
+                chosen.workflow.definition.stored() if chosen else EXAMPLE_DEFINITION
+            ),
+            "message": f"From the {chosen.name} template" if chosen else "",
         }
-        return render(page, "workflows/new.html", title="New workflow", values=values, errors=[])
+        return render(
+            page,
+            "workflows/new.html",
+            title="New workflow",
+            values=values,
+            errors=[],
+            templates=templates.available().values(),
+            chosen=chosen,
+        )
 
 
 @router.post("/new")
@@ -134,6 +147,8 @@ async def create_workflow(request: Request) -> Response:
                 title="New workflow",
                 values={**values, "description": values["description"] or ""},
                 errors=errors,
+                templates=templates.available().values(),
+                chosen=None,
             )
         return redirect(f"/ui/workflows/{workflow.id}?notice=workflow-created")
 
