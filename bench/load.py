@@ -317,6 +317,9 @@ async def start_taskloom(deploy: Deployment, pool_size: int, profile: Path | Non
             "RATE_LIMIT_READS": "100000000",
             "RATE_LIMIT_WRITES": "100000000",
             "RATE_LIMIT_EXECUTE": "100000000",
+            # No worker runs, so every accepted execution stays queued: at 400+/s the default
+            # cap (10,000 per organization) fills within a phase and answers 429 after that.
+            "MAX_QUEUED_PER_ORG": "1000000",
         }
     )
     for i in range(PROCESSES):
