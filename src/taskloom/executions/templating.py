@@ -49,6 +49,14 @@ class _Sandbox(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
     code_generator_class = _NoFolding
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`a.b` on a mapping reads its key `b` first (Jinja tries the attribute first): a step
+        with the id `items` or `copy`, an input field named `keys`, reads as the data it is,
+        not as a dict method. Keys are data, so no sandbox check applies to them."""
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
