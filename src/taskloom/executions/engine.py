@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from taskloom.executions import control, state
+from taskloom.executions.live import LiveEvents
 from taskloom.executions.models import ExecutionStatus, StepStatus
 from taskloom.executions.plan import Plan, StepState
 from taskloom.executions.queue import ExecutionQueue
@@ -102,12 +103,16 @@ class Engine:
     # nothing more than the scan below, and nothing is redacted).
     _secret_refs: dict[str, frozenset[str]] = field(init=False)
     secrets: ExecutionSecrets | None = field(init=False, default=None)
+    live: LiveEvents = field(init=False)  # the execution's live stream (executions/live.py)
 
     def __post_init__(self) -> None:
         self.graph = Graph.of(self.run.definition)
         self.plan = Plan(self.graph, dict(self.run.states))
         self.step_runs = self.run.step_runs
         self._budget = asyncio.Semaphore(self.runtime.settings.max_parallel_per_execution)
+        self.live = LiveEvents(
+            self.runtime.redis, self.runtime.keys, self.run.execution_id, scrub=self.run.scrubbed
+        )
         self._secret_refs = {}
         for step_id, step in self.graph.steps.items():
             try:
@@ -708,6 +713,7 @@ class Engine:
                 attempt=attempt,
                 triggered_by=self.run.triggered_by,
                 runtime=self.runtime,
+                live=self.live.emit,
             )
             names = self._secret_refs.get(step_id)
             try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -61,6 +62,13 @@ class StepContext:
     # The worker's database, Redis and credential cipher, for steps that need them (`ai`,
     # `tool`); None where a step runs outside a worker (unit tests of `http`).
     runtime: Runtime | None = None
+    # Publishes a live event of the execution (executions/live.py); None outside a worker.
+    live: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+
+    async def emit(self, event: str, data: dict[str, Any]) -> None:
+        """Show `data` on the execution's live stream (never fails the step)."""
+        if self.live is not None:
+            await self.live(event, {"step_id": self.step_id, "item_index": self.item_index, **data})
 
     def require_runtime(self) -> Runtime:
         if self.runtime is None:
