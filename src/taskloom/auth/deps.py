@@ -18,7 +18,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth import revocation
 from taskloom.auth.authenticate import authenticate
 from taskloom.auth.principal import Principal
-from taskloom.db.driver import Statements
+from taskloom.db.driver import Statements, app_connection
 from taskloom.db.tenancy import tenant_reads, tenant_transaction
 from taskloom.errors import Forbidden, Unauthorized
 from taskloom.observability.request_id import current_request_id
@@ -168,6 +168,11 @@ class ReadContext:
 
     def reads(self) -> AbstractAsyncContextManager[Statements]:
         return tenant_reads(self.runtime.database, org_id=self.org_id, user_id=self.user_id)
+
+    def calls(self) -> AbstractAsyncContextManager[Statements]:
+        """A connection in autocommit, for the read functions that set the tenant themselves
+        (db/tenancy.tenant_arguments): one round trip each."""
+        return app_connection(self.runtime.database)
 
 
 async def viewer_reads(request: Request, token: str) -> ReadContext:

@@ -106,7 +106,8 @@ async def list_executions(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
 ) -> ExecutionPage:
-    async with ctx.reads() as reads:
+    one_call = not service.filtered(status_filter, workflow_id, since, until)
+    async with ctx.calls() if one_call else ctx.reads() as reads:
         items, next_cursor = await service.list_executions(
             reads=reads,
             principal=ctx.principal,
