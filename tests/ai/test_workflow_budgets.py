@@ -16,9 +16,12 @@ from sqlalchemy import text
 from taskloom.ai import budget
 from taskloom.ai.budget import BudgetExhausted, Candidate
 from taskloom.ai.catalog import load_catalog
+from taskloom.ai.executor import AiCall, AiStepError, run_ai
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member, register
+from tests.fakes.ai_apis import FakeAnthropic
+from tests.tools.conftest import connect
 from tests.workers import create_workflow, execute
 
 CATALOG = load_catalog()
@@ -404,3 +407,32 @@ async def test_max_cost_usd_is_stored_with_the_definition(client: httpx.AsyncCli
     workflow_id = await create_workflow(client, owner, STEPS, max_cost_usd=0.25)
     stored = (await client.get(f"/api/workflows/{workflow_id}", headers=owner.headers)).json()
     assert Decimal(stored["definition"]["max_cost_usd"]) == Decimal("0.25")
+
+
+async def test_an_ai_call_over_its_executions_budget_fails_with_budget_exhausted_naming_it(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    await connect(
+        tools_api, admin, "anthropic", fake_anthropic.base_url, {"api_key": fake_anthropic.api_key}
+    )
+    workflow_id = await create_workflow(tools_api, admin, STEPS, max_cost_usd="0.0001")
+    execution_id = await execute(tools_api, admin, workflow_id)
+    assert admin.org_id is not None
+    call = AiCall(
+        org_id=admin.org_id,
+        user_id=admin.user_id,
+        execution_id=uuid.UUID(execution_id),
+        step_id="s1",
+        prompt="Hello",
+        model="claude-haiku-4-5",
+        allow_downgrade=False,
+    )
+    with pytest.raises(AiStepError) as refused:
+        await run_ai(tools_runtime, call)
+    assert (refused.value.code, refused.value.retryable) == ("budget_exhausted", False)
+    assert refused.value.details["limit"] == "execution"
+    assert "max_cost_usd" in refused.value.message
+    assert fake_anthropic.requests == []  # refused before any request
