@@ -4,7 +4,7 @@ organization's), the workflow each `ai_usage` row counted against, and on both m
 highest `budget.threshold` percent already announced that month.
 
 Revision ID: 0025
-Revises: 0023
+Revises: 0024
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0025"
-down_revision = "0023"
+down_revision = "0024"
 branch_labels = None
 depends_on = None
 # Nullable columns, columns with defaults and a new table: the previous release neither reads
