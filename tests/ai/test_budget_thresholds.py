@@ -144,6 +144,7 @@ async def test_thresholds_arrive_once_each_in_order_signed_for_workflow_and_orga
             "threshold_percent": 50,
             "budget_usd": "4.00",
             "spent_usd": "2.000000",
+            "exhausted": False,
         },
         {
             "scope": "workflow",
@@ -152,6 +153,7 @@ async def test_thresholds_arrive_once_each_in_order_signed_for_workflow_and_orga
             "threshold_percent": 80,
             "budget_usd": "4.00",
             "spent_usd": "3.300000",
+            "exhausted": False,
         },
         {
             "scope": "workflow",
@@ -160,6 +162,7 @@ async def test_thresholds_arrive_once_each_in_order_signed_for_workflow_and_orga
             "threshold_percent": 100,
             "budget_usd": "4.00",
             "spent_usd": "4.000000",
+            "exhausted": False,
         },
         {
             "scope": "organization",
@@ -168,6 +171,7 @@ async def test_thresholds_arrive_once_each_in_order_signed_for_workflow_and_orga
             "threshold_percent": 50,
             "budget_usd": "10.00",
             "spent_usd": "5.000000",
+            "exhausted": False,
         },
         {
             "scope": "organization",
@@ -176,6 +180,7 @@ async def test_thresholds_arrive_once_each_in_order_signed_for_workflow_and_orga
             "threshold_percent": 80,
             "budget_usd": "10.00",
             "spent_usd": "8.000000",
+            "exhausted": False,
         },
     ]
 
@@ -227,3 +232,40 @@ async def test_a_budget_lowered_under_the_spend_announces_the_passed_thresholds_
     await _set_budgets(api, owner, "100.00", None, "")  # raised again: announced ones stay so
     await _spend(queue_runtime, owner, None, "50.00")
     assert [e["threshold_percent"] for e in await _outbox(queue_runtime, owner.org_id)] == [50, 80]
+
+
+async def test_a_call_refused_by_a_budget_announces_its_100_percent_once(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime, receiver: Receiver
+) -> None:
+    """Every call reserves its worst case, so spend alone seldom reaches 100 %: the refusal of
+    the call that would pass it is the budget's 100 % (with the lower ones not announced yet),
+    announced once, though the refusal itself is raised."""
+    await _subscribe(api, owner, receiver.url)
+    workflow_id = await create_workflow(api, owner, STEPS)
+    await _set_budgets(api, owner, "100.00", workflow_id, "1.00")
+    execution_id = await execute(api, owner, workflow_id)
+    await _spend(queue_runtime, owner, execution_id, "0.60")  # workflow 60 %: 50
+    assert owner.org_id is not None
+    for _ in range(2):  # worst case 0.50 > 0.40 left: refused, twice
+        with pytest.raises(budget.BudgetExhausted) as refused:
+            await budget.reserve(
+                queue_runtime.database,
+                org_id=owner.org_id,
+                user_id=None,
+                execution_id=uuid.UUID(execution_id),
+                step_id="s",
+                category=None,
+                candidates=[Candidate(HAIKU, Decimal("0.50"))],
+                downgrade_below=0,
+            )
+        assert refused.value.details["limit"] == "workflow"
+    events = await _outbox(queue_runtime, owner.org_id)
+    assert [(e["threshold_percent"], e["exhausted"], e["spent_usd"]) for e in events] == [
+        (50, False, "0.600000"),
+        (80, True, "0.600000"),
+        (100, True, "0.600000"),
+    ]
+    assert {e["scope"] for e in events} == {"workflow"}
+    # The organization's budget was never in the way: nothing announced for it.
+    await _spend(queue_runtime, owner, None, "1.00")
+    assert len(await _outbox(queue_runtime, owner.org_id)) == 3

@@ -236,6 +236,7 @@ async def reserve(
     for a call with the instance's key: the organization's allowance on it, one more limit."""
     if not candidates:
         raise ValueError("no candidate model")
+    refused: BudgetExhausted | None = None
     async with tenant_transaction(database, org_id=org_id, user_id=None) as db:
         budget = (
             await db.execute(
@@ -317,55 +318,60 @@ async def reserve(
             )
         index = _pick(candidates, limits, Decimal(str(downgrade_below)))
         if index < 0:
-            raise _exhausted(limits, candidates[-1].worst_case_usd)
-        chosen = candidates[index]
-        await db.execute(
-            text(
-                "update ai_budget_months set reserved_usd = reserved_usd + :amount, "
-                "instance_key_reserved_usd = instance_key_reserved_usd + :on_instance_key "
-                "where org_id = :org and month = :month"
-            ),
-            {
-                "amount": chosen.worst_case_usd,
-                "on_instance_key": chosen.worst_case_usd if instance_key else Decimal(0),
-                "org": org_id,
-                "month": month,
-            },
-        )
-        workflow_id = None if scope is None else scope.workflow_id
-        if workflow_id is not None:
+            refused = _exhausted(limits, candidates[-1].worst_case_usd)
+            await _announce_refusal(db, org_id, month, refused)
+        else:
+            chosen = candidates[index]
             await db.execute(
                 text(
-                    "update ai_workflow_budget_months set reserved_usd = reserved_usd + :amount "
-                    "where workflow_id = :workflow and month = :month"
+                    "update ai_budget_months set reserved_usd = reserved_usd + :amount, "
+                    "instance_key_reserved_usd = instance_key_reserved_usd + :on_instance_key "
+                    "where org_id = :org and month = :month"
                 ),
-                {"amount": chosen.worst_case_usd, "workflow": workflow_id, "month": month},
+                {
+                    "amount": chosen.worst_case_usd,
+                    "on_instance_key": chosen.worst_case_usd if instance_key else Decimal(0),
+                    "org": org_id,
+                    "month": month,
+                },
             )
-        usage_id = uuid.uuid4()
-        downgraded_from = candidates[0].model.name if index > 0 else None
-        await db.execute(
-            text(
-                "insert into ai_usage (id, org_id, user_id, execution_id, workflow_id, step_id, "
-                "provider, model, category, outcome, reserved_usd, downgraded_from, "
-                "instance_key) values (:id, :org, :user, :execution, :workflow, :step, "
-                ":provider, :model, :category, 'pending', :amount, :downgraded_from, "
-                ":instance_key)"
-            ),
-            {
-                "id": usage_id,
-                "org": org_id,
-                "user": user_id,
-                "execution": execution_id,
-                "workflow": workflow_id,
-                "step": step_id,
-                "provider": chosen.model.provider,
-                "model": chosen.model.name,
-                "category": category,
-                "amount": chosen.worst_case_usd,
-                "downgraded_from": downgraded_from,
-                "instance_key": instance_key,
-            },
-        )
+            workflow_id = None if scope is None else scope.workflow_id
+            if workflow_id is not None:
+                await db.execute(
+                    text(
+                        "update ai_workflow_budget_months "
+                        "set reserved_usd = reserved_usd + :amount "
+                        "where workflow_id = :workflow and month = :month"
+                    ),
+                    {"amount": chosen.worst_case_usd, "workflow": workflow_id, "month": month},
+                )
+            usage_id = uuid.uuid4()
+            downgraded_from = candidates[0].model.name if index > 0 else None
+            await db.execute(
+                text(
+                    "insert into ai_usage (id, org_id, user_id, execution_id, workflow_id, "
+                    "step_id, provider, model, category, outcome, reserved_usd, downgraded_from, "
+                    "instance_key) values (:id, :org, :user, :execution, :workflow, :step, "
+                    ":provider, :model, :category, 'pending', :amount, :downgraded_from, "
+                    ":instance_key)"
+                ),
+                {
+                    "id": usage_id,
+                    "org": org_id,
+                    "user": user_id,
+                    "execution": execution_id,
+                    "workflow": workflow_id,
+                    "step": step_id,
+                    "provider": chosen.model.provider,
+                    "model": chosen.model.name,
+                    "category": category,
+                    "amount": chosen.worst_case_usd,
+                    "downgraded_from": downgraded_from,
+                    "instance_key": instance_key,
+                },
+            )
+    if refused is not None:
+        raise refused  # after the commit: its announcement stays
     if downgraded_from:
         log.info("ai_downgraded", model=chosen.model.name, downgraded_from=downgraded_from)
     return Reservation(
@@ -378,6 +384,24 @@ async def reserve(
         budget_usd=budget,
         remaining_usd=None if org_limit is None else org_limit.remaining - chosen.worst_case_usd,
         workflow_id=workflow_id,
+    )
+
+
+async def _announce_refusal(
+    db: AsyncSession, org_id: uuid.UUID, month: date, refused: BudgetExhausted
+) -> None:
+    """A refusal by the organization's or a workflow's monthly budget is its 100 %
+    (ai/thresholds.py); the execution's and the instance key's limits announce nothing."""
+    details = refused.details
+    if details["limit"] not in ("organization", "workflow"):
+        return
+    await thresholds.announce_exhausted(
+        db,
+        org_id=org_id,
+        workflow_id=uuid.UUID(details["workflow_id"]) if details["limit"] == "workflow" else None,
+        month=month,
+        budget=Decimal(details["budget_usd"]),
+        spent=Decimal(details["spent_usd"]),
     )
 
 

@@ -8,6 +8,11 @@ same function as the database triggers use) are written in that transaction. Two
 racing queue on the row lock, so each threshold fires once; a rollback takes both the spend and
 its events away. A month's thresholds are never announced again, also after the budget changes;
 a budget lowered under the spend announces the passed thresholds (in order) at the next settle.
+
+Every call reserves its worst case first, so spend alone seldom reaches 100 %: the call that
+would pass it is refused instead. A refusal by an organization's or a workflow's budget is
+therefore its 100 % too (`announce_exhausted`, `exhausted: true` in the event), announced by
+`reserve` in a transaction of its own that commits before the refusal is raised.
 """
 
 from __future__ import annotations
@@ -43,7 +48,47 @@ async def announce(
 ) -> None:
     """Write the events of the thresholds this spend crossed and remember the highest, on the
     month row the caller has just updated (and so holds locked)."""
-    passed = crossed(budget, spent, notified)
+    await _write(
+        db, org_id, workflow_id, month, budget, spent, crossed(budget, spent, notified), False
+    )
+
+
+async def announce_exhausted(
+    db: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    workflow_id: uuid.UUID | None,
+    month: date,
+    budget: Decimal,
+    spent: Decimal,
+) -> None:
+    """A call was refused because this budget has no room for it: announce 100 % (and any
+    lower threshold not announced yet, in order) unless this month's 100 % went out already.
+    The caller holds the month row locked (reserve locks it before deciding)."""
+    table, key = ("ai_budget_months", "org_id") if workflow_id is None else _WORKFLOW_MONTHS
+    notified = (
+        await db.execute(
+            text(f"select notified_percent from {table} where {key} = :id and month = :month"),  # noqa: S608 (constant SQL)
+            {"id": org_id if workflow_id is None else workflow_id, "month": month},
+        )
+    ).scalar_one()
+    passed = [t for t in THRESHOLDS if t > notified]
+    await _write(db, org_id, workflow_id, month, budget, spent, passed, True)
+
+
+_WORKFLOW_MONTHS = ("ai_workflow_budget_months", "workflow_id")
+
+
+async def _write(
+    db: AsyncSession,
+    org_id: uuid.UUID,
+    workflow_id: uuid.UUID | None,
+    month: date,
+    budget: Decimal | None,
+    spent: Decimal,
+    passed: list[int],
+    exhausted: bool,
+) -> None:
     if not passed:
         return
     if workflow_id is None:
@@ -70,6 +115,7 @@ async def announce(
             "threshold_percent": percent,
             "budget_usd": str(budget),
             "spent_usd": str(spent),
+            "exhausted": exhausted,
         }
         await db.execute(
             text("select taskloom_webhook_event(:org, :type, :data)"),
