@@ -244,6 +244,12 @@ async def test_the_sixth_stream_of_a_person_is_refused_and_a_finished_one_frees_
     async with asyncio.timeout(10):
         while await stream_runtime.redis.zcard(slots) < 5:  # noqa: ASYNC110 (another process's view)
             await asyncio.sleep(0.05)
+    # Five streams, one Redis connection reading for all of them (the process's reader).
+    readers = [
+        c for c in await stream_runtime.redis.client_list() if c["name"].endswith("live-reader")
+    ]
+    assert len(readers) == 1
+    assert readers[0]["cmd"] in ("xread", "client|setname", "client|setinfo", "hello")
     sixth = await client.get(path, headers=person.headers)
     assert sixth.status_code == 429
     assert sixth.json()["error"]["code"] == "too_many_streams"
@@ -299,3 +305,32 @@ async def test_sigterm_ends_open_streams_within_the_shutdown_bound(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+async def test_the_page_of_an_unfinished_execution_follows_its_events_with_a_script(
+    client: httpx.AsyncClient, person: Account
+) -> None:
+    workflow_id = await create_workflow(client, person, SLOW)
+    execution_id = await execute(client, person, workflow_id)
+    session = {"Cookie": f"{cookies.ACCESS_COOKIE}={person.access_token}"}
+    page = await client.get(f"/ui/executions/{execution_id}", headers=session)
+    assert page.status_code == 200
+    html = page.text
+    assert '<script src="/ui/static/execution.js?v=' in html
+    assert f'data-live-events="/ui/executions/{execution_id}/events"' in html
+    # Without JavaScript the page still reloads itself; with it, only the script updates it.
+    head = html.split("</head>")[0]
+    assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in head
+    assert head.count('http-equiv="refresh"') == 1
+    assert 'data-live-status><span class="badge badge-queued">' in html
+    script = await client.get("/ui/static/execution.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "new EventSource(panel.dataset.liveEvents)" in script.text
+    assert "innerHTML" not in script.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    cancelled = await client.post(f"/api/executions/{execution_id}/cancel", headers=person.headers)
+    assert cancelled.status_code in (200, 202)
+    finished = await client.get(f"/ui/executions/{execution_id}", headers=session)
+    assert "execution.js" not in finished.text
+    assert "data-live-events" not in finished.text

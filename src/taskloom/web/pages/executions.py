@@ -180,6 +180,9 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             else None,
             # Not while a decision form is on the page: a reload would wipe a comment typed.
             refresh_seconds=None if execution.status in TERMINAL or deciding else REFRESH_SECONDS,
+            # With JavaScript, static/execution.js follows the live events instead of reloading.
+            live_events=execution.status not in TERMINAL,
+            live_refresh_seconds=REFRESH_SECONDS,
         )
 
 
