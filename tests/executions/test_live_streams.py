@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from taskloom.config import Settings
 from taskloom.executions.live import LiveEvents, stream_key
@@ -196,6 +197,8 @@ async def test_a_revoked_api_key_closes_its_stream_within_the_recheck(
         await client.post("/auth/api-keys", json={"name": "watch"}, headers=person.headers)
     ).json()
     key = {"Authorization": f"Bearer {created['key']}"}
+    timed = {"method": "GET", "path": "/api/executions/{execution_id}/events"}
+    timed_before = REGISTRY.get_sample_value("http_request_duration_seconds_sum", timed) or 0.0
     watching = asyncio.ensure_future(
         stream(client, f"/api/executions/{execution_id}/events", headers=key)
     )
@@ -208,6 +211,10 @@ async def test_a_revoked_api_key_closes_its_stream_within_the_recheck(
     assert time.monotonic() - started <= RECHECK + 1.5
     assert response.status_code == 200
     assert all(e["event"] != "execution" for e in parse(response.text))  # cut, not ended
+    # Timed to its response's start, not its length: no slow request for the latency SLO.
+    timed_after = REGISTRY.get_sample_value("http_request_duration_seconds_sum", timed)
+    assert timed_after is not None
+    assert timed_after - timed_before < 1.0
 
 
 async def test_a_logged_out_session_closes_its_page_stream_within_the_recheck(
