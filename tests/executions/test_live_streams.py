@@ -26,7 +26,7 @@ from taskloom.redis import Keys, create_redis
 from taskloom.runtime import Runtime
 from taskloom.web import cookies
 from tests.cli_support import deployment_env, serve_api
-from tests.factories import Account, register
+from tests.factories import Account, add_member, register
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.servers import free_port
 from tests.workers import StartWorker, create_workflow, execute, wait_for_status
@@ -215,6 +215,23 @@ async def test_a_revoked_api_key_closes_its_stream_within_the_recheck(
     timed_after = REGISTRY.get_sample_value("http_request_duration_seconds_sum", timed)
     assert timed_after is not None
     assert timed_after - timed_before < 1.0
+
+
+async def test_a_member_removed_from_the_organization_loses_their_stream_within_the_recheck(
+    client: httpx.AsyncClient, person: Account
+) -> None:
+    viewer = await add_member(client, person, "viewer", label="leaver")
+    workflow_id = await create_workflow(client, person, SLOW)
+    execution_id = await execute(client, person, workflow_id)
+    watching = asyncio.ensure_future(
+        stream(client, f"/api/executions/{execution_id}/events", headers=viewer.headers)
+    )
+    await asyncio.sleep(RECHECK * 1.5)
+    assert not watching.done()  # a viewer may watch
+    removed = await client.delete(f"/api/members/{viewer.user_id}", headers=person.headers)
+    assert removed.status_code == 204, removed.text
+    response = await asyncio.wait_for(watching, RECHECK + 3)
+    assert all(e["event"] != "execution" for e in parse(response.text))  # cut, not ended
 
 
 async def test_a_logged_out_session_closes_its_page_stream_within_the_recheck(
