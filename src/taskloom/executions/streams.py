@@ -40,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from taskloom.auth.deps import get_runtime, viewer_reads
 from taskloom.errors import BadRequest, NotFound, RateLimited
 from taskloom.executions.live import TERMINAL_STATUSES, is_end, stream_key
+from taskloom.observability.requests import ANSWERED
 from taskloom.redis import create_redis
 from taskloom.runtime import Runtime
 
@@ -436,6 +437,7 @@ class EventStreamResponse(StreamingResponse):
         watcher = asyncio.ensure_future(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            scope[ANSWERED] = time.perf_counter()  # its metrics time it to here, not to its end
             with contextlib.suppress(OSError):  # the client went away mid-write
                 await self._stream.run(write, gone)
             with contextlib.suppress(OSError):
