@@ -38,7 +38,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from taskloom.auth.deps import get_runtime, viewer_reads
-from taskloom.errors import BadRequest, NotFound, RateLimited
+from taskloom.errors import BadRequest, Busy, NotFound, RateLimited
 from taskloom.executions.live import TERMINAL_STATUSES, is_end, stream_key
 from taskloom.observability.requests import ANSWERED
 from taskloom.redis import create_redis
@@ -298,7 +298,9 @@ async def open_stream(
     try:
         taken = await slots.take()
     except (RedisError, OSError):
-        raise RateLimited("live events are unavailable right now", retry_after=5) from None
+        raise Busy(
+            "live events are unavailable right now", code="live_events_unavailable", retry_after=5
+        ) from None
     if not taken:
         raise TooManyStreams(
             f"at most {runtime.settings.live_streams_per_user} event streams may be open at "
@@ -356,7 +358,7 @@ class _Stream:
                 while subscription.pending:
                     entry_id, kind, data = subscription.pending.popleft()
                     await write(event_text(entry_id, kind, data))
-                    if is_end(kind, json.loads(data)):
+                    if kind == "execution" and is_end(kind, json.loads(data)):
                         return
                 if subscription.overflow:
                     return  # the client reconnects with Last-Event-ID and reads the rest
