@@ -151,6 +151,37 @@ async def test_last_event_id_resumes_after_that_event_without_duplicates_or_gaps
     assert bad.json()["error"]["code"] == "bad_request"
 
 
+async def test_last_event_id_resumes_a_followed_stream_through_the_shared_reader(
+    client: httpx.AsyncClient, person: Account, stream_runtime: Runtime
+) -> None:
+    """A reconnect while the execution runs: the process's reader hands the stream what came
+    after its Last-Event-ID, then what is published while it is open, each once."""
+    workflow_id = await create_workflow(client, person, SLOW)
+    execution_id = await execute(client, person, workflow_id)  # queued: the test publishes
+    live = LiveEvents(stream_runtime.redis, stream_runtime.keys, uuid.UUID(execution_id))
+    for status in ("running", "waiting"):
+        await live.emit("step", {"step_id": "w", "status": status})
+    first, second = await stream_runtime.redis.xrange(stream_key(stream_runtime.keys, execution_id))
+    path = f"/api/executions/{execution_id}/events"
+    resumed = asyncio.ensure_future(
+        stream(client, path, headers={**person.headers, "Last-Event-ID": first[0]})
+    )
+    # Another stream of the same execution, from the start, shares the reader meanwhile.
+    everything = asyncio.ensure_future(stream(client, path, headers=person.headers))
+    await asyncio.sleep(0.5)
+    await live.emit("token", {"step_id": "w", "text": "hello"})
+    await live.emit("execution", {"status": "succeeded"})
+    tail = parse((await resumed).text)
+    assert [e["id"] for e in tail[:1]] == [second[0]]
+    assert [(e["event"], e["data"].get("status")) for e in tail] == [
+        ("step", "waiting"),
+        ("token", None),
+        ("execution", "succeeded"),
+    ]
+    assert len(parse((await everything).text)) == 4
+    await stream_runtime.redis.delete(stream_key(stream_runtime.keys, execution_id))
+
+
 async def test_an_expired_stream_of_a_finished_execution_sends_its_end_from_the_row(
     client: httpx.AsyncClient, person: Account, stream_runtime: Runtime, start_worker: StartWorker
 ) -> None:
