@@ -221,8 +221,12 @@ class LiveReader:
                 # RESP2 answers a list of [key, entries], RESP3 a mapping.
                 pairs = found.items() if isinstance(found, dict) else (found or [])
                 for key, entries in pairs:
+                    start = _entry_id(streams[key])
                     for subscription in list(self._subscriptions.get(key, ())):
-                        subscription.deliver(entries)
+                        # One that joined behind this read's start (while it ran) must not skip
+                        # what lies between: it gets it from the next read.
+                        if subscription.last >= start:
+                            subscription.deliver(entries)
         finally:
             with contextlib.suppress(Exception):
                 await client.aclose()
