@@ -63,7 +63,7 @@ _BEARER = HTTPBearer(
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
 
 
-def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("missing bearer token")
     return credentials.credentials.strip()
@@ -110,7 +110,7 @@ async def open_request_context(request: Request, token: str) -> AsyncIterator[Re
 
 
 async def _request_context(request: Request, bearer: Bearer) -> AsyncIterator[RequestContext]:
-    async with open_request_context(request, _bearer_token(bearer)) as ctx:
+    async with open_request_context(request, bearer_token(bearer)) as ctx:
         yield ctx
 
 
@@ -186,7 +186,7 @@ async def viewer_reads(request: Request, token: str) -> ReadContext:
 
 
 async def _viewer_reads(request: Request, bearer: Bearer) -> ReadContext:
-    return await viewer_reads(request, _bearer_token(bearer))
+    return await viewer_reads(request, bearer_token(bearer))
 
 
 # Read-only routes for viewers and up (the role is checked before any transaction opens).

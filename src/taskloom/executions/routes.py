@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Admin, Member, Viewer, ViewerReads
+from taskloom.auth.deps import Admin, Bearer, Member, Viewer, ViewerReads, bearer_token
 from taskloom.auth.read_lane import lane_of
-from taskloom.executions import approvals, reruns, service
+from taskloom.executions import approvals, reruns, service, streams
 from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
     ExecutionQueue,
@@ -161,6 +161,42 @@ async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail
         ],
         approvals=[ApprovalOut.model_validate(a) for a in asked],
         reruns=[r.id for r in await reruns.list_reruns(db=ctx.db, execution=execution)],
+    )
+
+
+@router.get(
+    "/executions/{execution_id}/events",
+    openapi_extra=access("viewer"),
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-Sent Events: `step`, `execution` (the last), `agent.turn`, "
+            "`agent.tool_call`, `token` (docs/WORKFLOWS.md, Live events)",
+        }
+    },
+)
+async def execution_events(
+    execution_id: uuid.UUID,
+    request: Request,
+    bearer: Bearer,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=64, description="Resume after this event"),
+    ] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(alias="last_event_id", max_length=64, description="As Last-Event-ID"),
+    ] = None,
+) -> Response:
+    """The execution's live events; closes when it ends. Authorized as GET
+    /api/executions/{id}, again at least every minute; at most 5 open per person (429)."""
+    token = bearer_token(bearer)
+
+    async def authorize() -> streams.Access:
+        return await streams.execution_access(request, token, execution_id)
+
+    return await streams.open_stream(
+        request, execution_id, authorize, last_event_id or last_event_id_query
     )
 
 
