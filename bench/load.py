@@ -8,11 +8,11 @@ C requests in flight and sends each to the next process of the pair in turn (rou
 load balancer), for a fixed time per concurrency level after a warm-up. Measured:
 
 - `GET /api/workflows` (all of the organization's workflows, 50 by default) and
-  `GET /api/executions?limit=50` (newest first), on Taskloom and on the bare app: both run the
-  SQL the real service functions emit (captured from them at start-up) and answer the same JSON
-  (checked before measuring), so the ratio Taskloom / bare is what Taskloom adds per request:
-  token check, session lookup, tenant transaction (BEGIN and set_config, COMMIT) under
-  row-level security, and the middleware (request id, metrics, security headers, body
+  `GET /api/executions?limit=50` (newest first), on Taskloom and on the bare app: the bare app
+  runs the SELECT inside Taskloom's list function as a plain statement, and both answer the same
+  JSON (checked before measuring), so the ratio Taskloom / bare is what Taskloom adds per
+  request: token check, session lookup, the function call that sets the tenant under row-level
+  security, and the middleware (request id, metrics, security headers, body
   limit, input guard, error handling);
 - `POST /api/workflows/{id}/execute` on Taskloom: the time to accept an execution (row + job,
   202). No worker runs, so the queue only grows (its keys are removed at the end).
@@ -445,32 +445,20 @@ async def seed(deploy: Deployment, workflows: int, executions: int) -> Tenant:
     return Tenant(headers, row["org_id"], row["user_id"], ids)
 
 
-async def list_sql(tenant: Tenant) -> dict[str, str]:
-    """The SQL Taskloom's list endpoints run: the real service functions, called with a
-    connection stand-in that records the statement and its parameters (they read through
-    db/driver.Statements.fetch, on the asyncpg connection)."""
-    from taskloom.auth.principal import Principal
+def list_sql() -> dict[str, str]:
+    """The statements the bare app runs: the queries inside Taskloom's list functions
+    (migration 0024: `taskloom_workflows`, `taskloom_recent_executions`), as plain SELECTs of
+    the columns the API shows, the organization a parameter. `same_answers` checks that both
+    answer the same JSON."""
     from taskloom.executions import service as executions
-    from taskloom.orgs.models import Role
-    from taskloom.workflows import service
+    from taskloom.workflows.schemas import WorkflowOut
 
-    seen: list[tuple[str, tuple[Any, ...]]] = []
-
-    class Recorder:
-        async def fetch(self, query: str, *args: Any) -> list[Any]:
-            seen.append((query, args))
-            return []
-
-    reads: Any = Recorder()
-    principal = Principal(
-        user_id=tenant.user_id, org_id=tenant.org_id, role=Role.OWNER, kind="session"
-    )
-    await service.list_workflows(reads=reads, principal=principal)
-    await executions.list_executions(reads=reads, principal=principal)
-    (workflows, workflow_args), (executions_sql, execution_args) = seen
-    if workflow_args != (tenant.org_id,) or execution_args != (tenant.org_id, 51):
-        raise RuntimeError(f"unexpected parameters: {workflow_args}, {execution_args}")
-    return {"workflows": workflows, "executions": executions_sql}
+    columns = ", ".join(name for name in WorkflowOut.model_fields if name != "warnings")
+    return {
+        "workflows": f"select {columns} from workflows where org_id = $1 order by name, id",
+        "executions": f"select {executions._LISTED} from workflow_executions "
+        "where org_id = $1 order by created_at desc, id desc limit $2",
+    }
 
 
 async def same_answers(deploy: Deployment, tenant: Tenant, paths: list[str]) -> None:
@@ -745,7 +733,7 @@ async def bench(args: argparse.Namespace, pg_url: str, redis_url: str) -> dict[s
     async with deployment(pg_url, redis_url) as deploy:
         await start_taskloom(deploy, args.pool_size, args.profile)
         tenant = await seed(deploy, args.workflows, args.executions)
-        sql = await list_sql(tenant)
+        sql = list_sql()
         # The same connection limit as one Taskloom app engine.
         await start_bare(deploy, tenant.org_id, sql, args.pool_size)
         list_targets = [
