@@ -17,6 +17,10 @@ that key, AI_INSTANCE_KEY_MONTHLY_BUDGET_USD: anyone may register an organizatio
 budget (unlimited by default) is not the operator's. The month's row counts that spend apart
 (`instance_key_spent_usd`, `instance_key_reserved_usd`), and the same row lock covers both
 limits. Calls with the organization's own key are bound by its own budget only.
+
+A call of an `agent` step with `max_cost_usd` must also fit in what is left of that step's
+limit: the cost of its earlier calls plus what its calls in flight reserve (its `ai_usage`
+rows, all of one execution and step), read under the same lock.
 """
 
 from __future__ import annotations
@@ -152,10 +156,12 @@ async def reserve(
     candidates: list[Candidate],
     downgrade_below: float,
     instance_key_budget_usd: Decimal | None = None,
+    step_limit_usd: Decimal | None = None,
 ) -> Reservation:
     """Reserve the worst case of the first affordable candidate (preferred model first, then
     cheaper fallbacks); raise BudgetExhausted when none fits. `instance_key_budget_usd` is given
-    for a call with the instance's key: the organization's allowance on it, a second limit."""
+    for a call with the instance's key: the organization's allowance on it, a second limit.
+    `step_limit_usd`: the step's own limit (an agent step's `max_cost_usd`)."""
     if not candidates:
         raise ValueError("no candidate model")
     async with tenant_transaction(database, org_id=org_id, user_id=None) as db:
@@ -190,10 +196,14 @@ async def reserve(
             if instance_key_budget_usd is None
             else _Limit(instance_key_budget_usd, instance_spent, instance_reserved)
         )
-        limits = [limit for limit in (org_limit, instance_limit) if limit is not None]
+        step_limit = await _step_limit(db, execution_id, step_id, step_limit_usd)
+        limits = [limit for limit in (org_limit, instance_limit, step_limit) if limit is not None]
         index = _pick(candidates, limits, Decimal(str(downgrade_below)))
         if index < 0:
-            raise _exhausted(org_limit, instance_limit, candidates[-1].worst_case_usd)
+            needed = candidates[-1].worst_case_usd
+            if step_limit is not None and needed > step_limit.remaining:
+                raise _step_exhausted(step_limit, needed)
+            raise _exhausted(org_limit, instance_limit, needed)
         chosen = candidates[index]
         await db.execute(
             text(
@@ -242,6 +252,38 @@ async def reserve(
         downgraded_from=downgraded_from,
         budget_usd=budget,
         remaining_usd=None if org_limit is None else org_limit.remaining - chosen.worst_case_usd,
+    )
+
+
+async def _step_limit(
+    db: AsyncSession, execution_id: uuid.UUID | None, step_id: str | None, limit: Decimal | None
+) -> _Limit | None:
+    if limit is None or execution_id is None or step_id is None:
+        return None
+    spent, reserved = (
+        await db.execute(
+            text(
+                "select coalesce(sum(cost_usd), 0), coalesce(sum(reserved_usd), 0) from ai_usage "
+                "where execution_id = :execution and step_id = :step"
+            ),
+            {"execution": execution_id, "step": step_id},
+        )
+    ).one()
+    return _Limit(limit, spent, reserved)
+
+
+def _step_exhausted(limit: _Limit, needed: Decimal) -> BudgetExhausted:
+    return BudgetExhausted(
+        f"the step's max_cost_usd of ${limit.budget} is used up: ${limit.spent:.4f} spent and "
+        f"${limit.reserved:.4f} reserved leave ${limit.remaining:.4f}, and the next call may "
+        f"cost up to ${needed:.4f}",
+        {
+            "limit": "step",
+            "budget_usd": str(limit.budget),
+            "spent_usd": str(limit.spent),
+            "reserved_usd": str(limit.reserved),
+            "needed_usd": str(needed),
+        },
     )
 
 

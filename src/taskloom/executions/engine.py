@@ -714,6 +714,7 @@ class Engine:
                 triggered_by=self.run.triggered_by,
                 runtime=self.runtime,
                 live=self.live.emit,
+                scrub=self.run.scrubbed,
             )
             names = self._secret_refs.get(step_id)
             try:
