@@ -13,6 +13,7 @@ import pytest
 from taskloom.ai.providers.anthropic import AnthropicProvider
 from taskloom.ai.providers.base import (
     AiProvider,
+    AiProviderError,
     AiRequest,
     Message,
     ToolCall,
@@ -187,9 +188,7 @@ async def test_a_conversation_missing_a_tool_result_is_refused_as_the_apis_refus
     pair: tuple[FakeAnthropic | FakeOpenAI, AiProvider],
 ) -> None:
     """The fakes check what the real APIs check, so a loop that forgot a result would fail."""
-    fake, provider = pair
-    from taskloom.ai.providers.base import AiProviderError
-
+    _, provider = pair
     with pytest.raises(AiProviderError) as raised:
         await provider.complete(
             AiRequest(

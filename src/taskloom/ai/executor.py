@@ -18,6 +18,8 @@ with tools (the `agent` step's loop, executions/steps/agent.py), bound also by t
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import time
 import uuid
@@ -25,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import structlog
@@ -247,7 +249,7 @@ async def _provider(
         runtime.outbound.transport(key) as transport,
         httpx2.AsyncClient(transport=transport, trust_env=False) as http,
     ):
-        yield _provider_class(provider)(
+        yield (await _provider_class(provider))(
             api_key=credential.api_key,
             base_url=credential.base_url,
             http_client=http,
@@ -303,16 +305,25 @@ async def _complete(
         return response
 
 
-def _provider_class(provider: str) -> Callable[..., AiProvider]:
+_PROVIDER_CLASSES: dict[str, Callable[..., AiProvider]] = {}
+
+
+async def _provider_class(provider: str) -> Callable[..., AiProvider]:
     """Imported on first use: the two SDKs take seconds of CPU to import, which every worker
-    start and every API process would pay even when nobody calls a model."""
-    if provider == "anthropic":
-        from taskloom.ai.providers.anthropic import AnthropicProvider
-
-        return AnthropicProvider
-    from taskloom.ai.providers.openai import OpenAIProvider
-
-    return OpenAIProvider
+    start and every API process would pay even when nobody calls a model. The first import runs
+    in a thread, so the event loop goes on meanwhile (a loop blocked for seconds misses the
+    queue's lock renewals, and the job would be taken for stalled)."""
+    found = _PROVIDER_CLASSES.get(provider)
+    if found is None:
+        # Not `sys.modules`: while one call imports, another would find the module there
+        # half-initialized. A second importer waits on the import lock, in its own thread.
+        module = "anthropic" if provider == "anthropic" else "openai"
+        loaded = await asyncio.to_thread(importlib.import_module, f"taskloom.ai.providers.{module}")
+        found = _PROVIDER_CLASSES[provider] = cast(
+            "Callable[..., AiProvider]",
+            loaded.AnthropicProvider if provider == "anthropic" else loaded.OpenAIProvider,
+        )
+    return found
 
 
 def parse_json(text: str, schema: dict[str, Any] | None) -> Any:

@@ -362,6 +362,7 @@ class AgentLoop:
             duration_ms=result.latency_ms,
         )
         state.turns, state.cost = turn, state.cost + result.cost_usd
+        await self.ctx.progressed()
         await self.ctx.emit(
             "agent.turn",
             {
@@ -483,6 +484,7 @@ class AgentLoop:
             error=error_body,
             duration_ms=duration,
         )
+        await self.ctx.progressed()
         await self.ctx.emit(
             "agent.tool_call",
             {

@@ -715,6 +715,7 @@ class Engine:
                 runtime=self.runtime,
                 live=self.live.emit,
                 scrub=self.run.scrubbed,
+                progress=self.on_progress,
             )
             names = self._secret_refs.get(step_id)
             try:
