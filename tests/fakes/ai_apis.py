@@ -120,7 +120,7 @@ class _FakeApi:
         self.requests: list[RecordedRequest] = []
         self.connections = 0  # TCP connections accepted
         self._reply: Callable[[RecordedRequest], Reply] = lambda _request: Reply("ok")
-        self._script: list[Reply] = []
+        self._script: list[Reply | int] = []
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -159,10 +159,11 @@ class _FakeApi:
         with self._lock:
             self._reply = make
 
-    def script(self, *replies: str | Reply) -> None:
-        """Answer the next requests with these replies, in order (then as `reply` says)."""
+    def script(self, *replies: str | Reply | int) -> None:
+        """Answer the next requests with these replies, in order (then as `reply` says); an
+        int is an error status to answer with at that point (no `retry-after-ms`)."""
         with self._lock:
-            self._script.extend(r if isinstance(r, Reply) else Reply(r) for r in replies)
+            self._script.extend(r if isinstance(r, Reply | int) else Reply(r) for r in replies)
 
     def fail_next(
         self,
@@ -270,6 +271,9 @@ class _FakeApi:
             make_reply = self._reply
             failure = failure or self._check(request)
             scripted = self._script.pop(0) if failure is None and self._script else None
+            if isinstance(scripted, int):
+                failure = self._fail(scripted, f"fake {scripted} error")
+                scripted = None
         content_type = "application/json"
         if failure is not None:
             status, payload, headers = failure.status, self._error_body(failure), failure.headers

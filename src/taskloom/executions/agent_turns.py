@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,7 +78,9 @@ async def _upsert(db: AsyncSession, place: Place, turn: int, call_index: int, **
             index_elements=[
                 AgentTurn.execution_id,
                 AgentTurn.step_id,
-                func.coalesce(AgentTurn.item_index, -1),
+                # Literal, as in the index: a bound -1 stops matching it once PostgreSQL
+                # plans the prepared statement generically.
+                text("coalesce(item_index, -1)"),
                 AgentTurn.turn,
                 AgentTurn.call_index,
             ],
