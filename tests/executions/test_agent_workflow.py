@@ -18,6 +18,7 @@ from tests.factories import Account
 from tests.fakes.ai_apis import FakeAnthropic, FakeOpenAI, Reply
 from tests.fakes.mcp_server import RunningMcpServer
 from tests.fakes.tool_apis import FakeGitHub
+from tests.queue.test_tracing import Receiver, receiver  # noqa: F401 (a fixture)
 from tests.workers import StartWorker, execute, wait_for_status
 
 SCHEMA = {
@@ -195,3 +196,48 @@ async def test_sigkill_between_two_tool_calls_resumes_without_repeating_a_finish
         (1, "tool", 2, "succeeded"),
         (2, "model", 1, "succeeded"),
     ]
+
+
+async def test_each_turn_and_tool_call_is_a_genai_span_under_the_steps_span(
+    api: httpx.AsyncClient,
+    owner: Account,
+    start_worker: StartWorker,
+    fake_anthropic: FakeAnthropic,
+    mcp_server: RunningMcpServer,
+    receiver: tuple[Receiver, str],  # noqa: F811 (the fixture imported above)
+) -> None:
+    collected, endpoint = receiver
+    await connect_tools(api, owner, fake_anthropic, mcp_server)
+    fake_anthropic.script(
+        Reply(
+            "",
+            tool_calls=[("call_s", "notes__search_notes", {"query": "welcome"})],
+            input_tokens=70,
+            output_tokens=7,
+        ),
+        Reply("Found it.", input_tokens=90, output_tokens=3),
+    )
+    workflow_id = await agent_workflow(
+        api, owner, fake_anthropic, tools=[{"connection": "notes", "tools": "read_only"}]
+    )
+    worker = start_worker(otel_exporter_otlp_endpoint=endpoint, otel_bsp_schedule_delay=100)
+    execution_id = await execute(api, owner, workflow_id, {"ask": "Find"})
+    done = await wait_for_status(api, owner, execution_id)
+    assert done["status"] == "succeeded", done["error"]
+    worker.send(signal.SIGTERM)  # flushes the spans
+    await asyncio.to_thread(worker.wait, 30)
+
+    spans = [s for s in collected.spans if s["service"] == "taskloom-worker"]
+    step = next(s for s in spans if s["name"] == "step agent")
+    chats = [s for s in spans if s["name"] == "chat claude-haiku-4-5"]
+    assert [c["parent_id"] for c in chats] == [step["span_id"]] * 2
+    assert [
+        (c["values"]["gen_ai.operation.name"], c["values"]["gen_ai.usage.input_tokens"])
+        for c in chats
+    ] == [("chat", 70), ("chat", 90)]
+    (tool,) = [s for s in spans if s["name"] == "execute_tool search_notes"]
+    assert tool["parent_id"] == step["span_id"]
+    assert tool["values"]["gen_ai.operation.name"] == "execute_tool"
+    assert tool["values"]["gen_ai.tool.name"] == "search_notes"
+    assert tool["values"]["gen_ai.tool.call.id"] == "call_s"
+    assert tool["trace_id"] == step["trace_id"]
