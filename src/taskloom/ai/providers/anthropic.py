@@ -15,6 +15,11 @@ Only the constructor's arguments count: the key and base URL are always passed, 
 settings in the environment are never read; headers from `ANTHROPIC_CUSTOM_HEADERS` are dropped;
 the SDK's OpenTelemetry spans stay metadata-only whatever `ANTHROPIC_OPEN_TELEMETRY*` says.
 
+Tools: `tools` (name, description, input_schema); an assistant's calls are `tool_use` blocks and
+their results `tool_result` blocks of the next user message. With `on_text` the call goes
+through `messages.stream` (the SSE events) and the text deltas reach the callback as they come;
+the final message, its tool calls and usage are the same as without.
+
 Tokens: `input_tokens` is every prompt token the call processed, i.e. the API's `input_tokens`
 plus `cache_creation_input_tokens` plus `cache_read_input_tokens` (the API reports the three
 apart; their sum is the prompt's size). Cached reads cost less than this count suggests.

@@ -14,6 +14,11 @@ What reaches the API:
   the system prompt (OpenAI answers 400 in JSON mode unless the messages say "JSON").
 - `X-Request-ID` from `request.request_id` (OpenAI ignores it; vLLM adopts it as its request id).
 
+Tools: `tools` as functions (`parameters` = the JSON Schema); an assistant's calls are its
+`tool_calls` (several at once: parallel calls), each result a `role: tool` message. With
+`on_text`: `stream=True` and `stream_options={"include_usage": True}`; text deltas reach the
+callback, tool calls are put together from their deltas by index, the usage comes last.
+
 Only the constructor's arguments count: the key and base URL are always passed, so
 `OPENAI_API_KEY` and `OPENAI_BASE_URL` are never read; `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID`
 (sent as headers) and `OPENAI_CUSTOM_HEADERS` are dropped after the SDK read them.
