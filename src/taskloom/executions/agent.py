@@ -4,7 +4,7 @@ through the provider's native tool calling, until it gives a final answer or a b
     offer tools ─▶ rebuild from rows ─▶ [pending tool calls] ─▶ model turn ─▶ tool calls ─▶ …
                                                                      └─▶ final answer (JSON checked)
 
-- Tools: the named connections' tools, under names valid for both APIs
+- Tools (`agent_tools.py`): the named connections' tools, under names valid for both APIs
   (`<connection>__<tool>`, ^[a-zA-Z0-9_-]{1,64}$, made unique and mapped back). A write tool is
   offered only with `allow_writes`; called anyway, it gets an error result and never runs.
 - Every call goes through `tools.executor.call_tool` (breakers, cache, metrics, credentials,
@@ -19,9 +19,7 @@ through the provider's native tool calling, until it gives a final answer or a b
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,20 +30,19 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from taskloom.ai.executor import AiCall, AiStepError, parse_json, run_turn
 from taskloom.ai.providers.base import Message, ToolCall, ToolResult, ToolSpec
 from taskloom.executions import agent_turns
+from taskloom.executions.agent_tools import OfferedTool, offered_tools, tool_spec
 from taskloom.executions.agent_turns import Place
 from taskloom.executions.live import Deltas
 from taskloom.executions.models import AgentRecordStatus, AgentTurn
+from taskloom.executions.state import redact
 from taskloom.executions.steps.base import RetryableStepError, StepContext, StepError
 from taskloom.observability import tracing
 from taskloom.observability.metrics import AGENT_ITERATIONS, AGENT_STOPS
-from taskloom.runtime import Runtime
-from taskloom.tools.base import Tool, ToolError
-from taskloom.tools.executor import call_tool, connection_tools
+from taskloom.tools.base import ToolError
+from taskloom.tools.executor import call_tool
 
-MAX_TOOLS = 128  # OpenAI's limit on tools per request
 MAX_RESULT_CHARS = 50_000  # of one tool result, as the model sees it
-_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
-_NAME_LIMIT = 64
+MAX_EVENT_RESULT_CHARS = 16_000  # of one tool result on the live stream
 
 
 @dataclass(frozen=True)
@@ -63,16 +60,6 @@ class AgentSpec:
     json_schema: dict[str, Any] | None
 
 
-@dataclass(frozen=True)
-class _Named:
-    """One tool of a named connection, under the name the model sees."""
-
-    name: str
-    connection: str
-    tool: Tool
-    offered: bool  # False: a write tool without allow_writes
-
-
 @dataclass
 class _State:
     messages: list[Message]
@@ -88,54 +75,25 @@ class _Stop(Exception):
         self.reason, self.error = reason, error
 
 
-def model_name(connection: str, tool: str, taken: set[str]) -> str:
-    """A name for `<connection>__<tool>` that both APIs accept and no other tool has."""
-    plain = _NAME_UNSAFE.sub("_", f"{connection}__{tool}")
-    if len(plain) <= _NAME_LIMIT and plain not in taken:
-        return plain
-    digest = hashlib.sha256(f"{connection}\x00{tool}".encode()).hexdigest()[:8]
-    return f"{plain[: _NAME_LIMIT - 9]}_{digest}"
+def _with_ids(calls: tuple[ToolCall, ...], turn: int) -> tuple[ToolCall, ...]:
+    """The calls with ids that are there and unique (some compatible servers send none); the
+    ids are stored with the turn, so a resumed step sees the same ones."""
+    seen: set[str] = set()
+    fixed = []
+    for index, call in enumerate(calls, start=1):
+        call_id = call.id[:100]
+        if not call_id or call_id in seen:
+            call_id = f"call_{turn}_{index}"
+        seen.add(call_id)
+        fixed.append(ToolCall(call_id, call.name, call.arguments))
+    return tuple(fixed)
 
 
-async def _named_tools(runtime: Runtime, ctx: StepContext, spec: AgentSpec) -> list[_Named]:
-    named: list[_Named] = []
-    taken: set[str] = set()
-    listed: dict[str, list[Tool]] = {}
-    for connection, tool_name, which in spec.tools:
-        if connection not in listed:
-            try:
-                _, listed[connection] = await connection_tools(
-                    runtime, org_id=ctx.org_id, connection_ref=connection
-                )
-            except ToolError as error:
-                kind = RetryableStepError if error.retryable else StepError
-                raise kind(error.message, code=error.code) from None
-        tools = listed[connection]
-        if tool_name is not None:
-            chosen = [t for t in tools if t.name == tool_name]
-            if not chosen:
-                known = ", ".join(sorted(t.name for t in tools)) or "none"
-                raise StepError(
-                    f"connection {connection!r} has no tool {tool_name!r} (tools: {known})",
-                    code="unknown_tool",
-                )
-        else:
-            chosen = [t for t in tools if which == "all" or t.read_only]
-        for tool in chosen:
-            if any(n.connection == connection and n.tool.name == tool.name for n in named):
-                continue
-            name = model_name(connection, tool.name, taken)
-            taken.add(name)
-            named.append(_Named(name, connection, tool, spec.allow_writes or tool.read_only))
-    if sum(n.offered for n in named) > MAX_TOOLS:
-        raise StepError(f"more than {MAX_TOOLS} tools to offer", code="too_many_tools")
-    return named
-
-
-def _spec(named: _Named) -> ToolSpec:
-    schema = named.tool.input_schema or {"type": "object", "properties": {}}
-    description = named.tool.description or f"{named.tool.name} ({named.connection})"
-    return ToolSpec(name=named.name, description=description[:1024], input_schema=schema)
+def _event_result(output: Any) -> dict[str, Any]:
+    """A tool result for a live event: whole when short, else only that it was cut."""
+    if len(json.dumps(output, default=str)) <= MAX_EVENT_RESULT_CHARS:
+        return {"result": output}
+    return {"result_truncated": True}
 
 
 def _feedback(text: str, schema: dict[str, Any] | None) -> str | None:
@@ -229,7 +187,12 @@ class AgentLoop:
     async def run(self) -> dict[str, Any]:
         state: _State | None = None
         try:
-            named = await _named_tools(self.runtime, self.ctx, self.spec)
+            named = await offered_tools(
+                self.runtime,
+                org_id=self.ctx.org_id,
+                refs=self.spec.tools,
+                allow_writes=self.spec.allow_writes,
+            )
             rows = await agent_turns.load(self.database, self.place)
             state, last_calls = rebuild(rows, self.spec)
             if state.final is None:
@@ -261,10 +224,10 @@ class AgentLoop:
         }
 
     async def _loop(
-        self, state: _State, last_calls: dict[int, AgentTurn], named: list[_Named]
+        self, state: _State, last_calls: dict[int, AgentTurn], named: list[OfferedTool]
     ) -> None:
         by_name = {n.name: n for n in named}
-        specs = tuple(_spec(n) for n in named if n.offered)
+        specs = tuple(tool_spec(n) for n in named if n.offered)
         while True:
             # Checked before a turn's tool calls run: calls the model can no longer read the
             # results of are not made.
@@ -343,11 +306,10 @@ class AgentLoop:
         finally:
             if deltas is not None:
                 await deltas.flush()
+        calls = _with_ids(result.tool_calls, turn)
         output = {
             "text": result.text,
-            "tool_calls": [
-                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls
-            ],
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
             "stop_reason": result.stop_reason,
         }
         await agent_turns.model_finished(
@@ -373,15 +335,15 @@ class AgentLoop:
                 "output_tokens": result.output_tokens,
                 "cost_usd": str(result.cost_usd),
                 "stop_reason": result.stop_reason,
-                "tool_calls": len(result.tool_calls),
+                "tool_calls": len(calls),
             },
         )
-        assistant = Message("assistant", result.text, tool_calls=result.tool_calls)
+        assistant = Message("assistant", result.text, tool_calls=calls)
         state.messages.append(assistant)
         return assistant
 
     async def _tools(
-        self, state: _State, last_calls: dict[int, AgentTurn], by_name: dict[str, _Named]
+        self, state: _State, last_calls: dict[int, AgentTurn], by_name: dict[str, OfferedTool]
     ) -> None:
         """Finish the last turn's tool calls, one after the other, in the model's order."""
         assistant = state.messages[-1] if state.messages[-1].role == "assistant" else None
@@ -405,10 +367,12 @@ class AgentLoop:
         index: int,
         call: ToolCall,
         previous: AgentTurn | None,
-        by_name: dict[str, _Named],
+        by_name: dict[str, OfferedTool],
     ) -> ToolResult:
         turn = state.turns
-        key = f"{self.ctx.execution_id}:{self.ctx.step_id}:{turn}:{call.id}"
+        # `<execution>:<step>:<turn>:<tool_call_id>` (the item's index after the step's id in
+        # a for_each item, as in every step's key).
+        key = f"{self.ctx.idempotency_key}:{turn}:{call.id}"
         named = by_name.get(call.name)
         event = {"turn": turn, "call_index": index, "tool_call_id": call.id, "tool": call.name}
         if named is not None:
@@ -432,7 +396,10 @@ class AgentLoop:
             idempotency_key=key,
             arguments=call.arguments,
         )
-        await self.ctx.emit("agent.tool_call", {**event, "phase": "started", "attempt": attempts})
+        await self.ctx.emit(
+            "agent.tool_call",
+            {**event, "phase": "started", "attempt": attempts, "arguments": redact(call.arguments)},
+        )
         if named is None or not named.offered:
             error = (
                 {
@@ -493,7 +460,7 @@ class AgentLoop:
                 "ok": error_body is None,
                 "code": None if error_body is None else error_body["code"],
                 "duration_ms": duration,
-                "result": output if error_body is None else None,
+                **(_event_result(output) if error_body is None else {}),
             },
         )
         return _as_result(call.id, output, error_body)
