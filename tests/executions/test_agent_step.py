@@ -425,3 +425,53 @@ async def test_agent_arguments_are_checked_when_the_workflow_is_saved(
         headers=owner.headers,
     )
     assert fine.status_code == 201, fine.text
+
+
+async def test_parallel_tool_calls_of_one_openai_turn_each_get_their_result(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    fake_openai: FakeOpenAI,
+    mcp_server: RunningMcpServer,
+    fake_github: FakeGitHub,
+) -> None:
+    await connect_tools(api, owner, fake_openai, mcp_server, fake_github)
+    fake_openai.script(
+        Reply(
+            "",
+            tool_calls=[
+                ("call_1", "notes__search_notes", {"query": "welcome"}),
+                ("call_2", "gh__getIssues", {"state": "open"}),
+                ("call_3", "notes__search_notes", {"query": "nothing"}),
+            ],
+        ),
+        Reply("Three lookups done."),
+    )
+    workflow_id = await agent_workflow(
+        api,
+        owner,
+        fake_openai,
+        tools=[
+            {"connection": "notes", "tools": "read_only"},
+            {"connection": "gh", "tool": "getIssues"},
+        ],
+    )
+    execution_id = await execute(api, owner, workflow_id, {"ask": "Look everywhere"})
+    assert await run_here(queue_runtime, owner, execution_id) == "succeeded"
+
+    assert [query["query"] for _, query in mcp_server.calls] == ["welcome", "nothing"]
+    messages = fake_openai.requests[1].json["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "tool"]
+    assert [m["tool_call_id"] for m in messages[2:]] == ["call_1", "call_2", "call_3"]
+    assert json.loads(messages[2]["content"])["total"] == 1
+    assert json.loads(messages[4]["content"])["total"] == 0
+    rows = await _turns(api, owner, execution_id)
+    assert [(r["kind"], r.get("call_index")) for r in rows] == [
+        ("model", None),
+        ("tool", 1),
+        ("tool", 2),
+        ("tool", 3),
+        ("model", None),
+    ]
+    output = (await _execution(api, owner, execution_id))["steps"][0]["output"]
+    assert (output["turns"], output["tool_calls"]) == (2, 3)
