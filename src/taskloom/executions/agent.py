@@ -202,7 +202,7 @@ class AgentLoop:
             if state is not None:
                 stop.error.details = {**(stop.error.details or {}), **self._summary(state)}
             raise stop.error from None
-        except StepError:
+        except Exception:  # a StepError, or an infrastructure error the engine retries
             self._stopped("error", state)
             raise
         assert state is not None
