@@ -18,6 +18,7 @@ from taskloom.errors import ERROR_RESPONSES, UnexpectedErrorMiddleware, install_
 from taskloom.executions import routes as execution_routes
 from taskloom.executions.lane import ExecuteLane
 from taskloom.executions.routes import router as executions_router
+from taskloom.executions.streams import close_reader
 from taskloom.flags.routes import router as flags_router
 from taskloom.gdpr.routes import router as gdpr_router
 from taskloom.health.routes import router as health_router
@@ -61,13 +62,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             app.state.runtime = runtime
-            yield
+            try:
+                yield
+            finally:
+                await close_reader(app)
             return
         opened = await open_runtime(settings)
         app.state.runtime = opened
         try:
             yield
         finally:
+            await close_reader(app)
             await opened.close()
 
     app = FastAPI(

@@ -156,8 +156,13 @@ async def _serve(
             )
             server = _Server(config)
             loop = asyncio.get_running_loop()
+
+            def stop(sig: int) -> None:
+                runtime.stopping.set()  # open event streams end, so uvicorn's wait is short
+                server.handle_exit(sig, None)
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, server.handle_exit, sig, None)
+                loop.add_signal_handler(sig, stop, sig)
             if worker is not None:
                 await worker.start()
             # Under `api --workers N` the supervisor has bound the socket (api_processes.py).

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     # branches times their items): one execution's share of a worker, whatever it fans out.
     max_parallel_per_execution: int = Field(default=20, ge=1, le=1_000)
     max_step_runs_per_execution: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Live execution events over Server-Sent Events (docs/WORKFLOWS.md "Live events"): open
+    # streams per person across every API process, how often an open stream checks its
+    # caller's access again (at most 60 s), and the comment heartbeat that keeps proxies open.
+    live_streams_per_user: int = Field(default=5, ge=1, le=100)
+    live_stream_recheck_seconds: float = Field(default=30.0, gt=0, le=60)
+    live_stream_heartbeat_seconds: float = Field(default=15.0, gt=0, le=60)
     # Sub-workflow executions one root execution may start, children of children included.
     max_descendant_executions: int = Field(default=1_000, ge=0, le=100_000)
     # How often a worker looks for waiting executions whose time has come (waits, approval

@@ -4,7 +4,7 @@ The process entry points import this module (runtime.py for the API and worker, 
 env.py, the tests); code below them (db/, the domains) relies on `Base.metadata` being complete
 without importing it, because this floor sits above the domains it lists."""
 
-from taskloom.ai.models import AiBudgetMonth, AiUsage, AiUsageDaily
+from taskloom.ai.models import AiBudgetMonth, AiUsage, AiUsageDaily, AiWorkflowBudgetMonth
 from taskloom.audit.models import AuditChainHead, AuditLog
 from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.db.base import Base
@@ -36,6 +36,7 @@ __all__ = [
     "AiBudgetMonth",
     "AiUsage",
     "AiUsageDaily",
+    "AiWorkflowBudgetMonth",
     "ApiKey",
     "AuditChainHead",
     "AuditLog",

@@ -41,6 +41,9 @@ class Runtime:
     principals: PrincipalCache = field(
         default_factory=lambda: PrincipalCache(size=0, ttl_seconds=0)
     )
+    # Set when the process is told to stop (SIGTERM/SIGINT, before uvicorn waits for open
+    # responses): long-lived responses (live event streams) end at once.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def close(self) -> None:
         await self.outbound.aclose()

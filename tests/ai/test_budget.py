@@ -13,6 +13,7 @@ from sqlalchemy import text
 from taskloom.ai import budget
 from taskloom.ai.budget import BudgetExhausted, Candidate
 from taskloom.ai.catalog import load_catalog
+from taskloom.ai.summary import month_summary
 from taskloom.db.tenancy import system_transaction, tenant_transaction
 from taskloom.runtime import Runtime
 from tests.factories import register
@@ -176,7 +177,7 @@ async def test_without_a_budget_calls_are_unlimited_but_tracked(
     assert reservation.model.name == "claude-opus-5"
     await budget.settle(runtime.database, reservation, outcome="ok", cost_usd=Decimal("0.25"))
     async with tenant_transaction(runtime.database, org_id=org_id, user_id=None) as db:
-        summary = await budget.month_summary(db, org_id=org_id, instance_key_budget_usd=Decimal(5))
+        summary = await month_summary(db, org_id=org_id, instance_key_budget_usd=Decimal(5))
     assert (summary["budget_usd"], summary["spent_usd"], summary["remaining_usd"]) == (
         None,
         "0.250000",
@@ -245,7 +246,7 @@ async def test_the_organizations_own_key_is_not_bound_by_the_instance_key_allowa
     assert await _instance_key_month(runtime, org_id) == (Decimal("0.900000"), Decimal(0))
     assert await _month(runtime, org_id) == (Decimal("15.900000"), Decimal(0))
     async with tenant_transaction(runtime.database, org_id=org_id, user_id=None) as db:
-        summary = await budget.month_summary(db, org_id=org_id, instance_key_budget_usd=Decimal(1))
+        summary = await month_summary(db, org_id=org_id, instance_key_budget_usd=Decimal(1))
     assert summary["instance_key"] == {
         "budget_usd": "1",
         "spent_usd": "0.900000",

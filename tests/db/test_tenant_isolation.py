@@ -66,6 +66,7 @@ SEED_ORDER = (
     "ai_usage",
     "ai_usage_daily",
     "ai_budget_months",
+    "ai_workflow_budget_months",
     "tool_connections",
     "org_secrets",
     "webhook_endpoints",
@@ -101,6 +102,7 @@ OWNER_COLUMN = {
     "ai_usage": "org_id",
     "ai_usage_daily": "org_id",
     "ai_budget_months": "org_id",
+    "ai_workflow_budget_months": "org_id",
     "tool_connections": "org_id",
     "org_secrets": "org_id",
     "webhook_endpoints": "org_id",
@@ -374,6 +376,15 @@ def row_for(
             # One row per organization and month: a fresh row takes a month of its own.
             month = date(2000 + secrets.randbelow(900), 1 + secrets.randbelow(12), 1)
             return {"id": uuid.uuid4(), "org_id": side.org_id, "month": month}
+        case "ai_workflow_budget_months":
+            # One row per workflow and month: a fresh row takes a month of its own.
+            month = date(2000 + secrets.randbelow(900), 1 + secrets.randbelow(12), 1)
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "workflow_id": side.workflow_id,
+                "month": month,
+            }
         case "tool_connections":
             return {
                 "id": uuid.uuid4(),

@@ -1,4 +1,4 @@
-"""How an agent step goes on from its rows (ADR 0014), with the rows a dead worker leaves
+"""How an agent step goes on from its rows (ADR 0015), with the rows a dead worker leaves
 written directly: a tool call interrupted twice is not made a third time, a model turn that
 never finished is asked again under its number; and the tool names both APIs accept."""
 

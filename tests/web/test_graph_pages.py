@@ -15,6 +15,7 @@ from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStep, WorkflowExecution
 from taskloom.runtime import Runtime
 from tests.factories import Account
+from tests.web.support import text_of
 from tests.web.test_security_headers import CSP
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -45,7 +46,13 @@ def _drawings(page: httpx.Response) -> dict[str, ET.Element]:
     assert page.status_code == 200, page.text
     assert page.headers["content-security-policy"] == CSP
     assert "style=" not in page.text
-    assert "<script" not in page.text
+    # No inline script: only the UI's own files (the execution page's live events script).
+    scripts = re.findall(r"<script[^>]*>(.*?)</script>", page.text, flags=re.DOTALL)
+    assert scripts == [""] * len(scripts)
+    assert all(
+        tag.startswith('<script src="/ui/static/')
+        for tag in re.findall(r"<script[^>]*>", page.text)
+    )
     found = {}
     for markup in re.findall(r"<svg .*?</svg>", page.text, flags=re.DOTALL):
         svg = ET.fromstring(markup)  # noqa: S314 (our own output, no entities)
@@ -164,3 +171,25 @@ async def test_the_stylesheet_colours_the_drawing_by_type_and_status(
         ".bar.status-succeeded rect",
     ):
         assert selector in css, selector
+
+
+async def test_the_workflow_page_shows_its_ai_spend_and_budgets(
+    client: httpx.AsyncClient, owner_browser: httpx.AsyncClient, owner: Account
+) -> None:
+    response = await client.post(
+        "/api/workflows",
+        json={"name": "Costly", "definition": {**DAG, "max_cost_usd": "0.75"}},
+        headers=owner.headers,
+    )
+    workflow_id = response.json()["id"]
+    assert "(no monthly budget of its own); at most $0.75 per execution." in text_of(
+        await owner_browser.get(f"/ui/workflows/{workflow_id}")
+    )
+    await client.put(
+        f"/api/ai/workflows/{workflow_id}/budget",
+        json={"monthly_budget_usd": "20"},
+        headers=owner.headers,
+    )
+    assert "AI spend this month: $0.00 of its $20.00 monthly budget;" in text_of(
+        await owner_browser.get(f"/ui/workflows/{workflow_id}")
+    )

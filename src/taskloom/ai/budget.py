@@ -1,26 +1,36 @@
-"""Per-organization monthly AI budgets with reservations.
+"""AI budgets with reservations: per organization and month, per workflow and month, per
+execution, and the organization's allowance on the instance's key.
 
-Before a call, `reserve` locks the organization's row of the month in `ai_budget_months`, picks
-the model (downgrading when little budget is left or the worst case would not fit), adds the
-call's worst-case cost to `reserved_usd` and writes a `pending` ai_usage row, all in one
-transaction. Two workers reserving at once queue on that row lock, so they can never both spend
-the last dollar. After the call `settle` moves the actual cost from reserved to spent (0 on
-failure); reservations of calls that never settled (a killed worker) are released by
-`release_abandoned`, which the leader worker runs as upkeep.
+Before a call, `reserve` locks the organization's row of the month in `ai_budget_months` (and
+then, for a call of an execution, its workflow's row in `ai_workflow_budget_months`: always in
+that order, so two transactions never wait on each other in a cycle), checks the call against
+every limit that applies, picks the model (downgrading when little is left of any limit or the
+worst case would not fit), adds the call's worst-case cost to `reserved_usd` of those rows and
+writes a `pending` ai_usage row, all in one transaction. Two workers reserving at once queue on
+the organization's row lock, so they can never both spend the last dollar of any limit. After
+the call `settle` moves the actual cost from reserved to spent (0 on failure) and announces the
+`budget.threshold` events the spend crossed (ai/thresholds.py); reservations of calls that never
+settled (a killed worker) are released by `release_abandoned`, which the leader worker runs as
+upkeep.
 
-Months are calendar months in UTC. An organization without `monthly_budget_usd` is unlimited,
-but its spend is still tracked.
+The limits, each a `_Limit` in the list a call must fit in; the tightest remaining governs and
+is the one a refusal names (`details.limit`):
+- `execution`: `max_cost_usd` of the execution's definition, against the spent and reserved
+  cost of its own ai_usage rows. A child execution (a `workflow` step) has its own
+  definition's limit; its calls do not count against its parent's.
+- `workflow`: the workflow's `monthly_budget_usd`, against its month row (a child execution's
+  calls count against the child's workflow).
+- `organization`: the organization's `monthly_budget_usd`.
+- `instance_key`: a call made with the instance's own key (ANTHROPIC_API_KEY / OPENAI_API_KEY,
+  not an organization's connection) must also fit in what is left of the organization's
+  allowance on that key, AI_INSTANCE_KEY_MONTHLY_BUDGET_USD: anyone may register an
+  organization, and its own budget (unlimited by default) is not the operator's. The month's
+  row counts that spend apart (`instance_key_spent_usd`, `instance_key_reserved_usd`).
+- `step`: an `agent` step's `max_cost_usd`, against the spent and reserved cost of that step's
+  ai_usage rows (all its turns; a for_each step's items together).
 
-A call made with the instance's own key (ANTHROPIC_API_KEY / OPENAI_API_KEY, not an
-organization's connection) must also fit in what is left of the organization's allowance on
-that key, AI_INSTANCE_KEY_MONTHLY_BUDGET_USD: anyone may register an organization, and its own
-budget (unlimited by default) is not the operator's. The month's row counts that spend apart
-(`instance_key_spent_usd`, `instance_key_reserved_usd`), and the same row lock covers both
-limits. Calls with the organization's own key are bound by its own budget only.
-
-A call of an `agent` step with `max_cost_usd` must also fit in what is left of that step's
-limit: the cost of its earlier calls plus what its calls in flight reserve (its `ai_usage`
-rows, all of one execution and step), read under the same lock.
+Months are calendar months in UTC. Without a budget a scope is unlimited, but its spend is still
+tracked (a workflow's too).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskloom.ai import thresholds
 from taskloom.ai.catalog import ModelPrice
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction, tenant_transaction
@@ -45,12 +56,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("taskloom.ai")
 
-_MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
 
 
 class BudgetExhausted(Exception):
-    """No candidate model's worst-case cost fits in what is left of the month's budget, or of
-    the organization's allowance on the instance's key."""
+    """No candidate model's worst-case cost fits in what is left of every limit that applies;
+    `details["limit"]` names the tightest one that ran out."""
 
     def __init__(self, message: str, details: dict[str, Any]) -> None:
         super().__init__(message)
@@ -72,18 +83,21 @@ class Reservation:
     amount: Decimal
     model: ModelPrice
     downgraded_from: str | None
-    budget_usd: Decimal | None
-    remaining_usd: Decimal | None  # after this reservation
+    budget_usd: Decimal | None  # the organization's
+    remaining_usd: Decimal | None  # of the organization's budget, after this reservation
+    workflow_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
 class _Limit:
-    """One monthly limit a call must fit in: the organization's budget, or its allowance on
-    the instance's key."""
+    """One limit a call must fit in (see the module's docstring for the names)."""
 
+    name: str
     budget: Decimal
     spent: Decimal
     reserved: Decimal
+    what: str  # how a refusal names it, `{budget}` standing for the amount
+    extra: tuple[tuple[str, str], ...] = ()  # more details of a refusal
 
     @property
     def remaining(self) -> Decimal:
@@ -105,44 +119,110 @@ def _pick(candidates: list[Candidate], limits: list[_Limit], below: Decimal) -> 
     return index if index < len(candidates) else -1
 
 
-def _exhausted(
-    org_limit: _Limit | None, instance_limit: _Limit | None, needed: Decimal
-) -> BudgetExhausted:
-    """The error naming the limit the call does not fit in (the instance key's first)."""
-    if instance_limit is not None and needed > instance_limit.remaining:
-        limit, details = instance_limit, {"limit": "instance_key"}
-        if limit.budget == 0:
-            message = (
-                "this instance's AI keys are not available to organizations "
-                "(AI_INSTANCE_KEY_MONTHLY_BUDGET_USD is 0): add an anthropic or openai "
-                "connection with your own API key"
-            )
-        else:
-            message = (
-                f"the organization's monthly allowance of ${limit.budget} on this instance's AI "
-                f"key is used up: ${limit.spent:.2f} spent and ${limit.reserved:.2f} reserved "
-                f"for calls in flight leave ${limit.remaining:.4f}, and this call may cost up to "
-                f"${needed:.4f}; an anthropic or openai connection with your own API key is "
-                "bound by the organization's budget only"
-            )
-    else:
-        assert org_limit is not None  # an unlimited organization fits anything else
-        limit, details = org_limit, {"limit": "organization"}
+def _exhausted(limits: list[_Limit], needed: Decimal) -> BudgetExhausted:
+    """The error naming the tightest limit the call does not fit in (the first of equals)."""
+    limit = min((lim for lim in limits if needed > lim.remaining), key=lambda lim: lim.remaining)
+    if limit.name == "instance_key" and limit.budget == 0:
         message = (
-            f"the organization's monthly AI budget of ${limit.budget} is used up: "
-            f"${limit.spent:.2f} spent and ${limit.reserved:.2f} reserved for calls in flight "
-            f"leave ${limit.remaining:.4f}, and this call may cost up to ${needed:.4f}"
+            "this instance's AI keys are not available to organizations "
+            "(AI_INSTANCE_KEY_MONTHLY_BUDGET_USD is 0): add an anthropic or openai "
+            "connection with your own API key"
         )
+    else:
+        message = (
+            f"{limit.what.format(budget=limit.budget)} is used up: ${limit.spent:.2f} spent and "
+            f"${limit.reserved:.2f} reserved for calls in flight leave ${limit.remaining:.4f}, "
+            f"and this call may cost up to ${needed:.4f}"
+        )
+        if limit.name == "instance_key":
+            message += (
+                "; an anthropic or openai connection with your own API key is bound by the "
+                "organization's budget only"
+            )
     return BudgetExhausted(
         message,
         {
-            **details,
+            "limit": limit.name,
+            **dict(limit.extra),
             "budget_usd": str(limit.budget),
             "spent_usd": str(limit.spent),
             "reserved_usd": str(limit.reserved),
             "needed_usd": str(needed),
         },
     )
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What an execution's call also counts against: its workflow and its own limit."""
+
+    workflow_id: uuid.UUID
+    workflow_budget: Decimal | None
+    execution_budget: Decimal | None
+
+
+async def _scope(db: AsyncSession, execution_id: uuid.UUID | None) -> _Scope | None:
+    if execution_id is None:
+        return None
+    row = (
+        await db.execute(
+            text(
+                "select e.workflow_id, w.monthly_budget_usd, e.definition ->> 'max_cost_usd' "
+                "from workflow_executions e left join workflows w on w.id = e.workflow_id "
+                "where e.id = :execution"
+            ),
+            {"execution": execution_id},
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    workflow_id, workflow_budget, execution_budget = row
+    return _Scope(
+        workflow_id=workflow_id,
+        workflow_budget=None if workflow_budget is None else Decimal(workflow_budget),
+        execution_budget=None if execution_budget is None else Decimal(execution_budget),
+    )
+
+
+async def _workflow_month(
+    db: AsyncSession, org_id: uuid.UUID, workflow_id: uuid.UUID, month: date
+) -> tuple[Decimal, Decimal]:
+    """The workflow's month row, created if need be and locked (after the organization's)."""
+    await db.execute(
+        text(
+            "insert into ai_workflow_budget_months (id, org_id, workflow_id, month) "
+            "values (:id, :org, :workflow, :month) on conflict (workflow_id, month) do nothing"
+        ),
+        {"id": uuid.uuid4(), "org": org_id, "workflow": workflow_id, "month": month},
+    )
+    spent, reserved = (
+        await db.execute(
+            text(
+                "select spent_usd, reserved_usd from ai_workflow_budget_months "
+                "where workflow_id = :workflow and month = :month for update"
+            ),
+            {"workflow": workflow_id, "month": month},
+        )
+    ).one()
+    return spent, reserved
+
+
+async def _execution_spend(
+    db: AsyncSession, execution_id: uuid.UUID, step_id: str | None = None
+) -> tuple[Decimal, Decimal]:
+    """Spent and reserved by the execution's calls, or by those of one of its steps
+    (serialized by the organization's row lock)."""
+    spent, reserved = (
+        await db.execute(
+            text(
+                "select coalesce(sum(cost_usd), 0), coalesce(sum(reserved_usd), 0) "
+                "from ai_usage where execution_id = :execution "
+                "and (cast(:step as text) is null or step_id = :step)"
+            ),
+            {"execution": execution_id, "step": step_id},
+        )
+    ).one()
+    return spent, reserved
 
 
 async def reserve(
@@ -160,10 +240,11 @@ async def reserve(
 ) -> Reservation:
     """Reserve the worst case of the first affordable candidate (preferred model first, then
     cheaper fallbacks); raise BudgetExhausted when none fits. `instance_key_budget_usd` is given
-    for a call with the instance's key: the organization's allowance on it, a second limit.
-    `step_limit_usd`: the step's own limit (an agent step's `max_cost_usd`)."""
+    for a call with the instance's key: the organization's allowance on it, one more limit;
+    `step_limit_usd` for a call of a step with a limit of its own (an agent's `max_cost_usd`)."""
     if not candidates:
         raise ValueError("no candidate model")
+    refused: BudgetExhausted | None = None
     async with tenant_transaction(database, org_id=org_id, user_id=None) as db:
         budget = (
             await db.execute(
@@ -171,9 +252,10 @@ async def reserve(
                 {"org": org_id},
             )
         ).scalar_one()
+        scope = await _scope(db, execution_id)
         await db.execute(
             text(
-                f"insert into ai_budget_months (id, org_id, month) values (:id, :org, {_MONTH}) "  # noqa: S608 (constant SQL)
+                f"insert into ai_budget_months (id, org_id, month) values (:id, :org, {MONTH}) "  # noqa: S608 (constant SQL)
                 "on conflict (org_id, month) do nothing"
             ),
             {"id": uuid.uuid4(), "org": org_id},
@@ -183,64 +265,132 @@ async def reserve(
                 text(
                     "select month, spent_usd, reserved_usd, instance_key_spent_usd, "  # noqa: S608 (constant SQL)
                     "instance_key_reserved_usd from ai_budget_months "
-                    f"where org_id = :org and month = {_MONTH} for update"
+                    f"where org_id = :org and month = {MONTH} for update"
                 ),
                 {"org": org_id},
             )
         ).one()
+        limits: list[_Limit] = []
+        if scope is not None:
+            if scope.execution_budget is not None:
+                assert execution_id is not None
+                limits.append(
+                    _Limit(
+                        "execution",
+                        scope.execution_budget,
+                        *await _execution_spend(db, execution_id),
+                        what="the execution's AI budget (max_cost_usd of its definition) "
+                        "of ${budget}",
+                        extra=(("execution_id", str(execution_id)),),
+                    )
+                )
+            if step_limit_usd is not None and step_id is not None:
+                assert execution_id is not None
+                limits.append(
+                    _Limit(
+                        "step",
+                        step_limit_usd,
+                        *await _execution_spend(db, execution_id, step_id),
+                        what="the step's max_cost_usd of ${budget}",
+                        extra=(("step_id", step_id),),
+                    )
+                )
+            workflow_spent, workflow_reserved = await _workflow_month(
+                db, org_id, scope.workflow_id, month
+            )
+            if scope.workflow_budget is not None:
+                limits.append(
+                    _Limit(
+                        "workflow",
+                        scope.workflow_budget,
+                        workflow_spent,
+                        workflow_reserved,
+                        what="the workflow's monthly AI budget of ${budget}",
+                        extra=(("workflow_id", str(scope.workflow_id)),),
+                    )
+                )
         budget = None if budget is None else Decimal(budget)
-        org_limit = None if budget is None else _Limit(budget, spent, reserved)
-        instance_key = instance_key_budget_usd is not None
-        instance_limit = (
+        org_limit = (
             None
-            if instance_key_budget_usd is None
-            else _Limit(instance_key_budget_usd, instance_spent, instance_reserved)
+            if budget is None
+            else _Limit(
+                "organization",
+                budget,
+                spent,
+                reserved,
+                what="the organization's monthly AI budget of ${budget}",
+            )
         )
-        step_limit = await _step_limit(db, execution_id, step_id, step_limit_usd)
-        limits = [limit for limit in (org_limit, instance_limit, step_limit) if limit is not None]
+        if org_limit is not None:
+            limits.append(org_limit)
+        instance_key = instance_key_budget_usd is not None
+        if instance_key_budget_usd is not None:
+            limits.append(
+                _Limit(
+                    "instance_key",
+                    instance_key_budget_usd,
+                    instance_spent,
+                    instance_reserved,
+                    what="the organization's monthly allowance of ${budget} on this "
+                    "instance's AI key",
+                )
+            )
         index = _pick(candidates, limits, Decimal(str(downgrade_below)))
         if index < 0:
-            needed = candidates[-1].worst_case_usd
-            if step_limit is not None and needed > step_limit.remaining:
-                raise _step_exhausted(step_limit, needed)
-            raise _exhausted(org_limit, instance_limit, needed)
-        chosen = candidates[index]
-        await db.execute(
-            text(
-                "update ai_budget_months set reserved_usd = reserved_usd + :amount, "
-                "instance_key_reserved_usd = instance_key_reserved_usd + :on_instance_key "
-                "where org_id = :org and month = :month"
-            ),
-            {
-                "amount": chosen.worst_case_usd,
-                "on_instance_key": chosen.worst_case_usd if instance_key else Decimal(0),
-                "org": org_id,
-                "month": month,
-            },
-        )
-        usage_id = uuid.uuid4()
-        downgraded_from = candidates[0].model.name if index > 0 else None
-        await db.execute(
-            text(
-                "insert into ai_usage (id, org_id, user_id, execution_id, step_id, provider, "
-                "model, category, outcome, reserved_usd, downgraded_from, instance_key) values "
-                "(:id, :org, :user, :execution, :step, :provider, :model, :category, 'pending', "
-                ":amount, :downgraded_from, :instance_key)"
-            ),
-            {
-                "id": usage_id,
-                "org": org_id,
-                "user": user_id,
-                "execution": execution_id,
-                "step": step_id,
-                "provider": chosen.model.provider,
-                "model": chosen.model.name,
-                "category": category,
-                "amount": chosen.worst_case_usd,
-                "downgraded_from": downgraded_from,
-                "instance_key": instance_key,
-            },
-        )
+            refused = _exhausted(limits, candidates[-1].worst_case_usd)
+            await _announce_refusal(db, org_id, month, refused)
+        else:
+            chosen = candidates[index]
+            await db.execute(
+                text(
+                    "update ai_budget_months set reserved_usd = reserved_usd + :amount, "
+                    "instance_key_reserved_usd = instance_key_reserved_usd + :on_instance_key "
+                    "where org_id = :org and month = :month"
+                ),
+                {
+                    "amount": chosen.worst_case_usd,
+                    "on_instance_key": chosen.worst_case_usd if instance_key else Decimal(0),
+                    "org": org_id,
+                    "month": month,
+                },
+            )
+            workflow_id = None if scope is None else scope.workflow_id
+            if workflow_id is not None:
+                await db.execute(
+                    text(
+                        "update ai_workflow_budget_months "
+                        "set reserved_usd = reserved_usd + :amount "
+                        "where workflow_id = :workflow and month = :month"
+                    ),
+                    {"amount": chosen.worst_case_usd, "workflow": workflow_id, "month": month},
+                )
+            usage_id = uuid.uuid4()
+            downgraded_from = candidates[0].model.name if index > 0 else None
+            await db.execute(
+                text(
+                    "insert into ai_usage (id, org_id, user_id, execution_id, workflow_id, "
+                    "step_id, provider, model, category, outcome, reserved_usd, downgraded_from, "
+                    "instance_key) values (:id, :org, :user, :execution, :workflow, :step, "
+                    ":provider, :model, :category, 'pending', :amount, :downgraded_from, "
+                    ":instance_key)"
+                ),
+                {
+                    "id": usage_id,
+                    "org": org_id,
+                    "user": user_id,
+                    "execution": execution_id,
+                    "workflow": workflow_id,
+                    "step": step_id,
+                    "provider": chosen.model.provider,
+                    "model": chosen.model.name,
+                    "category": category,
+                    "amount": chosen.worst_case_usd,
+                    "downgraded_from": downgraded_from,
+                    "instance_key": instance_key,
+                },
+            )
+    if refused is not None:
+        raise refused  # after the commit: its announcement stays
     if downgraded_from:
         log.info("ai_downgraded", model=chosen.model.name, downgraded_from=downgraded_from)
     return Reservation(
@@ -252,38 +402,25 @@ async def reserve(
         downgraded_from=downgraded_from,
         budget_usd=budget,
         remaining_usd=None if org_limit is None else org_limit.remaining - chosen.worst_case_usd,
+        workflow_id=workflow_id,
     )
 
 
-async def _step_limit(
-    db: AsyncSession, execution_id: uuid.UUID | None, step_id: str | None, limit: Decimal | None
-) -> _Limit | None:
-    if limit is None or execution_id is None or step_id is None:
-        return None
-    spent, reserved = (
-        await db.execute(
-            text(
-                "select coalesce(sum(cost_usd), 0), coalesce(sum(reserved_usd), 0) from ai_usage "
-                "where execution_id = :execution and step_id = :step"
-            ),
-            {"execution": execution_id, "step": step_id},
-        )
-    ).one()
-    return _Limit(limit, spent, reserved)
-
-
-def _step_exhausted(limit: _Limit, needed: Decimal) -> BudgetExhausted:
-    return BudgetExhausted(
-        f"the step's max_cost_usd of ${limit.budget} is used up: ${limit.spent:.4f} spent and "
-        f"${limit.reserved:.4f} reserved leave ${limit.remaining:.4f}, and the next call may "
-        f"cost up to ${needed:.4f}",
-        {
-            "limit": "step",
-            "budget_usd": str(limit.budget),
-            "spent_usd": str(limit.spent),
-            "reserved_usd": str(limit.reserved),
-            "needed_usd": str(needed),
-        },
+async def _announce_refusal(
+    db: AsyncSession, org_id: uuid.UUID, month: date, refused: BudgetExhausted
+) -> None:
+    """A refusal by the organization's or a workflow's monthly budget is its 100 %
+    (ai/thresholds.py); the execution's and the instance key's limits announce nothing."""
+    details = refused.details
+    if details["limit"] not in ("organization", "workflow"):
+        return
+    await thresholds.announce_exhausted(
+        db,
+        org_id=org_id,
+        workflow_id=uuid.UUID(details["workflow_id"]) if details["limit"] == "workflow" else None,
+        month=month,
+        budget=Decimal(details["budget_usd"]),
+        spent=Decimal(details["spent_usd"]),
     )
 
 
@@ -297,19 +434,23 @@ async def settle(
     cost_usd: Decimal = Decimal(0),
     latency_ms: int | None = None,
 ) -> None:
-    """Record the call's result and move its cost from reserved to spent. If housekeeping
-    already released the reservation (the call outlived AI_RESERVATION_TTL_SECONDS), only the
-    actual cost is added."""
+    """Record the call's result, move its cost from reserved to spent (the organization's month
+    row, then the workflow's) and announce the budget thresholds the spend crossed. If
+    housekeeping already released the reservation (the call outlived
+    AI_RESERVATION_TTL_SECONDS), only the actual cost is added."""
     async with tenant_transaction(database, org_id=reservation.org_id, user_id=None) as db:
         row = (
             await db.execute(
-                text("select reserved_usd, instance_key from ai_usage where id = :id for update"),
+                text(
+                    "select reserved_usd, instance_key, workflow_id from ai_usage "
+                    "where id = :id for update"
+                ),
                 {"id": reservation.usage_id},
             )
         ).one_or_none()
         if row is None:  # the organization was deleted meanwhile
             return
-        held, instance_key = row
+        held, instance_key, workflow_id = row
         await db.execute(
             text(
                 "update ai_usage set outcome = :outcome, input_tokens = :input, "
@@ -325,23 +466,69 @@ async def settle(
                 "latency": latency_ms,
             },
         )
-        await db.execute(
-            text(
-                "update ai_budget_months set reserved_usd = greatest(reserved_usd - :held, 0), "
-                "spent_usd = spent_usd + :cost, instance_key_reserved_usd = "
-                "greatest(instance_key_reserved_usd - :held_on_instance_key, 0), "
-                "instance_key_spent_usd = instance_key_spent_usd + :cost_on_instance_key "
-                "where org_id = :org and month = :month"
-            ),
-            {
-                "held": held,
-                "cost": cost_usd,
-                "held_on_instance_key": held if instance_key else Decimal(0),
-                "cost_on_instance_key": cost_usd if instance_key else Decimal(0),
-                "org": reservation.org_id,
-                "month": reservation.month,
-            },
-        )
+        org_month = (
+            await db.execute(
+                text(
+                    "update ai_budget_months m set reserved_usd = "
+                    "greatest(m.reserved_usd - :held, 0), spent_usd = m.spent_usd + :cost, "
+                    "instance_key_reserved_usd = "
+                    "greatest(m.instance_key_reserved_usd - :held_on_instance_key, 0), "
+                    "instance_key_spent_usd = m.instance_key_spent_usd + :cost_on_instance_key "
+                    "from organizations o where o.id = m.org_id and m.org_id = :org "
+                    "and m.month = :month "
+                    "returning m.spent_usd, m.notified_percent, o.monthly_budget_usd"
+                ),
+                {
+                    "held": held,
+                    "cost": cost_usd,
+                    "held_on_instance_key": held if instance_key else Decimal(0),
+                    "cost_on_instance_key": cost_usd if instance_key else Decimal(0),
+                    "org": reservation.org_id,
+                    "month": reservation.month,
+                },
+            )
+        ).one_or_none()
+        if org_month is not None and cost_usd > 0:
+            spent, notified, budget = org_month
+            await thresholds.announce(
+                db,
+                org_id=reservation.org_id,
+                workflow_id=None,
+                month=reservation.month,
+                budget=budget,
+                spent=spent,
+                notified=notified,
+            )
+        if workflow_id is None:
+            return
+        workflow_month = (
+            await db.execute(
+                text(
+                    "update ai_workflow_budget_months m set reserved_usd = "
+                    "greatest(m.reserved_usd - :held, 0), spent_usd = m.spent_usd + :cost "
+                    "from workflows w where w.id = m.workflow_id and m.workflow_id = :workflow "
+                    "and m.month = :month "
+                    "returning m.spent_usd, m.notified_percent, w.monthly_budget_usd"
+                ),
+                {
+                    "held": held,
+                    "cost": cost_usd,
+                    "workflow": workflow_id,
+                    "month": reservation.month,
+                },
+            )
+        ).one_or_none()
+        if workflow_month is not None and cost_usd > 0:
+            spent, notified, budget = workflow_month
+            await thresholds.announce(
+                db,
+                org_id=reservation.org_id,
+                workflow_id=workflow_id,
+                month=reservation.month,
+                budget=budget,
+                spent=spent,
+                notified=notified,
+            )
 
 
 async def release_abandoned(database: Database, *, older_than_seconds: int) -> int:
@@ -356,12 +543,14 @@ async def release_abandoned(database: Database, *, older_than_seconds: int) -> i
                     "and created_at < now() - make_interval(secs => :ttl) "
                     "for update skip locked) stale "
                     "where u.id = stale.id returning u.org_id, stale.reserved_usd, "
-                    "date_trunc('month', u.created_at at time zone 'UTC')::date, u.instance_key"
+                    "date_trunc('month', u.created_at at time zone 'UTC')::date, u.instance_key, "
+                    "u.workflow_id"
                 ),
                 {"ttl": older_than_seconds},
             )
         ).all()
-        for org_id, held, month, instance_key in rows:
+        # Organization by organization, and its row before its workflow's (reserve's order).
+        for org_id, held, month, instance_key, workflow_id in sorted(rows, key=lambda r: str(r[0])):
             await db.execute(
                 text(
                     "update ai_budget_months set reserved_usd = greatest(reserved_usd - :held, 0), "
@@ -376,76 +565,18 @@ async def release_abandoned(database: Database, *, older_than_seconds: int) -> i
                     "month": month,
                 },
             )
+            if workflow_id is not None:
+                await db.execute(
+                    text(
+                        "update ai_workflow_budget_months set "
+                        "reserved_usd = greatest(reserved_usd - :held, 0) "
+                        "where workflow_id = :workflow and month = :month"
+                    ),
+                    {"held": held, "workflow": workflow_id, "month": month},
+                )
     if rows:
         log.warning("ai_reservations_released", count=len(rows))
     return len(rows)
-
-
-async def month_summary(
-    db: AsyncSession, *, org_id: uuid.UUID, instance_key_budget_usd: Decimal
-) -> dict[str, Any]:
-    """This month's budget, spend and reservations, the part of them on the instance's key
-    against its allowance, and spend per model (in the caller's tenant transaction)."""
-    budget = (
-        await db.execute(
-            text("select monthly_budget_usd from organizations where id = :org"),
-            {"org": org_id},
-        )
-    ).scalar_one()
-    month_row = (
-        await db.execute(
-            text(
-                f"select {_MONTH}, coalesce(max(spent_usd), 0), coalesce(max(reserved_usd), 0), "  # noqa: S608 (constant SQL)
-                "coalesce(max(instance_key_spent_usd), 0), "
-                "coalesce(max(instance_key_reserved_usd), 0) "
-                f"from ai_budget_months where org_id = :org and month = {_MONTH}"
-            ),
-            {"org": org_id},
-        )
-    ).one()
-    per_model = (
-        await db.execute(
-            # This month's calls, plus those the execution retention already summed per day
-            # (ai_usage_daily) when EXECUTION_RETENTION_DAYS is shorter than a month.
-            text(
-                "select model, sum(calls)::bigint, sum(tin), sum(tout), sum(cost) from ("  # noqa: S608 (constant SQL)
-                "select model, count(*) as calls, coalesce(sum(input_tokens), 0) as tin, "
-                "coalesce(sum(output_tokens), 0) as tout, coalesce(sum(cost_usd), 0) as cost "
-                "from ai_usage where org_id = :org and created_at >= "
-                f"({_MONTH})::timestamp at time zone 'UTC' group by model "
-                "union all select model, sum(calls), sum(input_tokens), sum(output_tokens), "
-                f"sum(cost_usd) from ai_usage_daily where org_id = :org and day >= {_MONTH} "
-                "group by model) as calls group by model order by model"
-            ),
-            {"org": org_id},
-        )
-    ).all()
-    month, spent, reserved, instance_spent, instance_reserved = month_row
-    remaining = None if budget is None else Decimal(budget) - spent - reserved
-    instance = _Limit(instance_key_budget_usd, instance_spent, instance_reserved)
-    return {
-        "month": month.isoformat(),
-        "budget_usd": None if budget is None else str(budget),
-        "spent_usd": str(spent),
-        "reserved_usd": str(reserved),
-        "remaining_usd": None if remaining is None else str(remaining),
-        "instance_key": {
-            "budget_usd": str(instance.budget),
-            "spent_usd": str(instance.spent),
-            "reserved_usd": str(instance.reserved),
-            "remaining_usd": str(instance.remaining),
-        },
-        "models": [
-            {
-                "model": model,
-                "calls": calls,
-                "input_tokens": int(tin),
-                "output_tokens": int(tout),
-                "cost_usd": str(cost),
-            }
-            for model, calls, tin, tout, cost in per_model
-        ],
-    }
 
 
 async def _release(runtime: Runtime) -> None:

@@ -1,4 +1,5 @@
-"""One `ai_usage` row per model call: who, what, how many tokens, what it cost."""
+"""One `ai_usage` row per model call: who, what, how many tokens, what it cost; and the month
+rows the budgets count in (ai/budget.py): the organization's and each workflow's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     UniqueConstraint,
     text,
@@ -48,6 +50,10 @@ class AiUsage(Base, rls=Scope.ORG):
         nullable=True,
     )
     step_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The workflow whose monthly budget the call counted against (its execution's), so settling
+    # and releasing find its month row even once the execution is purged. Not a foreign key:
+    # a deleted workflow takes its month rows along, and its calls stay in the history.
+    workflow_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     provider: Mapped[str] = mapped_column(String(32), nullable=False)
     model: Mapped[str] = mapped_column(String(128), nullable=False)
     category: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -96,7 +102,8 @@ class AiBudgetMonth(Base, rls=Scope.ORG):
     (UTC). A call reserves its worst-case cost here under the row's lock, so two calls can never
     both take the last dollar; settling moves the actual cost from reserved to spent. Calls made
     with the instance's key are also counted in the `instance_key_*` columns, against
-    AI_INSTANCE_KEY_MONTHLY_BUDGET_USD."""
+    AI_INSTANCE_KEY_MONTHLY_BUDGET_USD. `notified_percent` is the highest `budget.threshold`
+    (50, 80, 100) already announced for the month."""
 
     __tablename__ = "ai_budget_months"
     __table_args__ = (UniqueConstraint("org_id", "month"),)
@@ -116,3 +123,30 @@ class AiBudgetMonth(Base, rls=Scope.ORG):
     instance_key_reserved_usd: Mapped[Decimal] = mapped_column(
         Numeric(14, 6), nullable=False, server_default="0"
     )
+    notified_percent: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="0")
+
+
+class AiWorkflowBudgetMonth(Base, rls=Scope.ORG):
+    """What one workflow's executions have spent and have reserved, per calendar month (UTC),
+    against the workflow's `monthly_budget_usd`: locked and updated in the same transactions as
+    the organization's row (always after it), so the two never disagree."""
+
+    __tablename__ = "ai_workflow_budget_months"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "month"),
+        Index("ix_ai_workflow_budget_months_org_id_month", "org_id", "month"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False
+    )
+    month: Mapped[date] = mapped_column(Date, nullable=False)  # the month's first day (UTC)
+    spent_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    reserved_usd: Mapped[Decimal] = mapped_column(
+        Numeric(14, 6), nullable=False, server_default="0"
+    )
+    notified_percent: Mapped[int] = mapped_column(SmallInteger, nullable=False, server_default="0")

@@ -1,4 +1,4 @@
-"""Bodies of /api/ai: the month's usage and the organization's budget."""
+"""Bodies of /api/ai: the month's usage and the organization's and workflows' budgets."""
 
 from __future__ import annotations
 
@@ -13,6 +13,22 @@ class BudgetUpdate(BaseModel):
 
     # null: no limit (spend is still tracked). At most 10 million dollars a month.
     monthly_budget_usd: Decimal | None = Field(ge=0, le=10_000_000, max_digits=12, decimal_places=2)
+
+
+class WorkflowBudgetUpdate(BudgetUpdate):
+    """null: the workflow has no budget of its own (the organization's still applies)."""
+
+
+class WorkflowBudget(BaseModel):
+    """A workflow's month: its budget, what its executions spent and hold for calls in flight."""
+
+    workflow_id: str
+    name: str
+    month: str
+    budget_usd: str | None
+    spent_usd: str
+    reserved_usd: str
+    remaining_usd: str | None
 
 
 class ModelUsage(BaseModel):
@@ -41,6 +57,9 @@ class UsageSummary(BaseModel):
     remaining_usd: str | None
     instance_key: InstanceKeyUsage
     models: list[ModelUsage]
+    workflows: list[WorkflowBudget] = Field(
+        description="Workflows with a budget of their own or with spend this month, by name"
+    )
 
 
 class CatalogModel(BaseModel):

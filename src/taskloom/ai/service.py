@@ -1,7 +1,8 @@
-"""Changing an organization's monthly AI budget (audited)."""
+"""Changing an organization's or a workflow's monthly AI budget (audited)."""
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +13,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.errors import NotFound
 from taskloom.orgs.models import Organization
+from taskloom.workflows.models import Workflow
 
 
 async def set_budget(
@@ -32,6 +34,36 @@ async def set_budget(
         org_id=org.id,
         resource_type="organization",
         resource_id=org.id,
+        details={
+            "old": None if old is None else str(old),
+            "new": None if amount is None else str(amount),
+        },
+    )
+
+
+async def set_workflow_budget(
+    *,
+    db: AsyncSession,
+    principal: Principal,
+    context: AuditContext,
+    workflow_id: uuid.UUID,
+    amount: Decimal | None,
+) -> None:
+    """Set the workflow's monthly AI budget (None: none of its own); NotFound for a workflow
+    of another organization, as for one that does not exist."""
+    workflow = await db.get(Workflow, workflow_id)
+    if workflow is None or workflow.org_id != principal.org_id:
+        raise NotFound("workflow not found")
+    old = workflow.monthly_budget_usd
+    workflow.monthly_budget_usd = amount
+    await db.flush()
+    await audit.record(
+        session=db,
+        context=context,
+        action=AuditAction.AI_WORKFLOW_BUDGET_UPDATE,
+        org_id=workflow.org_id,
+        resource_type="workflow",
+        resource_id=workflow.id,
         details={
             "old": None if old is None else str(old),
             "new": None if amount is None else str(amount),

@@ -41,6 +41,7 @@ class AuditAction(StrEnum):
     SECRET_REPLACE = "secret.replace"  # noqa: S105 (an action name)
     SECRET_DELETE = "secret.delete"  # noqa: S105 (an action name)
     AI_BUDGET_UPDATE = "ai.budget_update"
+    AI_WORKFLOW_BUDGET_UPDATE = "ai.workflow_budget_update"
     SCHEDULE_CREATE = "schedule.create"
     SCHEDULE_UPDATE = "schedule.update"  # includes pause and resume
     SCHEDULE_DELETE = "schedule.delete"

@@ -18,7 +18,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth import revocation
 from taskloom.auth.authenticate import authenticate
 from taskloom.auth.principal import Principal
-from taskloom.db.driver import Statements
+from taskloom.db.driver import Statements, app_connection
 from taskloom.db.tenancy import tenant_reads, tenant_transaction
 from taskloom.errors import Forbidden, Unauthorized
 from taskloom.observability.request_id import current_request_id
@@ -63,7 +63,7 @@ _BEARER = HTTPBearer(
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
 
 
-def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("missing bearer token")
     return credentials.credentials.strip()
@@ -110,7 +110,7 @@ async def open_request_context(request: Request, token: str) -> AsyncIterator[Re
 
 
 async def _request_context(request: Request, bearer: Bearer) -> AsyncIterator[RequestContext]:
-    async with open_request_context(request, _bearer_token(bearer)) as ctx:
+    async with open_request_context(request, bearer_token(bearer)) as ctx:
         yield ctx
 
 
@@ -169,6 +169,11 @@ class ReadContext:
     def reads(self) -> AbstractAsyncContextManager[Statements]:
         return tenant_reads(self.runtime.database, org_id=self.org_id, user_id=self.user_id)
 
+    def calls(self) -> AbstractAsyncContextManager[Statements]:
+        """A connection in autocommit, for the read functions that set the tenant themselves
+        (db/tenancy.tenant_arguments): one round trip each."""
+        return app_connection(self.runtime.database)
+
 
 async def viewer_reads(request: Request, token: str) -> ReadContext:
     """Authenticate `token` (counted against its rate limit), check the viewer role: the
@@ -181,7 +186,7 @@ async def viewer_reads(request: Request, token: str) -> ReadContext:
 
 
 async def _viewer_reads(request: Request, bearer: Bearer) -> ReadContext:
-    return await viewer_reads(request, _bearer_token(bearer))
+    return await viewer_reads(request, bearer_token(bearer))
 
 
 # Read-only routes for viewers and up (the role is checked before any transaction opens).

@@ -36,6 +36,16 @@ async def set_tenant(
     )
 
 
+def tenant_arguments(
+    org_id: uuid.UUID | None, user_id: uuid.UUID | None
+) -> tuple[uuid.UUID | None, uuid.UUID | None, str]:
+    """The first three arguments of the read functions that set the tenant themselves
+    (`taskloom_workflows`, `taskloom_recent_executions`: migration 0024): the organization, the
+    user, and the request id. Called in autocommit (db/driver.app_connection), each is a read
+    in one round trip; a plain statement sent there runs with no tenant and finds no row."""
+    return org_id, user_id, current_request_id() or ""
+
+
 @asynccontextmanager
 async def tenant_transaction(
     database: Database, *, org_id: uuid.UUID | None, user_id: uuid.UUID | None

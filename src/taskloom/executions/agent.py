@@ -1,4 +1,4 @@
-"""The `agent` step's loop (ADR 0014): the model answers, calling the organization's tools
+"""The `agent` step's loop (ADR 0015): the model answers, calling the organization's tools
 through the provider's native tool calling, until it gives a final answer or a bound stops it.
 
     offer tools ─▶ rebuild from rows ─▶ [pending tool calls] ─▶ model turn ─▶ tool calls ─▶ …

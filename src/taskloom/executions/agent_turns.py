@@ -1,4 +1,4 @@
-"""The rows of an `agent` step's sub-steps (`execution_agent_turns`, ADR 0014): each model turn
+"""The rows of an `agent` step's sub-steps (`execution_agent_turns`, ADR 0015): each model turn
 and each tool call is one row, written when it starts and again when it ends, each time in a
 short transaction of its own, so what finished is durable before the loop goes on.
 

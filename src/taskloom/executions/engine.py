@@ -113,6 +113,10 @@ class Engine:
         self.live = LiveEvents(
             self.runtime.redis, self.runtime.keys, self.run.execution_id, scrub=self.run.scrubbed
         )
+        # State changes publish through the run (executions/state.py); the claim's `running`
+        # goes with the first commit point's events, at no round trip of its own.
+        self.run.live = self.live
+        self.live.add("execution", {"status": str(ExecutionStatus.RUNNING)})
         self._secret_refs = {}
         for step_id, step in self.graph.steps.items():
             try:
@@ -154,6 +158,7 @@ class Engine:
             return Finished("cancelled")
         finally:
             await self._stop_tasks()
+            await self.live.flush()  # what no commit point sent (a park, a hand-back)
             if self.secrets is not None:
                 self.secrets.release()
 

@@ -295,7 +295,7 @@ class AgentRecordStatus(StrEnum):
 
 
 class AgentTurn(Base, rls=Scope.ORG):
-    """One sub-step of an `agent` step (ADR 0014): a model turn (`call_index` 0) or one tool
+    """One sub-step of an `agent` step (ADR 0015): a model turn (`call_index` 0) or one tool
     call the model asked for in that turn (`call_index` 1, 2, …). Each is committed the moment
     it ends, so a job that runs the step again rebuilds the conversation from these rows and
     goes on from the last one: a finished tool call is never made again, one left `running`

@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from taskloom.auth.access import access
-from taskloom.auth.deps import Admin, Member, Viewer, ViewerReads
+from taskloom.auth.deps import Admin, Bearer, Member, Viewer, ViewerReads, bearer_token
 from taskloom.auth.read_lane import lane_of
-from taskloom.executions import agent_turns, approvals, reruns, service
+from taskloom.executions import agent_turns, approvals, reruns, service, streams
 from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
     ExecutionQueue,
@@ -108,7 +108,8 @@ async def list_executions(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
 ) -> ExecutionPage:
-    async with ctx.reads() as reads:
+    one_call = not service.filtered(status_filter, workflow_id, since, until)
+    async with ctx.calls() if one_call else ctx.reads() as reads:
         items, next_cursor = await service.list_executions(
             reads=reads,
             principal=ctx.principal,
@@ -173,6 +174,42 @@ async def get_agent_turns(execution_id: uuid.UUID, step_id: StepId, ctx: Viewer)
         execution_id=execution_id,
         step_id=step_id,
         turns=[AgentTurnOut(**agent_turns.as_json(row)) for row in rows],
+    )
+
+
+@router.get(
+    "/executions/{execution_id}/events",
+    openapi_extra=access("viewer"),
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-Sent Events: `step`, `execution` (the last), `agent.turn`, "
+            "`agent.tool_call`, `token` (docs/WORKFLOWS.md, Live events)",
+        }
+    },
+)
+async def execution_events(
+    execution_id: uuid.UUID,
+    request: Request,
+    bearer: Bearer,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=64, description="Resume after this event"),
+    ] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(alias="last_event_id", max_length=64, description="As Last-Event-ID"),
+    ] = None,
+) -> Response:
+    """The execution's live events; closes when it ends. Authorized as GET
+    /api/executions/{id}, again at least every minute; at most 5 open per person (429)."""
+    token = bearer_token(bearer)
+
+    async def authorize() -> streams.Access:
+        return await streams.execution_access(request, token, execution_id)
+
+    return await streams.open_stream(
+        request, execution_id, authorize, last_event_id or last_event_id_query
     )
 
 

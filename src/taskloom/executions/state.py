@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskloom.db.driver import app_connection
 from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction, tenant_transaction
+from taskloom.executions.live import LiveEvents
 from taskloom.executions.models import (
     ExecutionStatus,
     ExecutionStep,
@@ -80,6 +81,10 @@ class Run:
     # of a step's or the execution's input, output or error passes through `scrubbed`: this
     # module is the one boundary where results are persisted (docs/SECRETS.md).
     redact_secrets: Callable[[Any], Any] | None = None
+    # The execution's live stream (executions/live.py), set by the engine: each function below
+    # that changes a step's or the execution's status adds its events after its commit and
+    # flushes them (one pipeline per commit point). None: nothing is published.
+    live: LiveEvents | None = None
 
     def scrubbed(self, value: Any) -> Any:
         return value if self.redact_secrets is None else self.redact_secrets(value)
@@ -88,6 +93,32 @@ class Run:
     def done(self) -> dict[str, Any]:
         """Outputs of the steps that succeeded, by step id."""
         return {k: v.output for k, v in self.states.items() if v.status == StepStatus.SUCCEEDED}
+
+
+def step_event(
+    step_id: str, status: str, *, item_index: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A `step` event's data: the step (and item), its status and what else is known (attempt,
+    error_code, final, wake_at); absent values are left out."""
+    data: dict[str, Any] = {"step_id": step_id, "status": str(status)}
+    if item_index is not None:
+        data["item_index"] = item_index
+    data.update({k: v for k, v in extra.items() if v is not None})
+    return data
+
+
+async def publish(run: Run, *events: tuple[str, dict[str, Any]]) -> None:
+    """A commit point: the events of what just committed, with any buffered, in one round trip."""
+    if run.live is None:
+        return
+    for kind, data in events:
+        run.live.add(kind, data)
+    await run.live.flush()
+
+
+def _error_code(error: dict[str, Any] | None) -> str | None:
+    code = (error or {}).get("code")
+    return str(code) if code is not None else None
 
 
 _CLAIM = "select taskloom_claim($1, $2, $3, $4)"
@@ -167,6 +198,7 @@ async def start_step(
             type_,
             current_request_id(),
         )
+    await publish(run, ("step", step_event(step_id, StepStatus.RUNNING, attempt=attempt)))
     return attempt
 
 
@@ -264,6 +296,10 @@ async def step_succeeded(
             json.dumps(run.scrubbed(execution_output)),
             current_request_id(),
         )
+    events = [("step", step_event(step_id, StepStatus.SUCCEEDED))]
+    if last:
+        events.append(("execution", {"status": str(ExecutionStatus.SUCCEEDED)}))
+    await publish(run, *events)
     return cancel
 
 
@@ -293,6 +329,15 @@ async def record_failure(
             .where(*_where(run.execution_id, step_id, item_index))
             .values(**values)
         )
+    event = step_event(
+        step_id,
+        StepStatus.FAILED,
+        item_index=item_index,
+        attempt=error.get("attempt"),
+        error_code=_error_code(error),
+        final=final,
+    )
+    await publish(run, ("step", event))
 
 
 async def step_failed(
@@ -324,7 +369,9 @@ async def start_item(database: Database, run: Run, *, step_id: str, item_index: 
         started = await _start_run(
             db, run.org_id, run.execution_id, step_id=step_id, item_index=item_index
         )
-        return started.attempt
+    event = step_event(step_id, StepStatus.RUNNING, item_index=item_index, attempt=started.attempt)
+    await publish(run, ("step", event))
+    return started.attempt
 
 
 async def item_succeeded(
@@ -342,6 +389,8 @@ async def item_succeeded(
                 finished_at=func.now(),
             )
         )
+    event = step_event(step_id, StepStatus.SUCCEEDED, item_index=item_index)
+    await publish(run, ("step", event))
 
 
 async def skip_steps(database: Database, run: Run, steps: list[tuple[str, int, str]]) -> None:
@@ -371,6 +420,7 @@ async def skip_steps(database: Database, run: Run, steps: list[tuple[str, int, s
                 set_={"status": StepStatus.SKIPPED, "finished_at": func.now()},
             )
         )
+    await publish(run, *(("step", step_event(s, StepStatus.SKIPPED)) for s, _, _ in steps))
 
 
 async def interrupted(
@@ -416,6 +466,11 @@ async def interrupted(
                 )
                 .values(**values)
             )
+    status, code = values["status"], _error_code(error)
+    await publish(
+        run,
+        *(("step", step_event(s, status, item_index=i, error_code=code)) for s, i in running),
+    )
 
 
 async def finish(
@@ -431,6 +486,8 @@ async def finish(
         if execution is None or execution.status in TERMINAL:
             return
         _finish(execution, status, output=run.scrubbed(output), error=run.scrubbed(error))
+    ended = {"status": str(status), "error_code": _error_code(error)}
+    await publish(run, ("execution", {k: v for k, v in ended.items() if v is not None}))
 
 
 async def back_to_queue(
@@ -501,7 +558,7 @@ async def start_control(
     waits for (its end time, its child) when it runs again after a wake-up or a crash."""
     columns = {} if item_index is not None else {"position": position, "type": type_}
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as db:
-        return await _start_run(
+        started = await _start_run(
             db,
             run.org_id,
             run.execution_id,
@@ -510,6 +567,9 @@ async def start_control(
             control=True,
             **columns,
         )
+    event = step_event(step_id, StepStatus.RUNNING, item_index=item_index, attempt=started.attempt)
+    await publish(run, ("step", event))
+    return started
 
 
 async def mark_waiting(
@@ -531,11 +591,15 @@ async def mark_waiting(
         .where(*_where(run.execution_id, step_id, item_index))
         .values(**values)
     )
-    if db is not None:
+    event = step_event(step_id, StepStatus.WAITING, item_index=item_index, wake_at=wake_at)
+    if db is not None:  # the caller's transaction: published with its next commit point
         await db.execute(statement)
+        if run.live is not None:
+            run.live.add("step", event)
         return
     async with tenant_transaction(database, org_id=run.org_id, user_id=None) as session:
         await session.execute(statement)
+    await publish(run, ("step", event))
 
 
 class Parked(enum.Enum):

@@ -5,7 +5,10 @@ and error responses, 413s included, are counted and carry the id).
 - X-Request-ID: a well-formed incoming id is kept, otherwise one is made; it is bound into the
   log context for the request and returned on the response (observability/request_id.py).
 - Metrics and the access log line: recorded once the request has been answered, with the
-  status sent, or 500 when none was (observability/http_metrics.py).
+  status sent, or 500 when none was (observability/http_metrics.py). A long-lived response (an
+  event stream, open for minutes) puts the time its response started in `scope[ANSWERED]`
+  (time.perf_counter) and is timed to it: its length is the client's choice, and would otherwise
+  read as slow requests against the latency SLO.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from taskloom.observability.http_metrics import HttpMetrics
 from taskloom.observability.request_id import HEADER, accept_or_make, bind, unbind
 
 _HEADER = HEADER.encode("latin-1")
+ANSWERED = "taskloom.answered"
 
 
 class ObservedRequests:
@@ -54,6 +58,6 @@ class ObservedRequests:
             await self.app(scope, receive, send_observed)
         finally:
             if self.metrics is not None:
-                ended = time.perf_counter()
+                ended = scope.get(ANSWERED) or time.perf_counter()
                 self.metrics.record(scope, status, ended - started, ended)
             unbind(token)

@@ -34,6 +34,7 @@ STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {
     "app.css": "text/css; charset=utf-8",
     "copy.js": "text/javascript; charset=utf-8",
+    "execution.js": "text/javascript; charset=utf-8",
 }
 
 _assets = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)

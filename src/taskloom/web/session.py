@@ -10,9 +10,10 @@ authenticate sends the person to the sign-in page.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from sqlalchemy import select
@@ -34,6 +35,7 @@ from taskloom.web.refresh import RefreshCoalescer
 # Codes of an access token that a refresh repairs: expired, or issued before the session
 # switched organization (in another tab).
 _REFRESHABLE = {"token_expired", "stale_token"}
+T = TypeVar("T")
 
 
 class SignInRequired(Exception):
@@ -161,6 +163,25 @@ async def _enter(stack: AsyncExitStack, request: Request) -> RequestContext:
         if access and not access.startswith(API_KEY_PREFIX):
             try:
                 return await stack.enter_async_context(open_request_context(request, access))
+            except Unauthorized as refused:
+                if refused.code not in _REFRESHABLE:
+                    raise _signed_out(request) from None
+        if refreshed or not refresh:
+            raise _signed_out(request)
+        access, refreshed = await _refreshed_access_token(request, refresh), True
+
+
+async def with_access_token(request: Request, use: Callable[[str], Awaitable[T]]) -> T:
+    """`use` the session's access token without opening a page's transaction (a long-lived
+    response: the live event stream): refreshed once with the refresh cookie when expired, as
+    `signed_in` does; SignInRequired when there is no usable session."""
+    access = request.cookies.get(cookies.ACCESS_COOKIE)
+    refresh = request.cookies.get(cookies.REFRESH_COOKIE)
+    refreshed = False
+    while True:
+        if access and not access.startswith(API_KEY_PREFIX):
+            try:
+                return await use(access)
             except Unauthorized as refused:
                 if refused.code not in _REFRESHABLE:
                     raise _signed_out(request) from None

@@ -16,6 +16,7 @@ EventType = Literal[
     "workflow.created",
     "workflow.updated",
     "workflow.deleted",
+    "budget.threshold",  # 50, 80, 100 % of an organization's or a workflow's monthly AI budget
     "ping",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)

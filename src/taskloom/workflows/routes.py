@@ -23,8 +23,8 @@ router = APIRouter(prefix="/api", tags=["workflows"])
 
 @router.get("/workflows", openapi_extra=access("viewer"))
 async def list_workflows(ctx: ViewerReads) -> list[WorkflowOut]:
-    async with ctx.reads() as reads:
-        return await service.list_workflows(reads=reads, principal=ctx.principal)
+    async with ctx.calls() as calls:
+        return await service.list_workflows(reads=calls, principal=ctx.principal)
 
 
 # Its usual request (no query) is answered without FastAPI's machinery (auth/read_lane.py).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,6 +86,15 @@ class WorkflowDefinition(StrictModel):
         description=f"Steps of one execution running at once (default {DEFAULT_PARALLEL_STEPS})",
     )
     deadline: Duration | None = Field(default=None, description="For the whole execution")
+    max_cost_usd: Decimal | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        max_digits=13,
+        decimal_places=6,
+        description="AI spend of one execution at most (its own calls; a child workflow's "
+        "execution has its own definition's limit); the tightest budget governs (docs/AI.md)",
+    )
     output: Any = Field(default=None, description="The execution's output; templates allowed")
     input_schema: dict[str, Any] | None = Field(
         default=None,

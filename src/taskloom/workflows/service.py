@@ -17,6 +17,7 @@ from taskloom.audit.actions import AuditAction
 from taskloom.audit.service import AuditContext
 from taskloom.auth.principal import Principal
 from taskloom.db.driver import Statements
+from taskloom.db.tenancy import tenant_arguments
 from taskloom.errors import Conflict, NotFound
 from taskloom.executions.templating import secret_references
 from taskloom.secrets import service as secrets
@@ -48,16 +49,16 @@ async def _audit(
 
 # The columns a workflow shows in a list (WorkflowOut), read on the asyncpg connection
 # (db/driver.py): the API's list endpoint is one of its hottest reads.
-_LIST = (
-    "select id, key, name, description, definition, version, enabled, created_by, created_at, "
-    "updated_at from workflows where org_id = $1 order by name, id"
-)
+# The organization's workflows by name, the tenant set by the function itself (migration 0024).
+_LIST = "select * from taskloom_workflows($1, $2, $3)"
 
 
 async def list_workflows(*, reads: Statements, principal: Principal) -> list[WorkflowOut]:
-    """The organization's workflows by name. `reads` is the caller's tenant transaction:
-    db/tenancy.tenant_reads, or a session's connection (db/driver.session_connection)."""
-    return [WorkflowOut(**row) for row in await reads.fetch(_LIST, principal.current_org())]
+    """The organization's workflows by name. `reads` is any application-role connection: in
+    autocommit (auth/deps.ReadContext.calls: one round trip) or a session's
+    (db/driver.session_connection)."""
+    tenant = tenant_arguments(principal.current_org(), principal.user_id)
+    return [WorkflowOut(**row) for row in await reads.fetch(_LIST, *tenant)]
 
 
 async def get_workflow(*, db: AsyncSession, workflow_id: uuid.UUID) -> Workflow:

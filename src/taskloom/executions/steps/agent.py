@@ -1,5 +1,5 @@
 """`agent`: a model that calls the organization's tools in a bounded, resumable loop
-(executions/agent.py, ADR 0014), e.g.
+(executions/agent.py, ADR 0015), e.g.
 
     {"category": "balanced", "prompt": "Triage {{ input.ticket }}",
      "tools": [{"connection": "notes", "tools": "read_only"},

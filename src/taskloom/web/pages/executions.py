@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from taskloom.db.driver import session_connection
 from taskloom.errors import BadRequest
-from taskloom.executions import agent_turns, approvals, reruns, service
+from taskloom.executions import agent_turns, approvals, reruns, service, streams
 from taskloom.executions.models import (
     ApprovalStatus,
     ExecutionStatus,
@@ -35,7 +35,7 @@ from taskloom.web.errors import UiRoute
 from taskloom.web.graph import StepView, render_graph, render_timeline
 from taskloom.web.pages.approvals import approval_views
 from taskloom.web.rendering import TERMINAL, redirect, render, with_query
-from taskloom.web.session import Page, signed_in
+from taskloom.web.session import Page, signed_in, with_access_token
 from taskloom.workflows import service as workflow_service
 from taskloom.workflows.graph import Graph
 
@@ -188,7 +188,30 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             else None,
             # Not while a decision form is on the page: a reload would wipe a comment typed.
             refresh_seconds=None if execution.status in TERMINAL or deciding else REFRESH_SECONDS,
+            # With JavaScript, static/execution.js follows the live events instead of reloading.
+            live_events=execution.status not in TERMINAL,
+            live_refresh_seconds=REFRESH_SECONDS,
         )
+
+
+@router.get("/{execution_id}/events")
+async def execution_events(
+    execution_id: uuid.UUID,
+    request: Request,
+    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The execution's live events for the page's script (static/execution.js), with the
+    cookie session: EventSource cannot send an Authorization header. Authorized as the page
+    is, and as GET /api/executions/{id}; the stream itself is executions/streams.py's."""
+
+    async def opened(token: str) -> Response:
+        async def authorize() -> streams.Access:
+            return await streams.execution_access(request, token, execution_id)
+
+        resume = request.headers.get("last-event-id") or last_event_id
+        return await streams.open_stream(request, execution_id, authorize, resume)
+
+    return await with_access_token(request, opened)
 
 
 async def _parent(page: Page, execution: WorkflowExecution) -> WorkflowExecution | None:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from taskloom.ai import summary as ai_summary
 from taskloom.db.driver import session_connection
 from taskloom.errors import DomainError, TooManyQueued, ValidationFailed
 from taskloom.executions import service as execution_service
@@ -190,6 +191,9 @@ async def _workflow_page(
         "message": "",
     }
     run_fields = schema_form.fields_of(workflow.definition.get("input_schema"))
+    ai_month = await ai_summary.workflow_month(
+        page.db, org_id=workflow.org_id, workflow_id=workflow.id
+    )
     return render(
         page,
         "workflows/edit.html",
@@ -205,6 +209,7 @@ async def _workflow_page(
         run_errors=run_errors or [],
         executions=executions,
         graph_svg=render_graph(Graph.of(workflow.definition)),
+        ai_month=ai_month,
     )
 
 

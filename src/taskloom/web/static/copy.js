@@ -1,5 +1,5 @@
 // Copy buttons: <button type="button" data-copy="ID" hidden> copies the value (or the text) of
-// the element with that id. The only script of the UI, loaded from this origin (the CSP allows
+// the element with that id. A script of the UI, loaded from this origin (the CSP allows
 // no inline script): buttons stay hidden without it, and the field can still be selected and
 // copied by hand.
 "use strict";

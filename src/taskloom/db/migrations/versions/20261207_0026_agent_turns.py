@@ -1,10 +1,10 @@
 """Agent steps (issue 22): `execution_agent_turns`, one row per model turn and per tool call of
-an `agent` step (ADR 0014), committed as each ends so a resumed job rebuilds the conversation
+an `agent` step (ADR 0015), committed as each ends so a resumed job rebuilds the conversation
 from them. Unique on (execution, step, item index or -1, turn, call index); row-level security
 by organization like `execution_steps`.
 
-Revision ID: 0024
-Revises: 0023
+Revision ID: 0026
+Revises: 0025
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0024"
-down_revision = "0023"
+revision = "0026"
+down_revision = "0025"
 branch_labels = None
 depends_on = None
 breaks_previous = False  # a new table; the previous release neither reads nor writes it
