@@ -40,7 +40,10 @@ def test_starting_the_api_or_a_worker_imports_no_ai_or_mcp_sdk() -> None:
 
 def test_the_sdks_load_when_a_provider_is_first_used() -> None:
     assert _run(
+        "import asyncio\n"
         "from taskloom.ai.executor import _provider_class\n"
-        "kinds = [_provider_class(p).__name__ for p in ('anthropic', 'openai')]\n"
+        "async def main():\n"
+        "    return [(await _provider_class(p)).__name__ for p in ('anthropic', 'openai')]\n"
+        "kinds = asyncio.run(main())\n"
         "print(json.dumps([kinds, loaded()]))\n"
     ) == [["AnthropicProvider", "OpenAIProvider"], ["anthropic", "openai"]]

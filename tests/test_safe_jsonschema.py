@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from taskloom import safe_jsonschema
-from taskloom.ai.executor import AiStepError, _parse_json
+from taskloom.ai.executor import AiStepError, parse_json
 from taskloom.executions.steps.ai import AiArgs
 from taskloom.tools.base import ToolError
 from taskloom.tools.providers.mcp_args import check_args
@@ -98,7 +98,7 @@ def test_an_ai_steps_json_schema_is_bounded_too() -> None:
 
     def check() -> None:
         with pytest.raises(AiStepError) as caught:
-            _parse_json('{"q": "' + EVIL_TEXT + '"}', schema)
+            parse_json('{"q": "' + EVIL_TEXT + '"}', schema)
         assert (caught.value.code, caught.value.retryable) == ("json_schema_too_slow", False)
 
     assert _timed(check) < WITHIN_SECONDS

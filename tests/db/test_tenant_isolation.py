@@ -56,6 +56,7 @@ SEED_ORDER = (
     "workflow_executions",
     "execution_steps",
     "execution_step_items",
+    "execution_agent_turns",
     "execution_approvals",
     "idempotency_keys",
     "workflow_schedules",
@@ -91,6 +92,7 @@ OWNER_COLUMN = {
     "workflow_executions": "org_id",
     "execution_steps": "org_id",
     "execution_step_items": "org_id",
+    "execution_agent_turns": "org_id",
     "execution_approvals": "org_id",
     "idempotency_keys": "org_id",
     "workflow_schedules": "org_id",
@@ -275,6 +277,17 @@ def row_for(
                 "step_id": f"step-{tag}",
                 "item_index": 0,
                 "status": "pending",
+            }
+        case "execution_agent_turns":
+            return {
+                "id": uuid.uuid4(),
+                "org_id": side.org_id,
+                "execution_id": side.execution_id,
+                "step_id": f"step-{tag}",
+                "turn": 1,
+                "call_index": 0,
+                "kind": "model",
+                "status": "succeeded",
             }
         case "execution_approvals":
             return {

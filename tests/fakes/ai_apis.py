@@ -11,6 +11,16 @@ unmodified against them.
 `base_url` is what to give the SDK: Anthropic's SDK appends `/v1/messages` to it, while an
 OpenAI base URL conventionally ends in `/v1` (the SDK appends `/chat/completions`).
 
+Tool calling and streaming, as the APIs document them: a `Reply` with `tool_calls` answers
+with Anthropic `tool_use` blocks (stop reason `tool_use`) or OpenAI `tool_calls` (finish reason
+`tool_calls`, several at once for parallel calls); a request with `"stream": true` gets the
+answer as Server-Sent Events (Anthropic: message_start, content_block_start/delta/stop with
+text_delta and input_json_delta, message_delta, message_stop; OpenAI: chat.completion.chunk
+objects with content and tool-call deltas by index, a last chunk with the usage when
+`stream_options.include_usage`, then `[DONE]`). Both fakes check a conversation as the APIs do:
+every tool call of an assistant turn needs its result right after it, and tool names must match
+^[a-zA-Z0-9_-]{1,64}$. `script(reply, reply, ...)` answers the next requests in that order.
+
 Each request is recorded (method, path, lower-cased headers, JSON body) and then answered, in
 this order: wait `delay_seconds`; a failure queued by `fail_next`; the API's own checks (key,
 version header, body); the reply. Error bodies have the real shapes. A 401 quotes the key it was
@@ -22,6 +32,7 @@ back to their own backoff (0.5 s and up), so 1 ms is how a test keeps retries fa
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -50,6 +61,33 @@ class Reply:
     usage_extra: dict[str, int] = field(default_factory=dict)  # e.g. cache_read_input_tokens
     include_usage: bool = True
     content_blocks: list[dict[str, Any]] | None = None  # Anthropic only: instead of one text block
+    # Tools the model calls: (name, arguments), or (call id, name, arguments).
+    tool_calls: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def calls(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The tool calls with their ids (made up where the script gave none)."""
+        return [
+            c if len(c) == 3 else (f"call_{uuid.uuid4().hex[:16]}", c[0], c[1])
+            for c in self.tool_calls
+        ]
+
+
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _pieces(text: str, size: int = 4) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+_Event = tuple[str | None, Any]  # (SSE event name or None, data)
+
+
+def _sse(events: list[_Event]) -> bytes:
+    lines = []
+    for name, data in events:
+        payload = data if isinstance(data, str) else json.dumps(data)
+        lines.append((f"event: {name}\n" if name else "") + f"data: {payload}\n\n")
+    return "".join(lines).encode()
 
 
 Answer = Callable[[RecordedRequest], str | Reply]
@@ -82,6 +120,7 @@ class _FakeApi:
         self.requests: list[RecordedRequest] = []
         self.connections = 0  # TCP connections accepted
         self._reply: Callable[[RecordedRequest], Reply] = lambda _request: Reply("ok")
+        self._script: list[Reply | int] = []
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -119,6 +158,12 @@ class _FakeApi:
 
         with self._lock:
             self._reply = make
+
+    def script(self, *replies: str | Reply | int) -> None:
+        """Answer the next requests with these replies, in order (then as `reply` says); an
+        int is an error status to answer with at that point (no `retry-after-ms`)."""
+        with self._lock:
+            self._script.extend(r if isinstance(r, Reply | int) else Reply(r) for r in replies)
 
     def fail_next(
         self,
@@ -224,15 +269,26 @@ class _FakeApi:
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
             make_reply = self._reply
-        failure = failure or self._check(request)
+            failure = failure or self._check(request)
+            scripted = self._script.pop(0) if failure is None and self._script else None
+            if isinstance(scripted, int):
+                failure = self._fail(scripted, f"fake {scripted} error")
+                scripted = None
+        content_type = "application/json"
         if failure is not None:
             status, payload, headers = failure.status, self._error_body(failure), failure.headers
+            data = json.dumps(payload).encode()
         else:
-            status, payload, headers = 200, self._success_body(request, make_reply(request)), {}
-        data = json.dumps(payload).encode()
+            status, headers = 200, {}
+            reply = scripted or make_reply(request)
+            if (request.json or {}).get("stream"):
+                content_type = "text/event-stream"
+                data = _sse(self._stream_events(request, reply))
+            else:
+                data = json.dumps(self._success_body(request, reply)).encode()
         try:
             handler.send_response(status)
-            handler.send_header("content-type", "application/json")
+            handler.send_header("content-type", content_type)
             handler.send_header("content-length", str(len(data)))
             for name, value in {**self._response_headers(), **headers}.items():
                 handler.send_header(name, value)
@@ -251,6 +307,11 @@ class _FakeApi:
         raise NotImplementedError
 
     def _success_body(self, request: RecordedRequest, reply: Reply) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _stream_events(
+        self, request: RecordedRequest, reply: Reply
+    ) -> list[tuple[str | None, Any]]:
         raise NotImplementedError
 
     def _response_headers(self) -> dict[str, str]:
@@ -311,6 +372,35 @@ class FakeAnthropic(_FakeApi):
         for i, message in enumerate(body["messages"]):
             if message.get("role") not in ("user", "assistant"):
                 return self._fail(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        for i, tool in enumerate(body.get("tools") or []):
+            if not _TOOL_NAME.match(str(tool.get("name", ""))):
+                return self._fail(400, f"tools.{i}.name: String should match pattern")
+            if not isinstance(tool.get("input_schema"), dict):
+                return self._fail(400, f"tools.{i}.input_schema: Field required")
+        return self._check_tool_results(body["messages"])
+
+    def _check_tool_results(self, messages: list[dict[str, Any]]) -> _Failure | None:
+        """Each tool_use of an assistant message needs a tool_result in the next message."""
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            ids = {b["id"] for b in content if b.get("type") == "tool_use"}
+            if not ids:
+                continue
+            following = messages[i + 1]["content"] if i + 1 < len(messages) else []
+            answered = {
+                b.get("tool_use_id")
+                for b in (following if isinstance(following, list) else [])
+                if b.get("type") == "tool_result"
+            }
+            if missing := ids - answered:
+                return self._fail(
+                    400,
+                    f"messages.{i + 1}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(sorted(missing))}. Each `tool_use` block "
+                    "must have a corresponding `tool_result` block in the next message.",
+                )
         return None
 
     def _error_body(self, failure: _Failure) -> dict[str, Any]:
@@ -326,8 +416,8 @@ class FakeAnthropic(_FakeApi):
             "type": "message",
             "role": "assistant",
             "model": reply.model or request.json["model"],
-            "content": reply.content_blocks or [{"type": "text", "text": reply.text}],
-            "stop_reason": reply.stop_reason or "end_turn",
+            "content": reply.content_blocks or self._blocks(reply),
+            "stop_reason": reply.stop_reason or ("tool_use" if reply.tool_calls else "end_turn"),
             "stop_sequence": None,
         }
         if reply.include_usage:
@@ -340,6 +430,67 @@ class FakeAnthropic(_FakeApi):
                 **reply.usage_extra,
             }
         return body
+
+    def _blocks(self, reply: Reply) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if reply.text or not reply.tool_calls:
+            blocks.append({"type": "text", "text": reply.text})
+        blocks.extend(
+            {"type": "tool_use", "id": call_id, "name": name, "input": args}
+            for call_id, name, args in reply.calls()
+        )
+        return blocks
+
+    def _stream_events(
+        self, request: RecordedRequest, reply: Reply
+    ) -> list[tuple[str | None, Any]]:
+        whole = self._success_body(request, reply)
+        usage = whole.get("usage") or {"input_tokens": 0, "output_tokens": 0}
+        start = {
+            **whole,
+            "content": [],
+            "stop_reason": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
+        events: list[_Event] = [
+            ("message_start", {"type": "message_start", "message": start}),
+            ("ping", {"type": "ping"}),
+        ]
+        for index, block in enumerate(whole["content"]):
+            if block["type"] == "text":
+                first, deltas = (
+                    {"type": "text", "text": ""},
+                    [{"type": "text_delta", "text": piece} for piece in _pieces(block["text"])],
+                )
+            else:
+                first = {**block, "input": {}}
+                deltas = [
+                    {"type": "input_json_delta", "partial_json": piece}
+                    for piece in _pieces(json.dumps(block["input"]), 7)
+                ]
+            events.append(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": first},
+                )
+            )
+            events.extend(
+                ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+                for d in deltas
+            )
+            events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        events.append(("message_stop", {"type": "message_stop"}))
+        return events
 
     def _response_headers(self) -> dict[str, str]:
         return {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
@@ -387,6 +538,37 @@ class FakeOpenAI(_FakeApi):
                 "'messages' must contain the word 'json' in some form, to use "
                 "'response_format' of type 'json_object'.",
             )
+        for i, tool in enumerate(body.get("tools") or []):
+            function = tool.get("function") or {}
+            if tool.get("type") != "function" or not _TOOL_NAME.match(str(function.get("name"))):
+                return self._fail(
+                    400, f"Invalid 'tools[{i}].function.name': string does not match pattern."
+                )
+        return self._check_tool_messages(body["messages"])
+
+    def _check_tool_messages(self, messages: list[dict[str, Any]]) -> _Failure | None:
+        """An assistant message with tool_calls must be followed by a `tool` message for each
+        call id; a `tool` message must answer one of them."""
+        pending: set[str] = set()
+        for i, message in enumerate(messages):
+            if message.get("role") == "tool":
+                if message.get("tool_call_id") not in pending:
+                    return self._fail(
+                        400,
+                        f"Invalid parameter: messages with role 'tool' must be a response to a "
+                        f"preceeding message with 'tool_calls' (messages[{i}]).",
+                    )
+                pending.discard(message["tool_call_id"])
+                continue
+            if pending:
+                return self._fail(
+                    400,
+                    "An assistant message with 'tool_calls' must be followed by tool messages "
+                    "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                    f"response messages: {', '.join(sorted(pending))}",
+                )
+            if message.get("role") == "assistant":
+                pending = {c["id"] for c in message.get("tool_calls") or []}
         return None
 
     def _error_body(self, failure: _Failure) -> dict[str, Any]:
@@ -410,12 +592,14 @@ class FakeOpenAI(_FakeApi):
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": reply.text,
+                        "content": reply.text if reply.text or not reply.tool_calls else None,
                         "refusal": None,
                         "annotations": [],
+                        **({"tool_calls": self._tool_calls(reply)} if reply.tool_calls else {}),
                     },
                     "logprobs": None,
-                    "finish_reason": reply.stop_reason or "stop",
+                    "finish_reason": reply.stop_reason
+                    or ("tool_calls" if reply.tool_calls else "stop"),
                 }
             ],
             "service_tier": "default",
@@ -436,6 +620,56 @@ class FakeOpenAI(_FakeApi):
                 **reply.usage_extra,
             }
         return body
+
+    def _tool_calls(self, reply: Reply) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+            for call_id, name, args in reply.calls()
+        ]
+
+    def _stream_events(
+        self, request: RecordedRequest, reply: Reply
+    ) -> list[tuple[str | None, Any]]:
+        whole = self._success_body(request, reply)
+        message, finish = whole["choices"][0]["message"], whole["choices"][0]["finish_reason"]
+        head = {k: whole[k] for k in ("id", "created", "model", "system_fingerprint")}
+        head["object"] = "chat.completion.chunk"
+        with_usage = bool((request.json.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> Any:
+            body = {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                ],
+            }
+            if with_usage:
+                body["usage"] = None
+            return (None, body)
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        events.extend(chunk({"content": piece}) for piece in _pieces(message["content"] or ""))
+        for index, call in enumerate(message.get("tool_calls") or []):
+            first = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            events.append(chunk({"tool_calls": [first]}))
+            events.extend(
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                for piece in _pieces(call["function"]["arguments"], 7)
+            )
+        events.append(chunk({}, finish))
+        if with_usage and "usage" in whole:
+            events.append((None, {**head, "choices": [], "usage": whole["usage"]}))
+        events.append((None, "[DONE]"))
+        return events
 
     def _response_headers(self) -> dict[str, str]:
         return {"x-request-id": f"req_{uuid.uuid4().hex[:24]}", "openai-processing-ms": "1"}

@@ -26,6 +26,8 @@ is the one a refusal names (`details.limit`):
   allowance on that key, AI_INSTANCE_KEY_MONTHLY_BUDGET_USD: anyone may register an
   organization, and its own budget (unlimited by default) is not the operator's. The month's
   row counts that spend apart (`instance_key_spent_usd`, `instance_key_reserved_usd`).
+- `step`: an `agent` step's `max_cost_usd`, against the spent and reserved cost of that step's
+  ai_usage rows (all its turns; a for_each step's items together).
 
 Months are calendar months in UTC. Without a budget a scope is unlimited, but its spend is still
 tracked (a workflow's too).
@@ -205,15 +207,19 @@ async def _workflow_month(
     return spent, reserved
 
 
-async def _execution_spend(db: AsyncSession, execution_id: uuid.UUID) -> tuple[Decimal, Decimal]:
-    """Spent and reserved by the execution's calls (serialized by the organization's row lock)."""
+async def _execution_spend(
+    db: AsyncSession, execution_id: uuid.UUID, step_id: str | None = None
+) -> tuple[Decimal, Decimal]:
+    """Spent and reserved by the execution's calls, or by those of one of its steps
+    (serialized by the organization's row lock)."""
     spent, reserved = (
         await db.execute(
             text(
                 "select coalesce(sum(cost_usd), 0), coalesce(sum(reserved_usd), 0) "
-                "from ai_usage where execution_id = :execution"
+                "from ai_usage where execution_id = :execution "
+                "and (cast(:step as text) is null or step_id = :step)"
             ),
-            {"execution": execution_id},
+            {"execution": execution_id, "step": step_id},
         )
     ).one()
     return spent, reserved
@@ -230,10 +236,12 @@ async def reserve(
     candidates: list[Candidate],
     downgrade_below: float,
     instance_key_budget_usd: Decimal | None = None,
+    step_limit_usd: Decimal | None = None,
 ) -> Reservation:
     """Reserve the worst case of the first affordable candidate (preferred model first, then
     cheaper fallbacks); raise BudgetExhausted when none fits. `instance_key_budget_usd` is given
-    for a call with the instance's key: the organization's allowance on it, one more limit."""
+    for a call with the instance's key: the organization's allowance on it, one more limit;
+    `step_limit_usd` for a call of a step with a limit of its own (an agent's `max_cost_usd`)."""
     if not candidates:
         raise ValueError("no candidate model")
     refused: BudgetExhausted | None = None
@@ -274,6 +282,17 @@ async def reserve(
                         what="the execution's AI budget (max_cost_usd of its definition) "
                         "of ${budget}",
                         extra=(("execution_id", str(execution_id)),),
+                    )
+                )
+            if step_limit_usd is not None and step_id is not None:
+                assert execution_id is not None
+                limits.append(
+                    _Limit(
+                        "step",
+                        step_limit_usd,
+                        *await _execution_spend(db, execution_id, step_id),
+                        what="the step's max_cost_usd of ${budget}",
+                        extra=(("step_id", step_id),),
                     )
                 )
             workflow_spent, workflow_reserved = await _workflow_month(

@@ -10,17 +10,24 @@
 4. the call, behind a circuit breaker per credential (`ai:<connection id>`, or
    `ai:instance:<provider>`), with the SDK's bounded retries and a per-call timeout;
 5. settle the actual cost, write the usage row, count the call once in the metrics.
+
+`run_ai` makes the `ai` step's one completion; `run_turn` makes one turn of a conversation
+with tools (the `agent` step's loop, executions/steps/agent.py), bound also by the step's own
+`max_cost_usd`. Both stream (the providers' streaming APIs) when given `on_text`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
 import httpx2
 import structlog
@@ -37,6 +44,9 @@ from taskloom.ai.providers.base import (
     AiRequest,
     AiResponse,
     Message,
+    OnText,
+    ToolCall,
+    ToolSpec,
 )
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.db.tenancy import tenant_transaction
@@ -84,6 +94,22 @@ class AiCall:
     json_output: bool = False
     json_schema: dict[str, Any] | None = None
     allow_downgrade: bool = True
+    on_text: OnText | None = None  # stream, and hand the text deltas here
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one model turn of a conversation answered, and what it cost."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    stop_reason: str | None
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    latency_ms: int
 
 
 @dataclass(frozen=True)
@@ -102,6 +128,22 @@ def worst_case_input_tokens(call: AiCall) -> int:
     return len(text.encode()) + 2 * _FRAMING_TOKENS
 
 
+def _conversation_tokens(call: AiCall, messages: list[Message], tools: tuple[ToolSpec, ...]) -> int:
+    """The same bound for a conversation with tools: every message, call, result and tool
+    schema as JSON (more bytes than the API's own encoding), each message framed."""
+    size = len((call.system or "").encode())
+    for message in messages:
+        size += len(message.content.encode())
+        size += sum(len(json.dumps(c.arguments).encode()) + len(c.name) for c in message.tool_calls)
+        size += sum(len(r.content.encode()) + len(r.tool_call_id) for r in message.tool_results)
+    size += sum(
+        len(json.dumps(t.input_schema).encode()) + len(t.name) + len(t.description.encode())
+        for t in tools
+    )
+    framed = len(messages) + sum(len(m.tool_calls) + len(m.tool_results) for m in messages)
+    return size + (framed + len(tools) + 2) * _FRAMING_TOKENS
+
+
 def _route(catalog: Catalog, call: AiCall) -> tuple[ModelPrice, str | None]:
     try:
         if call.model is not None:
@@ -113,12 +155,17 @@ def _route(catalog: Catalog, call: AiCall) -> tuple[ModelPrice, str | None]:
 
 
 def _candidates(
-    catalog: Catalog, call: AiCall, preferred: ModelPrice, default_max_tokens: int
+    catalog: Catalog,
+    call: AiCall,
+    preferred: ModelPrice,
+    default_max_tokens: int,
+    input_tokens: int | None = None,
 ) -> list[Candidate]:
     chain = [preferred]
     while call.allow_downgrade and (cheaper := catalog.cheaper(chain[-1])) is not None:
         chain.append(cheaper)
-    input_tokens = worst_case_input_tokens(call)
+    if input_tokens is None:
+        input_tokens = worst_case_input_tokens(call)
     return [
         Candidate(
             model, model.cost(input_tokens, _max_tokens(call, model, default=default_max_tokens))
@@ -202,7 +249,7 @@ async def _provider(
         runtime.outbound.transport(key) as transport,
         httpx2.AsyncClient(transport=transport, trust_env=False) as http,
     ):
-        yield _provider_class(provider)(
+        yield (await _provider_class(provider))(
             api_key=credential.api_key,
             base_url=credential.base_url,
             http_client=http,
@@ -258,19 +305,30 @@ async def _complete(
         return response
 
 
-def _provider_class(provider: str) -> Callable[..., AiProvider]:
+_PROVIDER_CLASSES: dict[str, Callable[..., AiProvider]] = {}
+
+
+async def _provider_class(provider: str) -> Callable[..., AiProvider]:
     """Imported on first use: the two SDKs take seconds of CPU to import, which every worker
-    start and every API process would pay even when nobody calls a model."""
-    if provider == "anthropic":
-        from taskloom.ai.providers.anthropic import AnthropicProvider
+    start and every API process would pay even when nobody calls a model. The first import runs
+    in a thread, so the event loop goes on meanwhile (a loop blocked for seconds misses the
+    queue's lock renewals, and the job would be taken for stalled)."""
+    found = _PROVIDER_CLASSES.get(provider)
+    if found is None:
+        # Not `sys.modules`: while one call imports, another would find the module there
+        # half-initialized. A second importer waits on the import lock, in its own thread.
+        module = "anthropic" if provider == "anthropic" else "openai"
+        loaded = await asyncio.to_thread(importlib.import_module, f"taskloom.ai.providers.{module}")
+        found = _PROVIDER_CLASSES[provider] = cast(
+            "Callable[..., AiProvider]",
+            loaded.AnthropicProvider if provider == "anthropic" else loaded.OpenAIProvider,
+        )
+    return found
 
-        return AnthropicProvider
-    from taskloom.ai.providers.openai import OpenAIProvider
 
-    return OpenAIProvider
-
-
-def _parse_json(text: str, schema: dict[str, Any] | None) -> Any:
+def parse_json(text: str, schema: dict[str, Any] | None) -> Any:
+    """The model's answer as JSON, checked against `schema`; AiStepError
+    `invalid_json_output` (retryable) when it is not JSON or does not match."""
     body = text.strip()
     if body.startswith("```"):  # a fenced block despite the instruction
         body = body.split("\n", 1)[-1].rsplit("```", 1)[0]
@@ -299,6 +357,65 @@ def _parse_json(text: str, schema: dict[str, Any] | None) -> Any:
 
 async def run_ai(runtime: Runtime, call: AiCall) -> dict[str, Any]:
     """Make one AI call with routing, budget, breaker, accounting and metrics."""
+    messages = [Message(role="user", content=call.prompt)]
+    reservation, credential, category = await _reserve(runtime, call, messages, ())
+    response, cost, _ = await _call(runtime, call, credential, reservation, category, messages, ())
+    model = reservation.model
+    output: dict[str, Any] = {
+        "text": response.text,
+        "model": model.name,
+        "provider": model.provider,
+        "category": category,
+        "downgraded_from": reservation.downgraded_from,
+        "stop_reason": response.stop_reason,
+        "usage": {
+            "input_tokens": response.input_tokens,
+            "output_tokens": response.output_tokens,
+            "cost_usd": str(cost),
+        },
+    }
+    if call.json_output:
+        output["json"] = parse_json(response.text, call.json_schema)
+    return output
+
+
+async def run_turn(
+    runtime: Runtime,
+    call: AiCall,
+    *,
+    messages: list[Message],
+    tools: tuple[ToolSpec, ...],
+    step_limit_usd: Decimal | None = None,
+) -> Turn:
+    """One model turn of a conversation with tools: reserved against every budget (the step's
+    `step_limit_usd` too) before it is sent, settled and counted once after."""
+    reservation, credential, category = await _reserve(
+        runtime, call, messages, tools, step_limit_usd=step_limit_usd
+    )
+    response, cost, latency_ms = await _call(
+        runtime, call, credential, reservation, category, messages, tools
+    )
+    return Turn(
+        text=response.text,
+        tool_calls=response.tool_calls,
+        stop_reason=response.stop_reason,
+        model=reservation.model.name,
+        provider=reservation.model.provider,
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
+        cost_usd=cost,
+        latency_ms=latency_ms,
+    )
+
+
+async def _reserve(
+    runtime: Runtime,
+    call: AiCall,
+    messages: list[Message],
+    tools: tuple[ToolSpec, ...],
+    *,
+    step_limit_usd: Decimal | None = None,
+) -> tuple[Reservation, _Credential, str | None]:
     settings = runtime.settings
     try:
         catalog = load_catalog(settings.ai_model_catalog)
@@ -306,6 +423,11 @@ async def run_ai(runtime: Runtime, call: AiCall) -> dict[str, Any]:
         raise AiStepError(str(error), code="catalog_invalid") from None
     preferred, category = _route(catalog, call)
     credential = await _credential(runtime, call, preferred.provider)
+    input_tokens = (
+        worst_case_input_tokens(call)
+        if not tools and len(messages) == 1
+        else _conversation_tokens(call, messages, tools)
+    )
     try:
         reservation = await budget.reserve(
             runtime.database,
@@ -314,17 +436,21 @@ async def run_ai(runtime: Runtime, call: AiCall) -> dict[str, Any]:
             execution_id=call.execution_id,
             step_id=call.step_id,
             category=category,
-            candidates=_candidates(catalog, call, preferred, settings.ai_default_max_tokens),
+            candidates=_candidates(
+                catalog, call, preferred, settings.ai_default_max_tokens, input_tokens
+            ),
             downgrade_below=settings.ai_downgrade_below_fraction,
             instance_key_budget_usd=(
                 settings.ai_instance_key_monthly_budget_usd if credential.instance_key else None
             ),
+            step_limit_usd=step_limit_usd,
         )
     except BudgetExhausted as exhausted:
+        code = "agent_budget_exhausted" if exhausted.details.get("limit") == "step" else None
         raise AiStepError(
-            exhausted.message, code="budget_exhausted", details=exhausted.details
+            exhausted.message, code=code or "budget_exhausted", details=exhausted.details
         ) from None
-    return await _call(runtime, call, credential, reservation, category)
+    return reservation, credential, category
 
 
 async def _call(
@@ -333,7 +459,11 @@ async def _call(
     credential: _Credential,
     reservation: Reservation,
     category: str | None,
-) -> dict[str, Any]:
+    messages: list[Message],
+    tools: tuple[ToolSpec, ...],
+) -> tuple[AiResponse, Decimal, int]:
+    """The call under its breaker; settles the reservation and counts the call. Returns the
+    answer, its cost and its latency in ms."""
     settings, model = runtime.settings, reservation.model
     breaker = BREAKERS.get(
         credential.breaker,
@@ -352,12 +482,14 @@ async def _call(
         ) from None
     request = AiRequest(
         model=model.name,
-        messages=[Message(role="user", content=call.prompt)],
+        messages=messages,
         max_tokens=_max_tokens(call, model, default=settings.ai_default_max_tokens),
         system=call.system,
         temperature=call.temperature,
         json_output=call.json_output,
         request_id=current_request_id(),
+        tools=tools,
+        on_text=call.on_text,
     )
     started = time.perf_counter()
     labels = (model.name, category or "none")
@@ -396,22 +528,7 @@ async def _call(
         cost_usd=cost,
         latency_ms=round(elapsed * 1000),
     )
-    output: dict[str, Any] = {
-        "text": response.text,
-        "model": model.name,
-        "provider": model.provider,
-        "category": category,
-        "downgraded_from": reservation.downgraded_from,
-        "stop_reason": response.stop_reason,
-        "usage": {
-            "input_tokens": response.input_tokens,
-            "output_tokens": response.output_tokens,
-            "cost_usd": str(cost),
-        },
-    }
-    if call.json_output:
-        output["json"] = _parse_json(response.text, call.json_schema)
-    return output
+    return response, cost, round(elapsed * 1000)
 
 
 async def _settle_quietly(runtime: Runtime, reservation: Reservation, started: float) -> None:

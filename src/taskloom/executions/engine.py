@@ -719,6 +719,8 @@ class Engine:
                 triggered_by=self.run.triggered_by,
                 runtime=self.runtime,
                 live=self.live.emit,
+                scrub=self.run.scrubbed,
+                progress=self.on_progress,
             )
             names = self._secret_refs.get(step_id)
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -284,3 +286,69 @@ class ExecutionApproval(Base, rls=Scope.ORG):
     requested_at: Mapped[datetime] = created_at()
     timeout_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AgentRecordStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class AgentTurn(Base, rls=Scope.ORG):
+    """One sub-step of an `agent` step (ADR 0015): a model turn (`call_index` 0) or one tool
+    call the model asked for in that turn (`call_index` 1, 2, …). Each is committed the moment
+    it ends, so a job that runs the step again rebuilds the conversation from these rows and
+    goes on from the last one: a finished tool call is never made again, one left `running`
+    (its worker died) is made once more with the same idempotency key (`attempts` 2), and not a
+    third time."""
+
+    __tablename__ = "execution_agent_turns"
+    __table_args__ = (
+        CheckConstraint(f"status in ({_values(AgentRecordStatus)})", name="status_valid"),
+        CheckConstraint("kind in ('model', 'tool')", name="kind_valid"),
+        CheckConstraint("turn >= 1 and call_index >= 0", name="position"),
+        Index(
+            "uq_execution_agent_turns_position",
+            "execution_id",
+            "step_id",
+            text("coalesce(item_index, -1)"),
+            "turn",
+            "call_index",
+            unique=True,
+        ),
+        Index("ix_execution_agent_turns_org_id", "org_id"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    execution_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+    step_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    item_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    turn: Mapped[int] = mapped_column(Integer, nullable=False)
+    call_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1", default=1)
+    # A tool call: the API's call id, the name the model saw, the connection and tool it maps
+    # to, and `<execution>:<step>:<turn>:<tool_call_id>`.
+    tool_call_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    tool_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    connection: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tool: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    input: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
+    output: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[datetime] = created_at()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

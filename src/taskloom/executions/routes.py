@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from taskloom.auth.access import access
 from taskloom.auth.deps import Admin, Bearer, Member, Viewer, ViewerReads, bearer_token
 from taskloom.auth.read_lane import lane_of
-from taskloom.executions import approvals, reruns, service, streams
+from taskloom.executions import agent_turns, approvals, reruns, service, streams
 from taskloom.executions.models import ExecutionStatus
 from taskloom.executions.queue import (
     ExecutionQueue,
@@ -22,6 +22,8 @@ from taskloom.executions.queue import (
     queue_limit,
 )
 from taskloom.executions.schemas import (
+    AgentTurnOut,
+    AgentTurnsOut,
     ApprovalOut,
     DecisionRequest,
     ExecuteRequest,
@@ -161,6 +163,17 @@ async def get_execution(execution_id: uuid.UUID, ctx: Viewer) -> ExecutionDetail
         ],
         approvals=[ApprovalOut.model_validate(a) for a in asked],
         reruns=[r.id for r in await reruns.list_reruns(db=ctx.db, execution=execution)],
+    )
+
+
+@router.get("/executions/{execution_id}/steps/{step_id}/turns", openapi_extra=access("viewer"))
+async def get_agent_turns(execution_id: uuid.UUID, step_id: StepId, ctx: Viewer) -> AgentTurnsOut:
+    """An `agent` step's conversation: each model turn and each tool call, in order."""
+    rows = await service.agent_step_turns(db=ctx.db, execution_id=execution_id, step_id=step_id)
+    return AgentTurnsOut(
+        execution_id=execution_id,
+        step_id=step_id,
+        turns=[AgentTurnOut(**agent_turns.as_json(row)) for row in rows],
     )
 
 

@@ -58,6 +58,42 @@ class StepOut(BaseModel):
     )
 
 
+class AgentTurnOut(BaseModel):
+    """One sub-step of an `agent` step: a model turn (`kind` "model") or a tool call."""
+
+    item_index: int | None = Field(description="The for_each item it belongs to, if any")
+    turn: int
+    kind: str = Field(description='"model" or "tool"')
+    status: str = Field(description="running, succeeded or failed")
+    attempts: int
+    input: Any | None = Field(
+        description="A model turn: the text sent before it; a tool call: its arguments"
+    )
+    output: Any | None = Field(
+        description="A model turn: its text and tool calls; a tool call: its result"
+    )
+    error: dict[str, Any] | None
+    duration_ms: int | None
+    started_at: str | None
+    finished_at: str | None
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: str | None = None
+    call_index: int | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    connection: str | None = None
+    tool: str | None = None
+    idempotency_key: str | None = None
+
+
+class AgentTurnsOut(BaseModel):
+    execution_id: uuid.UUID
+    step_id: str
+    turns: list[AgentTurnOut]
+
+
 class ItemsProgress(BaseModel):
     total: int = Field(description="Items that have started so far")
     succeeded: int

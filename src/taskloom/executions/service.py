@@ -31,8 +31,9 @@ from taskloom.errors import (
     ValidationFailed,
     unavailable_dependency,
 )
-from taskloom.executions import state
+from taskloom.executions import agent_turns, state
 from taskloom.executions.models import (
+    AgentTurn,
     ApprovalStatus,
     ExecutionApproval,
     ExecutionStatus,
@@ -463,6 +464,20 @@ async def get_execution(
         .order_by(ExecutionStep.position)
     )
     return execution, list(steps.scalars())
+
+
+async def agent_step_turns(
+    *, db: AsyncSession, execution_id: uuid.UUID, step_id: str
+) -> list[AgentTurn]:
+    """An agent step's model turns and tool calls, in conversation order; NotFound when the
+    execution is not the organization's or has no agent step `step_id`."""
+    execution = await db.get(WorkflowExecution, execution_id)
+    if execution is None:
+        raise NotFound("execution not found")
+    steps = (execution.definition or {}).get("steps", [])
+    if not any(s.get("id") == step_id and s.get("type") == "agent" for s in steps):
+        raise NotFound(f"the execution has no agent step {step_id!r}")
+    return await agent_turns.step_records(db, execution_id=execution_id, step_id=step_id)
 
 
 async def items_progress(

@@ -31,6 +31,7 @@ from taskloom.auth.models import ApiKey, RefreshToken, Session, User
 from taskloom.config import Settings
 from taskloom.errors import Conflict
 from taskloom.executions.models import (
+    AgentTurn,
     ExecutionApproval,
     ExecutionStatus,
     ExecutionStep,
@@ -271,6 +272,11 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
         .where(ExecutionStepItem.execution_id.in_(executions))
         .values(input=None, output=None, error=None)
     )
+    turns = await db.execute(
+        update(AgentTurn)
+        .where(AgentTurn.execution_id.in_(executions))
+        .values(input=None, output=None, error=None)
+    )
     payloads = await db.execute(
         update(WorkflowExecution)
         .where(mine)
@@ -279,6 +285,7 @@ async def _executions(db: AsyncSession, settings: Settings, result: Erasure) -> 
     result.counts["workflow_executions.payload"] = _rowcount(payloads)
     result.counts["execution_steps.payload"] = _rowcount(steps)
     result.counts["execution_step_items.payload"] = _rowcount(items)
+    result.counts["execution_agent_turns.payload"] = _rowcount(turns)
 
 
 async def _pseudonymise_audit(db: AsyncSession, result: Erasure, default_org_name: str) -> int:

@@ -70,6 +70,8 @@ TABLE_NOTES = {
     "execution_approvals": "Approvals you decided (approve or reject, your comment), in "
     "organizations you are still a member of.",
     "execution_step_items": "The for-each items of those steps (one run per item).",
+    "execution_agent_turns": "The model turns and tool calls of those executions' agent steps "
+    "(what was sent, answered and called, tokens and cost).",
     "ai_usage": "AI model calls made on your behalf: model, tokens, cost.",
     "tool_connections": "Tool connections you created, in organizations where you are still an "
     "admin (credentials are never exported).",

@@ -27,6 +27,7 @@ CHILDREN: dict[str, list[tuple[str, str]]] = {
     "workflow_executions": [
         ("execution_steps", "execution_id"),
         ("execution_step_items", "execution_id"),
+        ("execution_agent_turns", "execution_id"),
     ],
 }
 # Columns never exported (hashes of secrets, encrypted secrets, salts): present as "[redacted]".

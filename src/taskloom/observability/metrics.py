@@ -89,6 +89,16 @@ TOOL_DURATION = Histogram(
     ["provider", "tool"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+AGENT_ITERATIONS = Histogram(
+    "agent_iterations",
+    "Model turns an agent step took, observed once when its loop stops.",
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50),
+)
+AGENT_STOPS = Counter(
+    "agent_stops_total",
+    "Agent loops that stopped, by reason (final_answer|iteration_limit|budget|error).",
+    ["reason"],
+)
 TOOL_CACHE = Counter(
     "tool_cache_requests_total",
     "Read-only tool calls answered from the Redis cache (hit) or by the provider (miss).",

@@ -126,6 +126,33 @@ class _Cache:
         await self.redis.incr(self.generation_key)
 
 
+async def connection_tools(
+    services: Runtime, *, org_id: uuid.UUID, connection_ref: str
+) -> tuple[Connection, list[Tool]]:
+    """The connection and its tools (an MCP server's listing goes behind the connection's
+    breaker and timeout): what an `agent` step may offer its model. Raises ToolError."""
+    connection = _tool_connection(
+        await load_connection(services, org_id=org_id, ref=connection_ref), connection_ref
+    )
+    provider = PROVIDERS[connection.provider]
+    breaker = breaker_for(services.settings, connection.id)
+    async with provider_client(services.settings, connection, pool=services.outbound) as http:
+        if connection.provider in DYNAMIC_TOOL_PROVIDERS:
+            return connection, await _guarded(
+                services, connection, breaker, provider.tools(connection, http)
+            )
+        return connection, await provider.tools(connection, http)
+
+
+def _tool_connection(connection: Connection, ref: str) -> Connection:
+    if connection.provider in AI_PROVIDERS:
+        raise ToolError(
+            f"{ref!r} is an {connection.provider} connection, used by `ai` steps",
+            code="unknown_tool",
+        )
+    return connection
+
+
 async def call_tool(
     services: Runtime,
     *,
@@ -134,18 +161,20 @@ async def call_tool(
     tool_name: str,
     args: dict[str, Any],
     use_cache: bool = True,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """Call one tool; returns {"result", "cached", "tool"}. Raises ToolError."""
+    """Call one tool; returns {"result", "cached", "tool"}. Raises ToolError.
+    `idempotency_key` goes out as an `Idempotency-Key` header on each request of the call
+    (the MCP session's too), for servers that honour it."""
     settings = services.settings
-    connection = await load_connection(services, org_id=org_id, ref=connection_ref)
-    if connection.provider in AI_PROVIDERS:
-        raise ToolError(
-            f"{connection_ref!r} is an {connection.provider} connection, used by `ai` steps",
-            code="unknown_tool",
-        )
+    connection = _tool_connection(
+        await load_connection(services, org_id=org_id, ref=connection_ref), connection_ref
+    )
     provider = PROVIDERS[connection.provider]
     breaker = breaker_for(settings, connection.id)
     async with provider_client(settings, connection, pool=services.outbound) as http:
+        if idempotency_key is not None:
+            http.headers["Idempotency-Key"] = idempotency_key
         if connection.provider in DYNAMIC_TOOL_PROVIDERS:  # listing asks the server
             tools = await _guarded(services, connection, breaker, provider.tools(connection, http))
         else:

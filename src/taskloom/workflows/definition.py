@@ -127,6 +127,15 @@ def _check_type_and_args(at: list[str], step: StepDefinition) -> None:
     for name, info in fields.items():
         if info.is_required() and (info.alias or name) not in step.args:
             raise _invalid([*at, "args", info.alias or name], "this argument is required")
+    if getattr(step_type, "checked_at_save", False):
+        # Its arguments are checked whole (templates are text, so only the fields that must be
+        # literal, such as an agent's limits and tools, can fail here).
+        try:
+            step_type.Args.model_validate(step.args)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise _invalid([*at, "args", *(str(p) for p in first["loc"])], message) from exc
 
 
 def _check_cycle(graph: Graph, positions: dict[str, int]) -> None:

@@ -15,6 +15,11 @@ Only the constructor's arguments count: the key and base URL are always passed, 
 settings in the environment are never read; headers from `ANTHROPIC_CUSTOM_HEADERS` are dropped;
 the SDK's OpenTelemetry spans stay metadata-only whatever `ANTHROPIC_OPEN_TELEMETRY*` says.
 
+Tools: `tools` (name, description, input_schema); an assistant's calls are `tool_use` blocks and
+their results `tool_result` blocks of the next user message. With `on_text` the call goes
+through `messages.stream` (the SSE events) and the text deltas reach the callback as they come;
+the final message, its tool calls and usage are the same as without.
+
 Tokens: `input_tokens` is every prompt token the call processed, i.e. the API's `input_tokens`
 plus `cache_creation_input_tokens` plus `cache_read_input_tokens` (the API reports the three
 apart; their sum is the prompt's size). Cached reads cost less than this count suggests.
@@ -28,7 +33,7 @@ from typing import Any, ClassVar
 
 import anthropic
 import httpx2
-from anthropic.types import AssistantMessageParam, MessageParam, TextBlock, UserMessageParam
+from anthropic.types import MessageParam, TextBlock, ToolParam, ToolUseBlock
 
 from taskloom.ai.providers import (
     call_deadline,
@@ -36,7 +41,7 @@ from taskloom.ai.providers import (
     system_prompt,
     transport_error,
 )
-from taskloom.ai.providers.base import AiRequest, AiResponse, Message
+from taskloom.ai.providers.base import AiRequest, AiResponse, Message, ToolCall
 from taskloom.net import TargetNotAllowed
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -89,13 +94,22 @@ class AnthropicProvider:
         deadline = call_deadline(timeout=self._timeout, max_retries=self._max_retries)
         try:
             async with asyncio.timeout(deadline):
-                message = await self._client.messages.create(
-                    model=request.model,
-                    max_tokens=request.max_tokens,
-                    messages=[_message_param(m) for m in request.messages],
-                    system=system if system is not None else anthropic.omit,
-                    extra_headers=headers,
-                )
+                arguments: dict[str, Any] = {
+                    "model": request.model,
+                    "max_tokens": request.max_tokens,
+                    "messages": [_message_param(m) for m in request.messages],
+                    "system": system if system is not None else anthropic.omit,
+                    "tools": [_tool_param(t) for t in request.tools] or anthropic.omit,
+                    "extra_headers": headers,
+                }
+                if request.on_text is None:
+                    message = await self._client.messages.create(**arguments)
+                else:  # the SSE stream: text deltas as they come, then the whole message
+                    async with self._client.messages.stream(**arguments) as stream:
+                        async for event in stream:
+                            if event.type == "text" and event.text:
+                                await request.on_text(event.text)
+                        message = await stream.get_final_message()
         except anthropic.APIStatusError as err:
             # `from None`: the SDK's own message repeats the whole error body.
             raise status_error(
@@ -124,13 +138,48 @@ class AnthropicProvider:
 
 
 def _message_param(message: Message) -> MessageParam:
+    """A neutral message as Anthropic's: tool calls are `tool_use` blocks of the assistant's
+    message, their results `tool_result` blocks of the next user message."""
+    if message.role == "tool":
+        return {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": result.tool_call_id,
+                    "content": result.content,
+                    "is_error": result.is_error,
+                }
+                for result in message.tool_results
+            ],
+        }
     if message.role == "user":
-        return UserMessageParam(role="user", content=message.content)
-    return AssistantMessageParam(role="assistant", content=message.content)
+        return {"role": "user", "content": message.content}
+    if not message.tool_calls:
+        return {"role": "assistant", "content": message.content}
+    blocks: list[Any] = [{"type": "text", "text": message.content}] if message.content else []
+    blocks.extend(
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+        for call in message.tool_calls
+    )
+    return {"role": "assistant", "content": blocks}
+
+
+def _tool_param(tool: Any) -> ToolParam:
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "input_schema": tool.input_schema,
+    }
 
 
 def _response(message: anthropic.types.Message) -> AiResponse:
     text = "".join(block.text for block in message.content if isinstance(block, TextBlock))
+    calls = tuple(
+        ToolCall(id=block.id, name=block.name, arguments=_arguments(block.input))
+        for block in message.content
+        if isinstance(block, ToolUseBlock)
+    )
     usage: Any = getattr(message, "usage", None)  # the SDK does not insist on it
     input_tokens = sum(
         getattr(usage, field, None) or 0
@@ -142,4 +191,10 @@ def _response(message: anthropic.types.Message) -> AiResponse:
         output_tokens=getattr(usage, "output_tokens", None) or 0,
         model=message.model,
         stop_reason=message.stop_reason,
+        tool_calls=calls,
     )
+
+
+def _arguments(value: object) -> dict[str, Any]:
+    """A tool_use block's input: an object by the API's rule; anything else is kept whole."""
+    return value if isinstance(value, dict) else {"input": value}

@@ -14,6 +14,11 @@ What reaches the API:
   the system prompt (OpenAI answers 400 in JSON mode unless the messages say "JSON").
 - `X-Request-ID` from `request.request_id` (OpenAI ignores it; vLLM adopts it as its request id).
 
+Tools: `tools` as functions (`parameters` = the JSON Schema); an assistant's calls are its
+`tool_calls` (several at once: parallel calls), each result a `role: tool` message. With
+`on_text`: `stream=True` and `stream_options={"include_usage": True}`; text deltas reach the
+callback, tool calls are put together from their deltas by index, the usage comes last.
+
 Only the constructor's arguments count: the key and base URL are always passed, so
 `OPENAI_API_KEY` and `OPENAI_BASE_URL` are never read; `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID`
 (sent as headers) and `OPENAI_CUSTOM_HEADERS` are dropped after the SDK read them.
@@ -25,6 +30,7 @@ tokens included). A response without `usage` (some compatible servers) counts 0 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, ClassVar, Literal
 
 import httpx2
@@ -34,6 +40,7 @@ from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
     ChatCompletionMessageParam,
     ChatCompletionSystemMessageParam,
+    ChatCompletionToolParam,
     ChatCompletionUserMessageParam,
 )
 from openai.types.shared_params import ResponseFormatJSONObject
@@ -44,7 +51,7 @@ from taskloom.ai.providers import (
     system_prompt,
     transport_error,
 )
-from taskloom.ai.providers.base import AiRequest, AiResponse, Message
+from taskloom.ai.providers.base import AiRequest, AiResponse, Message, ToolCall, ToolSpec
 from taskloom.net import TargetNotAllowed
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -102,21 +109,27 @@ class OpenAIProvider:
         deadline = call_deadline(timeout=self._timeout, max_retries=self._max_retries)
         try:
             async with asyncio.timeout(deadline):
-                completion = await self._client.chat.completions.create(
-                    model=request.model,
-                    messages=_messages(request),
-                    max_completion_tokens=request.max_tokens if new_name else openai.omit,
-                    max_tokens=openai.omit if new_name else request.max_tokens,
-                    temperature=(
+                arguments: dict[str, Any] = {
+                    "model": request.model,
+                    "messages": _messages(request),
+                    "max_completion_tokens": request.max_tokens if new_name else openai.omit,
+                    "max_tokens": openai.omit if new_name else request.max_tokens,
+                    "temperature": (
                         request.temperature if request.temperature is not None else openai.omit
                     ),
-                    response_format=(
+                    "response_format": (
                         ResponseFormatJSONObject(type="json_object")
                         if request.json_output
                         else openai.omit
                     ),
-                    extra_headers=headers,
-                )
+                    "tools": [_tool_param(t) for t in request.tools] or openai.omit,
+                    "extra_headers": headers,
+                }
+                if request.on_text is None:
+                    completion = await self._client.chat.completions.create(**arguments)
+                    response = _response(completion)
+                else:
+                    response = await self._streamed(request, arguments)
         except openai.APIStatusError as err:
             # The SDK passes the `error` object of the body (or the raw body) as `body`.
             body: Any = err.body
@@ -138,7 +151,48 @@ class OpenAIProvider:
                 base_url=self._base_url,
                 api_key=self._api_key,
             ) from err
-        return _response(completion)
+        return response
+
+    async def _streamed(self, request: AiRequest, arguments: dict[str, Any]) -> AiResponse:
+        """One streamed call: text deltas go to `request.on_text` as they come; tool calls are
+        put together from their deltas (by `index`: the id and name come first, the arguments
+        in pieces); the usage comes in the last chunk (`include_usage`)."""
+        assert request.on_text is not None
+        stream = await self._client.chat.completions.create(
+            **arguments, stream=True, stream_options={"include_usage": True}
+        )
+        text: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        usage: Any = None
+        model, stop_reason = request.model, None
+        async with stream:
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices[:1]:
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                        await request.on_text(delta.content)
+                    for piece in delta.tool_calls or ():
+                        call = calls.setdefault(piece.index, {"id": "", "name": "", "args": []})
+                        call["id"] = piece.id or call["id"]
+                        if piece.function is not None:
+                            call["name"] += piece.function.name or ""
+                            call["args"].append(piece.function.arguments or "")
+                    stop_reason = choice.finish_reason or stop_reason
+        return AiResponse(
+            text="".join(text),
+            input_tokens=getattr(usage, "prompt_tokens", None) or 0,
+            output_tokens=getattr(usage, "completion_tokens", None) or 0,
+            model=model,
+            stop_reason=stop_reason,
+            tool_calls=tuple(
+                ToolCall(id=c["id"], name=c["name"], arguments=_arguments("".join(c["args"])))
+                for _, c in sorted(calls.items())
+            ),
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool the SDK made; an `http_client` passed in stays open."""
@@ -151,24 +205,74 @@ def _messages(request: AiRequest) -> list[ChatCompletionMessageParam]:
     system = system_prompt(request.system, json_output=request.json_output)
     if system is not None:
         messages.append(ChatCompletionSystemMessageParam(role="system", content=system))
-    messages.extend(_message_param(m) for m in request.messages)
+    for message in request.messages:
+        messages.extend(_message_param(message))
     return messages
 
 
-def _message_param(message: Message) -> ChatCompletionMessageParam:
+def _message_param(message: Message) -> list[ChatCompletionMessageParam]:
+    """A neutral message as OpenAI's: an assistant's `tool_calls`, and one `role: tool`
+    message per result."""
+    if message.role == "tool":
+        return [
+            {"role": "tool", "tool_call_id": result.tool_call_id, "content": result.content}
+            for result in message.tool_results
+        ]
     if message.role == "user":
-        return ChatCompletionUserMessageParam(role="user", content=message.content)
-    return ChatCompletionAssistantMessageParam(role="assistant", content=message.content)
+        return [ChatCompletionUserMessageParam(role="user", content=message.content)]
+    if not message.tool_calls:
+        return [ChatCompletionAssistantMessageParam(role="assistant", content=message.content)]
+    return [
+        ChatCompletionAssistantMessageParam(
+            role="assistant",
+            content=message.content or None,
+            tool_calls=[
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+                }
+                for call in message.tool_calls
+            ],
+        )
+    ]
+
+
+def _tool_param(tool: ToolSpec) -> ChatCompletionToolParam:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.input_schema,
+        },
+    }
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    """A tool call's arguments (a JSON object as text, by the API's rule). Text that is not one
+    is kept whole, so the tool's argument check reports it to the model."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {"_unparsed": text}
+    return value if isinstance(value, dict) else {"_unparsed": text}
 
 
 def _response(completion: ChatCompletion) -> AiResponse:
     # Compatible servers are not always complete: no choices, no content, no usage.
     choice = completion.choices[0] if completion.choices else None
     usage: Any = getattr(completion, "usage", None)
+    calls = (choice.message.tool_calls or []) if choice is not None else []
     return AiResponse(
         text=(choice.message.content or "") if choice is not None else "",
         input_tokens=getattr(usage, "prompt_tokens", None) or 0,
         output_tokens=getattr(usage, "completion_tokens", None) or 0,
         model=completion.model,
         stop_reason=choice.finish_reason if choice is not None else None,
+        tool_calls=tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=_arguments(c.function.arguments))
+            for c in calls
+            if c.type == "function"
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from taskloom.executions.steps.agent import AgentStep
 from taskloom.executions.steps.ai import AiStep
 from taskloom.executions.steps.base import (
     RetryableStepError,
@@ -24,6 +25,7 @@ def register(step_type: StepType) -> None:
     STEP_TYPES[step_type.name] = step_type
 
 
+register(AgentStep())
 register(AiStep())
 register(HttpStep())
 register(ToolStep())

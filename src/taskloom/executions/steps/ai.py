@@ -1,7 +1,8 @@
 """`ai`: ask a model. Name a `category` (routed through the model catalog's tiers, downgraded
 when the organization's budget runs low) or a `model`; the prompt and system prompt are
 templates like every other argument. Output: text (and `json` when `output` is "json"), the
-model used, and tokens and cost."""
+model used, and tokens and cost. In a worker the call streams (the provider's streaming API):
+its text shows on the execution's live stream as `token` events while it is written."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from taskloom import safe_jsonschema
 from taskloom.ai.executor import AiCall, AiStepError, run_ai
+from taskloom.executions.live import Deltas
 from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
 
 
@@ -54,6 +56,7 @@ class AiStep:
     Args: ClassVar[type[StepArgs]] = AiArgs
 
     async def run(self, args: AiArgs, ctx: StepContext) -> Any:
+        deltas = Deltas(ctx.emit, {}) if ctx.live is not None else None
         call = AiCall(
             org_id=ctx.org_id,
             user_id=ctx.triggered_by,
@@ -70,9 +73,13 @@ class AiStep:
             json_output=args.output == "json",
             json_schema=args.json_schema,
             allow_downgrade=args.allow_downgrade,
+            on_text=deltas.add if deltas is not None else None,
         )
         try:
             return await run_ai(ctx.require_runtime(), call)
         except AiStepError as error:
             kind = RetryableStepError if error.retryable else StepError
             raise kind(error.message, code=error.code, details=error.details) from None
+        finally:
+            if deltas is not None:
+                await deltas.flush()

@@ -1,5 +1,5 @@
 """What a step type is: validated arguments and an async `run`. Step types register in
-`taskloom.executions.steps` (`ai`, `http`, `tool`, `transform`)."""
+`taskloom.executions.steps` (`agent`, `ai`, `http`, `tool`, `transform`)."""
 
 from __future__ import annotations
 
@@ -64,11 +64,24 @@ class StepContext:
     runtime: Runtime | None = None
     # Publishes a live event of the execution (executions/live.py); None outside a worker.
     live: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+    # The execution's secret redaction (`Run.scrubbed`), for steps that persist rows of their
+    # own (`agent`'s turns): everything they store passes through it. None: nothing to redact.
+    scrub: Callable[[Any], Any] | None = None
+    # Says the job made progress (a sub-step was committed): earlier stalls of its job stop
+    # counting against it, as when a step finishes (executions/runner.py). None outside a job.
+    progress: Callable[[], Awaitable[None]] | None = None
 
     async def emit(self, event: str, data: dict[str, Any]) -> None:
         """Show `data` on the execution's live stream (never fails the step)."""
         if self.live is not None:
             await self.live(event, {"step_id": self.step_id, "item_index": self.item_index, **data})
+
+    async def progressed(self) -> None:
+        if self.progress is not None:
+            await self.progress()
+
+    def scrubbed(self, value: Any) -> Any:
+        return value if self.scrub is None else self.scrub(value)
 
     def require_runtime(self) -> Runtime:
         if self.runtime is None:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from taskloom.db.driver import session_connection
 from taskloom.errors import BadRequest
-from taskloom.executions import approvals, reruns, service, streams
+from taskloom.executions import agent_turns, approvals, reruns, service, streams
 from taskloom.executions.models import (
     ApprovalStatus,
     ExecutionStatus,
@@ -147,6 +147,13 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             db=page.db, workflow_id=execution.workflow_id
         )
         usage = {step.step_id: ai_usage(step) for step in steps}
+        conversations = {
+            step.step_id: await agent_turns.step_records(
+                page.db, execution_id=execution.id, step_id=step.step_id
+            )
+            for step in steps
+            if step.type == "agent"
+        }
         planned = [s.get("id") for s in (execution.definition or {}).get("steps", [])]
         graph = Graph.of(execution.definition or {})
         progress = await service.items_progress(db=page.db, execution=execution)
@@ -163,6 +170,7 @@ async def show_execution(execution_id: uuid.UUID, request: Request) -> Response:
             workflow=workflow,
             steps=steps,
             usage=usage,
+            conversations=conversations,
             not_started=[p for p in planned if p not in {s.step_id for s in steps}],
             progress=progress,
             pending=[view for view in asked if view.approval.status == ApprovalStatus.PENDING],
