@@ -135,6 +135,7 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/triggers/{trigger_id}/rotate-secret"): {"overlap_seconds": 0},
     ("POST", "/api/workflows/{workflow_id}/schedules"): {"cron": "0 0 1 1 *"},
     ("PUT", "/api/secrets/{secret_name}"): {"value": "matrix-value", "allowed_hosts": []},
+    ("PUT", "/api/ai/workflows/{workflow_id}/budget"): {"monthly_budget_usd": "1.00"},
 }
 
 
