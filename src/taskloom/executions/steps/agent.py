@@ -16,12 +16,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-import jsonschema
 from pydantic import Field, field_validator, model_validator
 
-from taskloom import safe_jsonschema
 from taskloom.executions.agent import AgentLoop, AgentSpec
-from taskloom.executions.steps.base import StepArgs, StepContext
+from taskloom.executions.steps.base import StepArgs, StepContext, checked_json_schema
 
 DEFAULT_MAX_ITERATIONS = 8
 MAX_ITERATIONS = 50
@@ -52,19 +50,7 @@ class AgentArgs(StepArgs):
     max_cost_usd: Decimal | None = Field(default=None, gt=0, le=100_000, decimal_places=6)
     json_schema: dict[str, Any] | None = None
 
-    @field_validator("json_schema")
-    @classmethod
-    def _is_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(value)
-            except jsonschema.SchemaError as error:
-                raise ValueError(
-                    f"json_schema is not a valid JSON Schema: {error.message}"
-                ) from None
-            if (reason := safe_jsonschema.unsupported(value)) is not None:
-                raise ValueError(f"json_schema: {reason}")
-        return value
+    _is_schema = field_validator("json_schema")(checked_json_schema)
 
     @model_validator(mode="after")
     def _model_or_category(self) -> AgentArgs:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import jsonschema
 from pydantic import Field, field_validator, model_validator
 
-from taskloom import safe_jsonschema
 from taskloom.ai.executor import AiCall, AiStepError, run_ai
 from taskloom.executions.live import Deltas
-from taskloom.executions.steps.base import RetryableStepError, StepArgs, StepContext, StepError
+from taskloom.executions.steps.base import (
+    RetryableStepError,
+    StepArgs,
+    StepContext,
+    StepError,
+    checked_json_schema,
+)
 
 
 class AiArgs(StepArgs):
@@ -30,19 +34,7 @@ class AiArgs(StepArgs):
     json_schema: dict[str, Any] | None = None
     allow_downgrade: bool = True
 
-    @field_validator("json_schema")
-    @classmethod
-    def _is_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(value)
-            except jsonschema.SchemaError as error:
-                raise ValueError(
-                    f"json_schema is not a valid JSON Schema: {error.message}"
-                ) from None
-            if (reason := safe_jsonschema.unsupported(value)) is not None:
-                raise ValueError(f"json_schema: {reason}")
-        return value
+    _is_schema = field_validator("json_schema")(checked_json_schema)
 
     @model_validator(mode="after")
     def _schema_needs_json(self) -> AiArgs:

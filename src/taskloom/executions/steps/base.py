@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict
 
+from taskloom import safe_jsonschema
 from taskloom.config import Settings
 
 if TYPE_CHECKING:
@@ -20,6 +22,19 @@ class StepArgs(BaseModel):
     """Base of every step type's arguments: unknown keys are an error, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def checked_json_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A step's `json_schema` argument (`ai`, `agent`): a valid JSON Schema that
+    safe_jsonschema can check in bounded time, else ValueError (a 422 at save)."""
+    if value is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as error:
+            raise ValueError(f"json_schema is not a valid JSON Schema: {error.message}") from None
+        if (reason := safe_jsonschema.unsupported(value)) is not None:
+            raise ValueError(f"json_schema: {reason}")
+    return value
 
 
 class StepError(Exception):
