@@ -24,21 +24,7 @@ async def set_budget(
     org = await db.get(Organization, principal.org_id)
     if org is None:
         raise NotFound("organization not found")
-    old = org.monthly_budget_usd
-    org.monthly_budget_usd = amount
-    await db.flush()
-    await audit.record(
-        session=db,
-        context=context,
-        action=AuditAction.AI_BUDGET_UPDATE,
-        org_id=org.id,
-        resource_type="organization",
-        resource_id=org.id,
-        details={
-            "old": None if old is None else str(old),
-            "new": None if amount is None else str(amount),
-        },
-    )
+    await _set(db, context, org, org.id, AuditAction.AI_BUDGET_UPDATE, "organization", amount)
 
 
 async def set_workflow_budget(
@@ -54,16 +40,37 @@ async def set_workflow_budget(
     workflow = await db.get(Workflow, workflow_id)
     if workflow is None or workflow.org_id != principal.org_id:
         raise NotFound("workflow not found")
-    old = workflow.monthly_budget_usd
-    workflow.monthly_budget_usd = amount
+    await _set(
+        db,
+        context,
+        workflow,
+        workflow.org_id,
+        AuditAction.AI_WORKFLOW_BUDGET_UPDATE,
+        "workflow",
+        amount,
+    )
+
+
+async def _set(
+    db: AsyncSession,
+    context: AuditContext,
+    owner: Organization | Workflow,
+    org_id: uuid.UUID,
+    action: AuditAction,
+    resource_type: str,
+    amount: Decimal | None,
+) -> None:
+    """Set `owner`'s monthly_budget_usd and audit the change (old and new amounts)."""
+    old = owner.monthly_budget_usd
+    owner.monthly_budget_usd = amount
     await db.flush()
     await audit.record(
         session=db,
         context=context,
-        action=AuditAction.AI_WORKFLOW_BUDGET_UPDATE,
-        org_id=workflow.org_id,
-        resource_type="workflow",
-        resource_id=workflow.id,
+        action=action,
+        org_id=org_id,
+        resource_type=resource_type,
+        resource_id=owner.id,
         details={
             "old": None if old is None else str(old),
             "new": None if amount is None else str(amount),
