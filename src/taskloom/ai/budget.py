@@ -488,17 +488,7 @@ async def settle(
                 },
             )
         ).one_or_none()
-        if org_month is not None and cost_usd > 0:
-            spent, notified, budget = org_month
-            await thresholds.announce(
-                db,
-                org_id=reservation.org_id,
-                workflow_id=None,
-                month=reservation.month,
-                budget=budget,
-                spent=spent,
-                notified=notified,
-            )
+        await _announce_spend(db, reservation, None, org_month, cost_usd)
         if workflow_id is None:
             return
         workflow_month = (
@@ -518,17 +508,30 @@ async def settle(
                 },
             )
         ).one_or_none()
-        if workflow_month is not None and cost_usd > 0:
-            spent, notified, budget = workflow_month
-            await thresholds.announce(
-                db,
-                org_id=reservation.org_id,
-                workflow_id=workflow_id,
-                month=reservation.month,
-                budget=budget,
-                spent=spent,
-                notified=notified,
-            )
+        await _announce_spend(db, reservation, workflow_id, workflow_month, cost_usd)
+
+
+async def _announce_spend(
+    db: AsyncSession,
+    reservation: Reservation,
+    workflow_id: uuid.UUID | None,
+    month_row: Any,
+    cost_usd: Decimal,
+) -> None:
+    """The thresholds a settled cost crossed on one month row (spent, notified, budget), the
+    organization's (`workflow_id` None) or a workflow's."""
+    if month_row is None or cost_usd <= 0:
+        return
+    spent, notified, budget = month_row
+    await thresholds.announce(
+        db,
+        org_id=reservation.org_id,
+        workflow_id=workflow_id,
+        month=reservation.month,
+        budget=budget,
+        spent=spent,
+        notified=notified,
+    )
 
 
 async def release_abandoned(database: Database, *, older_than_seconds: int) -> int:
