@@ -23,9 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 from taskloom.config import Settings
+from taskloom.db.tenancy import system_transaction
+from taskloom.executions.models import ExecutionStatus, WorkflowExecution
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.runtime import Runtime
 from tests.cli_support import clean_env
 from tests.factories import Account, register
@@ -159,6 +163,31 @@ def queue_settings(settings: Settings, queue_redis_url: str) -> Settings:
 async def queue_runtime(queue_settings: Settings) -> AsyncIterator[Runtime]:
     async with opened_runtime(queue_settings) as runtime:
         yield runtime
+
+
+@pytest.fixture
+async def withdrawn_after(queue_runtime: Runtime) -> AsyncIterator[None]:
+    """For tests that make executions no worker runs: those still queued after the test are
+    cancelled and withdrawn, or they would hold the fair scheduler's admissions (the session's
+    queue admits WORKER_CONCURRENCY while no worker runs) that later tests' executions need."""
+    async with system_transaction(queue_runtime.database) as db:
+        began = await db.scalar(text("select now()"))
+    yield
+    async with system_transaction(queue_runtime.database) as db:
+        made = (
+            await db.execute(
+                update(WorkflowExecution)
+                .where(
+                    WorkflowExecution.created_at >= began,
+                    WorkflowExecution.status == ExecutionStatus.QUEUED,
+                )
+                .values(status=ExecutionStatus.CANCELLED)
+                .returning(WorkflowExecution.id, WorkflowExecution.org_id)
+            )
+        ).all()
+    queue = ExecutionQueue(queue_runtime)
+    for execution_id, org_id in made:
+        await queue.withdraw(execution_id=execution_id, org_id=org_id)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,9 @@ HAIKU = load_catalog().model("claude-haiku-4-5")
 STEPS = [{"id": "t", "type": "transform", "args": {"value": "{{ input }}"}}]
 FAST = {"webhook_backoff_ms": 100, "webhook_dispatch_interval_seconds": 0.2}
 
+# Executions made here that no worker runs are withdrawn after each test.
+pytestmark = pytest.mark.usefixtures("withdrawn_after")
+
 
 @pytest.mark.parametrize(
     ("budget_usd", "spent", "notified", "expected"),

@@ -30,6 +30,9 @@ OPUS, SONNET, HAIKU = (
 )
 STEPS = [{"id": "t", "type": "transform", "args": {"value": "{{ input }}"}}]
 
+# Executions made here that no worker runs are withdrawn after each test.
+pytestmark = pytest.mark.usefixtures("withdrawn_after")
+
 
 async def _owner(client: httpx.AsyncClient, runtime: Runtime, org_budget: str | None) -> Account:
     owner = await register(client, label="wfbudget")

@@ -13,19 +13,21 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, select, text, update
+from sqlalchemy import event, select, text
 
 from taskloom.app import create_app
 from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.lane import ExecuteLane, Starts, _Waiting
-from taskloom.executions.models import ExecutionStatus, WorkflowExecution
-from taskloom.executions.queue import ExecutionQueue
+from taskloom.executions.models import WorkflowExecution
 from taskloom.executions.service import Origin, Start
 from taskloom.runtime import Runtime
 from tests.factories import Account, add_member, register
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.workers import create_workflow
+
+# No worker runs here: executions left queued are withdrawn after each test.
+pytestmark = pytest.mark.usefixtures("withdrawn_after")
 
 STEPS = [{"id": "echo", "type": "transform", "args": {"value": "{{ input }}"}}]
 SCHEMA = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
@@ -48,30 +50,6 @@ async def _route_alone(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 async def route(queue_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with _route_alone(queue_runtime) as client:
         yield client
-
-
-@pytest.fixture(autouse=True)
-async def _withdrawn_after(queue_runtime: Runtime) -> AsyncIterator[None]:
-    """No worker runs here: the executions a test made are cancelled and withdrawn after it,
-    or they would hold the fair scheduler's admissions that later tests' executions need."""
-    async with system_transaction(queue_runtime.database) as db:
-        began = await db.scalar(text("select now()"))
-    yield
-    async with system_transaction(queue_runtime.database) as db:
-        made = (
-            await db.execute(
-                update(WorkflowExecution)
-                .where(
-                    WorkflowExecution.created_at >= began,
-                    WorkflowExecution.status == ExecutionStatus.QUEUED,
-                )
-                .values(status=ExecutionStatus.CANCELLED)
-                .returning(WorkflowExecution.id, WorkflowExecution.org_id)
-            )
-        ).all()
-    queue = ExecutionQueue(queue_runtime)
-    for execution_id, org_id in made:
-        await queue.withdraw(execution_id=execution_id, org_id=org_id)
 
 
 @contextmanager

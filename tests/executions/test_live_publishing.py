@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from taskloom.executions import state
 from taskloom.executions.engine import Engine
 from taskloom.executions.live import PUBLISH_TIMEOUT_SECONDS, LiveEvents, stream_key
+from taskloom.executions.queue import ExecutionQueue
 from taskloom.executions.template_process import TemplateRenderer
 from taskloom.redis import Keys
 from taskloom.runtime import Runtime
@@ -52,7 +55,22 @@ async def _engine_run(runtime: Runtime, owner: Account, execution_id: uuid.UUID)
         await engine.execute()
     finally:
         await templates.aclose()
+        _RAN.append((execution_id, owner.org_id))
     return engine
+
+
+_RAN: list[tuple[uuid.UUID, uuid.UUID]] = []
+
+
+@pytest.fixture(autouse=True)
+async def _withdrawn_after(queue_runtime: Runtime) -> AsyncIterator[None]:
+    """No worker ran the jobs of the executions run here: they are withdrawn after each test,
+    or they would hold the fair scheduler's admissions (the session's queue) that later tests'
+    executions need."""
+    yield
+    while _RAN:
+        execution_id, org_id = _RAN.pop()
+        await ExecutionQueue(queue_runtime).withdraw(execution_id=execution_id, org_id=org_id)
 
 
 async def _events(runtime: Runtime, execution_id: uuid.UUID) -> list[tuple[str, dict]]:

@@ -26,7 +26,7 @@ from taskloom.redis import Keys, create_redis
 from taskloom.runtime import Runtime
 from taskloom.web import cookies
 from tests.cli_support import deployment_env, serve_api
-from tests.factories import Account, add_member, register
+from tests.factories import Account, add_member, login, register
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.servers import free_port
 from tests.workers import StartWorker, create_workflow, execute, wait_for_status
@@ -69,8 +69,19 @@ async def client(stream_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def person(client: httpx.AsyncClient) -> Account:
-    return await register(client, label="watcher", organization_name="Stream Org")
+async def person(client: httpx.AsyncClient) -> AsyncIterator[Account]:
+    account = await register(client, label="watcher", organization_name="Stream Org")
+    yield account
+    # Executions left queued (no worker ran them) are cancelled: the queue is the session's,
+    # and admitted ones would hold its admission budget from later tests' executions. A new
+    # sign-in, since a test may have ended the person's session.
+    again = await login(client, account.email, org_id=account.org_id)
+    for status in ("queued", "running", "waiting"):
+        listed = await client.get(
+            "/api/executions", params={"status": status}, headers=again.headers
+        )
+        for item in listed.json()["items"]:
+            await client.post(f"/api/executions/{item['id']}/cancel", headers=again.headers)
 
 
 def parse(body: str) -> list[dict[str, Any]]:
