@@ -16,7 +16,7 @@ from tests.web.test_browser_e2e import TIMEOUT_MS, base_url, chromium, deploymen
 
 DEFINITION = {
     "steps": [
-        {"id": "pause", "type": "wait", "args": {"for": "30s"}},  # long enough on a loaded CI machine
+        {"id": "pause", "type": "wait", "args": {"for": "30s"}},  # enough on a loaded machine
         {"id": "greet", "type": "transform", "args": {"value": "hi"}, "needs": ["pause"]},
     ]
 }
