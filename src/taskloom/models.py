@@ -20,6 +20,7 @@ from taskloom.flags.models import FeatureFlag, FeatureFlagOverride
 from taskloom.gdpr.models import GdprExportFile, GdprRequest
 from taskloom.orgs.models import Invitation, Membership, Organization
 from taskloom.secrets.models import OrgSecret
+from taskloom.sso.models import SsoGroupMapping, SsoIdentity, SsoProvider, SsoSession
 from taskloom.tools.models import ToolConnection
 from taskloom.triggers.models import (
     ScheduleTick,
@@ -56,6 +57,10 @@ __all__ = [
     "ScheduleTick",
     "SchemaRevision",
     "Session",
+    "SsoGroupMapping",
+    "SsoIdentity",
+    "SsoProvider",
+    "SsoSession",
     "ToolConnection",
     "TriggerDelivery",
     "User",

@@ -88,7 +88,11 @@ def test_every_model_declares_and_the_lists_are_derived_from_the_models() -> Non
 
 def test_the_application_roles_grants_follow_the_declared_access() -> None:
     grants = _grants(role="app", database="db")
-    assert tables_with_access(metadata, AppAccess.NONE) == ["gdpr_export_files"]
+    assert tables_with_access(metadata, AppAccess.NONE) == [
+        "gdpr_export_files",
+        "sso_group_mappings",
+        "sso_providers",
+    ]
     assert tables_with_access(metadata, AppAccess.APPEND_ONLY) == [
         "audit_logs",
         "workflow_versions",
@@ -98,7 +102,8 @@ def test_the_application_roles_grants_follow_the_declared_access() -> None:
         "feature_flags",
         "schema_revisions",
     ]
-    assert 'REVOKE ALL ON "gdpr_export_files" FROM "app"' in grants
+    for table in ("gdpr_export_files", "sso_group_mappings", "sso_providers"):
+        assert f'REVOKE ALL ON "{table}" FROM "app"' in grants
     assert 'REVOKE UPDATE, DELETE ON "audit_logs" FROM "app"' in grants
     assert 'REVOKE UPDATE, DELETE ON "workflow_versions" FROM "app"' in grants
     for table in ("alembic_version", "feature_flags", "schema_revisions"):

@@ -51,6 +51,8 @@ SEED_ORDER = (
     "refresh_tokens",
     "api_keys",
     "gdpr_requests",
+    "sso_identities",
+    "sso_sessions",
     "workflows",
     "workflow_versions",
     "workflow_executions",
@@ -77,7 +79,14 @@ SEED_ORDER = (
 )
 
 # Rows that belong to one person; a co-member of the same organization must not see them.
-PERSONAL_TABLES = ("sessions", "refresh_tokens", "api_keys", "gdpr_requests")
+PERSONAL_TABLES = (
+    "sessions",
+    "refresh_tokens",
+    "api_keys",
+    "gdpr_requests",
+    "sso_identities",
+    "sso_sessions",
+)
 
 # The column that says whose a row is, for tables where a row could be "moved" to another tenant.
 # (organizations and users are scoped by their own id; audit_logs cannot be updated at all.)
@@ -88,6 +97,8 @@ OWNER_COLUMN = {
     "refresh_tokens": "user_id",
     "api_keys": "user_id",
     "gdpr_requests": "user_id",
+    "sso_identities": "user_id",
+    "sso_sessions": "user_id",
     "workflows": "org_id",
     "workflow_executions": "org_id",
     "execution_steps": "org_id",
@@ -127,7 +138,9 @@ class Side:
     user_id: uuid.UUID
     co_member_id: uuid.UUID
     flag_id: uuid.UUID
+    provider_id: uuid.UUID
     session_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    identity_id: uuid.UUID = field(default_factory=uuid.uuid4)
     workflow_id: uuid.UUID = field(default_factory=uuid.uuid4)
     execution_id: uuid.UUID = field(default_factory=uuid.uuid4)
     endpoint_id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -141,6 +154,7 @@ class Side:
             label=f"{self.label} co-member",
             user_id=self.co_member_id,
             session_id=uuid.uuid4(),
+            identity_id=uuid.uuid4(),
         )
 
 
@@ -230,6 +244,24 @@ def row_for(
                 "user_id": side.user_id,
                 "kind": "export",
                 "status": "completed",
+            }
+        case "sso_identities":
+            return {
+                "id": preset(side.identity_id),
+                "provider_id": side.provider_id,
+                "subject": f"sub-{tag}",
+                "user_id": side.user_id,
+                "email": f"iso-{tag}@example.test",
+            }
+        case "sso_sessions":
+            return {
+                "id": uuid.uuid4(),
+                "session_id": side.session_id,
+                "user_id": side.user_id,
+                "provider_id": side.provider_id,
+                "identity_id": side.identity_id,
+                "tokens_key_id": "isolation",
+                "tokens_encrypted": b"sealed",
             }
         case "workflows":
             return {
@@ -485,7 +517,7 @@ async def _seed_side(conn: AsyncConnection, side: Side) -> dict[str, dict[str, l
 @pytest.fixture(scope="module")
 async def seed(runtime: Runtime) -> AsyncIterator[Seed]:
     """Organizations A and B with rows in every table, inserted by the privileged engine."""
-    flag_id = uuid.uuid4()
+    flag_id, provider_id = uuid.uuid4(), uuid.uuid4()
     a, b = (
         Side(
             label=label,
@@ -493,6 +525,7 @@ async def seed(runtime: Runtime) -> AsyncIterator[Seed]:
             user_id=uuid.uuid4(),
             co_member_id=uuid.uuid4(),
             flag_id=flag_id,
+            provider_id=provider_id,
         )
         for label in ("A", "B")
     )
@@ -502,6 +535,19 @@ async def seed(runtime: Runtime) -> AsyncIterator[Seed]:
         await conn.execute(
             insert(metadata.tables["feature_flags"]).values(
                 id=flag_id, key=f"isolation-{secrets.token_hex(6)}", description="shared flag"
+            )
+        )
+        await conn.execute(
+            insert(metadata.tables["sso_providers"]).values(
+                id=provider_id,
+                slug=f"iso-{secrets.token_hex(6)}",
+                display_name="Isolation IdP",
+                issuer="https://idp.example.test",
+                client_id="isolation",
+                secret_key_id="isolation",
+                secret_encrypted=b"sealed",
+                scopes=["openid"],
+                algorithms=["RS256"],
             )
         )
         for side in (a, b):
@@ -518,6 +564,7 @@ async def seed(runtime: Runtime) -> AsyncIterator[Seed]:
         )
         await conn.execute(text("delete from users where id = any(:u)"), {"u": users})
         await conn.execute(text("delete from feature_flags where id = :f"), {"f": flag_id})
+        await conn.execute(text("delete from sso_providers where id = :p"), {"p": provider_id})
 
 
 # --- helpers ----------------------------------------------------------------------------------

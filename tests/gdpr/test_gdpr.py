@@ -156,13 +156,22 @@ async def world(
     )
     assert bad.status_code == 401
     # Tables no API writes yet: seeded directly, as the isolation tests do.
-    flag_id = uuid.uuid4()
+    flag_id, provider_id = uuid.uuid4(), uuid.uuid4()
+    async with runtime.database.system_engine.connect() as conn:
+        session_id = (
+            await conn.execute(
+                text("select id from sessions where user_id = :u limit 1"),
+                {"u": subject.user_id},
+            )
+        ).scalar_one()
     side = Side(
         label="S",
         org_id=owner.org_id,
         user_id=subject.user_id,
         co_member_id=co_member.user_id,
         flag_id=flag_id,
+        provider_id=provider_id,
+        session_id=session_id,
         execution_id=uuid.UUID(execution.json()["execution_id"]),
         workflow_id=uuid.UUID(wf.json()["id"]),
     )
@@ -171,6 +180,23 @@ async def world(
             insert(metadata.tables["feature_flags"]).values(
                 id=flag_id, key=f"gdpr-{secrets.token_hex(6)}", created_by=subject.user_id
             )
+        )
+        await conn.execute(
+            insert(metadata.tables["sso_providers"]).values(
+                id=provider_id,
+                slug=f"gdpr-{secrets.token_hex(6)}",
+                display_name="GDPR IdP",
+                issuer="https://idp.example.test",
+                client_id="gdpr",
+                secret_key_id="gdpr",
+                secret_encrypted=b"\x01ciphertext",
+                scopes=["openid"],
+                algorithms=["RS256"],
+            )
+        )
+        await conn.execute(
+            text("update organizations set sso_break_glass_user_id = :u where id = :o"),
+            {"u": subject.user_id, "o": owner.org_id},
         )
         secret = {
             "tool_connections": "encrypted_credentials",
@@ -185,6 +211,8 @@ async def world(
             "workflow_triggers",
             "gdpr_requests",
             "execution_approvals",
+            "sso_identities",
+            "sso_sessions",
         ):
             row = row_for(table, side)
             if table in secret:
@@ -253,6 +281,7 @@ async def test_secrets_are_never_exported(world: World, subject_client: httpx.As
     assert all(c["encrypted_credentials"] == "[redacted]" for c in tables["tool_connections"])
     assert all(w["encrypted_secret"] == "[redacted]" for w in tables["webhook_endpoints"])
     assert all(t["encrypted_secret"] == "[redacted]" for t in tables["workflow_triggers"])
+    assert all(s["tokens_encrypted"] == "[redacted]" for s in tables["sso_sessions"])
     [org_secret] = tables["org_secrets"]
     assert org_secret["name"] == "SUBJECT_SECRET"
     assert org_secret["encrypted_value"] == "[redacted]"

@@ -45,9 +45,10 @@ from taskloom.orgs import invitations
 from taskloom.orgs import service as orgs
 from taskloom.orgs.models import Membership, Organization, Role
 from taskloom.queue.jobs import KEEP_FAILED
+from taskloom.sso.models import SsoIdentity, SsoSession
 
 # Rows that are the person's own and go entirely (the rest lose the reference only).
-_DELETED = (RefreshToken, Session, ApiKey, Membership)
+_DELETED = (SsoSession, SsoIdentity, RefreshToken, Session, ApiKey, Membership)
 # Any value, at any depth of a JSON document, equal to $m (a jsonpath constant, not user input).
 _EQUALS_M = literal("$.** ? (@ == $m)", Text)
 

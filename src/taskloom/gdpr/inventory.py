@@ -47,6 +47,8 @@ PERSONAL: frozenset[tuple[str, str]] = frozenset(
         ("ai_usage", "user_id"),  # calls made by the executions they started
         ("feature_flag_overrides", "user_id"),  # settings that target them
         ("gdpr_requests", "user_id"),
+        ("sso_identities", "user_id"),  # who they are at an identity provider
+        ("sso_sessions", "user_id"),  # the provider side of their sessions (tokens withheld)
     }
 )
 # Who may read a row in the person's place: a member of the row's organization with at least
@@ -70,6 +72,7 @@ AUTHORED: dict[tuple[str, str], Reader] = {
     ("feature_flags", "created_by"): "superuser",
     ("feature_flag_overrides", "created_by"): Role.ADMIN,
     ("gdpr_requests", "requested_by"): None,  # an operator acting for someone else
+    ("organizations", "sso_break_glass_user_id"): Role.VIEWER,  # named by an owner
 }
 # (table, column): a column of a personal row that copies an organization's resource (the
 # definition an execution ran): "[withheld]" unless the person may still read it there.
@@ -126,17 +129,19 @@ def readable(table: Table, reader: Reader, user_id: uuid.UUID) -> ColumnElement[
         return false()
     if reader == "superuser":
         return instance_admin
-    if "org_id" not in table.c:
+    # The row's organization: its org_id, or its own id for an organization itself.
+    org = table.c.id if table.name == "organizations" else table.c.get("org_id")
+    if org is None:
         return false()
     memberships = Base.metadata.tables["memberships"].alias("reader_membership")
     roles = [role.value for role in Role if role.at_least(reader)]
-    member = table.c.org_id.in_(
+    member = org.in_(
         select(memberships.c.org_id).where(
             memberships.c.user_id == user_id, memberships.c.role.in_(roles)
         )
     )
     # A row of no organization (an instance-wide flag override) is the instance administrators'.
-    return or_(member, and_(table.c.org_id.is_(None), instance_admin))
+    return or_(member, and_(org.is_(None), instance_admin))
 
 
 def copy_readable(table: Table, column: str, user_id: uuid.UUID) -> ColumnElement[bool] | None:

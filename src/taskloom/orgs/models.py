@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -65,6 +66,14 @@ class Organization(Base, rls=Scope.SPECIAL):
         JSONB, nullable=False, server_default="{}", default=dict
     )
     monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), nullable=True)
+    # Members sign in through a provider that maps into this organization (taskloom/sso); a
+    # password session may not act here, except the break-glass owner's.
+    sso_required: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default="false", default=False
+    )
+    sso_break_glass_user_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
 
@@ -88,6 +97,11 @@ class Membership(Base, rls=Scope.SPECIAL):
     # Who added this member; kept as an explicit column so GDPR export and erasure find it.
     invited_by: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    # The provider whose group mapping granted the role (it sets and takes it at each sign-in);
+    # NULL for a membership made by hand.
+    sso_provider_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("sso_providers.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
