@@ -61,7 +61,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## clean: remove the virtualenv, caches and build output (keeps the .taskloom data directory)
+## clean: remove the virtualenv, caches, build output and the SSO tests' npm packages (keeps the
+## .taskloom data directory)
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info \
+		tests/oidc/provider/node_modules
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -32,6 +32,7 @@ pytest_plugins = [
     "tests.fakes.ai_fixtures",
     "tests.fakes.receiver",
     "tests.workers",  # real worker processes on a Redis of their own (queue, executions)
+    "tests.oidc_provider",  # a real OpenID Connect provider under Node.js (SSO)
 ]
 
 
