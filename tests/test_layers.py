@@ -18,6 +18,7 @@ DOMAINS = {
     "flags",
     "gdpr",
     "orgs",
+    "sso",
     "tools",
     "triggers",
     "web",
