@@ -41,10 +41,9 @@ class Entry:
 
 
 def admit_password(entry: Entry, *, chosen: bool = True) -> bool:
-    """Whether a password session may act in the entry's organization as its break-glass
-    owner (True: audit it); raise the 403 `sso_required` when it may not act there at all
-    (`chosen`: the person named the organization; otherwise every one of theirs requires
-    single sign-on, which is why the first was refused)."""
+    """May a password session act in the entry's organization? False: freely; True: as its
+    break-glass owner (audit it); else the 403 `sso_required`. `chosen`: the person named the
+    organization (otherwise it is the first of theirs, so all of them require SSO)."""
     if not entry.sso_required:
         return False
     if entry.break_glass:
