@@ -7,10 +7,12 @@ connectivity fail everywhere. The command exits 1 when anything fails.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -237,6 +239,7 @@ async def _database_checks(c: _Checklist) -> None:
     try:
         await _role_checks(c, database)
         await _rls_checks(c, database)
+        await _sso_checks(c, database)
     except (SQLAlchemyError, OSError) as exc:
         c.fail(area, "connection", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:
@@ -277,6 +280,54 @@ async def _rls_checks(c: _Checklist, database: Database) -> None:
         c.fail(area, "row-level security", f"not enabled and forced on: {unforced}")
     else:
         c.ok(area, "row-level security", f"enabled and forced on all {len(isolated)} tables")
+
+
+async def _sso_checks(c: _Checklist, database: Database) -> None:
+    """Single sign-on's providers: their redirect URI and how their issuer is reached."""
+    area = "sso"
+    async with database.system_engine.connect() as conn:
+        providers = (
+            await conn.execute(text("select slug, issuer from sso_providers order by slug"))
+        ).all()
+    if not providers:
+        c.skip(area, "providers", "none configured")
+        return
+    c.ok(area, "providers", f"{len(providers)}: " + ", ".join(p.slug for p in providers))
+    s = c.settings
+    if s.public_url:
+        c.ok(area, "redirect URI", f"{s.public_url}/auth/oidc/<slug>/callback")
+    elif s.is_production:
+        # Built from each request's Host and scheme instead, which a proxy may not pass on:
+        # the provider then refuses a redirect URI it does not know.
+        c.warn(
+            area,
+            "redirect URI",
+            "PUBLIC_URL is unset: each provider's redirect URI is built from the request's "
+            "host and scheme, which must match what is registered at the provider",
+        )
+    plaintext = [p for p in providers if urlsplit(p.issuer).scheme == "http"]
+    remote = [p.slug for p in plaintext if not _is_loopback(urlsplit(p.issuer).hostname)]
+    if remote:
+        # Discovery and the signing keys over plaintext: whoever is on the path can swap the
+        # keys and sign ID tokens for anyone.
+        c.required(area, "issuer TLS", f"http:// issuer (use https://): {remote}")
+    elif plaintext and c.production_rules:
+        c.warn(
+            area,
+            "issuer TLS",
+            f"http:// issuer on this machine (loopback): {[p.slug for p in plaintext]}",
+        )
+    else:
+        c.ok(area, "issuer TLS", "every issuer is https://" if not plaintext else "loopback only")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- output ------------------------------------------------------------------------------------

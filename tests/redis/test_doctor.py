@@ -170,3 +170,56 @@ async def test_cli_exit_status(production_values: dict[str, Any], tmp_path: Path
     assert report["ok"] is False
     failing = {f"{c['area']}: {c['name']}" for c in report["checks"] if c["status"] == "fail"}
     assert failing == {"redis: certificate verification", "secrets: JWT secret"}
+
+
+async def test_sso_providers_need_https_issuers_and_a_public_url_in_production(
+    production_values: dict[str, Any],
+) -> None:
+    database = create_database(_unguarded(**production_values))
+    slugs = {"doctor-https": "https://idp.example.test", "doctor-plain": "http://idp.example.test"}
+
+    async def seed(slug: str) -> None:
+        async with database.system_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "insert into sso_providers (id, slug, display_name, issuer, client_id, "
+                    "secret_key_id, secret_encrypted, scopes, algorithms) values "
+                    "(gen_random_uuid(), :slug, 'Doctor', :issuer, 'c', 'k', 'x', "
+                    "'[\"openid\"]', '[\"RS256\"]')"
+                ),
+                {"slug": slug, "issuer": slugs[slug]},
+            )
+
+    try:
+        await seed("doctor-https")
+        checks = _by_name(await run_checks(_unguarded(**production_values)))
+        assert checks["sso: providers"].status is Status.PASS
+        assert "doctor-https" in checks["sso: providers"].detail
+        assert checks["sso: issuer TLS"].status is Status.PASS
+        assert checks["sso: redirect URI"].status is Status.WARN
+        assert "PUBLIC_URL is unset" in checks["sso: redirect URI"].detail
+        with_url = _by_name(
+            await run_checks(_unguarded(**production_values, public_url="https://tl.example.com"))
+        )
+        assert with_url["sso: redirect URI"].status is Status.PASS
+        assert (
+            "https://tl.example.com/auth/oidc/<slug>/callback"
+            in with_url["sso: redirect URI"].detail
+        )
+
+        await seed("doctor-plain")
+        checks = _by_name(await run_checks(_unguarded(**production_values)))
+        assert checks["sso: issuer TLS"].status is Status.FAIL
+        assert "doctor-plain" in checks["sso: issuer TLS"].detail
+        assert "doctor-https" not in checks["sso: issuer TLS"].detail
+        assert failed(checks.values())
+        development = production_values | {"taskloom_env": "development"}
+        relaxed = _by_name(await run_checks(_unguarded(**development)))
+        assert relaxed["sso: issuer TLS"].status is Status.WARN
+        assert "required in production" in relaxed["sso: issuer TLS"].detail
+    finally:
+        async with database.system_engine.begin() as conn:
+            await conn.execute(
+                text("delete from sso_providers where slug = any(:s)"), {"s": list(slugs)}
+            )
+        await database.dispose()

@@ -18,6 +18,7 @@ from taskloom.auth.principal import Principal
 from taskloom.auth.tokens import new_api_key
 from taskloom.errors import Forbidden, NotFound
 from taskloom.orgs.models import Role
+from taskloom.sso import policy as sso_policy
 
 
 def _require_org(principal: Principal) -> uuid.UUID:
@@ -43,6 +44,7 @@ async def create_api_key(
         raise Forbidden("API keys can only be created by a signed-in user", code="session_required")
     if not principal.has_role(role):
         raise Forbidden("a key cannot have a higher role than its creator", code="role_too_high")
+    await sso_policy.check_api_key_creation(db, org_id=org_id, role=principal.role)
     generated = new_api_key()
     key = ApiKey(
         id=uuid.uuid4(),

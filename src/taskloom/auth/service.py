@@ -35,6 +35,7 @@ from taskloom.orgs import invitations
 from taskloom.orgs.models import Membership, Organization, Role
 from taskloom.orgs.service import default_name, slugify
 from taskloom.runtime import Runtime
+from taskloom.sso import policy as sso_policy
 
 INVALID_CREDENTIALS = "invalid email or password"
 
@@ -218,13 +219,6 @@ async def _default_org(db: AsyncSession, user_id: uuid.UUID) -> uuid.UUID | None
     ).scalar()
 
 
-async def _is_member(db: AsyncSession, *, user_id: uuid.UUID, org_id: uuid.UUID) -> bool:
-    found = await db.execute(
-        select(Membership.id).where(Membership.user_id == user_id, Membership.org_id == org_id)
-    )
-    return found.scalar() is not None
-
-
 async def login(
     *,
     runtime: Runtime,
@@ -293,31 +287,95 @@ async def _start_session(
     org_id: uuid.UUID | None,
     client: AuditContext,
 ) -> TokenPair:
-    """Open a session in `org_id` (default: the user's first organization), rehashing the
-    password if the hash parameters changed."""
-    session_org: uuid.UUID | None = org_id
+    """Open a session in `org_id` (default: the user's first organization that a password may
+    act in: sso/policy.py), rehashing the password if the hash parameters changed. A refusal
+    for single sign-on is audited (and committed) before it is raised."""
+    refused: Forbidden | None = None
     async with system_transaction(runtime.database) as db:
-        if org_id is not None:
-            if not await _is_member(db, user_id=user.id, org_id=org_id):
-                raise Forbidden("you are not a member of that organization", code="not_a_member")
+        entry = await sso_policy.password_entry(db, user_id=user.id, org_id=org_id)
+        if org_id is not None and entry is None:
+            raise Forbidden("you are not a member of that organization", code="not_a_member")
+        try:
+            break_glass = entry is not None and sso_policy.admit_password(
+                entry, chosen=org_id is not None
+            )
+        except Forbidden as refusal:
+            assert entry is not None
+            refused = refusal
+            await audit.record(
+                session=db,
+                context=replace(client, actor_user_id=user.id),
+                action=AuditAction.AUTH_LOGIN_FAILED,
+                org_id=entry.org_id,
+                resource_type="user",
+                resource_id=user.id,
+                success=False,
+                details={"reason": refusal.code},
+            )
         else:
-            session_org = await _default_org(db, user.id)
-        values: dict[str, object] = {"last_login_at": _now()}
-        if user.password_hash and runtime.passwords.needs_rehash(user.password_hash):
-            values["password_hash"] = await asyncio.to_thread(runtime.passwords.hash, password)
-        await db.execute(update(User).where(User.id == user.id).values(**values))
-        session, pair = await _issue_tokens(
-            runtime=runtime, db=db, user_id=user.id, org_id=session_org, client=client
-        )
-        await audit.record(
-            session=db,
-            context=replace(client, actor_user_id=user.id),
-            action=AuditAction.AUTH_LOGIN,
-            org_id=session_org,
-            resource_type="session",
-            resource_id=session.id,
-        )
+            pair = await _open_session(
+                runtime=runtime,
+                db=db,
+                user=user,
+                password=password,
+                org_id=entry.org_id if entry else None,
+                break_glass=break_glass,
+                client=client,
+            )
+    if refused is not None:
+        raise refused
     return pair
+
+
+async def _open_session(
+    *,
+    runtime: Runtime,
+    db: AsyncSession,
+    user: User,
+    password: str,
+    org_id: uuid.UUID | None,
+    break_glass: bool,
+    client: AuditContext,
+) -> TokenPair:
+    values: dict[str, object] = {"last_login_at": _now()}
+    if user.password_hash and runtime.passwords.needs_rehash(user.password_hash):
+        values["password_hash"] = await asyncio.to_thread(runtime.passwords.hash, password)
+    await db.execute(update(User).where(User.id == user.id).values(**values))
+    session, pair = await _issue_tokens(
+        runtime=runtime, db=db, user_id=user.id, org_id=org_id, client=client
+    )
+    context = replace(client, actor_user_id=user.id)
+    await audit.record(
+        session=db,
+        context=context,
+        action=AuditAction.AUTH_LOGIN,
+        org_id=org_id,
+        resource_type="session",
+        resource_id=session.id,
+    )
+    if break_glass:
+        await _audit_break_glass(db, context, org_id, session.id, via="login")
+    return pair
+
+
+async def _audit_break_glass(
+    db: AsyncSession,
+    context: AuditContext,
+    org_id: uuid.UUID | None,
+    session_id: uuid.UUID,
+    *,
+    via: str,
+) -> None:
+    """A password session acts in an SSO-required organization as its break-glass owner."""
+    await audit.record(
+        session=db,
+        context=context,
+        action=AuditAction.AUTH_BREAK_GLASS,
+        org_id=org_id,
+        resource_type="session",
+        resource_id=session_id,
+        details={"via": via},
+    )
 
 
 async def refresh(*, runtime: Runtime, refresh_token: str, client: AuditContext) -> TokenPair:
@@ -508,13 +566,20 @@ async def switch_org(
     token (older access tokens of this session stop working)."""
     if principal.session_id is None:
         raise BadRequest("an API key is bound to one organization", code="not_a_session")
-    if not await _is_member(db, user_id=principal.user_id, org_id=org_id):
+    # Scoped to the target first: the policy's read share-locks its row (sso/policy.py).
+    await set_tenant(db, org_id=org_id, user_id=principal.user_id)
+    entry = await sso_policy.switch_entry(
+        db, user_id=principal.user_id, session_id=principal.session_id, org_id=org_id
+    )
+    if entry is None:
         raise NotFound("organization not found")
+    break_glass = await sso_policy.admit_switch(runtime.database, entry)
     await db.execute(
         update(Session).where(Session.id == principal.session_id).values(org_id=org_id)
     )
     revocation.mark(db, principal.user_id)  # the session's older access tokens stop working
-    await set_tenant(db, org_id=org_id, user_id=principal.user_id)
+    if break_glass:
+        await _audit_break_glass(db, context, org_id, principal.session_id, via="switch_org")
     await audit.record(
         session=db,
         context=context,

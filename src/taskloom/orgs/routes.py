@@ -24,6 +24,7 @@ from taskloom.orgs.schemas import (
     PendingInvitationOut,
     ReceivedInvitationOut,
 )
+from taskloom.sso import required as sso_required
 
 router = APIRouter(prefix="/api", tags=["organizations"])
 
@@ -82,9 +83,23 @@ async def get_current_org(ctx: Viewer) -> OrgOut:
 
 @router.patch("/org", openapi_extra=access("admin"))
 async def update_current_org(body: OrgUpdate, ctx: Admin) -> OrgOut:
-    org = await service.rename_organization(
-        db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
-    )
+    """Admins rename; owners also set single sign-on's requirement and break-glass owner."""
+    if body.changes_sso:  # first: it commits on its own (sso/required.py)
+        fields = body.model_fields_set
+        await sso_required.change(
+            runtime=ctx.runtime,
+            principal=ctx.principal,
+            context=ctx.audit,
+            sso_required=body.sso_required if body.sso_required is not None else sso_required.KEEP,
+            break_glass_user_id=body.sso_break_glass_user_id
+            if "sso_break_glass_user_id" in fields
+            else sso_required.KEEP,
+        )
+    if body.name is not None:
+        await service.rename_organization(
+            db=ctx.db, principal=ctx.principal, context=ctx.audit, name=body.name
+        )
+    org = await service.get_current_organization(db=ctx.db, principal=ctx.principal)
     return OrgOut.model_validate(org)
 
 

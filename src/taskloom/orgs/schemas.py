@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taskloom.auth.schemas import Email, StrictModel
 from taskloom.orgs.models import INVITABLE_ROLES, Role
@@ -16,7 +16,25 @@ class OrgCreate(StrictModel):
 
 
 class OrgUpdate(StrictModel):
-    name: str = Field(min_length=1, max_length=200)
+    """Any of the fields, at least one. `sso_required` and `sso_break_glass_user_id` (an owner,
+    or null for none) are changed by owners only (docs/SSO.md)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    sso_required: bool | None = None
+    sso_break_glass_user_id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> OrgUpdate:
+        if not self.model_fields_set:
+            raise ValueError("name at least one of: name, sso_required, sso_break_glass_user_id")
+        for field in ("name", "sso_required"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+    @property
+    def changes_sso(self) -> bool:
+        return bool({"sso_required", "sso_break_glass_user_id"} & self.model_fields_set)
 
 
 class OrgOut(BaseModel):
@@ -25,6 +43,9 @@ class OrgOut(BaseModel):
     id: uuid.UUID
     name: str
     slug: str
+    # Password sessions are refused here but the break-glass owner's (docs/SSO.md).
+    sso_required: bool
+    sso_break_glass_user_id: uuid.UUID | None
     created_at: datetime
 
 

@@ -1,5 +1,6 @@
 """`taskloom keys rotate`: re-encrypt every stored secret (connections' credentials,
-organization secrets, webhook and webhook trigger secrets) under the current key, the first of
+organization secrets, webhook and webhook trigger secrets, single sign-on providers' client
+secrets and SSO sessions' provider tokens) under the current key, the first of
 CREDENTIAL_ENCRYPTION_KEYS. Old keys keep decrypting until then, so rotation is: put the new
 key first, keep the old one, deploy, run this, remove the old key, deploy."""
 
@@ -20,6 +21,7 @@ from taskloom.db.engine import Database
 from taskloom.db.tenancy import system_transaction
 from taskloom.secrets.models import OrgSecret
 from taskloom.secrets.service import bound_to as secret_bound_to
+from taskloom.sso.models import SsoProvider, SsoSession
 from taskloom.tools.models import ToolConnection
 from taskloom.tools.service import bound_to
 from taskloom.triggers.models import WorkflowTrigger
@@ -76,6 +78,8 @@ SEALED = (
         ("encrypted_secret", "encrypted_previous_secret"),
         lambda row: trigger_bound_to(row.id, row.org_id),
     ),
+    _Sealed(SsoProvider, "secret_key_id", ("secret_encrypted",), SsoProvider.secret_bound_to),
+    _Sealed(SsoSession, "tokens_key_id", ("tokens_encrypted",), SsoSession.tokens_bound_to),
 )
 
 
@@ -83,8 +87,9 @@ async def rotate_keys(
     database: Database, cipher: CredentialCipher, *, context: AuditContext
 ) -> RotationReport:
     """Re-encrypt, in batches, every stored secret (connections' credentials, organization
-    secrets, webhook and trigger secrets) not under the current key. Runs across organizations
-    on the privileged engine. Rows that do not decrypt are reported, not changed."""
+    secrets, webhook and trigger secrets, SSO client secrets and session tokens) not under the
+    current key. Runs across organizations on the privileged engine. Rows that do not decrypt
+    are reported, not changed."""
     report = RotationReport(current_key_id=cipher.current_key_id)
     for table in SEALED:
         await _rotate_table(database, cipher, table, report)
