@@ -203,7 +203,9 @@ async def oidc_start(
 
 
 @router.get("/{slug}/callback", openapi_extra=PUBLIC, response_class=Response)
-async def oidc_callback(slug: Slug, request: Request, runtime: RuntimeDep, client: Client) -> Response:
+async def oidc_callback(
+    slug: Slug, request: Request, runtime: RuntimeDep, client: Client
+) -> Response:
     """The redirect URI registered at the provider: checks its answer and signs the person in."""
     params = {k: v for k, v in request.query_params.items() if len(v) <= 4096}
     token_mode, next_path = _wants_json(request), "/ui/"
@@ -257,7 +259,9 @@ async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Re
 
 
 @router.post("/exchange", openapi_extra=PUBLIC)
-async def oidc_exchange(body: ExchangeRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
+async def oidc_exchange(
+    body: ExchangeRequest, runtime: RuntimeDep, client: Client
+) -> TokenResponse:
     """The CLI's tokens for the one-time code of a `mode=token` sign-in (once, within 60 s, with
     the PKCE verifier of the challenge it started with)."""
     try:
