@@ -125,6 +125,13 @@ async def test_token_mode_needs_a_code_challenge(
 ) -> None:
     answer = await api.get("/auth/oidc/acme/start?mode=token")
     assert answer.status_code == 422
+    elsewhere = await api.get(
+        "/auth/oidc/acme/start?mode=token&code_challenge="
+        + "a" * 43
+        + "&redirect_uri=http://evil.example:8080/cb"
+    )
+    assert elsewhere.status_code == 422
+    assert "loopback" in elsewhere.json()["error"]["message"]
 
 
 async def test_without_jit_a_stranger_gets_no_account(

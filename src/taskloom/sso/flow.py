@@ -34,7 +34,7 @@ from taskloom.auth import service as auth
 from taskloom.auth.models import User
 from taskloom.auth.schemas import Email
 from taskloom.db.tenancy import system_transaction
-from taskloom.errors import NotFound, Unauthorized
+from taskloom.errors import NotFound, Unauthorized, ValidationFailed
 from taskloom.orgs.models import Membership, Organization
 from taskloom.runtime import Runtime
 from taskloom.sso import mappings, oidc, providers
@@ -74,7 +74,7 @@ def safe_next(target: str | None) -> str:
 
 
 def loopback_redirect(value: str | None) -> str | None:
-    """The CLI's redirect_uri if it is a loopback http URL with a port, else SsoRefused."""
+    """The CLI's redirect_uri if it is a loopback http URL with a port, else ValidationFailed."""
     if value is None:
         return None
     parts = urlsplit(value)
@@ -86,10 +86,9 @@ def loopback_redirect(value: str | None) -> str | None:
         or parts.password
         or parts.fragment
     ):
-        raise SsoRefused(
-            "sso_bad_state",
-            "redirect_uri must be a loopback URL: http://127.0.0.1:<port>/…, "
-            "http://[::1]:<port>/… or http://localhost:<port>/…",
+        raise ValidationFailed(
+            "query.redirect_uri: a loopback URL only: http://127.0.0.1:<port>/…, "
+            "http://[::1]:<port>/… or http://localhost:<port>/…"
         )
     return value
 

@@ -13,7 +13,7 @@ from taskloom.auth.access import access
 from taskloom.auth.deps import Context, RequestContext
 from taskloom.locations import located, set_location
 from taskloom.sso import providers
-from taskloom.sso.models import SLUG_PATTERN, SsoGroupMapping
+from taskloom.sso.models import SLUG_PATTERN, SsoGroupMapping, SsoProvider
 from taskloom.sso.schemas import (
     MappingCreate,
     MappingOut,
@@ -37,11 +37,9 @@ InstanceAdmin = Annotated[RequestContext, Depends(_instance_admin)]
 SUPERUSER = access("superuser", api_key=False)
 
 
-def _out(ctx: RequestContext, request: Request, provider: object) -> ProviderOut:
+def _out(ctx: RequestContext, request: Request, provider: SsoProvider) -> ProviderOut:
     return providers.provider_out(
-        provider,  # type: ignore[arg-type]
-        base_url=str(request.base_url),
-        settings=ctx.runtime.settings,
+        provider, base_url=str(request.base_url), settings=ctx.runtime.settings
     )
 
 
