@@ -67,10 +67,10 @@ def redis_url() -> Iterator[str]:
 
 @asynccontextmanager
 async def fresh_deployment(
-    pg_server_url: str, redis_url: str, *, label: str = "test"
+    pg_server_url: str, redis_url: str, *, label: str = "test", **overrides: Any
 ) -> AsyncIterator[Settings]:
     """Settings for a database, application role and key prefix of their own, migrated; all
-    three are removed afterwards."""
+    three are removed afterwards. `overrides`: other settings (e.g. OUTBOUND_ALLOWED_HOSTS)."""
     async with scratch_deployment(
         pg_server_url,
         redis_url,
@@ -82,6 +82,7 @@ async def fresh_deployment(
         rate_limit_writes=1_000_000,
         rate_limit_execute=1_000_000,
         rate_limit_auth_per_ip=1_000_000,
+        **overrides,
     ) as deployment:
         yield deployment
 

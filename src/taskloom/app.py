@@ -33,6 +33,8 @@ from taskloom.operation_ids import operation_id
 from taskloom.orgs.routes import router as orgs_router
 from taskloom.runtime import Runtime, open_runtime
 from taskloom.secrets.routes import router as secrets_router
+from taskloom.sso.auth_routes import router as sso_auth_router
+from taskloom.sso.routes import router as sso_admin_router
 from taskloom.tools.routes import router as connections_router
 from taskloom.triggers.hooks import router as hooks_router
 from taskloom.triggers.routes import router as triggers_router
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(secrets_router)
     app.include_router(ai_router)
     app.include_router(flags_router)
+    app.include_router(sso_admin_router)
+    app.include_router(sso_auth_router)
     app.include_router(schedules_router)
     app.include_router(webhooks_router)
     app.include_router(triggers_router)

@@ -106,11 +106,13 @@ def _random_values() -> dict[str, str]:
                 "invitation_id",
                 "trigger_id",
                 "schedule_id",
+                "mapping_id",
             )
         }
     )
     values["key"] = "matrix-no-such-flag"
     values["secret_name"] = "MATRIX_NO_SUCH_SECRET"
+    values["slug"] = "matrix-no-such-provider"  # an SSO provider
     # Not ids: a step of the execution named beside them (the approve/reject routes), a
     # for-each item's index, and a workflow's version number.
     values["step_id"] = "t"

@@ -33,6 +33,7 @@ from taskloom.auth.schemas import (
 from taskloom.locations import located, set_location
 from taskloom.orgs import service as orgs
 from taskloom.runtime import Runtime
+from taskloom.sso import sessions as sso_sessions
 
 # Every /auth route is counted against its client IP first (RATE_LIMIT_AUTH_PER_IP); sign-in
 # and registration also keep their own, stricter limits (taskloom/auth/ratelimit.py).
@@ -84,7 +85,8 @@ async def login(body: LoginRequest, runtime: RuntimeDep, client: Client) -> Toke
 
 @router.post("/refresh", openapi_extra=access("public"))
 async def refresh(body: RefreshRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
-    pair = await service.refresh(runtime=runtime, refresh_token=body.refresh_token, client=client)
+    # A session SSO started with offline_access asks its provider first (docs/SSO.md).
+    pair = await sso_sessions.refresh(runtime, body.refresh_token, client)
     return _tokens(pair)
 
 

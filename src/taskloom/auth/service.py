@@ -632,3 +632,58 @@ async def _audit_for(
             resource_id=resource_id,
             details=details,
         )
+
+
+# --- for single sign-on (taskloom/sso): a person the provider authenticated ----------------------
+
+
+async def open_session(
+    *,
+    runtime: Runtime,
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    org_id: uuid.UUID | None,
+    client: AuditContext,
+) -> tuple[Session, TokenPair]:
+    """Start a session for a person already authenticated another way (an identity provider),
+    in the caller's system transaction; the caller audits how they signed in."""
+    await db.execute(update(User).where(User.id == user_id).values(last_login_at=_now()))
+    return await _issue_tokens(
+        runtime=runtime, db=db, user_id=user_id, org_id=org_id, client=client
+    )
+
+
+async def confirm_password(
+    *, runtime: Runtime, email: str, password: str, client: AuditContext
+) -> User:
+    """The account, once its password was given right: counted and audited as a sign-in attempt
+    (ratelimit.reserve_login), but no session is started. Unauthorized otherwise."""
+    attempt = await ratelimit.reserve_login(
+        redis=runtime.redis, settings=runtime.settings, keys=runtime.keys, email=email, ip=client.ip
+    )
+    try:
+        user = await _check_password(runtime=runtime, email=email, password=password, client=client)
+    except BaseException:
+        await attempt.abandoned()
+        raise
+    if user is None:
+        raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+    await attempt.succeeded()
+    return user
+
+
+async def end_session(*, runtime: Runtime, session_id: uuid.UUID, reason: str) -> bool:
+    """Revoke a session whatever presents it (the identity provider ended it); True when it
+    was live. Its person's cached principals are dropped in every process."""
+    async with system_transaction(runtime.database) as db:
+        ended = (
+            await db.execute(
+                update(Session)
+                .where(Session.id == session_id, Session.revoked_at.is_(None))
+                .values(revoked_at=_now(), revoked_reason=reason[:64])
+                .returning(Session.user_id)
+            )
+        ).scalar()
+    if ended is not None:
+        await revocation.publish(runtime, {ended})
+    return ended is not None

@@ -37,6 +37,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth import service as auth
 from taskloom.auth.tokens import sha256_hex
 from taskloom.runtime import Runtime
+from taskloom.sso import sessions as sso_sessions
 
 log = structlog.get_logger("taskloom.web")
 
@@ -110,9 +111,9 @@ class RefreshCoalescer:
                     return handed
         except RedisError as error:
             log.warning("ui_refresh_handoff_unavailable", error=type(error).__name__)
-            return await auth.refresh(runtime=runtime, refresh_token=refresh_token, client=client)
+            return await sso_sessions.refresh(runtime, refresh_token, client)
         try:
-            pair = await auth.refresh(runtime=runtime, refresh_token=refresh_token, client=client)
+            pair = await sso_sessions.refresh(runtime, refresh_token, client)
         except Exception:
             with contextlib.suppress(RedisError):  # the others stop waiting and try themselves
                 await redis.delete(f"{result_key}:lock")

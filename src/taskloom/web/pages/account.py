@@ -14,6 +14,8 @@ from taskloom.auth.deps import client_context, get_runtime
 from taskloom.auth.schemas import LoginRequest, RegisterRequest
 from taskloom.config import Registration
 from taskloom.errors import BadRequest, DomainError, Forbidden
+from taskloom.sso import providers as sso_providers
+from taskloom.sso import sessions as sso_sessions
 from taskloom.web import cookies
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import FieldError, from_validation, text
@@ -54,7 +56,14 @@ async def login_form(
         next=target,
         errors=[],
         registration=_registration(request),
+        providers=await _sign_in_providers(request),
     )
+
+
+async def _sign_in_providers(request: Request) -> list[dict[str, str]]:
+    """The enabled identity providers, for the "Sign in with …" links."""
+    found = await sso_providers.enabled_providers(database=get_runtime(request).database)
+    return [{"display_name": name, "start_url": f"/auth/oidc/{slug}/start"} for slug, name in found]
 
 
 @router.post("/login")
@@ -62,6 +71,7 @@ async def login(request: Request) -> Response:
     page = anonymous(request)
     form = await page.form()
     email, target = text(form, "email"), _safe_next(text(form, "next"))
+    links = await _sign_in_providers(request)
 
     def again(status: int, errors: list[FieldError]) -> Response:
         values = {
@@ -69,6 +79,7 @@ async def login(request: Request) -> Response:
             "next": target,
             "errors": errors,
             "registration": _registration(request),
+            "providers": links,
         }
         return render(page, "login.html", status=status, title="Sign in", **values)
 
@@ -165,13 +176,25 @@ async def register(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    """Sign out; a session an identity provider started goes on to the provider's own logout
+    (RP-initiated logout) when it advertises one, which comes back to the sign-in page."""
     async with signed_in(request) as page:
         await page.form()
         await auth.logout(
             runtime=page.runtime, db=page.db, principal=page.principal, context=page.audit
         )
+        session_id = page.principal.session_id
     cookies.queue_signed_out(request)
-    return redirect("/ui/login?notice=signed-out")
+    runtime = get_runtime(request)
+    assert session_id is not None
+    base = (runtime.settings.public_url or str(request.base_url)).rstrip("/")
+    provider_logout = await sso_sessions.logout_url(
+        runtime, session_id=session_id, post_logout_redirect_uri=f"{base}{SIGNED_OUT}"
+    )
+    return redirect(provider_logout or SIGNED_OUT)
+
+
+SIGNED_OUT = "/ui/login?notice=signed-out"
 
 
 @router.post("/switch-org")

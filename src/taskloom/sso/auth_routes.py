@@ -1,0 +1,274 @@
+"""/auth/oidc: sign-in with an identity provider (docs/SSO.md).
+
+The browser's flow ends as a password sign-in does (the UI's cookies, then `next`); its
+refusals render the sign-in page with the message. The CLI's flow (`mode=token`) ends in a
+one-time code exchanged at POST /auth/oidc/exchange; its refusals, and any request that
+accepts application/json, get the usual JSON error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from taskloom.audit.service import AuditContext
+from taskloom.auth.access import access
+from taskloom.auth.api_limits import limit_auth_ip
+from taskloom.auth.deps import client_context, get_runtime
+from taskloom.auth.schemas import TokenResponse
+from taskloom.auth.service import TokenPair
+from taskloom.errors import ValidationFailed, error_response
+from taskloom.runtime import Runtime
+from taskloom.sso import flow, providers
+from taskloom.sso.errors import SsoRefused
+from taskloom.sso.models import SLUG_PATTERN
+from taskloom.sso.schemas import (
+    CODE_CHALLENGE_PATTERN,
+    ExchangeRequest,
+    LinkRequest,
+    ProviderLink,
+)
+from taskloom.web import cookies
+from taskloom.web.forms import FieldError
+from taskloom.web.rendering import render
+from taskloom.web.session import anonymous
+
+router = APIRouter(prefix="/auth/oidc", tags=["sso"], dependencies=[Depends(limit_auth_ip)])
+
+FLOW_COOKIE = "taskloom_sso_flow"
+FLOW_COOKIE_PATH = "/auth/oidc"
+PUBLIC = access("public")
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+Client = Annotated[AuditContext, Depends(client_context)]
+Slug = Annotated[str, Path(pattern=SLUG_PATTERN, max_length=63)]
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def _secure(runtime: Runtime, request: Request) -> bool:
+    public = runtime.settings.public_url
+    return (public or str(request.base_url)).startswith("https://")
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def _sign_in_page(
+    request: Request, runtime: Runtime, refused: SsoRefused, next_path: str
+) -> Response:
+    """The sign-in page with the refusal's message (the browser's answer to every refusal)."""
+    page = anonymous(request)
+    if isinstance(refused, flow.LinkRequired):
+        response: Response = render(
+            page,
+            "sso_link.html",
+            status=refused.status_code,
+            title="Link your account",
+            link_token=refused.link_token,
+            email=refused.email,
+            provider=refused.provider,
+            errors=[],
+        )
+    else:
+        response = render(
+            page,
+            "login.html",
+            status=refused.status_code,
+            title="Sign in",
+            email="",
+            next=flow.safe_next(next_path) if next_path.startswith("/ui/") else "/ui/",
+            errors=[FieldError("", refused.message)],
+            registration=runtime.settings.registration_mode.value,
+            providers=await sign_in_links(runtime),
+        )
+    cookies.apply_queued(request, response, secure=runtime.settings.is_production)
+    return _no_store(response)
+
+
+def _json_refusal(refused: SsoRefused) -> Response:
+    details = None
+    if isinstance(refused, flow.LinkRequired):
+        details = {"link_token": refused.link_token, "email": refused.email}
+    return error_response(
+        refused.status_code, refused.code, refused.message, details, refused.headers
+    )
+
+
+def _tokens(pair: TokenPair) -> TokenResponse:
+    return TokenResponse(
+        access_token=pair.access_token,
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token,
+        refresh_expires_in=pair.refresh_expires_in,
+        user_id=pair.user_id,
+        org_id=pair.org_id,
+    )
+
+
+async def sign_in_links(runtime: Runtime) -> list[ProviderLink]:
+    return [
+        ProviderLink(slug=slug, display_name=name, start_url=f"/auth/oidc/{slug}/start")
+        for slug, name in await providers.enabled_providers(database=runtime.database)
+    ]
+
+
+def _signed_in(request: Request, runtime: Runtime, outcome: flow.Outcome) -> Response:
+    """The end of a flow: the UI's cookies and `next` (browser), or the one-time code."""
+    if outcome.mode == "browser":
+        assert outcome.pair is not None
+        cookies.queue_tokens(request, outcome.pair)
+        cookies.queue_nonce(request, None)
+        response: Response = RedirectResponse(outcome.next, status_code=303)
+        cookies.apply_queued(request, response, secure=runtime.settings.is_production)
+    elif outcome.client_redirect:
+        separator = "&" if "?" in outcome.client_redirect else "?"
+        target = outcome.client_redirect + separator + urlencode({"code": outcome.code})
+        response = RedirectResponse(target, status_code=302)
+    elif _wants_json(request):
+        response = JSONResponse({"code": outcome.code, "expires_in": flow.CODE_SECONDS})
+    else:
+        page = anonymous(request)
+        response = render(
+            page,
+            "sso_code.html",
+            title="Sign-in code",
+            code=outcome.code,
+            seconds=flow.CODE_SECONDS,
+        )
+        cookies.apply_queued(request, response, secure=runtime.settings.is_production)
+    response.delete_cookie(FLOW_COOKIE, path=FLOW_COOKIE_PATH)
+    return _no_store(response)
+
+
+@router.get("/providers", openapi_extra=PUBLIC)
+async def list_oidc_providers(runtime: RuntimeDep) -> list[ProviderLink]:
+    """The enabled providers, with the URL that starts a sign-in with each."""
+    return await sign_in_links(runtime)
+
+
+@router.get("/{slug}/start", openapi_extra=PUBLIC, response_class=Response)
+async def oidc_start(
+    slug: Slug,
+    request: Request,
+    runtime: RuntimeDep,
+    client: Client,
+    next_path: Annotated[str | None, Query(alias="next", max_length=2000)] = None,
+    mode: Literal["browser", "token"] = "browser",
+    code_challenge: Annotated[
+        str | None, Query(pattern=CODE_CHALLENGE_PATTERN, max_length=43)
+    ] = None,
+    redirect_uri: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    """Start a sign-in: 302 to the provider. `mode=token` (the CLI) needs `code_challenge`
+    (S256 of the verifier it later gives to POST /auth/oidc/exchange) and may name a loopback
+    `redirect_uri` for the one-time code."""
+    if mode == "token" and code_challenge is None:
+        raise ValidationFailed("query.code_challenge: required with mode=token")
+    try:
+        started = await flow.start(
+            runtime=runtime,
+            slug=slug,
+            base_url=str(request.base_url),
+            next_path=next_path,
+            mode=mode,
+            code_challenge=code_challenge,
+            client_redirect=redirect_uri if mode == "token" else None,
+        )
+    except SsoRefused as refused:
+        await flow.record_failure(runtime, slug, refused.code, client)
+        if mode == "token" or _wants_json(request):
+            return _json_refusal(refused)
+        return await _sign_in_page(request, runtime, refused, next_path or "/ui/")
+    response = RedirectResponse(started.authorize_url, status_code=302)
+    response.set_cookie(
+        FLOW_COOKIE,
+        started.state,
+        max_age=flow.FLOW_SECONDS,
+        path=FLOW_COOKIE_PATH,
+        secure=_secure(runtime, request),
+        httponly=True,
+        samesite="lax",
+    )
+    return _no_store(response)
+
+
+@router.get("/{slug}/callback", openapi_extra=PUBLIC, response_class=Response)
+async def oidc_callback(
+    slug: Slug, request: Request, runtime: RuntimeDep, client: Client
+) -> Response:
+    """The redirect URI registered at the provider: checks its answer and signs the person in."""
+    params = {k: v for k, v in request.query_params.items() if len(v) <= 4096}
+    token_mode, next_path = _wants_json(request), "/ui/"
+    try:
+        taken = await flow.take_flow(runtime, slug, params, request.cookies.get(FLOW_COOKIE))
+        token_mode = token_mode or taken.mode == "token"
+        next_path = taken.next
+        outcome = await flow.complete(
+            runtime=runtime, slug=slug, flow=taken, params=params, client=client
+        )
+    except SsoRefused as refused:
+        await flow.record_failure(runtime, slug, refused.code, client)
+        # In token mode the person is still in a browser: the link page is theirs to fill in.
+        if token_mode and (not isinstance(refused, flow.LinkRequired) or _wants_json(request)):
+            response = _json_refusal(refused)
+        else:
+            response = await _sign_in_page(request, runtime, refused, next_path)
+        response.delete_cookie(FLOW_COOKIE, path=FLOW_COOKIE_PATH)
+        return response
+    return _signed_in(request, runtime, outcome)
+
+
+@router.post("/link", openapi_extra=PUBLIC, response_class=Response)
+async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Response:
+    """Link the pending sign-in's identity to the account whose password this is (JSON
+    `{link_token, password}`, or the link page's form), then finish the sign-in."""
+    form = "application/json" not in request.headers.get("content-type", "")
+    try:
+        if form:
+            data = await request.form()
+            body = LinkRequest(
+                link_token=str(data.get("link_token", "")), password=str(data.get("password", ""))
+            )
+        else:
+            body = LinkRequest.model_validate(json.loads(await request.body()))
+    except (ValidationError, ValueError):
+        raise ValidationFailed("body: link_token and password are required") from None
+    try:
+        _, outcome = await flow.link(
+            runtime=runtime, link_token=body.link_token, password=body.password, client=client
+        )
+    except SsoRefused as refused:
+        await flow.record_failure(runtime, refused.provider or "-", refused.code, client)
+        if not form or _wants_json(request):
+            return _json_refusal(refused)
+        return await _sign_in_page(request, runtime, refused, "/ui/")
+    if outcome.mode == "browser" and not form:
+        assert outcome.pair is not None
+        return JSONResponse(_tokens(outcome.pair).model_dump(mode="json"))
+    return _signed_in(request, runtime, outcome)
+
+
+@router.post("/exchange", openapi_extra=PUBLIC)
+async def oidc_exchange(
+    body: ExchangeRequest, runtime: RuntimeDep, client: Client
+) -> TokenResponse:
+    """The CLI's tokens for the one-time code of a `mode=token` sign-in (once, within 60 s, with
+    the PKCE verifier of the challenge it started with)."""
+    try:
+        pair = await flow.exchange(
+            runtime=runtime, code=body.code, code_verifier=body.code_verifier, client=client
+        )
+    except SsoRefused as refused:
+        await flow.record_failure(runtime, refused.provider or "-", refused.code, client)
+        raise
+    return _tokens(pair)
