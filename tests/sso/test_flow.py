@@ -171,18 +171,24 @@ async def test_an_existing_password_account_is_linked_only_after_its_password(
     assert answer.status_code == 403
     assert 'action="/auth/oidc/link"' in answer.text
     assert await session_count(sso_runtime) == before, "nobody signed in before the password"
-    link_token = answer.text.split('name="link_token" value="')[1].split('"')[0]
-
-    wrong = await browser.app.post(
-        "/auth/oidc/link", data={"link_token": link_token, "password": "not-it"}
+    # The link is the cookie the page set in this browser: the same form posted from another
+    # browser (or site), even with the link token in it, links nothing.
+    link_token = browser.app.cookies["taskloom_sso_link"]
+    elsewhere = await new_browser()
+    forged = await elsewhere.app.post(
+        "/auth/oidc/link", data={"link_token": link_token, "password": owner.password}
     )
+    assert forged.status_code == 400
+    assert "not started in this browser" in forged.text
+    assert await session_count(sso_runtime) == before
+    assert not await audit_rows(sso_runtime, "auth.sso_link", provider="link")
+
+    wrong = await browser.app.post("/auth/oidc/link", data={"password": "not-it"})
     assert wrong.status_code == 401
     assert await session_count(sso_runtime) == before
     assert await audit_rows(sso_runtime, "auth.sso_failed", reason="sso_link_failed")
 
-    linked = await browser.app.post(
-        "/auth/oidc/link", data={"link_token": link_token, "password": owner.password}
-    )
+    linked = await browser.app.post("/auth/oidc/link", data={"password": owner.password})
     assert linked.status_code == 303, linked.text
     assert (await browser.app.get("/ui/privacy")).status_code == 200
     assert await audit_rows(sso_runtime, "auth.sso_link", provider="link", how="password")

@@ -42,6 +42,7 @@ router = APIRouter(prefix="/auth/oidc", tags=["sso"], dependencies=[Depends(limi
 
 FLOW_COOKIE = "taskloom_sso_flow"
 FLOW_COOKIE_PATH = "/auth/oidc"
+LINK_COOKIE = "taskloom_sso_link"  # the pending link of the link page (same path)
 PUBLIC = access("public")
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -74,10 +75,18 @@ async def _sign_in_page(
             "sso_link.html",
             status=refused.status_code,
             title="Link your account",
-            link_token=refused.link_token,
             email=refused.email,
             provider=refused.provider,
             errors=[],
+        )
+        response.set_cookie(
+            LINK_COOKIE,
+            refused.link_token,
+            max_age=flow.LINK_SECONDS,
+            path=FLOW_COOKIE_PATH,
+            secure=_secure(runtime, request),
+            httponly=True,
+            samesite="lax",
         )
     else:
         response = render(
@@ -235,10 +244,16 @@ async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Re
     form = "application/json" not in request.headers.get("content-type", "")
     try:
         if form:
+            # The link page's form: its token is the cookie the page set in this browser, never
+            # a field, so a form posted from another site (no SameSite=Lax cookie) or another
+            # browser links nothing (no login CSRF, no link planted in someone else's browser).
             data = await request.form()
-            body = LinkRequest(
-                link_token=str(data.get("link_token", "")), password=str(data.get("password", ""))
-            )
+            cookie = request.cookies.get(LINK_COOKIE)
+            if not cookie:
+                refused = SsoRefused("sso_flow_not_started")
+                await flow.record_failure(runtime, "-", refused.code, client)
+                return await _sign_in_page(request, runtime, refused, "/ui/")
+            body = LinkRequest(link_token=cookie, password=str(data.get("password", "")))
         else:
             body = LinkRequest.model_validate(json.loads(await request.body()))
     except (ValidationError, ValueError):
@@ -255,7 +270,9 @@ async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Re
     if outcome.mode == "browser" and not form:
         assert outcome.pair is not None
         return JSONResponse(_tokens(outcome.pair).model_dump(mode="json"))
-    return _signed_in(request, runtime, outcome)
+    response = _signed_in(request, runtime, outcome)
+    response.delete_cookie(LINK_COOKIE, path=FLOW_COOKIE_PATH)
+    return response
 
 
 @router.post("/exchange", openapi_extra=PUBLIC)

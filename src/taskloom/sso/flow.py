@@ -376,8 +376,14 @@ async def authenticate(
 async def _create_account(db: AsyncSession, claims: dict[str, Any], email: str) -> User:
     name = claims.get("name") or claims.get("preferred_username") or email.split("@")[0]
     user = User(id=uuid.uuid4(), email=email, display_name=str(name)[:200], password_hash=None)
-    db.add(user)
-    await db.flush()
+    try:
+        async with db.begin_nested():
+            db.add(user)
+            await db.flush()
+    except IntegrityError:  # the same address registered or signed in a moment ago
+        raise SsoRefused(
+            "sso_flow_expired", "An account with this e-mail address was just created: start again."
+        ) from None
     return user
 
 
