@@ -25,12 +25,12 @@ from tests.sso.conftest import (
     start_provider,
 )
 
-SLUGS = ["groups", "offline"]
+SLUGS = ["groups", "offline", "toggle"]
 
 
 @pytest.fixture(scope="module")
 def idp(oidc_provider_factory: ProviderFactory) -> OidcProvider:
-    users = {name: person(name) for name in ["gina", "hank", "ivy", "olga", "otto", "lena"]}
+    users = {name: person(name) for name in ["gina", "hank", "ivy", "olga", "otto", "lena", "tess"]}
     return start_provider(oidc_provider_factory, SLUGS, users)
 
 
@@ -227,3 +227,25 @@ async def test_signing_out_goes_on_to_the_providers_logout_with_the_id_token(
     back = await sign_out_at_provider(browser.idp, str(target), f"{BASE}/ui/login")
     assert str(back).startswith(SIGNED_OUT)
     assert (await browser.app.get("/ui/privacy")).status_code == 303  # signed out here too
+
+
+async def test_disabling_a_provider_signs_out_the_sessions_it_started_at_once(
+    api: httpx.AsyncClient, root: Account, idp: OidcProvider, new_browser: Any, sso_runtime: Runtime
+) -> None:
+    await add_provider(api, root, idp, slug="toggle")
+    browser = await new_browser()
+    assert (await sign_in_with(browser, "toggle", "tess")).status_code == 303
+    assert (await browser.app.get("/ui/privacy")).status_code == 200
+    refresh = await _refresh_cookie(browser)
+
+    disabled = await api.patch(
+        "/api/admin/sso/providers/toggle", json={"enabled": False}, headers=root.headers
+    )
+    assert disabled.status_code == 200, disabled.text
+    assert disabled.json()["enabled"] is False
+    [audited] = await audit_rows(sso_runtime, "sso_provider.update", sessions_ended=1)
+    assert audited.details["changes"]["enabled"] == {"from": True, "to": False}
+    # The browser's access token stops working now, and its refresh token too.
+    assert (await browser.app.get("/ui/privacy")).status_code == 303
+    again = await api.post("/auth/refresh", json={"refresh_token": refresh})
+    assert again.status_code == 401

@@ -242,9 +242,10 @@ async def update_provider(
     context: AuditContext,
     slug: str,
     body: ProviderUpdate,
-) -> SsoProvider:
+) -> tuple[SsoProvider, set[uuid.UUID]]:
     """Change the fields given; a `client_secret` replaces the stored one (audited as changed,
-    never shown). Fields that may not be null refuse null."""
+    never shown). Fields that may not be null refuse null. Disabling the provider signs out
+    the sessions it started (returns their people: publish their revocation after this)."""
     require_instance_admin(principal)
     given = body.model_fields_set
     for name in given - {"groups_claim"}:
@@ -266,15 +267,35 @@ async def update_provider(
                 {"client_secret": body.client_secret}, bound_to=provider.secret_bound_to()
             )
             changes["client_secret"] = "replaced"  # noqa: S105 (what happened, not the value)
+        signed_out: set[uuid.UUID] = set()
         if changes:
             provider.updated_at = datetime.now(UTC)
             await db.flush()
             await db.refresh(provider)
-            await _audit(
-                db, context, AuditAction.SSO_PROVIDER_UPDATE, provider, details={"changes": changes}
-            )
+            details: dict[str, Any] = {"changes": changes}
+            if "enabled" in changes and not provider.enabled:
+                signed_out = await _end_sessions(db, provider, "sso_provider_disabled")
+                details["sessions_ended"] = len(signed_out)
+            await _audit(db, context, AuditAction.SSO_PROVIDER_UPDATE, provider, details=details)
     oidc.forget(old_issuer)
-    return provider
+    return provider, signed_out
+
+
+async def _end_sessions(db: AsyncSession, provider: SsoProvider, reason: str) -> set[uuid.UUID]:
+    """Sign out every live session the provider started; returns whose (publish their
+    revocation once committed)."""
+    ended = await db.execute(
+        update(Session)
+        .where(
+            Session.id.in_(
+                select(SsoSession.session_id).where(SsoSession.provider_id == provider.id)
+            ),
+            Session.revoked_at.is_(None),
+        )
+        .values(revoked_at=datetime.now(UTC), revoked_reason=reason)
+        .returning(Session.user_id)
+    )
+    return set(ended.scalars())
 
 
 async def delete_provider(
@@ -286,18 +307,7 @@ async def delete_provider(
     require_instance_admin(principal)
     async with system_transaction(database) as db:
         provider = await _get(db, slug, for_update=True)
-        ended = await db.execute(
-            update(Session)
-            .where(
-                Session.id.in_(
-                    select(SsoSession.session_id).where(SsoSession.provider_id == provider.id)
-                ),
-                Session.revoked_at.is_(None),
-            )
-            .values(revoked_at=datetime.now(UTC), revoked_reason="sso_provider_deleted")
-            .returning(Session.user_id)
-        )
-        users = set(ended.scalars())
+        users = await _end_sessions(db, provider, "sso_provider_deleted")
         await db.delete(provider)
         await db.flush()
         await _audit(

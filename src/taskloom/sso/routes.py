@@ -94,7 +94,7 @@ async def update_sso_provider(
     slug: Slug, body: ProviderUpdate, ctx: InstanceAdmin, request: Request
 ) -> ProviderOut:
     runtime = ctx.runtime
-    provider = await providers.update_provider(
+    provider, signed_out = await providers.update_provider(
         database=runtime.database,
         cipher=runtime.cipher,
         settings=runtime.settings,
@@ -103,6 +103,7 @@ async def update_sso_provider(
         slug=slug,
         body=body,
     )
+    await revocation.publish(runtime, signed_out)
     return _out(ctx, request, provider)
 
 
