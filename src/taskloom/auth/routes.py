@@ -43,17 +43,6 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 Client = Annotated[AuditContext, Depends(client_context)]
 
 
-def _tokens(pair: service.TokenPair) -> TokenResponse:
-    return TokenResponse(
-        access_token=pair.access_token,
-        expires_in=pair.expires_in,
-        refresh_token=pair.refresh_token,
-        refresh_expires_in=pair.refresh_expires_in,
-        user_id=pair.user_id,
-        org_id=pair.org_id,
-    )
-
-
 @router.post(
     "/register",
     status_code=status.HTTP_201_CREATED,
@@ -72,7 +61,7 @@ async def register(
         client=client,
     )
     set_location(response, "/auth/me")  # the new account, as its tokens see it
-    return _tokens(pair)
+    return TokenResponse.of(pair)
 
 
 @router.post("/login", openapi_extra=access("public"))
@@ -80,14 +69,14 @@ async def login(body: LoginRequest, runtime: RuntimeDep, client: Client) -> Toke
     pair = await service.login(
         runtime=runtime, email=body.email, password=body.password, org_id=body.org_id, client=client
     )
-    return _tokens(pair)
+    return TokenResponse.of(pair)
 
 
 @router.post("/refresh", openapi_extra=access("public"))
 async def refresh(body: RefreshRequest, runtime: RuntimeDep, client: Client) -> TokenResponse:
     # A session SSO started with offline_access asks its provider first (docs/SSO.md).
     pair = await sso_sessions.refresh(runtime, body.refresh_token, client)
-    return _tokens(pair)
+    return TokenResponse.of(pair)
 
 
 @router.post(

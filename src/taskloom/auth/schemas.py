@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from taskloom.orgs.models import Role
+
+if TYPE_CHECKING:
+    from taskloom.auth.service import TokenPair
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -67,6 +70,18 @@ class TokenResponse(BaseModel):
     refresh_expires_in: int
     user_id: uuid.UUID
     org_id: uuid.UUID | None
+
+    @classmethod
+    def of(cls, pair: TokenPair) -> TokenResponse:
+        """The answer of a sign-in, refresh or SSO exchange that issued `pair`."""
+        return cls(
+            access_token=pair.access_token,
+            expires_in=pair.expires_in,
+            refresh_token=pair.refresh_token,
+            refresh_expires_in=pair.refresh_expires_in,
+            user_id=pair.user_id,
+            org_id=pair.org_id,
+        )
 
 
 class AccessTokenResponse(BaseModel):

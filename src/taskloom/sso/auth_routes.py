@@ -21,7 +21,6 @@ from taskloom.auth.access import access
 from taskloom.auth.api_limits import limit_auth_ip
 from taskloom.auth.deps import client_context, get_runtime
 from taskloom.auth.schemas import TokenResponse
-from taskloom.auth.service import TokenPair
 from taskloom.errors import ValidationFailed, error_response
 from taskloom.runtime import Runtime
 from taskloom.sso import flow, providers
@@ -110,17 +109,6 @@ def _json_refusal(refused: SsoRefused) -> Response:
         details = {"link_token": refused.link_token, "email": refused.email}
     return error_response(
         refused.status_code, refused.code, refused.message, details, refused.headers
-    )
-
-
-def _tokens(pair: TokenPair) -> TokenResponse:
-    return TokenResponse(
-        access_token=pair.access_token,
-        expires_in=pair.expires_in,
-        refresh_token=pair.refresh_token,
-        refresh_expires_in=pair.refresh_expires_in,
-        user_id=pair.user_id,
-        org_id=pair.org_id,
     )
 
 
@@ -269,7 +257,7 @@ async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Re
         return await _sign_in_page(request, runtime, refused, "/ui/")
     if outcome.mode == "browser" and not form:
         assert outcome.pair is not None
-        return JSONResponse(_tokens(outcome.pair).model_dump(mode="json"))
+        return JSONResponse(TokenResponse.of(outcome.pair).model_dump(mode="json"))
     response = _signed_in(request, runtime, outcome)
     response.delete_cookie(LINK_COOKIE, path=FLOW_COOKIE_PATH)
     return response
@@ -288,4 +276,4 @@ async def oidc_exchange(
     except SsoRefused as refused:
         await flow.record_failure(runtime, refused.provider or "-", refused.code, client)
         raise
-    return _tokens(pair)
+    return TokenResponse.of(pair)
