@@ -44,7 +44,9 @@ TENANT_IDS = {
 }
 # Flags are the instance's (docs/FLAGS.md): any organization's admin may set its own override of
 # any flag. Walked too, with A's overridden flag: A's override must not change.
-GLOBAL_IDS = {"key"}
+# Single sign-on providers and their group mappings are the instance's too, and only instance
+# administrators reach their pages: walked with A's mapping, which must not change.
+GLOBAL_IDS = {"key", "slug", "mapping_id"}
 # Not ids at all: the stylesheet's file name, the "no such page" fallback, and a version number
 # within a workflow (whose id is the one checked; A's workflow has a version 1).
 NOT_IDS = {
@@ -110,9 +112,11 @@ def _unclassified(ops: list[UiOperation]) -> list[str]:
     ]
 
 
-async def _snapshot(runtime: Runtime, org_id: uuid.UUID, flag_key: str) -> dict[str, list[str]]:
+async def _snapshot(
+    runtime: Runtime, org_id: uuid.UUID, flag_key: str, sso_slug: str
+) -> dict[str, list[str]]:
     """Every row of organization A in every table that has an org_id, its organization row,
-    and the flag (the instance's) whose override A set."""
+    the flag (the instance's) whose override A set, and the provider that maps into A."""
     rows: dict[str, list[str]] = {}
     async with system_transaction(runtime.database) as db:
         tables = (
@@ -139,6 +143,11 @@ async def _snapshot(runtime: Runtime, org_id: uuid.UUID, flag_key: str) -> dict[
                 "feature_flags",
                 "select row_to_json(t)::text from feature_flags t where key = :v",
                 flag_key,
+            ),
+            (
+                "sso_providers",
+                "select row_to_json(t)::text from sso_providers t where slug = :v",
+                sso_slug,
             ),
         ):
             rows[label] = sorted((await db.execute(text(query), {"v": value})).scalars())
@@ -200,6 +209,28 @@ async def _organization_a(
             headers=headers,
         )
     )
+    sso_slug = f"ui-walk-{marker}"
+    created.append(  # disabled: the sign-in page of other tests does not offer it
+        await client.post(
+            "/api/admin/sso/providers",
+            json={
+                "slug": sso_slug,
+                "display_name": f"IdP {marker}",
+                "issuer": "https://idp.example.test",
+                "client_id": "taskloom",
+                "client_secret": marker,
+                "enabled": False,
+            },
+            headers=root.headers,
+        )
+    )
+    created.append(
+        await client.post(
+            f"/api/admin/sso/providers/{sso_slug}/mappings",
+            json={"group": marker, "org_id": str(owner.org_id), "role": "member"},
+            headers=root.headers,
+        )
+    )
     created.append(  # an open invitation of A's, to someone who is not organization B's owner
         await client.post(
             "/api/members",
@@ -246,10 +277,12 @@ async def _organization_a(
         "connection_id": created[2].json()["id"],
         "webhook_id": created[3].json()["id"],
         "user_id": str(member.user_id),
-        "invitation_id": created[6].json()["invitation_id"],
-        "schedule_id": created[7].json()["id"],
-        "trigger_id": created[8].json()["id"],
+        "invitation_id": created[8].json()["invitation_id"],
+        "schedule_id": created[9].json()["id"],
+        "trigger_id": created[10].json()["id"],
         "key": flag_key,
+        "slug": sso_slug,
+        "mapping_id": created[7].json()["id"],
         "number": "1",
     }
 
@@ -285,7 +318,7 @@ async def test_another_organizations_ids_are_not_found_on_any_ui_page_and_nothin
     stranger = await register(client, label="ui-b", organization_name="Org B")
     await sign_in(stranger_browser, stranger.email)
     csrf = csrf_of(await stranger_browser.get("/ui/workflows"))
-    before = await _snapshot(runtime, owner_a.org_id, ids["key"])
+    before = await _snapshot(runtime, owner_a.org_id, ids["key"], ids["slug"])
 
     problems = []
     for op in walked:
@@ -299,7 +332,7 @@ async def test_another_organizations_ids_are_not_found_on_any_ui_page_and_nothin
             problems.append(f"{op.method} {op.path}: shows organization A's data")
     assert not problems, "\n".join(problems)
 
-    assert await _snapshot(runtime, owner_a.org_id, ids["key"]) == before
+    assert await _snapshot(runtime, owner_a.org_id, ids["key"], ids["slug"]) == before
     # The ids were real: organization A's owner sees its pages.
     browser_a = stranger_browser
     browser_a.cookies.clear()

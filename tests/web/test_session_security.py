@@ -103,6 +103,8 @@ async def test_every_form_post_of_the_ui_checks_the_csrf_token(
         "schedule_id": str(uuid.uuid4()),
         "trigger_id": str(uuid.uuid4()),
         "key": "no-such-flag",
+        "slug": "no-such-provider",
+        "mapping_id": str(uuid.uuid4()),
         "number": "1",  # a workflow's version
     }
     paths = _ui_post_routes()

@@ -396,6 +396,21 @@ async def list_mappings(
         return list(rows.scalars())
 
 
+async def organization_names(
+    *, database: Database, principal: Principal, org_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The names of the organizations mappings grant roles in (the web UI lists them); the
+    application role reads only the caller's own organizations."""
+    require_instance_admin(principal)
+    if not org_ids:
+        return {}
+    async with system_transaction(database) as db:
+        rows = await db.execute(
+            select(Organization.id, Organization.name).where(Organization.id.in_(org_ids))
+        )
+        return {row.id: row.name for row in rows}
+
+
 async def delete_mapping(
     *,
     database: Database,

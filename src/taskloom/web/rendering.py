@@ -62,6 +62,17 @@ NOTICES = {
     "flag-deleted": "Flag deleted.",
     "override-saved": "Override saved.",
     "override-removed": "Override removed.",
+    "sso-provider-created": "Provider added. Register its redirect URI at the provider, then map "
+    "its groups to roles below.",
+    "sso-provider-saved": "Provider saved.",
+    "sso-provider-enabled": "Provider enabled: the sign-in page offers it.",
+    "sso-provider-disabled": "Provider disabled: nobody signs in with it, and the sessions it "
+    "started are signed out.",
+    "sso-provider-deleted": "Provider deleted; the sessions it started are signed out.",
+    "sso-mapping-created": "Group mapping added: it applies at each member's next sign-in.",
+    "sso-mapping-deleted": "Group mapping deleted: a role only it granted is taken at the "
+    "person's next sign-in.",
+    "org-sso-saved": "Single sign-on setting saved.",
     "signed-out": "You are signed out.",
     "registered": "Welcome! Your account and organization are ready.",
 }

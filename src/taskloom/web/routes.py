@@ -22,6 +22,7 @@ from taskloom.web.pages import (
     members,
     password,
     privacy,
+    sso,
     triggers,
     versions,
     webhooks,
@@ -81,6 +82,7 @@ AREAS = (
     connections,
     webhooks,
     flags,
+    sso,
     health,
 )
 

@@ -1,4 +1,5 @@
-"""Members, roles and invitations of the current organization (admins)."""
+"""Members, roles and invitations of the current organization (admins), and its single sign-on
+setting (owners change it, through sso/required.py as PATCH /api/org does; admins read it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from taskloom.errors import DomainError
 from taskloom.orgs import invitations, service
 from taskloom.orgs.models import INVITABLE_ROLES, Role
 from taskloom.orgs.schemas import MemberInvite, MemberUpdate
+from taskloom.sso import required as sso_required
 from taskloom.web.errors import UiRoute
 from taskloom.web.forms import FieldError, from_domain, from_validation, text
 from taskloom.web.rendering import redirect, render
@@ -21,10 +23,16 @@ router = APIRouter(prefix="/ui/admin/members", route_class=UiRoute, include_in_s
 
 
 async def _render(
-    page: Page, *, status: int = 200, errors: list[FieldError] | None = None, email: str = ""
+    page: Page,
+    *,
+    status: int = 200,
+    errors: list[FieldError] | None = None,
+    email: str = "",
+    sso_errors: list[FieldError] | None = None,
 ) -> Response:
     members = await service.list_members(db=page.db, principal=page.principal)
     pending = await invitations.list_pending(db=page.db, principal=page.principal)
+    org = await service.get_current_organization(db=page.db, principal=page.principal)
     return render(
         page,
         "admin/members.html",
@@ -36,6 +44,10 @@ async def _render(
         invitable_roles=[r.value for r in INVITABLE_ROLES],
         errors=errors or [],
         email=email,
+        org=org,
+        owners=[m for m in members if m.role == Role.OWNER],
+        may_change_sso=page.principal.has_role(Role.OWNER),
+        sso_errors=sso_errors or [],
     )
 
 
@@ -126,3 +138,28 @@ async def remove_member(user_id: uuid.UUID, request: Request) -> Response:
         except DomainError as refused:
             return await _render(page, status=refused.status_code, errors=from_domain(refused))
     return redirect("/ui/admin/members?notice=member-removed")
+
+
+@router.post("/sso")
+async def change_sso(request: Request) -> Response:
+    async with signed_in(request) as page:
+        form = await page.form()
+        page.require_role(Role.ADMIN)
+        chosen = text(form, "break_glass_user_id").strip()
+        try:
+            break_glass = uuid.UUID(chosen) if chosen else None
+        except ValueError:
+            problem = [FieldError("break_glass_user_id", "choose one of the owners, or none")]
+            return await _render(page, status=422, sso_errors=problem)
+        try:
+            # Its own system transaction, committed before this page's (as PATCH /api/org).
+            await sso_required.change(
+                runtime=page.runtime,
+                principal=page.principal,
+                context=page.audit,
+                sso_required=text(form, "sso_required") == "true",
+                break_glass_user_id=break_glass,
+            )
+        except DomainError as refused:
+            return await _render(page, status=refused.status_code, sso_errors=from_domain(refused))
+    return redirect("/ui/admin/members?notice=org-sso-saved")
