@@ -55,6 +55,13 @@ class Registration(StrEnum):
     CLOSED = "closed"  # nobody: operators use `taskloom user create`
 
 
+class BreakerSharing(StrEnum):
+    """Where circuit breakers keep their state (breakers.py, shared_breakers.py)."""
+
+    PROCESS = "process"
+    REDIS = "redis"
+
+
 class InsecureConfiguration(RuntimeError):
     """Production was asked to start with an unsafe configuration. Not a ValueError, so pydantic
     lets it through unwrapped and the operator reads one clear sentence."""
@@ -199,6 +206,12 @@ class Settings(BaseSettings):
     tool_cache_ttl_seconds: int = Field(default=60, ge=0, le=86_400)  # 0: no caching
     breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
     breaker_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Where breakers keep their state (docs/SCALING.md "Many hosts"): `process`, each process
+    # its own; `redis`, one per connection shared by every process (falls back to `process`
+    # while Redis does not answer). With `redis`, a breaker seen closed is trusted this long
+    # before Redis is asked again (0: every call asks).
+    breaker_sharing: BreakerSharing = BreakerSharing.PROCESS
+    breaker_shared_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
     # --- webhooks (docs/WEBHOOKS.md) -----------------------------------------------------------
     webhook_max_attempts: int = Field(default=5, ge=1, le=25)

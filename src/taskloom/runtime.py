@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 import taskloom.models  # noqa: F401  (every model mapped, whichever command runs)
 from taskloom.auth.passwords import Passwords
 from taskloom.auth.principal_cache import PrincipalCache
-from taskloom.config import Settings, redact_url
+from taskloom.breakers import BREAKERS
+from taskloom.config import BreakerSharing, Settings, redact_url
 from taskloom.crypto import CredentialCipher
 from taskloom.db.engine import Database, check_roles, create_database
 from taskloom.observability import tracing
@@ -22,6 +23,7 @@ from taskloom.outbound_pool import OutboundPool
 from taskloom.queue.fairness import FairScheduler
 from taskloom.queue.jobs import Queues, QueueSpec
 from taskloom.redis import Keys, connect_redis
+from taskloom.shared_breakers import RedisBreakers
 
 log = structlog.get_logger("taskloom.runtime")
 
@@ -41,11 +43,15 @@ class Runtime:
     principals: PrincipalCache = field(
         default_factory=lambda: PrincipalCache(size=0, ttl_seconds=0)
     )
+    # Circuit breakers shared through Redis (BREAKER_SHARING=redis), else None: per process.
+    shared_breakers: RedisBreakers | None = None
     # Set when the process is told to stop (SIGTERM/SIGINT, before uvicorn waits for open
     # responses): long-lived responses (live event streams) end at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def close(self) -> None:
+        if self.shared_breakers is not None and BREAKERS.store is self.shared_breakers:
+            BREAKERS.share(None)
         await self.outbound.aclose()
         await self.queues.close()
         await self.redis.aclose()
@@ -76,6 +82,12 @@ async def open_runtime(settings: Settings, queues: Sequence[QueueSpec] | None = 
         event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop
     )
     keys = Keys(settings.key_prefix)
+    shared_breakers = None
+    if settings.breaker_sharing == BreakerSharing.REDIS:
+        shared_breakers = RedisBreakers(
+            redis, keys, cache_seconds=settings.breaker_shared_cache_seconds
+        )
+        BREAKERS.share(shared_breakers)  # the process's breakers (BREAKERS) are these from now on
     return Runtime(
         settings=settings,
         database=database,
@@ -89,4 +101,5 @@ async def open_runtime(settings: Settings, queues: Sequence[QueueSpec] | None = 
         principals=PrincipalCache(
             size=settings.auth_cache_size, ttl_seconds=settings.auth_cache_ttl_seconds
         ),
+        shared_breakers=shared_breakers,
     )

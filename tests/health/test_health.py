@@ -144,9 +144,9 @@ async def _connection(client: httpx.AsyncClient, account: Account, name: str) ->
     return str(created.json()["id"])
 
 
-def _opened(name: str) -> None:
+async def _opened(name: str) -> None:
     breaker = BREAKERS.get(name, failure_threshold=1, reset_seconds=60)
-    breaker.record_failure()
+    await breaker.record_failure()
 
 
 async def test_circuits_by_connection_go_to_their_organizations_admins_and_instance_admins(
@@ -162,7 +162,7 @@ async def test_circuits_by_connection_go_to_their_organizations_admins_and_insta
     instance = f"ai:instance:test-{uuid.uuid4()}"
     names = [a_tool, a_ai, b_tool, instance]
     for name in names:
-        _opened(name)
+        await _opened(name)
     try:
         public = await client.get("/health/circuits")
         assert public.status_code == 503

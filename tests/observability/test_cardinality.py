@@ -51,7 +51,7 @@ def test_tool_names_past_the_limit_count_as_other() -> None:
             TOOL_NAMES.forget(f"mcp\x00{name}")
 
 
-def test_breakers_past_the_limit_share_other_which_shows_the_worst_state() -> None:
+async def test_breakers_past_the_limit_share_other_which_shows_the_worst_state() -> None:
     names = [f"tool:cardinality-{next(_counter)}" for _ in range(MAX_NAMED_BREAKERS + 20)]
     try:
         breakers = [BREAKERS.get(name, failure_threshold=1) for name in names]
@@ -60,7 +60,7 @@ def test_breakers_past_the_limit_share_other_which_shows_the_worst_state() -> No
         assert len(series) <= MAX_NAMED_BREAKERS + 1
         assert names[-1] not in series
         assert series[OTHER] == BreakerState.CLOSED
-        breakers[-1].record_failure()  # a folded breaker opens
+        await breakers[-1].record_failure()  # a folded breaker opens
         assert _breaker_series()[OTHER] == BreakerState.OPEN
         BREAKERS.remove(names[-1])
         assert _breaker_series()[OTHER] == BreakerState.CLOSED

@@ -152,7 +152,7 @@ async def test_the_health_page_shows_an_organization_admin_only_their_own_breake
         ids[name] = created.json()["id"]
     names = [f"tool:{ids['own']}", f"tool:{ids['theirs']}"]
     for name in names:
-        BREAKERS.get(name, failure_threshold=1, reset_seconds=60).record_failure()
+        await BREAKERS.get(name, failure_threshold=1, reset_seconds=60).record_failure()
     try:
         page = await owner_browser.get("/ui/admin/health")
         assert page.status_code == 200

@@ -471,7 +471,7 @@ async def _call(
         reset_seconds=settings.breaker_reset_seconds,
     )
     try:
-        breaker.before_call()
+        await breaker.before_call()
     except CircuitOpen as error:
         await budget.settle(runtime.database, reservation, outcome="circuit_open")
         raise AiStepError(
@@ -498,9 +498,9 @@ async def _call(
     except AiProviderError as error:
         elapsed = time.perf_counter() - started
         if error.retryable or error.status in _BREAKER_STATUSES:
-            breaker.record_failure()
+            await breaker.record_failure()
         else:
-            breaker.record_success()
+            await breaker.record_success()
         AI_REQUESTS.labels(*labels, "false").inc()
         AI_DURATION.labels(model.name).observe(elapsed)
         await budget.settle(
@@ -508,11 +508,11 @@ async def _call(
         )
         raise AiStepError(error.message, code=error.code, retryable=error.retryable) from None
     except BaseException:
-        breaker.abandon_trial()
+        await breaker.abandon_trial()
         await _settle_quietly(runtime, reservation, started)
         raise
     elapsed = time.perf_counter() - started
-    breaker.record_success()
+    await breaker.record_success()
     cost = model.cost(response.input_tokens, response.output_tokens)
     AI_REQUESTS.labels(*labels, "true").inc()
     AI_DURATION.labels(model.name).observe(elapsed)

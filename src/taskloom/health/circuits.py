@@ -8,13 +8,13 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskloom.auth.principal import Principal
-from taskloom.breakers import BreakerState, CircuitBreaker
+from taskloom.breakers import Breaker, BreakerState
 from taskloom.errors import Forbidden
 from taskloom.orgs.models import Role
 from taskloom.tools import service as tools
 
 
-def state_counts(breakers: list[CircuitBreaker]) -> dict[str, int]:
+def state_counts(breakers: list[Breaker]) -> dict[str, int]:
     """How many breakers are in each state, every state named (zero included)."""
     counts = {state.name.lower(): 0 for state in BreakerState}
     for breaker in breakers:
@@ -23,8 +23,8 @@ def state_counts(breakers: list[CircuitBreaker]) -> dict[str, int]:
 
 
 async def visible_breakers(
-    *, db: AsyncSession, principal: Principal, breakers: list[CircuitBreaker]
-) -> list[CircuitBreaker]:
+    *, db: AsyncSession, principal: Principal, breakers: list[Breaker]
+) -> list[Breaker]:
     """The breakers `principal` may see by name, or Forbidden for anyone but an admin of the
     current organization or an instance administrator."""
     if principal.is_superuser:
@@ -38,5 +38,5 @@ async def visible_breakers(
     return [breaker for breaker in breakers if breaker.name in own]
 
 
-def describe(breaker: CircuitBreaker) -> dict[str, object]:
+def describe(breaker: Breaker) -> dict[str, object]:
     return {"name": breaker.name, "state": breaker.state.name.lower(), "failures": breaker.failures}

@@ -111,6 +111,12 @@ CIRCUIT_STATE = Gauge(
     ["name"],
     multiprocess_mode="max",
 )
+CIRCUIT_SHARING_DEGRADED = Gauge(
+    "circuit_breaker_sharing_degraded",
+    "1 while this process's circuit breakers decide on their own because Redis does not answer"
+    " (BREAKER_SHARING=redis only).",
+    multiprocess_mode="max",
+)
 
 # --- database pool -------------------------------------------------------------------------------
 DB_POOL = Gauge(

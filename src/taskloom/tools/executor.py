@@ -27,7 +27,7 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from taskloom.breakers import BREAKERS, CircuitBreaker, CircuitOpen
+from taskloom.breakers import BREAKERS, Breaker, CircuitOpen
 from taskloom.config import Settings
 from taskloom.crypto import CredentialKeyError
 from taskloom.db.tenancy import tenant_transaction
@@ -51,7 +51,7 @@ DYNAMIC_TOOL_PROVIDERS = frozenset({"mcp"})
 _BREAKER_STATUSES = frozenset({401, 403})
 
 
-def breaker_for(settings: Settings, connection_id: uuid.UUID) -> CircuitBreaker:
+def breaker_for(settings: Settings, connection_id: uuid.UUID) -> Breaker:
     return BREAKERS.get(
         f"tool:{connection_id}",
         failure_threshold=settings.breaker_failure_threshold,
@@ -212,11 +212,11 @@ async def call_tool(
 
 
 async def _guarded(
-    services: Runtime, connection: Connection, breaker: CircuitBreaker, call: Awaitable[T]
+    services: Runtime, connection: Connection, breaker: Breaker, call: Awaitable[T]
 ) -> T:
     """Await one exchange with the provider behind the connection's breaker and timeout."""
     try:
-        breaker.before_call()
+        await breaker.before_call()
     except CircuitOpen as error:
         if inspect.iscoroutine(call):
             call.close()  # never awaited: say so, rather than warn
@@ -241,17 +241,17 @@ async def _guarded(
             raise ToolError(str(refused), code="target_not_allowed") from None
     except ToolError as error:
         if error.retryable or error.status in _BREAKER_STATUSES:
-            breaker.record_failure()
+            await breaker.record_failure()
         else:
-            breaker.record_success()  # the remote answered; the request was wrong
+            await breaker.record_success()  # the remote answered; the request was wrong
         raise
     except Exception:
-        breaker.record_failure()
+        await breaker.record_failure()
         raise
     except BaseException:  # cancelled (shutdown): no verdict on the remote side
-        breaker.abandon_trial()
+        await breaker.abandon_trial()
         raise
-    breaker.record_success()
+    await breaker.record_success()
     return result
 
 

@@ -60,10 +60,11 @@ async def update_connection(
     row = await service.update_connection(
         db=ctx.db, context=ctx.audit, cipher=_cipher(ctx), connection_id=connection_id, body=body
     )
-    # New credentials or URL: this process's breaker starts afresh (workers' breakers close
-    # on their next successful trial), and its pooled clients close (workers' no longer match
-    # the new fingerprint and idle out: outbound_pool.py).
-    BREAKERS.remove(f"tool:{row.id}")
+    # New credentials or URL: the breaker starts afresh (shared: for every process; per
+    # process: this one's, and workers' close on their next successful trial), and this
+    # process's pooled clients close (workers' no longer match the new fingerprint and idle
+    # out: outbound_pool.py).
+    await BREAKERS.reset(f"tool:{row.id}")
     await ctx.runtime.outbound.discard(owner=str(row.id))
     return service.to_out(row, _cipher(ctx))
 
@@ -73,7 +74,7 @@ async def update_connection(
 )
 async def delete_connection(connection_id: uuid.UUID, ctx: Admin) -> Response:
     row = await service.delete_connection(db=ctx.db, context=ctx.audit, connection_id=connection_id)
-    BREAKERS.remove(f"tool:{row.id}")
+    await BREAKERS.reset(f"tool:{row.id}")
     await ctx.runtime.outbound.discard(owner=str(row.id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -125,5 +125,5 @@ async def delete_connection(connection_id: uuid.UUID, request: Request) -> Respo
         row = await service.delete_connection(
             db=page.db, context=page.audit, connection_id=connection_id
         )
-        BREAKERS.remove(f"tool:{row.id}")  # as the API does: this process's breaker goes too
+        await BREAKERS.reset(f"tool:{row.id}")  # as the API does: the breaker goes too
     return redirect("/ui/admin/connections?notice=connection-deleted")
