@@ -22,6 +22,7 @@ from taskloom.config import Settings
 from taskloom.db.driver import app_connection
 from taskloom.db.engine import Database, create_database
 from taskloom.db.tenancy import tenant_transaction
+from taskloom.doctor import Check, Status, run_checks
 from tests.conftest import fresh_deployment
 from tests.pgbouncer_support import PgBouncer, pgbouncer_binary, running_pgbouncer
 
@@ -174,3 +175,29 @@ def test_tenant_isolation_execution_and_gdpr_tests_pass_through_pgbouncer(tmp_pa
     logs = "".join(log.read_text() for log in base.glob("pgbouncer*/pgbouncer.log"))
     assert re.search(r"login attempt: db=taskloom_test_\w+ user=taskloom_app_test_\w+", logs)
 
+
+async def test_doctor_names_the_setting_and_checks_the_roles_timeout(
+    settings: Settings, pgbouncer: PgBouncer
+) -> None:
+    through = settings.model_copy(
+        update={"database_app_url": pgbouncer.route(settings.app_database_url())}
+    )
+
+    async def database_checks(**update: object) -> dict[str, Check]:
+        checks = await run_checks(through.model_copy(update=update))
+        return {c.name: c for c in checks if c.area == "database"}
+
+    refused = (await database_checks(database_pgbouncer=False))["connection"]
+    assert refused.status == Status.FAIL
+    assert "set DATABASE_PGBOUNCER=true" in refused.detail
+
+    fine = await database_checks(database_pgbouncer=True)
+    assert fine["pgbouncer"].status == Status.PASS
+    assert fine["application role"].status == Status.PASS
+    assert "connection" not in fine
+
+    stale = await database_checks(database_pgbouncer=True, database_statement_timeout_ms=1234)
+    assert stale["pgbouncer"].status == Status.WARN
+    assert "statement_timeout is 30000 ms, DATABASE_STATEMENT_TIMEOUT_MS is 1234" in (
+        stale["pgbouncer"].detail
+    )
