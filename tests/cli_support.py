@@ -32,6 +32,7 @@ def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
         TASKLOOM_ENV="test",
         DATABASE_URL=settings.database_url or "",
         DATABASE_APP_ROLE=settings.database_app_role,
+        **app_role_route(settings),
         REDIS_URL=settings.redis_url or "",
         REDIS_KEY_PREFIX=settings.key_prefix,
         PASSWORD_HASH_TIME_COST="1",
@@ -40,6 +41,17 @@ def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         **extra,
     )
+
+
+def app_role_route(settings: Settings) -> dict[str, str]:
+    """DATABASE_APP_URL and DATABASE_PGBOUNCER when the deployment's application role goes
+    through PgBouncer (TEST_THROUGH_PGBOUNCER=1, tests/pgbouncer_support.py)."""
+    if not settings.database_app_url:
+        return {}
+    return {
+        "DATABASE_APP_URL": settings.database_app_url,
+        "DATABASE_PGBOUNCER": str(settings.database_pgbouncer).lower(),
+    }
 
 
 async def run_taskloom(

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from taskloom.config import Settings
 from taskloom.runtime import Runtime
 from tests.in_process import asgi_client, opened_runtime, running_app
+from tests.pgbouncer_support import THROUGH_PGBOUNCER, PgBouncer, running_pgbouncer
 from tests.servers import MISSING_PROGRAMS
 
 # Fake provider APIs and a real MCP server, for the AI and tool tests.
@@ -84,7 +85,33 @@ async def fresh_deployment(
         rate_limit_auth_per_ip=1_000_000,
         **overrides,
     ) as deployment:
+        if APP_ROLE_POOLER:  # TEST_THROUGH_PGBOUNCER=1: the application role goes through it
+            route = APP_ROLE_POOLER[0].route(deployment.app_database_url())
+            deployment = deployment.model_copy(
+                update={"database_app_url": route, "database_pgbouncer": True}
+            )
         yield deployment
+
+
+# The PgBouncer every deployment's application role goes through, under TEST_THROUGH_PGBOUNCER=1.
+APP_ROLE_POOLER: list[PgBouncer] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def app_role_through_pgbouncer(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """TEST_THROUGH_PGBOUNCER=1: a PgBouncer in transaction mode for the whole session, in
+    front of the tests' PostgreSQL; migrations and the privileged role still connect directly
+    (tests/pgbouncer/test_through_pgbouncer.py runs a part of the suite so)."""
+    if not THROUGH_PGBOUNCER:
+        yield
+        return
+    pg_server_url = request.getfixturevalue("pg_server_url")
+    with running_pgbouncer(pg_server_url, tmp_path_factory.mktemp("pgbouncer")) as bouncer:
+        APP_ROLE_POOLER.append(bouncer)
+        yield
+        APP_ROLE_POOLER.clear()
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
 from taskloom.executions.queue import ExecutionQueue
 from taskloom.runtime import Runtime
-from tests.cli_support import clean_env
+from tests.cli_support import app_role_route, clean_env
 from tests.factories import Account, register
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.servers import free_port, plain_redis_config, start_redis
@@ -278,6 +278,7 @@ def worker_env(settings: Settings, **overrides: object) -> dict[str, str]:
         "TASKLOOM_ENV": "test",
         "DATABASE_URL": settings.database_url,
         "DATABASE_APP_ROLE": settings.database_app_role,
+        **app_role_route(settings),
         "REDIS_URL": settings.redis_url,
         "PYTHONUNBUFFERED": "1",
         # The API process's secrets, so the worker decrypts the connections it stored.

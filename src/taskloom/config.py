@@ -88,12 +88,18 @@ class Settings(BaseSettings):
     # overflow: one opened past the pool and closed on return costs a PostgreSQL backend per
     # burst; a request beyond the pool waits for a connection). docs/ARCHITECTURE.md.
     database_pool_size: int = Field(default=20, ge=1, le=200)
+    # Sent as a startup parameter on each connection; also the application role's own default,
+    # set by `taskloom migrate` (ALTER ROLE ... SET), which is what applies through PgBouncer.
     database_statement_timeout_ms: int = Field(default=30_000, ge=0)
     # Prepared statements kept per connection (by asyncpg for the hot path's statements, by
     # SQLAlchemy for the rest). 0: none kept, for a pooler that cannot keep a named statement on
     # one server connection (PgBouncer in transaction mode before 1.21). docs/PERFORMANCE.md has
     # the cost of each.
     database_statement_cache_size: int = Field(default=100, ge=0, le=10_000)
+    # DATABASE_APP_URL points at PgBouncer in `pool_mode = transaction`: the application engine
+    # keeps no prepared statement (as with a cache size of 0) and sends no startup parameter
+    # PgBouncer refuses (statement_timeout is then the role's own). docs/SCALING.md.
+    database_pgbouncer: bool = False
     # Ping a pooled connection before use only after it sat idle this long (docs/ARCHITECTURE.md).
     database_ping_after_idle_seconds: float = Field(default=10.0, ge=0, le=3_600)
 

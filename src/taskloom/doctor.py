@@ -238,10 +238,14 @@ async def _database_checks(c: _Checklist) -> None:
     database = create_database(s)
     try:
         await _role_checks(c, database)
+        await _pgbouncer_checks(c, database)
         await _rls_checks(c, database)
         await _sso_checks(c, database)
     except (SQLAlchemyError, OSError) as exc:
-        c.fail(area, "connection", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        if "unsupported startup parameter" in detail:  # PgBouncer's answer to statement_timeout
+            detail += " (PgBouncer in front of the application role: set DATABASE_PGBOUNCER=true)"
+        c.fail(area, "connection", detail)
     finally:
         await database.dispose()
 
@@ -252,6 +256,27 @@ async def _role_checks(c: _Checklist, database: Database) -> None:
         c.fail("database", "application role", f"{name!r} " + ", ".join(problems))
     else:
         c.ok("database", "application role", f"{name!r}: not superuser, no BYPASSRLS, owns nothing")
+
+
+async def _pgbouncer_checks(c: _Checklist, database: Database) -> None:
+    """Under DATABASE_PGBOUNCER the statement timeout is the application role's own (set by
+    `taskloom migrate`), not the process's: say when the two differ."""
+    if not c.settings.database_pgbouncer:
+        return
+    async with database.app_engine.connect() as conn:
+        shown = await conn.scalar(
+            text("select setting from pg_settings where name = 'statement_timeout'")
+        )
+    wanted = c.settings.database_statement_timeout_ms
+    if str(shown) == str(wanted):
+        c.ok("database", "pgbouncer", f"no prepared statements kept; statement_timeout {wanted} ms")
+    else:
+        c.warn(
+            "database",
+            "pgbouncer",
+            f"the application role's statement_timeout is {shown} ms, "
+            f"DATABASE_STATEMENT_TIMEOUT_MS is {wanted}: run `taskloom migrate`",
+        )
 
 
 async def _rls_checks(c: _Checklist, database: Database) -> None:

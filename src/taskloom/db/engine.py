@@ -3,7 +3,8 @@ privileged (bypasses row-level security) and is used only where a function says 
 resolving credentials before a tenant is known, migrations and cross-tenant maintenance.
 `export` is the privileged role again, in a small pool of its own for GDPR data exports, which
 hold a connection for as long as their client reads: however many stall, sign-in (on `system`)
-never waits for them."""
+never waits for them. `system` and `export` connect directly (DATABASE_URL); `app` may go
+through PgBouncer in transaction mode (DATABASE_PGBOUNCER, docs/SCALING.md)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,19 @@ def _engine(
     application_name: str,
     pool_timeout: float = 30.0,
     server_settings: dict[str, str] | None = None,
+    through_pgbouncer: bool = False,
 ) -> AsyncEngine:
-    cached = str(settings.database_statement_cache_size)
+    """An engine of `pool_size` kept connections. `through_pgbouncer` (PgBouncer in transaction
+    mode, which gives each transaction whichever server connection is free): no prepared
+    statement outlives its use (asyncpg then sends every statement unnamed, parsed again with
+    its parameters), and the only startup parameter is one PgBouncer passes on."""
+    cache_size = 0 if through_pgbouncer else settings.database_statement_cache_size
+    startup = {"application_name": application_name}
+    if not through_pgbouncer:
+        startup["statement_timeout"] = str(settings.database_statement_timeout_ms)
+        startup.update(server_settings or {})
     engine = create_async_engine(
-        async_url(url).update_query_dict({"prepared_statement_cache_size": cached}),
+        async_url(url).update_query_dict({"prepared_statement_cache_size": str(cache_size)}),
         json_deserializer=json_value,
         # Every connection is kept once opened: with overflow, each one opened past the pool under
         # steady concurrency was closed again on return, a PostgreSQL backend forked (and TLS
@@ -70,13 +80,9 @@ def _engine(
         pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={
-            "server_settings": {
-                "application_name": application_name,
-                "statement_timeout": str(settings.database_statement_timeout_ms),
-                **(server_settings or {}),
-            },
+            "server_settings": startup,
             "timeout": 10,
-            "statement_cache_size": settings.database_statement_cache_size,
+            "statement_cache_size": cache_size,
         },
     )
     _ping_after_idle(engine, settings.database_ping_after_idle_seconds)
@@ -130,6 +136,7 @@ def create_database(settings: Settings) -> Database:
         settings=settings,
         pool_size=settings.database_pool_size,
         application_name="taskloom-app",
+        through_pgbouncer=settings.database_pgbouncer,
     )
     system_engine = _engine(
         settings.database_url,

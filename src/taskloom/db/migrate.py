@@ -90,8 +90,9 @@ async def _migration_lock(url: str) -> AsyncIterator[None]:
 
 
 async def ensure_app_role(settings: Settings) -> None:
-    """Create or update the login role the application uses: no BYPASSRLS, owns nothing.
-    Called by `migrate`, under its lock."""
+    """Create or update the login role the application uses: no BYPASSRLS, owns nothing,
+    DATABASE_STATEMENT_TIMEOUT_MS as its statement_timeout. Called by `migrate`, under its
+    lock."""
     assert settings.database_url
     role = settings.database_app_role
     password = (
@@ -108,6 +109,10 @@ async def ensure_app_role(settings: Settings) -> None:
             attributes = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
             verb = "ALTER" if exists else "CREATE"
             await conn.execute(text(f'{verb} ROLE "{role}" WITH {attributes}'))
+            # The role's own default: what applies where no startup parameter can carry it
+            # (PgBouncer in transaction mode, DATABASE_PGBOUNCER); new sessions take it.
+            timeout = int(settings.database_statement_timeout_ms)
+            await conn.execute(text(f'ALTER ROLE "{role}" SET statement_timeout = {timeout}'))
             if password is not None:
                 # Parameters are not allowed in utility statements; quote the literal instead.
                 literal = await conn.execute(text("select quote_literal(:p)"), {"p": password})
