@@ -21,11 +21,12 @@ from taskloom.redis import Keys, create_redis, purge_matching
 
 @asynccontextmanager
 async def scratch_deployment(
-    pg_url: str, redis_url: str, *, label: str, **overrides: Any
+    pg_url: str, redis_url: str | None, *, label: str, **overrides: Any
 ) -> AsyncIterator[Settings]:
     """Settings for `taskloom_<label>_<suffix>` (role `taskloom_app_<label>_<suffix>`, key
     prefix `<label>-<suffix>:`): test-speed password hashing, `taskloom_env=test`, and
-    `overrides` on top."""
+    `overrides` on top (`redis_url` None with `redis_sentinels` in them: Redis through
+    Sentinel)."""
     suffix = secrets.token_hex(4)
     database = f"taskloom_{label}_{suffix}"
     values: dict[str, Any] = {

@@ -68,7 +68,7 @@ def redis_url() -> Iterator[str]:
 
 @asynccontextmanager
 async def fresh_deployment(
-    pg_server_url: str, redis_url: str, *, label: str = "test", **overrides: Any
+    pg_server_url: str, redis_url: str | None, *, label: str = "test", **overrides: Any
 ) -> AsyncIterator[Settings]:
     """Settings for a database, application role and key prefix of their own, migrated; all
     three are removed afterwards. `overrides`: other settings (e.g. OUTBOUND_ALLOWED_HOSTS)."""

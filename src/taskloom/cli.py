@@ -72,7 +72,7 @@ async def _services(settings: Settings) -> AsyncIterator[Settings]:
 
     configure_logging(settings)
     sentry.configure(settings, service="taskloom")
-    if settings.database_url and settings.redis_url:
+    if settings.database_url and settings.redis_configured:
         yield settings
         return
     # Called on the main thread on purpose: start_embedded turns SIGTERM/SIGHUP into SystemExit
@@ -239,7 +239,7 @@ def api(
     settings = get_settings()
     host, port = host or settings.api_host, port or settings.api_port
     if workers > 1:
-        if not (settings.database_url and settings.redis_url):
+        if not (settings.database_url and settings.redis_configured):
             console.print(
                 "[red]--workers needs DATABASE_URL and REDIS_URL:[/red] the embedded servers "
                 "belong to one process"
@@ -298,7 +298,7 @@ async def _work(settings: Settings, budget: ExitBudget) -> None:
             await stop.wait()
             # No watchdog with embedded servers (a development setup): stopping them takes
             # longer than the budget, and cutting that short would leave them running.
-            embedded = not (settings.database_url and settings.redis_url)
+            embedded = not (settings.database_url and settings.redis_configured)
             budget.start(live.shutdown_timeout_seconds, watchdog=not embedded)
             await service.shutdown()
         finally:

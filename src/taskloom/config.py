@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     redis_allow_insecure: bool = False  # lets production run plaintext / passwordless / unprefixed
     redis_key_prefix: str | None = Field(default=None, max_length=64)  # default "{environment}:"
     redis_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Redis Sentinel, instead of REDIS_URL (docs/REDIS.md "Sentinel"): the Sentinels to ask, the
+    # name they monitor the master under, and their own credentials when they require one. The
+    # data nodes' credentials and TLS files are the ones above.
+    redis_sentinels: str | None = None  # host:port,host:port,... (port 26379 when left out)
+    redis_sentinel_master: str | None = None
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_sentinel_tls: bool = False  # TLS (REDIS_TLS_* files) to the Sentinels and data nodes
+    # How long a command keeps reconnecting (through the Sentinels, to whichever node they name
+    # master) before it fails: cover the Sentinels' down-after-milliseconds and the election.
+    redis_failover_seconds: float = Field(default=15.0, gt=0, le=300)
 
     # --- queue and workers (docs/QUEUE.md) --------------------------------------------------
     worker_concurrency: int = Field(default=10, ge=1, le=500)
@@ -366,6 +377,22 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_sentinels(value)  # raises ValueError naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _one_redis_mode(self) -> Self:
+        if self.redis_url and self.redis_sentinels:
+            raise ValueError("set REDIS_URL (one server) or REDIS_SENTINELS (Sentinel), not both")
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError("set REDIS_SENTINELS and REDIS_SENTINEL_MASTER together")
+        return self
+
     @model_validator(mode="after")
     def _tls_files_in_pairs(self) -> Self:
         if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
@@ -394,8 +421,8 @@ class Settings(BaseSettings):
             problems.append("CREDENTIAL_ENCRYPTION_KEYS must be set (id:base64 of 32 random bytes)")
         if self.database_url is None:
             problems.append("DATABASE_URL must point at a real PostgreSQL server")
-        if self.redis_url is None:
-            problems.append("REDIS_URL must point at a real Redis server")
+        if not self.redis_configured:
+            problems.append("REDIS_URL (or REDIS_SENTINELS) must point at a real Redis server")
         if self.database_app_url is None and self.database_app_password is None:
             problems.append(
                 "set DATABASE_APP_URL or DATABASE_APP_PASSWORD for the application role"
@@ -405,13 +432,17 @@ class Settings(BaseSettings):
 
     def redis_problems(self) -> list[str]:
         """The Redis part of the production guard (each one has an explicit opt-out)."""
-        if not self.redis_url:
+        if not self.redis_configured:
             return []
         problems = []
         if not self.redis_allow_insecure:
             if not self.redis_uses_tls and not self.redis_is_local:
                 problems.append(
-                    "REDIS_URL is plaintext to a non-loopback host: use rediss:// "
+                    "REDIS_SENTINELS are plaintext to a non-loopback host: set "
+                    "REDIS_SENTINEL_TLS=true (or REDIS_ALLOW_INSECURE=true on a private network "
+                    "you trust)"
+                    if self.redis_sentinels
+                    else "REDIS_URL is plaintext to a non-loopback host: use rediss:// "
                     "(or REDIS_ALLOW_INSECURE=true on a private network you trust)"
                 )
             if not self.redis_has_password:
@@ -444,22 +475,32 @@ class Settings(BaseSettings):
         return f"{self.key_prefix}bull"
 
     @property
+    def redis_configured(self) -> bool:
+        """A real Redis is named (REDIS_URL or REDIS_SENTINELS); else the embedded one runs."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @property
+    def redis_sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
+
+    @property
     def redis_uses_tls(self) -> bool:
+        if self.redis_sentinels:
+            return self.redis_sentinel_tls
         return bool(self.redis_url) and urlsplit(self.redis_url or "").scheme == "rediss"
 
     @property
     def redis_is_local(self) -> bool:
-        """A unix socket or a loopback address: traffic never leaves the machine."""
+        """A unix socket or a loopback address: traffic never leaves the machine. With
+        Sentinel, every Sentinel is on loopback (the master they name is only known at run
+        time; Sentinels name the addresses their data nodes announce)."""
+        if self.redis_sentinels:
+            return all(_is_loopback(host) for host, _ in self.redis_sentinel_addresses)
         parts = urlsplit(self.redis_url or "")
         if parts.scheme == "unix":
             return True
-        host = parts.hostname or "localhost"
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(parts.hostname or "localhost")
 
     @property
     def redis_has_password(self) -> bool:
@@ -515,6 +556,37 @@ def parse_key_list(value: str) -> list[tuple[str, bytes]]:
             raise ValueError(f"CREDENTIAL_ENCRYPTION_KEYS names key {key_id!r} twice")
         keys.append((key_id, raw))
     return keys
+
+
+SENTINEL_PORT = 26379
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """Parse REDIS_SENTINELS, "host:port,host:port" (`[v6]:port`; port 26379 when left out)."""
+    addresses: list[tuple[str, int]] = []
+    for position, entry in enumerate(value.split(","), start=1):
+        parts = urlsplit("//" + entry.strip())
+        try:
+            port = parts.port if parts.port is not None else SENTINEL_PORT
+        except ValueError:
+            port = 0
+        if not parts.hostname or not 0 < port < 65536 or "@" in entry or parts.path:
+            shown = "" if "@" in entry else f" ({entry.strip()!r})"  # may hold a password
+            raise ValueError(
+                f"REDIS_SENTINELS entry {position}{shown} must look like host:port (a "
+                "Sentinel's address; its credentials go in REDIS_SENTINEL_PASSWORD)"
+            )
+        addresses.append((parts.hostname, port))
+    return addresses
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def replace_url_credentials(url: str, user: str, password: str | None) -> str:

@@ -83,19 +83,22 @@ async def run_checks(settings: Settings, *, strict: bool = False) -> list[Check]
 
 async def _redis_checks(c: _Checklist) -> None:
     s, area = c.settings, "redis"
-    if not s.redis_url:
+    if not s.redis_configured:
         c.required(area, "server", "REDIS_URL is unset: the embedded redis-server is in use")
         return
     c.ok(area, "server", describe_target(s))
 
+    tls_fix = "set REDIS_SENTINEL_TLS=true" if s.redis_sentinels else "use rediss://"
     if s.redis_uses_tls:
-        c.ok(area, "tls", "rediss:// (TLS 1.2 or newer)")
+        c.ok(area, "tls", f"{_tls_kind(s)} (TLS 1.2 or newer)")
     elif s.redis_is_local:
         c.ok(area, "tls", "plaintext, but to a unix socket or loopback address")
     elif s.redis_allow_insecure:
         c.opted_out(area, "tls", "plaintext to a remote host", "REDIS_ALLOW_INSECURE")
     else:
-        c.required(area, "tls", "plaintext to a remote host: use rediss://")
+        c.required(area, "tls", f"plaintext to a remote host: {tls_fix}")
+    if s.redis_sentinels:
+        _sentinel_auth_check(c)
 
     if s.redis_uses_tls:
         ca = f"CA file {s.redis_tls_ca_file}" if s.redis_tls_ca_file else "the system's CAs"
@@ -147,6 +150,8 @@ async def _redis_checks(c: _Checklist) -> None:
     finally:
         await client.aclose()
     c.ok(area, "connection", f"PING answered by Redis {info.get('redis_version', '?')}")
+    if s.redis_sentinels:
+        c.ok(area, "failover", f"commands reconnect for up to {s.redis_failover_seconds:g} s")
     policy = memory.get("maxmemory_policy")
     if policy == "noeviction":
         c.ok(area, "eviction policy", "noeviction (queued jobs are never evicted)")
@@ -155,6 +160,26 @@ async def _redis_checks(c: _Checklist) -> None:
             area,
             "eviction policy",
             f"{policy}: Redis may evict queue keys under memory pressure; BullMQ needs noeviction",
+        )
+
+
+def _tls_kind(s: Settings) -> str:
+    return "REDIS_SENTINEL_TLS=true, Sentinels and data nodes" if s.redis_sentinels else "rediss://"
+
+
+def _sentinel_auth_check(c: _Checklist) -> None:
+    """Not required: a Sentinel holds no data, but one open to anyone on the network can be
+    told to fail over, or to monitor another master (SENTINEL SET / MONITOR)."""
+    s, area = c.settings, "redis"
+    if s.redis_sentinel_password is not None:
+        user = s.redis_sentinel_username or "default"
+        c.ok(area, "sentinel authentication", f"password for Sentinel user {user!r}")
+    else:
+        c.warn(
+            area,
+            "sentinel authentication",
+            "none: anyone who reaches a Sentinel can trigger a failover (set `requirepass` on "
+            "the Sentinels and REDIS_SENTINEL_PASSWORD)",
         )
 
 

@@ -463,7 +463,7 @@ def start_embedded(settings: Settings) -> EmbeddedServices:
     """
     data_dir = settings.data_dir.expanduser().resolve()
     want_postgres = not settings.database_url
-    want_redis = not settings.redis_url
+    want_redis = not settings.redis_configured
     if not (want_postgres or want_redis):
         return EmbeddedServices(settings, data_dir=data_dir)
 

@@ -13,16 +13,24 @@ import errno
 import hashlib
 import json
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +43,11 @@ log = structlog.get_logger("taskloom.redis")
 RETRIES = 2
 # BullMQ workers block up to 10 s in BZPOPMIN; their socket timeout must be longer than that.
 BULLMQ_SOCKET_TIMEOUT_SECONDS = 30.0
+# Under Sentinel, reconnection attempts back off to at most this: a new master is found within
+# about this much of its promotion.
+FAILOVER_BACKOFF_CAP_SECONDS = 0.25
+
+T = TypeVar("T")
 
 
 class Keys:
@@ -74,6 +87,8 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
     REDIS_TLS_* (Settings rejects `ssl_*` query parameters), so nothing in a URL can quietly
     turn certificate checks off.
     """
+    if settings.redis_sentinels:
+        return _data_node_kwargs(settings, None, None)
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set (start the embedded default first)")
     parts = urlsplit(settings.redis_url)
@@ -85,17 +100,30 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
         kwargs["port"] = parts.port or 6379
         db = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
         kwargs["db"] = int(db)
-    username = settings.redis_username or (unquote(parts.username) if parts.username else None)
+    user = unquote(parts.username) if parts.username else None
+    kwargs.update(
+        _data_node_kwargs(settings, user, unquote(parts.password) if parts.password else None)
+    )
+    return kwargs
+
+
+def _data_node_kwargs(
+    settings: Settings, url_user: str | None, url_password: str | None
+) -> dict[str, Any]:
+    """Credentials (REDIS_USERNAME / REDIS_PASSWORD win over the URL's) and TLS of the nodes
+    that hold the data: the one server, or under Sentinel its master."""
+    kwargs: dict[str, Any] = {}
+    username = settings.redis_username or url_user
     password = (
         settings.redis_password.get_secret_value()
         if settings.redis_password is not None and settings.redis_password.get_secret_value()
-        else (unquote(parts.password) if parts.password else None)
+        else url_password
     )
     if username:
         kwargs["username"] = username
     if password:
         kwargs["password"] = password
-    if parts.scheme == "rediss":
+    if settings.redis_uses_tls:
         kwargs.update(_tls_kwargs(settings))
     return kwargs
 
@@ -129,21 +157,132 @@ def create_redis(
     decode_responses: bool = True,
     socket_timeout: float | None = None,
 ) -> Redis:
-    """A client for REDIS_URL: TLS and credentials from settings, bounded retries, a client name
-    (`taskloom:<purpose>`, visible in CLIENT LIST). It connects lazily; see `connect_redis`."""
+    """A client for REDIS_URL, or for the master REDIS_SENTINELS name: TLS and credentials from
+    settings, bounded retries, a client name (`taskloom:<purpose>`, visible in CLIENT LIST). It
+    connects lazily; see `connect_redis`."""
     timeout = settings.redis_connect_timeout_seconds
-    return Redis(
-        **connection_kwargs(settings),
-        decode_responses=decode_responses,
-        socket_connect_timeout=timeout,
-        socket_timeout=socket_timeout if socket_timeout is not None else max(timeout, 10.0),
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": socket_timeout if socket_timeout is not None else max(timeout, 10.0),
         # TCP keepalive finds dead connections; no `health_check_interval`: its PING is
         # retried on its own and stretched a NOAUTH failure from 0.6 s to 2.5 s (measured).
-        socket_keepalive=True,
+        "socket_keepalive": True,
+        "client_name": f"taskloom:{purpose}",
+    }
+    if settings.redis_sentinels:
+        return _sentinel_master(settings, options)
+    return Redis(
+        **connection_kwargs(settings),
+        **options,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), RETRIES),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        client_name=f"taskloom:{purpose}",
     )
+
+
+# --- Sentinel ----------------------------------------------------------------------------------
+
+
+class FailoverRetry(Retry):
+    """Retries connection errors, timeouts and READONLY for `seconds` after the first failure,
+    backing off to FAILOVER_BACKOFF_CAP_SECONDS: long enough to outlast a failover. Bounded by
+    time rather than a count: redis-py nests a reconnection's retries inside the command's, so
+    counts multiply, while deadlines add up (a command fails within twice `seconds` when no
+    master can be reached at all, usually within `seconds`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            ExponentialBackoff(cap=FAILOVER_BACKOFF_CAP_SECONDS, base=0.05),
+            retries=1_000_000,  # the deadline decides
+            supported_errors=(RedisConnectionError, RedisTimeoutError, ReadOnlyError),
+        )
+        self.seconds = seconds
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        deadline: float | None = None
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failures += 1
+                await (fail(error, failures) if with_failure_count else fail(error))
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.seconds
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(min(self._backoff.compute(failures), deadline - now))
+
+
+class _SentinelConnection(SentinelManagedConnection):
+    """Reconnects through the Sentinels on every path. redis-py's own reconnection when a
+    command is sent on a dropped connection (`send_packed_command`) goes to the address it
+    had, the dead master, until the retries run out (redis/redis-py#3874: seen here as a
+    command failing 15 s after a failover that took 2 s)."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if retry_socket_connect:  # redis-py reconnecting: ask the Sentinels (connect_to)
+            await self.connect()  # type: ignore[no-untyped-call]
+        else:  # connect_to, with the address the Sentinels gave
+            await super().connect_check_health(check_health, retry_socket_connect=False)
+
+
+class _SentinelSSLConnection(_SentinelConnection, SSLConnection):
+    pass
+
+
+class SentinelRedis(Redis):
+    """The master's client; closing it closes its connections to the Sentinels too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()
+
+
+def _sentinel_master(settings: Settings, options: dict[str, Any]) -> Redis:
+    """A client of whichever node the Sentinels name master of REDIS_SENTINEL_MASTER. On a
+    failover its connections fail (refused, reset, or READONLY from a demoted master), and each
+    reconnection asks the Sentinels again, for up to REDIS_FAILOVER_SECONDS."""
+    sentinel_auth: dict[str, Any] = {}
+    if settings.redis_sentinel_username:
+        sentinel_auth["username"] = settings.redis_sentinel_username
+    if settings.redis_sentinel_password is not None:
+        sentinel_auth["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinels = Sentinel(
+        settings.redis_sentinel_addresses,
+        sentinel_kwargs={
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "socket_timeout": options["socket_connect_timeout"],
+            "socket_keepalive": True,
+            "decode_responses": True,
+            **sentinel_auth,
+            **(_tls_kwargs(settings) if settings.redis_sentinel_tls else {}),
+        },
+    )
+    master: Redis = sentinels.master_for(
+        settings.redis_sentinel_master or "",
+        redis_class=SentinelRedis,
+        connection_class=(
+            _SentinelSSLConnection if settings.redis_sentinel_tls else _SentinelConnection
+        ),
+        **connection_kwargs(settings),
+        **options,
+        retry=FailoverRetry(settings.redis_failover_seconds),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, ReadOnlyError],
+    )
+    return master
 
 
 def create_bullmq_connection(settings: Settings, *, purpose: str = "queue") -> Redis:
@@ -185,7 +324,15 @@ class RedisConnectError(RuntimeError):
 
 
 def describe_target(settings: Settings) -> str:
-    """REDIS_URL without any password, for logs and messages."""
+    """REDIS_URL without any password, or the Sentinel master's name and the Sentinels, for
+    logs and messages."""
+    if settings.redis_sentinels:
+        sentinels = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for host, port in settings.redis_sentinel_addresses
+        )
+        scheme = "TLS, " if settings.redis_sentinel_tls else ""
+        return f"master {settings.redis_sentinel_master!r} ({scheme}Sentinels {sentinels})"
     return redact_url(settings.redis_url)
 
 
@@ -200,6 +347,8 @@ def explain_error(exc: BaseException, settings: Settings) -> RedisConnectError:
     def err(cause: str, what: str) -> RedisConnectError:
         return RedisConnectError(cause, f"Redis at {target}: {what}")
 
+    if any(isinstance(e, MasterNotFoundError) for e in chain):
+        return _explain_no_master(text, settings, err)
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in text
     ):
@@ -281,6 +430,35 @@ def explain_error(exc: BaseException, settings: Settings) -> RedisConnectError:
     return err("error", _first_line(exc))
 
 
+def _explain_no_master(
+    text: str, settings: Settings, err: Callable[[str, str], RedisConnectError]
+) -> RedisConnectError:
+    """The Sentinels named no master: none answered, one refused our credentials, or those
+    that answered know no healthy master by that name. (redis-py's message lists each failed
+    Sentinel as `<redis.asyncio.client.Redis(…)> - <error>`; one that answered leaves none.)"""
+    failed = text.count("client.Redis(")
+    if "AuthenticationError" in text or "NOAUTH" in text or "WRONGPASS" in text:
+        return err(
+            "sentinel_auth",
+            "a Sentinel refused the credentials: Sentinels that require a password (their "
+            "`requirepass`, or an ACL user) need REDIS_SENTINEL_PASSWORD (and "
+            "REDIS_SENTINEL_USERNAME); REDIS_PASSWORD is the data nodes'.",
+        )
+    if failed >= len(settings.redis_sentinel_addresses):
+        return err(
+            "sentinels_unreachable",
+            "no Sentinel answered (connection refused or timed out on each). Check "
+            "REDIS_SENTINELS (host:port of each Sentinel, usually port 26379) and "
+            "REDIS_SENTINEL_TLS.",
+        )
+    return err(
+        "no_master",
+        f"the Sentinels know no healthy master named {settings.redis_sentinel_master!r}. "
+        "Check REDIS_SENTINEL_MASTER against `SENTINEL MASTERS` on a Sentinel; during a "
+        "failover this lasts until a replica is promoted.",
+    )
+
+
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOENT, errno.EADDRNOTAVAIL}
 
 
@@ -304,7 +482,7 @@ async def connect_redis(settings: Settings, *, purpose: str = "app") -> Redis:
     client = create_redis(settings, purpose=purpose)
     try:
         # Each retry may wait a full connect timeout; the whole attempt gets one and a half.
-        await asyncio.wait_for(client.ping(), settings.redis_connect_timeout_seconds * 1.5)
+        await asyncio.wait_for(_first_ping(client), settings.redis_connect_timeout_seconds * 1.5)
     except (RedisError, OSError, TimeoutError) as exc:
         await client.aclose()
         raise explain_error(exc, settings) from exc
@@ -313,6 +491,7 @@ async def connect_redis(settings: Settings, *, purpose: str = "app") -> Redis:
         raise
     log.info(
         "redis connected",
+        mode="sentinel" if settings.redis_sentinels else "server",
         env=settings.taskloom_env.value,
         tls=settings.redis_uses_tls,
         verify=settings.redis_tls_verify if settings.redis_uses_tls else None,
@@ -323,6 +502,16 @@ async def connect_redis(settings: Settings, *, purpose: str = "app") -> Redis:
         purpose=purpose,
     )
     return client
+
+
+async def _first_ping(client: Redis) -> None:
+    """PING. Under Sentinel, ask the Sentinels for the master once first: without a master the
+    client would keep retrying for REDIS_FAILOVER_SECONDS, and the start-up should say why at
+    once (wrong master name, Sentinels unreachable or refusing the credentials)."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.sentinel_manager.discover_master(pool.service_name)
+    await client.ping()
 
 
 # --- a small JSON cache ------------------------------------------------------------------------

@@ -67,6 +67,11 @@ async def database(runtime: Runtime) -> Check:
 async def redis(runtime: Runtime) -> Check:
     async def probe() -> dict[str, Any]:
         await runtime.redis.ping()
-        return {"tls": runtime.settings.redis_uses_tls, "key_prefix": runtime.keys.prefix}
+        settings = runtime.settings
+        return {
+            "mode": "sentinel" if settings.redis_sentinels else "server",
+            "tls": settings.redis_uses_tls,
+            "key_prefix": runtime.keys.prefix,
+        }
 
     return await _timed(probe, "Redis")
