@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from taskloom.config import InsecureConfiguration, Settings, redact_url
 from tests.factories import production_settings
@@ -84,3 +85,12 @@ def test_env_example_documents_every_setting() -> None:
     fields = set(Settings.model_fields)
     assert fields - documented == set(), "settings missing from .env.example"
     assert documented - fields == set(), ".env.example names settings that do not exist"
+
+
+def test_a_refused_value_is_never_echoed_in_the_error() -> None:
+    """A value with credentials in it (a URL with its password) is refused without being
+    repeated: the error is printed at start-up, into logs."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(public_url="ftp://admin:hunter2-secret@example.com/")
+    assert "public_url" in str(refused.value)
+    assert "hunter2-secret" not in str(refused.value)

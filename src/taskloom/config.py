@@ -68,8 +68,14 @@ class InsecureConfiguration(RuntimeError):
 
 
 class Settings(BaseSettings):
+    # hide_input_in_errors: a refused value (a REDIS_URL or DATABASE_URL with its password) is
+    # never echoed into the error printed at start-up.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
     )
 
     # --- environment -------------------------------------------------------------------------
