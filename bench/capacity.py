@@ -364,6 +364,7 @@ async def measure(args: argparse.Namespace, settings: Settings, redis_url: str) 
         await runtime.close()
         await asyncio.sleep(args.idle_seconds)
         result["idle"] = await connections.take({"api": api.pid, "worker": procs[0].pid})
+        connections.reset()
         stop_workers(procs, idle_dir)
 
         # Accept: no worker runs, so every execution stays queued in Redis.
