@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
+from taskloom.executions.retention import purge_some
 from taskloom.jobs import UPKEEPS
 from taskloom.queue.upkeep import Upkeeps
 from taskloom.runtime import Runtime
@@ -289,3 +290,37 @@ async def test_the_usage_report_counts_calls_already_summed_per_day(
             "cost_usd": "1.750000",
         }
     ]
+
+
+async def test_one_tick_of_housekeeping_purges_more_than_a_few_batches(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """A tick deletes for up to SECONDS_PER_TICK, not a fixed 4 batches (2,000 executions a
+    30 s tick could not keep up with more than 67 executions/s: docs/SCALING.md)."""
+    owner = await register(client, label="retention-bulk")
+    workflow = uuid.uuid4()
+    old = NOW - timedelta(days=200)
+    async with system_transaction(runtime.database) as db:
+        await db.execute(
+            text(
+                "insert into workflows (id, org_id, name, definition) "
+                "values (:id, :org, 'bulk', '{}')"
+            ),
+            {"id": workflow, "org": owner.org_id},
+        )
+        await db.execute(
+            text(
+                "insert into workflow_executions (id, org_id, workflow_id, workflow_version, "
+                "definition, status, created_at, started_at, finished_at) "
+                "select gen_random_uuid(), :org, :wf, 1, '{}', 'succeeded', :at, :at, :at "
+                "from generate_series(1, 2600)"
+            ),
+            {"org": owner.org_id, "wf": workflow, "at": old},
+        )
+    await purge_some(runtime)
+    async with system_transaction(runtime.database) as db:
+        left = await db.scalar(
+            text("select count(*) from workflow_executions where org_id = :org"),
+            {"org": owner.org_id},
+        )
+    assert left == 0

@@ -10,6 +10,7 @@ batch's rows are locked with SKIP LOCKED so it never waits on (or for) anything 
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,9 +34,11 @@ from taskloom.webhooks.retention import purge_deliveries
 log = structlog.get_logger("taskloom.queue")
 
 BATCH = 500
-# Batches per upkeep tick: a backlog (a first run, a shortened retention) drains over several
+# Time an upkeep tick may spend deleting, BATCH per transaction: enough to keep up with about
+# 1,000 executions/s at the default 30 s tick (a batch of 500 takes about 0.1 s; docs/SCALING.md
+# "Capacity plan"), while a backlog (a first run, a shortened retention) drains over several
 # ticks instead of holding the leader for long.
-BATCHES_PER_TICK = 4
+SECONDS_PER_TICK = 5.0
 TERMINAL = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 
 
@@ -119,15 +122,19 @@ async def purge_expired_executions(
     *,
     dry_run: bool = False,
     max_batches: int | None = None,
+    seconds: float | None = None,
     now: datetime | None = None,
 ) -> PurgeReport:
     """Purge (or count) executions past the retention, BATCH per transaction, until none is
-    left or `max_batches` were done."""
+    left, `max_batches` were done, or `seconds` have passed (checked between batches)."""
     cutoff = retention_cutoff(runtime, now)
     total = PurgeReport()
     after: tuple[datetime, uuid.UUID] | None = None
     done = 0
-    while max_batches is None or done < max_batches:
+    until = None if seconds is None else time.monotonic() + seconds
+    while (max_batches is None or done < max_batches) and (
+        until is None or time.monotonic() < until
+    ):
         async with system_transaction(runtime.database) as db:
             rows = await _expired(db, cutoff=cutoff, after=after, lock=not dry_run)
             ids = [execution_id for _, execution_id in rows]
@@ -141,26 +148,32 @@ async def purge_expired_executions(
     return total
 
 
-async def purge_expired_keys(runtime: Runtime, *, limit: int = BATCH * BATCHES_PER_TICK) -> int:
-    """Delete up to `limit` idempotency keys older than IDEMPOTENCY_TTL_SECONDS (a start with
-    one takes it over anyway: this only keeps the table small)."""
+async def purge_expired_keys(runtime: Runtime, *, seconds: float = SECONDS_PER_TICK) -> int:
+    """Delete idempotency keys older than IDEMPOTENCY_TTL_SECONDS (a start with one takes it
+    over anyway: this only keeps the table small), BATCH per transaction, until none is left or
+    `seconds` have passed."""
     ttl = timedelta(seconds=runtime.settings.idempotency_ttl_seconds)
-    async with system_transaction(runtime.database) as db:
-        expired = (
-            select(IdempotencyKey.id)
-            .where(IdempotencyKey.created_at < func.now() - ttl)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        deleted = await db.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(expired)))
-        return int(getattr(deleted, "rowcount", 0) or 0)
+    until, total = time.monotonic() + seconds, 0
+    while True:
+        async with system_transaction(runtime.database) as db:
+            expired = (
+                select(IdempotencyKey.id)
+                .where(IdempotencyKey.created_at < func.now() - ttl)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            deleted = await db.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(expired)))
+            count = int(getattr(deleted, "rowcount", 0) or 0)
+        total += count
+        if count < BATCH or time.monotonic() >= until:
+            return total
 
 
 async def purge_some(runtime: Runtime) -> None:
-    """The upkeep's tick: a few batches of expired executions, and expired idempotency keys,
-    logged when any went."""
-    expired = await purge_expired_executions(runtime, max_batches=BATCHES_PER_TICK)
+    """The upkeep's tick: expired executions and idempotency keys, each for up to
+    SECONDS_PER_TICK, logged when any went."""
+    expired = await purge_expired_executions(runtime, seconds=SECONDS_PER_TICK)
     if not expired.empty:
         log.info("expired_executions_purged", **expired.counts())
     if keys := await purge_expired_keys(runtime):
