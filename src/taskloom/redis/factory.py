@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskloom.config import Settings
+from taskloom.redis.cluster import cluster_client
 from taskloom.redis.errors import describe_target, explain_error
 from taskloom.redis.sentinel import sentinel_master
 
@@ -113,9 +114,10 @@ def create_redis(
     decode_responses: bool = True,
     socket_timeout: float | None = None,
 ) -> Redis:
-    """A client for REDIS_URL, or for the master REDIS_SENTINELS name: TLS and credentials from
-    settings, bounded retries, a client name (`taskloom:<purpose>`, visible in CLIENT LIST). It
-    connects lazily; see `connect_redis`."""
+    """A client for REDIS_URL, for the master REDIS_SENTINELS name, or for the Redis Cluster
+    REDIS_URL's node belongs to (REDIS_CLUSTER): TLS and credentials from settings, bounded
+    retries, a client name (`taskloom:<purpose>`, visible in CLIENT LIST). It connects lazily;
+    see `connect_redis`."""
     timeout = settings.redis_connect_timeout_seconds
     options: dict[str, Any] = {
         "decode_responses": decode_responses,
@@ -133,6 +135,8 @@ def create_redis(
             node=connection_kwargs(settings),
             tls=_tls_kwargs(settings) if settings.redis_sentinel_tls else {},
         )
+    if settings.redis_cluster:
+        return cluster_client(settings, options, node=connection_kwargs(settings))
     return Redis(
         **connection_kwargs(settings),
         **options,
@@ -181,7 +185,7 @@ async def connect_redis(settings: Settings, *, purpose: str = "app") -> Redis:
         raise
     log.info(
         "redis connected",
-        mode="sentinel" if settings.redis_sentinels else "server",
+        mode=settings.redis_mode,
         env=settings.taskloom_env.value,
         tls=settings.redis_uses_tls,
         verify=settings.redis_tls_verify if settings.redis_uses_tls else None,
@@ -198,7 +202,7 @@ async def _first_ping(client: Redis) -> None:
     """PING. Under Sentinel, ask the Sentinels for the master once first: without a master the
     client would keep retrying for REDIS_FAILOVER_SECONDS, and the start-up should say why at
     once (wrong master name, Sentinels unreachable or refusing the credentials)."""
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has one per node
     if isinstance(pool, SentinelConnectionPool):
         await pool.sentinel_manager.discover_master(pool.service_name)
     await client.ping()

@@ -10,15 +10,36 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from taskloom.config import Settings
+
 
 class Keys:
-    """Builds every Redis key: `<prefix><part>:<part>…`, e.g. `production:ratelimit:login:…`."""
+    """Builds every Redis key: `<prefix><part>:<part>…`, e.g. `production:ratelimit:login:…`.
 
-    def __init__(self, prefix: str) -> None:
+    `spread`: the keys spread over a Redis Cluster's slots (REDIS_CLUSTER=true, a prefix that is
+    no hash tag), so keys used together must say so (`together`, `tagged`)."""
+
+    def __init__(self, prefix: str, *, spread: bool = False) -> None:
         self.prefix = prefix
+        self.spread = spread
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        """The deployment's keys: its prefix, spread over the slots under Redis Cluster."""
+        return cls(settings.key_prefix, spread=settings.redis_spreads_keys)
 
     def __call__(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def together(self, group: str, *parts: str) -> str:
+        """A key that one script, transaction or multi-key command uses with the other keys of
+        `group`. Spread over a Cluster it ends in the group's hash tag,
+        `<prefix><part>…:{<prefix><group>}`, so the group shares a slot and the key still
+        matches the patterns of `match(<part>…)` (purges); otherwise it is the plain
+        `<prefix><part>…`, so one server's (and a `{production}:` prefix's) keys stay as
+        they were."""
+        key = self(*parts)
+        return f"{key}:{{{self.prefix}{group}}}" if self.spread else key
 
     def tagged(self, name: str) -> str:
         """`<prefix>{<prefix><name>}`: a base for keys one Lua script touches together. They
