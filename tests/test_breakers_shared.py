@@ -56,6 +56,7 @@ async def _process(
 ) -> AsyncIterator[tuple[Breakers, Redis]]:
     """What one process has: its own Redis client and its registry over the shared store."""
     redis = create_redis(_settings(redis_url))
+    await redis.ping()  # connected, as a runtime's client is (a Cluster's maps its slots first)
     store = RedisBreakers(
         redis, Keys(prefix), cache_seconds=cache_seconds, retry_seconds=retry_seconds
     )

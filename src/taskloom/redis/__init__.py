@@ -7,6 +7,7 @@ test fails if another module constructs a client. See docs/REDIS.md for operator
 
 - factory.py   `create_redis` (one server, or the modes below), BullMQ's options, `connect_redis`
 - sentinel.py  the master Redis Sentinel names, and failover retries
+- cluster.py   a Redis Cluster client (REDIS_CLUSTER)
 - errors.py    what a failure to connect means, in one sentence
 - keys.py      `Keys` (every key), `Cache` (JSON + TTL), `purge_matching`
 """

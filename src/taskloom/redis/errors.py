@@ -36,6 +36,10 @@ def describe_target(settings: Settings) -> str:
         )
         scheme = "TLS, " if settings.redis_sentinel_tls else ""
         return f"master {settings.redis_sentinel_master!r} ({scheme}Sentinels {sentinels})"
+    if settings.redis_cluster and settings.redis_cluster_nodes:
+        return f"cluster {redact_url(settings.redis_url)} (and {settings.redis_cluster_nodes})"
+    if settings.redis_cluster:
+        return f"cluster {redact_url(settings.redis_url)}"
     return redact_url(settings.redis_url)
 
 
@@ -52,6 +56,12 @@ def explain_error(exc: BaseException, settings: Settings) -> RedisConnectError:
 
     if any(isinstance(e, MasterNotFoundError) for e in chain):
         return _explain_no_master(text, settings, err)
+    if "cluster support disabled" in text or "Cluster mode is not enabled" in text:
+        return err(
+            "not_a_cluster",
+            "this server is not a Redis Cluster node (cluster-enabled no). Set "
+            "REDIS_CLUSTER=false for one server, or name a node of the Cluster in REDIS_URL.",
+        )
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in text
     ):

@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskloom.config import Settings
@@ -177,7 +177,7 @@ async def connect_redis(settings: Settings, *, purpose: str = "app") -> Redis:
     try:
         # Each retry may wait a full connect timeout; the whole attempt gets one and a half.
         await asyncio.wait_for(_first_ping(client), settings.redis_connect_timeout_seconds * 1.5)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         await client.aclose()
         raise explain_error(exc, settings) from exc
     except BaseException:
