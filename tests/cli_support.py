@@ -34,6 +34,7 @@ def deployment_env(settings: Settings, **extra: str) -> dict[str, str]:
         DATABASE_APP_ROLE=settings.database_app_role,
         **app_role_route(settings),
         REDIS_URL=settings.redis_url or "",
+        **redis_route(settings),
         REDIS_KEY_PREFIX=settings.key_prefix,
         PASSWORD_HASH_TIME_COST="1",
         PASSWORD_HASH_MEMORY_KIB="1024",
@@ -52,6 +53,14 @@ def app_role_route(settings: Settings) -> dict[str, str]:
         "DATABASE_APP_URL": settings.database_app_url,
         "DATABASE_PGBOUNCER": str(settings.database_pgbouncer).lower(),
     }
+
+
+def redis_route(settings: Settings) -> dict[str, str]:
+    """REDIS_CLUSTER and REDIS_CLUSTER_NODES when the deployment's Redis is a Cluster
+    (TEST_REDIS_CLUSTER=1, tests/redis_cluster.py)."""
+    if not settings.redis_cluster:
+        return {}
+    return {"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": settings.redis_cluster_nodes or ""}
 
 
 async def run_taskloom(

@@ -24,6 +24,12 @@ from taskloom.config import Settings
 from taskloom.runtime import Runtime
 from tests.in_process import asgi_client, opened_runtime, running_app
 from tests.pgbouncer_support import THROUGH_PGBOUNCER, PgBouncer, running_pgbouncer
+from tests.redis_cluster import (
+    SESSION_CLUSTER,
+    TEST_REDIS_CLUSTER,
+    cluster_settings,
+    running_cluster,
+)
 from tests.servers import MISSING_PROGRAMS
 
 # Fake provider APIs and a real MCP server, for the AI and tool tests.
@@ -53,7 +59,15 @@ def pg_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_REDIS_URL, or the embedded default; under TEST_REDIS_CLUSTER=1 a three-master
+    Redis Cluster started here (tests/redis/test_cluster.py runs a part of the suite so)."""
+    if TEST_REDIS_CLUSTER:
+        with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as group:
+            SESSION_CLUSTER.append(group)
+            yield group.url
+            SESSION_CLUSTER.clear()
+        return
     if url := os.environ.get("TEST_REDIS_URL"):
         yield url
         return
@@ -72,6 +86,7 @@ async def fresh_deployment(
 ) -> AsyncIterator[Settings]:
     """Settings for a database, application role and key prefix of their own, migrated; all
     three are removed afterwards. `overrides`: other settings (e.g. OUTBOUND_ALLOWED_HOSTS)."""
+    overrides = {**cluster_settings(redis_url), **overrides}  # TEST_REDIS_CLUSTER=1
     async with scratch_deployment(
         pg_server_url,
         redis_url,

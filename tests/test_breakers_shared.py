@@ -25,6 +25,7 @@ from taskloom.config import BreakerSharing, Settings
 from taskloom.redis import Keys, create_redis, purge_matching
 from taskloom.shared_breakers import FORGET_SECONDS, RedisBreakers, SharedBreaker
 from tests.in_process import opened_runtime
+from tests.redis_cluster import cluster_settings
 from tests.tcp_proxy import TcpProxy
 
 RESET = 0.3
@@ -36,6 +37,7 @@ def _settings(redis_url: str) -> Settings:
         taskloom_env="test",
         redis_url=redis_url,
         redis_connect_timeout_seconds=0.5,
+        **cluster_settings(redis_url),  # TEST_REDIS_CLUSTER=1: the session's Cluster
     )
 
 
@@ -54,6 +56,7 @@ async def _process(
 ) -> AsyncIterator[tuple[Breakers, Redis]]:
     """What one process has: its own Redis client and its registry over the shared store."""
     redis = create_redis(_settings(redis_url))
+    await redis.ping()  # connected, as a runtime's client is (a Cluster's maps its slots first)
     store = RedisBreakers(
         redis, Keys(prefix), cache_seconds=cache_seconds, retry_seconds=retry_seconds
     )
@@ -61,6 +64,11 @@ async def _process(
         yield Breakers(store), redis
     finally:
         await redis.aclose()
+
+
+async def _keys(redis: Redis, prefix: str) -> list[str]:
+    """The prefix's keys (SCAN: on a Cluster, every node's)."""
+    return [str(key) async for key in redis.scan_iter(match=f"{prefix}*")]
 
 
 def _get(breakers: Breakers, name: str, threshold: int = 3) -> Breaker:
@@ -170,20 +178,20 @@ async def test_state_lives_in_one_key_under_the_prefix_with_a_ttl_and_a_success_
     async with _process(redis_url, prefix) as (one, redis):
         a = _get(one, name)
         assert await _allowed(a)
-        assert await redis.keys(f"{prefix}*") == []  # closed without failures: no key at all
+        assert await _keys(redis, prefix) == []  # closed without failures: no key at all
         await a.record_failure()
         key = f"{prefix}breaker:{name}"
-        assert await redis.keys(f"{prefix}*") == [key]
+        assert await _keys(redis, prefix) == [key]
         assert 0 < await redis.pttl(key) <= FORGET_SECONDS * 1000
         for _ in range(2):
             await a.record_failure()
         assert 0 < await redis.pttl(key) <= (FORGET_SECONDS + RESET) * 1000
         await asyncio.sleep(RESET + 0.05)
         assert await _allowed(a)  # the trial's lease is in the same key
-        assert await redis.keys(f"{prefix}*") == [key]
+        assert await _keys(redis, prefix) == [key]
         assert 0 < await redis.pttl(key) <= (FORGET_SECONDS + RESET) * 1000
         await a.record_success()
-        assert await redis.keys(f"{prefix}*") == []
+        assert await _keys(redis, prefix) == []
 
 
 async def test_resetting_a_breaker_closes_it_for_every_process(redis_url: str, prefix: str) -> None:
@@ -204,6 +212,8 @@ async def test_resetting_a_breaker_closes_it_for_every_process(redis_url: str, p
 
 @pytest.fixture
 def proxy(redis_url: str) -> Iterator[TcpProxy]:
+    if cluster_settings(redis_url):
+        pytest.skip("a Cluster client finds the nodes' own addresses: no proxy stands between")
     parts = urlsplit(redis_url)
     target: tuple[str, int] | str = (
         parts.path if parts.scheme == "unix" else (parts.hostname or "", parts.port or 6379)
@@ -267,8 +277,15 @@ _OTHER_PROCESS = textwrap.dedent(
     from taskloom.redis import Keys, create_redis
     from taskloom.shared_breakers import RedisBreakers
 
-    async def main(url, prefix, name):
-        redis = create_redis(Settings(_env_file=None, taskloom_env="test", redis_url=url))
+    async def main(url, prefix, name, nodes=""):
+        settings = Settings(
+            _env_file=None,
+            taskloom_env="test",
+            redis_url=url,
+            redis_cluster=bool(nodes),
+            redis_cluster_nodes=nodes or None,
+        )
+        redis = create_redis(settings)
         breaker = Breakers(RedisBreakers(redis, Keys(prefix))).get(
             name, failure_threshold=3, reset_seconds=30
         )
@@ -292,7 +309,15 @@ async def test_a_breaker_opened_by_another_os_process_refuses_calls_here(
         assert await _allowed(breaker)  # closed, trusted for 0.2 s
         done = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-c", _OTHER_PROCESS, redis_url, prefix, name],
+            [
+                sys.executable,
+                "-c",
+                _OTHER_PROCESS,
+                redis_url,
+                prefix,
+                name,
+                cluster_settings(redis_url).get("redis_cluster_nodes", ""),
+            ],
             capture_output=True,
             text=True,
             env=os.environ.copy(),

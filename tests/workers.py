@@ -31,9 +31,10 @@ from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
 from taskloom.executions.queue import ExecutionQueue
 from taskloom.runtime import Runtime
-from tests.cli_support import app_role_route, clean_env
+from tests.cli_support import app_role_route, clean_env, redis_route
 from tests.factories import Account, register
 from tests.in_process import asgi_client, opened_runtime, running_app
+from tests.redis_cluster import TEST_REDIS_CLUSTER
 from tests.servers import free_port, plain_redis_config, start_redis
 from tests.tcp_proxy import TcpProxy
 
@@ -134,7 +135,12 @@ def counting_server() -> Iterator[CountingServer]:
 
 
 @pytest.fixture(scope="session")
-def queue_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def queue_redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if TEST_REDIS_CLUSTER:  # the session's Cluster (its keys under their own prefix)
+        yield request.getfixturevalue("redis_url")
+        return
     directory = tmp_path_factory.mktemp("redis-queue")
     port = free_port()
     process = start_redis(directory, plain_redis_config(directory, port), port)
@@ -280,6 +286,7 @@ def worker_env(settings: Settings, **overrides: object) -> dict[str, str]:
         "DATABASE_APP_ROLE": settings.database_app_role,
         **app_role_route(settings),
         "REDIS_URL": settings.redis_url,
+        **redis_route(settings),
         "PYTHONUNBUFFERED": "1",
         # The API process's secrets, so the worker decrypts the connections it stored.
         "JWT_SECRET": settings.jwt_secret.get_secret_value(),

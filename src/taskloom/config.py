@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # How long a command keeps reconnecting (through the Sentinels, to whichever node they name
     # master) before it fails: cover the Sentinels' down-after-milliseconds and the election.
     redis_failover_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Redis Cluster (docs/REDIS.md "Redis Cluster"): REDIS_URL names one node (its scheme, TLS
+    # and credentials serve every node); REDIS_CLUSTER_NODES more, asked when it does not answer.
+    redis_cluster: bool = False
+    redis_cluster_nodes: str | None = None  # host:port,host:port,... (port 6379 when left out)
 
     # --- queue and workers (docs/QUEUE.md) --------------------------------------------------
     worker_concurrency: int = Field(default=10, ge=1, le=500)
@@ -391,12 +395,37 @@ class Settings(BaseSettings):
         parse_sentinels(value)  # raises ValueError naming the bad entry
         return value
 
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _cluster_nodes_parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_addresses(value, setting="REDIS_CLUSTER_NODES", default_port=6379, what="a node")
+        return value
+
     @model_validator(mode="after")
     def _one_redis_mode(self) -> Self:
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError(
+                "REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a Redis Cluster fails "
+                "over by itself (name one of its nodes in REDIS_URL), Sentinel watches one master"
+            )
         if self.redis_url and self.redis_sentinels:
             raise ValueError("set REDIS_URL (one server) or REDIS_SENTINELS (Sentinel), not both")
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
             raise ValueError("set REDIS_SENTINELS and REDIS_SENTINEL_MASTER together")
+        if self.redis_cluster_nodes and not self.redis_cluster:
+            raise ValueError("REDIS_CLUSTER_NODES needs REDIS_CLUSTER=true")
+        if self.redis_cluster:
+            parts = urlsplit(self.redis_url or "")
+            if not self.redis_url or parts.scheme == "unix":
+                raise ValueError(
+                    "REDIS_CLUSTER=true needs REDIS_URL naming a node of the cluster "
+                    "(redis://host:port or rediss://host:port)"
+                )
+            db = dict(parse_qsl(parts.query)).get("db") or parts.path.strip("/") or "0"
+            if db != "0":
+                raise ValueError(f"a Redis Cluster has only database 0: drop /{db} from REDIS_URL")
         return self
 
     @model_validator(mode="after")
@@ -476,9 +505,38 @@ class Settings(BaseSettings):
         return f"{self.taskloom_env.value}:"
 
     @property
+    def redis_mode(self) -> str:
+        """`server`, `sentinel` or `cluster`: what /health/redis and the logs call the setup."""
+        return "cluster" if self.redis_cluster else "sentinel" if self.redis_sentinels else "server"
+
+    @property
+    def redis_spreads_keys(self) -> bool:
+        """Under Redis Cluster, with a prefix that is no hash tag: keys spread over the slots,
+        and those used together carry a tag of their own (taskloom/redis/keys.py)."""
+        return self.redis_cluster and "{" not in self.key_prefix
+
+    @property
     def bullmq_prefix(self) -> str:
-        """BullMQ's key prefix, under the same environment prefix: e.g. `production:bull`."""
+        """BullMQ's key prefix, under the same environment prefix: e.g. `production:bull`. Under
+        Redis Cluster a hash tag keeps each queue's keys (its scripts touch many) in one slot:
+        `production:{production:bull}` (a prefix that is a hash tag already does that)."""
+        if self.redis_spreads_keys:
+            return f"{self.key_prefix}{{{self.key_prefix}bull}}"
         return f"{self.key_prefix}bull"
+
+    @property
+    def redis_cluster_addresses(self) -> list[tuple[str, int]]:
+        """The node of REDIS_URL, then REDIS_CLUSTER_NODES, as (host, port); empty otherwise."""
+        if not self.redis_cluster:
+            return []
+        parts = urlsplit(self.redis_url or "")
+        first = [(parts.hostname or "localhost", parts.port or 6379)]
+        more = self.redis_cluster_nodes
+        return first + (
+            parse_addresses(more, setting="REDIS_CLUSTER_NODES", default_port=6379, what="a node")
+            if more
+            else []
+        )
 
     @property
     def redis_configured(self) -> bool:
@@ -503,6 +561,8 @@ class Settings(BaseSettings):
         time; Sentinels name the addresses their data nodes announce)."""
         if self.redis_sentinels:
             return all(_is_loopback(host) for host, _ in self.redis_sentinel_addresses)
+        if self.redis_cluster:
+            return all(_is_loopback(host) for host, _ in self.redis_cluster_addresses)
         parts = urlsplit(self.redis_url or "")
         if parts.scheme == "unix":
             return True
@@ -569,19 +629,28 @@ SENTINEL_PORT = 26379
 
 def parse_sentinels(value: str) -> list[tuple[str, int]]:
     """Parse REDIS_SENTINELS, "host:port,host:port" (`[v6]:port`; port 26379 when left out)."""
+    return parse_addresses(
+        value,
+        setting="REDIS_SENTINELS",
+        default_port=SENTINEL_PORT,
+        what="a Sentinel's address; its credentials go in REDIS_SENTINEL_PASSWORD",
+    )
+
+
+def parse_addresses(
+    value: str, *, setting: str, default_port: int, what: str
+) -> list[tuple[str, int]]:
+    """Parse "host:port,host:port" (`[v6]:port`; `default_port` when left out)."""
     addresses: list[tuple[str, int]] = []
     for position, entry in enumerate(value.split(","), start=1):
         parts = urlsplit("//" + entry.strip())
         try:
-            port = parts.port if parts.port is not None else SENTINEL_PORT
+            port = parts.port if parts.port is not None else default_port
         except ValueError:
             port = 0
         if not parts.hostname or not 0 < port < 65536 or "@" in entry or parts.path:
             shown = "" if "@" in entry else f" ({entry.strip()!r})"  # may hold a password
-            raise ValueError(
-                f"REDIS_SENTINELS entry {position}{shown} must look like host:port (a "
-                "Sentinel's address; its credentials go in REDIS_SENTINEL_PASSWORD)"
-            )
+            raise ValueError(f"{setting} entry {position}{shown} must look like host:port ({what})")
         addresses.append((parts.hostname, port))
     return addresses
 

@@ -152,6 +152,8 @@ async def _redis_checks(c: _Checklist) -> None:
     c.ok(area, "connection", f"PING answered by Redis {info.get('redis_version', '?')}")
     if s.redis_sentinels:
         c.ok(area, "failover", f"commands reconnect for up to {s.redis_failover_seconds:g} s")
+    if s.redis_cluster:
+        c.ok(area, "cluster", f"keys used together share hash tags (BullMQ: {s.bullmq_prefix!r})")
     policy = memory.get("maxmemory_policy")
     if policy == "noeviction":
         c.ok(area, "eviction policy", "noeviction (queued jobs are never evicted)")

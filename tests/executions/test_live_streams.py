@@ -28,6 +28,7 @@ from taskloom.web import cookies
 from tests.cli_support import deployment_env, serve_api
 from tests.factories import Account, add_member, login, register
 from tests.in_process import asgi_client, opened_runtime, running_app
+from tests.redis_cluster import on_node_of
 from tests.servers import free_port
 from tests.workers import StartWorker, create_workflow, execute, wait_for_status
 
@@ -311,8 +312,11 @@ async def test_the_sixth_stream_of_a_person_is_refused_and_a_finished_one_frees_
         while await stream_runtime.redis.zcard(slots) < 5:  # noqa: ASYNC110 (another process's view)
             await asyncio.sleep(0.05)
     # Five streams, one Redis connection reading for all of them (the process's reader).
+    node = on_node_of(stream_runtime.redis, stream_key(stream_runtime.keys, execution_id))
     readers = [
-        c for c in await stream_runtime.redis.client_list() if c["name"].endswith("live-reader")
+        c
+        for c in await stream_runtime.redis.client_list(**node)
+        if c["name"].endswith("live-reader") and not c["cmd"].startswith("cluster|")
     ]
     assert len(readers) == 1
     assert readers[0]["cmd"] in ("xread", "client|setname", "client|setinfo", "hello")
@@ -349,9 +353,7 @@ async def test_sigterm_ends_open_streams_within_the_shutdown_bound(
                 lines = response.aiter_lines()
                 assert await anext(lines) == "retry: 2000"
                 publisher = create_redis(queue_settings)
-                live = LiveEvents(
-                    publisher, Keys(queue_settings.key_prefix), uuid.UUID(execution_id)
-                )
+                live = LiveEvents(publisher, Keys.of(queue_settings), uuid.UUID(execution_id))
                 await live.emit("step", {"step_id": "w", "status": "running"})
                 await publisher.aclose()
                 async with asyncio.timeout(5):

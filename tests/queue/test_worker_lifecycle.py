@@ -11,11 +11,11 @@ from datetime import datetime
 
 import httpx
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
 from taskloom.config import Settings
 from taskloom.jobs import worker_service
 from taskloom.queue.shutdown import EXIT_MARGIN_SECONDS
+from taskloom.redis import create_redis
 from taskloom.runtime import Runtime, open_runtime
 from tests.factories import Account, register
 from tests.servers import free_port
@@ -256,9 +256,9 @@ async def test_flushall_while_queued_the_reconciler_enqueues_again(
         api, owner, [{"id": "call", "type": "http", "args": {"url": counting_server.url(key)}}]
     )
     ids = [await execute(api, owner, workflow_id) for _ in range(3)]
-    redis = Redis.from_url(queue_settings.redis_url or "")
+    redis = create_redis(queue_settings)  # on a Cluster, FLUSHALL goes to every primary
     try:
-        assert await redis.exists(f"qtest:bull:orchestration:{ids[0]}")
+        assert await redis.exists(f"{queue_settings.bullmq_prefix}:orchestration:{ids[0]}")
         await redis.flushall()
     finally:
         await redis.aclose()
@@ -334,7 +334,8 @@ async def test_the_worker_uses_the_orchestration_lock_settings(queue_runtime: Ru
         assert opts["lockRenewTime"] == 150_000
         assert opts["stalledInterval"] == settings.queue_stalled_interval_ms
         assert opts["maxStalledCount"] == settings.queue_max_stalled_count
-        assert opts["prefix"] == "qtest:bull"
+        assert opts["prefix"] == settings.bullmq_prefix
+        assert opts["prefix"] in ("qtest:bull", "qtest:{qtest:bull}")  # the latter on a Cluster
     finally:
         await service.shutdown()
 
@@ -397,7 +398,8 @@ async def test_a_running_job_that_loses_its_lock_is_reported_once_per_failed_ren
         execution_id = await execute(api, owner, workflow_id)
         await _wait_for_calls(counting_server, key, 1)
         # What another worker's stalled check or a Redis failover would leave: no lock.
-        assert await runtime.redis.delete(f"qtest:bull:orchestration:{execution_id}:lock") == 1
+        lock = f"{runtime.settings.bullmq_prefix}:orchestration:{execution_id}:lock"
+        assert await runtime.redis.delete(lock) == 1
         deadline = time.monotonic() + 3
         while _renewal_failures() == before:
             assert time.monotonic() < deadline, "the lost lock was never reported"

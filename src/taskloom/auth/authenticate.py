@@ -144,7 +144,9 @@ async def _check(
             keys=runtime.keys,
             settings=runtime.settings,
             rate=limit[0] if limit else None,
-            rate_key=limit[1] if limit else runtime.keys("auth", "uncounted"),
+            rate_key=limit[1]
+            if limit
+            else runtime.keys.together(ratelimit.AUTH, "auth", "uncounted"),
             user_id=user_id,
         )
     except RedisError:

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from taskloom.auth.principal import Principal
-from taskloom.auth.ratelimit import Allowance, Rate
+from taskloom.auth.ratelimit import AUTH, Allowance, Rate
 from taskloom.config import Settings
 from taskloom.redis import Keys
 
@@ -92,7 +92,9 @@ MAX_STAMPS = 100_000
 
 
 def stamps_key(keys: Keys) -> str:
-    return keys("auth", "stamps")
+    """One hash for every process; `check` reads it in the script that counts a request, so
+    on a Redis Cluster it shares the API rate counters' slot (`ratelimit.AUTH`)."""
+    return keys.together(AUTH, "auth", "stamps")
 
 
 @functools.lru_cache(maxsize=4)

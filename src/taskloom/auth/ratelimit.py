@@ -126,12 +126,22 @@ def _digest(settings: Settings, value: str) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+# Keys one script uses together share a Redis Cluster slot (`Keys.together`): a sign-in's
+# account and IP counters (`login`), and the API's counters with the principal cache's stamps
+# (`auth`, principal_cache.check).
+LOGIN, AUTH = "login", "auth"
+
+
 def account_key(*, settings: Settings, keys: Keys, email: str) -> str:
-    return keys("ratelimit", "login", "account", _digest(settings, email.lower()))
+    return keys.together(LOGIN, "ratelimit", "login", "account", _digest(settings, email.lower()))
 
 
 def _ip_key(settings: Settings, keys: Keys, *parts: str, ip: str | None) -> str:
     return keys("ratelimit", *parts, "ip", _digest(settings, ip or "unknown"))
+
+
+def _login_ip_key(settings: Settings, keys: Keys, ip: str | None) -> str:
+    return keys.together(LOGIN, "ratelimit", "login", "ip", _digest(settings, ip or "unknown"))
 
 
 def auth_ip_key(*, settings: Settings, keys: Keys, ip: str | None) -> str:
@@ -141,13 +151,13 @@ def auth_ip_key(*, settings: Settings, keys: Keys, ip: str | None) -> str:
 def api_key_key(*, settings: Settings, keys: Keys, rate: str, token: str) -> str:
     """An API key's counter, named by a keyed hash of the key: it is counted before the database
     is asked whether the key exists (a refused request does no work), and never appears itself."""
-    return keys("ratelimit", "api", rate, "key", _digest(settings, token))
+    return keys.together(AUTH, "ratelimit", "api", rate, "key", _digest(settings, token))
 
 
 def session_key(*, keys: Keys, rate: str, session_id: uuid.UUID) -> str:
     """A session's counter: its bearer requests and its web UI pages share it. A session id is
     not a credential (the signed access token is)."""
-    return keys("ratelimit", "api", rate, "session", str(session_id))
+    return keys.together(AUTH, "ratelimit", "api", rate, "session", str(session_id))
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,7 @@ async def reserve_login(
     attempt = LoginAttempt(
         redis=redis,
         account_key=account_key(settings=settings, keys=keys, email=email),
-        ip_key=_ip_key(settings, keys, "login", ip=ip),
+        ip_key=_login_ip_key(settings, keys, ip),
     )
     refused, ttl = await redis.eval(
         _RESERVE,

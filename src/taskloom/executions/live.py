@@ -50,7 +50,9 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 def stream_key(keys: Keys, execution_id: uuid.UUID | str) -> str:
-    return keys("live", str(execution_id))
+    """Every execution's stream shares one Redis Cluster slot: the API's one reader XREADs
+    them all at once (streams.py), which a Cluster allows only within a slot."""
+    return keys.together("live", "live", str(execution_id))
 
 
 def is_end(event: str, data: dict[str, Any]) -> bool:

@@ -69,7 +69,7 @@ async def redis(runtime: Runtime) -> Check:
         await runtime.redis.ping()
         settings = runtime.settings
         return {
-            "mode": "sentinel" if settings.redis_sentinels else "server",
+            "mode": settings.redis_mode,
             "tls": settings.redis_uses_tls,
             "key_prefix": runtime.keys.prefix,
         }
