@@ -104,6 +104,10 @@ def running_pgbouncer(
         command[1:1] = ["-u", "nobody"]
         for path in (directory, ini, directory / "userlist.txt"):
             path.chmod(0o755 if path.is_dir() else 0o644)
+        host, _ = _server(pg_server_url)
+        if host.startswith("/"):  # a unix socket directory (the embedded server's is 0700)
+            sockets = Path(host)
+            sockets.chmod(sockets.stat().st_mode | 0o011)  # nobody may reach the socket in it
     log = directory / "pgbouncer.log"
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
