@@ -9,7 +9,7 @@ accepts application/json, get the usual JSON error.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -21,7 +21,7 @@ from taskloom.auth.access import access
 from taskloom.auth.api_limits import limit_auth_ip
 from taskloom.auth.deps import client_context, get_runtime
 from taskloom.auth.schemas import TokenResponse
-from taskloom.errors import ValidationFailed, error_response
+from taskloom.errors import ERROR_RESPONSES, ErrorResponse, ValidationFailed, error_response
 from taskloom.runtime import Runtime
 from taskloom.sso import flow, providers
 from taskloom.sso.errors import SsoRefused
@@ -43,6 +43,21 @@ FLOW_COOKIE = "taskloom_sso_flow"
 FLOW_COOKIE_PATH = "/auth/oidc"
 LINK_COOKIE = "taskloom_sso_link"  # the pending link of the link page (same path)
 PUBLIC = access("public")
+
+# A browser's refusal is the sign-in page (text/html) with its message; the CLI's, or any request
+# that accepts application/json, the usual JSON error.
+_PAGE = {"text/html": {"schema": {"type": "string"}}}
+BROWSER_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **{
+        status: {**ERROR_RESPONSES[status], "content": _PAGE}
+        for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+    },
+    502: {
+        "model": ErrorResponse,
+        "description": "The identity provider could not be reached",
+        "content": _PAGE,
+    },
+}
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 Client = Annotated[AuditContext, Depends(client_context)]
@@ -153,7 +168,9 @@ async def list_oidc_providers(runtime: RuntimeDep) -> list[ProviderLink]:
     return await sign_in_links(runtime)
 
 
-@router.get("/{slug}/start", openapi_extra=PUBLIC, response_class=Response)
+@router.get(
+    "/{slug}/start", openapi_extra=PUBLIC, response_class=Response, responses=BROWSER_ANSWERS
+)
 async def oidc_start(
     slug: Slug,
     request: Request,
@@ -199,7 +216,9 @@ async def oidc_start(
     return _no_store(response)
 
 
-@router.get("/{slug}/callback", openapi_extra=PUBLIC, response_class=Response)
+@router.get(
+    "/{slug}/callback", openapi_extra=PUBLIC, response_class=Response, responses=BROWSER_ANSWERS
+)
 async def oidc_callback(
     slug: Slug, request: Request, runtime: RuntimeDep, client: Client
 ) -> Response:
@@ -225,7 +244,7 @@ async def oidc_callback(
     return _signed_in(request, runtime, outcome)
 
 
-@router.post("/link", openapi_extra=PUBLIC, response_class=Response)
+@router.post("/link", openapi_extra=PUBLIC, response_class=Response, responses=BROWSER_ANSWERS)
 async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Response:
     """Link the pending sign-in's identity to the account whose password this is (JSON
     `{link_token, password}`, or the link page's form), then finish the sign-in."""
