@@ -12,12 +12,9 @@ from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
 from taskloom.executions.queue import ExecutionQueue
 from taskloom.executions.reconciler import Candidate, Reconciler
-from taskloom.redis import purge_matching
 from taskloom.runtime import Runtime
 from taskloom.webhooks.delivery import dispatch_pending, requeue_lost_deliveries
-from tests.conftest import fresh_deployment
-from tests.factories import Account, register
-from tests.in_process import asgi_client, opened_runtime, running_app
+from tests.factories import Account
 from tests.workers import create_workflow, execute
 
 
@@ -90,30 +87,3 @@ async def test_webhook_deliveries_whose_job_redis_lost_are_queued_again(
     assert await queue_runtime.queues["webhooks"].state(str(lost)) == "waiting"
     assert await queue_runtime.queues["webhooks"].state(str(kept)) == "waiting"
     assert await requeue_lost_deliveries(queue_runtime) == 0  # nothing lost any more
-
-
-async def test_one_pass_pages_through_every_unfinished_execution(
-    pg_server_url: str, redis_url: str
-) -> None:
-    """Lost jobs behind a backlog longer than a page are found in the same pass (a Sentinel
-    failover loses the newest jobs, behind every queued one). A deployment of its own: a pass
-    looks at every organization's executions."""
-    async with (
-        fresh_deployment(
-            pg_server_url, redis_url, label="reconcile", reconcile_grace_seconds=0
-        ) as settings,
-        opened_runtime(settings) as runtime,
-        running_app(runtime) as app,
-        asgi_client(app, ip="203.0.113.30") as api,
-    ):
-        owner = await register(api, label="backlog")
-        lost = [await _orphan(api, owner, runtime) for _ in range(5)]
-        # Redis lost everything of this deployment: jobs and the fair scheduler's lists.
-        await purge_matching(runtime.redis, runtime.keys.pattern)
-        queue = ExecutionQueue(runtime)
-        pairs = [(o.org_id, o.execution_id) for o in lost]
-        assert await queue.fair.placement(pairs) == [None] * 5
-
-        report = await Reconciler(runtime, batch=2).reconcile_once()
-        assert report.resubmitted == 5, report
-        assert None not in await queue.fair.placement(pairs)

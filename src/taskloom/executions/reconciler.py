@@ -23,13 +23,12 @@ Jobs waiting, delayed or active are left alone: BullMQ's stalled check recovers 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 import structlog
-from sqlalchemy import Row, select, tuple_, update
+from sqlalchemy import select, update
 
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
@@ -80,48 +79,39 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, runtime: Runtime, *, batch: int = BATCH) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.queue = ExecutionQueue(runtime)
-        self.batch = batch  # rows per page of a pass
 
     def _cutoff(self) -> datetime:
         """Rows older than this have had time to reach their job (RECONCILE_GRACE_SECONDS)."""
         return datetime.now(UTC) - timedelta(seconds=self.runtime.settings.reconcile_grace_seconds)
 
     async def reconcile_once(self) -> ReconcileReport:
-        """One pass over every execution left unfinished past the grace period, BATCH at a time
-        (oldest first, keyset pages): a lost job behind a long backlog is found in this pass,
-        not once the backlog ahead of it has drained. Runs on the privileged role: it looks
-        across every organization."""
+        """One pass. Runs on the privileged role: it looks across every organization."""
         cutoff = self._cutoff()
-        report, seen = ReconcileReport(), set[uuid.UUID]()
-        after: tuple[datetime, uuid.UUID] | None = None
-        while True:
-            page = await self._unfinished_page(cutoff, after)
-            candidates = [Candidate(row.id, row.org_id, row.request_id) for row in page]
-            await self.settle(candidates, report)
-            seen.update(c.execution_id for c in candidates)
-            if len(page) < self.batch:
-                break
-            after = (page[-1].created_at, page[-1].id)
-        await self.settle_admitted(int(cutoff.timestamp() * 1000), seen, report)
-        return report
-
-    async def _unfinished_page(
-        self, cutoff: datetime, after: tuple[datetime, uuid.UUID] | None
-    ) -> Sequence[Row[uuid.UUID, uuid.UUID, str | None, datetime]]:
-        e = WorkflowExecution
-        query = (
-            select(e.id, e.org_id, e.request_id, e.created_at)
-            .where(e.status.in_(_UNFINISHED), e.created_at < cutoff)
-            .order_by(e.created_at, e.id)
-            .limit(self.batch)
-        )
-        if after is not None:
-            query = query.where(tuple_(e.created_at, e.id) > tuple_(*after))
         async with system_transaction(self.runtime.database) as db:
-            return (await db.execute(query)).all()
+            rows = (
+                await db.execute(
+                    select(
+                        WorkflowExecution.id,
+                        WorkflowExecution.org_id,
+                        WorkflowExecution.request_id,
+                    )
+                    .where(
+                        WorkflowExecution.status.in_(_UNFINISHED),
+                        WorkflowExecution.created_at < cutoff,
+                    )
+                    .order_by(WorkflowExecution.created_at)
+                    .limit(BATCH)
+                )
+            ).all()
+        candidates = [Candidate(*row) for row in rows]
+        report = await self.settle(candidates)
+        await self.settle_admitted(
+            int(cutoff.timestamp() * 1000), {c.execution_id for c in candidates}, report
+        )
+        return report
 
     async def settle(
         self, candidates: list[Candidate], report: ReconcileReport | None = None
@@ -131,8 +121,7 @@ class Reconciler:
         like an orphan. So the job states are read first and the executions whose job looks
         finished are read again after; a worker commits the execution before it completes the
         job, so one still unfinished then is a real orphan."""
-        queue = self.queue
-        report = report if report is not None else ReconcileReport()
+        queue, report = self.queue, report or ReconcileReport()
         states = [(c, await queue.state(c.execution_id)) for c in candidates]
         orphaned = {c.execution_id for c, state in states if state in ("unknown", "completed")}
         unfinished = await self._still_unfinished(orphaned) if orphaned else set()
