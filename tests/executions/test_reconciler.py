@@ -11,7 +11,7 @@ from sqlalchemy import text, update
 from taskloom.db.tenancy import system_transaction
 from taskloom.executions.models import ExecutionStatus, WorkflowExecution
 from taskloom.executions.queue import ExecutionQueue
-from taskloom.executions.reconciler import Candidate, Reconciler
+from taskloom.executions.reconciler import Candidate, Reconciler, ReconcileReport
 from taskloom.runtime import Runtime
 from taskloom.webhooks.delivery import dispatch_pending, requeue_lost_deliveries
 from tests.factories import Account
@@ -40,6 +40,18 @@ async def test_an_execution_whose_job_vanished_is_enqueued_again(
     job = await ExecutionQueue(queue_runtime).job(orphan.execution_id)
     assert job is not None
     assert job.data["request_id"] == "req-reconcile"
+
+
+async def test_settling_counts_into_the_report_it_is_given_even_an_empty_one(
+    api: httpx.AsyncClient, owner: Account, queue_runtime: Runtime
+) -> None:
+    # settle_admitted passes the pass's report on; one with nothing counted yet is falsy, and
+    # its counts must not go into a report nobody returns.
+    orphan = await _orphan(api, owner, queue_runtime)
+    report = ReconcileReport()
+    returned = await Reconciler(queue_runtime).settle([orphan], report)
+    assert returned is report
+    assert (report.enqueued, report.replaced, report.failed) == (1, 0, 0)
 
 
 async def test_an_execution_that_finished_after_the_read_is_left_alone(

@@ -120,8 +120,10 @@ class Reconciler:
         execution that finished since leaves a completed job, or none once it is removed, just
         like an orphan. So the job states are read first and the executions whose job looks
         finished are read again after; a worker commits the execution before it completes the
-        job, so one still unfinished then is a real orphan."""
-        queue, report = self.queue, report or ReconcileReport()
+        job, so one still unfinished then is a real orphan. Counts go into `report` when one is
+        given (even one still all zero, which is falsy), else into a new one."""
+        queue = self.queue
+        report = report if report is not None else ReconcileReport()
         states = [(c, await queue.state(c.execution_id)) for c in candidates]
         orphaned = {c.execution_id for c, state in states if state in ("unknown", "completed")}
         unfinished = await self._still_unfinished(orphaned) if orphaned else set()
