@@ -9,8 +9,11 @@ requested scope and claim at once (offline_access included), a wrong one answers
 form again. The logout page (RP-initiated logout) has one button, `#sign-out`.
 
 Test-only control endpoints change the provider while it runs: a user's claims
-(`set_claims`), revoking a user's grants and tokens (`revoke`) and rewriting the claims of the
-next ID token the token endpoint returns, re-signed with the provider's own key (`tamper_next`).
+(`set_claims`), revoking a user's grants and tokens (`revoke`), rewriting the claims of the
+next ID token the token endpoint returns, re-signed with the provider's own key (`tamper_next`),
+rotating its signing key (`rotate_key`), signing the next ID token with a key it never
+publishes (`sign_next_with_stranger_key`) and counting the fetches of its JWKS
+(`jwks_requests`). `stop()` then `start()` brings it back on the same port (with a new key).
 """
 
 from __future__ import annotations
@@ -192,6 +195,22 @@ class OidcProvider:
         e.g. `exp=int(time.time()) - 60`, `aud="other"`, `nonce=None`), re-signed with the
         provider's own key under the same kid, so its signature still verifies."""
         self._control("/__test/tamper", claims)
+
+    def rotate_key(self) -> str:
+        """A new signing key from now on: the JWKS publishes only it (the old one is gone)
+        and ID tokens are signed with it under its kid. Returns the kid."""
+        return str(self._control("/__test/rotate", {})["kid"])
+
+    def sign_next_with_stranger_key(self) -> str:
+        """Sign the next ID token with a key the JWKS never publishes (the same key each
+        time, so the same kid). Returns that kid."""
+        return str(self._control("/__test/stranger_next", {})["kid"])
+
+    def jwks_requests(self) -> int:
+        """How many times the JWKS endpoint was fetched since this process started."""
+        response = httpx.get(f"{self.url}/__test/jwks_requests")
+        response.raise_for_status()
+        return int(response.json()["count"])
 
     def _control(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         response = httpx.post(f"{self.url}{path}", json=body)

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from taskloom.audit.models import AuditLog
-from taskloom.auth.models import Session
+from taskloom.auth.models import Session, User
 from taskloom.config import Settings
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
@@ -183,6 +183,19 @@ async def audit_rows(runtime: Runtime, action: str, **details: Any) -> list[Audi
 async def session_count(runtime: Runtime) -> int:
     async with system_transaction(runtime.database) as db:
         return int(await db.scalar(select(func.count()).select_from(Session)) or 0)
+
+
+async def flow_keys(runtime: Runtime) -> int:
+    """How many started sign-in flows (state, nonce, PKCE verifier) Redis holds for this
+    deployment's key prefix."""
+    pattern = runtime.keys("sso", "flow", "*")
+    return len([k async for k in runtime.redis.scan_iter(match=pattern, count=1000)])
+
+
+async def user_exists(runtime: Runtime, email: str) -> bool:
+    async with system_transaction(runtime.database) as db:
+        found = await db.scalar(select(func.count()).select_from(User).where(User.email == email))
+        return bool(found)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ signatures. Every request to the issuer goes through net.py's address guard (the
 every socket is checked against OUTBOUND_ALLOWED_HOSTS), under one deadline, reading at most
 MAX_RESPONSE_BYTES uncompressed. Discovery documents and key sets are kept per process for
 CACHE_SECONDS; an ID token signed with a key id the cached set lacks refetches it once (the
-provider rotated its keys).
+provider rotated its keys), and that key id refetches nothing more for CACHE_SECONDS (a token
+under a key the provider does not publish is refused without asking it again each time).
 
 Authlib is imported by the first sign-in, not when the API starts (tests/test_import_cost.py).
 """
@@ -73,6 +74,8 @@ class _Cached:
     fetched: float
     keys: KeySet | None = None
     keys_fetched: float = 0.0
+    # kid -> when an ID token under it, missing from the set, refetched the set
+    unknown_kids: dict[str, float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -200,14 +203,27 @@ def forget(issuer: str) -> None:
 async def _keys(settings: Settings, issuer: str, kid: str | None) -> KeySet:
     entry = await _cached(settings, issuer)
     async with entry.lock:
-        stale = time.monotonic() - entry.keys_fetched >= CACHE_SECONDS
-        if entry.keys is None or stale or not _has_kid(entry.keys, kid):
+        now = time.monotonic()
+        entry.unknown_kids = {
+            k: at for k, at in entry.unknown_kids.items() if now - at < CACHE_SECONDS
+        }
+        stale = entry.keys is None or now - entry.keys_fetched >= CACHE_SECONDS
+        # A key id the set lacks refetches it once; one the refetch lacked too, not again.
+        unknown = (
+            entry.keys is not None
+            and not _has_kid(entry.keys, kid)
+            and kid not in entry.unknown_kids
+        )
+        if stale or unknown:
             document = await _get_json(settings, issuer, entry.discovery.jwks_uri)
             try:
-                entry.keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+                keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
             except (JoseError, ValueError, KeyError, TypeError) as error:
                 raise _unreachable(issuer, error) from None
-            entry.keys_fetched = time.monotonic()
+            entry.keys, entry.keys_fetched = keys, time.monotonic()
+            if kid is not None and not _has_kid(keys, kid):
+                entry.unknown_kids[kid] = entry.keys_fetched
+        assert entry.keys is not None
         return entry.keys
 
 

@@ -13,6 +13,11 @@
 //                                              ({"sessions": true}: their sessions too)
 //          POST /__test/tamper                 JSON claims applied to the ID token of the next
 //                                              token response, re-signed with the provider's key
+//          POST /__test/rotate                 a new signing key: the JWKS then publishes only
+//                                              it, and ID tokens are signed with it, under its kid
+//          POST /__test/stranger_next          the next ID token is signed with a key the JWKS
+//                                              never publishes (the same one every time)
+//          GET  /__test/jwks_requests          {count}: how many times the JWKS was fetched
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 
@@ -24,9 +29,23 @@ const config = JSON.parse(readFileSync(configFile, 'utf8'));
 const users = config.users ?? {};
 
 // One RS256 key per start: it signs the ID tokens, and the tampered ones, under the same kid.
-const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
-const signingKey = { ...(await jose.exportJWK(privateKey)), alg: 'RS256', use: 'sig' };
-signingKey.kid = await jose.calculateJwkThumbprint(signingKey);
+async function newKey() {
+  const { privateKey, publicKey } = await jose.generateKeyPair('RS256', { extractable: true });
+  const jwk = { ...(await jose.exportJWK(privateKey)), alg: 'RS256', use: 'sig' };
+  jwk.kid = await jose.calculateJwkThumbprint(jwk);
+  const published = { ...(await jose.exportJWK(publicKey)), alg: 'RS256', use: 'sig' };
+  published.kid = jwk.kid;
+  return { privateKey, jwk, published };
+}
+const original = await newKey();
+const signingKey = original.jwk;
+// After /__test/rotate the provider's own key set is bypassed: `current` signs every ID token
+// the token endpoint returns and is the only key the JWKS endpoint publishes.
+let current = original;
+let rotated = false;
+const stranger = await newKey(); // never published
+let strangerNext = false;
+let jwksRequests = 0;
 
 // Storage the control endpoints can search (by account); expired entries read as absent.
 const store = new Map(); // `${model}:${id}` -> {model, payload, expiresAt}
@@ -177,6 +196,15 @@ async function control(ctx) {
   if (ctx.path === '/__test/tamper') {
     tamper = body;
     ctx.body = { tamper };
+  } else if (ctx.path === '/__test/rotate' && ctx.method === 'POST') {
+    current = await newKey();
+    rotated = true;
+    ctx.body = { kid: current.jwk.kid };
+  } else if (ctx.path === '/__test/stranger_next' && ctx.method === 'POST') {
+    strangerNext = true;
+    ctx.body = { kid: stranger.jwk.kid };
+  } else if (ctx.path === '/__test/jwks_requests') {
+    ctx.body = { count: jwksRequests };
   } else if (resource === 'users' && users[account] && action === 'claims') {
     const claims = { ...users[account].claims, ...body };
     for (const [name, value] of Object.entries(body)) if (value === null) delete claims[name];
@@ -217,14 +245,27 @@ provider.use(async (ctx, next) => {
     ctx.body = errorPage(err.message, err.error_description);
     return undefined;
   }
+  if (ctx.method === 'GET' && ctx.path === '/jwks') {
+    jwksRequests += 1;
+    if (rotated) {
+      ctx.type = 'application/jwk-set+json';
+      ctx.body = { keys: [current.published] };
+      return undefined;
+    }
+  }
   await next();
-  if (tamper && ctx.oidc?.route === 'token' && ctx.status === 200 && ctx.body?.id_token) {
+  const resign = tamper || rotated || strangerNext;
+  if (resign && ctx.oidc?.route === 'token' && ctx.status === 200 && ctx.body?.id_token) {
     const claims = { ...jose.decodeJwt(ctx.body.id_token), ...tamper };
-    for (const [name, value] of Object.entries(tamper)) if (value === null) delete claims[name];
-    const header = jose.decodeProtectedHeader(ctx.body.id_token);
-    const idToken = await new jose.SignJWT(claims).setProtectedHeader(header).sign(privateKey);
+    for (const [name, value] of Object.entries(tamper ?? {})) {
+      if (value === null) delete claims[name];
+    }
+    const key = strangerNext ? stranger : current;
+    const header = { ...jose.decodeProtectedHeader(ctx.body.id_token), kid: key.jwk.kid };
+    const idToken = await new jose.SignJWT(claims).setProtectedHeader(header).sign(key.privateKey);
     ctx.body = { ...ctx.body, id_token: idToken };
     tamper = null;
+    strangerNext = false;
   }
   return undefined;
 });
