@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from taskloom.ai.executor import AiCall, AiStepError, run_ai
+from taskloom.breakers import BREAKERS
 from taskloom.db.tenancy import system_transaction
 from taskloom.runtime import Runtime
 from tests.factories import Account, register
@@ -212,6 +213,39 @@ def _with_instance_key(runtime: Runtime, fake: FakeAnthropic, allowance: str) ->
         }
     )
     return Runtime(**{**runtime.__dict__, "settings": settings})
+
+
+async def test_one_organizations_failures_on_the_instance_key_pause_only_its_own_calls(
+    tools_runtime: Runtime,
+    tools_api: httpx.AsyncClient,
+    admin: Account,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    """A tenant that makes its calls on the shared instance key fail (prompts built to time out,
+    a flood the provider answers 429) opens the breaker of its own calls, not every tenant's."""
+    runtime = _with_instance_key(tools_runtime, fake_anthropic, "1000")
+    other = await register(tools_api, label="other-tenant", organization_name="Other tenant")
+    threshold = runtime.settings.breaker_failure_threshold
+    try:
+        fake_anthropic.fail_next(threshold, 529)
+        for _ in range(threshold):
+            with pytest.raises(AiStepError) as failed:
+                await run_ai(runtime, _call(admin, category="quick"))
+            assert failed.value.code == "ai_overloaded"
+        sent = len(fake_anthropic.requests)
+        with pytest.raises(AiStepError) as paused:
+            await run_ai(runtime, _call(admin, category="quick"))
+        assert (paused.value.code, paused.value.retryable) == ("circuit_open", True)
+        assert len(fake_anthropic.requests) == sent  # the paused call never left
+
+        fake_anthropic.reply("still served", input_tokens=10, output_tokens=5)
+        answer = await run_ai(runtime, _call(other, category="quick"))
+        assert answer["text"] == "still served"
+        assert len(fake_anthropic.requests) == sent + 1
+    finally:
+        for breaker in BREAKERS.all():
+            if breaker.name.startswith("ai:instance:anthropic"):
+                BREAKERS.remove(breaker.name)
 
 
 async def test_past_its_instance_key_allowance_an_organization_calls_only_with_its_own_key(

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from taskloom.ai.executor import instance_breaker
 from taskloom.app import create_app
 from taskloom.breakers import BREAKERS, CircuitOpen
 from taskloom.config import Settings
@@ -160,7 +161,10 @@ async def test_circuits_by_connection_go_to_their_organizations_admins_and_insta
     a_ai = f"ai:{await _connection(client, a, 'a-other')}"
     b_tool = f"tool:{await _connection(client, b, 'b-github')}"
     instance = f"ai:instance:test-{uuid.uuid4()}"
-    names = [a_tool, a_ai, b_tool, instance]
+    # An organization's calls with the instance's AI key have their own breaker (ai/executor).
+    a_on_instance_key = instance_breaker("anthropic", a.org_id)
+    b_on_instance_key = instance_breaker("anthropic", b.org_id)
+    names = [a_tool, a_ai, b_tool, instance, a_on_instance_key, b_on_instance_key]
     for name in names:
         await _opened(name)
     try:
@@ -168,11 +172,11 @@ async def test_circuits_by_connection_go_to_their_organizations_admins_and_insta
         assert public.status_code == 503
         assert not [name for name in names if name.split(":")[-1] in public.text]
         assert "circuits" not in public.json()
-        assert public.json()["states"]["open"] >= 4
+        assert public.json()["states"]["open"] >= 6
 
         as_a = await client.get("/health/circuits", headers=a.headers)
         assert as_a.status_code == 503
-        assert {c["name"] for c in as_a.json()["circuits"]} == {a_tool, a_ai}
+        assert {c["name"] for c in as_a.json()["circuits"]} == {a_tool, a_ai, a_on_instance_key}
         assert as_a.json()["circuits"][0]["state"] == "open"
         assert b_tool.split(":")[-1] not in as_a.text
 

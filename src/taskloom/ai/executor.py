@@ -7,8 +7,10 @@
    downgrading to a cheaper tier when little budget is left (`ai/budget.py`); a call with the
    instance's key must also fit in the organization's allowance on it
    (AI_INSTANCE_KEY_MONTHLY_BUDGET_USD);
-4. the call, behind a circuit breaker per credential (`ai:<connection id>`, or
-   `ai:instance:<provider>`), with the SDK's bounded retries and a per-call timeout;
+4. the call, behind a circuit breaker per credential (`ai:<connection id>`), or per provider and
+   organization for the instance's key (`ai:instance:<provider>:<org id>`: one tenant's failing
+   calls, say deliberate timeouts, must not pause every tenant's AI), with the SDK's bounded
+   retries and a per-call timeout;
 5. settle the actual cost, write the usage row, count the call once in the metrics.
 
 `run_ai` makes the `ai` step's one completion; `run_turn` makes one turn of a conversation
@@ -121,6 +123,14 @@ class _Credential:
     instance_key: bool  # the operator's key, not the organization's: its allowance applies
 
 
+def instance_breaker(provider: str, org_id: uuid.UUID) -> str:
+    """The breaker of an organization's calls with the instance's key for `provider`: each
+    organization's own, so that what one sends (prompts that time out, floods the provider
+    answers 429) opens the breaker for it alone. A provider that is really down opens each
+    calling organization's after BREAKER_FAILURE_THRESHOLD of its calls."""
+    return f"ai:instance:{provider}:{org_id}"
+
+
 def worst_case_input_tokens(call: AiCall) -> int:
     """An upper bound of the input tokens: byte-level tokenizers never make a token of less
     than one byte, so the UTF-8 length bounds the count."""
@@ -221,7 +231,7 @@ async def _credential(runtime: Runtime, call: AiCall, provider: str) -> _Credent
         )
     base_url = settings.anthropic_base_url if provider == "anthropic" else settings.openai_base_url
     return _Credential(
-        breaker=f"ai:instance:{provider}",
+        breaker=instance_breaker(provider, call.org_id),
         api_key=key.get_secret_value(),
         base_url=base_url,
         guarded=False,

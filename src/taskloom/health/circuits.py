@@ -1,7 +1,8 @@
-"""Circuit breakers as the health endpoints show them. Breaker names carry connection ids
-(`tool:<id>`, `ai:<id>`) of every organization, so anyone sees counts by state only; a breaker
-by name goes to an instance administrator (all of them, the instance-wide AI keys' included) or
-to an organization's admin (their own organization's connections)."""
+"""Circuit breakers as the health endpoints show them. Breaker names carry connection and
+organization ids (`tool:<id>`, `ai:<id>`, `ai:instance:<provider>:<org id>`) of every
+organization, so anyone sees counts by state only; a breaker by name goes to an instance
+administrator (all of them) or to an organization's admin (their own organization's connections
+and its calls with the instance's AI keys)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,14 @@ async def visible_breakers(
         )
     ids = {str(row.id) for row in await tools.list_connections(db=db, principal=principal)}
     own = {f"{kind}:{connection_id}" for connection_id in ids for kind in ("tool", "ai")}
-    return [breaker for breaker in breakers if breaker.name in own]
+    return [b for b in breakers if b.name in own or _instance_key_of(b.name, principal.org_id)]
+
+
+def _instance_key_of(name: str, org_id: object) -> bool:
+    """Whether `name` is the breaker of `org_id`'s calls with an instance AI key
+    (ai/executor.instance_breaker)."""
+    parts = name.split(":")
+    return len(parts) == 4 and parts[:2] == ["ai", "instance"] and parts[3] == str(org_id)
 
 
 def describe(breaker: Breaker) -> dict[str, object]:
