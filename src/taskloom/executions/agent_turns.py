@@ -1,6 +1,9 @@
 """The rows of an `agent` step's sub-steps (`execution_agent_turns`, ADR 0015): each model turn
-and each tool call is one row, written when it starts and again when it ends, each time in a
-short transaction of its own, so what finished is durable before the loop goes on.
+and each tool call is one row, written when it starts and again when it ends, so what finished
+is durable before the loop goes on. A row's end may ride in the transaction that starts the
+next row (`ended=`: a model turn's end with its first tool call's start, a tool call's end with
+the next call's or the next turn's start), committed before that next call is made; an end
+with nothing after it (a final answer, an error, a stop) is written on its own.
 
 Every input, output and error written here passes through `scrub`, the execution's
 `Run.scrubbed` (the one boundary where results are persisted, docs/SECRETS.md), and tool
@@ -16,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Update, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -99,14 +102,18 @@ async def _upsert(db: AsyncSession, place: Place, turn: int, call_index: int, **
     return attempts
 
 
-async def model_started(database: Database, place: Place, *, turn: int, prompt: Any) -> None:
-    """A model turn starts; `prompt` is the user text sent before it (None: only results)."""
+async def model_started(
+    database: Database, place: Place, *, turn: int, prompt: Any, ended: Update | None = None
+) -> None:
+    """A model turn starts; `prompt` is the user text sent before it (None: only results).
+    `ended`: the previous row's end (`tool_ended`), committed with this start."""
     async with tenant_transaction(database, org_id=place.org_id, user_id=None) as db:
+        if ended is not None:
+            await db.execute(ended)
         await _upsert(db, place, turn, 0, kind="model", input=place.scrub(prompt))
 
 
-async def model_finished(
-    database: Database,
+def model_ended(
     place: Place,
     *,
     turn: int,
@@ -117,9 +124,9 @@ async def model_finished(
     output_tokens: int = 0,
     cost_usd: Decimal = Decimal(0),
     duration_ms: int | None = None,
-) -> None:
-    await _finish(
-        database,
+) -> Update:
+    """The statement that ends a model turn's row (for `write_ended` or a start's `ended`)."""
+    return _ended(
         place,
         turn,
         0,
@@ -145,9 +152,13 @@ async def tool_started(
     tool: str | None,
     idempotency_key: str,
     arguments: dict[str, Any],
+    ended: Update | None = None,
 ) -> int:
-    """A tool call starts; returns its attempts (2: it had started before, in a job that died)."""
+    """A tool call starts; returns its attempts (2: it had started before, in a job that died).
+    `ended`: the previous row's end (`model_ended`, `tool_ended`), committed with this start."""
     async with tenant_transaction(database, org_id=place.org_id, user_id=None) as db:
+        if ended is not None:
+            await db.execute(ended)
         return await _upsert(
             db,
             place,
@@ -163,8 +174,7 @@ async def tool_started(
         )
 
 
-async def tool_finished(
-    database: Database,
+def tool_ended(
     place: Place,
     *,
     turn: int,
@@ -172,9 +182,9 @@ async def tool_finished(
     output: Any = None,
     error: dict[str, Any] | None = None,
     duration_ms: int | None = None,
-) -> None:
-    await _finish(
-        database,
+) -> Update:
+    """The statement that ends a tool call's row (for `write_ended` or a start's `ended`)."""
+    return _ended(
         place,
         turn,
         call_index,
@@ -184,16 +194,19 @@ async def tool_finished(
     )
 
 
-async def _finish(
-    database: Database, place: Place, turn: int, call_index: int, **values: Any
-) -> None:
-    status = AgentRecordStatus.FAILED if values.get("error") else AgentRecordStatus.SUCCEEDED
+async def write_ended(database: Database, place: Place, ended: Update) -> None:
+    """Commit a row's end on its own (nothing starts after it)."""
     async with tenant_transaction(database, org_id=place.org_id, user_id=None) as db:
-        await db.execute(
-            update(AgentTurn)
-            .where(*place.where(), AgentTurn.turn == turn, AgentTurn.call_index == call_index)
-            .values(status=status, finished_at=datetime.now(UTC), **values)
-        )
+        await db.execute(ended)
+
+
+def _ended(place: Place, turn: int, call_index: int, **values: Any) -> Update:
+    status = AgentRecordStatus.FAILED if values.get("error") else AgentRecordStatus.SUCCEEDED
+    return (
+        update(AgentTurn)
+        .where(*place.where(), AgentTurn.turn == turn, AgentTurn.call_index == call_index)
+        .values(status=status, finished_at=datetime.now(UTC), **values)
+    )
 
 
 async def step_records(
