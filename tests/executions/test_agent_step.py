@@ -171,6 +171,45 @@ async def test_each_rows_end_is_committed_before_the_next_call_is_made(
     ] == [(1, 0, ok), (1, 1, ok), (1, 2, ok), (2, 0, ok), (2, 1, ok), (3, 0, ok)]
 
 
+async def test_each_for_each_item_keeps_rows_of_its_own(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    fake_anthropic: FakeAnthropic,
+    mcp_server: RunningMcpServer,
+) -> None:
+    await connect_tools(api, owner, fake_anthropic, mcp_server)
+
+    def answer(request: Any) -> Reply:
+        if not any(m["role"] == "assistant" for m in request.json["messages"]):
+            return Reply("Searching.", tool_calls=[SEARCH])
+        return Reply("Found it.")
+
+    fake_anthropic.reply(answer)
+    step = {
+        "id": "agent",
+        "type": "agent",
+        "for_each": "{{ [0, 1] }}",
+        "args": {
+            "model": "claude-haiku-4-5",
+            "prompt": "Item {{ item }}",
+            "tools": [{"connection": "notes", "tool": "search_notes"}],
+        },
+    }
+    workflow_id = await create_workflow(api, owner, [step])
+    execution_id = await execute(api, owner, workflow_id, {})
+    assert await run_here(queue_runtime, owner, execution_id) == "succeeded"
+
+    rows = [
+        (t["item_index"], t["turn"], t.get("call_index") or 0, t["status"])
+        for t in await _turns(api, owner, execution_id)
+    ]
+    ok = "succeeded"
+    assert rows == [
+        (0, 1, 0, ok), (0, 1, 1, ok), (0, 2, 0, ok), (1, 1, 0, ok), (1, 1, 1, ok), (1, 2, 0, ok)
+    ]  # fmt: skip
+
+
 async def test_the_steps_budget_cuts_the_loop_off_before_the_turn_that_would_not_fit(
     api: httpx.AsyncClient,
     owner: Account,

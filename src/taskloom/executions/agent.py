@@ -30,7 +30,6 @@ from decimal import Decimal
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import Update
 
 from taskloom.ai.executor import AiCall, AiStepError, parse_json, run_turn
 from taskloom.ai.providers.base import Message, ToolCall, ToolResult, ToolSpec
@@ -81,7 +80,7 @@ class _Held:
     commit instead of two), or on its own; `then` runs once it is committed (the `finished`
     event, progress)."""
 
-    ended: Update
+    ended: agent_turns.Ended
     then: Callable[[], Awaitable[None]]
 
 
