@@ -5,10 +5,12 @@ the checks at save time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -113,6 +115,99 @@ async def test_the_iteration_limit_stops_the_loop_before_calls_it_could_not_read
     assert done["error"]["details"]["tool_calls"] == 1
     assert len(fake_anthropic.requests) == 2
     assert len(mcp_server.calls) == 1  # the second turn's call was not made
+
+
+async def test_each_rows_end_is_committed_before_the_next_call_is_made(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    fake_anthropic: FakeAnthropic,
+    mcp_server: RunningMcpServer,
+) -> None:
+    """A row's end rides in the transaction that starts the next row: by the time the model is
+    asked again, the last turn and each of its tool calls are committed as finished."""
+    await connect_tools(api, owner, fake_anthropic, mcp_server)
+    url = queue_runtime.settings.database_url
+    assert url is not None
+
+    async def rows() -> list[tuple[int, int, str]]:
+        connection = await asyncpg.connect(url)  # the privileged role: no tenant needed
+        try:
+            found = await connection.fetch(
+                "select turn, call_index, status from execution_agent_turns "
+                "where org_id = $1 order by turn, call_index",
+                owner.org_id,
+            )
+        finally:
+            await connection.close()
+        return [(r["turn"], r["call_index"], r["status"]) for r in found]
+
+    seen: list[list[tuple[int, int, str]]] = []
+
+    def answer(_request: Any) -> Reply:
+        seen.append(asyncio.run(rows()))  # the fake's own thread: what others see committed
+        if len(seen) == 1:
+            return Reply("Two searches.", tool_calls=[SEARCH, SEARCH])
+        if len(seen) == 2:
+            return Reply("One more.", tool_calls=[SEARCH])
+        return Reply("Done.")
+
+    fake_anthropic.reply(answer)
+    workflow_id = await agent_workflow(
+        api, owner, fake_anthropic, tools=[{"connection": "notes", "tool": "search_notes"}]
+    )
+    execution_id = await execute(api, owner, workflow_id, {"ask": "Search"})
+    assert await run_here(queue_runtime, owner, execution_id) == "succeeded"
+
+    ok = "succeeded"
+    assert seen == [
+        [(1, 0, "running")],
+        [(1, 0, ok), (1, 1, ok), (1, 2, ok), (2, 0, "running")],
+        [(1, 0, ok), (1, 1, ok), (1, 2, ok), (2, 0, ok), (2, 1, ok), (3, 0, "running")],
+    ]
+    assert [
+        (t["turn"], t.get("call_index") or 0, t["status"])
+        for t in await _turns(api, owner, execution_id)
+    ] == [(1, 0, ok), (1, 1, ok), (1, 2, ok), (2, 0, ok), (2, 1, ok), (3, 0, ok)]
+
+
+async def test_each_for_each_item_keeps_rows_of_its_own(
+    api: httpx.AsyncClient,
+    owner: Account,
+    queue_runtime: Runtime,
+    fake_anthropic: FakeAnthropic,
+    mcp_server: RunningMcpServer,
+) -> None:
+    await connect_tools(api, owner, fake_anthropic, mcp_server)
+
+    def answer(request: Any) -> Reply:
+        if not any(m["role"] == "assistant" for m in request.json["messages"]):
+            return Reply("Searching.", tool_calls=[SEARCH])
+        return Reply("Found it.")
+
+    fake_anthropic.reply(answer)
+    step = {
+        "id": "agent",
+        "type": "agent",
+        "for_each": "{{ [0, 1] }}",
+        "args": {
+            "model": "claude-haiku-4-5",
+            "prompt": "Item {{ item }}",
+            "tools": [{"connection": "notes", "tool": "search_notes"}],
+        },
+    }
+    workflow_id = await create_workflow(api, owner, [step])
+    execution_id = await execute(api, owner, workflow_id, {})
+    assert await run_here(queue_runtime, owner, execution_id) == "succeeded"
+
+    rows = [
+        (t["item_index"], t["turn"], t.get("call_index") or 0, t["status"])
+        for t in await _turns(api, owner, execution_id)
+    ]
+    ok = "succeeded"
+    assert rows == [
+        (0, 1, 0, ok), (0, 1, 1, ok), (0, 2, 0, ok), (1, 1, 0, ok), (1, 1, 1, ok), (1, 2, 0, ok)
+    ]  # fmt: skip
 
 
 async def test_the_steps_budget_cuts_the_loop_off_before_the_turn_that_would_not_fit(

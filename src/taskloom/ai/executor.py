@@ -58,8 +58,9 @@ from taskloom.observability.request_id import current_request_id
 from taskloom.outbound_pool import PoolKey, fingerprint
 from taskloom.runtime import Runtime
 from taskloom.tools.base import Connection, ToolError
-from taskloom.tools.executor import load_connection
+from taskloom.tools.executor import usable_connection
 from taskloom.tools.models import ToolConnection
+from taskloom.tools.service import find_connection
 
 log = structlog.get_logger("taskloom.ai")
 
@@ -191,27 +192,28 @@ def _max_tokens(call: AiCall, model: ModelPrice, *, default: int) -> int:
 async def _credential(runtime: Runtime, call: AiCall, provider: str) -> _Credential:
     settings = runtime.settings
     connection: Connection | None = None
-    try:
+    # One transaction: the named connection, else the organization's default for the provider.
+    async with tenant_transaction(runtime.database, org_id=call.org_id, user_id=None) as db:
         if call.connection is not None:
-            connection = await load_connection(
-                runtime, org_id=call.org_id, ref=call.connection, provider=provider
+            row = await find_connection(
+                db=db, org_id=call.org_id, ref=call.connection, provider=provider
             )
         else:
-            async with tenant_transaction(runtime.database, org_id=call.org_id, user_id=None) as db:
-                default_id = await db.scalar(
-                    select(ToolConnection.id)
-                    .where(
-                        ToolConnection.org_id == call.org_id,
-                        ToolConnection.provider == provider,
-                        ToolConnection.enabled.is_(True),
-                    )
-                    .order_by(ToolConnection.created_at, ToolConnection.id)
-                    .limit(1)
+            row = await db.scalar(
+                select(ToolConnection)
+                .where(
+                    ToolConnection.org_id == call.org_id,
+                    ToolConnection.provider == provider,
+                    ToolConnection.enabled.is_(True),
                 )
-            if default_id is not None:
-                connection = await load_connection(
-                    runtime, org_id=call.org_id, ref=str(default_id), provider=provider
-                )
+                .order_by(ToolConnection.created_at, ToolConnection.id)
+                .limit(1)
+            )
+    try:
+        if call.connection is not None:
+            connection = usable_connection(runtime, row, ref=call.connection, provider=provider)
+        elif row is not None:
+            connection = usable_connection(runtime, row, ref=str(row.id), provider=provider)
     except ToolError as error:
         raise AiStepError(error.message, code=error.code) from None
     if connection is not None:

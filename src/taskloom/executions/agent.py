@@ -9,7 +9,10 @@ through the provider's native tool calling, until it gives a final answer or a b
   offered only with `allow_writes`; called anyway, it gets an error result and never runs.
 - Every call goes through `tools.executor.call_tool` (breakers, cache, metrics, credentials,
   argument checks) with the idempotency key `<execution>:<step>:<turn>:<tool_call_id>`.
-- Each model turn and tool call is a row (`agent_turns.py`), committed as it ends. A job that
+- Each model turn and tool call is a row (`agent_turns.py`), its end committed before the next
+  call is made: held (`_Held`) and written in the transaction that starts the next row, or on
+  its own when nothing starts after it (an answer, an error, a stop); its `finished` event goes
+  out once it is committed. A job that
   runs the step again rebuilds the conversation from them: finished calls are never made again;
   a call left running is made once more with its key, and a second interruption of it becomes
   an error result for the model.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -68,6 +72,16 @@ class _State:
     cost: Decimal = Decimal(0)
     pending: list[ToolCall] = field(default_factory=list)  # the last turn's calls to finish
     final: Any = None  # the final answer's output, when the rows already hold it
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A row's end not written yet: it goes in the transaction that starts the next row (one
+    commit instead of two), or on its own; `then` runs once it is committed (the `finished`
+    event, progress)."""
+
+    ended: agent_turns.Ended
+    then: Callable[[], Awaitable[None]]
 
 
 class _Stop(Exception):
@@ -183,6 +197,7 @@ class AgentLoop:
             item_index=ctx.item_index,
             scrub=ctx.scrubbed,
         )
+        self._held: _Held | None = None
 
     async def run(self) -> dict[str, Any]:
         state: _State | None = None
@@ -197,18 +212,41 @@ class AgentLoop:
             state, last_calls = rebuild(rows, self.spec)
             if state.final is None:
                 await self._loop(state, last_calls, named)
+            await self._write_held()
         except _Stop as stop:
+            await self._write_held()
             self._stopped(stop.reason, state)
             if state is not None:
                 stop.error.details = {**(stop.error.details or {}), **self._summary(state)}
             raise stop.error from None
         except Exception:  # a StepError, or an infrastructure error the engine retries
+            await self._write_held_quietly()
             self._stopped("error", state)
             raise
         assert state is not None
         self._stopped("final_answer", state)
         key = "json" if self.spec.json_schema is not None else "text"
         return {key: _final(state.final, self.spec), **self._summary(state)}
+
+    def _take_held(self) -> _Held | None:
+        held, self._held = self._held, None
+        return held
+
+    async def _write_held(self) -> None:
+        """Commit the held end on its own (nothing starts after it), then run its `then`."""
+        held = self._take_held()
+        if held is not None:
+            await agent_turns.write_ended(self.database, self.place, held.ended)
+            await held.then()
+
+    async def _write_held_quietly(self) -> None:
+        """`_write_held` on the way out after an error: the error is what the caller sees; an
+        end that could not be written leaves its row running, and a job that runs the step
+        again makes that call once more (as after a crash)."""
+        try:
+            await self._write_held()
+        except Exception:
+            self._held = None
 
     def _stopped(self, reason: str, state: _State | None) -> None:
         AGENT_STOPS.labels(reason).inc()
@@ -260,7 +298,20 @@ class AgentLoop:
             prompt = {"system": self.spec.system, "prompt": self.spec.prompt}
         elif last.role == "user":
             prompt = {"prompt": last.content}
-        await agent_turns.model_started(self.database, self.place, turn=turn, prompt=prompt)
+        held = self._take_held()
+        try:
+            await agent_turns.model_started(
+                self.database,
+                self.place,
+                turn=turn,
+                prompt=prompt,
+                ended=held.ended if held is not None else None,
+            )
+        except BaseException:
+            self._held = held  # not committed: `run` tries it again on its own
+            raise
+        if held is not None:
+            await held.then()
         await self.ctx.emit("agent.turn", {"turn": turn, "phase": "started"})
         deltas = Deltas(self.ctx.emit, {"turn": turn}) if self.ctx.live is not None else None
         call = AiCall(
@@ -288,14 +339,14 @@ class AgentLoop:
             )
         except AiStepError as error:
             detail = {"code": error.code, "message": error.message}
-            await agent_turns.model_finished(
-                self.database,
+            ended = agent_turns.model_ended(
                 self.place,
                 turn=turn,
                 output=None,
                 error=detail,
                 duration_ms=round((time.perf_counter() - started) * 1000),
             )
+            await agent_turns.write_ended(self.database, self.place, ended)
             await self.ctx.emit("agent.turn", {"turn": turn, "phase": "failed", **detail})
             budget = error.code in ("agent_budget_exhausted", "budget_exhausted")
             kind = RetryableStepError if error.retryable else StepError
@@ -312,8 +363,7 @@ class AgentLoop:
             "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
             "stop_reason": result.stop_reason,
         }
-        await agent_turns.model_finished(
-            self.database,
+        ended = agent_turns.model_ended(
             self.place,
             turn=turn,
             output=output,
@@ -324,20 +374,24 @@ class AgentLoop:
             duration_ms=result.latency_ms,
         )
         state.turns, state.cost = turn, state.cost + result.cost_usd
-        await self.ctx.progressed()
-        await self.ctx.emit(
-            "agent.turn",
-            {
-                "turn": turn,
-                "phase": "finished",
-                "model": result.model,
-                "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens,
-                "cost_usd": str(result.cost_usd),
-                "stop_reason": result.stop_reason,
-                "tool_calls": len(calls),
-            },
-        )
+        finished = {
+            "turn": turn,
+            "phase": "finished",
+            "model": result.model,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "cost_usd": str(result.cost_usd),
+            "stop_reason": result.stop_reason,
+            "tool_calls": len(calls),
+        }
+
+        async def then() -> None:
+            await self.ctx.progressed()
+            await self.ctx.emit("agent.turn", finished)
+
+        self._held = _Held(ended, then)
+        if not calls or turn >= self.spec.max_iterations:
+            await self._write_held()  # no tool call starts after it
         assistant = Message("assistant", result.text, tool_calls=calls)
         state.messages.append(assistant)
         return assistant
@@ -384,18 +438,26 @@ class AgentLoop:
                 "message": "the call was interrupted twice and is not made again",
             }
             return await self._refused(turn, index, call, error, event)
-        attempts = await agent_turns.tool_started(
-            self.database,
-            self.place,
-            turn=turn,
-            call_index=index,
-            tool_call_id=call.id,
-            tool_name=call.name,
-            connection=named.connection if named is not None else None,
-            tool=named.tool.name if named is not None else None,
-            idempotency_key=key,
-            arguments=call.arguments,
-        )
+        held = self._take_held()
+        try:
+            attempts = await agent_turns.tool_started(
+                self.database,
+                self.place,
+                turn=turn,
+                call_index=index,
+                tool_call_id=call.id,
+                tool_name=call.name,
+                connection=named.connection if named is not None else None,
+                tool=named.tool.name if named is not None else None,
+                idempotency_key=key,
+                arguments=call.arguments,
+                ended=held.ended if held is not None else None,
+            )
+        except BaseException:
+            self._held = held  # not committed: `run` tries it again on its own
+            raise
+        if held is not None:
+            await held.then()
         await self.ctx.emit(
             "agent.tool_call",
             {**event, "phase": "started", "attempt": attempts, "arguments": redact(call.arguments)},
@@ -442,8 +504,7 @@ class AgentLoop:
                 span.set_attribute("error.type", failure.code)
                 span.set_status(Status(StatusCode.ERROR, failure.code))
         duration = round((time.perf_counter() - started) * 1000)
-        await agent_turns.tool_finished(
-            self.database,
+        ended = agent_turns.tool_ended(
             self.place,
             turn=turn,
             call_index=index,
@@ -451,18 +512,20 @@ class AgentLoop:
             error=error_body,
             duration_ms=duration,
         )
-        await self.ctx.progressed()
-        await self.ctx.emit(
-            "agent.tool_call",
-            {
-                **event,
-                "phase": "finished",
-                "ok": error_body is None,
-                "code": None if error_body is None else error_body["code"],
-                "duration_ms": duration,
-                **(_event_result(output) if error_body is None else {}),
-            },
-        )
+        finished = {
+            **event,
+            "phase": "finished",
+            "ok": error_body is None,
+            "code": None if error_body is None else error_body["code"],
+            "duration_ms": duration,
+            **(_event_result(output) if error_body is None else {}),
+        }
+
+        async def then() -> None:
+            await self.ctx.progressed()
+            await self.ctx.emit("agent.tool_call", finished)
+
+        self._held = _Held(ended, then)  # written with the next start (or by `run`)
         return _as_result(call.id, output, error_body)
 
     async def _refused(
@@ -473,11 +536,15 @@ class AgentLoop:
         error: dict[str, Any],
         event: dict[str, Any],
     ) -> ToolResult:
-        await agent_turns.tool_finished(
-            self.database, self.place, turn=turn, call_index=index, error=error, duration_ms=0
+        ended = agent_turns.tool_ended(
+            self.place, turn=turn, call_index=index, error=error, duration_ms=0
         )
-        await self.ctx.emit(
-            "agent.tool_call",
-            {**event, "phase": "finished", "ok": False, "code": error["code"], "duration_ms": 0},
-        )
+        finished = {**event, "phase": "finished", "ok": False, "code": error["code"]}
+
+        async def then() -> None:
+            await self.ctx.emit("agent.tool_call", {**finished, "duration_ms": 0})
+
+        if self._held is not None:  # the end before it, not written yet: on its own first
+            await self._write_held()
+        self._held = _Held(ended, then)  # written with the next start (or by `run`)
         return _as_result(call.id, None, error)

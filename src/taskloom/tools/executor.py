@@ -38,6 +38,7 @@ from taskloom.runtime import Runtime
 from taskloom.tools import service
 from taskloom.tools.base import Connection, Tool, ToolError
 from taskloom.tools.client import provider_client
+from taskloom.tools.models import ToolConnection
 from taskloom.tools.registry import AI_PROVIDERS, PROVIDERS
 
 log = structlog.get_logger("taskloom.tools")
@@ -65,6 +66,13 @@ async def load_connection(
     """The organization's enabled connection `ref` (name or id), decrypted."""
     async with tenant_transaction(services.database, org_id=org_id, user_id=None) as db:
         row = await service.find_connection(db=db, org_id=org_id, ref=ref, provider=provider)
+    return usable_connection(services, row, ref=ref, provider=provider)
+
+
+def usable_connection(
+    services: Runtime, row: ToolConnection | None, *, ref: str, provider: str | None = None
+) -> Connection:
+    """`row` (the connection `ref`, or None: not found) decrypted, if it is there and enabled."""
     if row is None:
         kind = f"{provider} connection" if provider else "connection"
         raise ToolError(f"no {kind} named {ref!r} in this organization", code="no_connection")
