@@ -68,3 +68,33 @@ def test_an_interval_belongs_to_upkeep_on_every_worker_only() -> None:
         Upkeep(name="leader", run=run, interval=lambda _: 1.0)
     with pytest.raises(ValueError, match="interval"):
         Upkeep(name="everywhere", run=run, leader_only=False)
+
+
+async def test_leader_only_upkeep_with_at_most_every_skips_ticks_until_its_time(
+    runtime: Runtime,
+) -> None:
+    ran: list[str] = []
+
+    def recording(name: str, every: float) -> Upkeep:
+        async def run(_: Runtime) -> None:
+            ran.append(name)
+
+        return Upkeep(name=name, run=run, at_most_every=every)
+
+    upkeeps = Upkeeps(runtime, [recording("often", 0), recording("slow", 0.3)], owner="any")
+    await upkeeps.tick()
+    await upkeeps.tick()
+    assert ran == ["often", "slow", "often"]
+    await asyncio.sleep(0.35)
+    await upkeeps.tick()
+    assert ran == ["often", "slow", "often", "often", "slow"]
+
+
+def test_at_most_every_belongs_to_leader_only_upkeep() -> None:
+    async def run(_: Runtime) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="at_most_every"):
+        Upkeep(
+            name="everywhere", run=run, leader_only=False, interval=lambda _: 1.0, at_most_every=5
+        )

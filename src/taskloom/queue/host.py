@@ -90,15 +90,20 @@ class JobType:
 class Upkeep:
     """Periodic work a domain owns. `leader_only` upkeeps run, in the order given, on each
     tick of the one worker holding the leader lock (every RECONCILE_INTERVAL_SECONDS); the
-    others run on every worker, each in its own loop every `interval(settings)` seconds."""
+    others run on every worker, each in its own loop every `interval(settings)` seconds.
+    `at_most_every` (seconds, leader-only upkeep) skips the leader's ticks until that long has
+    passed since it last ran in this process: for a scan that need not run every tick."""
 
     name: str
     run: Callable[[Runtime], Awaitable[None]]
     leader_only: bool = True
     interval: Callable[[Settings], float] | None = None
+    at_most_every: float = 0.0
 
     def __post_init__(self) -> None:
         if self.leader_only == (self.interval is not None):
             raise ValueError(
                 f"upkeep {self.name!r}: an interval for upkeep on every worker, and only for it"
             )
+        if self.at_most_every and not self.leader_only:
+            raise ValueError(f"upkeep {self.name!r}: at_most_every is for leader-only upkeep")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ class Upkeeps:
         # workers keep agreeing on one leader across an upgrade.
         self.key = runtime.keys("reconciler", "leader")
         self._renew = runtime.redis.register_script(_RENEW)
+        self._last_run: dict[str, float] = {}  # upkeep name -> time.monotonic() it last ran
 
     async def is_leader(self) -> bool:
         """Take or keep the leader lock; it outlives two intervals so one missed tick is fine."""
@@ -54,8 +56,15 @@ class Upkeeps:
             await self.runtime.redis.delete(self.key)
 
     async def tick(self) -> None:
-        """The leader's upkeep, once, in order."""
+        """The leader's upkeep, once, in order (but not an upkeep that ran in this process less
+        than its `at_most_every` ago)."""
         for upkeep in self.leader_only:
+            if upkeep.at_most_every:
+                now = time.monotonic()
+                last = self._last_run.get(upkeep.name)
+                if last is not None and now - last < upkeep.at_most_every:
+                    continue
+                self._last_run[upkeep.name] = now
             await upkeep.run(self.runtime)
 
     def loops(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
