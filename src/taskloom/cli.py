@@ -419,22 +419,25 @@ def purge(
     ] = False,
 ) -> None:
     """Delete finished executions older than EXECUTION_RETENTION_DAYS now, with their steps and
-    webhook deliveries (their ai_usage rows are summed per day first). The workers' housekeeping
-    does the same a few batches at a time."""
+    webhook deliveries (their ai_usage rows are summed per day first), and workflow versions
+    beyond each workflow's newest WORKFLOW_VERSIONS_KEPT. The workers' housekeeping does the
+    same a few batches at a time."""
     from taskloom.executions.retention import purge_expired_executions, retention_cutoff
     from taskloom.runtime import open_runtime
+    from taskloom.workflows.retention import purge_old_versions
 
-    async def _run() -> tuple[str, dict[str, int]]:
+    async def _run() -> tuple[str, dict[str, int], int, int]:
         async with _services(get_settings()) as live:
             runtime = await open_runtime(live)
             try:
                 cutoff = retention_cutoff(runtime).isoformat(timespec="seconds")
                 report = await purge_expired_executions(runtime, dry_run=dry_run)
-                return cutoff, report.counts()
+                versions = await purge_old_versions(runtime, dry_run=dry_run)
+                return cutoff, report.counts(), live.workflow_versions_kept, versions
             finally:
                 await runtime.close()
 
-    cutoff, counts = asyncio.run(_run())
+    cutoff, counts, kept, versions = asyncio.run(_run())
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"executions finished before {cutoff}: {verb}")
     for table, count in counts.items():
@@ -442,6 +445,7 @@ def purge(
             continue  # nothing is written in a dry run
         label = "written or added to" if table == "ai_usage_daily" else ""
         typer.echo(f"  {table:<20} {count}{(' (' + label + ')') if label else ''}")
+    typer.echo(f"workflow versions beyond the newest {kept} of each workflow: {verb} {versions}")
 
 
 @app.command()

@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     # Finished executions older than this (by finished_at) are deleted with their steps, webhook
     # deliveries and ai_usage rows (summed per day into ai_usage_daily) by the housekeeping.
     execution_retention_days: int = Field(default=90, ge=1, le=36_500)
+    # The newest this many versions of each workflow are kept (the current one always among
+    # them); older ones are deleted by the housekeeping (workflows/retention.py). No 0, no
+    # "keep all": saving in a loop must not grow the history without bound (docs/SECURITY.md).
+    workflow_versions_kept: int = Field(default=100, ge=1, le=10_000)
 
     # --- workflow steps ------------------------------------------------------------------------
     http_step_timeout_seconds: float = Field(default=30.0, gt=0, le=600)

@@ -12,6 +12,7 @@ from taskloom.queue.worker import WorkerService
 from taskloom.runtime import Runtime
 from taskloom.triggers import events, ticker
 from taskloom.webhooks import delivery
+from taskloom.workflows import retention as workflow_retention
 
 JOB_TYPES: tuple[JobType, ...] = (runner.JOB_TYPE, archive.JOB_TYPE, delivery.JOB_TYPE)
 QUEUES: tuple[QueueSpec, ...] = tuple(job_type.queue for job_type in JOB_TYPES)
@@ -22,6 +23,7 @@ UPKEEPS: tuple[Upkeep, ...] = (
     waker.WAKE_LOST,
     archive.EXPORT_PURGE,
     retention.UPKEEP,
+    workflow_retention.UPKEEP,  # at most once a minute (SCAN_EVERY_SECONDS)
     delivery.LOST_DELIVERIES,
     budget.ABANDONED_RESERVATIONS,
     delivery.DISPATCH,
