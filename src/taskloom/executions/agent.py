@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -72,6 +72,9 @@ class _State:
     cost: Decimal = Decimal(0)
     pending: list[ToolCall] = field(default_factory=list)  # the last turn's calls to finish
     final: Any = None  # the final answer's output, when the rows already hold it
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,21 @@ class AgentLoop:
         held, self._held = self._held, None
         return held
 
+    async def _start_with_held(
+        self, start: Callable[[agent_turns.Ended | None], Awaitable[_T]]
+    ) -> _T:
+        """A row's start, with the held end (if any) in its transaction; the end's `then` once
+        that committed. If it did not, the end stays held: `run` writes it on its own."""
+        held = self._take_held()
+        try:
+            started = await start(held.ended if held is not None else None)
+        except BaseException:
+            self._held = held
+            raise
+        if held is not None:
+            await held.then()
+        return started
+
     async def _write_held(self) -> None:
         """Commit the held end on its own (nothing starts after it), then run its `then`."""
         held = self._take_held()
@@ -298,20 +316,11 @@ class AgentLoop:
             prompt = {"system": self.spec.system, "prompt": self.spec.prompt}
         elif last.role == "user":
             prompt = {"prompt": last.content}
-        held = self._take_held()
-        try:
-            await agent_turns.model_started(
-                self.database,
-                self.place,
-                turn=turn,
-                prompt=prompt,
-                ended=held.ended if held is not None else None,
+        await self._start_with_held(
+            lambda ended: agent_turns.model_started(
+                self.database, self.place, turn=turn, prompt=prompt, ended=ended
             )
-        except BaseException:
-            self._held = held  # not committed: `run` tries it again on its own
-            raise
-        if held is not None:
-            await held.then()
+        )
         await self.ctx.emit("agent.turn", {"turn": turn, "phase": "started"})
         deltas = Deltas(self.ctx.emit, {"turn": turn}) if self.ctx.live is not None else None
         call = AiCall(
@@ -438,9 +447,8 @@ class AgentLoop:
                 "message": "the call was interrupted twice and is not made again",
             }
             return await self._refused(turn, index, call, error, event)
-        held = self._take_held()
-        try:
-            attempts = await agent_turns.tool_started(
+        attempts = await self._start_with_held(
+            lambda ended: agent_turns.tool_started(
                 self.database,
                 self.place,
                 turn=turn,
@@ -451,13 +459,9 @@ class AgentLoop:
                 tool=named.tool.name if named is not None else None,
                 idempotency_key=key,
                 arguments=call.arguments,
-                ended=held.ended if held is not None else None,
+                ended=ended,
             )
-        except BaseException:
-            self._held = held  # not committed: `run` tries it again on its own
-            raise
-        if held is not None:
-            await held.then()
+        )
         await self.ctx.emit(
             "agent.tool_call",
             {**event, "phase": "started", "attempt": attempts, "arguments": redact(call.arguments)},
