@@ -62,13 +62,32 @@ async def test_a_flood_of_starts_from_one_address_keeps_only_the_allowed_flows(
         token_mode = await client.get(
             f"/auth/oidc/flood/start?mode=token&code_challenge={'a' * 43}"
         )
+        # The other browser routes answer a browser the same way, and leave its flow alone.
+        callback = await client.get(
+            "/auth/oidc/flood/callback?state=s&code=c", headers={"Accept": "text/html"}
+        )
+        link = await client.post("/auth/oidc/link", data={"password": "x"})
+        for page in (callback, link):
+            assert page.status_code == 429, page.text
+            assert page.headers["content-type"].startswith("text/html")
+            assert int(page.headers["retry-after"]) >= 1
+            assert "set-cookie" not in page.headers or "Max-Age=0" not in page.headers["set-cookie"]
+        linked = await client.post("/auth/oidc/link", json={"link_token": "t", "password": "x"})
+        assert (linked.status_code, linked.json()["error"]["code"]) == (429, "rate_limited")
 
     documented = _documented_429(sso_app)
     for answer in [*excess, token_mode]:
         assert answer.status_code == 429, answer.text
-        assert answer.headers["content-type"].split(";")[0] in documented
-        assert answer.json()["error"]["code"] == "rate_limited"
-        assert "client address" in answer.json()["error"]["message"]
+        kind = answer.headers["content-type"].split(";")[0]
+        assert kind in documented
+        if answer.request.headers.get("accept") == "text/html":
+            # A browser's refusal is the sign-in page with the message, as for any other.
+            assert kind == "text/html"
+            assert "too many auth requests for this client address" in answer.text
+            assert 'href="/auth/oidc/flood/start' in answer.text, "the page offers the providers"
+        else:  # the JSON error (token mode: the CLI)
+            assert answer.json()["error"]["code"] == "rate_limited"
+            assert "client address" in answer.json()["error"]["message"]
         assert int(answer.headers["retry-after"]) >= 1
         assert f'"auth";q={limit};w=60' in answer.headers["ratelimit-policy"]
         assert "taskloom_sso_flow" not in answer.headers.get("set-cookie", "")

@@ -21,7 +21,13 @@ from taskloom.auth.access import access
 from taskloom.auth.api_limits import limit_auth_ip
 from taskloom.auth.deps import client_context, get_runtime
 from taskloom.auth.schemas import TokenResponse
-from taskloom.errors import ERROR_RESPONSES, ErrorResponse, ValidationFailed, error_response
+from taskloom.errors import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    RateLimited,
+    ValidationFailed,
+    error_response,
+)
 from taskloom.runtime import Runtime
 from taskloom.sso import flow, providers
 from taskloom.sso.errors import SsoRefused
@@ -37,7 +43,23 @@ from taskloom.web.forms import FieldError
 from taskloom.web.rendering import render
 from taskloom.web.session import anonymous
 
-router = APIRouter(prefix="/auth/oidc", tags=["sso"], dependencies=[Depends(limit_auth_ip)])
+# Every route counts against the client address's /auth limit (RATE_LIMIT_AUTH_PER_IP). The
+# browser routes (start, callback, link) take the refusal as a value, so that a browser's is the
+# sign-in page like every other refusal of theirs; the others raise it (the JSON error).
+router = APIRouter(prefix="/auth/oidc", tags=["sso"])
+LIMITED = [Depends(limit_auth_ip)]
+
+
+async def _auth_ip_counted(request: Request) -> RateLimited | None:
+    """`limit_auth_ip`, its refusal returned rather than raised."""
+    try:
+        await limit_auth_ip(request)
+    except RateLimited as limited:
+        return limited
+    return None
+
+
+Limited = Annotated[RateLimited | None, Depends(_auth_ip_counted)]
 
 FLOW_COOKIE = "taskloom_sso_flow"
 FLOW_COOKIE_PATH = "/auth/oidc"
@@ -79,7 +101,7 @@ def _no_store(response: Response) -> Response:
 
 
 async def _sign_in_page(
-    request: Request, runtime: Runtime, refused: SsoRefused, next_path: str
+    request: Request, runtime: Runtime, refused: SsoRefused | RateLimited, next_path: str
 ) -> Response:
     """The sign-in page with the refusal's message (the browser's answer to every refusal)."""
     page = anonymous(request)
@@ -114,6 +136,7 @@ async def _sign_in_page(
             registration=runtime.settings.registration_mode.value,
             providers=await sign_in_links(runtime),
         )
+    response.headers.update(refused.headers or {})  # Retry-After of a rate-limit refusal
     cookies.apply_queued(request, response, secure=runtime.settings.is_production)
     return _no_store(response)
 
@@ -162,7 +185,7 @@ def _signed_in(request: Request, runtime: Runtime, outcome: flow.Outcome) -> Res
     return _no_store(response)
 
 
-@router.get("/providers", openapi_extra=PUBLIC)
+@router.get("/providers", openapi_extra=PUBLIC, dependencies=LIMITED)
 async def list_oidc_providers(runtime: RuntimeDep) -> list[ProviderLink]:
     """The enabled providers, with the URL that starts a sign-in with each."""
     return await sign_in_links(runtime)
@@ -176,6 +199,7 @@ async def oidc_start(
     request: Request,
     runtime: RuntimeDep,
     client: Client,
+    limited: Limited,
     next_path: Annotated[str | None, Query(alias="next", max_length=2000)] = None,
     mode: Literal["browser", "token"] = "browser",
     code_challenge: Annotated[
@@ -186,6 +210,10 @@ async def oidc_start(
     """Start a sign-in: 302 to the provider. `mode=token` (the CLI) needs `code_challenge`
     (S256 of the verifier it later gives to POST /auth/oidc/exchange) and may name a loopback
     `redirect_uri` for the one-time code."""
+    if limited is not None:
+        if mode == "token" or _wants_json(request):
+            raise limited
+        return await _sign_in_page(request, runtime, limited, next_path or "/ui/")
     if mode == "token" and code_challenge is None:
         raise ValidationFailed("query.code_challenge: required with mode=token")
     try:
@@ -220,9 +248,15 @@ async def oidc_start(
     "/{slug}/callback", openapi_extra=PUBLIC, response_class=Response, responses=BROWSER_ANSWERS
 )
 async def oidc_callback(
-    slug: Slug, request: Request, runtime: RuntimeDep, client: Client
+    slug: Slug, request: Request, runtime: RuntimeDep, client: Client, limited: Limited
 ) -> Response:
-    """The redirect URI registered at the provider: checks its answer and signs the person in."""
+    """The redirect URI registered at the provider: checks its answer and signs the person in.
+    Refused for the rate limit, the flow is left as it was: the same answer can be sent again
+    once the limit allows (within the flow's 10 minutes)."""
+    if limited is not None:
+        if _wants_json(request):
+            raise limited
+        return await _sign_in_page(request, runtime, limited, "/ui/")
     params = {k: v for k, v in request.query_params.items() if len(v) <= 4096}
     token_mode, next_path = _wants_json(request), "/ui/"
     try:
@@ -245,10 +279,16 @@ async def oidc_callback(
 
 
 @router.post("/link", openapi_extra=PUBLIC, response_class=Response, responses=BROWSER_ANSWERS)
-async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Response:
+async def oidc_link(
+    request: Request, runtime: RuntimeDep, client: Client, limited: Limited
+) -> Response:
     """Link the pending sign-in's identity to the account whose password this is (JSON
     `{link_token, password}`, or the link page's form), then finish the sign-in."""
     form = "application/json" not in request.headers.get("content-type", "")
+    if limited is not None:
+        if not form or _wants_json(request):
+            raise limited
+        return await _sign_in_page(request, runtime, limited, "/ui/")
     try:
         if form:
             # The link page's form: its token is the cookie the page set in this browser, never
@@ -282,7 +322,7 @@ async def oidc_link(request: Request, runtime: RuntimeDep, client: Client) -> Re
     return response
 
 
-@router.post("/exchange", openapi_extra=PUBLIC)
+@router.post("/exchange", openapi_extra=PUBLIC, dependencies=LIMITED)
 async def oidc_exchange(
     body: ExchangeRequest, runtime: RuntimeDep, client: Client
 ) -> TokenResponse:
