@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from taskloom.ai.executor import instance_breaker
 from taskloom.auth.principal import Principal
 from taskloom.breakers import Breaker, BreakerState
 from taskloom.errors import Forbidden
 from taskloom.orgs.models import Role
 from taskloom.tools import service as tools
+from taskloom.tools.registry import AI_PROVIDERS
 
 
 def state_counts(breakers: list[Breaker]) -> dict[str, int]:
@@ -36,14 +38,8 @@ async def visible_breakers(
         )
     ids = {str(row.id) for row in await tools.list_connections(db=db, principal=principal)}
     own = {f"{kind}:{connection_id}" for connection_id in ids for kind in ("tool", "ai")}
-    return [b for b in breakers if b.name in own or _instance_key_of(b.name, principal.org_id)]
-
-
-def _instance_key_of(name: str, org_id: object) -> bool:
-    """Whether `name` is the breaker of `org_id`'s calls with an instance AI key
-    (ai/executor.instance_breaker)."""
-    parts = name.split(":")
-    return len(parts) == 4 and parts[:2] == ["ai", "instance"] and parts[3] == str(org_id)
+    own |= {instance_breaker(provider, principal.org_id) for provider in AI_PROVIDERS}
+    return [breaker for breaker in breakers if breaker.name in own]
 
 
 def describe(breaker: Breaker) -> dict[str, object]:

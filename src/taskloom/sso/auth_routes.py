@@ -141,6 +141,16 @@ async def _sign_in_page(
     return _no_store(response)
 
 
+async def _rate_limited(
+    request: Request, runtime: Runtime, limited: RateLimited, *, as_json: bool, next_path: str
+) -> Response:
+    """A browser route's answer past the /auth limit: the JSON error (raised) when `as_json`,
+    else the sign-in page with its message and Retry-After."""
+    if as_json:
+        raise limited
+    return await _sign_in_page(request, runtime, limited, next_path)
+
+
 def _json_refusal(refused: SsoRefused) -> Response:
     details = None
     if isinstance(refused, flow.LinkRequired):
@@ -211,9 +221,10 @@ async def oidc_start(
     (S256 of the verifier it later gives to POST /auth/oidc/exchange) and may name a loopback
     `redirect_uri` for the one-time code."""
     if limited is not None:
-        if mode == "token" or _wants_json(request):
-            raise limited
-        return await _sign_in_page(request, runtime, limited, next_path or "/ui/")
+        as_json = mode == "token" or _wants_json(request)
+        return await _rate_limited(
+            request, runtime, limited, as_json=as_json, next_path=next_path or "/ui/"
+        )
     if mode == "token" and code_challenge is None:
         raise ValidationFailed("query.code_challenge: required with mode=token")
     try:
@@ -254,9 +265,8 @@ async def oidc_callback(
     Refused for the rate limit, the flow is left as it was: the same answer can be sent again
     once the limit allows (within the flow's 10 minutes)."""
     if limited is not None:
-        if _wants_json(request):
-            raise limited
-        return await _sign_in_page(request, runtime, limited, "/ui/")
+        as_json = _wants_json(request)
+        return await _rate_limited(request, runtime, limited, as_json=as_json, next_path="/ui/")
     params = {k: v for k, v in request.query_params.items() if len(v) <= 4096}
     token_mode, next_path = _wants_json(request), "/ui/"
     try:
@@ -286,9 +296,8 @@ async def oidc_link(
     `{link_token, password}`, or the link page's form), then finish the sign-in."""
     form = "application/json" not in request.headers.get("content-type", "")
     if limited is not None:
-        if not form or _wants_json(request):
-            raise limited
-        return await _sign_in_page(request, runtime, limited, "/ui/")
+        as_json = not form or _wants_json(request)
+        return await _rate_limited(request, runtime, limited, as_json=as_json, next_path="/ui/")
     try:
         if form:
             # The link page's form: its token is the cookie the page set in this browser, never
