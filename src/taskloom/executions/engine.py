@@ -162,6 +162,33 @@ class Engine:
             if self.secrets is not None:
                 self.secrets.release()
 
+    async def run_inline(self, definition_text: str) -> bool:
+        """An unclaimed inline execution (executions/inline.py): its one step run, and its
+        output and the execution's end committed in one call, if the row is still the one the
+        run was made from. False: it was not, or the step failed; nothing was written, and the
+        caller claims it and runs it the usual way (the step again: it does nothing twice)."""
+        step_id = self.graph.order[0]
+        step = self.graph.steps[step_id]
+        timeout = parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
+        rendered: list[Any] = [None]
+        try:
+            output = await self._attempt(step_id, None, step, self._scope(), 1, timeout, rendered)
+        except StepError:
+            return False
+        last, execution_output = self._finishing(step_id, output)
+        if not last:
+            return False
+        return await state.finished_inline(
+            self.runtime.database,
+            self.run,
+            definition_text=definition_text,
+            step_id=step_id,
+            type_=str(step["type"]),
+            args=rendered[0],
+            output=output,
+            execution_output=execution_output,
+        )
+
     async def _drive(self) -> Finished:
         database = self.runtime.database
         limit = int(self.run.definition.get("max_parallel_steps") or DEFAULT_MAX_PARALLEL_STEPS)

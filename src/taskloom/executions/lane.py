@@ -32,7 +32,7 @@ from taskloom.audit.service import AuditContext
 from taskloom.auth.authenticate import authenticate
 from taskloom.auth.deps import check_role
 from taskloom.errors import DomainError, error_response
-from taskloom.executions import routes, service
+from taskloom.executions import inline, routes, service
 from taskloom.executions.queue import ExecutionQueue, count_start, queue_limit_of
 from taskloom.observability.request_id import current_request_id
 from taskloom.orgs.models import Role
@@ -208,6 +208,20 @@ async def _execute(
     return 202, headers, content
 
 
+def _job_data(started: service.Started, waiting: _Waiting) -> dict[str, Any]:
+    """The job's data; with the input when the execution is inline and its request was small
+    (executions/inline.py: the worker may then run it without a claim)."""
+    if not started.inline or waiting.size > inline.INLINE_INPUT_BYTES:
+        return waiting.data
+    execution = started.execution
+    return inline.job_data(
+        waiting.data,
+        input=waiting.start.input,
+        workflow_id=execution.workflow_id,
+        version=execution.workflow_version,
+    )
+
+
 @dataclass
 class _Waiting:
     org_id: uuid.UUID
@@ -284,7 +298,7 @@ class Starts:
             runtime.database, [(waiting.org_id, waiting.start) for waiting in group]
         )
         made = [
-            (answer.execution.org_id, answer.execution.id, waiting.data)
+            (answer.execution.org_id, answer.execution.id, _job_data(answer, waiting))
             for answer, waiting in zip(answers, group, strict=True)
             if isinstance(answer, service.Started)
         ]

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from taskloom.auth.deps import RequestContext
 from taskloom.config import Settings
+from taskloom.executions.inline import JOB_INPUT_KEY
 from taskloom.executions.models import WorkflowExecution
 from taskloom.executions.service import Cancellation, Started, StartKind
 from taskloom.observability import tracing
@@ -37,7 +38,12 @@ def _retries(settings: Settings) -> dict[str, Any]:
 
 
 QUEUE = QueueSpec(
-    name=QUEUE_NAME, job_name="execute", purpose="producer", retries=_retries, health=True
+    name=QUEUE_NAME,
+    job_name="execute",
+    purpose="producer",
+    retries=_retries,
+    health=True,
+    dropped_when_done_with=JOB_INPUT_KEY,
 )
 
 

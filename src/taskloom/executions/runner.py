@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from taskloom.config import Settings
-from taskloom.executions import state
+from taskloom.executions import inline, state
 from taskloom.executions.engine import Engine
 from taskloom.executions.queue import QUEUE, QUEUE_NAME, ExecutionQueue
 from taskloom.executions.state import Claim, Run
@@ -75,6 +75,8 @@ class ExecutionRunner:
     engines: dict[uuid.UUID, Engine] = field(default_factory=dict)  # running executions
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing runs
     templates: TemplateRenderer = field(init=False)
+    # The inline definitions this worker knows (executions/inline.py, ADR 0018).
+    inline_definitions: inline.Definitions = field(default_factory=inline.Definitions)
     to_release: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)  # (org, exec)
     releasing: set[asyncio.Task[None]] = field(default_factory=set)  # the task freeing them
 
@@ -144,6 +146,10 @@ class ExecutionRunner:
     async def _process(
         self, job: Job, token: str, execution_id: uuid.UUID, org_id: uuid.UUID
     ) -> Any:
+        data = job.data
+        if not self.handing_back and await self._run_inline(job):
+            return {"succeeded": True}
+        await inline.forget_input(job)  # not run inline: a carried input leaves Redis now
         claim, run = await state.claim(
             self.runtime.database,
             execution_id=execution_id,
@@ -158,6 +164,7 @@ class ExecutionRunner:
         if run is None:
             log.info("execution_not_run", reason=claim.value)
             return {"skipped": claim.value}
+        self.inline_definitions.learn(data, run)
         if self.handing_back:  # fetched just before the shutdown began
             await self._hand_back(run, job, token)
             raise DelayedError()
@@ -176,6 +183,23 @@ class ExecutionRunner:
             self.active.pop(job.id, None)
             if not self.active:
                 self.idle.set()
+
+    async def _run_inline(self, job: Job) -> bool:
+        """Run an inline execution (executions/inline.py) from its job's data and finish it in
+        one call, if this worker knows its definition and the row is still as the job says."""
+        found = self.inline_definitions.unclaimed_run(job.data)
+        if found is None:
+            return False
+        run, definition_text = found
+
+        async def progressed() -> None:  # the one step's end is the execution's
+            return None
+
+        engine = Engine(self.runtime, self.templates, run, on_progress=progressed)
+        if not await engine.run_inline(definition_text):
+            return False
+        log.debug("execution_run_inline")
+        return True
 
     async def _run(self, run: Run, job: Job) -> Any:
         """Run the execution's graph (executions/engine.py); a failure for good is BullMQ's

@@ -133,6 +133,8 @@ class Started:
 
     execution: WorkflowExecution
     created: bool = True
+    # Its definition is inline (executions/inline.py): its job may carry its input.
+    inline: bool = False
 
 
 IDEMPOTENCY_KEY_MAX = 255
@@ -354,7 +356,7 @@ async def _conclude(
         raise NotFound("workflow not found")
     if not found["enabled"]:
         raise Conflict("the workflow is disabled; enable it to start it", code="workflow_disabled")
-    created_at = found["created_at"]
+    created_at, inline = found["created_at"], bool(found.get("inline"))
     if created_at is None:  # refused by the call: say why, or insert after the check
         if found["input_schema"] is not None:
             check_input({"input_schema": found["input_schema"]}, start.input)
@@ -362,6 +364,7 @@ async def _conclude(
             check_queue_room(found["queued"], start.max_queued)
         again = await statements.fetchval(_START, *start.arguments(tenant, found["version"]))
         created_at = again["created_at"] if again is not None else None
+        inline = again is not None and bool(again.get("inline"))
         if created_at is None:  # its definition changed since the check: check it again
             raise Conflict("the workflow changed while starting; retry", code="workflow_changed")
     execution = queued_execution(
@@ -375,7 +378,7 @@ async def _conclude(
     execution.created_at = datetime.fromtimestamp(created_at, UTC)
     # Not audited: the execution row is its own record (who or what, when, request id), and an
     # audit row per run would serialize every execution of an organization on its chain's lock.
-    return Started(execution)
+    return Started(execution, inline=inline)
 
 
 def queued_execution(

@@ -125,6 +125,7 @@ _CLAIM = "select taskloom_claim($1, $2, $3, $4)"
 _STEP_STARTED = "select taskloom_step_started($1, $2, $3, $4, $5, $6)"
 _STEP_DONE = "select taskloom_step_done($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 _CANCEL_REQUESTED = "select taskloom_cancel_requested($1, $2, $3)"
+_RUN_INLINE = "select taskloom_run_inline($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
 
 async def claim(
@@ -301,6 +302,43 @@ async def step_succeeded(
         events.append(("execution", {"status": str(ExecutionStatus.SUCCEEDED)}))
     await publish(run, *events)
     return cancel
+
+
+async def finished_inline(
+    database: Database,
+    run: Run,
+    *,
+    definition_text: str,
+    step_id: str,
+    type_: str,
+    args: Any,
+    output: Any,
+    execution_output: Any,
+) -> bool:
+    """An unclaimed execution's one step and its end, in one call of `taskloom_run_inline`
+    (migration 0028, executions/inline.py): True if committed, False if the row was not as the
+    run was made from (claimed, cancelled, another definition or input), nothing written."""
+    async with app_connection(database) as statements:
+        done: bool = await statements.fetchval(
+            _RUN_INLINE,
+            run.org_id,
+            run.execution_id,
+            definition_text,
+            json.dumps(run.input),
+            step_id,
+            type_,
+            json.dumps(run.scrubbed(redact(args))),
+            json.dumps(run.scrubbed(output)),
+            json.dumps(run.scrubbed(execution_output)),
+            current_request_id(),
+        )
+    if done:
+        await publish(
+            run,
+            ("step", step_event(step_id, StepStatus.SUCCEEDED)),
+            ("execution", {"status": str(ExecutionStatus.SUCCEEDED)}),
+        )
+    return done
 
 
 async def record_failure(

@@ -34,6 +34,9 @@ class QueueSpec:
     retries: Callable[[Settings], dict[str, Any]]
     # Its job counts are the ones /health/queue and the admin health page report.
     health: bool = False
+    # A job whose data holds this key is removed as soon as it completes, not kept for
+    # KEEP_COMPLETED: what the key holds leaves Redis with it (executions/inline.py).
+    dropped_when_done_with: str | None = None
 
 
 class JobQueue:
@@ -51,11 +54,15 @@ class JobQueue:
             **NO_STACKTRACE,
         }
 
-    def options(self, job_id: str) -> dict[str, Any]:
-        return {"jobId": job_id, **self._defaults}
+    def options(self, job_id: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        options = {"jobId": job_id, **self._defaults}
+        key = self.spec.dropped_when_done_with
+        if key is not None and data is not None and key in data:
+            options["removeOnComplete"] = True
+        return options
 
     async def add(self, data: dict[str, Any], *, job_id: str) -> None:
-        await self.queue.add(self.spec.job_name, data, self.options(job_id))
+        await self.queue.add(self.spec.job_name, data, self.options(job_id, data))
 
     async def add_bulk(self, jobs: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Add (job id, data) pairs in one round trip (bullmq's Python `add` costs about four
@@ -66,7 +73,7 @@ class JobQueue:
         elif jobs:
             await self.queue.addBulk(
                 [
-                    {"name": self.spec.job_name, "data": data, "opts": self.options(job_id)}
+                    {"name": self.spec.job_name, "data": data, "opts": self.options(job_id, data)}
                     for job_id, data in jobs
                 ]
             )
