@@ -211,6 +211,29 @@ def chain_workflow(recorder: CallRecorder, steps: int, delay: float) -> ChaosWor
     return ChaosWorkflow("chain", definition, [f"s{n}" for n in range(1, steps + 1)], 1)
 
 
+def inline_workflow() -> ChaosWorkflow:
+    """A one-step `transform` (ADR 0018): run inline, without a claim, once a worker has claimed
+    one of its version; no call. Each must end succeeded with twice its input's `n`."""
+    definition = {"steps": [{"id": "t", "type": "transform", "args": {"value": INLINE_VALUE}}]}
+    return ChaosWorkflow("inline", definition, [], 1)
+
+
+INLINE_VALUE = "{{ input.n * 2 }}"
+INLINE_CHECK = text(
+    "select count(*) filter (where status <> 'succeeded' or output is distinct from"
+    " to_jsonb((input ->> 'n')::int * 2)) as wrong,"
+    " count(*) filter (where started_at = finished_at) as inline"
+    " from workflow_executions where workflow_id = :wf"
+)
+
+
+async def inline_outcome(runtime: Runtime, workflow_id: str) -> tuple[int, int]:
+    """(executions not succeeded with the right output, executions finished inline)."""
+    async with runtime.database.system_engine.connect() as conn:
+        row = (await conn.execute(INLINE_CHECK, {"wf": workflow_id})).one()
+    return int(row.wrong), int(row.inline)
+
+
 DAG_FANOUT = 3
 DAG_ITEMS, DAG_MAX_PARALLEL = 5, 3
 
@@ -914,7 +937,13 @@ async def chaos(
             wait = None if args.dag_wait in ("", "none") else args.dag_wait
             if args.dag_executions:
                 flows.append(dag_workflow(recorder, args.step_delay, wait))
-            counts_by_flow = {"chain": args.executions, "dag": args.dag_executions}
+            if args.inline_executions:
+                flows.append(inline_workflow())
+            counts_by_flow = {
+                "chain": args.executions,
+                "dag": args.dag_executions,
+                "inline": args.inline_executions,
+            }
             workflow_ids: dict[str, str] = {}
             for flow in flows:
                 body = {"name": f"chaos-{flow.name}", "definition": flow.definition}
@@ -994,6 +1023,11 @@ async def chaos(
             restarted_steps = await steps_started_again(runtime, all_ids)
             calls = recorder.snapshot()
             run_again = called_after_finish(calls, await finished_rows(runtime, all_ids))
+            inline_wrong, inline_run = (
+                await inline_outcome(runtime, workflow_ids["inline"])
+                if "inline" in workflow_ids
+                else (0, 0)
+            )
     finally:
         kill_all(spawned)  # after an error: no worker may outlive the run
         await runtime.close()
@@ -1079,6 +1113,8 @@ async def chaos(
         "worker_log_events": facts.events,
         "finished_steps_run_again": len(facts.succeeded_twice),
         "finished_called_again": len(run_again),
+        "inline_wrong": inline_wrong,
+        "inline_run_inline": inline_run,
         "failed_by_stalls": dict(sorted(failed_stalls.items())),
         "began_utc": datetime.fromtimestamp(began_wall, UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
@@ -1089,6 +1125,7 @@ async def chaos(
             "concurrency": args.concurrency,
             "steps": args.steps,
             "dag_executions": args.dag_executions,
+            "inline_executions": args.inline_executions,
             "dag_wait": wait,
             "step_delay_s": args.step_delay,
             "kill_every_s": args.kill_every,
@@ -1155,6 +1192,11 @@ def report(result: dict[str, Any]) -> None:
     )
     print(f"{'steps started again (DB attempts)':<34}{result['steps_started_again']:>8}")
     print(
+        f"{'inline: wrong or not succeeded':<34}{result['inline_wrong']:>8}"
+        f"   ({result['inline_run_inline']} of {result['settings']['inline_executions']}"
+        " finished inline, without a claim)"
+    )
+    print(
         f"{'kills':<34}{sum(result['kills'].values()):>8}   {result['kills']}, "
         f"every {result['kill_interval_mean_s']} s on average, "
         f"workers started {result['workers_started']} (spawn to ready: median "
@@ -1207,6 +1249,12 @@ def main() -> int:
         help="executions of the DAG workflow (fan-out, for-each, wait, join), besides the chain's",
     )
     parser.add_argument(
+        "--inline-executions",
+        type=int,
+        default=300,
+        help="executions of a one-step transform (run inline, ADR 0018), besides the others'",
+    )
+    parser.add_argument(
         "--dag-wait", default="1s", help="the DAG's wait step's duration ('none': no wait step)"
     )
     parser.add_argument("--step-delay", type=float, default=0.03, help="server delay per call, s")
@@ -1251,6 +1299,7 @@ def main() -> int:
         and result["steps_missing_a_call"] == 0
         and result["finished_steps_run_again"] == 0
         and result["finished_called_again"] == 0
+        and result["inline_wrong"] == 0
         and result["submitted"] == result["executions"]
     )
     return 0 if ok else 1

@@ -27,6 +27,8 @@ from bench.chaos import (
     chain_workflow,
     dag_workflow,
     finished_rows,
+    inline_outcome,
+    inline_workflow,
     judge,
     missing_calls,
     read_logs,
@@ -54,6 +56,7 @@ from tests.workers import (
 
 EXECUTIONS = 150
 DAG_EXECUTIONS = 12  # ten calls each, spread among the chain's (about 3 s more)
+INLINE_EXECUTIONS = 40  # one-step transforms, run inline (ADR 0018) by a worker that knows them
 DAG_WAIT = "1s"  # durable: the execution parks, its job completes, the waker brings it back
 EXTRA = 50  # more, in the rare case all finished before both kinds of kill and the restart
 STEPS = 2
@@ -167,20 +170,22 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
 ) -> None:
     runtime, api = chaos_api
     owner = await register(api, label="chaos", organization_name="Chaos Org")
-    chain, dag = (
+    chain, dag, inline = (
         chain_workflow(recorder, STEPS, STEP_DELAY),
         dag_workflow(recorder, STEP_DELAY, DAG_WAIT),
+        inline_workflow(),
     )
     flows: dict[str, ChaosWorkflow] = {}
-    for flow in (chain, dag):
+    for flow in (chain, dag, inline):
         definition = dict(flow.definition)
         steps = definition.pop("steps")
         flows[await create_workflow(api, owner, steps, name=flow.name, **definition)] = flow
-    chain_id, dag_id = list(flows)
-    # The DAG's executions spread evenly among the chain's.
+    chain_id, dag_id, inline_id = list(flows)
+    # The DAG's and the inline executions spread evenly among the chain's.
     order = sorted(
         [(n / EXECUTIONS, chain_id) for n in range(EXECUTIONS)]
         + [(n / DAG_EXECUTIONS, dag_id) for n in range(DAG_EXECUTIONS)]
+        + [(n / INLINE_EXECUTIONS, inline_id) for n in range(INLINE_EXECUTIONS)]
     )
     first_batch = [workflow_id for _, workflow_id in order]
 
@@ -235,11 +240,13 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
     duplicates = judge(calls, monkey.interruptions, ended)
     facts = read_logs([w.output() for w in monkey.all_workers])
     finished = await finished_rows(runtime, list(flows))
+    inline_wrong, run_inline = await inline_outcome(runtime, inline_id)
     print(
         f"chaos: {submitted()} executions ({len(ids[dag_id])} DAG) in {ended - began:.1f} s, "
         f"{counts}; kills "
         f"{dict(monkey.kills)}, Redis restart {monkey.redis_restart}; {duplicates.calls} calls, "
-        f"{duplicates.duplicated} duplicated ({duplicates.explained}); log events {facts.events}"
+        f"{duplicates.duplicated} duplicated ({duplicates.explained}); log events {facts.events}; "
+        f"{run_inline} of {len(ids[inline_id])} one-step transforms run inline"
     )
     # The chaos happened: both kinds of kill, and the restart, while executions ran.
     assert _chaos_done(monkey), (monkey.kills, monkey.redis_restart)
@@ -263,6 +270,8 @@ async def test_no_execution_is_lost_or_failed_while_workers_die_and_redis_restar
     assert facts.succeeded_twice == []  # no finished step ran again ...
     assert called_after_finish(calls, finished) == []  # ... nor a step or item after its row
     assert duplicates.unexplained == []
+    # Inline or claimed, every one-step transform succeeded with its own input's result.
+    assert inline_wrong == 0
 
 
 async def test_a_hand_back_between_steps_does_not_run_the_finished_step_again(
