@@ -21,6 +21,7 @@ from taskloom.executions import state
 from taskloom.executions.engine import Engine
 from taskloom.executions.inline import (
     INLINE_INPUT_BYTES,
+    INLINE_QUEUED_MOST,
     Definitions,
     as_stored,
     inline_definition,
@@ -177,7 +178,11 @@ async def test_the_job_carries_a_small_input_of_an_inline_execution_only(
     assert carried["input"] == {"n": 2}
     assert carried["workflow_id"] == inline_id
     assert carried["workflow_version"] == 1
-    for plain in (large, chain):
+    # An organization lately seen with a flood waiting: its inputs stay out of Redis.
+    assert owner.org_id is not None
+    queue_runtime.fair._note_queued(owner.org_id, INLINE_QUEUED_MOST)
+    flooded = uuid.UUID(await execute(api, owner, inline_id, {"n": 2}))
+    for plain in (large, chain, flooded):
         assert set(await _job_data(queue_runtime, plain)) <= {
             "execution_id",
             "org_id",

@@ -2,7 +2,8 @@
 call (`taskloom_run_inline`, migration 0028) instead of a claim and a step's success.
 
 The API starts an execution whose definition is inline (`taskloom_start` answers `inline`) with
-its input in the job's data, when the request's body is at most INLINE_INPUT_BYTES. A worker
+its input in the job's data, when the request's body is at most INLINE_INPUT_BYTES and its
+organization was not lately seen with INLINE_QUEUED_MOST executions waiting. A worker
 that has seen the same workflow version of the organization before (a claim read its
 definition: `Definitions`) runs the step from the job's data alone and commits its output and
 the execution's end in one statement, which writes nothing unless the row is still queued,
@@ -31,6 +32,9 @@ from taskloom.executions.state import Run
 log = structlog.get_logger("taskloom.queue")
 
 INLINE_INPUT_BYTES = 4_096  # the largest execute body whose input the job carries
+# An organization seen with this many executions waiting or admitted gets no input carried: a
+# flood's inputs stay in PostgreSQL, not in Redis's ready lists (about 4 MiB each at most).
+INLINE_QUEUED_MOST = 1_000
 JOB_INPUT_KEY = "input"  # the job data's key that holds it
 DEFINITIONS_KEPT = 1_024  # (organization, workflow, version) definitions a worker remembers
 _DEFINITION_BYTES = 65_536  # a larger definition is not remembered

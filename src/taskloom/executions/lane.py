@@ -208,10 +208,16 @@ async def _execute(
     return 202, headers, content
 
 
-def _job_data(started: service.Started, waiting: _Waiting) -> dict[str, Any]:
-    """The job's data; with the input when the execution is inline and its request was small
-    (executions/inline.py: the worker may then run it without a claim)."""
-    if not started.inline or waiting.size > inline.INLINE_INPUT_BYTES:
+def _job_data(runtime: Runtime, started: service.Started, waiting: _Waiting) -> dict[str, Any]:
+    """The job's data; with the input when the execution is inline, its request was small and
+    its organization has no flood waiting (executions/inline.py: the worker may then run it
+    without a claim)."""
+    queued = runtime.fair.seen_queued(waiting.org_id)
+    if (
+        not started.inline
+        or waiting.size > inline.INLINE_INPUT_BYTES
+        or (queued is not None and queued >= inline.INLINE_QUEUED_MOST)
+    ):
         return waiting.data
     execution = started.execution
     return inline.job_data(
@@ -298,7 +304,7 @@ class Starts:
             runtime.database, [(waiting.org_id, waiting.start) for waiting in group]
         )
         made = [
-            (answer.execution.org_id, answer.execution.id, _job_data(answer, waiting))
+            (answer.execution.org_id, answer.execution.id, _job_data(runtime, answer, waiting))
             for answer, waiting in zip(answers, group, strict=True)
             if isinstance(answer, service.Started)
         ]

@@ -219,10 +219,16 @@ class FairScheduler:
         "Far": by a tenth of the limit (at least 100), which other processes would have to
         add within HINT_SECONDS to push it over. False when unknown, stale or close: the
         caller then counts exactly."""
+        seen = self.seen_queued(org_id)
+        return seen is not None and seen + max(100, limit // 10) < limit
+
+    def seen_queued(self, org_id: uuid.UUID) -> int | None:
+        """The organization's executions waiting or admitted as this process's last submission
+        for it found, if within HINT_SECONDS (free: no round trip); None: not known."""
         seen = self._queued.get(org_id)
         if seen is None or time.monotonic() - seen[1] > HINT_SECONDS:
-            return False
-        return seen[0] + max(100, limit // 10) < limit
+            return None
+        return seen[0]
 
     def _note_queued(self, org_id: uuid.UUID, count: int) -> None:
         now = time.monotonic()
