@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -380,6 +381,42 @@ async def wait_for_status(
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"execution stayed {body.get('status')!r}: {body}")
+
+
+async def execution_rows(
+    runtime: Runtime, execution_id: uuid.UUID
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The execution's row (status, attempts, output, started_at, finished_at) and its steps'
+    (org_id, step_id, status, attempts, input, output, started_at, finished_at), read as the
+    system role."""
+    async with system_transaction(runtime.database) as db:
+        execution = (
+            (
+                await db.execute(
+                    text(
+                        "select status, attempts, output, started_at, finished_at "
+                        "from workflow_executions where id = :id"
+                    ),
+                    {"id": execution_id},
+                )
+            )
+            .mappings()
+            .one()
+        )
+        steps = (
+            (
+                await db.execute(
+                    text(
+                        "select org_id, step_id, status, attempts, input, output, started_at, "
+                        "finished_at from execution_steps where execution_id = :id"
+                    ),
+                    {"id": execution_id},
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return dict(execution), [dict(s) for s in steps]
 
 
 # --- a database the test can cut off ---------------------------------------------------------

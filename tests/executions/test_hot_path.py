@@ -25,40 +25,9 @@ from taskloom.executions.state import Claim
 from taskloom.executions.template_process import TemplateRenderer
 from taskloom.runtime import Runtime
 from tests.factories import Account, register
-from tests.workers import create_workflow, execute
+from tests.workers import create_workflow, execute, execution_rows
 
 STEP = {"id": "t", "type": "transform", "args": {"value": "{{ input.n * 2 }}"}}
-
-
-async def _rows(runtime: Runtime, execution_id: uuid.UUID) -> tuple[dict, list[dict]]:
-    async with system_transaction(runtime.database) as db:
-        execution = (
-            (
-                await db.execute(
-                    text(
-                        "select status, attempts, output, started_at, finished_at "
-                        "from workflow_executions where id = :id"
-                    ),
-                    {"id": execution_id},
-                )
-            )
-            .mappings()
-            .one()
-        )
-        steps = (
-            (
-                await db.execute(
-                    text(
-                        "select org_id, step_id, status, attempts, input, output, started_at, "
-                        "finished_at from execution_steps where execution_id = :id"
-                    ),
-                    {"id": execution_id},
-                )
-            )
-            .mappings()
-            .all()
-        )
-    return dict(execution), [dict(s) for s in steps]
 
 
 async def _queued(api: httpx.AsyncClient, owner: Account, n: int = 21) -> uuid.UUID:
@@ -82,7 +51,7 @@ async def test_a_claim_marks_the_execution_running_and_reads_what_it_needs(
     assert run.parent_execution_id is None
     assert run.states == {}
     assert run.step_runs == 0
-    execution, steps = await _rows(queue_runtime, execution_id)
+    execution, steps = await execution_rows(queue_runtime, execution_id)
     assert execution["status"] == "running"
     assert execution["attempts"] == 1
     assert run.started_at == execution["started_at"]
@@ -110,7 +79,7 @@ async def test_a_one_step_transform_is_recorded_and_finished_in_one_call(
         last=True,
         execution_output={"t": 42},
     )
-    execution, steps = await _rows(queue_runtime, execution_id)
+    execution, steps = await execution_rows(queue_runtime, execution_id)
     assert execution["status"] == "succeeded"
     assert execution["output"] == {"t": 42}
     [step] = steps
@@ -137,7 +106,7 @@ async def test_a_step_started_then_succeeded_counts_one_attempt_and_a_rerun_anot
     assert await state.start_step(database, run, **started) == 1
     assert await state.start_step(database, run, **started) == 2  # a crash, then a re-run
     await state.step_succeeded(database, run, **started, args={}, output=1, started=True)
-    execution, [step] = await _rows(queue_runtime, execution_id)
+    execution, [step] = await execution_rows(queue_runtime, execution_id)
     assert step["attempts"] == 2
     assert step["status"] == "succeeded"
     assert execution["status"] == "running"  # not `last`: the execution goes on
@@ -189,7 +158,7 @@ async def test_another_organization_can_neither_claim_nor_write_steps_of_an_exec
             await statements.fetchval(state._CANCEL_REQUESTED, intruder.org_id, execution_id, None)
             is False
         )
-    execution, steps = await _rows(queue_runtime, execution_id)
+    execution, steps = await execution_rows(queue_runtime, execution_id)
     assert execution["status"] == "queued"
     assert execution["attempts"] == 0
     assert steps == []
@@ -207,7 +176,7 @@ async def test_a_claim_defers_at_the_organizations_cap_and_finds_a_cancel(
         database, execution_id=second, org_id=owner.org_id, max_running=1
     )
     assert claimed is Claim.DEFER
-    assert (await _rows(queue_runtime, second))[0]["status"] == "queued"
+    assert (await execution_rows(queue_runtime, second))[0]["status"] == "queued"
     response = await api.post(f"/api/executions/{second}/cancel", headers=owner.headers)
     assert response.status_code == 200, response.text
     claimed, _ = await state.claim(
@@ -301,7 +270,7 @@ async def test_a_chain_of_transforms_costs_one_call_per_step_and_no_other_transa
     assert calls.hot == ["taskloom_step_done"] * 3
     assert calls.transactions == 0
     assert calls.cancel_checks == 0
-    execution, steps = await _rows(queue_runtime, execution_id)
+    execution, steps = await execution_rows(queue_runtime, execution_id)
     assert execution["status"] == "succeeded"
     assert {s["step_id"]: (s["status"], s["output"]) for s in steps} == {
         "a": ("succeeded", 2),
@@ -333,7 +302,7 @@ async def test_a_cancel_requested_while_a_step_runs_stops_the_chain_before_the_n
     assert calls.hot[0] == "taskloom_step_done"
     assert calls.hot.count("taskloom_step_done") == 1
     assert calls.cancel_checks == 0
-    execution, steps = await _rows(queue_runtime, execution_id)
+    execution, steps = await execution_rows(queue_runtime, execution_id)
     assert execution["status"] == "cancelled"
     assert [(s["step_id"], s["status"]) for s in steps] == [("a", "succeeded")]
 
@@ -391,5 +360,5 @@ async def test_a_claim_after_a_retry_reads_the_steps_that_finished_before(
     assert again is not None
     assert again.states["t"].status == "succeeded"
     assert again.states["t"].output == 7
-    execution, _ = await _rows(queue_runtime, execution_id)
+    execution, _ = await execution_rows(queue_runtime, execution_id)
     assert execution["attempts"] == 2

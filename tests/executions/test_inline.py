@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import text
 
 from taskloom.db import driver
-from taskloom.db.tenancy import system_transaction
 from taskloom.executions import state
 from taskloom.executions.engine import Engine
 from taskloom.executions.inline import (
@@ -33,7 +32,13 @@ from taskloom.executions.template_process import TemplateRenderer
 from taskloom.runtime import Runtime
 from tests.factories import Account, register
 from tests.gdpr.traces import scan_redis
-from tests.workers import StartWorker, create_workflow, execute, wait_for_status
+from tests.workers import (
+    StartWorker,
+    create_workflow,
+    execute,
+    execution_rows,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.usefixtures("withdrawn_after")
 
@@ -41,30 +46,10 @@ STEP = {"id": "t", "type": "transform", "args": {"value": "{{ input.n * 2 }}"}}
 
 
 async def _rows(runtime: Runtime, execution_id: uuid.UUID) -> tuple[dict[str, Any], list[Any]]:
-    async with system_transaction(runtime.database) as db:
-        execution = (
-            (
-                await db.execute(
-                    text(
-                        "select status, attempts, output, started_at, finished_at "
-                        "from workflow_executions where id = :id"
-                    ),
-                    {"id": execution_id},
-                )
-            )
-            .mappings()
-            .one()
-        )
-        steps = (
-            await db.execute(
-                text(
-                    "select step_id, status, attempts, input, output from execution_steps "
-                    "where execution_id = :id"
-                ),
-                {"id": execution_id},
-            )
-        ).all()
-    return dict(execution), [tuple(s) for s in steps]
+    """The execution's row, and its steps' as (step id, status, attempts, input, output)."""
+    execution, steps = await execution_rows(runtime, execution_id)
+    keys = ("step_id", "status", "attempts", "input", "output")
+    return execution, [tuple(step[k] for k in keys) for step in steps]
 
 
 async def _job_data(runtime: Runtime, execution_id: uuid.UUID) -> dict[str, Any]:
@@ -99,6 +84,24 @@ async def _free(runtime: Runtime, owner: Account, execution_id: uuid.UUID) -> No
     assert owner.org_id is not None
     await ExecutionQueue(runtime).remove(execution_id)
     await ExecutionQueue(runtime).finished(execution_id=execution_id, org_id=owner.org_id)
+
+
+async def _unclaimed(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    owner: Account,
+    workflow_id: str,
+    definitions: Definitions,
+    n: int,
+    **changes: Any,
+) -> tuple[uuid.UUID, Run, str]:
+    """A new execution and the unclaimed run a worker knowing `definitions` makes of its job
+    (the job's data with `changes`), with the definition's JSON text."""
+    execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": n}))
+    data = {**await _job_data(runtime, execution_id), **changes}
+    found = definitions.unclaimed_run(data)
+    assert found is not None
+    return execution_id, *found
 
 
 async def _run_inline(runtime: Runtime, run: Run, definition_text: str) -> bool:
@@ -200,10 +203,9 @@ async def test_an_inline_run_commits_the_step_and_the_end_in_one_call(
     workflow_id = await create_workflow(api, owner, [STEP])
     definitions = Definitions()
     await _learned(api, queue_runtime, owner, workflow_id, definitions)
-    execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 21}))
-    found = definitions.unclaimed_run(await _job_data(queue_runtime, execution_id))
-    assert found is not None
-    run, definition_text = found
+    execution_id, run, definition_text = await _unclaimed(
+        api, queue_runtime, owner, workflow_id, definitions, 21
+    )
 
     calls: list[str] = []
     call = driver.Statements._call
@@ -238,11 +240,7 @@ async def test_an_inline_run_writes_nothing_unless_the_row_is_as_the_job_says(
     stranger = await register(api, label="inline-stranger", organization_name="Inline Stranger")
 
     async def unclaimed(**changes: Any) -> tuple[uuid.UUID, Run, str]:
-        execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 5}))
-        data = {**await _job_data(queue_runtime, execution_id), **changes}
-        found = definitions.unclaimed_run(data)
-        assert found is not None
-        return execution_id, *found
+        return await _unclaimed(api, queue_runtime, owner, workflow_id, definitions, 5, **changes)
 
     async def untouched(execution_id: uuid.UUID, status: str = "queued") -> None:
         execution, steps = await _rows(queue_runtime, execution_id)
@@ -297,10 +295,10 @@ async def test_a_step_that_fails_inline_writes_nothing(
     workflow_id = await create_workflow(api, owner, [failing])
     definitions = Definitions()
     await _learned(api, queue_runtime, owner, workflow_id, definitions)
-    execution_id = uuid.UUID(await execute(api, owner, workflow_id, {"n": 5}))
-    found = definitions.unclaimed_run(await _job_data(queue_runtime, execution_id))
-    assert found is not None
-    assert await _run_inline(queue_runtime, *found) is False
+    execution_id, run, definition_text = await _unclaimed(
+        api, queue_runtime, owner, workflow_id, definitions, 5
+    )
+    assert await _run_inline(queue_runtime, run, definition_text) is False
     execution, steps = await _rows(queue_runtime, execution_id)
     assert (execution["status"], execution["attempts"], steps) == ("queued", 0, [])
     await _free(queue_runtime, owner, execution_id)

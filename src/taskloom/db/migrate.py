@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 
 import structlog
 from alembic import command
@@ -27,6 +29,18 @@ from taskloom.db.urls import async_url
 log = structlog.get_logger("taskloom.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def earlier_migration(filename: str) -> ModuleType:
+    """An earlier migration's module (`versions/<filename>`), for a migration that amends or
+    restores the SQL text it holds: read from it, not repeated."""
+    path = MIGRATIONS_DIR / "versions" / filename
+    spec = importlib.util.spec_from_file_location(f"taskloom_migration_{path.stem}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def alembic_config(database_url: str) -> Config:

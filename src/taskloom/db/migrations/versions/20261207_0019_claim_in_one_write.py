@@ -13,10 +13,9 @@ Revises: 0018
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from taskloom.db.migrate import earlier_migration
 
 revision = "0019"
 down_revision = "0018"
@@ -119,10 +118,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # 0016's claim again: its text is that migration's (read from it, not repeated here).
-    path = Path(__file__).with_name("20261206_0016_hot_path_functions.py")
-    spec = importlib.util.spec_from_file_location("taskloom_migration_0016", path)
-    assert spec is not None
-    assert spec.loader is not None
-    previous = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(previous)
+    previous = earlier_migration("20261206_0016_hot_path_functions.py")
     op.execute(previous._CLAIM.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))

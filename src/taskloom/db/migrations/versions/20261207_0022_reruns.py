@@ -14,13 +14,13 @@ Revises: 0021
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from taskloom.db.migrate import earlier_migration
 
 revision = "0022"
 down_revision = "0021"
@@ -36,13 +36,7 @@ _FIRST_CLAIM_OF_A_START = "CASE WHEN e.attempts = 1 AND e.retry_of IS NULL THEN"
 
 def _migration_0019() -> ModuleType:
     """0019's module, whose `_CLAIM` text this migration amends (read from it, not repeated)."""
-    path = Path(__file__).with_name("20261207_0019_claim_in_one_write.py")
-    spec = importlib.util.spec_from_file_location("taskloom_migration_0019", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return earlier_migration("20261207_0019_claim_in_one_write.py")
 
 
 def upgrade() -> None:

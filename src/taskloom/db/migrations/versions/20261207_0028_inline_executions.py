@@ -20,11 +20,9 @@ Revises: 0027
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
-
 from alembic import op
+
+from taskloom.db.migrate import earlier_migration
 
 revision = "0028"
 down_revision = "0027"
@@ -87,19 +85,9 @@ END $$
 """
 
 
-def _migration_0017() -> Any:
-    """Migration 0017's module: `taskloom_start`'s text is its (read from it, not repeated)."""
-    path = Path(__file__).with_name("20261207_0017_start_function.py")
-    spec = importlib.util.spec_from_file_location("taskloom_migration_0017", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _start(*, inline: bool) -> str:
-    text: str = _migration_0017()._START
+    # `taskloom_start`'s text is 0017's (read from it, not repeated).
+    text: str = earlier_migration("20261207_0017_start_function.py")._START
     assert text.count(_ANSWERED) == 1, "taskloom_start's answer is not where 0028 expects it"
     if inline:
         text = text.replace(_ANSWERED, _ANSWERED_INLINE)
