@@ -192,6 +192,14 @@ async def test_the_job_carries_a_small_input_of_an_inline_execution_only(
             "request_id",
             "trace",
         }
+    for made in (small, large, chain, flooded):  # the scheduler admits the next ones
+        await _free(queue_runtime, owner, made)
+    # ... while another organization's inline executions still carry theirs.
+    other = await register(api, label="inline-other", organization_name="Inline Other")
+    theirs = await create_workflow(api, other, [STEP])
+    carried_too = uuid.UUID(await execute(api, other, theirs, {"n": 3}))
+    assert (await _job_data(queue_runtime, carried_too))["input"] == {"n": 3}
+    await _free(queue_runtime, other, carried_too)
 
 
 async def test_an_inline_run_commits_the_step_and_the_end_in_one_call(

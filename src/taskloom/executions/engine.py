@@ -169,7 +169,7 @@ class Engine:
         caller claims it and runs it the usual way (the step again: it does nothing twice)."""
         step_id = self.graph.order[0]
         step = self.graph.steps[step_id]
-        timeout = parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
+        timeout = _timeout_of(step)
         rendered: list[Any] = [None]
         try:
             output = await self._attempt(step_id, None, step, self._scope(), 1, timeout, rendered)
@@ -525,7 +525,7 @@ class Engine:
             return await self._control(step_id, index, step, scope)
         database, settings = self.runtime.database, self.runtime.settings
         policy = _RetryPolicy.of(step.get("retry"), settings)
-        timeout = parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
+        timeout = _timeout_of(step)
         tolerated = bool(step.get("continue_on_error"))
         while True:
             rendered: list[Any] = [None]
@@ -899,6 +899,11 @@ def _checked_output(output: Any) -> Any:
             f"the step's output is larger than {MAX_OUTPUT_BYTES} bytes", code="output_too_large"
         )
     return output
+
+
+def _timeout_of(step: Mapping[str, Any]) -> float | None:
+    """The step's `timeout` in seconds (None: it has none)."""
+    return parse_duration(step["timeout"]).total_seconds() if step.get("timeout") else None
 
 
 def _without_io(step: Mapping[str, Any]) -> bool:

@@ -38,7 +38,8 @@ INLINE_QUEUED_MOST = 1_000
 JOB_INPUT_KEY = "input"  # the job data's key that holds it
 DEFINITIONS_KEPT = 1_024  # (organization, workflow, version) definitions a worker remembers
 _DEFINITION_BYTES = 65_536  # a larger definition is not remembered
-_CARRIED = frozenset({JOB_INPUT_KEY, "workflow_id", "workflow_version"})  # what job_data adds
+_WORKFLOW_KEY, _VERSION_KEY = "workflow_id", "workflow_version"  # the version it runs
+_CARRIED = frozenset({JOB_INPUT_KEY, _WORKFLOW_KEY, _VERSION_KEY})  # what job_data adds
 
 
 def inline_definition(definition: Any) -> bool:
@@ -63,8 +64,8 @@ def job_data(
     return {
         **data,
         JOB_INPUT_KEY: input,
-        "workflow_id": str(workflow_id),
-        "workflow_version": version,
+        _WORKFLOW_KEY: str(workflow_id),
+        _VERSION_KEY: version,
     }
 
 
@@ -134,7 +135,7 @@ def _key(data: dict[str, Any]) -> tuple[str, str, int] | None:
     if not isinstance(data.get(JOB_INPUT_KEY), dict):
         return None
     try:
-        return str(data["org_id"]), str(data["workflow_id"]), int(data["workflow_version"])
+        return str(data["org_id"]), str(data[_WORKFLOW_KEY]), int(data[_VERSION_KEY])
     except (KeyError, TypeError, ValueError):
         return None
 

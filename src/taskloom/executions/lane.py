@@ -212,12 +212,10 @@ def _job_data(runtime: Runtime, started: service.Started, waiting: _Waiting) -> 
     """The job's data; with the input when the execution is inline, its request was small and
     its organization has no flood waiting (executions/inline.py: the worker may then run it
     without a claim)."""
+    if not started.inline or waiting.size > inline.INLINE_INPUT_BYTES:
+        return waiting.data
     queued = runtime.fair.seen_queued(waiting.org_id)
-    if (
-        not started.inline
-        or waiting.size > inline.INLINE_INPUT_BYTES
-        or (queued is not None and queued >= inline.INLINE_QUEUED_MOST)
-    ):
+    if queued is not None and queued >= inline.INLINE_QUEUED_MOST:
         return waiting.data
     execution = started.execution
     return inline.job_data(

@@ -55,9 +55,6 @@ class ExecutionQueue:
         self.jobs = runtime.queues[QUEUE_NAME]
         self.fair = runtime.fair
 
-    def job_options(self, execution_id: uuid.UUID) -> dict[str, Any]:
-        return self.jobs.options(str(execution_id))
-
     @staticmethod
     def job_data(
         execution_id: uuid.UUID, org_id: uuid.UUID, request_id: str | None
