@@ -1,6 +1,6 @@
 // Live execution page: follows /ui/executions/{id}/events (Server-Sent Events) and updates the
 // page in place: the execution's status badge, each step row's badge (data-step-id rows, their
-// [data-step-status] badge), and a "Live" panel with step and item changes, agent turns and
+// [data-step-status] badge; a row is added for a step that started after the page was made), and a "Live" panel with step and item changes, agent turns and
 // tool calls, and the token stream of `ai` and `agent` steps (docs/UI.md, "Live execution
 // page"). Loaded from this origin (the CSP allows no inline script); only textContent is
 // written, never HTML. Without JavaScript the page reloads itself instead (<noscript> refresh).
@@ -33,6 +33,34 @@
 
   function setBadge(holder, status) {
     if (holder) holder.replaceChildren(badge(status));
+  }
+
+  // A step's row; one that had not started when the page was made gets a row of its own at its
+  // first event (the page lists rows of started steps only).
+  function stepRow(stepId) {
+    const id = String(stepId);
+    const found = document.querySelector('[data-step-id="' + CSS.escape(id) + '"]');
+    if (found) return found;
+    const title = document.getElementById("steps-title");
+    if (!title) return null;
+    let list = title.parentElement.querySelector("ol.steps");
+    if (!list) {
+      list = document.createElement("ol");
+      list.className = "steps";
+      title.after(list);
+    }
+    const row = document.createElement("li");
+    row.className = "step";
+    row.dataset.stepId = id;
+    const head = document.createElement("h3");
+    const name = document.createElement("code");
+    name.textContent = id;
+    const status = document.createElement("span");
+    status.setAttribute("data-step-status", "");
+    head.append(name, " ", status);
+    row.append(head);
+    list.append(row);
+    return row;
   }
 
   function line(text) {
@@ -77,7 +105,7 @@
   source.addEventListener("step", (event) => {
     const data = JSON.parse(event.data);
     if (data.item_index === undefined || data.item_index === null) {
-      const row = document.querySelector('[data-step-id="' + CSS.escape(String(data.step_id)) + '"]');
+      const row = stepRow(data.step_id);
       if (row) setBadge(row.querySelector("[data-step-status]"), data.status);
     }
     let text = where(data) + ": " + data.status;
